@@ -1,0 +1,433 @@
+//! The etcd side of the election: connecting, the lease (grant, keep-alive, revoke), the
+//! campaign transaction and the watch on the key. Each operation turns etcd's answer into a
+//! machine [`Event`]; none of them decides anything.
+
+use std::time::Duration;
+
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, Identity, KeyValue,
+    TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+};
+use tokio::sync::mpsc;
+use tokio::time::{sleep, sleep_until, timeout, Instant};
+
+use super::machine::{Event, Holder, LeaseId, Timing};
+use crate::config::EtcdConfig;
+
+/// Which etcd call failed, for the `elector_etcd_errors_total{op}` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    Grant,
+    KeepAlive,
+    Campaign,
+    Watch,
+    Revoke,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Grant => "grant",
+            Op::KeepAlive => "keepalive",
+            Op::Campaign => "campaign",
+            Op::Watch => "watch",
+            Op::Revoke => "revoke",
+        }
+    }
+}
+
+/// An etcd failure, with the operation it happened in. Its text never contains credentials:
+/// etcd-client's errors carry gRPC status messages and transport errors, not request metadata.
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdError {
+    #[error("{op}: timed out after {after:?}", op = .op.as_str())]
+    Timeout { op: Op, after: Duration },
+    #[error("{op}: {source}", op = .op.as_str())]
+    Client {
+        op: Op,
+        #[source]
+        source: etcd_client::Error,
+    },
+    #[error("{op}: {msg}", op = .op.as_str())]
+    Protocol { op: Op, msg: String },
+}
+
+impl EtcdError {
+    pub fn op(&self) -> Op {
+        match self {
+            EtcdError::Timeout { op, .. }
+            | EtcdError::Client { op, .. }
+            | EtcdError::Protocol { op, .. } => *op,
+        }
+    }
+
+    /// True when etcd said the lease does not exist (expired or revoked).
+    pub fn is_lease_gone(&self) -> bool {
+        match self {
+            EtcdError::Client {
+                source: etcd_client::Error::GRpcStatus(status),
+                ..
+            } => status.message().contains("requested lease not found"),
+            EtcdError::Client {
+                source: etcd_client::Error::LeaseKeepAliveError(msg),
+                ..
+            } => msg.contains("lease not found"),
+            _ => false,
+        }
+    }
+}
+
+/// A message from an I/O task to the election loop. Watch events carry the generation of the
+/// watch that produced them, so events from a watch that was replaced are dropped.
+#[derive(Debug)]
+pub enum Report {
+    Event(Event),
+    WatchEvent {
+        generation: u64,
+        event: Event,
+    },
+    Error(EtcdError),
+    /// A keep-alive round trip took this long (for the RTT metric).
+    KeepAliveRtt(Duration),
+    /// A revoke that was sent to exit has finished.
+    RevokeDone,
+}
+
+pub type Reports = mpsc::Sender<Report>;
+
+/// Build a client. The connection is lazy: an unreachable etcd shows up as failed requests,
+/// retried by the election loop, not as an error here. Errors here are configuration errors
+/// (unreadable or invalid TLS files).
+pub async fn connect(cfg: &EtcdConfig, timing: &Timing) -> Result<Client, String> {
+    // HTTP/2 pings detect a silently dead connection (a partition that drops packets) in about
+    // a keep-alive interval, so streams fail and reconnect instead of hanging.
+    let ping = timing.keepalive_interval.max(Duration::from_secs(1));
+    let mut options = ConnectOptions::new()
+        .with_keep_alive(ping, ping)
+        .with_keep_alive_while_idle(true)
+        .with_connect_timeout(timing.request_timeout)
+        // A member cut off from its cluster must refuse rather than answer from stale state.
+        .with_require_leader(true);
+    if let Some(tls) = &cfg.tls {
+        let mut opts = TlsOptions::new();
+        if let Some(ca) = &tls.ca {
+            let pem = std::fs::read(ca)
+                .map_err(|e| format!("cannot read --etcd-cacert {}: {e}", ca.display()))?;
+            opts = opts.ca_certificate(Certificate::from_pem(pem));
+        }
+        if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
+            let cert_pem = std::fs::read(cert)
+                .map_err(|e| format!("cannot read --etcd-cert {}: {e}", cert.display()))?;
+            let key_pem = std::fs::read(key)
+                .map_err(|e| format!("cannot read --etcd-key {}: {e}", key.display()))?;
+            opts = opts.identity(Identity::from_pem(cert_pem, key_pem));
+        }
+        options = options.with_tls(opts);
+    }
+    if let Some((user, password)) = &cfg.auth {
+        options = options
+            .with_user(user.clone(), password.expose().to_string())
+            .with_auto_token_refresh(true);
+    }
+    // With credentials, connect authenticates at once and fails if etcd is down; retry until
+    // it answers, as every other etcd call does.
+    let mut delay = timing.backoff_base;
+    loop {
+        match Client::connect(&cfg.endpoints, Some(options.clone())).await {
+            Ok(client) => return Ok(client),
+            Err(etcd_client::Error::InvalidArgs(msg)) => return Err(format!("etcd client: {msg}")),
+            Err(etcd_client::Error::InvalidUri(e)) => return Err(format!("etcd endpoint: {e}")),
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?delay, "cannot connect to etcd yet");
+                sleep(delay).await;
+                delay = (delay * 2).min(timing.backoff_cap);
+            }
+        }
+    }
+}
+
+/// Grant a lease of the configured TTL.
+pub async fn grant(
+    client: &mut Client,
+    timing: &Timing,
+) -> Result<(LeaseId, Duration, Instant), EtcdError> {
+    let sent_at = Instant::now();
+    let ttl = i64::try_from(timing.ttl.as_secs()).unwrap_or(i64::MAX);
+    let resp = bounded(
+        Op::Grant,
+        timing.request_timeout,
+        client.lease_grant(ttl, None),
+    )
+    .await?;
+    if !resp.error().is_empty() {
+        return Err(EtcdError::Protocol {
+            op: Op::Grant,
+            msg: resp.error().to_string(),
+        });
+    }
+    let granted = Duration::from_secs(u64::try_from(resp.ttl()).unwrap_or(0));
+    Ok((resp.id(), granted, sent_at))
+}
+
+/// The campaign: `If CreateRevision(key) == 0 Then Put(key, id, lease) Else Get(key)`.
+/// Returns the holder after the transaction and the revision it was read at.
+pub async fn campaign(
+    client: &mut Client,
+    timing: &Timing,
+    key: &str,
+    id: &str,
+    lease: LeaseId,
+) -> Result<(Holder, i64), EtcdError> {
+    let txn = Txn::new()
+        .when([Compare::create_revision(key, CompareOp::Equal, 0)])
+        .and_then([TxnOp::put(
+            key,
+            id,
+            Some(etcd_client::PutOptions::new().with_lease(lease)),
+        )])
+        .or_else([TxnOp::get(key, None)]);
+    let resp = bounded(Op::Campaign, timing.request_timeout, client.txn(txn)).await?;
+    let revision = resp
+        .header()
+        .map(|h| h.revision())
+        .ok_or_else(|| protocol(Op::Campaign, "transaction response without header"))?;
+    if resp.succeeded() {
+        // Our put created the key at this revision.
+        return Ok((
+            Holder {
+                value: id.to_string(),
+                lease,
+                create_revision: revision,
+            },
+            revision,
+        ));
+    }
+    let kv = resp
+        .op_responses()
+        .into_iter()
+        .find_map(|op| match op {
+            TxnOpResponse::Get(get) => get.kvs().first().cloned(),
+            _ => None,
+        })
+        .ok_or_else(|| protocol(Op::Campaign, "key exists but the read returned nothing"))?;
+    Ok((holder_of(&kv), revision))
+}
+
+/// Revoke a lease; the keys attached to it are deleted.
+pub async fn revoke(
+    client: &mut Client,
+    lease: LeaseId,
+    within: Duration,
+) -> Result<(), EtcdError> {
+    match bounded(Op::Revoke, within, client.lease_revoke(lease)).await {
+        Ok(_) => Ok(()),
+        // Already gone is what we wanted.
+        Err(e) if e.is_lease_gone() => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Keep `lease` alive every `timing.keepalive_interval` until the task is aborted, reporting
+/// each acknowledgement with the time its request was sent. A reply with TTL 0 (or "lease not
+/// found") is reported as an acknowledgement with TTL 0 and ends the task.
+pub async fn keep_alive(mut client: Client, timing: Timing, lease: LeaseId, reports: Reports) {
+    let mut retry = timing.backoff_base;
+    loop {
+        let opened_at = Instant::now();
+        let (mut keeper, mut stream) = match bounded(
+            Op::KeepAlive,
+            timing.request_timeout,
+            client.lease_keep_alive(lease),
+        )
+        .await
+        {
+            Ok(pair) => pair,
+            Err(e) if e.is_lease_gone() => {
+                let _ = reports.send(gone(lease, opened_at)).await;
+                return;
+            }
+            Err(e) => {
+                let _ = reports.send(Report::Error(e)).await;
+                sleep(retry).await;
+                retry = (retry * 2).min(timing.keepalive_interval);
+                continue;
+            }
+        };
+        // Opening the stream exchanged one keep-alive, answered with a positive TTL (the crate
+        // checks); etcd restarts the countdown at the full granted TTL.
+        let _ = reports.send(ack(lease, timing.ttl, opened_at)).await;
+        let _ = reports
+            .send(Report::KeepAliveRtt(opened_at.elapsed()))
+            .await;
+        retry = timing.backoff_base;
+        let mut sent_at = opened_at;
+        loop {
+            sleep_until(sent_at + timing.keepalive_interval).await;
+            sent_at = Instant::now();
+            if let Err(source) = keeper.keep_alive().await {
+                let _ = reports
+                    .send(Report::Error(EtcdError::Client {
+                        op: Op::KeepAlive,
+                        source,
+                    }))
+                    .await;
+                break;
+            }
+            match timeout(timing.request_timeout, stream.message()).await {
+                Ok(Ok(Some(resp))) => {
+                    let _ = reports.send(Report::KeepAliveRtt(sent_at.elapsed())).await;
+                    let ttl = Duration::from_secs(u64::try_from(resp.ttl()).unwrap_or(0));
+                    let _ = reports.send(ack(lease, ttl, sent_at)).await;
+                    if ttl.is_zero() {
+                        return;
+                    }
+                }
+                Ok(Ok(None)) => {
+                    let _ = reports
+                        .send(Report::Error(protocol(
+                            Op::KeepAlive,
+                            "keep-alive stream closed",
+                        )))
+                        .await;
+                    break;
+                }
+                Ok(Err(source)) => {
+                    let _ = reports
+                        .send(Report::Error(EtcdError::Client {
+                            op: Op::KeepAlive,
+                            source,
+                        }))
+                        .await;
+                    break;
+                }
+                Err(_) => {
+                    let _ = reports
+                        .send(Report::Error(EtcdError::Timeout {
+                            op: Op::KeepAlive,
+                            after: timing.request_timeout,
+                        }))
+                        .await;
+                    break;
+                }
+            }
+        }
+        // Reopen the stream (possibly to another endpoint) after a short pause.
+        sleep(retry).await;
+    }
+}
+
+/// Watch `key` from `from_revision` and report puts and deletes until the watch ends, which is
+/// reported as [`Event::WatchFailed`]. The task never retries by itself: after a broken watch
+/// the election re-reads the key before trusting anything again.
+pub async fn watch(
+    mut client: Client,
+    timing: Timing,
+    key: String,
+    from_revision: i64,
+    generation: u64,
+    reports: Reports,
+) {
+    let report = |event| Report::WatchEvent { generation, event };
+    let options = WatchOptions::new().with_start_revision(from_revision);
+    let mut stream = match bounded(
+        Op::Watch,
+        timing.request_timeout,
+        client.watch(key.as_str(), Some(options)),
+    )
+    .await
+    {
+        Ok(stream) => stream,
+        Err(e) => {
+            let _ = reports.send(Report::Error(e)).await;
+            let _ = reports.send(report(Event::WatchFailed)).await;
+            return;
+        }
+    };
+    loop {
+        let message = stream.message().await;
+        let resp = match message {
+            Ok(Some(resp)) => resp,
+            Ok(None) => {
+                let _ = reports
+                    .send(Report::Error(protocol(Op::Watch, "watch stream closed")))
+                    .await;
+                break;
+            }
+            Err(source) => {
+                let _ = reports
+                    .send(Report::Error(EtcdError::Client {
+                        op: Op::Watch,
+                        source,
+                    }))
+                    .await;
+                break;
+            }
+        };
+        if resp.canceled() {
+            let reason = if resp.compact_revision() > 0 {
+                format!(
+                    "watch cancelled: revision {from_revision} compacted (now {})",
+                    resp.compact_revision()
+                )
+            } else {
+                format!("watch cancelled: {}", resp.cancel_reason())
+            };
+            let _ = reports
+                .send(Report::Error(protocol(Op::Watch, &reason)))
+                .await;
+            break;
+        }
+        for event in resp.events() {
+            let Some(kv) = event.kv() else { continue };
+            let event = match event.event_type() {
+                EventType::Delete => Event::KeyDeleted,
+                EventType::Put => Event::KeyPut {
+                    holder: holder_of(kv),
+                },
+            };
+            if reports.send(report(event)).await.is_err() {
+                return;
+            }
+        }
+    }
+    let _ = reports.send(report(Event::WatchFailed)).await;
+}
+
+fn holder_of(kv: &KeyValue) -> Holder {
+    Holder {
+        value: String::from_utf8_lossy(kv.value()).into_owned(),
+        lease: kv.lease(),
+        create_revision: kv.create_revision(),
+    }
+}
+
+fn ack(lease: LeaseId, ttl: Duration, sent_at: Instant) -> Report {
+    Report::Event(Event::KeepAliveAcked {
+        lease,
+        ttl,
+        sent_at,
+    })
+}
+
+fn gone(lease: LeaseId, sent_at: Instant) -> Report {
+    ack(lease, Duration::ZERO, sent_at)
+}
+
+fn protocol(op: Op, msg: &str) -> EtcdError {
+    EtcdError::Protocol {
+        op,
+        msg: msg.to_string(),
+    }
+}
+
+async fn bounded<T>(
+    op: Op,
+    after: Duration,
+    fut: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, EtcdError> {
+    match timeout(after, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(source)) => Err(EtcdError::Client { op, source }),
+        Err(_) => Err(EtcdError::Timeout { op, after }),
+    }
+}

@@ -1,0 +1,1191 @@
+//! The election rules, and nothing else.
+//!
+//! [`Machine::step`] takes one [`Event`] and the current time and returns the [`Action`]s the
+//! caller must perform; the caller feeds the results of those actions back as further events.
+//! This file never does I/O and never reads a clock: time arrives as an argument, so every rule
+//! here, the self-fencing deadline and the retry backoff included, is unit-tested exactly.
+//!
+//! # Safety model
+//! A replica claims leadership only while all of these hold:
+//! * etcd showed it the lock key under its own lease and with its own id (the winning
+//!   transaction, or a read of the key), never because the value merely equals its id;
+//! * the lease is known to be alive: the claim ends at
+//!   `send time of the last acknowledged keep-alive + granted TTL - margin`. etcd cannot expire
+//!   the lease before `send time + TTL`, because it restarts the countdown only when the request
+//!   arrives, so the claim always ends first. Readers check the deadline against the clock on
+//!   every question ([`crate::leadership::Snapshot::is_leader_at`]), so a frozen process answers
+//!   "not leader" on its first question after it thaws;
+//! * nothing since has said otherwise: a deleted or overwritten key, a lost watch, a keep-alive
+//!   reply with TTL 0, or shutdown all end the claim at once.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// An etcd lease id.
+pub type LeaseId = i64;
+
+/// Timing derived from the TTL; see [`Timing::for_ttl`] for the reasoning behind each value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// The TTL asked of etcd.
+    pub ttl: Duration,
+    /// How often the keep-alive is sent: ttl/3, so two renewals may fail before the claim ends.
+    pub keepalive_interval: Duration,
+    /// Subtracted from the lease deadline before the claim ends.
+    pub margin: Duration,
+    /// First retry delay after an etcd failure.
+    pub backoff_base: Duration,
+    /// Longest retry delay; at most ttl/3 so that a recovered etcd is noticed within a renewal.
+    pub backoff_cap: Duration,
+    /// Bound on one etcd request (grant, transaction, revoke, one keep-alive round trip).
+    pub request_timeout: Duration,
+}
+
+impl Timing {
+    /// The timing for a TTL.
+    ///
+    /// The margin is a tenth of the TTL, at least 250 ms and at most 5 s. It has to cover what
+    /// separates "our deadline" from "etcd's deadline" that the send-time rule does not: the
+    /// clock-rate difference between this host and etcd's leader (ppm, so a tenth is generous)
+    /// and the time between a probe being answered and the kubelet acting on it.
+    #[must_use]
+    pub fn for_ttl(ttl: Duration) -> Self {
+        let margin = (ttl / 10).clamp(Duration::from_millis(250), Duration::from_secs(5));
+        let keepalive_interval = ttl / 3;
+        Timing {
+            ttl,
+            keepalive_interval,
+            margin,
+            backoff_base: Duration::from_millis(100),
+            backoff_cap: keepalive_interval,
+            request_timeout: keepalive_interval
+                .clamp(Duration::from_millis(500), Duration::from_secs(5)),
+        }
+    }
+}
+
+/// The holder of the lock key, as read from etcd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    /// The key's value: the holder's id.
+    pub value: String,
+    /// The lease the key is attached to (0 when none).
+    pub lease: LeaseId,
+    /// The key's create revision: the holder's fencing token.
+    pub create_revision: i64,
+}
+
+/// Something that happened, fed into [`Machine::step`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The process started; ask for a lease.
+    Start,
+    /// A lease was granted. `sent_at` is when the request was sent.
+    LeaseGranted {
+        lease: LeaseId,
+        ttl: Duration,
+        sent_at: Instant,
+    },
+    /// The grant failed; retry after a backoff.
+    LeaseGrantFailed,
+    /// A keep-alive was answered. A `ttl` of zero means the lease no longer exists in etcd.
+    KeepAliveAcked {
+        lease: LeaseId,
+        ttl: Duration,
+        sent_at: Instant,
+    },
+    /// The campaign transaction (or re-read) completed: `holder` is who holds the key at
+    /// `revision`.
+    CampaignDone {
+        lease: LeaseId,
+        holder: Holder,
+        revision: i64,
+    },
+    /// The campaign transaction failed. `lease_gone` when etcd said the lease does not exist.
+    CampaignFailed { lease: LeaseId, lease_gone: bool },
+    /// The watched key was deleted.
+    KeyDeleted,
+    /// The watched key was written.
+    KeyPut { holder: Holder },
+    /// The watch ended (stream error, cancelled, compacted): events may have been missed.
+    WatchFailed,
+    /// Nothing happened, but a deadline may have passed; see [`Machine::next_wakeup`].
+    Tick,
+    /// Give leadership up and stop: SIGTERM, SIGINT or an API call.
+    Shutdown,
+    /// The lease revoke finished (either way); the process may exit.
+    Revoked,
+}
+
+/// Work for the caller. Results come back as events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Grant a new lease of the configured TTL.
+    GrantLease,
+    /// Keep this lease alive until told to stop (replaces any earlier keep-alive).
+    KeepAlive { lease: LeaseId },
+    /// Stop keeping any lease alive.
+    StopKeepAlive,
+    /// Run the campaign transaction with this lease.
+    Campaign { lease: LeaseId },
+    /// Watch the key from this revision (replaces any earlier watch).
+    Watch { from_revision: i64 },
+    /// Stop watching.
+    StopWatch,
+    /// Revoke this lease; deletes the key if we hold it. `then_exit` when shutting down.
+    Revoke { lease: LeaseId, then_exit: bool },
+    /// All done: the caller may exit.
+    Exit,
+}
+
+/// Why a leader stopped claiming leadership; logged and shown in `/status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepDownReason {
+    /// The key was deleted by someone else.
+    KeyDeleted,
+    /// The key was written by someone else.
+    KeyOverwritten,
+    /// etcd answered a keep-alive with TTL 0: the lease expired or was revoked.
+    LeaseGone,
+    /// No keep-alive was acknowledged in time: the lease may be about to expire.
+    LeaseNotRenewed,
+    /// The watch on our key ended, so a deletion could go unseen.
+    WatchLost,
+    /// We were asked to stop.
+    Shutdown,
+}
+
+impl StepDownReason {
+    /// A short stable name for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepDownReason::KeyDeleted => "key_deleted",
+            StepDownReason::KeyOverwritten => "key_overwritten",
+            StepDownReason::LeaseGone => "lease_gone",
+            StepDownReason::LeaseNotRenewed => "lease_not_renewed",
+            StepDownReason::WatchLost => "watch_lost",
+            StepDownReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// A change worth a log line and a metric, reported by [`Machine::step`] beside the actions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transition {
+    /// Sending the campaign transaction.
+    Campaigning,
+    /// Won: the key is ours under our lease.
+    BecameLeader { fencing_token: i64 },
+    /// Stopped claiming leadership.
+    SteppedDown { reason: StepDownReason },
+    /// Someone else holds the key (or it changed hands).
+    LeaderObserved { leader: String, fencing_token: i64 },
+    /// Our lease is gone or abandoned; a new one will be granted.
+    LeaseLost { lease: LeaseId },
+}
+
+/// The output of one step.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Step {
+    pub actions: Vec<Action>,
+    pub transitions: Vec<Transition>,
+}
+
+/// A coarse public view of the state, for the HTTP API and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Starting,
+    Campaigning,
+    Follower,
+    Leader,
+    Stopping,
+}
+
+impl Role {
+    /// The name used in `/status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Starting => "starting",
+            Role::Campaigning => "campaigning",
+            Role::Follower => "follower",
+            Role::Leader => "leader",
+            Role::Stopping => "stopping",
+        }
+    }
+}
+
+/// The lease we hold and how long it is known to live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Lease {
+    id: LeaseId,
+    /// The TTL etcd granted or last returned, never more than asked.
+    ttl: Duration,
+    /// Send time of the newest acknowledged grant or keep-alive.
+    renewed_at: Instant,
+}
+
+/// Each state carries only what is valid in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    /// Before [`Event::Start`].
+    Idle,
+    /// No lease. `retry_at` is `None` while a grant is in flight.
+    NeedLease { retry_at: Option<Instant> },
+    /// Lease held, campaign transaction in flight (`retry_at` is `None`) or waiting to retry.
+    Campaigning { retry_at: Option<Instant> },
+    /// Someone else holds the key; watching it for deletion.
+    Following { leader: Holder },
+    /// We hold the key under our lease.
+    Leading { fencing_token: i64, since: Instant },
+    /// Shutting down: `revoke_at` is when the lease revoke is sent (after the release delay),
+    /// `None` once sent; `grant_pending` while a lease grant may still arrive to be revoked.
+    Stopping {
+        revoke_at: Option<Instant>,
+        grant_pending: bool,
+    },
+    /// Done.
+    Stopped,
+}
+
+/// The election state machine for one candidate.
+#[derive(Debug)]
+pub struct Machine {
+    id: String,
+    timing: Timing,
+    release_delay: Duration,
+    state: State,
+    lease: Option<Lease>,
+    /// Consecutive failures, for the backoff; reset by any success.
+    failures: u32,
+    /// xorshift state for jitter; seeded by the caller so tests are deterministic.
+    rng: u64,
+}
+
+/// What readers may know about the machine; see [`crate::leadership::Snapshot`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct View {
+    pub role: Role,
+    /// Known leader's id: ourselves when leading, the holder when following.
+    pub leader: Option<String>,
+    pub fencing_token: Option<i64>,
+    /// While leading: the instant the claim ends unless a keep-alive is acknowledged.
+    pub claim_until: Option<Instant>,
+    pub leader_since: Option<Instant>,
+    pub lease_id: Option<LeaseId>,
+    /// When etcd may expire the lease at the earliest (send time + TTL).
+    pub lease_expires_at: Option<Instant>,
+}
+
+impl Machine {
+    /// A machine for candidate `id`. `seed` feeds the backoff jitter.
+    #[must_use]
+    pub fn new(id: impl Into<String>, timing: Timing, release_delay: Duration, seed: u64) -> Self {
+        Machine {
+            id: id.into(),
+            timing,
+            release_delay,
+            state: State::Idle,
+            lease: None,
+            failures: 0,
+            rng: seed | 1,
+        }
+    }
+
+    /// True once the machine has nothing left to do.
+    pub fn is_stopped(&self) -> bool {
+        self.state == State::Stopped
+    }
+
+    /// The earliest instant at which a [`Event::Tick`] could change something.
+    pub fn next_wakeup(&self) -> Option<Instant> {
+        let timer = match self.state {
+            State::NeedLease { retry_at } | State::Campaigning { retry_at } => retry_at,
+            State::Stopping { revoke_at, .. } => revoke_at,
+            _ => None,
+        };
+        let fence = match self.state {
+            State::Stopping { .. } | State::Stopped | State::Idle => None,
+            _ => self.lease.map(|l| self.claim_deadline(l)),
+        };
+        [timer, fence].into_iter().flatten().min()
+    }
+
+    /// The current view for readers.
+    pub fn view(&self) -> View {
+        let (role, leader, fencing_token, claim_until, leader_since) = match &self.state {
+            State::Idle => (Role::Starting, None, None, None, None),
+            State::NeedLease { .. } | State::Campaigning { .. } => {
+                (Role::Campaigning, None, None, None, None)
+            }
+            State::Following { leader } => (
+                Role::Follower,
+                Some(leader.value.clone()),
+                Some(leader.create_revision),
+                None,
+                None,
+            ),
+            State::Leading {
+                fencing_token,
+                since,
+            } => (
+                Role::Leader,
+                Some(self.id.clone()),
+                Some(*fencing_token),
+                self.lease.map(|l| self.claim_deadline(l)),
+                Some(*since),
+            ),
+            State::Stopping { .. } | State::Stopped => (Role::Stopping, None, None, None, None),
+        };
+        View {
+            role,
+            leader,
+            fencing_token,
+            claim_until,
+            leader_since,
+            lease_id: self.lease.map(|l| l.id),
+            lease_expires_at: self.lease.map(|l| l.renewed_at + l.ttl),
+        }
+    }
+
+    /// Apply one event at time `now`.
+    pub fn step(&mut self, event: Event, now: Instant) -> Step {
+        let mut out = Step::default();
+        // A lease past its claim deadline is abandoned before anything else is considered, so
+        // no event can be read as evidence for a lease that may have expired in etcd.
+        self.check_lease_deadline(now, &mut out);
+        match event {
+            Event::Start => {
+                if self.state == State::Idle {
+                    self.state = State::NeedLease { retry_at: None };
+                    out.actions.push(Action::GrantLease);
+                }
+            }
+            Event::LeaseGranted {
+                lease,
+                ttl,
+                sent_at,
+            } => self.on_lease_granted(lease, ttl, sent_at, now, &mut out),
+            Event::LeaseGrantFailed => {
+                if let State::NeedLease { retry_at: None } = self.state {
+                    let at = self.backoff(now);
+                    self.state = State::NeedLease { retry_at: Some(at) };
+                } else if let State::Stopping { revoke_at, .. } = self.state {
+                    self.state = State::Stopping {
+                        revoke_at,
+                        grant_pending: false,
+                    };
+                    self.finish_stopping_if_idle(&mut out);
+                }
+            }
+            Event::KeepAliveAcked {
+                lease,
+                ttl,
+                sent_at,
+            } => self.on_keepalive(lease, ttl, sent_at, &mut out),
+            Event::CampaignDone {
+                lease,
+                holder,
+                revision,
+            } => self.on_campaign_done(lease, holder, revision, now, &mut out),
+            Event::CampaignFailed { lease, lease_gone } => {
+                if self.lease.map(|l| l.id) != Some(lease)
+                    || self.state != (State::Campaigning { retry_at: None })
+                {
+                    return out;
+                }
+                if lease_gone {
+                    self.drop_lease(None, &mut out);
+                } else {
+                    let at = self.backoff(now);
+                    self.state = State::Campaigning { retry_at: Some(at) };
+                }
+            }
+            Event::KeyDeleted => match self.state {
+                State::Leading { .. } => {
+                    self.step_down(StepDownReason::KeyDeleted, &mut out);
+                    self.campaign(&mut out);
+                }
+                State::Following { .. } => self.campaign(&mut out),
+                _ => {}
+            },
+            Event::KeyPut { holder } => self.on_key_put(holder, &mut out),
+            Event::WatchFailed => match self.state {
+                State::Leading { .. } => {
+                    self.step_down(StepDownReason::WatchLost, &mut out);
+                    self.retry_campaign_later(now, &mut out);
+                }
+                State::Following { .. } => self.retry_campaign_later(now, &mut out),
+                _ => {}
+            },
+            Event::Tick => self.on_tick(now, &mut out),
+            Event::Shutdown => self.on_shutdown(now, &mut out),
+            Event::Revoked => {
+                if let State::Stopping { .. } = self.state {
+                    self.state = State::Stopped;
+                    out.actions.push(Action::Exit);
+                }
+            }
+        }
+        out
+    }
+
+    fn on_lease_granted(
+        &mut self,
+        lease: LeaseId,
+        ttl: Duration,
+        sent_at: Instant,
+        now: Instant,
+        out: &mut Step,
+    ) {
+        match self.state {
+            State::NeedLease { retry_at: None } => {
+                self.failures = 0;
+                let granted = Lease {
+                    id: lease,
+                    ttl: ttl.min(self.timing.ttl),
+                    renewed_at: sent_at,
+                };
+                if now >= self.claim_deadline(granted) {
+                    // Granted so slowly that the lease may already be gone: start over.
+                    out.actions.push(Action::Revoke {
+                        lease,
+                        then_exit: false,
+                    });
+                    let at = self.backoff(now);
+                    self.state = State::NeedLease { retry_at: Some(at) };
+                    return;
+                }
+                self.lease = Some(granted);
+                out.actions.push(Action::KeepAlive { lease });
+                self.campaign(out);
+            }
+            State::Stopping { revoke_at, .. } => {
+                // Shutdown began while the grant was in flight: give the lease straight back.
+                self.state = State::Stopping {
+                    revoke_at,
+                    grant_pending: false,
+                };
+                out.actions.push(Action::Revoke {
+                    lease,
+                    then_exit: true,
+                });
+            }
+            _ => {}
+        }
+    }
+
+    fn on_keepalive(&mut self, lease: LeaseId, ttl: Duration, sent_at: Instant, out: &mut Step) {
+        let Some(current) = self.lease.as_mut().filter(|l| l.id == lease) else {
+            return;
+        };
+        if matches!(self.state, State::Stopping { .. } | State::Stopped) {
+            return;
+        }
+        if ttl.is_zero() {
+            if matches!(self.state, State::Leading { .. }) {
+                self.step_down(StepDownReason::LeaseGone, out);
+            }
+            self.drop_lease(None, out);
+            return;
+        }
+        current.ttl = ttl.min(self.timing.ttl);
+        current.renewed_at = current.renewed_at.max(sent_at);
+    }
+
+    fn on_campaign_done(
+        &mut self,
+        lease: LeaseId,
+        holder: Holder,
+        revision: i64,
+        now: Instant,
+        out: &mut Step,
+    ) {
+        if self.state != (State::Campaigning { retry_at: None }) {
+            return;
+        }
+        let Some(ours) = self.lease.filter(|l| l.id == lease) else {
+            return;
+        };
+        self.failures = 0;
+        let from_revision = revision + 1;
+        if holder.lease == ours.id && holder.value == self.id {
+            // Evidence from etcd: the key is under our own lease, which is alive until the
+            // claim deadline (checked at the top of `step`).
+            self.state = State::Leading {
+                fencing_token: holder.create_revision,
+                since: now,
+            };
+            out.transitions.push(Transition::BecameLeader {
+                fencing_token: holder.create_revision,
+            });
+        } else {
+            out.transitions.push(Transition::LeaderObserved {
+                leader: holder.value.clone(),
+                fencing_token: holder.create_revision,
+            });
+            self.state = State::Following { leader: holder };
+        }
+        out.actions.push(Action::Watch { from_revision });
+    }
+
+    fn on_key_put(&mut self, holder: Holder, out: &mut Step) {
+        let ours = self.lease.map(|l| l.id);
+        match &self.state {
+            State::Leading { fencing_token, .. } => {
+                let still_ours = Some(holder.lease) == ours
+                    && holder.value == self.id
+                    && holder.create_revision == *fencing_token;
+                if !still_ours {
+                    self.step_down(StepDownReason::KeyOverwritten, out);
+                    out.transitions.push(Transition::LeaderObserved {
+                        leader: holder.value.clone(),
+                        fencing_token: holder.create_revision,
+                    });
+                    self.state = State::Following { leader: holder };
+                }
+            }
+            State::Following { leader } if *leader != holder => {
+                if leader.value != holder.value || leader.create_revision != holder.create_revision
+                {
+                    out.transitions.push(Transition::LeaderObserved {
+                        leader: holder.value.clone(),
+                        fencing_token: holder.create_revision,
+                    });
+                }
+                self.state = State::Following { leader: holder };
+            }
+            _ => {}
+        }
+    }
+
+    fn on_tick(&mut self, now: Instant, out: &mut Step) {
+        match self.state {
+            State::NeedLease { retry_at: Some(at) } if now >= at => {
+                self.state = State::NeedLease { retry_at: None };
+                out.actions.push(Action::GrantLease);
+            }
+            State::Campaigning { retry_at: Some(at) } if now >= at => self.campaign(out),
+            State::Stopping {
+                revoke_at: Some(at),
+                grant_pending,
+            } if now >= at => {
+                self.state = State::Stopping {
+                    revoke_at: None,
+                    grant_pending,
+                };
+                self.revoke_for_exit(out);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_shutdown(&mut self, now: Instant, out: &mut Step) {
+        if matches!(self.state, State::Stopping { .. } | State::Stopped) {
+            return;
+        }
+        if matches!(self.state, State::Leading { .. }) {
+            self.step_down(StepDownReason::Shutdown, out);
+        }
+        let grant_pending = self.state == State::NeedLease { retry_at: None };
+        out.actions.push(Action::StopWatch);
+        if self.lease.is_some() && !self.release_delay.is_zero() {
+            // Keep the key (and the keep-alive) for the release delay, answering "not leader",
+            // so that endpoint removal propagates before a successor can win.
+            self.state = State::Stopping {
+                revoke_at: Some(now + self.release_delay),
+                grant_pending,
+            };
+        } else {
+            self.state = State::Stopping {
+                revoke_at: None,
+                grant_pending,
+            };
+            self.revoke_for_exit(out);
+        }
+    }
+
+    fn revoke_for_exit(&mut self, out: &mut Step) {
+        out.actions.push(Action::StopKeepAlive);
+        match self.lease.take() {
+            Some(lease) => out.actions.push(Action::Revoke {
+                lease: lease.id,
+                then_exit: true,
+            }),
+            None => self.finish_stopping_if_idle(out),
+        }
+    }
+
+    fn finish_stopping_if_idle(&mut self, out: &mut Step) {
+        if let State::Stopping {
+            revoke_at: None,
+            grant_pending: false,
+        } = self.state
+        {
+            if self.lease.is_none() {
+                self.state = State::Stopped;
+                out.actions.push(Action::Exit);
+            }
+        }
+    }
+
+    /// Abandon the lease if its claim deadline has passed: etcd may expire it any moment, so
+    /// nothing learnt under it can be trusted any more.
+    fn check_lease_deadline(&mut self, now: Instant, out: &mut Step) {
+        let Some(lease) = self.lease else { return };
+        if matches!(self.state, State::Stopping { .. } | State::Stopped) {
+            return;
+        }
+        if now < self.claim_deadline(lease) {
+            return;
+        }
+        if matches!(self.state, State::Leading { .. }) {
+            self.step_down(StepDownReason::LeaseNotRenewed, out);
+        }
+        // Revoke it in case it is still alive, so a key it holds is released now rather than
+        // at expiry; failure is harmless.
+        self.drop_lease(Some(lease.id), out);
+    }
+
+    /// Forget the current lease and ask for a new one at once.
+    fn drop_lease(&mut self, revoke: Option<LeaseId>, out: &mut Step) {
+        if let Some(lease) = self.lease.take() {
+            out.transitions
+                .push(Transition::LeaseLost { lease: lease.id });
+        }
+        out.actions.push(Action::StopWatch);
+        out.actions.push(Action::StopKeepAlive);
+        if let Some(lease) = revoke {
+            out.actions.push(Action::Revoke {
+                lease,
+                then_exit: false,
+            });
+        }
+        self.state = State::NeedLease { retry_at: None };
+        out.actions.push(Action::GrantLease);
+    }
+
+    fn step_down(&mut self, reason: StepDownReason, out: &mut Step) {
+        out.transitions.push(Transition::SteppedDown { reason });
+    }
+
+    fn campaign(&mut self, out: &mut Step) {
+        let Some(lease) = self.lease else {
+            self.state = State::NeedLease { retry_at: None };
+            out.actions.push(Action::GrantLease);
+            return;
+        };
+        self.state = State::Campaigning { retry_at: None };
+        out.actions.push(Action::StopWatch);
+        out.actions.push(Action::Campaign { lease: lease.id });
+        out.transitions.push(Transition::Campaigning);
+    }
+
+    fn retry_campaign_later(&mut self, now: Instant, out: &mut Step) {
+        out.actions.push(Action::StopWatch);
+        let at = self.backoff(now);
+        self.state = State::Campaigning { retry_at: Some(at) };
+    }
+
+    /// When the claim on `lease` ends unless renewed.
+    fn claim_deadline(&self, lease: Lease) -> Instant {
+        lease.renewed_at + lease.ttl.saturating_sub(self.timing.margin)
+    }
+
+    /// Next retry time: exponential from `backoff_base`, capped, with "equal jitter" (half
+    /// fixed, half random) so replicas that failed together do not retry together.
+    fn backoff(&mut self, now: Instant) -> Instant {
+        let exp = self.failures.min(16);
+        self.failures = self.failures.saturating_add(1);
+        let full = self
+            .timing
+            .backoff_base
+            .saturating_mul(1u32 << exp)
+            .min(self.timing.backoff_cap);
+        let half = full / 2;
+        let jitter = half.mul_f64(self.next_unit());
+        now + half + jitter
+    }
+
+    /// A number in [0, 1) from xorshift64.
+    fn next_unit(&mut self) -> f64 {
+        let mut x = self.rng;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng = x;
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TTL: Duration = Duration::from_secs(10);
+    const LEASE: LeaseId = 7;
+
+    fn machine() -> (Machine, Instant) {
+        (
+            Machine::new("me", Timing::for_ttl(TTL), Duration::ZERO, 42),
+            Instant::now(),
+        )
+    }
+
+    fn ours(rev: i64) -> Holder {
+        Holder {
+            value: "me".into(),
+            lease: LEASE,
+            create_revision: rev,
+        }
+    }
+
+    fn other(rev: i64) -> Holder {
+        Holder {
+            value: "other".into(),
+            lease: 99,
+            create_revision: rev,
+        }
+    }
+
+    /// Start, get a lease at `t0`, and return the step that followed the grant.
+    fn granted(m: &mut Machine, t0: Instant) -> Step {
+        assert_eq!(m.step(Event::Start, t0).actions, vec![Action::GrantLease]);
+        m.step(
+            Event::LeaseGranted {
+                lease: LEASE,
+                ttl: TTL,
+                sent_at: t0,
+            },
+            t0,
+        )
+    }
+
+    fn leading(m: &mut Machine, t0: Instant) {
+        granted(m, t0);
+        m.step(
+            Event::CampaignDone {
+                lease: LEASE,
+                holder: ours(5),
+                revision: 5,
+            },
+            t0,
+        );
+        assert_eq!(m.view().role, Role::Leader);
+    }
+
+    fn is_leader(m: &Machine, now: Instant) -> bool {
+        let v = m.view();
+        v.role == Role::Leader && v.claim_until.is_some_and(|d| now < d)
+    }
+
+    #[test]
+    fn grant_starts_keepalive_and_campaign() {
+        let (mut m, t0) = machine();
+        let step = granted(&mut m, t0);
+        assert_eq!(
+            step.actions,
+            vec![
+                Action::KeepAlive { lease: LEASE },
+                Action::StopWatch,
+                Action::Campaign { lease: LEASE }
+            ]
+        );
+        assert_eq!(m.view().role, Role::Campaigning);
+    }
+
+    #[test]
+    fn winning_transaction_makes_leader_with_create_revision_as_token() {
+        let (mut m, t0) = machine();
+        granted(&mut m, t0);
+        let step = m.step(
+            Event::CampaignDone {
+                lease: LEASE,
+                holder: ours(12),
+                revision: 12,
+            },
+            t0,
+        );
+        assert_eq!(step.actions, vec![Action::Watch { from_revision: 13 }]);
+        assert_eq!(
+            step.transitions,
+            vec![Transition::BecameLeader { fencing_token: 12 }]
+        );
+        let v = m.view();
+        assert_eq!(v.fencing_token, Some(12));
+        assert_eq!(v.leader.as_deref(), Some("me"));
+        assert!(is_leader(&m, t0));
+    }
+
+    #[test]
+    fn losing_transaction_follows_holder_and_watches_after_read() {
+        let (mut m, t0) = machine();
+        granted(&mut m, t0);
+        let step = m.step(
+            Event::CampaignDone {
+                lease: LEASE,
+                holder: other(3),
+                revision: 20,
+            },
+            t0,
+        );
+        assert_eq!(step.actions, vec![Action::Watch { from_revision: 21 }]);
+        let v = m.view();
+        assert_eq!(v.role, Role::Follower);
+        assert_eq!(v.leader.as_deref(), Some("other"));
+        assert!(!is_leader(&m, t0));
+    }
+
+    #[test]
+    fn key_with_our_id_under_another_lease_is_not_adopted() {
+        let (mut m, t0) = machine();
+        granted(&mut m, t0);
+        let stale = Holder {
+            value: "me".into(),
+            lease: 1234,
+            create_revision: 4,
+        };
+        m.step(
+            Event::CampaignDone {
+                lease: LEASE,
+                holder: stale,
+                revision: 9,
+            },
+            t0,
+        );
+        assert_eq!(m.view().role, Role::Follower);
+        assert!(!is_leader(&m, t0));
+    }
+
+    #[test]
+    fn follower_campaigns_at_once_when_key_is_deleted() {
+        let (mut m, t0) = machine();
+        granted(&mut m, t0);
+        m.step(
+            Event::CampaignDone {
+                lease: LEASE,
+                holder: other(3),
+                revision: 3,
+            },
+            t0,
+        );
+        let step = m.step(Event::KeyDeleted, t0);
+        assert_eq!(
+            step.actions,
+            vec![Action::StopWatch, Action::Campaign { lease: LEASE }]
+        );
+    }
+
+    #[test]
+    fn leader_steps_down_and_campaigns_when_key_is_deleted() {
+        let (mut m, t0) = machine();
+        leading(&mut m, t0);
+        let step = m.step(Event::KeyDeleted, t0);
+        assert!(step.transitions.contains(&Transition::SteppedDown {
+            reason: StepDownReason::KeyDeleted
+        }));
+        assert!(step.actions.contains(&Action::Campaign { lease: LEASE }));
+        assert!(!is_leader(&m, t0));
+    }
+
+    #[test]
+    fn leader_steps_down_when_key_is_overwritten() {
+        let (mut m, t0) = machine();
+        leading(&mut m, t0);
+        let step = m.step(
+            Event::KeyPut {
+                holder: Holder {
+                    value: "intruder".into(),
+                    lease: 0,
+                    create_revision: 5,
+                },
+            },
+            t0,
+        );
+        assert!(step.transitions.contains(&Transition::SteppedDown {
+            reason: StepDownReason::KeyOverwritten
+        }));
+        assert_eq!(m.view().leader.as_deref(), Some("intruder"));
+        assert!(!is_leader(&m, t0));
+    }
+
+    #[test]
+    fn keepalive_with_zero_ttl_steps_down_and_grants_a_new_lease() {
+        let (mut m, t0) = machine();
+        leading(&mut m, t0);
+        let step = m.step(
+            Event::KeepAliveAcked {
+                lease: LEASE,
+                ttl: Duration::ZERO,
+                sent_at: t0,
+            },
+            t0,
+        );
+        assert!(step.transitions.contains(&Transition::SteppedDown {
+            reason: StepDownReason::LeaseGone
+        }));
+        assert_eq!(step.actions.last(), Some(&Action::GrantLease));
+        assert!(step.actions.contains(&Action::StopKeepAlive));
+        assert!(!is_leader(&m, t0));
+        assert_eq!(m.view().lease_id, None);
+    }
+
+    #[test]
+    fn claim_ends_at_send_time_plus_ttl_minus_margin() {
+        let (mut m, t0) = machine();
+        leading(&mut m, t0);
+        let margin = Timing::for_ttl(TTL).margin;
+        assert_eq!(margin, Duration::from_secs(1));
+        let deadline = t0 + TTL - margin;
+        assert_eq!(m.view().claim_until, Some(deadline));
+        assert!(is_leader(&m, deadline - Duration::from_millis(1)));
+        assert!(!is_leader(&m, deadline));
+        assert_eq!(m.next_wakeup(), Some(deadline));
+    }
+
+    #[test]
+    fn acknowledged_keepalive_extends_the_claim_from_its_send_time() {
+        let (mut m, t0) = machine();
+        leading(&mut m, t0);
+        let sent = t0 + Duration::from_secs(3);
+        // The reply arrives late; the deadline still counts from the send.
+        m.step(
+            Event::KeepAliveAcked {
+                lease: LEASE,
+                ttl: TTL,
+                sent_at: sent,
+            },
+            sent + Duration::from_secs(2),
+        );
+        assert_eq!(m.view().claim_until, Some(sent + Duration::from_secs(9)));
+    }
+
+    #[test]
+    fn shorter_ttl_from_etcd_is_used_and_longer_is_not() {
+        let (mut m, t0) = machine();
+        leading(&mut m, t0);
+        m.step(
+            Event::KeepAliveAcked {
+                lease: LEASE,
+                ttl: Duration::from_secs(4),
+                sent_at: t0,
+            },
+            t0,
+        );
+        assert_eq!(m.view().claim_until, Some(t0 + Duration::from_secs(3)));
+        m.step(
+            Event::KeepAliveAcked {
+                lease: LEASE,
+                ttl: Duration::from_secs(60),
+                sent_at: t0,
+            },
+            t0,
+        );
+        assert_eq!(m.view().claim_until, Some(t0 + Duration::from_secs(9)));
+    }
+
+    #[test]
+    fn unrenewed_leader_steps_down_at_the_deadline_and_abandons_the_lease() {
+        let (mut m, t0) = machine();
+        leading(&mut m, t0);
+        let step = m.step(Event::Tick, t0 + Duration::from_secs(9));
+        assert!(step.transitions.contains(&Transition::SteppedDown {
+            reason: StepDownReason::LeaseNotRenewed
+        }));
+        assert!(step.actions.contains(&Action::Revoke {
+            lease: LEASE,
+            then_exit: false
+        }));
+        assert_eq!(step.actions.last(), Some(&Action::GrantLease));
+        assert_eq!(m.view().role, Role::Campaigning);
+    }
+
+    #[test]
+    fn a_late_event_cannot_make_an_expired_lease_leader() {
+        let (mut m, t0) = machine();
+        granted(&mut m, t0);
+        // The transaction answer arrives after the claim deadline (e.g. the process was frozen).
+        let late = t0 + Duration::from_secs(30);
+        m.step(
+            Event::CampaignDone {
+                lease: LEASE,
+                holder: ours(5),
+                revision: 5,
+            },
+            late,
+        );
+        assert!(!is_leader(&m, late));
+        assert_eq!(m.view().role, Role::Campaigning);
+    }
+
+    #[test]
+    fn stale_events_for_an_old_lease_are_ignored() {
+        let (mut m, t0) = machine();
+        leading(&mut m, t0);
+        m.step(
+            Event::KeepAliveAcked {
+                lease: 1,
+                ttl: Duration::ZERO,
+                sent_at: t0,
+            },
+            t0,
+        );
+        assert!(is_leader(&m, t0));
+    }
+
+    #[test]
+    fn watch_loss_ends_the_claim_and_rereads_after_backoff() {
+        let (mut m, t0) = machine();
+        leading(&mut m, t0);
+        let step = m.step(Event::WatchFailed, t0);
+        assert!(step.transitions.contains(&Transition::SteppedDown {
+            reason: StepDownReason::WatchLost
+        }));
+        assert!(!is_leader(&m, t0));
+        let at = m.next_wakeup().expect("retry scheduled");
+        assert!(at > t0 && at <= t0 + Timing::for_ttl(TTL).backoff_cap);
+        let step = m.step(Event::Tick, at);
+        assert!(step.actions.contains(&Action::Campaign { lease: LEASE }));
+        // The re-read shows the key still under our lease: leader again, same token.
+        m.step(
+            Event::CampaignDone {
+                lease: LEASE,
+                holder: ours(5),
+                revision: 8,
+            },
+            at,
+        );
+        assert!(is_leader(&m, at));
+        assert_eq!(m.view().fencing_token, Some(5));
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter_and_is_capped() {
+        let (mut m, t0) = machine();
+        m.step(Event::Start, t0);
+        let cap = Timing::for_ttl(TTL).backoff_cap;
+        let mut now = t0;
+        let mut delays = Vec::new();
+        for _ in 0..10 {
+            m.step(Event::LeaseGrantFailed, now);
+            let at = m.next_wakeup().expect("retry scheduled");
+            delays.push(at - now);
+            now = at;
+            assert_eq!(m.step(Event::Tick, now).actions, vec![Action::GrantLease]);
+        }
+        assert!(delays[0] >= Duration::from_millis(50) && delays[0] <= Duration::from_millis(100));
+        assert!(delays.iter().all(|d| *d <= cap));
+        assert!(delays[9] >= cap / 2);
+    }
+
+    #[test]
+    fn campaign_failure_with_lease_gone_grants_a_new_lease() {
+        let (mut m, t0) = machine();
+        granted(&mut m, t0);
+        let step = m.step(
+            Event::CampaignFailed {
+                lease: LEASE,
+                lease_gone: true,
+            },
+            t0,
+        );
+        assert_eq!(step.actions.last(), Some(&Action::GrantLease));
+        assert_eq!(m.view().lease_id, None);
+    }
+
+    #[test]
+    fn shutdown_stops_claiming_at_once_and_revokes() {
+        let (mut m, t0) = machine();
+        leading(&mut m, t0);
+        let step = m.step(Event::Shutdown, t0);
+        assert!(!is_leader(&m, t0));
+        assert_eq!(m.view().role, Role::Stopping);
+        assert!(step.actions.contains(&Action::Revoke {
+            lease: LEASE,
+            then_exit: true
+        }));
+        assert_eq!(m.step(Event::Revoked, t0).actions, vec![Action::Exit]);
+        assert!(m.is_stopped());
+    }
+
+    #[test]
+    fn release_delay_keeps_the_key_but_not_the_claim() {
+        let delay = Duration::from_secs(2);
+        let mut m = Machine::new("me", Timing::for_ttl(TTL), delay, 1);
+        let t0 = Instant::now();
+        leading(&mut m, t0);
+        let step = m.step(Event::Shutdown, t0);
+        assert!(!is_leader(&m, t0));
+        assert!(!step
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::Revoke { .. })));
+        assert_eq!(m.next_wakeup(), Some(t0 + delay));
+        let step = m.step(Event::Tick, t0 + delay);
+        assert!(step.actions.contains(&Action::Revoke {
+            lease: LEASE,
+            then_exit: true
+        }));
+    }
+
+    #[test]
+    fn shutdown_without_a_lease_exits_at_once() {
+        let (mut m, t0) = machine();
+        m.step(Event::Start, t0);
+        m.step(Event::LeaseGrantFailed, t0);
+        let step = m.step(Event::Shutdown, t0);
+        assert_eq!(step.actions.last(), Some(&Action::Exit));
+    }
+
+    #[test]
+    fn lease_granted_during_shutdown_is_revoked() {
+        let (mut m, t0) = machine();
+        m.step(Event::Start, t0);
+        let step = m.step(Event::Shutdown, t0);
+        assert!(!step.actions.contains(&Action::Exit));
+        let step = m.step(
+            Event::LeaseGranted {
+                lease: LEASE,
+                ttl: TTL,
+                sent_at: t0,
+            },
+            t0,
+        );
+        assert_eq!(
+            step.actions,
+            vec![Action::Revoke {
+                lease: LEASE,
+                then_exit: true
+            }]
+        );
+    }
+
+    #[test]
+    fn follower_tracks_a_new_holder() {
+        let (mut m, t0) = machine();
+        granted(&mut m, t0);
+        m.step(
+            Event::CampaignDone {
+                lease: LEASE,
+                holder: other(3),
+                revision: 3,
+            },
+            t0,
+        );
+        let next = Holder {
+            value: "third".into(),
+            lease: 55,
+            create_revision: 9,
+        };
+        let step = m.step(Event::KeyPut { holder: next }, t0);
+        assert_eq!(
+            step.transitions,
+            vec![Transition::LeaderObserved {
+                leader: "third".into(),
+                fencing_token: 9
+            }]
+        );
+        assert_eq!(m.view().leader.as_deref(), Some("third"));
+    }
+}

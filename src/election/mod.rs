@@ -1,0 +1,366 @@
+//! The election loop: joins the pure [`machine::Machine`] to etcd.
+//!
+//! The loop owns the machine. It feeds it events (results of etcd calls, watch events,
+//! timer ticks, shutdown), performs the actions it returns by spawning one task per etcd
+//! operation, and publishes a [`Snapshot`] after every step. It never blocks on etcd itself,
+//! so shutdown and deadlines are handled however slow etcd is.
+
+pub mod etcd;
+pub mod machine;
+
+use std::time::Duration;
+
+use etcd_client::Client;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::{sleep_until, Instant};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ElectionConfig;
+use crate::leadership::{Publisher, Receiver, Snapshot};
+use crate::metrics::Metrics;
+use etcd::{EtcdError, Report};
+use machine::{Action, Event, Machine, Transition};
+
+/// How often a repeated etcd failure is logged at `warn`; the rest go to `debug`.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// One election for one key.
+pub struct Election {
+    cfg: ElectionConfig,
+    client: Client,
+    machine: Machine,
+    publisher: Publisher,
+    metrics: Metrics,
+    reports_tx: mpsc::Sender<Report>,
+    reports: mpsc::Receiver<Report>,
+    keepalive: Option<JoinHandle<()>>,
+    watch: Option<JoinHandle<()>>,
+    watch_generation: u64,
+    transitions: u64,
+    last_error: Option<String>,
+    errors: ErrorLog,
+    exit: bool,
+}
+
+impl Election {
+    /// A new election; nothing runs until [`Election::run`].
+    pub fn new(cfg: ElectionConfig, client: Client, metrics: Metrics) -> Self {
+        let seed = seed_from(&cfg.id);
+        let machine = Machine::new(cfg.id.clone(), cfg.timing, cfg.release_delay, seed);
+        let snapshot = Snapshot::initial(cfg.id.clone(), cfg.key.clone(), machine.view());
+        let (publisher, _) = Publisher::new(snapshot);
+        let (reports_tx, reports) = mpsc::channel(256);
+        Election {
+            cfg,
+            client,
+            machine,
+            publisher,
+            metrics,
+            reports_tx,
+            reports,
+            keepalive: None,
+            watch: None,
+            watch_generation: 0,
+            transitions: 0,
+            last_error: None,
+            errors: ErrorLog::default(),
+            exit: false,
+        }
+    }
+
+    /// A reader of the leadership snapshot.
+    pub fn subscribe(&self) -> Receiver {
+        self.publisher.subscribe()
+    }
+
+    /// Run until the lease is given back after `shutdown` fires (or the shutdown timeout runs
+    /// out). Returns true when the lease was revoked in time.
+    pub async fn run(mut self, shutdown: CancellationToken) -> bool {
+        self.apply(Event::Start);
+        let mut stop_deadline: Option<Instant> = None;
+        loop {
+            let wakeup = self.machine.next_wakeup();
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled(), if stop_deadline.is_none() => {
+                    stop_deadline = Some(Instant::now() + self.cfg.shutdown_timeout);
+                    self.apply(Event::Shutdown);
+                }
+                _ = sleep_until(stop_deadline.unwrap_or_else(Instant::now)), if stop_deadline.is_some() => {
+                    tracing::warn!(timeout = ?self.cfg.shutdown_timeout, "shutdown timeout ran out before the lease was revoked; it will expire by its TTL");
+                    self.stop_tasks();
+                    return false;
+                }
+                Some(report) = self.reports.recv() => self.on_report(report),
+                _ = sleep_until(wakeup.unwrap_or_else(Instant::now)), if wakeup.is_some() => {
+                    self.apply(Event::Tick);
+                }
+            }
+            if self.exit {
+                self.stop_tasks();
+                return true;
+            }
+        }
+    }
+
+    fn on_report(&mut self, report: Report) {
+        match report {
+            Report::Event(event) => self.apply(event),
+            Report::WatchEvent { generation, event } => {
+                if generation == self.watch_generation && self.watch.is_some() {
+                    self.apply(event);
+                }
+            }
+            Report::Error(error) => self.on_error(error),
+            Report::KeepAliveRtt(rtt) => self
+                .metrics
+                .keepalive_rtt_seconds
+                .observe(rtt.as_secs_f64()),
+            Report::RevokeDone => self.apply(Event::Revoked),
+        }
+    }
+
+    fn on_error(&mut self, error: EtcdError) {
+        self.metrics.etcd_error(error.op().as_str());
+        let text = error.to_string();
+        self.errors.log(&error);
+        self.last_error = Some(text);
+        self.publish();
+    }
+
+    /// Feed one event to the machine and carry out what it says.
+    fn apply(&mut self, event: Event) {
+        let step = self.machine.step(event, Instant::now());
+        for transition in &step.transitions {
+            self.log_transition(transition);
+        }
+        for action in step.actions {
+            self.perform(action);
+        }
+        self.publish();
+    }
+
+    fn publish(&mut self) {
+        let view = self.machine.view();
+        let now = Instant::now();
+        let snapshot = Snapshot {
+            identity: self.cfg.id.clone(),
+            key: self.cfg.key.clone(),
+            stopping: view.role == machine::Role::Stopping,
+            view,
+            transitions: self.transitions,
+            last_error: self.last_error.clone(),
+        };
+        self.metrics.lease_remaining_seconds.set(
+            snapshot
+                .view
+                .lease_expires_at
+                .map_or(0.0, |t| t.saturating_duration_since(now).as_secs_f64()),
+        );
+        self.publisher.publish(snapshot);
+    }
+
+    fn log_transition(&mut self, transition: &Transition) {
+        let key = self.cfg.key.as_str();
+        let id = self.cfg.id.as_str();
+        match transition {
+            Transition::Campaigning => {
+                tracing::debug!(key, id, "campaigning");
+            }
+            Transition::BecameLeader { fencing_token } => {
+                self.transitions += 1;
+                self.metrics.leader_transitions.inc();
+                tracing::info!(
+                    key,
+                    id,
+                    fencing_token,
+                    event = "became_leader",
+                    "became leader"
+                );
+            }
+            Transition::SteppedDown { reason } => {
+                self.transitions += 1;
+                self.metrics.leader_transitions.inc();
+                tracing::warn!(
+                    key,
+                    id,
+                    reason = reason.as_str(),
+                    event = "stepped_down",
+                    "stepped down"
+                );
+            }
+            Transition::LeaderObserved {
+                leader,
+                fencing_token,
+            } => {
+                tracing::info!(
+                    key,
+                    id,
+                    leader = leader.as_str(),
+                    fencing_token,
+                    event = "leader_observed",
+                    "following leader"
+                );
+            }
+            Transition::LeaseLost { lease } => {
+                tracing::warn!(
+                    key,
+                    id,
+                    lease = format!("{lease:x}"),
+                    event = "lease_lost",
+                    "lease lost; taking a new one"
+                );
+            }
+        }
+    }
+
+    fn perform(&mut self, action: Action) {
+        let timing = self.cfg.timing;
+        let reports = self.reports_tx.clone();
+        let mut client = self.client.clone();
+        match action {
+            Action::GrantLease => {
+                tokio::spawn(async move {
+                    let event = match etcd::grant(&mut client, &timing).await {
+                        Ok((lease, ttl, sent_at)) => Event::LeaseGranted {
+                            lease,
+                            ttl,
+                            sent_at,
+                        },
+                        Err(e) => {
+                            let _ = reports.send(Report::Error(e)).await;
+                            Event::LeaseGrantFailed
+                        }
+                    };
+                    let _ = reports.send(Report::Event(event)).await;
+                });
+            }
+            Action::KeepAlive { lease } => {
+                self.metrics
+                    .lease_ttl_seconds
+                    .set(i64::try_from(timing.ttl.as_secs()).unwrap_or(0));
+                tracing::info!(
+                    key = self.cfg.key.as_str(),
+                    lease = format!("{lease:x}"),
+                    "lease granted"
+                );
+                if let Some(old) = self.keepalive.replace(tokio::spawn(etcd::keep_alive(
+                    client, timing, lease, reports,
+                ))) {
+                    old.abort();
+                }
+            }
+            Action::StopKeepAlive => {
+                if let Some(old) = self.keepalive.take() {
+                    old.abort();
+                }
+            }
+            Action::Campaign { lease } => {
+                self.metrics.campaigns.inc();
+                let key = self.cfg.key.clone();
+                let id = self.cfg.id.clone();
+                tokio::spawn(async move {
+                    let event = match etcd::campaign(&mut client, &timing, &key, &id, lease).await {
+                        Ok((holder, revision)) => Event::CampaignDone {
+                            lease,
+                            holder,
+                            revision,
+                        },
+                        Err(e) => {
+                            let lease_gone = e.is_lease_gone();
+                            let _ = reports.send(Report::Error(e)).await;
+                            Event::CampaignFailed { lease, lease_gone }
+                        }
+                    };
+                    let _ = reports.send(Report::Event(event)).await;
+                });
+            }
+            Action::Watch { from_revision } => {
+                self.watch_generation += 1;
+                let task = etcd::watch(
+                    client,
+                    timing,
+                    self.cfg.key.clone(),
+                    from_revision,
+                    self.watch_generation,
+                    reports,
+                );
+                if let Some(old) = self.watch.replace(tokio::spawn(task)) {
+                    old.abort();
+                }
+            }
+            Action::StopWatch => {
+                if let Some(old) = self.watch.take() {
+                    old.abort();
+                }
+            }
+            Action::Revoke { lease, then_exit } => {
+                let within = if then_exit {
+                    self.cfg.shutdown_timeout
+                } else {
+                    timing.request_timeout
+                };
+                let key = self.cfg.key.clone();
+                tokio::spawn(async move {
+                    match etcd::revoke(&mut client, lease, within).await {
+                        Ok(()) => {
+                            tracing::info!(key, lease = format!("{lease:x}"), "lease revoked")
+                        }
+                        Err(e) => {
+                            tracing::warn!(key, lease = format!("{lease:x}"), error = %e, "lease revoke failed; it expires by its TTL");
+                            let _ = reports.send(Report::Error(e)).await;
+                        }
+                    }
+                    if then_exit {
+                        let _ = reports.send(Report::RevokeDone).await;
+                    }
+                });
+            }
+            Action::Exit => self.exit = true,
+        }
+    }
+
+    fn stop_tasks(&mut self) {
+        for task in [self.keepalive.take(), self.watch.take()]
+            .into_iter()
+            .flatten()
+        {
+            task.abort();
+        }
+    }
+}
+
+/// Rate-limits repeated etcd failures: the first of a run is a `warn`, then at most one `warn`
+/// per [`WARN_EVERY`] with the count of those suppressed in between.
+#[derive(Debug, Default)]
+struct ErrorLog {
+    last_warn: Option<Instant>,
+    suppressed: u64,
+}
+
+impl ErrorLog {
+    fn log(&mut self, error: &EtcdError) {
+        let now = Instant::now();
+        let due = self
+            .last_warn
+            .is_none_or(|at| now.duration_since(at) >= WARN_EVERY);
+        if due {
+            tracing::warn!(op = error.op().as_str(), error = %error, suppressed = self.suppressed, "etcd request failed; retrying");
+            self.last_warn = Some(now);
+            self.suppressed = 0;
+        } else {
+            self.suppressed += 1;
+            tracing::debug!(op = error.op().as_str(), error = %error, "etcd request failed; retrying");
+        }
+    }
+}
+
+/// A jitter seed that differs between replicas and between runs.
+fn seed_from(id: &str) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write(id.as_bytes());
+    hasher.write_u32(std::process::id());
+    hasher.finish()
+}

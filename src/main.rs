@@ -1,0 +1,75 @@
+//! The `etcd-elector` binary: configuration, logging, signals, then the library does the rest.
+//! Exit codes: 0 after a clean handoff, 2 for bad configuration, 1 for other failures.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use etcd_elector::app::{self, AppError};
+use etcd_elector::config::{self, Config, LogFormat, Parsed};
+use etcd_elector::shutdown::Shutdown;
+
+fn main() -> ExitCode {
+    let cfg = match config::from_env() {
+        Ok(Parsed::Run(cfg)) => *cfg,
+        Ok(Parsed::Printed) => return ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("etcd-elector: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(cfg.log_format);
+    match run(cfg) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            tracing::error!(error = %e, "fatal");
+            eprintln!("etcd-elector: {e}");
+            ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
+        }
+    }
+}
+
+fn run(cfg: Config) -> Result<u8, AppError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| AppError::Runtime(format!("starting the async runtime: {e}")))?;
+    runtime.block_on(async move {
+        // Signals first: a SIGTERM during start-up must still lead to a clean exit.
+        let shutdown = Shutdown::install()
+            .map_err(|e| AppError::Runtime(format!("installing signal handlers: {e}")))?;
+        let token = shutdown.token();
+        let _signals = shutdown.spawn();
+        let listener = match cfg.listen {
+            Some(addr) => {
+                let listener = etcd_elector::http::bind(addr)
+                    .await
+                    .map_err(|e| AppError::Runtime(format!("cannot listen on {addr}: {e}")))?;
+                let local = listener
+                    .local_addr()
+                    .map_err(|e| AppError::Runtime(format!("listener address: {e}")))?;
+                tracing::info!(listen = %local, "serving HTTP");
+                Some(listener)
+            }
+            None => None,
+        };
+        app::run_sidecar(cfg, listener, token).await.map(|()| 0)
+    })
+}
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+        LogFormat::Text => builder.init(),
+    }
+}
