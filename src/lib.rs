@@ -3,7 +3,8 @@
 //! See `ARCHITECTURE.md` for how the modules fit: [`config`] builds the settings,
 //! [`election`] runs the election (the pure rules in [`election::machine`], the etcd calls in
 //! [`election::etcd`]), [`leadership`] carries its state to readers, [`http`] and [`metrics`]
-//! serve it, and [`shutdown`] turns signals into a cancellation.
+//! serve it, and [`shutdown`] turns signals into a cancellation. [`run`] supervises a command
+//! under the lock, with [`process`] for its process group.
 
 pub mod app;
 pub mod config;
@@ -11,4 +12,6 @@ pub mod election;
 pub mod http;
 pub mod leadership;
 pub mod metrics;
+pub mod process;
+pub mod run;
 pub mod shutdown;

@@ -39,6 +39,7 @@ fn run(cfg: Config) -> Result<u8, AppError> {
         let shutdown = Shutdown::install()
             .map_err(|e| AppError::Runtime(format!("installing signal handlers: {e}")))?;
         let token = shutdown.token();
+        let abort = shutdown.abort_token();
         let _signals = shutdown.spawn();
         let listener = match cfg.listen {
             Some(addr) => {
@@ -53,7 +54,16 @@ fn run(cfg: Config) -> Result<u8, AppError> {
             }
             None => None,
         };
-        app::run_sidecar(cfg, listener, token).await.map(|()| 0)
+        if let Some(run) = cfg.run.clone() {
+            return etcd_elector::run::run_job(cfg, run, listener, token, abort).await;
+        }
+        tokio::select! {
+            result = app::run_sidecar(cfg, listener, token) => result.map(|()| 0),
+            _ = abort.cancelled() => {
+                tracing::warn!("exiting without giving the lease back; it expires by its TTL");
+                Ok(130)
+            }
+        }
     })
 }
 

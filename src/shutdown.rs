@@ -2,8 +2,9 @@
 //!
 //! SIGTERM is how Kubernetes (and a container runtime, with us as PID 1) asks us to stop;
 //! SIGINT is Ctrl-C in a terminal. The first starts the ordered handoff: stop claiming, revoke
-//! the lease, exit. A second one exits at once, so an operator is never stuck behind a slow
-//! etcd. As PID 1 the kernel applies no default action to these signals, which is why the
+//! the lease, exit. A second one cancels the abort token: the sidecar then exits at once, and
+//! `run` kills its command's process group at once, so an operator is never stuck behind a
+//! slow etcd. As PID 1 the kernel applies no default action to these signals, which is why the
 //! handlers are installed before anything else happens.
 
 use futures_util::StreamExt;
@@ -15,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 pub struct Shutdown {
     signals: Signals,
     token: CancellationToken,
+    abort: CancellationToken,
 }
 
 impl Shutdown {
@@ -24,6 +26,7 @@ impl Shutdown {
         Ok(Shutdown {
             signals,
             token: CancellationToken::new(),
+            abort: CancellationToken::new(),
         })
     }
 
@@ -32,10 +35,19 @@ impl Shutdown {
         self.token.clone()
     }
 
+    /// The token cancelled by the second signal.
+    pub fn abort_token(&self) -> CancellationToken {
+        self.abort.clone()
+    }
+
     /// Listen in the background. The returned handle stops the listener.
     pub fn spawn(self) -> Handle {
         let handle = self.signals.handle();
-        let Shutdown { mut signals, token } = self;
+        let Shutdown {
+            mut signals,
+            token,
+            abort,
+        } = self;
         tokio::spawn(async move {
             let mut seen = 0u32;
             while let Some(signal) = signals.next().await {
@@ -49,8 +61,8 @@ impl Shutdown {
                     tracing::info!(signal = name, "shutting down: giving up leadership");
                     token.cancel();
                 } else {
-                    tracing::warn!(signal = name, "second signal: exiting now without revoking");
-                    std::process::exit(128 + signal);
+                    tracing::warn!(signal = name, "second signal: stopping now");
+                    abort.cancel();
                 }
             }
         });

@@ -1,0 +1,238 @@
+//! `etcd-elector run -- COMMAND`: run a command only while holding the lock.
+//!
+//! The same election as the sidecar decides; this module only supervises the command:
+//! * it starts once the snapshot says we lead, in its own process group, with the fencing
+//!   token in its environment;
+//! * it is terminated (SIGTERM to the group, SIGKILL after the grace period) as soon as we stop
+//!   leading, and at the latest at `claim deadline - grace period`, so the whole group is dead
+//!   before etcd can expire the lease and let another holder start;
+//! * when it exits by itself the lease is revoked at once, so the next waiter starts within
+//!   milliseconds.
+
+use std::time::Duration;
+
+use tokio::time::{sleep_until, Instant};
+use tokio_util::sync::CancellationToken;
+
+use crate::app::AppError;
+use crate::config::{Config, RunConfig};
+use crate::election::machine::Role;
+use crate::election::{etcd, Election};
+use crate::http::{self, AppState};
+use crate::leadership::{Receiver, Snapshot};
+use crate::metrics::Metrics;
+use crate::process::{Job, Reaper};
+
+/// Exit code when a signal stopped us before the command started (128 + SIGTERM).
+const SIGNALLED_BEFORE_START: u8 = 143;
+
+/// Run the command under the lock; returns the process exit code.
+pub async fn run_job(
+    cfg: Config,
+    run: RunConfig,
+    listener: Option<tokio::net::TcpListener>,
+    shutdown: CancellationToken,
+    abort: CancellationToken,
+) -> Result<u8, AppError> {
+    // As PID 1, or with a command that double-forks, orphans must come to us to be reaped.
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        tracing::debug!(error = %e, "cannot become a child subreaper");
+    }
+    let reaper = Reaper::install()
+        .map_err(|e| AppError::Runtime(format!("installing the SIGCHLD handler: {e}")))?;
+    let metrics = Metrics::new();
+    let client = tokio::select! {
+        client = etcd::connect(&cfg.etcd, &cfg.election.timing) => client.map_err(AppError::Config)?,
+        _ = shutdown.cancelled() => return Ok(SIGNALLED_BEFORE_START),
+    };
+    let election = Election::new(cfg.election.clone(), client, metrics.clone());
+    let mut leadership = election.subscribe();
+    let election_stop = CancellationToken::new();
+    let election_task = tokio::spawn(election.run(election_stop.clone()));
+    let http_stop = CancellationToken::new();
+    let server = listener.map(|listener| {
+        let state = AppState {
+            leadership: leadership.clone(),
+            metrics,
+        };
+        tokio::spawn(http::serve(listener, state, http_stop.clone()))
+    });
+    let stop_election = || async {
+        election_stop.cancel();
+        if let Err(e) = election_task.await {
+            tracing::warn!(error = %e, "election task failed");
+        }
+        http_stop.cancel();
+        if let Some(server) = server {
+            let _ = server.await;
+        }
+    };
+
+    let key = cfg.election.key.as_str();
+    tracing::info!(
+        key,
+        id = cfg.election.id.as_str(),
+        try_once = run.try_once,
+        "waiting for the lock"
+    );
+    let snapshot = match wait_for_lock(&mut leadership, run.try_once, &shutdown).await {
+        Wait::Leader(snapshot) => snapshot,
+        Wait::Held(holder) => {
+            tracing::info!(
+                key,
+                holder = holder.as_str(),
+                "lock is held elsewhere; not running the command"
+            );
+            stop_election().await;
+            return Ok(run.held_exit_code);
+        }
+        Wait::Signalled => {
+            stop_election().await;
+            return Ok(SIGNALLED_BEFORE_START);
+        }
+    };
+
+    let token = snapshot.view.fencing_token.unwrap_or_default().to_string();
+    let env = [
+        ("ELECTOR_FENCING_TOKEN", token.clone()),
+        ("ELECTOR_KEY", cfg.election.key.clone()),
+        ("ELECTOR_ID", cfg.election.id.clone()),
+        ("ETCD_LOCK_KEY", cfg.election.key.clone()),
+        ("ETCD_LOCK_REV", token.clone()),
+    ];
+    let mut job = match reaper.spawn(&run.command, &env) {
+        Ok(job) => job,
+        Err(e) => {
+            tracing::error!(command = run.command[0].as_str(), error = %e, "cannot start the command");
+            stop_election().await;
+            // 127: the shell's code for "command not found"; 126 for other start failures.
+            return Ok(if e.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            });
+        }
+    };
+    tracing::info!(
+        key,
+        fencing_token = token.as_str(),
+        pid = job.pid(),
+        "lock held; command started"
+    );
+
+    let outcome = supervise(
+        &mut job,
+        &mut leadership,
+        run.grace_period,
+        &shutdown,
+        &abort,
+    )
+    .await;
+    let code = match outcome {
+        Outcome::Exited(code) => {
+            tracing::info!(key, code, "command exited; releasing the lock");
+            // Whatever it left in its group must be gone before the lock is released.
+            job.terminate_group(run.grace_period, &abort).await;
+            code
+        }
+        Outcome::Lost(reason) => {
+            tracing::warn!(
+                key,
+                reason,
+                "lock lost while the command ran; terminating it"
+            );
+            job.terminate_group(run.grace_period, &abort).await;
+            i32::from(run.lost_exit_code)
+        }
+        Outcome::Signalled => {
+            tracing::info!(key, "forwarding SIGTERM to the command");
+            job.terminate_group(run.grace_period, &abort).await;
+            job_exit_code(&mut job).await
+        }
+        Outcome::Aborted => {
+            job.kill_group().await;
+            job_exit_code(&mut job).await
+        }
+    };
+    stop_election().await;
+    Ok(u8::try_from(code.clamp(0, 255)).unwrap_or(1))
+}
+
+/// The command's exit code once it has been reaped (bounded wait).
+async fn job_exit_code(job: &mut Job) -> i32 {
+    match tokio::time::timeout(Duration::from_secs(5), job.wait()).await {
+        Ok(code) => code,
+        Err(_) => job.exit_code().unwrap_or(137),
+    }
+}
+
+enum Wait {
+    Leader(Snapshot),
+    Held(String),
+    Signalled,
+}
+
+/// Wait until we lead; with `try_once`, give up at the first sign of another holder.
+async fn wait_for_lock(
+    leadership: &mut Receiver,
+    try_once: bool,
+    shutdown: &CancellationToken,
+) -> Wait {
+    loop {
+        let snapshot = leadership.borrow_and_update().as_ref().clone();
+        if snapshot.is_leader_at(Instant::now()) {
+            return Wait::Leader(snapshot);
+        }
+        if try_once && snapshot.view.role == Role::Follower {
+            return Wait::Held(snapshot.view.leader.unwrap_or_default());
+        }
+        tokio::select! {
+            changed = leadership.changed() => if changed.is_err() { return Wait::Signalled },
+            _ = shutdown.cancelled() => return Wait::Signalled,
+        }
+    }
+}
+
+enum Outcome {
+    Exited(i32),
+    Lost(&'static str),
+    Signalled,
+    Aborted,
+}
+
+/// Watch the command and the lock until one of them ends.
+async fn supervise(
+    job: &mut Job,
+    leadership: &mut Receiver,
+    grace: Duration,
+    shutdown: &CancellationToken,
+    abort: &CancellationToken,
+) -> Outcome {
+    loop {
+        let snapshot = leadership.borrow_and_update().clone();
+        let now = Instant::now();
+        if !snapshot.is_leader_at(now) {
+            return Outcome::Lost(match snapshot.view.role {
+                Role::Leader => "lease not renewed in time",
+                _ => "no longer the holder of the key",
+            });
+        }
+        // Start terminating early enough that the group is dead when the claim ends.
+        let terminate_at = snapshot
+            .view
+            .claim_until
+            .map_or(now, |until| until.checked_sub(grace).unwrap_or(now));
+        if now >= terminate_at {
+            return Outcome::Lost("lease renewal overdue: terminating before it can expire");
+        }
+        tokio::select! {
+            code = job.wait() => return Outcome::Exited(code),
+            changed = leadership.changed() => if changed.is_err() {
+                return Outcome::Lost("election stopped");
+            },
+            _ = sleep_until(terminate_at) => {}
+            _ = shutdown.cancelled() => return Outcome::Signalled,
+            _ = abort.cancelled() => return Outcome::Aborted,
+        }
+    }
+}
