@@ -1,15 +1,20 @@
-//! Wiring for the sidecar: HTTP server and election, started in order and stopped in order.
+//! Wiring: the front ends (HTTP, admin, leader file) around an election, started and
+//! stopped in order, and the sidecar built from them.
 //!
-//! Order on start: (signal handlers, installed by `main`), HTTP listener bound, etcd client,
-//! election. Order on stop: the election gives leadership up and revokes its lease while HTTP
-//! keeps answering 503; then HTTP stops.
+//! Order on start: (signal handlers and listeners, by `main`), etcd client, election, front
+//! ends. Order on stop: the election gives leadership up and revokes its lease while the
+//! front ends keep answering "not leader"; then the front ends stop.
+
+use std::path::PathBuf;
 
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::election::{etcd, Election};
 use crate::http::{self, AppState};
+use crate::leader_file;
 use crate::metrics::Metrics;
 
 /// Why the process failed, mapped to an exit code by `main`.
@@ -33,40 +38,102 @@ impl AppError {
     }
 }
 
-/// Run the sidecar until `shutdown` fires and leadership has been handed back.
-pub async fn run_sidecar(
-    cfg: Config,
-    listener: Option<TcpListener>,
-    shutdown: CancellationToken,
-) -> Result<(), AppError> {
-    let metrics = Metrics::new();
+/// The listeners `main` bound before anything else started.
+#[derive(Debug, Default)]
+pub struct Listeners {
+    pub public: Option<TcpListener>,
+    pub admin: Option<TcpListener>,
+}
+
+/// The tasks that show the election to the outside.
+pub struct FrontEnds {
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl FrontEnds {
+    /// Start whichever front ends are configured, reading `election`'s snapshot.
+    pub fn start(
+        election: &Election,
+        metrics: Metrics,
+        listeners: Listeners,
+        leader_file: Option<PathBuf>,
+    ) -> Self {
+        let stop = CancellationToken::new();
+        let mut tasks = Vec::new();
+        if let Some(listener) = listeners.public {
+            let state = AppState {
+                leadership: election.subscribe(),
+                metrics,
+            };
+            tasks.push(tokio::spawn(http::serve(listener, state, stop.clone())));
+        }
+        if let Some(listener) = listeners.admin {
+            tasks.push(tokio::spawn(http::serve_admin(
+                listener,
+                election.handle(),
+                stop.clone(),
+            )));
+        }
+        if let Some(path) = leader_file {
+            tasks.push(tokio::spawn(leader_file::mirror(
+                path,
+                election.subscribe(),
+                stop.clone(),
+            )));
+        }
+        FrontEnds { stop, tasks }
+    }
+
+    /// Stop them and wait (each bounds its own drain).
+    pub async fn stop(self) {
+        self.stop.cancel();
+        for task in self.tasks {
+            if let Err(e) = task.await {
+                tracing::warn!(error = %e, "front-end task failed");
+            }
+        }
+    }
+}
+
+/// Build the etcd client and the election, unless `shutdown` fires first.
+pub async fn prepare(
+    cfg: &Config,
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
+) -> Result<Option<Election>, AppError> {
     let client = tokio::select! {
         client = etcd::connect(&cfg.etcd, &cfg.election.timing) => client.map_err(AppError::Config)?,
-        _ = shutdown.cancelled() => return Ok(()),
+        _ = shutdown.cancelled() => return Ok(None),
     };
-    let election = Election::new(cfg.election.clone(), client, metrics.clone());
-    let http_stop = CancellationToken::new();
-    let server = listener.map(|listener| {
-        let state = AppState {
-            leadership: election.subscribe(),
-            metrics,
-        };
-        tokio::spawn(http::serve(listener, state, http_stop.clone()))
-    });
     tracing::info!(
         key = cfg.election.key.as_str(),
         id = cfg.election.id.as_str(),
+        protocol = ?cfg.election.protocol,
         ttl = cfg.election.timing.ttl.as_secs(),
         endpoints = cfg.etcd.endpoints.join(",").as_str(),
         "starting election"
     );
+    Ok(Some(Election::new(
+        cfg.election.clone(),
+        client,
+        metrics.clone(),
+    )))
+}
+
+/// Run the sidecar until `shutdown` fires and leadership has been handed back.
+pub async fn run_sidecar(
+    cfg: Config,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<(), AppError> {
+    let metrics = Metrics::new();
+    let Some(election) = prepare(&cfg, &metrics, &shutdown).await? else {
+        return Ok(());
+    };
+    let front_ends = FrontEnds::start(&election, metrics, listeners, cfg.leader_file.clone());
     let revoked = election.run(shutdown).await;
-    http_stop.cancel();
-    if let Some(server) = server {
-        if let Err(e) = server.await {
-            tracing::warn!(error = %e, "HTTP server task failed");
-        }
-    }
+    front_ends.stop().await;
     tracing::info!(revoked, "stopped");
     Ok(())
 }

@@ -104,6 +104,18 @@ pub struct ElectorArgs {
     /// File holding the etcd password (or set ELECTOR_ETCD_PASSWORD)
     #[arg(long, env = "ELECTOR_ETCD_PASSWORD_FILE", value_name = "FILE")]
     pub etcd_password_file: Option<PathBuf>,
+    /// Key protocol: `lock` (one lock key holding the leader's id) or `election` (etcd's
+    /// concurrency.Election: one key per candidate under KEY/, interoperable with
+    /// `etcdctl elect` and `etcdctl lock`) [default: lock]
+    #[arg(long, env = "ELECTOR_PROTOCOL", value_enum)]
+    pub protocol: Option<Protocol>,
+    /// Pod-local admin address serving POST /resign, or `off` [default: 127.0.0.1:4041 for
+    /// the sidecar, off for `run`]
+    #[arg(long, env = "ELECTOR_ADMIN_LISTEN", value_name = "ADDR|off", value_parser = parse_optional_addr)]
+    pub admin_listen: Option<OptionalAddr>,
+    /// Write the /leader JSON to this file (atomically) on every change
+    #[arg(long, env = "ELECTOR_LEADER_FILE", value_name = "FILE")]
+    pub leader_file: Option<PathBuf>,
     /// YAML file with the keys above (snake_case)
     #[arg(long, env = "ELECTOR_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -129,6 +141,32 @@ pub struct RunArgs {
     /// The command and its arguments, after `--`
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<String>,
+}
+
+/// How candidates use keys in etcd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// One lock key: `If CreateRevision(key) == 0 Then Put(key, id, lease) Else Get(key)`.
+    #[default]
+    Lock,
+    /// etcd's concurrency.Election / Mutex: `<name>/<lease hex>` per candidate, lowest create
+    /// revision leads.
+    Election,
+}
+
+/// An address, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OptionalAddr(pub Option<SocketAddr>);
+
+fn parse_optional_addr(s: &str) -> Result<OptionalAddr, String> {
+    if s.trim().eq_ignore_ascii_case("off") {
+        return Ok(OptionalAddr(None));
+    }
+    s.trim()
+        .parse::<SocketAddr>()
+        .map(|a| OptionalAddr(Some(a)))
+        .map_err(|e| format!("'{s}' is not an address (host:port) or `off`: {e}"))
 }
 
 /// Log output format.
@@ -248,6 +286,9 @@ struct RawFile {
     etcd_key: Option<PathBuf>,
     etcd_user: Option<String>,
     etcd_password_file: Option<PathBuf>,
+    protocol: Option<Protocol>,
+    admin_listen: Option<String>,
+    leader_file: Option<PathBuf>,
 }
 
 /// The YAML file, checked.
@@ -266,6 +307,9 @@ struct FileConfig {
     etcd_key: Option<PathBuf>,
     etcd_user: Option<String>,
     etcd_password_file: Option<PathBuf>,
+    protocol: Option<Protocol>,
+    admin_listen: Option<OptionalAddr>,
+    leader_file: Option<PathBuf>,
 }
 
 impl FileConfig {
@@ -329,6 +373,13 @@ impl FileConfig {
             etcd_key: raw.etcd_key,
             etcd_user: raw.etcd_user,
             etcd_password_file: raw.etcd_password_file,
+            protocol: raw.protocol,
+            admin_listen: raw
+                .admin_listen
+                .map(|a| parse_optional_addr(&a))
+                .transpose()
+                .map_err(|e| bad("admin_listen", e))?,
+            leader_file: raw.leader_file,
         })
     }
 }
@@ -380,6 +431,7 @@ pub struct EtcdConfig {
 /// The election settings, shared by every mode.
 #[derive(Debug, Clone)]
 pub struct ElectionConfig {
+    pub protocol: Protocol,
     pub key: String,
     pub id: String,
     pub timing: Timing,
@@ -404,6 +456,10 @@ pub struct Config {
     pub election: ElectionConfig,
     /// HTTP address; `None` only for `run` without `--listen`.
     pub listen: Option<SocketAddr>,
+    /// Pod-local admin address (`POST /resign`); `None` when off.
+    pub admin_listen: Option<SocketAddr>,
+    /// Where to mirror the /leader document, if anywhere.
+    pub leader_file: Option<PathBuf>,
     pub log_format: LogFormat,
     /// Set for `etcd-elector run`.
     pub run: Option<RunConfig>,
@@ -414,6 +470,7 @@ pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:2379";
 pub const DEFAULT_TTL_SECS: u64 = 10;
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:4040";
 pub const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 5;
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:4041";
 
 /// Parse the process's arguments and environment.
 pub fn from_env() -> Result<Parsed, ConfigError> {
@@ -562,6 +619,16 @@ fn build(
         ),
     };
 
+    let admin_listen = match args.admin_listen.or(file.admin_listen) {
+        Some(OptionalAddr(addr)) => addr,
+        None if run.is_some() => None,
+        None => Some(
+            DEFAULT_ADMIN_LISTEN
+                .parse()
+                .map_err(|e| ConfigError::new(format!("internal: default admin address: {e}")))?,
+        ),
+    };
+
     let tls_files = TlsFiles {
         ca: args.etcd_cacert.or(file.etcd_cacert),
         cert: args.etcd_cert.or(file.etcd_cert),
@@ -583,6 +650,7 @@ fn build(
             auth,
         },
         election: ElectionConfig {
+            protocol: args.protocol.or(file.protocol).unwrap_or_default(),
             key,
             id,
             timing,
@@ -590,6 +658,8 @@ fn build(
             release_delay,
         },
         listen,
+        admin_listen,
+        leader_file: args.leader_file.or(file.leader_file),
         log_format: args.log_format.or(file.log_format).unwrap_or_default(),
         run,
     };

@@ -10,7 +10,15 @@
 //! * `GET|HEAD /status`: state, lease, times, transitions, last etcd error, version (JSON).
 //! * `GET|HEAD /metrics`: Prometheus / OpenMetrics text.
 //!
+//! * `GET /leader/events`: Server-Sent Events; the `/leader` document now and on every change,
+//!   a comment heartbeat every 15 s. A slow reader only ever gets the latest document: the
+//!   stream reads a `watch` channel, so nobody waits for it.
+//!
 //! Any other path is 404; another method on a known path is 405 with `Allow`.
+//!
+//! The admin listener (pod-local, loopback by default) serves only `POST /resign`: give up
+//! leadership now (200), or 409 when not the leader. Admin routes are never on the public
+//! port.
 //!
 //! The port must keep answering probes whatever clients do: each connection runs in its own
 //! task, headers must arrive within [`HEADER_READ_TIMEOUT`] and fit in [`MAX_BUF_SIZE`], and
@@ -21,8 +29,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
+use std::future::Future;
+
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Bytes, Frame, Incoming};
 use hyper::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -32,6 +43,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::election::ElectionHandle;
 use crate::leadership::Receiver;
 use crate::metrics::Metrics;
 
@@ -44,6 +56,9 @@ pub const MAX_CONNECTIONS: usize = 4096;
 /// How long open connections get to finish when the server stops.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Heartbeat period of the event stream, so proxies and clients see a live connection.
+const SSE_HEARTBEAT: Duration = Duration::from_secs(15);
+
 const JSON: &str = "application/json";
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -54,10 +69,35 @@ pub struct AppState {
     pub metrics: Metrics,
 }
 
-type Body = Full<Bytes>;
+/// Response body: a whole buffer, or the event stream.
+pub type Body = BoxBody<Bytes, Infallible>;
 
-/// Serve on `listener` until `stop` fires, then let open connections finish for a moment.
+/// Serve the public routes on `listener` until `stop` fires.
 pub async fn serve(listener: TcpListener, state: AppState, stop: CancellationToken) {
+    let state = Arc::new(state);
+    serve_with(listener, stop, move |req| {
+        let state = state.clone();
+        async move { route(&req, &state) }
+    })
+    .await;
+}
+
+/// Serve the admin routes on `listener` until `stop` fires.
+pub async fn serve_admin(listener: TcpListener, election: ElectionHandle, stop: CancellationToken) {
+    serve_with(listener, stop, move |req| {
+        let election = election.clone();
+        async move { admin_route(req.method(), req.uri().path(), &election).await }
+    })
+    .await;
+}
+
+/// The accept loop shared by both listeners: hardened HTTP/1, one task per connection, a cap
+/// on connections, and a bounded drain when `stop` fires.
+async fn serve_with<H, F>(listener: TcpListener, stop: CancellationToken, handler: H)
+where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -66,7 +106,6 @@ pub async fn serve(listener: TcpListener, state: AppState, stop: CancellationTok
         .keep_alive(true);
     let graceful = GracefulShutdown::new();
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let state = Arc::new(state);
     loop {
         let permit = tokio::select! {
             _ = stop.cancelled() => break,
@@ -88,10 +127,10 @@ pub async fn serve(listener: TcpListener, state: AppState, stop: CancellationTok
             },
         };
         let _ = stream.set_nodelay(true);
-        let state = state.clone();
+        let handler = handler.clone();
         let service = hyper::service::service_fn(move |req| {
-            let state = state.clone();
-            async move { Ok::<_, Infallible>(route(&req, &state)) }
+            let response = handler(req);
+            async move { Ok::<_, Infallible>(response.await) }
         });
         let conn = builder.serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);
@@ -116,7 +155,10 @@ pub fn route(req: &Request<Incoming>, state: &AppState) -> Response<Body> {
 }
 
 fn route_parts(method: &Method, path: &str, state: &AppState) -> Response<Body> {
-    let known = matches!(path, "/leader" | "/" | "/healthz" | "/status" | "/metrics");
+    let known = matches!(
+        path,
+        "/leader" | "/" | "/healthz" | "/status" | "/metrics" | "/leader/events"
+    );
     if !known {
         return text(StatusCode::NOT_FOUND, "not found\n");
     }
@@ -153,6 +195,7 @@ fn route_parts(method: &Method, path: &str, state: &AppState) -> Response<Body> 
             }
         }
         "/status" => json(StatusCode::OK, &snapshot.status_doc(now)),
+        "/leader/events" => leader_events(state.leadership.clone()),
         _ => {
             state
                 .metrics
@@ -170,6 +213,68 @@ fn route_parts(method: &Method, path: &str, state: &AppState) -> Response<Body> 
             }
         }
     }
+}
+
+/// `POST /resign` and nothing else.
+async fn admin_route(method: &Method, path: &str, election: &ElectionHandle) -> Response<Body> {
+    if path != "/resign" {
+        return text(StatusCode::NOT_FOUND, "not found\n");
+    }
+    if method != Method::POST {
+        let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        resp.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("POST"));
+        return resp;
+    }
+    if election.resign().await {
+        tracing::info!("resigned on request");
+        json(StatusCode::OK, &serde_json::json!({ "resigned": true }))
+    } else {
+        json(
+            StatusCode::CONFLICT,
+            &serde_json::json!({ "resigned": false, "error": "not the leader" }),
+        )
+    }
+}
+
+/// The event stream: the current document first, then each change, heartbeats between.
+fn leader_events(leadership: Receiver) -> Response<Body> {
+    struct Stream {
+        leadership: Receiver,
+        last: Option<String>,
+        heartbeat: tokio::time::Interval,
+    }
+    let start = Stream {
+        leadership,
+        last: None,
+        heartbeat: tokio::time::interval_at(Instant::now() + SSE_HEARTBEAT, SSE_HEARTBEAT),
+    };
+    let events = futures_util::stream::unfold(start, |mut st| async move {
+        loop {
+            let snapshot = st.leadership.borrow_and_update().clone();
+            let doc = serde_json::to_string(&snapshot.leader_doc(Instant::now())).ok()?;
+            if st.last.as_ref() != Some(&doc) {
+                let event = format!("event: leader\ndata: {doc}\n\n");
+                st.last = Some(doc);
+                return Some((Ok(Frame::data(Bytes::from(event))), st));
+            }
+            tokio::select! {
+                changed = st.leadership.changed() => {
+                    // The election has stopped: end the stream so the client reconnects.
+                    changed.ok()?;
+                }
+                _ = st.heartbeat.tick() => {
+                    return Some((Ok(Frame::data(Bytes::from_static(b": heartbeat\n\n"))), st));
+                }
+            }
+        }
+    });
+    let mut resp = Response::new(BodyExt::boxed(StreamBody::new(events)));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    resp.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
 }
 
 fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
@@ -190,7 +295,7 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
 }
 
 fn with_type(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    let mut resp = Response::new(Full::new(Bytes::from(body)).boxed());
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -209,7 +314,6 @@ mod tests {
     use super::*;
     use crate::election::machine::{Role, View};
     use crate::leadership::{Publisher, Snapshot};
-    use http_body_util::BodyExt;
 
     fn state(view: View) -> (AppState, Publisher) {
         let (publisher, leadership) =

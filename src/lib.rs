@@ -10,6 +10,7 @@ pub mod app;
 pub mod config;
 pub mod election;
 pub mod http;
+pub mod leader_file;
 pub mod leadership;
 pub mod metrics;
 pub mod process;

@@ -4,7 +4,7 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use etcd_elector::app::{self, AppError};
+use etcd_elector::app::{self, AppError, Listeners};
 use etcd_elector::config::{self, Config, LogFormat, Parsed};
 use etcd_elector::shutdown::Shutdown;
 
@@ -41,30 +41,37 @@ fn run(cfg: Config) -> Result<u8, AppError> {
         let token = shutdown.token();
         let abort = shutdown.abort_token();
         let _signals = shutdown.spawn();
-        let listener = match cfg.listen {
-            Some(addr) => {
-                let listener = etcd_elector::http::bind(addr)
-                    .await
-                    .map_err(|e| AppError::Runtime(format!("cannot listen on {addr}: {e}")))?;
-                let local = listener
-                    .local_addr()
-                    .map_err(|e| AppError::Runtime(format!("listener address: {e}")))?;
-                tracing::info!(listen = %local, "serving HTTP");
-                Some(listener)
-            }
-            None => None,
+        let listeners = Listeners {
+            public: bind(cfg.listen, "serving HTTP").await?,
+            admin: bind(cfg.admin_listen, "serving admin API").await?,
         };
         if let Some(run) = cfg.run.clone() {
-            return etcd_elector::run::run_job(cfg, run, listener, token, abort).await;
+            return etcd_elector::run::run_job(cfg, run, listeners, token, abort).await;
         }
         tokio::select! {
-            result = app::run_sidecar(cfg, listener, token) => result.map(|()| 0),
+            result = app::run_sidecar(cfg, listeners, token) => result.map(|()| 0),
             _ = abort.cancelled() => {
                 tracing::warn!("exiting without giving the lease back; it expires by its TTL");
                 Ok(130)
             }
         }
     })
+}
+
+/// Bind `addr` if set, logging the real address (port 0 resolved).
+async fn bind(
+    addr: Option<std::net::SocketAddr>,
+    what: &'static str,
+) -> Result<Option<tokio::net::TcpListener>, AppError> {
+    let Some(addr) = addr else { return Ok(None) };
+    let listener = etcd_elector::http::bind(addr)
+        .await
+        .map_err(|e| AppError::Runtime(format!("cannot listen on {addr}: {e}")))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| AppError::Runtime(format!("listener address: {e}")))?;
+    tracing::info!(listen = %local, "{what}");
+    Ok(Some(listener))
 }
 
 fn init_tracing(format: LogFormat) {

@@ -59,6 +59,11 @@ impl Metrics {
         let leader_transitions = Counter::default();
         let campaigns = Counter::default();
         let etcd_errors = Family::<OpLabel, Counter>::default();
+        // Every operation shows from the start, at 0, so rates and alerts work before the
+        // first failure.
+        for op in crate::election::etcd::Op::ALL {
+            let _ = etcd_errors.get_or_create(&OpLabel { op: op.as_str() });
+        }
         let lease_ttl_seconds = Gauge::default();
         let lease_remaining_seconds = Gauge::<f64, AtomicU64>::default();
         // Loopback round trips are sub-millisecond; a slow etcd is tens to hundreds of ms.

@@ -14,11 +14,9 @@ use std::time::Duration;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
-use crate::app::AppError;
+use crate::app::{prepare, AppError, FrontEnds, Listeners};
 use crate::config::{Config, RunConfig};
 use crate::election::machine::Role;
-use crate::election::{etcd, Election};
-use crate::http::{self, AppState};
 use crate::leadership::{Receiver, Snapshot};
 use crate::metrics::Metrics;
 use crate::process::{Job, Reaper};
@@ -30,7 +28,7 @@ const SIGNALLED_BEFORE_START: u8 = 143;
 pub async fn run_job(
     cfg: Config,
     run: RunConfig,
-    listener: Option<tokio::net::TcpListener>,
+    listeners: Listeners,
     shutdown: CancellationToken,
     abort: CancellationToken,
 ) -> Result<u8, AppError> {
@@ -41,31 +39,19 @@ pub async fn run_job(
     let reaper = Reaper::install()
         .map_err(|e| AppError::Runtime(format!("installing the SIGCHLD handler: {e}")))?;
     let metrics = Metrics::new();
-    let client = tokio::select! {
-        client = etcd::connect(&cfg.etcd, &cfg.election.timing) => client.map_err(AppError::Config)?,
-        _ = shutdown.cancelled() => return Ok(SIGNALLED_BEFORE_START),
+    let Some(election) = prepare(&cfg, &metrics, &shutdown).await? else {
+        return Ok(SIGNALLED_BEFORE_START);
     };
-    let election = Election::new(cfg.election.clone(), client, metrics.clone());
     let mut leadership = election.subscribe();
+    let front_ends = FrontEnds::start(&election, metrics, listeners, cfg.leader_file.clone());
     let election_stop = CancellationToken::new();
     let election_task = tokio::spawn(election.run(election_stop.clone()));
-    let http_stop = CancellationToken::new();
-    let server = listener.map(|listener| {
-        let state = AppState {
-            leadership: leadership.clone(),
-            metrics,
-        };
-        tokio::spawn(http::serve(listener, state, http_stop.clone()))
-    });
     let stop_election = || async {
         election_stop.cancel();
         if let Err(e) = election_task.await {
             tracing::warn!(error = %e, "election task failed");
         }
-        http_stop.cancel();
-        if let Some(server) = server {
-            let _ = server.await;
-        }
+        front_ends.stop().await;
     };
 
     let key = cfg.election.key.as_str();

@@ -5,14 +5,15 @@
 use std::time::Duration;
 
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, Identity, KeyValue,
-    TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
+    KeyValue, SortOrder, SortTarget, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchFilterType,
+    WatchOptions,
 };
 use tokio::sync::mpsc;
 use tokio::time::{sleep, sleep_until, timeout, Instant};
 
 use super::machine::{Event, Holder, LeaseId, Timing};
-use crate::config::EtcdConfig;
+use crate::config::{EtcdConfig, Protocol};
 
 /// Which etcd call failed, for the `elector_etcd_errors_total{op}` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -25,6 +26,15 @@ pub enum Op {
 }
 
 impl Op {
+    /// Every operation, for metrics that must show zeros.
+    pub const ALL: [Op; 5] = [
+        Op::Grant,
+        Op::KeepAlive,
+        Op::Campaign,
+        Op::Watch,
+        Op::Revoke,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Op::Grant => "grant",
@@ -82,6 +92,11 @@ impl EtcdError {
 #[derive(Debug)]
 pub enum Report {
     Event(Event),
+    /// A campaign finished: the loop records what to watch, then applies the event.
+    Campaigned {
+        lease: LeaseId,
+        campaign: Campaign,
+    },
     WatchEvent {
         generation: u64,
         event: Event,
@@ -169,9 +184,126 @@ pub async fn grant(
     Ok((resp.id(), granted, sent_at))
 }
 
-/// The campaign: `If CreateRevision(key) == 0 Then Put(key, id, lease) Else Get(key)`.
-/// Returns the holder after the transaction and the revision it was read at.
+/// What to watch after a campaign: the key whose deletion matters to us.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchTarget {
+    pub key: String,
+    /// Whether puts matter too (our own key or the lock key), or only deletion (a
+    /// predecessor in the election protocol, whose proposals are not ours to follow).
+    pub puts: bool,
+}
+
+/// What a campaign learnt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Campaign {
+    /// The leader: the lock key's holder, or the election's lowest create revision.
+    pub holder: Holder,
+    /// The revision the answer was read at; watches start after it.
+    pub revision: i64,
+    pub watch: WatchTarget,
+}
+
+/// Campaign with the configured protocol.
 pub async fn campaign(
+    client: &mut Client,
+    timing: &Timing,
+    protocol: Protocol,
+    key: &str,
+    id: &str,
+    lease: LeaseId,
+) -> Result<Campaign, EtcdError> {
+    match protocol {
+        Protocol::Lock => campaign_lock(client, timing, key, id, lease).await,
+        Protocol::Election => campaign_election(client, timing, key, id, lease).await,
+    }
+}
+
+/// The lock protocol: `If CreateRevision(key) == 0 Then Put(key, id, lease) Else Get(key)`.
+async fn campaign_lock(
+    client: &mut Client,
+    timing: &Timing,
+    key: &str,
+    id: &str,
+    lease: LeaseId,
+) -> Result<Campaign, EtcdError> {
+    let (holder, revision) = create_if_absent(client, timing, key, id, lease).await?;
+    Ok(Campaign {
+        holder,
+        revision,
+        watch: WatchTarget {
+            key: key.to_string(),
+            puts: true,
+        },
+    })
+}
+
+/// etcd's `concurrency.Election` protocol: each candidate owns `<name>/<lease hex>`; the
+/// lowest create revision under `<name>/` leads, and each waiting candidate watches only the
+/// key created just before its own, so a handoff wakes one candidate.
+async fn campaign_election(
+    client: &mut Client,
+    timing: &Timing,
+    name: &str,
+    id: &str,
+    lease: LeaseId,
+) -> Result<Campaign, EtcdError> {
+    let prefix = format!("{name}/");
+    let own = format!("{prefix}{lease:x}");
+    let (mine, _) = create_if_absent(client, timing, &own, id, lease).await?;
+    if mine.lease != lease {
+        return Err(protocol(
+            Op::Campaign,
+            "our election key is attached to another lease",
+        ));
+    }
+    let first = GetOptions::new()
+        .with_prefix()
+        .with_sort(SortTarget::Create, SortOrder::Ascend)
+        .with_limit(1);
+    let before_us = GetOptions::new()
+        .with_prefix()
+        .with_sort(SortTarget::Create, SortOrder::Descend)
+        .with_max_create_revision(mine.create_revision - 1)
+        .with_limit(1);
+    let read = Txn::new().and_then([
+        TxnOp::get(prefix.as_str(), Some(first)),
+        TxnOp::get(prefix.as_str(), Some(before_us)),
+    ]);
+    let resp = bounded(Op::Campaign, timing.request_timeout, client.txn(read)).await?;
+    let revision = resp
+        .header()
+        .map(|h| h.revision())
+        .ok_or_else(|| protocol(Op::Campaign, "transaction response without header"))?;
+    let mut gets = resp.op_responses().into_iter().filter_map(|op| match op {
+        TxnOpResponse::Get(get) => Some(get.kvs().first().cloned()),
+        _ => None,
+    });
+    let leader = gets.next().flatten().ok_or_else(|| {
+        protocol(
+            Op::Campaign,
+            "our election key vanished during the campaign",
+        )
+    })?;
+    let watch = match gets.next().flatten() {
+        Some(predecessor) => WatchTarget {
+            key: String::from_utf8_lossy(predecessor.key()).into_owned(),
+            puts: false,
+        },
+        None => WatchTarget {
+            key: own,
+            puts: true,
+        },
+    };
+    Ok(Campaign {
+        holder: holder_of(&leader),
+        revision,
+        watch,
+    })
+}
+
+/// `If CreateRevision(key) == 0 Then Put(key, id, lease) Else Get(key)`: the holder after the
+/// transaction and the revision it was read at.
+async fn create_if_absent(
     client: &mut Client,
     timing: &Timing,
     key: &str,
@@ -322,20 +454,18 @@ pub async fn keep_alive(mut client: Client, timing: Timing, lease: LeaseId, repo
 pub async fn watch(
     mut client: Client,
     timing: Timing,
-    key: String,
+    target: WatchTarget,
     from_revision: i64,
     generation: u64,
     reports: Reports,
 ) {
     let report = |event| Report::WatchEvent { generation, event };
-    let options = WatchOptions::new().with_start_revision(from_revision);
-    let mut stream = match bounded(
-        Op::Watch,
-        timing.request_timeout,
-        client.watch(key.as_str(), Some(options)),
-    )
-    .await
-    {
+    let mut options = WatchOptions::new().with_start_revision(from_revision);
+    if !target.puts {
+        options = options.with_filters([WatchFilterType::NoPut]);
+    }
+    let watch = client.watch(target.key.as_str(), Some(options));
+    let mut stream = match bounded(Op::Watch, timing.request_timeout, watch).await {
         Ok(stream) => stream,
         Err(e) => {
             let _ = reports.send(Report::Error(e)).await;

@@ -112,6 +112,8 @@ pub enum Event {
     WatchFailed,
     /// Nothing happened, but a deadline may have passed; see [`Machine::next_wakeup`].
     Tick,
+    /// Give leadership up and campaign again at the back of the line (`POST /resign`).
+    Resign,
     /// Give leadership up and stop: SIGTERM, SIGINT or an API call.
     Shutdown,
     /// The lease revoke finished (either way); the process may exit.
@@ -152,6 +154,8 @@ pub enum StepDownReason {
     LeaseNotRenewed,
     /// The watch on our key ended, so a deletion could go unseen.
     WatchLost,
+    /// We were asked to resign.
+    Resigned,
     /// We were asked to stop.
     Shutdown,
 }
@@ -165,6 +169,7 @@ impl StepDownReason {
             StepDownReason::LeaseGone => "lease_gone",
             StepDownReason::LeaseNotRenewed => "lease_not_renewed",
             StepDownReason::WatchLost => "watch_lost",
+            StepDownReason::Resigned => "resigned",
             StepDownReason::Shutdown => "shutdown",
         }
     }
@@ -419,6 +424,14 @@ impl Machine {
                 State::Following { .. } => self.retry_campaign_later(now, &mut out),
                 _ => {}
             },
+            Event::Resign => {
+                if let (State::Leading { .. }, Some(lease)) = (&self.state, self.lease) {
+                    // Revoking deletes our key, so a waiting candidate wins; a new lease puts
+                    // us behind it.
+                    self.step_down(StepDownReason::Resigned, &mut out);
+                    self.drop_lease(Some(lease.id), &mut out);
+                }
+            }
             Event::Tick => self.on_tick(now, &mut out),
             Event::Shutdown => self.on_shutdown(now, &mut out),
             Event::Revoked => {
@@ -1127,6 +1140,37 @@ mod tests {
             lease: LEASE,
             then_exit: true
         }));
+    }
+
+    #[test]
+    fn resign_revokes_the_lease_and_campaigns_with_a_new_one() {
+        let (mut m, t0) = machine();
+        leading(&mut m, t0);
+        let step = m.step(Event::Resign, t0);
+        assert!(step.transitions.contains(&Transition::SteppedDown {
+            reason: StepDownReason::Resigned
+        }));
+        assert!(step.actions.contains(&Action::Revoke {
+            lease: LEASE,
+            then_exit: false
+        }));
+        assert_eq!(step.actions.last(), Some(&Action::GrantLease));
+        assert!(!is_leader(&m, t0));
+    }
+
+    #[test]
+    fn resign_is_ignored_by_a_follower() {
+        let (mut m, t0) = machine();
+        granted(&mut m, t0);
+        m.step(
+            Event::CampaignDone {
+                lease: LEASE,
+                holder: other(3),
+                revision: 3,
+            },
+            t0,
+        );
+        assert_eq!(m.step(Event::Resign, t0), Step::default());
     }
 
     #[test]

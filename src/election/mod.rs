@@ -11,7 +11,7 @@ pub mod machine;
 use std::time::Duration;
 
 use etcd_client::Client;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
@@ -19,11 +19,36 @@ use tokio_util::sync::CancellationToken;
 use crate::config::ElectionConfig;
 use crate::leadership::{Publisher, Receiver, Snapshot};
 use crate::metrics::Metrics;
-use etcd::{EtcdError, Report};
-use machine::{Action, Event, Machine, Transition};
+use etcd::{EtcdError, Report, WatchTarget};
+use machine::{Action, Event, Machine, Role, Transition};
 
 /// How often a repeated etcd failure is logged at `warn`; the rest go to `debug`.
 const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// Requests from other tasks (the admin API) to the election loop.
+#[derive(Debug)]
+enum Command {
+    /// Resign if leading; the reply says whether we were leading.
+    Resign(oneshot::Sender<bool>),
+}
+
+/// A handle for asking the election loop to do something.
+#[derive(Debug, Clone)]
+pub struct ElectionHandle {
+    commands: mpsc::Sender<Command>,
+}
+
+impl ElectionHandle {
+    /// Give up leadership now and campaign again at the back of the line. Returns false when
+    /// this replica was not the leader (or the loop has stopped).
+    pub async fn resign(&self) -> bool {
+        let (reply, answer) = oneshot::channel();
+        if self.commands.send(Command::Resign(reply)).await.is_err() {
+            return false;
+        }
+        answer.await.unwrap_or(false)
+    }
+}
 
 /// One election for one key.
 pub struct Election {
@@ -34,6 +59,12 @@ pub struct Election {
     metrics: Metrics,
     reports_tx: mpsc::Sender<Report>,
     reports: mpsc::Receiver<Report>,
+    commands_tx: mpsc::Sender<Command>,
+    commands: mpsc::Receiver<Command>,
+    /// What the next `Action::Watch` watches, as learnt by the campaign that precedes it.
+    next_watch: WatchTarget,
+    /// Whether the "TTL too short for this round trip" warning was given.
+    rtt_warned: bool,
     keepalive: Option<JoinHandle<()>>,
     watch: Option<JoinHandle<()>>,
     watch_generation: u64,
@@ -51,8 +82,17 @@ impl Election {
         let snapshot = Snapshot::initial(cfg.id.clone(), cfg.key.clone(), machine.view());
         let (publisher, _) = Publisher::new(snapshot);
         let (reports_tx, reports) = mpsc::channel(256);
+        let (commands_tx, commands) = mpsc::channel(16);
+        let next_watch = WatchTarget {
+            key: cfg.key.clone(),
+            puts: true,
+        };
         Election {
             cfg,
+            commands_tx,
+            commands,
+            next_watch,
+            rtt_warned: false,
             client,
             machine,
             publisher,
@@ -66,6 +106,13 @@ impl Election {
             last_error: None,
             errors: ErrorLog::default(),
             exit: false,
+        }
+    }
+
+    /// A handle for requests such as resign.
+    pub fn handle(&self) -> ElectionHandle {
+        ElectionHandle {
+            commands: self.commands_tx.clone(),
         }
     }
 
@@ -93,6 +140,13 @@ impl Election {
                     return false;
                 }
                 Some(report) = self.reports.recv() => self.on_report(report),
+                Some(command) = self.commands.recv() => match command {
+                    Command::Resign(reply) => {
+                        let leading = self.machine.view().role == Role::Leader;
+                        self.apply(Event::Resign);
+                        let _ = reply.send(leading);
+                    }
+                },
                 _ = sleep_until(wakeup.unwrap_or_else(Instant::now)), if wakeup.is_some() => {
                     self.apply(Event::Tick);
                 }
@@ -107,17 +161,47 @@ impl Election {
     fn on_report(&mut self, report: Report) {
         match report {
             Report::Event(event) => self.apply(event),
+            Report::Campaigned { lease, campaign } => {
+                self.next_watch = campaign.watch;
+                self.apply(Event::CampaignDone {
+                    lease,
+                    holder: campaign.holder,
+                    revision: campaign.revision,
+                });
+            }
             Report::WatchEvent { generation, event } => {
                 if generation == self.watch_generation && self.watch.is_some() {
                     self.apply(event);
                 }
             }
             Report::Error(error) => self.on_error(error),
-            Report::KeepAliveRtt(rtt) => self
-                .metrics
-                .keepalive_rtt_seconds
-                .observe(rtt.as_secs_f64()),
+            Report::KeepAliveRtt(rtt) => self.on_rtt(rtt),
             Report::RevokeDone => self.apply(Event::Revoked),
+        }
+    }
+
+    /// Record a keep-alive round trip, and warn once when the TTL leaves too little room for
+    /// it: the claim survives `ttl - margin` after a renewal is sent, and a renewal is sent
+    /// every `interval`; with fewer than four round trips to spare a slow moment costs the
+    /// leadership.
+    fn on_rtt(&mut self, rtt: Duration) {
+        self.metrics
+            .keepalive_rtt_seconds
+            .observe(rtt.as_secs_f64());
+        let t = self.cfg.timing;
+        let room = t
+            .ttl
+            .saturating_sub(t.margin)
+            .saturating_sub(t.keepalive_interval);
+        if !self.rtt_warned && rtt.saturating_mul(4) > room {
+            self.rtt_warned = true;
+            tracing::warn!(
+                rtt = ?rtt,
+                ttl = ?t.ttl,
+                margin = ?t.margin,
+                keepalive_interval = ?t.keepalive_interval,
+                "the TTL leaves too little room for this keep-alive round trip: leadership will be lost on small delays; raise --ttl"
+            );
         }
     }
 
@@ -260,32 +344,26 @@ impl Election {
                 self.metrics.campaigns.inc();
                 let key = self.cfg.key.clone();
                 let id = self.cfg.id.clone();
+                let protocol = self.cfg.protocol;
                 tokio::spawn(async move {
-                    let event = match etcd::campaign(&mut client, &timing, &key, &id, lease).await {
-                        Ok((holder, revision)) => Event::CampaignDone {
-                            lease,
-                            holder,
-                            revision,
-                        },
+                    let campaign = etcd::campaign(&mut client, &timing, protocol, &key, &id, lease);
+                    let report = match campaign.await {
+                        Ok(campaign) => Report::Campaigned { lease, campaign },
                         Err(e) => {
                             let lease_gone = e.is_lease_gone();
                             let _ = reports.send(Report::Error(e)).await;
-                            Event::CampaignFailed { lease, lease_gone }
+                            Report::Event(Event::CampaignFailed { lease, lease_gone })
                         }
                     };
-                    let _ = reports.send(Report::Event(event)).await;
+                    let _ = reports.send(report).await;
                 });
             }
             Action::Watch { from_revision } => {
                 self.watch_generation += 1;
-                let task = etcd::watch(
-                    client,
-                    timing,
-                    self.cfg.key.clone(),
-                    from_revision,
-                    self.watch_generation,
-                    reports,
-                );
+                let target = self.next_watch.clone();
+                tracing::debug!(key = target.key.as_str(), from_revision, "watching");
+                let generation = self.watch_generation;
+                let task = etcd::watch(client, timing, target, from_revision, generation, reports);
                 if let Some(old) = self.watch.replace(tokio::spawn(task)) {
                     old.abort();
                 }
