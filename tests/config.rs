@@ -1,0 +1,283 @@
+//! Configuration: flags, `ELECTOR_*` variables and a YAML file, in that order
+//! of precedence. Every mistake exits with code 2 and one line on stderr that
+//! names the option (and for a file: the file, and the field or line), never
+//! a panic and never a running server.
+
+mod support;
+
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use support::*;
+
+/// A bad configuration must be refused at once; this only catches a binary
+/// that started serving instead.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// An endpoint nobody listens on: the tests below never need etcd.
+fn dead_endpoint() -> String {
+    format!("http://127.0.0.1:{}", free_port())
+}
+
+fn loopback_listen() -> String {
+    format!("127.0.0.1:{}", free_port())
+}
+
+/// Runs the binary and checks the config-error contract; returns the line.
+fn refused(args: &[&str], envs: &[(&str, &str)], must_name: &[&str]) -> String {
+    let out = run_to_exit(args, envs, EXIT_TIMEOUT);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let context = format!("args {args:?} env {envs:?}\nstderr:\n{stderr}\nstdout:\n{stdout}");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "exit code 2 for a config error; {context}"
+    );
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"),
+        "a config error is not a panic; {context}"
+    );
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "exactly one line on stderr; {context}");
+    let line = lines[0].to_string();
+    for needle in must_name {
+        assert!(
+            line.to_lowercase().contains(&needle.to_lowercase()),
+            "the message names {needle:?}; {context}"
+        );
+    }
+    line
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    fs::write(&path, text).expect("writing a config file");
+    path.to_string_lossy().into_owned()
+}
+
+#[test]
+fn a_missing_key_is_refused() {
+    let (e, l) = (dead_endpoint(), loopback_listen());
+    refused(
+        &["--endpoints", &e, "--listen", &l, "--id", "a"],
+        &[],
+        &["key"],
+    );
+}
+
+#[test]
+fn a_ttl_below_2_is_refused() {
+    let (e, l) = (dead_endpoint(), loopback_listen());
+    refused(
+        &[
+            "--endpoints",
+            &e,
+            "--listen",
+            &l,
+            "--key",
+            "/k",
+            "--ttl",
+            "1",
+        ],
+        &[],
+        &["ttl"],
+    );
+}
+
+#[test]
+fn a_ttl_above_3600_is_refused() {
+    let (e, l) = (dead_endpoint(), loopback_listen());
+    refused(
+        &[
+            "--endpoints",
+            &e,
+            "--listen",
+            &l,
+            "--key",
+            "/k",
+            "--ttl",
+            "4000",
+        ],
+        &[],
+        &["ttl"],
+    );
+}
+
+#[test]
+fn a_ttl_that_is_not_a_number_is_refused() {
+    let (e, l) = (dead_endpoint(), loopback_listen());
+    refused(
+        &[
+            "--endpoints",
+            &e,
+            "--listen",
+            &l,
+            "--key",
+            "/k",
+            "--ttl",
+            "ten",
+        ],
+        &[],
+        &["ttl"],
+    );
+}
+
+#[test]
+fn an_out_of_range_ttl_from_the_environment_is_refused() {
+    let (e, l) = (dead_endpoint(), loopback_listen());
+    refused(
+        &["--endpoints", &e, "--listen", &l, "--key", "/k"],
+        &[("ELECTOR_TTL", "1")],
+        &["ttl"],
+    );
+}
+
+#[test]
+fn an_unparsable_listen_address_is_refused() {
+    let e = dead_endpoint();
+    for bad in ["nonsense", "127.0.0.1", "127.0.0.1:99999"] {
+        refused(
+            &["--endpoints", &e, "--key", "/k", "--listen", bad],
+            &[],
+            &["listen"],
+        );
+    }
+}
+
+#[test]
+fn a_bad_endpoint_url_is_refused() {
+    let l = loopback_listen();
+    for bad in ["http://127.0.0.1:notaport", "not a url"] {
+        refused(
+            &["--endpoints", bad, "--listen", &l, "--key", "/k"],
+            &[],
+            &["endpoint"],
+        );
+    }
+}
+
+#[test]
+fn a_missing_config_file_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("does-not-exist.yaml");
+    let path = path.to_string_lossy();
+    let l = loopback_listen();
+    refused(&["--config", &path, "--listen", &l], &[], &[&path]);
+    // The same through the environment.
+    refused(&["--listen", &l], &[("ELECTOR_CONFIG", &path)], &[&path]);
+}
+
+#[test]
+fn an_unreadable_config_file_is_refused() {
+    // A directory cannot be read as a file, even by root (who can read a
+    // file whatever its mode bits say).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_string_lossy().into_owned();
+    let l = loopback_listen();
+    refused(&["--config", &path, "--listen", &l], &[], &[&path]);
+}
+
+#[test]
+fn invalid_yaml_names_the_file_and_the_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = dead_endpoint();
+    // Line 3 is not YAML ("mapping values are not allowed here").
+    let path = write(dir.path(), "broken.yaml", "key: /k\nid: a\nttl: 3: 4\n");
+    let l = loopback_listen();
+    let line = refused(
+        &["--config", &path, "--listen", &l, "--endpoints", &e],
+        &[],
+        &[&path],
+    );
+    assert!(
+        line.contains("line 3") || line.contains(":3"),
+        "the message gives the line (3): {line}"
+    );
+}
+
+#[test]
+fn an_unknown_yaml_key_is_refused_by_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = dead_endpoint();
+    let path = write(dir.path(), "typo.yaml", "key: /k\nid: a\ncolour: blue\n");
+    let l = loopback_listen();
+    refused(
+        &["--config", &path, "--listen", &l, "--endpoints", &e],
+        &[],
+        &[&path, "colour"],
+    );
+}
+
+#[test]
+fn an_out_of_range_ttl_in_the_file_names_the_file_and_field() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = dead_endpoint();
+    let path = write(dir.path(), "ttl.yaml", "key: /k\nttl: 1\n");
+    let l = loopback_listen();
+    refused(
+        &["--config", &path, "--listen", &l, "--endpoints", &e],
+        &[],
+        &[&path, "ttl"],
+    );
+}
+
+/// Observed through `/leader`, which names the identity and key in use (and
+/// answers 503 since no etcd is reachable, which is fine here).
+#[test]
+fn flags_override_env_which_overrides_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = dead_endpoint();
+    let file_listen = loopback_listen();
+    let path = write(
+        dir.path(),
+        "elector.yaml",
+        &format!(
+            "endpoints: [\"{e}\"]\nkey: /from-file\nid: id-from-file\nttl: 5\n\
+             listen: \"{file_listen}\"\nlog_format: json\nshutdown_timeout: 3\n"
+        ),
+    );
+    let view = |s: &Sidecar| {
+        let (status, v) = s.get_json("/leader");
+        assert_eq!(status, 503, "no etcd, no leadership: {v}");
+        (
+            v["identity"].as_str().unwrap_or_default().to_string(),
+            v["key"].as_str().unwrap_or_default().to_string(),
+        )
+    };
+
+    // File only (and its `listen`, since no --listen flag is given).
+    let s = Sidecar::builder()
+        .args(&["--config", &path])
+        .listen_elsewhere(file_listen.parse().unwrap())
+        .start();
+    assert_eq!(view(&s), ("id-from-file".into(), "/from-file".into()));
+    drop(s);
+
+    // Env over file, file still supplying what env does not.
+    let s = Sidecar::builder()
+        .args(&["--config", &path])
+        .env("ELECTOR_ID", "id-from-env")
+        .start();
+    assert_eq!(view(&s), ("id-from-env".into(), "/from-file".into()));
+    drop(s);
+
+    // Flag over env over file; the file named through ELECTOR_CONFIG.
+    let s = Sidecar::builder()
+        .env("ELECTOR_CONFIG", &path)
+        .env("ELECTOR_ID", "id-from-env")
+        .env("ELECTOR_KEY", "/from-env")
+        .id("id-from-flag")
+        .start();
+    assert_eq!(view(&s), ("id-from-flag".into(), "/from-env".into()));
+    drop(s);
+
+    // POD_NAME is the default id when nothing else sets it.
+    let s = Sidecar::builder()
+        .endpoints(&e)
+        .key("/k")
+        .env("POD_NAME", "pod-7")
+        .start();
+    assert_eq!(view(&s).0, "pod-7");
+}

@@ -1,0 +1,145 @@
+//! Handoff: on SIGTERM or SIGINT the leader stops claiming at once (503),
+//! revokes its lease so the key disappears, and exits 0; a follower wins
+//! through its watch, long before the TTL could have expired.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+/// Long enough that a takeover inside [`SOON`] can only come from the revoke,
+/// never from the lease expiring.
+const LONG_TTL: &str = "30";
+
+/// Stops the current leader with `sig` and checks the whole handoff; returns
+/// the new leader's index in `sidecars` (the stopped one is removed).
+fn hand_off(etcd: &Etcd, key: &str, sidecars: &mut Vec<Sidecar>, sig: Signal) -> usize {
+    let leader = wait_for_one_leader(sidecars, SOON);
+    let before = etcd.get(key).expect("the leader's key exists");
+    let mut old = sidecars.remove(leader);
+    assert_eq!(before.value, old.id());
+
+    old.signal(sig);
+    let status = old.wait_exit(SOON);
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "the leader exits 0 on {sig}: {status}"
+    );
+
+    // The lease was revoked before the exit: the key is gone or already retaken.
+    if let Some(kv) = etcd.get(key) {
+        assert_ne!(
+            kv.lease, before.lease,
+            "the old lease no longer holds the key"
+        );
+        assert_ne!(
+            kv.value,
+            old.id(),
+            "the stopped replica no longer holds the key"
+        );
+    }
+
+    let next = wait_for_one_leader(sidecars, SOON);
+    let kv = etcd.get(key).expect("the new leader's key exists");
+    assert_eq!(kv.value, sidecars[next].id());
+    assert!(kv.create_revision > before.create_revision);
+    next
+}
+
+#[test]
+fn sigterm_to_the_leader_exits_0_and_a_follower_takes_over() {
+    let etcd = Etcd::start();
+    let key = unique_key("sigterm_handoff");
+    let mut sidecars = replicas(&etcd.endpoint(), &key, 3, &["--ttl", LONG_TTL]);
+    hand_off(&etcd, &key, &mut sidecars, Signal::SIGTERM);
+}
+
+#[test]
+fn sigint_hands_off_like_sigterm() {
+    let etcd = Etcd::start();
+    let key = unique_key("sigint_handoff");
+    let mut sidecars = replicas(&etcd.endpoint(), &key, 2, &["--ttl", LONG_TTL]);
+    hand_off(&etcd, &key, &mut sidecars, Signal::SIGINT);
+}
+
+#[test]
+fn leader_answers_503_while_shutting_down() {
+    let etcd = Etcd::start();
+    let key = unique_key("503_while_shutting_down");
+    // --release-delay keeps the process (and the key) around after the
+    // signal, long enough to observe what it answers meanwhile.
+    let mut leader = Sidecar::start(
+        &etcd.endpoint(),
+        &key,
+        "draining",
+        &[
+            "--ttl",
+            LONG_TTL,
+            "--release-delay",
+            "3",
+            "--shutdown-timeout",
+            "10",
+        ],
+    );
+    assert!(
+        wait_until(SOON, || leader.is_leader()),
+        "the only replica leads"
+    );
+
+    leader.signal(Signal::SIGTERM);
+    let mut answer = None;
+    assert!(
+        wait_until(SOON, || {
+            answer = leader.try_get("/leader").ok();
+            matches!(&answer, Some(r) if r.status == 503)
+        }),
+        "the leader turns 503 after SIGTERM; last answer {answer:?}"
+    );
+    // It answered, so it is still running; and the key is still there, so the
+    // 503 came before the revoke, as a readiness probe needs it to.
+    let kv = etcd.get(&key);
+    assert!(
+        matches!(&kv, Some(kv) if kv.value == "draining"),
+        "503 came while the key was still held (release delay): {kv:?}"
+    );
+    let body = answer.expect("set above").json();
+    assert_eq!(body["is_leader"], false);
+
+    let status = leader.wait_exit(Duration::from_secs(15));
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit 0 after the release delay: {status}"
+    );
+    assert_eq!(etcd.get(&key), None, "the key is gone after the revoke");
+}
+
+#[test]
+fn fencing_token_grows_across_terms() {
+    let etcd = Etcd::start();
+    let key = unique_key("token_grows");
+    let mut sidecars = replicas(&etcd.endpoint(), &key, 3, &["--ttl", LONG_TTL]);
+
+    let mut tokens = Vec::new();
+    for _ in 0..3 {
+        let leader = wait_for_one_leader(&sidecars, SOON);
+        let token = sidecars[leader]
+            .fencing_token()
+            .expect("the leader reports a fencing token");
+        assert_eq!(
+            Some(token),
+            etcd.get(&key).map(|kv| kv.create_revision),
+            "the token is the key's create revision"
+        );
+        tokens.push(token);
+        if sidecars.len() > 1 {
+            hand_off(&etcd, &key, &mut sidecars, Signal::SIGTERM);
+        }
+    }
+    assert!(
+        tokens.windows(2).all(|w| w[0] < w[1]),
+        "fencing tokens strictly increase across terms: {tokens:?}"
+    );
+}

@@ -1,0 +1,153 @@
+//! Operator actions with etcdctl: deleting the key, overwriting it, revoking
+//! the leader's lease. Each must end with a leader again (any replica),
+//! under a live lease, with a larger fencing token; a leader whose key was
+//! taken away must step down.
+
+mod support;
+
+use support::*;
+
+/// Long enough that recovery inside [`SOON`] can only come from watches and
+/// keep-alive answers, never from a lease expiring.
+const LONG_TTL: &str = "30";
+
+/// Waits until etcd and the replicas agree on one leader whose key was created
+/// after `after_revision`; returns its index.
+fn wait_for_new_term(etcd: &Etcd, key: &str, sidecars: &[Sidecar], after_revision: i64) -> usize {
+    let mut found = None;
+    let ok = wait_until(SOON, || {
+        let Some(kv) = etcd.get(key) else {
+            return false;
+        };
+        if kv.create_revision <= after_revision {
+            return false;
+        }
+        let leaders: Vec<usize> = (0..sidecars.len())
+            .filter(|&i| sidecars[i].is_leader())
+            .collect();
+        if let [i] = leaders[..] {
+            let view = sidecars[i].leader_view();
+            if sidecars[i].id() == kv.value && view["fencing_token"] == kv.create_revision {
+                found = Some(i);
+            }
+        }
+        found.is_some()
+    });
+    assert!(
+        ok,
+        "a new term after revision {after_revision}: key now {:?}, views {:?}",
+        etcd.get(key),
+        sidecars
+            .iter()
+            .map(|s| s.try_get("/leader").map(|r| r.body).unwrap_or_default())
+            .collect::<Vec<_>>()
+    );
+    found.expect("set when ok")
+}
+
+#[test]
+fn deleting_the_key_elects_a_leader_again_with_a_larger_token() {
+    let etcd = Etcd::start();
+    let key = unique_key("delete_key");
+    let sidecars = replicas(&etcd.endpoint(), &key, 3, &["--ttl", LONG_TTL]);
+    let first = wait_for_one_leader(&sidecars, SOON);
+    let before = etcd.get(&key).expect("the leader's key exists");
+    let token = sidecars[first].fencing_token().expect("a token");
+
+    etcd.ctl(&["del", &key]);
+
+    let next = wait_for_new_term(&etcd, &key, &sidecars, before.create_revision);
+    let after = sidecars[next].fencing_token().expect("a token");
+    assert!(after > token, "the token grows: {token} -> {after}");
+    let kv = etcd.get(&key).expect("held again");
+    assert!(
+        matches!(etcd.lease_ttl(kv.lease), Some(t) if t > 0),
+        "under a live lease: {kv:?}"
+    );
+}
+
+#[test]
+fn overwriting_the_key_makes_the_leader_step_down() {
+    let etcd = Etcd::start();
+    let key = unique_key("overwrite_key");
+    let sidecars = replicas(&etcd.endpoint(), &key, 3, &["--ttl", LONG_TTL]);
+    let leader = &sidecars[wait_for_one_leader(&sidecars, SOON)];
+    let before = etcd.get(&key).expect("the leader's key exists");
+
+    // A plain put: another value, no lease. The key keeps its create revision,
+    // so nobody can win it until it is deleted.
+    etcd.ctl(&["put", &key, "intruder"]);
+
+    assert!(
+        wait_until(SOON, || !leader.is_leader()),
+        "the old leader steps down (503) when its key is overwritten: {}",
+        leader.leader_view()
+    );
+    for s in &sidecars {
+        assert!(
+            wait_until(SOON, || s.leader_view()["leader"] == "intruder"),
+            "{} reports the key's new holder: {}",
+            s.id(),
+            s.leader_view()
+        );
+        assert!(
+            !s.is_leader(),
+            "{} does not lead a key it does not hold",
+            s.id()
+        );
+    }
+    // Nobody may delete or overwrite a key it does not hold.
+    let kv = etcd.get(&key).expect("the intruder's key is left alone");
+    assert_eq!(kv.value, "intruder");
+
+    // Once the operator deletes it, the election resumes.
+    etcd.ctl(&["del", &key]);
+    wait_for_new_term(&etcd, &key, &sidecars, before.create_revision);
+}
+
+#[test]
+fn revoking_the_leader_lease_elects_a_leader_under_a_new_lease() {
+    let etcd = Etcd::start();
+    let key = unique_key("revoke_lease");
+    let sidecars = replicas(&etcd.endpoint(), &key, 3, &["--ttl", LONG_TTL]);
+    let first = wait_for_one_leader(&sidecars, SOON);
+    let before = etcd.get(&key).expect("the leader's key exists");
+    let token = sidecars[first].fencing_token().expect("a token");
+
+    etcd.ctl(&["lease", "revoke", &format!("{:x}", before.lease)]);
+
+    let next = wait_for_new_term(&etcd, &key, &sidecars, before.create_revision);
+    let kv = etcd.get(&key).expect("held again");
+    assert_ne!(kv.lease, before.lease, "under a new lease");
+    assert!(
+        matches!(etcd.lease_ttl(kv.lease), Some(t) if t > 0),
+        "the new lease is alive: {kv:?}"
+    );
+    assert!(sidecars[next].fencing_token().expect("a token") > token);
+    if next != first {
+        assert!(
+            wait_until(SOON, || !sidecars[first].is_leader()),
+            "the replica whose lease was revoked does not lead"
+        );
+    }
+}
+
+#[test]
+fn revoking_the_only_replica_lease_makes_it_lead_again_under_a_new_lease() {
+    let etcd = Etcd::start();
+    let key = unique_key("revoke_only_lease");
+    // A TTL of 6 s: keep-alives every 2 s, so a replica that learns of the
+    // revoke only from its next keep-alive still recovers well inside SOON.
+    let sidecars = replicas(&etcd.endpoint(), &key, 1, &["--ttl", "6"]);
+    wait_for_one_leader(&sidecars, SOON);
+    let before = etcd.get(&key).expect("the leader's key exists");
+
+    etcd.ctl(&["lease", "revoke", &format!("{:x}", before.lease)]);
+
+    // Its keep-alive is answered with TTL 0 (or its watch sees the delete):
+    // it must take a new lease, not keep using the dead one.
+    wait_for_new_term(&etcd, &key, &sidecars, before.create_revision);
+    let kv = etcd.get(&key).expect("held again");
+    assert_ne!(kv.lease, before.lease);
+    assert!(matches!(etcd.lease_ttl(kv.lease), Some(t) if t > 0));
+}

