@@ -1,0 +1,362 @@
+{{/*
+Names and labels, in the `helm create` style.
+
+Every helper here takes the chart's root scope (what `.` is in a template of
+this chart). Another chart that depends on this one passes this chart's scope
+as `index .Subcharts "etcd-elector"`, so the helpers see this chart's values,
+name and appVersion, not the parent's.
+*/}}
+
+{{/*
+Expand the name of the chart.
+*/}}
+{{- define "etcd-elector.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Create a default fully qualified app name.
+We truncate at 63 chars because some Kubernetes name fields are limited to this (by the DNS naming spec).
+If release name contains chart name it will be used as a full name.
+*/}}
+{{- define "etcd-elector.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Create chart name and version as used by the chart label.
+*/}}
+{{- define "etcd-elector.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Common labels
+*/}}
+{{- define "etcd-elector.labels" -}}
+helm.sh/chart: {{ include "etcd-elector.chart" . }}
+{{ include "etcd-elector.selectorLabels" . }}
+{{- if .Chart.AppVersion }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+{{- end }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/*
+Selector labels
+*/}}
+{{- define "etcd-elector.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "etcd-elector.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/*
+Selector labels of the application pods. The component label keeps the
+Service from ever selecting the bundled etcd or the test pod.
+*/}}
+{{- define "etcd-elector.appSelectorLabels" -}}
+{{ include "etcd-elector.selectorLabels" . }}
+app.kubernetes.io/component: app
+{{- end }}
+
+{{/*
+Selector labels of the bundled etcd members.
+*/}}
+{{- define "etcd-elector.etcdSelectorLabels" -}}
+{{ include "etcd-elector.selectorLabels" . }}
+app.kubernetes.io/component: etcd
+{{- end }}
+
+{{/*
+Create the name of the service account to use
+*/}}
+{{- define "etcd-elector.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "etcd-elector.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+Name of the bundled etcd StatefulSet and its client Service; the headless
+(peer) Service adds "-headless".
+*/}}
+{{- define "etcd-elector.etcdFullname" -}}
+{{- printf "%s-etcd" (include "etcd-elector.fullname" . | trunc 54 | trimSuffix "-") }}
+{{- end }}
+
+{{/*
+True (the string "true") when the bundled etcd is installed: no endpoints given.
+*/}}
+{{- define "etcd-elector.bundledEtcd" -}}
+{{- if not .Values.etcd.endpoints }}true{{ end }}
+{{- end }}
+
+{{/*
+The peer URL host of bundled member number $i.
+Usage: include "etcd-elector.etcdMemberHost" (list $ $i)
+*/}}
+{{- define "etcd-elector.etcdMemberHost" -}}
+{{- $root := index . 0 }}
+{{- $sts := include "etcd-elector.etcdFullname" $root }}
+{{- printf "%s-%d.%s-headless.%s.svc.%s" $sts (index . 1) $sts $root.Release.Namespace $root.Values.etcd.bundled.clusterDomain }}
+{{- end }}
+
+{{/*
+The etcd client URLs the elector uses, comma-separated: the given endpoints,
+or every member of the bundled etcd (the client fails over between them).
+*/}}
+{{- define "etcd-elector.etcdEndpoints" -}}
+{{- if .Values.etcd.endpoints }}
+{{- join "," .Values.etcd.endpoints }}
+{{- else }}
+{{- $urls := list }}
+{{- range $i := until (int .Values.etcd.bundled.replicas) }}
+{{- $urls = append $urls (printf "http://%s:2379" (include "etcd-elector.etcdMemberHost" (list $ $i))) }}
+{{- end }}
+{{- join "," $urls }}
+{{- end }}
+{{- end }}
+
+{{/*
+The sidecar's lock key.
+*/}}
+{{- define "etcd-elector.key" -}}
+{{- default (printf "/elector/%s/%s" .Release.Namespace (include "etcd-elector.fullname" .)) .Values.elector.key }}
+{{- end }}
+
+{{/*
+The CronJob's lock key: no namespace in the default, so that installs of the
+same release in several namespaces or clusters share it.
+*/}}
+{{- define "etcd-elector.cronjobKey" -}}
+{{- default (printf "/elector/cron/%s" (include "etcd-elector.fullname" .)) .Values.cronjob.key }}
+{{- end }}
+
+{{/*
+The elector image reference.
+*/}}
+{{- define "etcd-elector.image" -}}
+{{- printf "%s:%s" .Values.elector.image.repository (default .Chart.AppVersion .Values.elector.image.tag | toString) }}
+{{- end }}
+
+{{/*
+"true" when the sidecar is rendered as a native sidecar (an init container
+with restartPolicy: Always, Kubernetes >= 1.29), "false" for a plain
+container. elector.nativeSidecar: auto | true | false.
+*/}}
+{{- define "etcd-elector.sidecar.native" -}}
+{{- $mode := .Values.elector.nativeSidecar }}
+{{- if eq (toString $mode) "auto" }}
+{{- semverCompare ">=1.29-0" .Capabilities.KubeVersion.Version }}
+{{- else }}
+{{- eq (toString $mode) "true" }}
+{{- end }}
+{{- end }}
+
+{{/*
+Refuse combinations that the schema cannot express, with a clear message.
+*/}}
+{{- define "etcd-elector.validate" -}}
+{{- $etcd := .Values.etcd }}
+{{- if and $etcd.tls.enabled (not $etcd.tls.existingSecret) }}
+{{- fail "etcd.tls.enabled needs etcd.tls.existingSecret: the name of a Secret with the CA (and client certificate and key)" }}
+{{- end }}
+{{- if and $etcd.auth.enabled (not $etcd.auth.existingSecret) }}
+{{- fail "etcd.auth.enabled needs etcd.auth.existingSecret: the name of a Secret holding the password" }}
+{{- end }}
+{{- if and $etcd.auth.enabled (not $etcd.auth.username) }}
+{{- fail "etcd.auth.enabled needs etcd.auth.username" }}
+{{- end }}
+{{- if and (not $etcd.endpoints) (or $etcd.tls.enabled $etcd.auth.enabled) }}
+{{- fail "etcd.tls and etcd.auth apply to an external etcd: set etcd.endpoints (the bundled etcd serves plain HTTP without auth)" }}
+{{- end }}
+{{- if and $etcd.tls.enabled (or (and $etcd.tls.certKey (not $etcd.tls.keyKey)) (and $etcd.tls.keyKey (not $etcd.tls.certKey))) }}
+{{- fail "etcd.tls.certKey and etcd.tls.keyKey go together: set both for a client certificate, or both empty for none" }}
+{{- end }}
+{{- if and (gt (int .Values.elector.releaseDelay) 0) (ge (int .Values.elector.releaseDelay) (int .Values.elector.shutdownTimeout)) }}
+{{- fail "elector.releaseDelay must be less than elector.shutdownTimeout: the lease is revoked after the delay, within the timeout" }}
+{{- end }}
+{{- if lt (int .Values.terminationGracePeriodSeconds) (int .Values.elector.shutdownTimeout) }}
+{{- fail "terminationGracePeriodSeconds must be at least elector.shutdownTimeout, or the sidecar is killed before it releases the lock" }}
+{{- end }}
+{{- if .Values.cronjob.enabled }}
+{{- if not .Values.cronjob.command }}
+{{- fail "cronjob.enabled needs cronjob.command: the command to run under the lock" }}
+{{- end }}
+{{- if ge (int .Values.cronjob.gracePeriod) (int .Values.cronjob.ttl) }}
+{{- fail "cronjob.gracePeriod must be well below cronjob.ttl: the command is stopped before the lease can expire" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Environment that tells etcd-elector (sidecar or `run`) how to reach etcd:
+endpoints, TLS files and auth. Secrets are mounted as files by
+"etcd-elector.etcdVolumeMounts"; the password never enters the environment.
+*/}}
+{{- define "etcd-elector.etcdEnv" -}}
+- name: ELECTOR_ENDPOINTS
+  value: {{ include "etcd-elector.etcdEndpoints" . | quote }}
+{{- with .Values.etcd.tls }}
+{{- if .enabled }}
+- name: ELECTOR_ETCD_CACERT
+  value: {{ printf "/etc/etcd-elector/tls/%s" .caKey | quote }}
+{{- if .certKey }}
+- name: ELECTOR_ETCD_CERT
+  value: {{ printf "/etc/etcd-elector/tls/%s" .certKey | quote }}
+- name: ELECTOR_ETCD_KEY
+  value: {{ printf "/etc/etcd-elector/tls/%s" .keyKey | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- with .Values.etcd.auth }}
+{{- if .enabled }}
+- name: ELECTOR_ETCD_USER
+  value: {{ .username | quote }}
+- name: ELECTOR_ETCD_PASSWORD_FILE
+  value: {{ printf "/etc/etcd-elector/auth/%s" .passwordKey | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Volume mounts for the etcd TLS and auth Secrets (empty when neither is on).
+*/}}
+{{- define "etcd-elector.etcdVolumeMounts" -}}
+{{- if .Values.etcd.tls.enabled }}
+- name: etcd-elector-tls
+  mountPath: /etc/etcd-elector/tls
+  readOnly: true
+{{- end }}
+{{- if .Values.etcd.auth.enabled }}
+- name: etcd-elector-auth
+  mountPath: /etc/etcd-elector/auth
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{/*
+Pod volumes for the etcd TLS and auth Secrets (empty when neither is on).
+Pods that embed the sidecar must add these to their `volumes`; this is the
+same as "etcd-elector.sidecar.volumes".
+*/}}
+{{- define "etcd-elector.etcdVolumes" -}}
+{{- with .Values.etcd.tls }}
+{{- if .enabled }}
+- name: etcd-elector-tls
+  secret:
+    secretName: {{ .existingSecret }}
+    items:
+      - key: {{ .caKey }}
+        path: {{ .caKey }}
+      {{- if .certKey }}
+      - key: {{ .certKey }}
+        path: {{ .certKey }}
+      - key: {{ .keyKey }}
+        path: {{ .keyKey }}
+      {{- end }}
+{{- end }}
+{{- end }}
+{{- with .Values.etcd.auth }}
+{{- if .enabled }}
+- name: etcd-elector-auth
+  secret:
+    secretName: {{ .existingSecret }}
+    items:
+      - key: {{ .passwordKey }}
+        path: {{ .passwordKey }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+THE EMBEDDABLE SIDECAR.
+
+"etcd-elector.sidecar" renders the elector as one item of a container list:
+as a native sidecar (with restartPolicy: Always) to put under
+`initContainers`, or as a plain container to put under `containers`, as
+"etcd-elector.sidecar.native" says. "etcd-elector.sidecar.volumes" renders
+the pod volumes it needs (none unless etcd TLS or auth is on).
+
+From this chart's templates pass `$`; from a chart that depends on this one
+pass `(index .Subcharts "etcd-elector")`. See README.md, "Embedding".
+*/}}
+{{- define "etcd-elector.sidecar" -}}
+{{- $native := eq (include "etcd-elector.sidecar.native" .) "true" }}
+{{- $e := .Values.elector -}}
+- name: etcd-elector
+  image: {{ include "etcd-elector.image" . | quote }}
+  imagePullPolicy: {{ $e.image.pullPolicy }}
+  {{- if $native }}
+  # A native sidecar: started before the app containers, stopped after them.
+  restartPolicy: Always
+  {{- end }}
+  env:
+    - name: POD_NAME
+      valueFrom:
+        fieldRef:
+          fieldPath: metadata.name
+    {{- include "etcd-elector.etcdEnv" . | nindent 4 }}
+    - name: ELECTOR_KEY
+      value: {{ include "etcd-elector.key" . | quote }}
+    - name: ELECTOR_TTL
+      value: {{ $e.ttl | quote }}
+    - name: ELECTOR_LISTEN
+      value: {{ printf "0.0.0.0:%d" (int $e.port) | quote }}
+    - name: ELECTOR_SHUTDOWN_TIMEOUT
+      value: {{ $e.shutdownTimeout | quote }}
+    - name: ELECTOR_RELEASE_DELAY
+      value: {{ $e.releaseDelay | quote }}
+    - name: ELECTOR_LOG_FORMAT
+      value: {{ $e.logFormat | quote }}
+    {{- with $e.extraEnv }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  ports:
+    - name: elector
+      containerPort: {{ $e.port }}
+      protocol: TCP
+  startupProbe:
+    httpGet:
+      path: /healthz
+      port: {{ $e.port }}
+    {{- toYaml $e.startupProbe | nindent 4 }}
+  # 200 on the leader only: the pod is Ready (and behind the Service) while it leads.
+  readinessProbe:
+    httpGet:
+      path: /leader
+      port: {{ $e.port }}
+    {{- toYaml $e.readinessProbe | nindent 4 }}
+  livenessProbe:
+    httpGet:
+      path: /healthz
+      port: {{ $e.port }}
+    {{- toYaml $e.livenessProbe | nindent 4 }}
+  {{- with $e.resources }}
+  resources:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $e.securityContext }}
+  securityContext:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with (include "etcd-elector.etcdVolumeMounts" . | trim) }}
+  volumeMounts:
+    {{- . | nindent 4 }}
+  {{- end }}
+{{- end }}
+
+{{- define "etcd-elector.sidecar.volumes" -}}
+{{- include "etcd-elector.etcdVolumes" . | trim }}
+{{- end }}
