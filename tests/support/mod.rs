@@ -20,8 +20,10 @@
 pub mod etcd;
 pub mod golocker;
 pub mod http;
+pub mod job;
 pub mod proxy;
 pub mod sidecar;
+pub mod tls;
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};

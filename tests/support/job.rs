@@ -1,0 +1,1 @@
+//! Fixtures for `etcd-elector run` (the command-under-the-lock mode).

@@ -1,0 +1,1 @@
+//! Certificates and secured etcd servers for the TLS and auth tests.
