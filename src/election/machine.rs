@@ -40,6 +40,9 @@ pub struct Timing {
     pub backoff_cap: Duration,
     /// Bound on one etcd request (grant, transaction, revoke, one keep-alive round trip).
     pub request_timeout: Duration,
+    /// After resigning, how long to wait before campaigning again, so that waiting
+    /// candidates (who react in milliseconds) take over.
+    pub resign_holdoff: Duration,
 }
 
 impl Timing {
@@ -61,6 +64,7 @@ impl Timing {
             backoff_cap: keepalive_interval,
             request_timeout: keepalive_interval
                 .clamp(Duration::from_millis(500), Duration::from_secs(5)),
+            resign_holdoff: keepalive_interval.min(Duration::from_millis(500)),
         }
     }
 }
@@ -426,10 +430,15 @@ impl Machine {
             },
             Event::Resign => {
                 if let (State::Leading { .. }, Some(lease)) = (&self.state, self.lease) {
-                    // Revoking deletes our key, so a waiting candidate wins; a new lease puts
-                    // us behind it.
+                    // Revoking deletes our key, so a waiting candidate wins within a round
+                    // trip; we only ask for a new lease after `resign_holdoff`, so we do not
+                    // race the candidates we are handing over to.
                     self.step_down(StepDownReason::Resigned, &mut out);
                     self.drop_lease(Some(lease.id), &mut out);
+                    out.actions.retain(|a| *a != Action::GrantLease);
+                    self.state = State::NeedLease {
+                        retry_at: Some(now + self.timing.resign_holdoff),
+                    };
                 }
             }
             Event::Tick => self.on_tick(now, &mut out),
@@ -1154,8 +1163,14 @@ mod tests {
             lease: LEASE,
             then_exit: false
         }));
-        assert_eq!(step.actions.last(), Some(&Action::GrantLease));
+        assert!(!step.actions.contains(&Action::GrantLease));
         assert!(!is_leader(&m, t0));
+        let holdoff = Timing::for_ttl(TTL).resign_holdoff;
+        assert_eq!(m.next_wakeup(), Some(t0 + holdoff));
+        assert_eq!(
+            m.step(Event::Tick, t0 + holdoff).actions,
+            vec![Action::GrantLease]
+        );
     }
 
     #[test]
