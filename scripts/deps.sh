@@ -6,6 +6,11 @@
 set -euo pipefail
 mode=${1:-test}
 
+if ! command -v cargo >/dev/null; then
+  echo "etcd-elector: Rust is needed (cargo 1.85 or newer): install it with rustup (https://rustup.rs), then run this again" >&2
+  exit 1
+fi
+
 need=()
 command -v protoc >/dev/null || need+=(protobuf-compiler)
 if [ -z "${ETCD_BIN:-}" ]; then
