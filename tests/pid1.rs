@@ -1,0 +1,164 @@
+//! As PID 1 in a container: the kernel gives PID 1 no default action for SIGTERM, so only
+//! our own handlers make it stop, and orphans are re-parented to PID 1, which must reap them.
+//! `unshare --fork --pid` makes the binary PID 1 of a new PID namespace, as a container
+//! runtime does.
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::kill;
+use nix::unistd::Pid;
+use support::*;
+
+/// Start `etcd-elector ARGS` as PID 1 of a new PID namespace; returns the `unshare` child
+/// and the host pid of etcd-elector.
+fn spawn_as_pid1(args: &[&str], log: &std::path::Path) -> (Child, i32) {
+    let out = std::fs::File::create(log).expect("log file");
+    let err = out.try_clone().expect("log file");
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--fork", "--pid", "--kill-child"])
+        .arg(env!("CARGO_BIN_EXE_etcd-elector"))
+        .args(args)
+        .env_remove("POD_NAME")
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err);
+    kill_on_parent_death(&mut cmd);
+    let child = cmd.spawn().expect("unshare is available (util-linux)");
+    let unshare_pid = child.id();
+    let mut inner = 0;
+    assert!(
+        wait_until(SOON, || {
+            inner = children_of(i32::try_from(unshare_pid).unwrap())
+                .first()
+                .copied()
+                .unwrap_or(0);
+            inner != 0
+        }),
+        "unshare started no child"
+    );
+    (child, inner)
+}
+
+/// Host pids of `pid`'s children.
+fn children_of(pid: i32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+fn state_of(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The state follows the command name, which is in parentheses and may contain spaces.
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+#[test]
+fn sidecar_as_pid1_hands_over_and_exits_0_on_sigterm() {
+    let etcd = Etcd::start();
+    let key = unique_key("pid1_sidecar");
+    let dir = test_tempdir("pid1");
+    let log = dir.path().join("elector.log");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let (mut unshare, pid) = spawn_as_pid1(
+        &[
+            "--endpoints",
+            &etcd.endpoint(),
+            "--key",
+            &key,
+            "--id",
+            "pid-one",
+            "--ttl",
+            "30",
+            "--listen",
+            &listen,
+            "--admin-listen",
+            "off",
+        ],
+        &log,
+    );
+    assert!(
+        wait_until(SOON, || etcd
+            .get(&key)
+            .is_some_and(|kv| kv.value == "pid-one")),
+        "PID 1 never took the key; log:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    kill(Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM).expect("signal PID 1");
+    let mut status = None;
+    assert!(
+        wait_until(SOON, || {
+            status = unshare.try_wait().expect("wait for unshare");
+            status.is_some()
+        }),
+        "PID 1 ignored SIGTERM; log:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "exit status of PID 1"
+    );
+    assert!(
+        etcd.get(&key).is_none(),
+        "the lease was revoked, so the key is gone"
+    );
+}
+
+#[test]
+fn run_as_pid1_reaps_orphans_of_its_command() {
+    let etcd = Etcd::start();
+    let key = unique_key("pid1_run");
+    let dir = test_tempdir("pid1-run");
+    let log = dir.path().join("run.log");
+    // The subshell starts a sleeper in a session of its own and exits at once: the sleeper is
+    // orphaned, re-parented to PID 1, and exits 0.3 s later while the command still runs.
+    let script = "(setsid sleep 0.3 &); sleep 3";
+    let (mut unshare, pid) = spawn_as_pid1(
+        &[
+            "run",
+            "--endpoints",
+            &etcd.endpoint(),
+            "--key",
+            &key,
+            "--ttl",
+            "10",
+            "--grace-period",
+            "1",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ],
+        &log,
+    );
+    // Wait until the orphan has been re-parented to us and has had time to exit.
+    std::thread::sleep(Duration::from_millis(1500));
+    let zombies: Vec<i32> = children_of(pid)
+        .into_iter()
+        .filter(|c| state_of(*c) == Some('Z'))
+        .collect();
+    assert!(
+        zombies.is_empty(),
+        "PID 1 left zombies {zombies:?}; log:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let mut status = None;
+    assert!(
+        wait_until(SOON, || {
+            status = unshare.try_wait().expect("wait for unshare");
+            status.is_some()
+        }),
+        "run did not finish"
+    );
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "the command's exit code"
+    );
+}
