@@ -197,10 +197,17 @@ fn route_parts(method: &Method, path: &str, state: &AppState) -> Response<Body> 
         "/status" => json(StatusCode::OK, &snapshot.status_doc(now)),
         "/leader/events" => leader_events(state.leadership.clone()),
         _ => {
+            // Both depend on the clock, so they are computed at scrape time.
             state
                 .metrics
                 .is_leader
                 .set(i64::from(snapshot.is_leader_at(now)));
+            state.metrics.lease_remaining_seconds.set(
+                snapshot
+                    .view
+                    .lease_expires_at
+                    .map_or(0.0, |t| t.saturating_duration_since(now).as_secs_f64()),
+            );
             match state.metrics.encode() {
                 Ok(body) => with_type(StatusCode::OK, OPENMETRICS, body),
                 Err(e) => {

@@ -227,7 +227,6 @@ impl Election {
 
     fn publish(&mut self) {
         let view = self.machine.view();
-        let now = Instant::now();
         let snapshot = Snapshot {
             identity: self.cfg.id.clone(),
             key: self.cfg.key.clone(),
@@ -236,12 +235,6 @@ impl Election {
             transitions: self.transitions,
             last_error: self.last_error.clone(),
         };
-        self.metrics.lease_remaining_seconds.set(
-            snapshot
-                .view
-                .lease_expires_at
-                .map_or(0.0, |t| t.saturating_duration_since(now).as_secs_f64()),
-        );
         self.publisher.publish(snapshot);
     }
 
