@@ -123,6 +123,8 @@ def test_elector_configuration_is_passed_as_environment(renders: dict) -> None:
     assert env["ELECTOR_SHUTDOWN_TIMEOUT"] == "5"
     assert env["ELECTOR_RELEASE_DELAY"] == "0"
     assert env["ELECTOR_LOG_FORMAT"] == "json"
+    assert env["ELECTOR_PROTOCOL"] == "lock"
+    assert env["ELECTOR_ADMIN_LISTEN"] == "127.0.0.1:4041"
     assert "ELECTOR_ID" not in env  # the binary takes $POD_NAME
     custom = env_of(elector_of(renders[("external-etcd-tls-auth", "1.31.0")]))
     assert custom["ELECTOR_KEY"] == "/elector/prod/orders"

@@ -59,6 +59,8 @@ def test_bad_value_files_are_refused(chart: helm_python.Chart, values_file: str,
         ({"podDisruptionBudget": {"enabled": True, "minAvailable": 1}}, "'minAvailable' not allowed"),
         ({"replicaCount": -1}, "/replicaCount"),
         ({"bogus": True}, "'bogus' not allowed"),
+        ({"elector": {"protocol": "raft"}}, "/elector/protocol"),
+        ({"elector": {"adminListen": "4041"}}, "/elector/adminListen"),
     ],
 )
 def test_bad_values_are_refused_with_the_offending_key(

@@ -320,6 +320,10 @@ pass `(index .Subcharts "etcd-elector")`. See README.md, "Embedding".
       value: {{ $e.releaseDelay | quote }}
     - name: ELECTOR_LOG_FORMAT
       value: {{ $e.logFormat | quote }}
+    - name: ELECTOR_PROTOCOL
+      value: {{ $e.protocol | quote }}
+    - name: ELECTOR_ADMIN_LISTEN
+      value: {{ $e.adminListen | quote }}
     {{- with $e.extraEnv }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
