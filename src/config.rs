@@ -520,15 +520,22 @@ where
 }
 
 /// clap renders a multi-line error with usage; we print one line and point at `--help`.
+/// The indented lines that follow the first (e.g. the missing arguments' names) are kept,
+/// joined onto it.
 fn first_line_of_clap_error(e: &clap::Error) -> String {
     let rendered = e.render().to_string();
-    let first = rendered
-        .lines()
-        .find(|l| !l.trim().is_empty())
+    let mut lines = rendered.lines().skip_while(|l| l.trim().is_empty());
+    let mut message = lines
+        .next()
         .unwrap_or("invalid arguments")
         .trim()
-        .trim_start_matches("error: ");
-    format!("{first} (see --help)")
+        .trim_start_matches("error: ")
+        .to_string();
+    for detail in lines.take_while(|l| l.starts_with(' ') && !l.trim().is_empty()) {
+        message.push(' ');
+        message.push_str(detail.trim());
+    }
+    format!("{message} (see --help)")
 }
 
 /// Where a flag's value came from, for error messages.
@@ -889,6 +896,13 @@ mod tests {
         ]);
         assert_eq!(cfg.run.unwrap().command, vec!["true"]);
         assert_eq!(cfg.listen, None);
+    }
+
+    #[test]
+    fn a_missing_command_is_named() {
+        let err = parse_err(&["run", "--key", "/k", "--"]);
+        assert!(err.contains("<COMMAND>"), "{err}");
+        assert!(!err.contains('\n'), "one line: {err}");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{prepare, AppError, FrontEnds, Listeners};
-use crate::config::{Config, RunConfig};
+use crate::config::{Config, Protocol, RunConfig};
 use crate::election::machine::Role;
 use crate::leadership::{Receiver, Snapshot};
 use crate::metrics::Metrics;
@@ -78,12 +78,19 @@ pub async fn run_job(
         }
     };
 
+    let term = Term::of(&snapshot);
     let token = snapshot.view.fencing_token.unwrap_or_default().to_string();
+    // What `etcdctl lock` exports as ETCD_LOCK_KEY: the key we hold. In the election protocol
+    // that is our own candidate key, `<name>/<lease hex>`, not the name.
+    let lock_key = match (cfg.election.protocol, snapshot.view.lease_id) {
+        (Protocol::Election, Some(lease)) => format!("{}/{lease:x}", cfg.election.key),
+        _ => cfg.election.key.clone(),
+    };
     let env = [
         ("ELECTOR_FENCING_TOKEN", token.clone()),
         ("ELECTOR_KEY", cfg.election.key.clone()),
         ("ELECTOR_ID", cfg.election.id.clone()),
-        ("ETCD_LOCK_KEY", cfg.election.key.clone()),
+        ("ETCD_LOCK_KEY", lock_key),
         ("ETCD_LOCK_REV", token.clone()),
     ];
     let mut job = match reaper.spawn(&run.command, &env) {
@@ -108,6 +115,7 @@ pub async fn run_job(
 
     let outcome = supervise(
         &mut job,
+        term,
         &mut leadership,
         run.grace_period,
         &shutdown,
@@ -179,6 +187,23 @@ async fn wait_for_lock(
     }
 }
 
+/// What identifies one term of holding the lock: the key's create revision (the fencing
+/// token) under one lease. The same pair means the key was never deleted in between.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Term {
+    fencing_token: Option<i64>,
+    lease: Option<i64>,
+}
+
+impl Term {
+    fn of(snapshot: &Snapshot) -> Self {
+        Term {
+            fencing_token: snapshot.view.fencing_token,
+            lease: snapshot.view.lease_id,
+        }
+    }
+}
+
 enum Outcome {
     Exited(i32),
     Lost(&'static str),
@@ -189,6 +214,7 @@ enum Outcome {
 /// Watch the command and the lock until one of them ends.
 async fn supervise(
     job: &mut Job,
+    term: Term,
     leadership: &mut Receiver,
     grace: Duration,
     shutdown: &CancellationToken,
@@ -202,6 +228,11 @@ async fn supervise(
                 Role::Leader => "lease not renewed in time",
                 _ => "no longer the holder of the key",
             });
+        }
+        // Snapshots coalesce: a loss and a new win can arrive as one change. A new key or
+        // lease is a new term, and the command was started under the old one.
+        if Term::of(&snapshot) != term {
+            return Outcome::Lost("the lock was lost and taken again: a new term");
         }
         // Start terminating early enough that the group is dead when the claim ends.
         let terminate_at = snapshot
