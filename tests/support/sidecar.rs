@@ -26,7 +26,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_etcd-elector");
 
 /// A command for the binary with the variables it reads removed from the
 /// inherited environment.
-fn clean_command() -> Command {
+pub(super) fn clean_command() -> Command {
     let mut cmd = Command::new(BIN);
     for (name, _) in std::env::vars_os() {
         let n = name.to_string_lossy();

@@ -1,0 +1,518 @@
+//! The API for the application beside the sidecar: the `/leader/events`
+//! Server-Sent Events stream, `POST /resign` on the pod-local admin port
+//! (never on the public one), and the `--leader-file` mirror of `/leader`.
+
+mod support;
+
+use std::collections::VecDeque;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::*;
+
+/// Long enough that every takeover comes from a release, never an expiry.
+const LONG_TTL: &str = "30";
+
+/// A subscription to `/leader/events`, read as a browser's `EventSource`
+/// would: HTTP/1.1, chunked transfer encoding, events separated by a blank
+/// line. Only `leader` events are returned; heartbeat comments are skipped.
+struct Subscription {
+    stream: TcpStream,
+    /// Bytes received and not yet de-chunked.
+    raw: Vec<u8>,
+    /// De-chunked body not yet split into events.
+    body: Vec<u8>,
+    events: VecDeque<Value>,
+}
+
+impl Subscription {
+    /// Connects, sends the request and checks the response head.
+    fn open(addr: SocketAddr) -> Subscription {
+        let mut stream =
+            TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connecting");
+        stream
+            .write_all(
+                format!(
+                    "GET /leader/events HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n"
+                )
+                .as_bytes(),
+            )
+            .expect("sending the request");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("read timeout");
+        let mut raw = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let head_end = loop {
+            if let Some(pos) = find(&raw, b"\r\n\r\n") {
+                break pos + 4;
+            }
+            let n = stream.read(&mut chunk).expect("reading the response head");
+            assert!(n > 0, "connection closed before the response head");
+            raw.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&raw[..head_end]).to_lowercase();
+        assert!(
+            head.starts_with("http/1.1 200"),
+            "200 for the stream: {head}"
+        );
+        assert!(
+            head.contains("content-type: text/event-stream"),
+            "an event stream: {head}"
+        );
+        assert!(
+            head.contains("transfer-encoding: chunked"),
+            "chunked: {head}"
+        );
+        raw.drain(..head_end);
+        Subscription {
+            stream,
+            raw,
+            body: Vec::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// The next `leader` event, or `None` if none arrives within `timeout`.
+    fn next(&mut self, timeout: Duration) -> Option<Value> {
+        let deadline = Instant::now() + timeout;
+        let mut chunk = [0u8; 4096];
+        loop {
+            self.parse();
+            if let Some(event) = self.events.pop_front() {
+                return Some(event);
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            self.stream
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .expect("read timeout");
+            match self.stream.read(&mut chunk) {
+                Ok(0) => panic!("the event stream ended"),
+                Ok(n) => self.raw.extend_from_slice(&chunk[..n]),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return None
+                }
+                Err(e) => panic!("reading the event stream: {e}"),
+            }
+        }
+    }
+
+    /// The next event matching `pred` within `timeout`, skipping others.
+    fn next_matching(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            let event = self.next(left)?;
+            if pred(&event) {
+                return Some(event);
+            }
+        }
+    }
+
+    fn parse(&mut self) {
+        // De-chunk: "<hex size>\r\n<data>\r\n" repeated.
+        while let Some(line_end) = find(&self.raw, b"\r\n") {
+            let size_text = String::from_utf8_lossy(&self.raw[..line_end]).into_owned();
+            let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+                .unwrap_or_else(|_| panic!("bad chunk size line {size_text:?}"));
+            let need = line_end + 2 + size + 2;
+            if self.raw.len() < need {
+                break;
+            }
+            self.body
+                .extend_from_slice(&self.raw[line_end + 2..line_end + 2 + size]);
+            self.raw.drain(..need);
+        }
+        // Split into events at blank lines.
+        while let Some(end) = find(&self.body, b"\n\n") {
+            let block = String::from_utf8_lossy(&self.body[..end]).into_owned();
+            self.body.drain(..end + 2);
+            let mut name = None;
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("event:") {
+                    name = Some(v.trim().to_string());
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push_str(v.trim_start());
+                }
+            }
+            if name.as_deref() == Some("leader") {
+                let doc = serde_json::from_str(&data)
+                    .unwrap_or_else(|e| panic!("event data is not JSON ({e}): {data:?}"));
+                self.events.push_back(doc);
+            }
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// `n` sidecars on one key, started one after the other, each ready and
+/// campaigned (so with the election protocol they queue in this order).
+fn queue(etcd: &Etcd, key: &str, n: usize, protocol: &str, extra: &[&str]) -> Vec<Sidecar> {
+    (0..n)
+        .map(|i| {
+            let mut args = vec!["--protocol", protocol, "--ttl", LONG_TTL];
+            args.extend_from_slice(extra);
+            let s = Sidecar::start(&etcd.endpoint(), key, &format!("{protocol}-{i}"), &args);
+            assert!(
+                wait_until(SOON, || {
+                    let state = s.get_json("/status").1["state"].clone();
+                    state == "leader" || state == "follower"
+                }),
+                "{} campaigned",
+                s.id()
+            );
+            s
+        })
+        .collect()
+}
+
+/// The `/leader` document of `s`, whatever its status.
+fn leader_doc(s: &Sidecar) -> Value {
+    s.get_json("/leader").1
+}
+
+#[test]
+fn a_followers_event_stream_starts_with_the_current_state_and_shows_a_new_leader_within_a_second() {
+    let etcd = Etcd::start();
+    let key = unique_key("sse_follower");
+    let mut sidecars = queue(&etcd, &key, 3, "lock", &[]);
+    let leader = wait_for_one_leader(&sidecars, SOON);
+    let old = sidecars[leader].id().to_string();
+    let follower = (leader + 1) % sidecars.len();
+    let follower_id = sidecars[follower].id().to_string();
+
+    let mut events = Subscription::open(sidecars[follower].addr());
+    let first = events
+        .next(Duration::from_secs(1))
+        .expect("the first event comes at once");
+    assert_eq!(
+        first,
+        leader_doc(&sidecars[follower]),
+        "the first event is the current state"
+    );
+    assert_eq!(first["leader"], old.as_str());
+    assert_eq!(first["is_leader"], false);
+
+    let signalled = Instant::now();
+    sidecars[leader].signal(Signal::SIGTERM);
+    let new = events
+        .next_matching(Duration::from_secs(1), |e| {
+            e["leader"].is_string() && e["leader"] != old.as_str()
+        })
+        .unwrap_or_else(|| panic!("the follower's stream named a new leader within a second"));
+    println!(
+        "the follower's stream named {} {:?} after the SIGTERM",
+        new["leader"],
+        signalled.elapsed()
+    );
+    assert!(sidecars[leader].wait_exit(SOON).success());
+    sidecars.remove(leader);
+    let now_leading = wait_for_one_leader(&sidecars, SOON);
+    assert_eq!(new["leader"], sidecars[now_leading].id());
+    assert_eq!(new["identity"], follower_id.as_str());
+    assert_eq!(
+        new["is_leader"],
+        new["leader"] == follower_id.as_str(),
+        "is_leader says whether the follower itself took over: {new}"
+    );
+}
+
+#[test]
+fn with_the_election_protocol_the_next_in_line_sees_itself_lead_within_a_second() {
+    let etcd = Etcd::start();
+    let key = unique_key("sse_election");
+    let mut sidecars = queue(&etcd, &key, 3, "election", &[]);
+    assert!(sidecars[0].is_leader());
+    let mut events = Subscription::open(sidecars[1].addr());
+    let first = events
+        .next(Duration::from_secs(1))
+        .expect("the first event");
+    assert_eq!(first, leader_doc(&sidecars[1]));
+    assert_eq!(first["leader"], "election-0");
+
+    let signalled = Instant::now();
+    sidecars[0].signal(Signal::SIGTERM);
+    let led = events
+        .next_matching(Duration::from_secs(1), |e| e["is_leader"] == true)
+        .expect("the next in line's stream shows it leading within a second");
+    println!(
+        "the next in line led {:?} after the SIGTERM",
+        signalled.elapsed()
+    );
+    assert_eq!(led["leader"], "election-1");
+    assert!(sidecars[0].wait_exit(SOON).success());
+}
+
+/// The slowest of `n` `GET /leader` round trips on `s`.
+fn slowest_leader_answer(s: &Sidecar, n: usize) -> Duration {
+    (0..n)
+        .map(|_| {
+            let t = Instant::now();
+            let r = s.get_response("/leader");
+            assert!(r.status == 200 || r.status == 503, "{r:?}");
+            t.elapsed()
+        })
+        .max()
+        .unwrap_or_default()
+}
+
+#[test]
+fn two_hundred_subscribers_do_not_delay_leader_answers() {
+    const SUBSCRIBERS: usize = 200;
+    /// Generous: a loopback answer takes about a millisecond.
+    const BOUND: Duration = Duration::from_millis(500);
+    let etcd = Etcd::start();
+    let key = unique_key("sse_200");
+    let mut sidecars = queue(&etcd, &key, 2, "lock", &[]);
+    assert!(sidecars[0].is_leader());
+    let follower = &sidecars[1];
+    let baseline = slowest_leader_answer(follower, 20);
+
+    let mut subs: Vec<Subscription> = (0..SUBSCRIBERS)
+        .map(|_| Subscription::open(follower.addr()))
+        .collect();
+    for (i, sub) in subs.iter_mut().enumerate() {
+        let first = sub
+            .next(Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("subscriber {i} got the current state"));
+        assert_eq!(first["leader"], "lock-0");
+    }
+    let loaded = slowest_leader_answer(follower, 20);
+    println!(
+        "slowest /leader answer: {baseline:?} alone, {loaded:?} with {SUBSCRIBERS} subscribers"
+    );
+    assert!(
+        loaded < BOUND,
+        "/leader answered within {BOUND:?}: {loaded:?}"
+    );
+
+    // A handoff while nobody reads the streams: the election and the probe
+    // carry on, and every subscriber finds the change waiting for it.
+    let signalled = Instant::now();
+    sidecars[0].signal(Signal::SIGTERM);
+    assert!(
+        wait_until(SOON, || sidecars[1].is_leader()),
+        "the follower takes over"
+    );
+    println!(
+        "handoff with {SUBSCRIBERS} idle subscribers took {:?}",
+        signalled.elapsed()
+    );
+    let during = slowest_leader_answer(&sidecars[1], 20);
+    assert!(
+        during < BOUND,
+        "/leader answered within {BOUND:?}: {during:?}"
+    );
+    for (i, sub) in subs.iter_mut().enumerate() {
+        assert!(
+            sub.next_matching(SOON, |e| e["is_leader"] == true)
+                .is_some(),
+            "subscriber {i} sees the follower lead"
+        );
+    }
+    assert!(sidecars[0].wait_exit(SOON).success());
+}
+
+/// `POST /resign` on `addr`.
+fn post_resign(addr: SocketAddr) -> http::Response {
+    http::simple(addr, "POST", "/resign", b"").expect("POST /resign answered")
+}
+
+fn resign_hands_over_within_a_second(protocol: &str) {
+    let etcd = Etcd::start();
+    let key = unique_key(&format!("resign_{protocol}"));
+    let sidecars = queue(&etcd, &key, 3, protocol, &[]);
+    let leader = wait_for_one_leader(&sidecars, SOON);
+    let old = &sidecars[leader];
+
+    let asked = Instant::now();
+    let resp = post_resign(old.admin_addr());
+    assert_eq!(resp.status, 200, "{resp:?}");
+    assert_eq!(resp.json()["resigned"], true);
+    assert!(
+        !old.is_leader(),
+        "the resigned leader stops claiming at once"
+    );
+    let mut new = None;
+    assert!(
+        wait_until(Duration::from_secs(1), || {
+            new = (0..sidecars.len()).find(|&i| i != leader && sidecars[i].is_leader());
+            new.is_some()
+        }),
+        "another replica leads within a second of the resign"
+    );
+    println!(
+        "{protocol}: handed over {:?} after POST /resign",
+        asked.elapsed()
+    );
+    let new = new.expect("set above");
+    if protocol == "election" {
+        assert_eq!(new, leader + 1, "the next in line takes over");
+    }
+    assert_eq!(wait_for_one_leader(&sidecars, SOON), new);
+    let new_id = sidecars[new].id().to_string();
+    assert!(
+        wait_until(SOON, || leader_doc(old)["leader"] == new_id.as_str()),
+        "the resigned replica follows the new leader: {}",
+        leader_doc(old)
+    );
+    if protocol == "election" {
+        let keys = support::job::keys_under(&etcd, &format!("{key}/"));
+        assert_eq!(
+            keys.last().map(|(_, kv)| kv.value.as_str()),
+            Some(old.id()),
+            "the resigned replica queues again at the back: {keys:?}"
+        );
+    }
+}
+
+#[test]
+fn resign_on_the_admin_port_hands_over_within_a_second() {
+    resign_hands_over_within_a_second("lock");
+}
+
+#[test]
+fn resign_with_the_election_protocol_hands_over_to_the_next_in_line() {
+    resign_hands_over_within_a_second("election");
+}
+
+#[test]
+fn resign_is_404_on_the_public_port_and_409_on_a_follower() {
+    let etcd = Etcd::start();
+    let key = unique_key("resign_refused");
+    let sidecars = queue(&etcd, &key, 2, "lock", &[]);
+    let leader = wait_for_one_leader(&sidecars, SOON);
+    let token = sidecars[leader].fencing_token();
+    let follower = &sidecars[1 - leader];
+
+    let public = post_resign(sidecars[leader].addr());
+    assert_eq!(
+        public.status, 404,
+        "admin routes are not on the public port"
+    );
+    let resp = post_resign(follower.admin_addr());
+    assert_eq!(resp.status, 409, "{resp:?}");
+    assert_eq!(resp.json()["resigned"], false);
+    let get = http::simple(sidecars[leader].admin_addr(), "GET", "/resign", b"").expect("answer");
+    assert_eq!(get.status, 405, "resign is POST only");
+    let other = http::simple(sidecars[leader].admin_addr(), "GET", "/leader", b"").expect("answer");
+    assert_eq!(other.status, 404, "the admin port serves only /resign");
+
+    // Nothing changed hands.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(wait_for_one_leader(&sidecars, SOON), leader);
+    assert_eq!(sidecars[leader].fencing_token(), token);
+}
+
+/// Reads `path` as fast as it can until `stop`; returns (successful reads,
+/// failures described). Before the first write the file may be missing;
+/// after that it must always exist and always parse.
+fn read_tight(
+    path: PathBuf,
+    stop: Arc<AtomicBool>,
+    identity: String,
+    key: String,
+) -> (u64, Vec<String>) {
+    let mut reads = 0u64;
+    let mut failures = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        match std::fs::read_to_string(&path) {
+            Ok(text) => match serde_json::from_str::<Value>(&text) {
+                Ok(doc) => {
+                    reads += 1;
+                    if doc["identity"] != identity.as_str() || doc["key"] != key.as_str() {
+                        failures.push(format!("wrong document: {text:?}"));
+                    }
+                }
+                Err(e) => failures.push(format!("unparsable ({e}): {text:?}")),
+            },
+            Err(e) if e.kind() == ErrorKind::NotFound && reads == 0 => {}
+            Err(e) => failures.push(format!("read failed: {e}")),
+        }
+        if failures.len() > 10 {
+            break;
+        }
+    }
+    (reads, failures)
+}
+
+fn read_doc(path: &Path) -> Option<Value> {
+    serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+}
+
+#[test]
+fn the_leader_file_always_parses_and_matches_leader_through_handoffs() {
+    let etcd = Etcd::start();
+    let key = unique_key("leader_file");
+    let dir = test_tempdir("leader-file");
+    let paths: Vec<PathBuf> = (0..3)
+        .map(|i| dir.path().join(format!("leader-{i}.json")))
+        .collect();
+    let sidecars: Vec<Sidecar> = paths
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            Sidecar::start(
+                &etcd.endpoint(),
+                &key,
+                &format!("file-{i}"),
+                &["--ttl", LONG_TTL, "--leader-file", &p.to_string_lossy()],
+            )
+        })
+        .collect();
+    wait_for_one_leader(&sidecars, SOON);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = paths
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let (p, stop, id, key) = (p.clone(), stop.clone(), format!("file-{i}"), key.clone());
+            std::thread::spawn(move || read_tight(p, stop, id, key))
+        })
+        .collect();
+
+    let mut leaders = Vec::new();
+    for _ in 0..6 {
+        let leader = wait_for_one_leader(&sidecars, SOON);
+        leaders.push(sidecars[leader].id().to_string());
+        let resp = post_resign(sidecars[leader].admin_addr());
+        assert_eq!(resp.status, 200, "{resp:?}");
+        assert!(
+            wait_until(SOON, || (0..sidecars.len())
+                .any(|i| i != leader && sidecars[i].is_leader())),
+            "a handoff after the resign"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    for (i, r) in readers.into_iter().enumerate() {
+        let (reads, failures) = r.join().expect("reader thread");
+        println!("leader file {i}: {reads} reads during the handoffs");
+        assert!(failures.is_empty(), "leader file {i}: {failures:?}");
+        assert!(reads > 100, "leader file {i} was read only {reads} times");
+    }
+    println!("leaders in turn: {leaders:?}");
+
+    wait_for_one_leader(&sidecars, SOON);
+    for (s, p) in sidecars.iter().zip(&paths) {
+        let mut last = None;
+        assert!(
+            wait_until(SOON, || {
+                last = read_doc(p);
+                last.as_ref() == Some(&leader_doc(s))
+            }),
+            "{}'s leader file matches /leader: file {last:?}, /leader {}",
+            s.id(),
+            leader_doc(s)
+        );
+    }
+}

@@ -1,0 +1,429 @@
+//! `--protocol election`: etcd's own election protocol (`concurrency.Election`
+//! and `concurrency.Mutex`), so sidecars queue on one name together with
+//! `etcdctl elect` and `etcdctl lock`: each candidate owns `<name>/<lease hex>`,
+//! the lowest create revision leads, and each waiter watches only the key just
+//! before its own, so a handoff wakes one candidate however many wait.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use support::job::{keys_under, write_file, Etcdctl};
+use support::*;
+
+/// Long enough that every takeover in these tests comes from a release, never
+/// from a lease expiring (etcdctl's own sessions use 60 s, `lock` 10 s).
+const LONG_TTL: &str = "30";
+
+/// A sidecar on `name` with the election protocol, ready and campaigned (its
+/// key exists), so that candidates started one after the other queue in order.
+fn candidate(etcd: &Etcd, name: &str, id: &str, ttl: &str) -> Sidecar {
+    let s = Sidecar::start(
+        &etcd.endpoint(),
+        name,
+        id,
+        &["--protocol", "election", "--ttl", ttl],
+    );
+    let mut state = String::new();
+    assert!(
+        wait_until(SOON, || {
+            state = s.get_json("/status").1["state"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            state == "leader" || state == "follower"
+        }),
+        "{id} campaigned; state {state}"
+    );
+    s
+}
+
+/// Waits until `n` keys are queued under `prefix`; returns them, oldest first.
+fn wait_queued(etcd: &Etcd, prefix: &str, n: usize) -> Vec<(String, KeyValue)> {
+    let mut keys = Vec::new();
+    assert!(
+        wait_until(SOON, || {
+            keys = keys_under(etcd, prefix);
+            keys.len() == n
+        }),
+        "{n} candidates queued under {prefix}; found {keys:?}"
+    );
+    keys
+}
+
+/// A member of a mixed queue.
+enum Candidate {
+    Sidecar(Sidecar),
+    /// `etcdctl elect NAME PROPOSAL`, with its proposal.
+    Elect(Etcdctl, String),
+    /// `etcdctl lock NAME` without a command: holds until signalled.
+    Lock(Etcdctl),
+}
+
+impl Candidate {
+    fn label(&self) -> String {
+        match self {
+            Candidate::Sidecar(s) => format!("sidecar {}", s.id()),
+            Candidate::Elect(_, p) => format!("etcdctl elect {p}"),
+            Candidate::Lock(_) => "etcdctl lock".to_string(),
+        }
+    }
+
+    /// What its key holds: the id, the proposal, or nothing (a mutex).
+    fn value(&self) -> &str {
+        match self {
+            Candidate::Sidecar(s) => s.id(),
+            Candidate::Elect(_, p) => p,
+            Candidate::Lock(_) => "",
+        }
+    }
+
+    /// Whether it says it leads: a sidecar's `/leader` is 200; etcdctl prints
+    /// its key once it leads (or holds the lock) and holds until signalled.
+    fn leads(&self) -> bool {
+        match self {
+            Candidate::Sidecar(s) => s.is_leader(),
+            Candidate::Elect(c, _) | Candidate::Lock(c) => c.has_printed(),
+        }
+    }
+
+    /// Gives up with `sig` and waits for a clean exit; returns when the signal was sent.
+    fn stop(&mut self, sig: Signal) -> Instant {
+        let signalled = Instant::now();
+        let status = match self {
+            Candidate::Sidecar(s) => {
+                s.signal(sig);
+                s.wait_exit(SOON)
+            }
+            Candidate::Elect(c, _) | Candidate::Lock(c) => {
+                c.signal(sig);
+                c.wait_exit(SOON)
+            }
+        };
+        assert!(
+            status.success(),
+            "{} exits cleanly on {sig}: {status}",
+            self.label()
+        );
+        signalled
+    }
+}
+
+#[test]
+fn sidecars_and_etcdctl_clients_take_turns_in_create_revision_order_one_at_a_time() {
+    let etcd = Etcd::start();
+    let name = unique_key("mixed_queue");
+    let prefix = format!("{name}/");
+    let ep = etcd.endpoint();
+
+    let mut queue: Vec<Candidate> = Vec::new();
+    let join = |queue: &mut Vec<Candidate>, c: Candidate| {
+        queue.push(c);
+        wait_queued(&etcd, &prefix, queue.len());
+    };
+    join(
+        &mut queue,
+        Candidate::Elect(
+            Etcdctl::elect(&ep, &name, "ctl-elect-1"),
+            "ctl-elect-1".into(),
+        ),
+    );
+    join(
+        &mut queue,
+        Candidate::Sidecar(candidate(&etcd, &name, "sc-1", LONG_TTL)),
+    );
+    join(&mut queue, Candidate::Lock(Etcdctl::lock(&ep, &name, &[])));
+    join(
+        &mut queue,
+        Candidate::Sidecar(candidate(&etcd, &name, "sc-2", LONG_TTL)),
+    );
+    join(
+        &mut queue,
+        Candidate::Elect(
+            Etcdctl::elect(&ep, &name, "ctl-elect-2"),
+            "ctl-elect-2".into(),
+        ),
+    );
+    join(
+        &mut queue,
+        Candidate::Sidecar(candidate(&etcd, &name, "sc-3", LONG_TTL)),
+    );
+
+    // etcd's own observer, as a witness of the succession.
+    let mut observer = Etcdctl::observe(&ep, &name);
+    observer.wait_lines(2, SOON);
+
+    let keys = keys_under(&etcd, &prefix);
+    let values: Vec<&str> = keys.iter().map(|(_, kv)| kv.value.as_str()).collect();
+    let expected: Vec<&str> = queue.iter().map(Candidate::value).collect();
+    assert_eq!(
+        values, expected,
+        "the queue is in start (create revision) order"
+    );
+    // A sidecar that joins behind another client reports that client's proposal.
+    for c in &queue {
+        if let Candidate::Sidecar(s) = c {
+            let view = s.leader_view();
+            assert_eq!(view["leader"], "ctl-elect-1", "{}: {view}", s.id());
+            assert_eq!(view["is_leader"], false);
+        }
+    }
+
+    let signals = [Signal::SIGTERM, Signal::SIGINT];
+    let mut previous_stopped: Option<Instant> = None;
+    for turn in 0..queue.len() {
+        // From now until the turn ends, exactly this candidate leads: no
+        // later one ever claims, and this one does within the bound.
+        let began = Instant::now();
+        let mut leading = false;
+        let deadline = began + SOON;
+        while Instant::now() < deadline {
+            for (j, other) in queue.iter().enumerate().skip(turn + 1) {
+                assert!(
+                    !other.leads(),
+                    "{} (#{j}) leads while {} (#{turn}) has the turn",
+                    other.label(),
+                    queue[turn].label()
+                );
+            }
+            if queue[turn].leads() {
+                leading = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(leading, "{} leads on its turn", queue[turn].label());
+        let led_after = previous_stopped.map(|at| at.elapsed());
+        let keys = keys_under(&etcd, &prefix);
+        let (_, first) = keys.first().expect("the leader's key");
+        assert_eq!(
+            first.value,
+            queue[turn].value(),
+            "etcd agrees on the leader"
+        );
+        if let Candidate::Sidecar(s) = &queue[turn] {
+            assert_eq!(s.fencing_token(), Some(first.create_revision));
+        }
+        if let Some(after) = led_after {
+            println!(
+                "turn {turn}: {} leads {after:?} after the previous leader was signalled",
+                queue[turn].label()
+            );
+        }
+        // A moment of steady state, still one leader.
+        std::thread::sleep(Duration::from_millis(200));
+        for (j, other) in queue.iter().enumerate().skip(turn + 1) {
+            assert!(
+                !other.leads(),
+                "{} (#{j}) leads beside {}",
+                other.label(),
+                queue[turn].label()
+            );
+        }
+        assert!(queue[turn].leads(), "{} still leads", queue[turn].label());
+        previous_stopped = Some(queue[turn].stop(signals[turn % 2]));
+    }
+    let seen = observer.wait_lines(2 * queue.len(), SOON);
+    let leaders: Vec<&str> = seen.iter().skip(1).step_by(2).map(String::as_str).collect();
+    let expected: Vec<&str> = queue.iter().map(Candidate::value).collect();
+    assert_eq!(
+        leaders, expected,
+        "`etcdctl elect -l` saw each candidate lead once, in queue order"
+    );
+    assert_eq!(
+        keys_under(&etcd, &prefix),
+        vec![],
+        "every candidate removed its key"
+    );
+}
+
+#[test]
+fn etcdctl_elect_listen_shows_the_sidecar_leader() {
+    let etcd = Etcd::start();
+    let name = unique_key("observe");
+    let prefix = format!("{name}/");
+    let mut first = candidate(&etcd, &name, "sc-first", LONG_TTL);
+    let second = candidate(&etcd, &name, "sc-second", LONG_TTL);
+    assert!(first.is_leader());
+    let lease = first.get_json("/status").1["lease_id"]
+        .as_str()
+        .expect("the leader's lease")
+        .to_string();
+
+    let mut observer = Etcdctl::observe(&etcd.endpoint(), &name);
+    let lines = observer.wait_lines(2, SOON);
+    assert_eq!(
+        lines[..2],
+        [format!("{prefix}{lease}"), "sc-first".to_string()]
+    );
+
+    first.signal(Signal::SIGTERM);
+    assert!(first.wait_exit(SOON).success());
+    let lines = observer.wait_lines(4, SOON);
+    assert_eq!(
+        lines[3], "sc-second",
+        "the observer follows the handoff: {lines:?}"
+    );
+    // etcdctl sees the key order change; the sidecar claims once its own
+    // watch has told it, a moment later.
+    assert!(wait_until(SOON, || second.is_leader()), "sc-second leads");
+}
+
+#[test]
+fn etcdctl_lock_waits_while_a_sidecar_leads() {
+    let etcd = Etcd::start();
+    let name = unique_key("ctl_lock_waits");
+    let mut leader = candidate(&etcd, &name, "sc-leader", LONG_TTL);
+    assert!(leader.is_leader());
+    let token = leader.fencing_token().expect("the leader's token");
+
+    let mut ctl = Etcdctl::lock(
+        &etcd.endpoint(),
+        &name,
+        &["sh", "-c", &write_file("rev", "echo \"$ETCD_LOCK_REV\"")],
+    );
+    wait_queued(&etcd, &format!("{name}/"), 2);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        ctl.read("rev"),
+        None,
+        "etcdctl lock waits while the sidecar leads"
+    );
+    assert!(leader.is_leader());
+
+    leader.signal(Signal::SIGTERM);
+    assert!(leader.wait_exit(SOON).success());
+    assert!(
+        wait_until(SOON, || ctl.read("rev").is_some()),
+        "etcdctl lock runs its command once the sidecar has gone; stderr: {}",
+        ctl.stderr()
+    );
+    let rev: i64 = ctl
+        .read("rev")
+        .unwrap_or_default()
+        .parse()
+        .expect("a revision");
+    assert!(rev > token, "etcdctl's turn comes later: {rev} > {token}");
+    assert!(ctl.wait_exit(SOON).success());
+}
+
+#[test]
+fn a_sidecar_waits_while_etcdctl_lock_holds() {
+    let etcd = Etcd::start();
+    let name = unique_key("sidecar_waits");
+    let prefix = format!("{name}/");
+    let mut ctl = Etcdctl::lock(&etcd.endpoint(), &name, &[]);
+    let printed = ctl.wait_lines(1, SOON);
+    let keys = wait_queued(&etcd, &prefix, 1);
+    assert_eq!(printed[0], keys[0].0, "etcdctl holds {}", keys[0].0);
+    let lock_rev = keys[0].1.create_revision;
+
+    let sidecar = candidate(&etcd, &name, "sc-waiting", LONG_TTL);
+    let (status, view) = sidecar.get_json("/leader");
+    assert_eq!(status, 503, "{view}");
+    assert_eq!(
+        view["leader"], "",
+        "a mutex holder's value is empty: {view}"
+    );
+    assert_eq!(view["fencing_token"], lock_rev, "{view}");
+    let until = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < until {
+        assert!(
+            !sidecar.is_leader(),
+            "the sidecar leads while etcdctl holds the lock"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let released = Instant::now();
+    ctl.signal(Signal::SIGINT);
+    assert!(
+        wait_until(SOON, || sidecar.is_leader()),
+        "the sidecar leads once etcdctl unlocks"
+    );
+    println!(
+        "the sidecar led {:?} after etcdctl was told to unlock",
+        released.elapsed()
+    );
+    assert!(ctl.wait_exit(SOON).success(), "etcdctl unlocks and exits 0");
+    let token = sidecar.fencing_token().expect("a token");
+    assert!(token > lock_rev, "{token} > {lock_rev}");
+}
+
+/// `elector_campaigns_total` of one sidecar.
+fn campaigns(s: &Sidecar) -> u64 {
+    let (status, text) = s.get("/metrics");
+    assert_eq!(status, 200);
+    text.lines()
+        .find_map(|l| l.strip_prefix("elector_campaigns_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no elector_campaigns_total in {}'s metrics", s.id())) as u64
+}
+
+/// A counter from etcd's own `/metrics`.
+fn etcd_counter(etcd: &Etcd, name: &str) -> u64 {
+    let resp = http::simple(etcd.client_addr(), "GET", "/metrics", b"").expect("etcd /metrics");
+    resp.body
+        .lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no {name} in etcd's metrics")) as u64
+}
+
+#[test]
+fn a_handoff_among_50_queued_sidecars_wakes_one_candidate() {
+    const CANDIDATES: usize = 50;
+    let etcd = Etcd::start();
+    let name = unique_key("fifty");
+    let prefix = format!("{name}/");
+    // Started one after the other, so they queue in this order.
+    let started = Instant::now();
+    let mut sidecars: Vec<Sidecar> = (0..CANDIDATES)
+        .map(|i| candidate(&etcd, &name, &format!("sc-{i:02}"), "10"))
+        .collect();
+    println!("{CANDIDATES} sidecars queued in {:?}", started.elapsed());
+    let keys = wait_queued(&etcd, &prefix, CANDIDATES);
+    assert_eq!(keys[0].1.value, "sc-00");
+    assert!(sidecars[0].is_leader());
+
+    let before: HashMap<String, u64> = sidecars[1..]
+        .iter()
+        .map(|s| (s.id().to_string(), campaigns(s)))
+        .collect();
+    let events_before = etcd_counter(&etcd, "etcd_debugging_mvcc_events_total");
+
+    let stopped = Instant::now();
+    let mut old = sidecars.remove(0);
+    old.signal(Signal::SIGTERM);
+    assert!(old.wait_exit(SOON).success());
+    assert!(
+        wait_until(SOON, || sidecars[0].is_leader()),
+        "the next in line (sc-01) takes over"
+    );
+    println!("sc-01 led {:?} after sc-00 was stopped", stopped.elapsed());
+    // Give any other candidate that was (wrongly) woken time to campaign.
+    std::thread::sleep(Duration::from_secs(1));
+
+    let woken: Vec<(String, u64)> = sidecars
+        .iter()
+        .map(|s| (s.id().to_string(), campaigns(s) - before[s.id()]))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    let total: u64 = woken.iter().map(|(_, n)| n).sum();
+    let events = etcd_counter(&etcd, "etcd_debugging_mvcc_events_total") - events_before;
+    println!(
+        "one handoff among {CANDIDATES}: {total} campaign(s) by {woken:?}, {events} watch event(s) sent by etcd"
+    );
+    assert!(
+        total <= 2 && woken.iter().all(|(id, _)| id == "sc-01"),
+        "only the next in line campaigned: {woken:?}"
+    );
+    assert!(
+        events <= 3,
+        "etcd sent {events} watch events for one handoff"
+    );
+    for s in &sidecars[1..] {
+        assert!(!s.is_leader(), "{} leads beside sc-01", s.id());
+    }
+}

@@ -1,0 +1,891 @@
+//! `etcd-elector run -- COMMAND`: the command runs only while this process
+//! holds the lock, in its own process group, and is dead before anyone else
+//! can hold the lock: when it exits the lease is revoked at once, and when the
+//! lock is lost (deleted, or etcd silent) the whole group gets SIGTERM, then
+//! SIGKILL after the grace period, early enough to beat the lease's expiry.
+//!
+//! The commands are small shell scripts that leave evidence in their working
+//! directory (their pid, their environment, a wall-clock timestamp) and wait
+//! for a `release` file from the test; see `tests/support/job.rs`.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::job::{
+    keys_under, process_alive, process_exists, process_group, stamp, unix_nanos, write_file,
+    Etcdctl, Job, WAIT_FOR_RELEASE,
+};
+use support::*;
+
+/// Long enough that a takeover inside a test's bounds can only come from a
+/// revoke or a deletion, never from a lease expiring.
+const LONG_TTL: u64 = 30;
+
+/// The default `--lost-exit-code`.
+const LOST: i32 = 75;
+
+/// A run that takes the free key and holds it until the test creates its
+/// `release` file; its command records its environment first.
+fn holder(etcd: &Etcd, key: &str, id: &str) -> Job {
+    let mut job = Job::builder()
+        .endpoints(&etcd.endpoint())
+        .key(key)
+        .id(id)
+        .ttl(LONG_TTL)
+        .shell(&format!(
+            "{}; {WAIT_FOR_RELEASE}; {}",
+            write_file("env", "env"),
+            stamp("done")
+        ))
+        .spawn();
+    job.wait_for_file("env", SOON);
+    job
+}
+
+/// A run that waits for the key (serving `/leader`, so the test can see it
+/// waiting) and records when its command starts.
+fn waiter(etcd: &Etcd, key: &str, id: &str, then: &str) -> Job {
+    Job::builder()
+        .endpoints(&etcd.endpoint())
+        .key(key)
+        .id(id)
+        .ttl(LONG_TTL)
+        .listen()
+        .shell(&format!("{}; {then}", stamp("started")))
+        .spawn()
+}
+
+/// Waits until `job` (built with `.listen()`) reports `leader` as the holder.
+fn wait_following(job: &Job, leader: &str) {
+    let mut last = None;
+    assert!(
+        wait_until(SOON, || {
+            last = job.try_get("/leader").ok().map(|r| r.body);
+            last.as_deref()
+                .and_then(|b| serde_json::from_str::<serde_json::Value>(b).ok())
+                .is_some_and(|v| v["leader"] == leader && v["is_leader"] == false)
+        }),
+        "run {} waits behind {leader}; last /leader: {last:?}\n{}",
+        job.id(),
+        job.describe()
+    );
+}
+
+/// The log event that names `holder` in a `holder` field (the `--try` verdict).
+fn held_line(job: &Job, holder: &str) -> Option<serde_json::Value> {
+    job.log_events().into_iter().find(|e| e["holder"] == holder)
+}
+
+#[test]
+fn try_against_another_run_exits_with_the_held_code_and_names_it() {
+    let etcd = Etcd::start();
+    let key = unique_key("try_vs_run");
+    let mut holder = holder(&etcd, &key, "job-holder");
+
+    for (extra, code) in [(None, 0), (Some("3"), 3)] {
+        let mut builder = Job::builder()
+            .endpoints(&etcd.endpoint())
+            .key(&key)
+            .id("job-try")
+            .try_once()
+            .shell("touch ran");
+        if let Some(c) = extra {
+            builder = builder.args(&["--held-exit-code", c]);
+        }
+        let started = Instant::now();
+        let mut tried = builder.spawn();
+        assert_eq!(
+            tried.exit_code(SOON),
+            code,
+            "--try exits with the held exit code ({extra:?})\n{}",
+            tried.describe()
+        );
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_secs(3),
+            "--try gives up at once, took {took:?}"
+        );
+        assert!(!tried.has("ran"), "the command never ran");
+        assert!(
+            held_line(&tried, "job-holder").is_some(),
+            "a log line names the holder\n{}",
+            tried.describe()
+        );
+    }
+    assert!(holder.is_running(), "the holder is undisturbed");
+    assert_eq!(
+        etcd.get(&key).map(|kv| kv.value).as_deref(),
+        Some("job-holder")
+    );
+    holder.touch("release");
+    assert_eq!(holder.exit_code(SOON), 0);
+}
+
+#[test]
+fn try_against_a_plain_client_exits_with_the_held_code_and_runs_once_it_is_gone() {
+    let etcd = Etcd::start();
+    let key = unique_key("try_vs_go");
+    // The classic transaction, from etcd's own Go client.
+    let go = GoLocker::run(&etcd.endpoint(), &key, "go-holder", LONG_TTL);
+    assert!(go.held(), "the Go client takes the free key: {}", go.result);
+
+    let started = Instant::now();
+    let mut tried = Job::builder()
+        .endpoints(&etcd.endpoint())
+        .key(&key)
+        .id("job-try")
+        .try_once()
+        .args(&["--held-exit-code", "1"])
+        .shell("touch ran")
+        .spawn();
+    assert_eq!(tried.exit_code(SOON), 1, "{}", tried.describe());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "--try gives up at once"
+    );
+    assert!(!tried.has("ran"), "the command never ran");
+    let line = held_line(&tried, "go-holder");
+    assert!(
+        line.is_some(),
+        "a log line names the Go client\n{}",
+        tried.describe()
+    );
+    assert_eq!(
+        etcd.get(&key).map(|kv| kv.value).as_deref(),
+        Some("go-holder"),
+        "the Go client still holds the key"
+    );
+
+    assert!(go.release().success());
+    let mut ran = Job::builder()
+        .endpoints(&etcd.endpoint())
+        .key(&key)
+        .id("job-try")
+        .try_once()
+        .shell("touch ran; exit 4")
+        .spawn();
+    assert_eq!(
+        ran.exit_code(SOON),
+        4,
+        "with the key free, --try runs the command"
+    );
+    assert!(ran.has("ran"));
+    assert_eq!(etcd.get(&key), None, "and releases the key on exit");
+}
+
+#[test]
+fn waits_for_the_holder_then_runs_passes_the_exit_code_through_and_releases() {
+    let etcd = Etcd::start();
+    let key = unique_key("waits");
+    let mut first = Job::builder()
+        .endpoints(&etcd.endpoint())
+        .key(&key)
+        .id("job-first")
+        .ttl(LONG_TTL)
+        .shell(&format!(
+            "touch holding; {WAIT_FOR_RELEASE}; {}; exit 7",
+            stamp("done")
+        ))
+        .spawn();
+    first.wait_for_file("holding", SOON);
+    let first_kv = etcd.get(&key).expect("the first run holds the key");
+
+    let mut second = waiter(&etcd, &key, "job-second", "exit 9");
+    wait_following(&second, "job-first");
+    // Waiting is not polling: nothing changes until the holder lets go.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(!second.has("started"), "the command waits for the holder");
+
+    first.touch("release");
+    assert_eq!(
+        first.exit_code(SOON),
+        7,
+        "the command's exit code passes through\n{}",
+        first.describe()
+    );
+    // Right after the exit the old lease no longer holds the key.
+    if let Some(kv) = etcd.get(&key) {
+        assert_ne!(
+            kv.lease, first_kv.lease,
+            "the first run's lease was revoked"
+        );
+        assert_eq!(kv.value, "job-second");
+    }
+    let done = first.wait_for_number("done", SOON);
+    let started = second.wait_for_number("started", SOON);
+    assert!(
+        started > done,
+        "the second command started after the first finished ({} ms later)",
+        (started - done) / 1_000_000
+    );
+    assert_eq!(second.exit_code(SOON), 9, "{}", second.describe());
+    assert_eq!(etcd.get(&key), None, "the key is gone right after the exit");
+}
+
+#[test]
+fn the_command_runs_in_its_own_process_group_with_stdio_passed_through() {
+    let etcd = Etcd::start();
+    let key = unique_key("stdio");
+    let mut job = Job::builder()
+        .endpoints(&etcd.endpoint())
+        .key(&key)
+        .id("job-stdio")
+        .stdin("hello from stdin\n")
+        .shell(&format!(
+            "read line; echo \"stdout got: $line\"; echo 'to stderr' >&2; {}; {WAIT_FOR_RELEASE}",
+            write_file("pid", "echo $$")
+        ))
+        .spawn();
+    let pid = job.wait_for_number("pid", SOON) as i32;
+    let run_pid = job.pid().as_raw();
+    assert_eq!(
+        process_group(pid),
+        Some(pid),
+        "the command leads a process group of its own"
+    );
+    assert_ne!(process_group(run_pid), Some(pid), "run is not in it");
+    job.touch("release");
+    assert_eq!(job.exit_code(SOON), 0, "{}", job.describe());
+    assert!(
+        job.stdout().contains("stdout got: hello from stdin"),
+        "stdin and stdout are the command's: {:?}",
+        job.stdout()
+    );
+    assert!(
+        job.stderr().lines().any(|l| l == "to stderr"),
+        "stderr is the command's too\n{}",
+        job.describe()
+    );
+}
+
+#[test]
+fn a_command_killed_by_a_signal_exits_128_plus_its_number() {
+    let etcd = Etcd::start();
+    let key = unique_key("signalled");
+    let mut job = Job::builder()
+        .endpoints(&etcd.endpoint())
+        .key(&key)
+        .id("job-killed")
+        .shell("kill -KILL $$")
+        .spawn();
+    assert_eq!(job.exit_code(SOON), 128 + 9, "{}", job.describe());
+    assert_eq!(etcd.get(&key), None, "the key is gone right after the exit");
+}
+
+#[test]
+fn a_grandchild_left_behind_dies_before_the_lock_is_released() {
+    let etcd = Etcd::start();
+    let key = unique_key("leftover");
+    let mut job = Job::builder()
+        .endpoints(&etcd.endpoint())
+        .key(&key)
+        .id("job-leftover")
+        .shell(&format!(
+            "sleep 300 & {}; exit 3",
+            write_file("gc", "echo $!")
+        ))
+        .spawn();
+    assert_eq!(job.exit_code(SOON), 3, "{}", job.describe());
+    let gc = job.wait_for_number("gc", SOON) as i32;
+    assert!(
+        !process_alive(gc),
+        "the grandchild {gc} was killed with its group"
+    );
+    assert_eq!(etcd.get(&key), None, "the key is gone right after the exit");
+}
+
+/// What an operator can do to a held lock from outside.
+#[derive(Debug, Clone, Copy)]
+enum Intrusion {
+    DeleteKey,
+    OverwriteKey,
+    RevokeLease,
+}
+
+/// Runs a command under the lock, does `intrusion` to the lock with etcdctl,
+/// and checks the command gets SIGTERM within a second and run exits with
+/// `--lost-exit-code` and a log line saying why. Returns the key afterwards.
+fn lock_lost_by(intrusion: Intrusion) -> Option<KeyValue> {
+    let etcd = Etcd::start();
+    let key = unique_key(&format!("{intrusion:?}").to_lowercase());
+    let mut job = Job::builder()
+        .endpoints(&etcd.endpoint())
+        .key(&key)
+        .id("job-intruded")
+        .ttl(LONG_TTL)
+        .shell(&format!(
+            "trap '{}; exit 0' TERM; {}; sleep 60 & wait",
+            stamp("term_at"),
+            write_file("pid", "echo $$")
+        ))
+        .spawn();
+    job.wait_for_file("pid", SOON);
+    let lease = etcd.get(&key).expect("run holds the key").lease;
+
+    let intruded_at = unix_nanos();
+    match intrusion {
+        Intrusion::DeleteKey => etcd.ctl(&["del", &key]),
+        Intrusion::OverwriteKey => etcd.ctl(&["put", &key, "intruder"]),
+        Intrusion::RevokeLease => etcd.ctl(&["lease", "revoke", &format!("{lease:x}")]),
+    };
+    let term_at = job.wait_for_number("term_at", SOON);
+    let after = Duration::from_nanos((term_at - intruded_at).max(0) as u64);
+    println!("{intrusion:?}: SIGTERM reached the command {after:?} later");
+    assert!(
+        after < Duration::from_secs(1),
+        "{intrusion:?}: the command got SIGTERM within a second: {after:?}"
+    );
+    assert_eq!(
+        job.exit_code(SOON),
+        LOST,
+        "a lost lock exits with --lost-exit-code\n{}",
+        job.describe()
+    );
+    let lost = job.log_events().into_iter().find(|e| {
+        e["level"] == "WARN"
+            && e["reason"].is_string()
+            && e["message"].as_str().is_some_and(|m| m.contains("lost"))
+    });
+    assert!(lost.is_some(), "a log line says why\n{}", job.describe());
+    etcd.get(&key)
+}
+
+#[test]
+fn deleting_the_key_sends_sigterm_to_the_command_within_a_second() {
+    assert_eq!(
+        lock_lost_by(Intrusion::DeleteKey),
+        None,
+        "nothing is left holding the key"
+    );
+}
+
+#[test]
+fn overwriting_the_key_sends_sigterm_to_the_command_within_a_second() {
+    let kv = lock_lost_by(Intrusion::OverwriteKey);
+    assert_eq!(
+        kv.map(|kv| kv.value).as_deref(),
+        Some("intruder"),
+        "run leaves the key it no longer holds alone"
+    );
+}
+
+#[test]
+fn revoking_the_lease_sends_sigterm_to_the_command_within_a_second() {
+    assert_eq!(lock_lost_by(Intrusion::RevokeLease), None);
+}
+
+#[test]
+fn a_command_ignoring_sigterm_and_its_grandchild_are_killed_after_the_grace_period() {
+    let etcd = Etcd::start();
+    let key = unique_key("stubborn");
+    let grace = Duration::from_secs(2);
+    // grace 2 + keep-alive 2 + margin 0.6 < TTL 6.
+    let mut job = Job::builder()
+        .endpoints(&etcd.endpoint())
+        .key(&key)
+        .id("job-stubborn")
+        .ttl(6)
+        .grace_period("2")
+        // SIG_IGN is inherited: the background sleep ignores SIGTERM too.
+        .shell(&format!(
+            "trap '' TERM; sleep 300 & {}; {}; wait",
+            write_file("gc", "echo $!"),
+            write_file("pid", "echo $$")
+        ))
+        .spawn();
+    let pid = job.wait_for_number("pid", SOON) as i32;
+    let gc = job.wait_for_number("gc", SOON) as i32;
+    assert!(process_alive(pid) && process_alive(gc));
+
+    let deleted = Instant::now();
+    etcd.ctl(&["del", &key]);
+    std::thread::sleep(grace / 2);
+    assert!(
+        process_alive(pid) && process_alive(gc),
+        "both ignore SIGTERM and live until the grace period ends"
+    );
+    assert!(
+        wait_until(grace + Duration::from_secs(3), || !process_alive(pid)
+            && !process_alive(gc)),
+        "the command and its grandchild are killed after the grace period\n{}",
+        job.describe()
+    );
+    let took = deleted.elapsed();
+    println!("SIGKILL came {took:?} after the delete (grace period {grace:?})");
+    assert!(
+        took >= grace - Duration::from_millis(200),
+        "SIGKILL waited for the grace period: {took:?}"
+    );
+    assert_eq!(job.exit_code(SOON), LOST, "{}", job.describe());
+}
+
+#[test]
+fn a_silent_partition_kills_the_command_before_another_run_starts_its_own() {
+    let etcd = Etcd::start();
+    let key = unique_key("partition");
+    let proxy = TcpProxy::start(etcd.client_addr());
+    // TTL 6: keep-alive every 2 s, margin 0.6 s; grace 1 s (the rule needs < 3.4 s).
+    // The command ignores SIGTERM, so only the SIGKILL at the end of the grace
+    // period stops it: the latest a group can die.
+    let mut first = Job::builder()
+        .endpoints(&proxy.endpoint())
+        .key(&key)
+        .id("job-partitioned")
+        .ttl(6)
+        .grace_period("1")
+        .shell(&format!(
+            "trap '' TERM; sleep 300 & {}; {}; wait",
+            write_file("gc", "echo $!"),
+            write_file("pid", "echo $$")
+        ))
+        .spawn();
+    let pid = first.wait_for_number("pid", SOON) as i32;
+    let gc = first.wait_for_number("gc", SOON) as i32;
+    let mut second = Job::builder()
+        .endpoints(&etcd.endpoint())
+        .key(&key)
+        .id("job-next")
+        .ttl(6)
+        .grace_period("1")
+        .listen()
+        .shell(&stamp("started"))
+        .spawn();
+    wait_following(&second, "job-partitioned");
+
+    let partitioned = Instant::now();
+    proxy.partition();
+    let mut first_dead: Option<(i128, Duration)> = None;
+    let mut second_started_seen = false;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if first_dead.is_none() && !process_alive(pid) && !process_alive(gc) {
+            first_dead = Some((unix_nanos(), partitioned.elapsed()));
+        }
+        if second.has("started") {
+            second_started_seen = true;
+            if first_dead.is_some() {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        second_started_seen,
+        "the second run takes over once the first lease expires\n{}\n{}",
+        first.describe(),
+        second.describe()
+    );
+    let (dead_at, dead_after) = first_dead.unwrap_or_else(|| {
+        panic!(
+            "the partitioned command is still alive 20 s into the partition\n{}",
+            first.describe()
+        )
+    });
+    // The orphaned grandchild is reaped by run itself (a child subreaper, as
+    // PID 1 would be), not left a zombie, while run is still giving up its
+    // lease through the partition.
+    let mut run_alive_when_reaped = None;
+    wait_until(Duration::from_secs(1), || {
+        let alive = first.is_running();
+        let reaped = !process_exists(gc);
+        if reaped {
+            run_alive_when_reaped = Some(alive);
+        }
+        reaped
+    });
+    match run_alive_when_reaped {
+        Some(true) => {}
+        Some(false) => println!("run exited before its grandchild was seen reaped"),
+        None => panic!("the orphaned grandchild {gc} is still a zombie a second after the kill"),
+    }
+    let started = second.wait_for_number("started", SOON);
+    let margin_ms = (started - dead_at) as f64 / 1e6;
+    println!(
+        "partition: first command group dead {dead_after:?} after the partition; \
+         second command started {margin_ms:.0} ms after that"
+    );
+    assert!(
+        started > dead_at,
+        "the first command group was dead before the second command started \
+         (margin {margin_ms:.0} ms)"
+    );
+    assert_eq!(
+        first.exit_code(Duration::from_secs(15)),
+        LOST,
+        "{}",
+        first.describe()
+    );
+    assert_eq!(second.exit_code(SOON), 0, "{}", second.describe());
+}
+
+#[test]
+fn sigterm_to_run_is_forwarded_and_a_waiting_run_starts_within_a_second() {
+    let etcd = Etcd::start();
+    let key = unique_key("sigterm_run");
+    let mut first = Job::builder()
+        .endpoints(&etcd.endpoint())
+        .key(&key)
+        .id("job-first")
+        .ttl(LONG_TTL)
+        .shell(&format!(
+            "trap '{}; exit 42' TERM; {}; sleep 60 & wait",
+            stamp("term_at"),
+            write_file("pid", "echo $$")
+        ))
+        .spawn();
+    first.wait_for_file("pid", SOON);
+    let lease = etcd.get(&key).expect("the first run holds the key").lease;
+    let mut second = waiter(&etcd, &key, "job-second", "exit 0");
+    wait_following(&second, "job-first");
+
+    let signalled = unix_nanos();
+    first.signal(Signal::SIGTERM);
+    assert_eq!(
+        first.exit_code(SOON),
+        42,
+        "run exits with the command's code\n{}",
+        first.describe()
+    );
+    assert!(first.has("term_at"), "the command got the SIGTERM");
+    assert_eq!(etcd.lease_ttl(lease), None, "the lease was revoked");
+    let started = second.wait_for_number("started", SOON);
+    let after = Duration::from_nanos((started - signalled).max(0) as u64);
+    println!("the waiting run started its command {after:?} after the SIGTERM");
+    assert!(
+        after < Duration::from_secs(1),
+        "the waiting run starts within a second: {after:?}"
+    );
+    assert_eq!(second.exit_code(SOON), 0);
+}
+
+#[test]
+fn a_second_signal_kills_the_group_at_once() {
+    let etcd = Etcd::start();
+    let key = unique_key("second_signal");
+    // A long grace period (20 s + keep-alive 20 s + margin 5 s < TTL 60) that
+    // only the second signal can cut short.
+    let mut job = Job::builder()
+        .endpoints(&etcd.endpoint())
+        .key(&key)
+        .id("job-impatient")
+        .ttl(60)
+        .grace_period("20")
+        .shell(&format!(
+            "trap '' TERM; sleep 300 & {}; {}; wait",
+            write_file("gc", "echo $!"),
+            write_file("pid", "echo $$")
+        ))
+        .spawn();
+    let pid = job.wait_for_number("pid", SOON) as i32;
+    let gc = job.wait_for_number("gc", SOON) as i32;
+
+    job.signal(Signal::SIGTERM);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        job.is_running() && process_alive(pid) && process_alive(gc),
+        "in the grace period"
+    );
+    let second = Instant::now();
+    job.signal(Signal::SIGINT);
+    assert!(
+        wait_until(Duration::from_secs(1), || !process_alive(pid)
+            && !process_alive(gc)),
+        "the second signal kills the group at once\n{}",
+        job.describe()
+    );
+    assert_eq!(job.exit_code(SOON), 128 + 9, "the command died by SIGKILL");
+    println!(
+        "group killed {:?} after the second signal",
+        second.elapsed()
+    );
+    assert_eq!(etcd.get(&key), None, "the lease was still given back");
+}
+
+#[test]
+fn sigterm_before_the_command_starts_exits_143_without_running_it() {
+    let etcd = Etcd::start();
+    let key = unique_key("early_sigterm");
+    let mut holder = holder(&etcd, &key, "job-holder");
+    let mut waiting = waiter(&etcd, &key, "job-waiting", "exit 0");
+    wait_following(&waiting, "job-holder");
+
+    waiting.signal(Signal::SIGTERM);
+    assert_eq!(waiting.exit_code(SOON), 143, "{}", waiting.describe());
+    assert!(!waiting.has("started"), "the command never ran");
+    assert_eq!(
+        etcd.get(&key).map(|kv| kv.value).as_deref(),
+        Some("job-holder")
+    );
+    holder.touch("release");
+    assert_eq!(holder.exit_code(SOON), 0);
+}
+
+/// `name` from `env` lines, or a panic naming what the command saw.
+fn var(env: &[(String, String)], name: &str) -> String {
+    env.iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| panic!("{name} missing from the command's environment: {env:?}"))
+}
+
+#[test]
+fn the_fencing_token_is_the_create_revision_and_grows_from_holder_to_holder() {
+    let etcd = Etcd::start();
+    let key = unique_key("fencing");
+    let mut tokens = Vec::new();
+    let mut previous: Option<Job> = None;
+    for id in ["job-a", "job-b", "job-c"] {
+        let mut job = Job::builder()
+            .endpoints(&etcd.endpoint())
+            .key(&key)
+            .id(id)
+            .ttl(LONG_TTL)
+            .shell(&format!("{}; {WAIT_FOR_RELEASE}", write_file("env", "env")))
+            .spawn();
+        if let Some(mut prev) = previous.take() {
+            // Queued behind the previous holder before it lets go.
+            std::thread::sleep(Duration::from_millis(300));
+            assert!(!job.has("env"), "{id} waits for the holder");
+            prev.touch("release");
+            assert_eq!(prev.exit_code(SOON), 0);
+        }
+        job.wait_for_file("env", SOON);
+        let env = job.read_env("env");
+        let kv = etcd.get(&key).expect("the running job's key");
+        assert_eq!(kv.value, id);
+        let token: i64 = var(&env, "ELECTOR_FENCING_TOKEN")
+            .parse()
+            .expect("the token is a number");
+        assert_eq!(
+            token, kv.create_revision,
+            "the token is the key's create revision"
+        );
+        assert_eq!(var(&env, "ETCD_LOCK_REV"), token.to_string());
+        assert_eq!(var(&env, "ELECTOR_KEY"), key);
+        assert_eq!(var(&env, "ETCD_LOCK_KEY"), key);
+        assert_eq!(var(&env, "ELECTOR_ID"), id);
+        tokens.push(token);
+        previous = Some(job);
+    }
+    let mut last = previous.expect("the last job");
+    last.touch("release");
+    assert_eq!(last.exit_code(SOON), 0);
+    assert!(
+        tokens.windows(2).all(|w| w[0] < w[1]),
+        "the fencing token grows from one holder to the next: {tokens:?}"
+    );
+}
+
+/// `run` with bad arguments: exit 2, one line on stderr naming the problem,
+/// and the command (when `with_command`, one appended after `args`) never runs.
+fn refused(args: &[&str], with_command: bool, must_name: &[&str]) {
+    let dir = test_tempdir("refused");
+    let marker = dir.path().join("ran");
+    let marker = marker.to_string_lossy();
+    let mut all: Vec<&str> = args.to_vec();
+    if with_command {
+        all.extend(["--", "touch", &marker]);
+    }
+    let out = run_to_exit(&all, &[], Duration::from_secs(5));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let context = format!("args {all:?}\nstderr:\n{stderr}");
+    assert_eq!(out.status.code(), Some(2), "exit code 2; {context}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "exactly one line; {context}");
+    for needle in must_name {
+        assert!(
+            lines[0].to_lowercase().contains(&needle.to_lowercase()),
+            "the line names {needle:?}; {context}"
+        );
+    }
+    assert!(!dir.path().join("ran").exists(), "the command never ran");
+}
+
+fn dead_endpoint() -> String {
+    format!("http://127.0.0.1:{}", free_port())
+}
+
+#[test]
+fn no_command_after_the_separator_is_refused() {
+    let e = dead_endpoint();
+    refused(
+        &["run", "--endpoints", &e, "--key", "/k", "--"],
+        false,
+        &["command"],
+    );
+    refused(
+        &["run", "--endpoints", &e, "--key", "/k"],
+        false,
+        &["command"],
+    );
+}
+
+#[test]
+fn a_grace_period_without_room_inside_the_ttl_is_refused() {
+    let e = dead_endpoint();
+    // 5 + 2 (keep-alive) + 0.6 (margin) >= 6.
+    refused(
+        &[
+            "run",
+            "--endpoints",
+            &e,
+            "--key",
+            "/k",
+            "--ttl",
+            "6",
+            "--grace-period",
+            "5",
+        ],
+        true,
+        &["--grace-period", "ttl"],
+    );
+    // The default grace period (5 s) does not fit the smallest TTLs either.
+    refused(
+        &["run", "--endpoints", &e, "--key", "/k", "--ttl", "2"],
+        true,
+        &["--grace-period"],
+    );
+}
+
+#[test]
+fn an_unknown_option_is_refused() {
+    let e = dead_endpoint();
+    refused(
+        &["run", "--endpoints", &e, "--key", "/k", "--bogus"],
+        true,
+        &["--bogus"],
+    );
+}
+
+#[test]
+fn with_the_election_protocol_run_queues_with_etcdctl_lock() {
+    let etcd = Etcd::start();
+    let name = unique_key("run_election");
+    let prefix = format!("{name}/");
+    let mut job = Job::builder()
+        .endpoints(&etcd.endpoint())
+        .key(&name)
+        .id("job-elected")
+        .ttl(LONG_TTL)
+        .args(&["--protocol", "election"])
+        .shell(&format!("{}; {WAIT_FOR_RELEASE}", write_file("env", "env")))
+        .spawn();
+    job.wait_for_file("env", SOON);
+    let env = job.read_env("env");
+    let keys = keys_under(&etcd, &prefix);
+    assert_eq!(keys.len(), 1, "one candidate key under {prefix}: {keys:?}");
+    let (own_key, kv) = &keys[0];
+    assert_eq!(kv.value, "job-elected");
+    let token = var(&env, "ELECTOR_FENCING_TOKEN");
+    assert_eq!(
+        token,
+        kv.create_revision.to_string(),
+        "token = own key's create revision"
+    );
+    assert_eq!(var(&env, "ETCD_LOCK_REV"), token);
+    assert_eq!(
+        own_key,
+        &format!("{prefix}{:x}", kv.lease),
+        "<name>/<lease hex>"
+    );
+
+    let mut ctl = Etcdctl::lock(
+        &etcd.endpoint(),
+        &name,
+        &["sh", "-c", &write_file("got", "echo \"$ETCD_LOCK_REV\"")],
+    );
+    let mut tried = Job::builder()
+        .endpoints(&etcd.endpoint())
+        .key(&name)
+        .id("job-try")
+        .args(&["--protocol", "election"])
+        .try_once()
+        .shell("touch ran")
+        .spawn();
+    assert_eq!(tried.exit_code(SOON), 0, "{}", tried.describe());
+    assert!(!tried.has("ran"));
+    assert!(
+        held_line(&tried, "job-elected").is_some(),
+        "{}",
+        tried.describe()
+    );
+
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        ctl.read("got"),
+        None,
+        "etcdctl lock waits while run holds the election"
+    );
+    job.touch("release");
+    assert_eq!(job.exit_code(SOON), 0, "{}", job.describe());
+    assert!(
+        wait_until(SOON, || ctl.read("got").is_some()),
+        "etcdctl lock runs its command once run is done; stderr: {}",
+        ctl.stderr()
+    );
+    let rev: i64 = ctl
+        .read("got")
+        .unwrap_or_default()
+        .parse()
+        .expect("a revision");
+    assert!(
+        rev > kv.create_revision,
+        "etcdctl's turn is later: {rev} > {}",
+        kv.create_revision
+    );
+    assert!(ctl.wait_exit(SOON).success());
+    assert_eq!(
+        keys_under(&etcd, &prefix),
+        vec![],
+        "nothing left under {prefix}"
+    );
+}
+
+#[test]
+fn with_the_election_protocol_etcd_lock_key_names_the_candidate_key_as_etcdctl_lock_does() {
+    let etcd = Etcd::start();
+    let name = unique_key("run_election_env");
+    let prefix = format!("{name}/");
+    // What `etcdctl lock` gives its command, for comparison.
+    let mut ctl = Etcdctl::lock(
+        &etcd.endpoint(),
+        &name,
+        &["sh", "-c", &write_file("env", "env")],
+    );
+    assert!(ctl.wait_exit(SOON).success(), "stderr: {}", ctl.stderr());
+    let ctl_env: Vec<(String, String)> = ctl
+        .read("env")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let ctl_key = var(&ctl_env, "ETCD_LOCK_KEY");
+    assert!(
+        ctl_key.starts_with(&prefix),
+        "etcdctl exports its own key: {ctl_key}"
+    );
+
+    let mut job = Job::builder()
+        .endpoints(&etcd.endpoint())
+        .key(&name)
+        .id("job-elected")
+        .ttl(LONG_TTL)
+        .args(&["--protocol", "election"])
+        .shell(&format!("{}; {WAIT_FOR_RELEASE}", write_file("env", "env")))
+        .spawn();
+    job.wait_for_file("env", SOON);
+    let env = job.read_env("env");
+    let keys = keys_under(&etcd, &prefix);
+    let (own_key, kv) = keys.first().expect("run's candidate key");
+    assert_eq!(var(&env, "ETCD_LOCK_REV"), kv.create_revision.to_string());
+    job.touch("release");
+    assert_eq!(job.exit_code(SOON), 0);
+    assert_eq!(
+        var(&env, "ETCD_LOCK_KEY"),
+        *own_key,
+        "like `etcdctl lock` (which exported {ctl_key}), ETCD_LOCK_KEY names the key \
+         whose create revision is ETCD_LOCK_REV"
+    );
+}
