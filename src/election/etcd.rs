@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
-    KeyValue, SortOrder, SortTarget, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchFilterType,
-    WatchOptions,
+    KeyValue, LeaseKeepAliveStream, LeaseKeeper, SortOrder, SortTarget, TlsOptions, Txn, TxnOp,
+    TxnOpResponse, WatchFilterType, WatchOptions,
 };
 use tokio::sync::mpsc;
 use tokio::time::{sleep, sleep_until, timeout, Instant};
@@ -396,55 +396,44 @@ pub async fn keep_alive(mut client: Client, timing: Timing, lease: LeaseId, repo
         loop {
             sleep_until(sent_at + timing.keepalive_interval).await;
             sent_at = Instant::now();
-            if let Err(source) = keeper.keep_alive().await {
-                let _ = reports
-                    .send(Report::Error(EtcdError::Client {
-                        op: Op::KeepAlive,
-                        source,
-                    }))
-                    .await;
-                break;
-            }
-            match timeout(timing.request_timeout, stream.message()).await {
-                Ok(Ok(Some(resp))) => {
+            match renew(&mut keeper, &mut stream, &timing).await {
+                Ok(ttl) => {
                     let _ = reports.send(Report::KeepAliveRtt(sent_at.elapsed())).await;
-                    let ttl = Duration::from_secs(u64::try_from(resp.ttl()).unwrap_or(0));
                     let _ = reports.send(ack(lease, ttl, sent_at)).await;
                     if ttl.is_zero() {
                         return;
                     }
                 }
-                Ok(Ok(None)) => {
-                    let _ = reports
-                        .send(Report::Error(protocol(
-                            Op::KeepAlive,
-                            "keep-alive stream closed",
-                        )))
-                        .await;
-                    break;
-                }
-                Ok(Err(source)) => {
-                    let _ = reports
-                        .send(Report::Error(EtcdError::Client {
-                            op: Op::KeepAlive,
-                            source,
-                        }))
-                        .await;
-                    break;
-                }
-                Err(_) => {
-                    let _ = reports
-                        .send(Report::Error(EtcdError::Timeout {
-                            op: Op::KeepAlive,
-                            after: timing.request_timeout,
-                        }))
-                        .await;
+                Err(e) => {
+                    let _ = reports.send(Report::Error(e)).await;
                     break;
                 }
             }
         }
         // Reopen the stream (possibly to another endpoint) after a short pause.
         sleep(retry).await;
+    }
+}
+
+/// One keep-alive round trip on an open stream: the TTL etcd answered (0: lease gone).
+async fn renew(
+    keeper: &mut LeaseKeeper,
+    stream: &mut LeaseKeepAliveStream,
+    timing: &Timing,
+) -> Result<Duration, EtcdError> {
+    let client_error = |source| EtcdError::Client {
+        op: Op::KeepAlive,
+        source,
+    };
+    keeper.keep_alive().await.map_err(client_error)?;
+    match timeout(timing.request_timeout, stream.message()).await {
+        Ok(Ok(Some(resp))) => Ok(Duration::from_secs(u64::try_from(resp.ttl()).unwrap_or(0))),
+        Ok(Ok(None)) => Err(protocol(Op::KeepAlive, "keep-alive stream closed")),
+        Ok(Err(source)) => Err(client_error(source)),
+        Err(_) => Err(EtcdError::Timeout {
+            op: Op::KeepAlive,
+            after: timing.request_timeout,
+        }),
     }
 }
 
