@@ -1,2 +1,438 @@
-//! Placeholder replaced by the benchmark (issue 5).
-fn main() {}
+//! The etcd-elector benchmark (issue 5): how fast leadership moves, what an idle replica costs,
+//! how fast probes are answered, and how that grows with the fleet, with `etcdctl elect` as the
+//! peer in the same run.
+//!
+//! `cargo bench --bench elector` runs everything (about 10 minutes on 2 cores); set
+//! `ELECTOR_BENCH_QUICK=1` for a smoke run of a few repetitions (about 1.5 minutes). It starts
+//! its own etcd on free loopback ports with its data on /dev/shm, and real `etcd-elector` and
+//! `etcdctl elect` processes. It prints a markdown table and writes every figure (min, p50,
+//! p90, p99, max) to `target/bench/elector.json` (or `$ELECTOR_BENCH_OUT`).
+//!
+//! Environment:
+//! * `ELECTOR_BENCH_QUICK=1`: few repetitions, short windows.
+//! * `ELECTOR_BENCH_ONLY=footprint,probe,handoff,crash,scale`: a subset (also accepted as
+//!   arguments after `--`). `handoff` includes the `etcdctl elect` peer.
+//! * `ELECTOR_BENCH_REPS=N`: handoffs per scenario (default 100 for 3 and 10 candidates, 50
+//!   for 100 candidates and for crash failover; 5 when quick).
+//! * `ELECTOR_BENCH_CANDIDATES=3,10,100`, `ELECTOR_BENCH_SCALE=10,100,1000`,
+//!   `ELECTOR_BENCH_CRASH_TTL=2` (seconds), `ELECTOR_BENCH_IDLE_SECS=60`.
+//! * `ELECTOR_BENCH_BIN=PATH`: measure another build of the sidecar (a proposed change)
+//!   instead of the one cargo built for this bench.
+//! * `ELECTOR_BENCH_NO_PEER=1`, `ELECTOR_BENCH_NO_LOCK=1`, `ELECTOR_BENCH_NO_ELECTION=1`: leave
+//!   out the `etcdctl elect` runs, or etcd-elector's default (`lock`) or `--protocol election`
+//!   runs, of the handoff scenario.
+//! * `ELECTOR_BENCH_SETTLE_MS=300`: pause between handoffs (see `handoff::settle`).
+//! * `ELECTOR_BENCH_NO_NICE=1`: run the bench's observers at the replicas' priority.
+//! * `ELECTOR_BENCH_OUT=PATH`: where the JSON goes (a `.md` copy of the tables beside it).
+//! * `ELECTOR_BENCH_KEEP=1`: keep the run directory (logs of every process) after the run; it
+//!   is also kept when something went wrong or a goal was missed. `ELECTOR_BENCH_DEBUG=1` prints each handoff's
+//!   wall-clock stamps, to lay beside those logs.
+//!
+//! The process exits 1 when a scenario could not be measured (an anomaly), never because a
+//! goal was missed: goals depend on the machine.
+
+#[path = "elector/footprint.rs"]
+mod footprint;
+#[path = "elector/handoff.rs"]
+mod handoff;
+#[path = "elector/http.rs"]
+mod http;
+#[path = "elector/probe.rs"]
+mod probe;
+#[path = "elector/procs.rs"]
+mod procs;
+#[path = "elector/scale.rs"]
+mod scale;
+#[path = "elector/stats.rs"]
+mod stats;
+#[path = "elector/watch.rs"]
+mod watch;
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use procs::Etcd;
+use stats::{Goal, Report};
+use tokio::runtime::Runtime;
+use watch::Ctl;
+
+/// What every scenario works with.
+pub struct Ctx<'rt> {
+    pub rt: &'rt Runtime,
+    pub etcd: Etcd,
+    pub ctl: Ctl<'rt>,
+    pub dir: PathBuf,
+    pub report: Report,
+}
+
+impl<'rt> Ctx<'rt> {
+    /// Replace etcd by a fresh one, so a scenario never pays for the leases, watchers and
+    /// revisions another one left behind.
+    pub fn fresh_etcd(&mut self) {
+        let etcd = Etcd::start(&self.dir);
+        self.ctl = Ctl::connect(self.rt, &etcd.endpoint());
+        let old = std::mem::replace(&mut self.etcd, etcd);
+        let data = old.data_dir.clone();
+        drop(old);
+        let _ = std::fs::remove_dir_all(data);
+    }
+}
+
+impl Ctx<'_> {
+    /// Record how much CPU something other than this bench used during `scenario`: the bench
+    /// cannot keep other work off the machine, but it can say when there was some.
+    pub fn foreign_load(&mut self, scenario: &str, since: procs::LoadMark) {
+        let share = since.foreign_since(procs::LoadMark::now());
+        self.report.add(
+            stats::Summary::single(
+                "machine",
+                "CPU used by other processes during the scenario",
+                scenario,
+                "% of a core",
+                share * 100.0,
+            )
+            .note("/proc/stat busy time minus this bench and its children; 0 on a quiet machine"),
+        );
+        if share > 0.1 {
+            eprintln!(
+                "bench: warning: other processes used {:.0} % of a core during {scenario}; its figures are disturbed",
+                share * 100.0
+            );
+        }
+    }
+}
+
+/// xorshift64, seeded from the clock; the bench needs spread, not quality.
+pub struct Rng(u64);
+
+impl Default for Rng {
+    fn default() -> Self {
+        Rng::new()
+    }
+}
+
+impl Rng {
+    pub fn new() -> Rng {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
+        Rng(seed | 1)
+    }
+
+    /// In [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+pub fn rand_suffix() -> String {
+    format!("{:08x}", (Rng::new().unit() * u32::MAX as f64) as u32)
+}
+
+fn env_list(name: &str, default: &[usize]) -> Vec<usize> {
+    std::env::var(name)
+        .ok()
+        .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
+        .unwrap_or_else(|| default.to_vec())
+}
+
+pub fn env_num(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
+}
+
+fn env_flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+fn first_line_of(cmd: &str, args: &[&str]) -> String {
+    std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn machine(dir: &std::path::Path) -> Vec<(String, String)> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .and_then(|r| r.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let nproc = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_string())
+        })
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map(|kb| format!("{:.1} GiB", kb as f64 / 1048576.0))
+        .unwrap_or_default();
+    vec![
+        ("CPU".into(), format!("{nproc} x {model}")),
+        ("memory".into(), mem),
+        ("kernel".into(), first_line_of("uname", &["-r"])),
+        ("etcd".into(), first_line_of("etcd", &["--version"])),
+        ("etcdctl".into(), first_line_of("etcdctl", &["version"])),
+        (
+            "wrk".into(),
+            first_line_of("wrk", &["--version"])
+                .split(" [")
+                .next()
+                .unwrap_or("")
+                .to_string(),
+        ),
+        (
+            "etcd data".into(),
+            format!("{} ({})", dir.display(), procs::fs_type(dir)),
+        ),
+    ]
+}
+
+fn main() -> ExitCode {
+    let quick = env_flag("ELECTOR_BENCH_QUICK");
+    let mut only: HashSet<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    if let Ok(v) = std::env::var("ELECTOR_BENCH_ONLY") {
+        only.extend(
+            v.split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty()),
+        );
+    }
+    let want = |s: &str| only.is_empty() || only.contains(s);
+    let reps_override = env_num("ELECTOR_BENCH_REPS").map(|n| n as usize);
+    let reps_for = |n: usize| {
+        reps_override.unwrap_or(match (quick, n) {
+            (true, _) => 5,
+            (false, n) if n >= 100 => 50,
+            _ => 100,
+        })
+    };
+    let candidates = env_list("ELECTOR_BENCH_CANDIDATES", &[3, 10, 100]);
+    let scale_counts = env_list(
+        "ELECTOR_BENCH_SCALE",
+        if quick { &[10, 100] } else { &[10, 100, 1000] },
+    );
+    let crash_ttl = env_num("ELECTOR_BENCH_CRASH_TTL").unwrap_or(2);
+    let crash_reps = reps_override.unwrap_or(if quick { 3 } else { 50 });
+    let idle = Duration::from_secs(env_num("ELECTOR_BENCH_IDLE_SECS").unwrap_or(if quick {
+        10
+    } else {
+        60
+    }));
+    let probe_secs = Duration::from_secs(if quick { 2 } else { 10 });
+    let starts = if quick { 5 } else { 50 };
+    // Whole keep-alive intervals (ttl/3 = 10/3 s in the simulation): 3 or 6 of them.
+    let scale_window = Duration::from_secs(if quick { 10 } else { 20 });
+    let scale_handoffs = if quick { 5 } else { 50 };
+
+    // The bench observes from the same two cores as everything it measures. When 99 replicas
+    // wake at once, an observer at the same priority can be scheduled milliseconds late and
+    // stamp events late; above them (nice -5, inherited by the bench's threads; children are
+    // reset to 0) its stamps follow the events. Without CAP_SYS_NICE this silently stays 0.
+    let observer_nice = if env_flag("ELECTOR_BENCH_NO_NICE") {
+        0
+    } else if procs::set_thread_nice(procs::OBSERVER_NICE) {
+        procs::OBSERVER_NICE
+    } else {
+        0
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("bench runtime");
+    let run_dir = procs::run_dir();
+    let dir = run_dir.path().to_path_buf();
+    let etcd = Etcd::start(&dir);
+    let ctl = Ctl::connect(&rt, &etcd.endpoint());
+    let mut ctx = Ctx {
+        rt: &rt,
+        etcd,
+        ctl,
+        dir: dir.clone(),
+        report: Report::default(),
+    };
+    ctx.report.machine = machine(&dir);
+    ctx.report
+        .machine
+        .push(("etcd-elector binary".into(), procs::elector_bin()));
+    ctx.report.machine.push((
+        "bench observer priority".into(),
+        format!("nice {observer_nice} (replicas, etcd, etcdctl at 0)"),
+    ));
+    ctx.report.settings = vec![
+        (
+            "mode".into(),
+            if quick {
+                "quick (ELECTOR_BENCH_QUICK=1)".into()
+            } else {
+                "full".into()
+            },
+        ),
+        (
+            "command".into(),
+            format!(
+                "{}cargo bench --bench elector",
+                if quick { "ELECTOR_BENCH_QUICK=1 " } else { "" }
+            ),
+        ),
+    ];
+    let began = Instant::now();
+
+    if want("footprint") {
+        eprintln!("bench: footprint ({}s idle window)", idle.as_secs());
+        let load = procs::LoadMark::now();
+        ctx.fresh_etcd();
+        footprint::run(&mut ctx, starts, idle);
+        ctx.foreign_load("footprint", load);
+    }
+    if want("probe") {
+        eprintln!("bench: probe serving");
+        let load = procs::LoadMark::now();
+        ctx.fresh_etcd();
+        probe::run(&mut ctx, probe_secs);
+        ctx.foreign_load("probe", load);
+    }
+    if want("handoff") {
+        let load = procs::LoadMark::now();
+        // Measured too when this build has it: it is the remedy for the lock protocol's
+        // thundering herd at large candidate counts.
+        let with_election_protocol =
+            !env_flag("ELECTOR_BENCH_NO_ELECTION") && procs::has_flag("--protocol");
+        for &n in &candidates {
+            let reps = reps_for(n);
+            let ours = if env_flag("ELECTOR_BENCH_NO_LOCK") {
+                Vec::new()
+            } else {
+                eprintln!("bench: graceful handoff, {n} candidates, {reps} reps: etcd-elector");
+                ctx.fresh_etcd();
+                handoff::ours(&mut ctx, n, reps, false)
+            };
+            let peer = if env_flag("ELECTOR_BENCH_NO_PEER") {
+                Vec::new()
+            } else {
+                eprintln!("bench: graceful handoff, {n} candidates, {reps} reps: etcdctl elect");
+                ctx.fresh_etcd();
+                handoff::peer(&mut ctx, n, reps)
+            };
+            if !ours.is_empty() && !peer.is_empty() {
+                let c = handoff::compare(n, &ours, &peer);
+                if n == 3 {
+                    ctx.report.goals.push(Goal {
+                        goal: "handoff, 3 candidates, vs etcdctl elect".into(),
+                        target: "ours <= peer at p50 and at p99".into(),
+                        measured: format!(
+                            "p50 {:.2} vs {:.2} ms, p99 {:.2} vs {:.2} ms",
+                            c.ours_p50_ms, c.peer_p50_ms, c.ours_p99_ms, c.peer_p99_ms
+                        ),
+                        met: c.ours_p50_ms <= c.peer_p50_ms && c.ours_p99_ms <= c.peer_p99_ms,
+                    });
+                }
+                ctx.report.comparisons.push(c);
+            }
+            if with_election_protocol {
+                eprintln!("bench: graceful handoff, {n} candidates, {reps} reps: etcd-elector --protocol election");
+                ctx.fresh_etcd();
+                handoff::ours(&mut ctx, n, reps, true);
+            }
+            if n == 100 && !ours.is_empty() {
+                let s = stats::Summary::of("", "", "", "", &ours);
+                ctx.report.goals.push(Goal {
+                    goal: "handoff, 100 candidates".into(),
+                    target: "p99 <= 50 ms".into(),
+                    measured: format!("p99 {:.2} ms", s.p99),
+                    met: s.p99 <= 50.0,
+                });
+            }
+        }
+        ctx.foreign_load("handoff", load);
+    }
+    if want("crash") {
+        eprintln!("bench: crash failover, ttl {crash_ttl}s, {crash_reps} reps");
+        let load = procs::LoadMark::now();
+        ctx.fresh_etcd();
+        let samples = handoff::crash(&mut ctx, crash_ttl, crash_reps);
+        if !samples.is_empty() {
+            let s = stats::Summary::of("", "", "", "", &samples);
+            let bound = crash_ttl as f64 * 1000.0 + 500.0;
+            ctx.report.goals.push(Goal {
+                goal: "crash failover".into(),
+                target: format!("p99 <= TTL + 500 ms = {bound:.0} ms"),
+                measured: format!("p99 {:.0} ms", s.p99),
+                met: s.p99 <= bound,
+            });
+        }
+        ctx.foreign_load("crash", load);
+    }
+    if want("scale") {
+        eprintln!("bench: scale simulation {scale_counts:?} elections x3");
+        let load = procs::LoadMark::now();
+        scale::run(&mut ctx, &scale_counts, scale_window, scale_handoffs);
+        ctx.foreign_load("scale", load);
+    }
+
+    ctx.report.settings.push((
+        "duration".into(),
+        format!("{:.0} s", began.elapsed().as_secs_f64()),
+    ));
+    let md = ctx.report.markdown();
+    println!("{md}");
+    let out = std::env::var_os("ELECTOR_BENCH_OUT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
+            target.join("bench").join("elector.json")
+        });
+    if let Some(parent) = out.parent() {
+        let _ = std::fs::create_dir_all(parent);
+    }
+    match serde_json::to_string_pretty(&ctx.report) {
+        Ok(json) => match std::fs::write(&out, json) {
+            Ok(()) => eprintln!("bench: wrote {}", out.display()),
+            Err(e) => eprintln!("bench: cannot write {}: {e}", out.display()),
+        },
+        Err(e) => eprintln!("bench: encoding the report: {e}"),
+    }
+    let md_out = out.with_extension("md");
+    let _ = std::fs::write(&md_out, &md);
+
+    let failed = !ctx.report.anomalies.is_empty();
+    let missed = ctx.report.goals.iter().any(|g| !g.met);
+    drop(ctx);
+    if failed || missed || env_flag("ELECTOR_BENCH_KEEP") {
+        let kept = run_dir.keep();
+        eprintln!("bench: logs kept in {}", kept.display());
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}

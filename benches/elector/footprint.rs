@@ -1,0 +1,259 @@
+//! What one replica costs: binary size, start-up times, and an idle leader and follower
+//! watched over a window (RSS, CPU time, etcd requests and bytes).
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::handoff::Group;
+use crate::procs::{elector_bin, status_field, CpuMark, SidecarSpec};
+use crate::stats::{ms, Goal, Summary};
+use crate::Ctx;
+
+/// TTL of the idle replicas: the sidecar's default.
+const IDLE_TTL: u64 = 10;
+
+pub fn run(ctx: &mut Ctx, starts: usize, window: Duration) {
+    let size = std::fs::metadata(elector_bin())
+        .map(|m| m.len())
+        .unwrap_or(0);
+    ctx.report.add(
+        Summary::single(
+            "footprint",
+            "binary size",
+            "release, stripped",
+            "MiB",
+            size as f64 / 1048576.0,
+        )
+        .note(elector_bin()),
+    );
+    startup(ctx, starts);
+    idle(ctx, window);
+}
+
+/// Start to first HTTP answer, and start to leadership on a free key.
+fn startup(ctx: &mut Ctx, starts: usize) {
+    let mut first_answer = Vec::new();
+    let mut leadership = Vec::new();
+    for i in 0..starts {
+        let spec = SidecarSpec {
+            endpoint: ctx.etcd.endpoint(),
+            key: format!("/bench/start-{i}-{}", crate::rand_suffix()),
+            ttl_secs: IDLE_TTL,
+            log_dir: ctx.dir.clone(),
+            cpus: None,
+            extra: Vec::new(),
+        };
+        std::thread::sleep(Duration::from_millis(20));
+        let t0 = Instant::now();
+        let mut sc = spec.spawn(&format!("start{i}"));
+        let deadline = t0 + Duration::from_secs(10);
+        let mut answered = None;
+        let mut led = None;
+        while Instant::now() < deadline && led.is_none() {
+            match sc.leader() {
+                Ok(r) => {
+                    let now = Instant::now();
+                    answered.get_or_insert(now);
+                    if r.status == 200 {
+                        led = Some(now);
+                    }
+                }
+                Err(_) => {
+                    if sc.proc.try_exit().is_some() {
+                        break;
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        match (answered, led) {
+            (Some(a), Some(l)) => {
+                first_answer.push(ms(a - t0));
+                leadership.push(ms(l - t0));
+            }
+            _ => ctx.report.anomaly(format!(
+                "startup {i}: no answer or no leadership within 10 s"
+            )),
+        }
+        sc.proc.signal(Signal::SIGTERM);
+        if sc.proc.wait_exit(Duration::from_secs(10)).is_none() {
+            ctx.report
+                .anomaly(format!("startup {i}: did not exit on SIGTERM"));
+        }
+    }
+    ctx.report.add(
+        Summary::of(
+            "footprint",
+            "start -> first HTTP answer",
+            "",
+            "ms",
+            &first_answer,
+        )
+        .note("exec, runtime, signal handlers, bind; polled every 0.1 ms on fresh connections"),
+    );
+    ctx.report.add(
+        Summary::of(
+            "footprint",
+            "start -> leader on a free key",
+            "",
+            "ms",
+            &leadership,
+        )
+        .note(
+            "+ etcd connect, lease grant, campaign txn (two etcd round trips with a commit each)",
+        ),
+    );
+}
+
+/// An idle leader and follower over `window`.
+fn idle(ctx: &mut Ctx, window: Duration) {
+    let spec = SidecarSpec {
+        endpoint: ctx.etcd.endpoint(),
+        key: format!("/bench/idle-{}", crate::rand_suffix()),
+        ttl_secs: IDLE_TTL,
+        log_dir: ctx.dir.clone(),
+        cpus: None,
+        extra: Vec::new(),
+    };
+    let mut group = Group::start(spec, 2);
+    if !group.wait_settled(Duration::from_secs(30)) {
+        ctx.report.anomaly("idle: replicas did not settle");
+        return;
+    }
+    let Some(holder) = ctx.ctl.get(&group.spec.key) else {
+        ctx.report.anomaly("idle: no leader");
+        return;
+    };
+    let leader = group.slot_of(&holder).unwrap_or(0);
+    let follower = 1 - leader;
+    let pids = [
+        group.slots[leader].proc.pid(),
+        group.slots[follower].proc.pid(),
+    ];
+    // Let start-up allocations and the first keep-alives pass.
+    std::thread::sleep(Duration::from_secs(2));
+    let m0 = ctx.etcd.metrics();
+    let cpu0: Vec<CpuMark> = pids.iter().map(|&p| CpuMark::of(p)).collect();
+    let t0 = Instant::now();
+    std::thread::sleep(window);
+    let cpu1: Vec<CpuMark> = pids.iter().map(|&p| CpuMark::of(p)).collect();
+    let m1 = ctx.etcd.metrics();
+    let elapsed = t0.elapsed();
+    let per_min = 60.0 / elapsed.as_secs_f64();
+    let p = format!("ttl={IDLE_TTL}s window={}s", window.as_secs());
+    let mut worst_rss = 0.0f64;
+    let mut worst_cpu = 0.0f64;
+    for (i, role) in ["leader", "follower"].iter().enumerate() {
+        let rss = status_field(pids[i], "VmRSS").unwrap_or(0) as f64 / 1024.0;
+        let hwm = status_field(pids[i], "VmHWM").unwrap_or(0) as f64 / 1024.0;
+        let threads = status_field(pids[i], "Threads").unwrap_or(0) as f64;
+        let cpu_s = cpu0[i].since(cpu1[i]).as_secs_f64() * per_min;
+        worst_rss = worst_rss.max(rss);
+        worst_cpu = worst_cpu.max(cpu_s);
+        let r = &mut ctx.report;
+        r.add(
+            Summary::single("footprint", &format!("idle RSS, {role}"), &p, "MiB", rss)
+                .note("VmRSS at the end of the window"),
+        );
+        r.add(
+            Summary::single("footprint", &format!("peak RSS, {role}"), &p, "MiB", hwm)
+                .note("VmHWM since start"),
+        );
+        r.add(Summary::single(
+            "footprint",
+            &format!("threads, {role}"),
+            &p,
+            "",
+            threads,
+        ));
+        r.add(
+            Summary::single(
+                "footprint",
+                &format!("idle CPU, {role}"),
+                &p,
+                "s/min",
+                cpu_s,
+            )
+            .note(format!(
+                "/proc/PID/task/*/schedstat (ns), checked against utime+stime; {:.4} % of a core",
+                cpu_s / 60.0 * 100.0
+            )),
+        );
+    }
+    // Both replicas send the same thing when idle (one keep-alive per ttl/3 on their own
+    // lease); etcd counts for the pair, so a replica is half of it.
+    let delta = crate::procs::grpc_delta(&m0, &m1);
+    let total: f64 = delta.iter().map(|(_, v)| v).sum();
+    let keepalive: f64 = delta
+        .iter()
+        .filter(|(m, _)| m == "LeaseKeepAlive")
+        .map(|(_, v)| v)
+        .sum();
+    let other = total - keepalive;
+    let by_method = delta
+        .iter()
+        .map(|(m, v)| format!("{m}={v}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let rx_bytes = m1.sum("etcd_network_client_grpc_received_bytes_total")
+        - m0.sum("etcd_network_client_grpc_received_bytes_total");
+    let tx_bytes = m1.sum("etcd_network_client_grpc_sent_bytes_total")
+        - m0.sum("etcd_network_client_grpc_sent_bytes_total");
+    let r = &mut ctx.report;
+    r.add(
+        Summary::single(
+            "footprint",
+            "etcd requests per replica",
+            &p,
+            "req/min",
+            total / 2.0 * per_min,
+        )
+        .note(format!(
+            "grpc_server_msg_received_total over the window, leader+follower: {by_method}"
+        )),
+    );
+    r.add(
+        Summary::single(
+            "footprint",
+            "etcd requests other than keep-alives per replica",
+            &p,
+            "req/min",
+            other / 2.0 * per_min,
+        )
+        .note("polling would show here"),
+    );
+    r.add(
+        Summary::single("footprint", "gRPC bytes to+from etcd per replica", &p, "B/min", (rx_bytes + tx_bytes) / 2.0 * per_min)
+            .note("etcd_network_client_grpc_{received,sent}_bytes_total; HTTP/2 pings and TCP not included"),
+    );
+    let allowed = 60.0 / (IDLE_TTL as f64 / 3.0);
+    let ka_per_replica = keepalive / 2.0 * per_min;
+    r.goals.push(Goal {
+        goal: "idle RSS".into(),
+        target: "< 10 MiB".into(),
+        measured: format!("{worst_rss:.2} MiB (worst of leader, follower)"),
+        met: worst_rss < 10.0,
+    });
+    r.goals.push(Goal {
+        goal: "idle CPU".into(),
+        target: "< 0.1 % of a core (0.06 s/min)".into(),
+        measured: format!(
+            "{worst_cpu:.3} s/min = {:.3} % (worst of leader, follower)",
+            worst_cpu / 60.0 * 100.0
+        ),
+        met: worst_cpu < 0.06,
+    });
+    r.goals.push(Goal {
+        goal: "idle etcd traffic".into(),
+        target: format!(
+            "<= 1 keep-alive per ttl/3 ({allowed:.0}/min at ttl {IDLE_TTL}s), no polling"
+        ),
+        measured: format!(
+            "{ka_per_replica:.1} keep-alives/min, {:.1} other req/min per replica",
+            other / 2.0 * per_min
+        ),
+        // One keep-alive of slack: a window does not start on a keep-alive boundary.
+        met: ka_per_replica <= allowed + per_min && other == 0.0,
+    });
+}

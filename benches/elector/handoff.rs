@@ -1,0 +1,615 @@
+//! Leadership moving: graceful handoff (SIGTERM) for etcd-elector and for the peer,
+//! `etcdctl elect`, with the same candidate counts in the same run; and crash failover
+//! (SIGKILL), which must wait for the lease to expire.
+//!
+//! How a handoff is timed. `t0` is taken just before `kill(2)`. The bench's own etcd watch on
+//! the key stamps the revoke's delete and the new holder's put as they arrive; those two
+//! stamps give the key-level figure (revoke committed -> new key created), both seen through
+//! the same watch so its delivery delay cancels out. The put names the new holder, and the
+//! bench then asks that replica `GET /leader` on fresh connections until it answers 200: that
+//! stamp ends the end-to-end figure. Polling only the replica etcd named keeps the bench from
+//! loading the two cores it shares with etcd and the replicas; it can only make our figure
+//! later, never earlier. With `--protocol election` nothing is written on a handoff, so after
+//! the delete the bench reads the oldest key under the election to learn the successor (one
+//! more round trip, again only against us). For `etcdctl elect` the end is the moment the
+//! bench reads the line the next peer prints once elected (its stdout is a pipe read by a
+//! dedicated thread).
+
+use std::collections::HashSet;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::procs::{Etcdctl, Line, Sidecar, SidecarSpec};
+use crate::stats::{ms, Comparison, Summary};
+use crate::watch::Kind;
+use crate::Ctx;
+
+/// A bound on anything that should take milliseconds; reaching it is an anomaly.
+const SOON: Duration = Duration::from_secs(10);
+/// Pause between repetitions, so one handoff's aftermath (the old process exiting, the
+/// replacement joining) never overlaps the next measurement, and so the candidate next in line
+/// has been running a while, as in production. With 30 ms, a freshly started `etcdctl elect`
+/// that came next in line took 10-30 ms to report itself elected in about one handoff in ten
+/// (its p99 went from 7 to 34 ms); 300 ms removes that. `ELECTOR_BENCH_SETTLE_MS`.
+fn settle() -> Duration {
+    Duration::from_millis(crate::env_num("ELECTOR_BENCH_SETTLE_MS").unwrap_or(300))
+}
+
+/// N replicas of one election; a stopped one is replaced by a new process (new id).
+pub struct Group {
+    pub spec: SidecarSpec,
+    pub slots: Vec<Sidecar>,
+    generation: u64,
+    /// Prefix of the replicas' ids, unique in the run, so that every log file stays.
+    tag: String,
+}
+
+impl Group {
+    pub fn start(spec: SidecarSpec, n: usize) -> Group {
+        static GROUPS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let tag = format!(
+            "r{}-",
+            GROUPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let slots = (0..n)
+            .map(|i| spec.spawn(&format!("{tag}s{i}g0")))
+            .collect();
+        Group {
+            spec,
+            slots,
+            generation: 0,
+            tag,
+        }
+    }
+
+    pub fn slot_of(&self, id: &str) -> Option<usize> {
+        self.slots.iter().position(|s| s.id == id)
+    }
+
+    /// Replace the replica in `slot` by a new process.
+    pub fn respawn(&mut self, slot: usize) {
+        self.generation += 1;
+        let id = format!("{}s{slot}g{}", self.tag, self.generation);
+        self.slots[slot] = self.spec.spawn(&id);
+    }
+
+    /// Wait until every replica knows the leader. A replica that died meanwhile (its port
+    /// was taken, say) is replaced. False if that does not happen within `timeout`.
+    pub fn wait_settled(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut pending: Vec<usize> = (0..self.slots.len()).collect();
+        while Instant::now() < deadline {
+            let mut still = Vec::new();
+            for slot in pending {
+                if self.slots[slot].proc.try_exit().is_some() {
+                    self.respawn(slot);
+                    still.push(slot);
+                } else if !self.slots[slot].settled() {
+                    still.push(slot);
+                }
+            }
+            if still.is_empty() {
+                return true;
+            }
+            pending = still;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    }
+}
+
+/// Ask `sidecar` for `/leader` until it answers 200; the instant it did and how many requests
+/// that took.
+fn until_200(sidecar: &Sidecar, timeout: Duration) -> Option<(Instant, usize)> {
+    let deadline = Instant::now() + timeout;
+    let mut polls = 0;
+    loop {
+        polls += 1;
+        if let Ok(r) = sidecar.leader() {
+            if r.status == 200 {
+                return Some((Instant::now(), polls));
+            }
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    }
+}
+
+/// Samples of one handoff scenario, in milliseconds.
+#[derive(Default)]
+struct Samples {
+    total: Vec<f64>,
+    to_delete: Vec<f64>,
+    key_level: Vec<f64>,
+    to_answer: Vec<f64>,
+    beyond_expiry: Vec<f64>,
+    revision_gap: Vec<f64>,
+    polls: Vec<f64>,
+}
+
+/// Graceful handoff of etcd-elector with `n` candidates, with the default `lock` protocol
+/// (`election = false`: one key, every follower watches it and campaigns when it goes) or
+/// with `--protocol election` (a key per candidate, each waits for its predecessor's
+/// deletion, as `etcdctl elect` does). Returns the end-to-end samples (ms).
+pub fn ours(ctx: &mut Ctx, n: usize, reps: usize, election: bool) -> Vec<f64> {
+    let key = format!("/bench/handoff-{n}-{}", crate::rand_suffix());
+    let spec = SidecarSpec {
+        endpoint: ctx.etcd.endpoint(),
+        key: key.clone(),
+        ttl_secs: 10,
+        log_dir: ctx.dir.clone(),
+        cpus: None,
+        extra: if election {
+            vec!["--protocol".into(), "election".into()]
+        } else {
+            Vec::new()
+        },
+    };
+    let tag = if election {
+        "election protocol"
+    } else {
+        "lock protocol"
+    };
+    let mut group = Group::start(spec, n);
+    if !group.wait_settled(Duration::from_secs(60)) {
+        ctx.report.anomaly(format!(
+            "handoff n={n} {tag}: replicas did not settle at start"
+        ));
+        return Vec::new();
+    }
+    // The election protocol keeps candidates' keys under `<key>/`; the leader is the oldest.
+    let prefix = format!("{key}/");
+    let holder = |ctx: &Ctx| {
+        if election {
+            ctx.ctl.first_created(&prefix)
+        } else {
+            ctx.ctl.get(&key)
+        }
+    };
+    let watch = if election {
+        ctx.ctl.watch(&prefix, true)
+    } else {
+        ctx.ctl.watch(&key, false)
+    };
+    let mut s = Samples::default();
+    for rep in 0..reps {
+        std::thread::sleep(settle());
+        let Some(holder_id) = holder(ctx) else {
+            ctx.report
+                .anomaly(format!("handoff n={n} {tag} rep {rep}: no leader key"));
+            break;
+        };
+        let Some(old) = group.slot_of(&holder_id) else {
+            ctx.report.anomaly(format!(
+                "handoff n={n} {tag} rep {rep}: unknown holder {holder_id}"
+            ));
+            break;
+        };
+        watch.drain();
+        let t0 = Instant::now();
+        group.slots[old].proc.signal(Signal::SIGTERM);
+        let Some(del) = watch.next(Kind::Delete, SOON) else {
+            ctx.report.anomaly(format!(
+                "handoff n={n} {tag} rep {rep}: no delete within {SOON:?}"
+            ));
+            break;
+        };
+        // Who should answer 200 next: the lock's new holder as the watch shows its put; in
+        // the election protocol nothing is written, so read the oldest key (one more round
+        // trip for the bench, which can only make our figure later).
+        let put = if election {
+            None
+        } else {
+            watch.next(Kind::Put, SOON)
+        };
+        let next_id = match (&put, election) {
+            (Some(put), false) => Some(put.value.clone()),
+            (None, true) => holder(ctx),
+            _ => None,
+        };
+        let Some(new) = next_id.as_deref().and_then(|id| group.slot_of(id)) else {
+            ctx.report.anomaly(format!(
+                "handoff n={n} {tag} rep {rep}: no known successor ({next_id:?})"
+            ));
+            break;
+        };
+        let Some((t200, polls)) = until_200(&group.slots[new], SOON) else {
+            ctx.report.anomaly(format!(
+                "handoff n={n} {tag} rep {rep}: new leader never answered 200"
+            ));
+            break;
+        };
+        s.polls.push(polls as f64);
+        // Wall-clock stamps, to lay beside the replicas' JSON logs (kept with
+        // ELECTOR_BENCH_KEEP=1) when looking for where a slow handoff spent its time.
+        if std::env::var_os("ELECTOR_BENCH_DEBUG").is_some() {
+            let wall = std::time::SystemTime::now();
+            let now = Instant::now();
+            let w = |i: Instant| {
+                (wall - (now - i))
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_micros())
+                    .unwrap_or(0)
+            };
+            eprintln!(
+                "debug rep={rep} old={} new={} t0={} del={} put={} t200={}",
+                group.slots[old].id,
+                group.slots[new].id,
+                w(t0),
+                w(del.at),
+                put.as_ref().map(|p| w(p.at)).unwrap_or(0),
+                w(t200)
+            );
+        }
+        s.total.push(ms(t200 - t0));
+        s.to_delete.push(ms(del.at - t0));
+        match put {
+            Some(put) => {
+                s.key_level
+                    .push(ms(put.at.saturating_duration_since(del.at)));
+                s.to_answer.push(ms(t200.saturating_duration_since(put.at)));
+                s.revision_gap.push((put.revision - del.revision) as f64);
+            }
+            None => s.to_answer.push(ms(t200.saturating_duration_since(del.at))),
+        }
+        match group.slots[old].proc.wait_exit(SOON) {
+            Some(st) if st.success() => {}
+            other => ctx.report.anomaly(format!(
+                "handoff n={n} {tag} rep {rep}: old leader {} exit {other:?} (expected 0; log {}.log)",
+                group.slots[old].id, group.slots[old].id
+            )),
+        }
+        group.respawn(old);
+        if !group.wait_settled(Duration::from_secs(30)) {
+            ctx.report.anomaly(format!(
+                "handoff n={n} {tag} rep {rep}: replacement did not settle"
+            ));
+            break;
+        }
+    }
+    let r = &mut ctx.report;
+    if election {
+        let p = format!("candidates={n}, --protocol election");
+        r.add(
+            Summary::of(
+                "handoff",
+                "SIGTERM -> new leader answers 200",
+                &p,
+                "ms",
+                &s.total,
+            )
+            .note("etcdctl elect's protocol in etcd-elector: only the next in line wakes"),
+        );
+        r.add(Summary::of(
+            "handoff",
+            "SIGTERM -> key deleted (revoke committed)",
+            &p,
+            "ms",
+            &s.to_delete,
+        ));
+        r.add(
+            Summary::of("handoff", "key deleted -> new leader answers 200", &p, "ms", &s.to_answer)
+                .note("watch to the successor + its read of the election + publish; bench reads the election then asks"),
+        );
+        return s.total;
+    }
+    let p = format!("candidates={n}");
+    r.add(
+        Summary::of("handoff", "SIGTERM -> new leader answers 200", &p, "ms", &s.total)
+            .note("end to end: signal handling + revoke commit + watch to followers + campaign txn + publish + one probe"),
+    );
+    r.add(
+        Summary::of(
+            "handoff",
+            "SIGTERM -> key deleted (revoke committed)",
+            &p,
+            "ms",
+            &s.to_delete,
+        )
+        .note("signal to revoke RPC to raft commit, as the bench's watch sees it"),
+    );
+    r.add(
+        Summary::of("handoff", "key deleted -> new key created", &p, "ms", &s.key_level)
+            .note("key level, both stamps from one etcd watch: watch delivery to followers + campaign txn commit"),
+    );
+    r.add(
+        Summary::of(
+            "handoff",
+            "new key created -> new leader answers 200",
+            &p,
+            "ms",
+            &s.to_answer,
+        )
+        .note("winner publishes its snapshot; bench opens a connection and asks"),
+    );
+    r.add(
+        Summary::of(
+            "handoff",
+            "revisions between delete and create",
+            &p,
+            "rev",
+            &s.revision_gap,
+        )
+        .note("1 = no other write in between: the losers' transactions pass through raft but write nothing"),
+    );
+    r.add(
+        Summary::of(
+            "handoff",
+            "probes until 200 after the bench saw the new key",
+            &p,
+            "requests",
+            &s.polls,
+        )
+        .note("more than 1: the winner published after the bench's watch delivered its key"),
+    );
+    s.total
+}
+
+/// The same handoff by `etcdctl elect` peers. Returns the end-to-end samples (ms).
+pub fn peer(ctx: &mut Ctx, n: usize, reps: usize) -> Vec<f64> {
+    let election = format!("/bench/elect-{n}-{}", crate::rand_suffix());
+    let endpoint = ctx.etcd.endpoint();
+    let (tx, lines) = mpsc::channel::<Line>();
+    let mut generations = vec![0u64; n];
+    let mut peers: Vec<Etcdctl> = (0..n)
+        .map(|i| {
+            Etcdctl::spawn(
+                &endpoint,
+                &election,
+                &format!("p{n}-{i}g0"),
+                i,
+                0,
+                &ctx.dir,
+                tx.clone(),
+            )
+        })
+        .collect();
+    // Each peer prints its election key then its proposal once elected: the first line of a
+    // process is the moment it knew.
+    let mut elected_seen: HashSet<(usize, u64)> = HashSet::new();
+    let mut first_line = |lines: &mpsc::Receiver<Line>,
+                          generations: &[u64],
+                          not: Option<usize>,
+                          timeout: Duration|
+     -> Option<(usize, Instant)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            let line = lines.recv_timeout(left).ok()?;
+            if line.text.trim().is_empty() || generations[line.slot] != line.generation {
+                continue;
+            }
+            if !elected_seen.insert((line.slot, line.generation)) {
+                continue;
+            }
+            if Some(line.slot) == not {
+                continue;
+            }
+            return Some((line.slot, line.at));
+        }
+    };
+    let prefix = format!("{election}/");
+    let Some((mut leader, _)) = first_line(&lines, &generations, None, Duration::from_secs(30))
+    else {
+        ctx.report
+            .anomaly(format!("peer n={n}: no etcdctl elect was elected"));
+        return Vec::new();
+    };
+    let queued = |ctl: &crate::watch::Ctl, want: usize| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if ctl.count_prefix(&prefix) == want as i64 {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    };
+    if !queued(&ctx.ctl, n) {
+        ctx.report.anomaly(format!(
+            "peer n={n}: not every etcdctl elect joined the queue"
+        ));
+        return Vec::new();
+    }
+    let watch = ctx.ctl.watch(&prefix, true);
+    let mut s = Samples::default();
+    for rep in 0..reps {
+        std::thread::sleep(settle());
+        watch.drain();
+        let t0 = Instant::now();
+        peers[leader].proc.signal(Signal::SIGTERM);
+        let del = watch.next(Kind::Delete, SOON);
+        let next = first_line(&lines, &generations, Some(leader), SOON);
+        let (Some(del), Some((next, t_print))) = (del, next) else {
+            ctx.report.anomaly(format!(
+                "peer n={n} rep {rep}: no resign or no next elected within {SOON:?}"
+            ));
+            break;
+        };
+        s.total.push(ms(t_print - t0));
+        s.to_delete.push(ms(del.at - t0));
+        s.key_level
+            .push(ms(t_print.saturating_duration_since(del.at)));
+        if peers[leader].proc.wait_exit(SOON).is_none() {
+            ctx.report
+                .anomaly(format!("peer n={n} rep {rep}: old etcdctl did not exit"));
+        }
+        generations[leader] += 1;
+        let proposal = format!("p{n}-{leader}g{}", generations[leader]);
+        peers[leader] = Etcdctl::spawn(
+            &endpoint,
+            &election,
+            &proposal,
+            leader,
+            generations[leader],
+            &ctx.dir,
+            tx.clone(),
+        );
+        leader = next;
+        if !queued(&ctx.ctl, n) {
+            ctx.report.anomaly(format!(
+                "peer n={n} rep {rep}: replacement did not join the queue"
+            ));
+            break;
+        }
+    }
+    let p = format!("candidates={n}");
+    let r = &mut ctx.report;
+    r.add(
+        Summary::of("peer", "etcdctl elect: SIGTERM -> next prints elected", &p, "ms", &s.total)
+            .note("end to end for the peer: resign (delete own key) + watch to the next in line + its Get + print"),
+    );
+    r.add(Summary::of(
+        "peer",
+        "etcdctl elect: SIGTERM -> key deleted (resign committed)",
+        &p,
+        "ms",
+        &s.to_delete,
+    ));
+    r.add(Summary::of(
+        "peer",
+        "etcdctl elect: key deleted -> next prints elected",
+        &p,
+        "ms",
+        &s.key_level,
+    ));
+    s.total
+}
+
+/// Ours against the peer, from the samples of this run.
+pub fn compare(n: usize, ours: &[f64], peer: &[f64]) -> Comparison {
+    let o = Summary::of("", "", "", "", ours);
+    let p = Summary::of("", "", "", "", peer);
+    Comparison {
+        candidates: n,
+        ours_p50_ms: o.p50,
+        peer_p50_ms: p.p50,
+        ratio_p50: o.p50 / p.p50,
+        ours_p99_ms: o.p99,
+        peer_p99_ms: p.p99,
+        ratio_p99: o.p99 / p.p99,
+    }
+}
+
+/// Crash failover with 3 candidates and a TTL of `ttl_secs`: SIGKILL to the leader until a
+/// follower answers 200. Kills land at a random point of the keep-alive cycle.
+pub fn crash(ctx: &mut Ctx, ttl_secs: u64, reps: usize) -> Vec<f64> {
+    let key = format!("/bench/crash-{}", crate::rand_suffix());
+    let ttl = Duration::from_secs(ttl_secs);
+    let spec = SidecarSpec {
+        endpoint: ctx.etcd.endpoint(),
+        key: key.clone(),
+        ttl_secs,
+        log_dir: ctx.dir.clone(),
+        cpus: None,
+        extra: Vec::new(),
+    };
+    let mut group = Group::start(spec, 3);
+    if !group.wait_settled(Duration::from_secs(30)) {
+        ctx.report
+            .anomaly("crash: replicas did not settle at start");
+        return Vec::new();
+    }
+    let watch = ctx.ctl.watch(&key, false);
+    let mut s = Samples::default();
+    let mut rng = crate::Rng::new();
+    for rep in 0..reps {
+        // A random phase in the keep-alive cycle (ttl/3), so the kill is not locked to it.
+        std::thread::sleep(settle() + (ttl / 3).mul_f64(rng.unit()));
+        let Some(holder) = ctx.ctl.get(&key) else {
+            ctx.report.anomaly(format!("crash rep {rep}: no key"));
+            break;
+        };
+        let Some(old) = group.slot_of(&holder) else {
+            ctx.report
+                .anomaly(format!("crash rep {rep}: unknown holder {holder}"));
+            break;
+        };
+        // The leader's own view of when etcd may expire its lease at the earliest.
+        let expiry = crate::http::get_once(group.slots[old].addr(), "/status")
+            .ok()
+            .and_then(|r| serde_json::from_str::<serde_json::Value>(&r.body).ok())
+            .and_then(|v| v["lease_seconds_left"].as_f64())
+            .map(|left| Instant::now() + Duration::from_secs_f64(left));
+        watch.drain();
+        let t0 = Instant::now();
+        group.slots[old].proc.signal(Signal::SIGKILL);
+        let del = watch.next(Kind::Delete, ttl + SOON);
+        let put = watch.next(Kind::Put, SOON);
+        let (Some(del), Some(put)) = (del, put) else {
+            ctx.report
+                .anomaly(format!("crash rep {rep}: no expiry/put in time"));
+            break;
+        };
+        let Some(new) = group.slot_of(&put.value) else {
+            ctx.report
+                .anomaly(format!("crash rep {rep}: put by unknown {}", put.value));
+            break;
+        };
+        let Some((t200, _)) = until_200(&group.slots[new], SOON) else {
+            ctx.report
+                .anomaly(format!("crash rep {rep}: new leader never answered 200"));
+            break;
+        };
+        s.total.push(ms(t200 - t0));
+        s.to_delete.push(ms(del.at - t0));
+        s.key_level
+            .push(ms(put.at.saturating_duration_since(del.at)));
+        s.to_answer.push(ms(t200.saturating_duration_since(put.at)));
+        if let Some(expiry) = expiry {
+            // Signed: negative would mean etcd expired the lease before the leader's own
+            // estimate, which the send-time rule says cannot happen.
+            let beyond = if t200 >= expiry {
+                ms(t200 - expiry)
+            } else {
+                -ms(expiry - t200)
+            };
+            s.beyond_expiry.push(beyond);
+        }
+        group.slots[old].proc.kill_now();
+        group.respawn(old);
+        if !group.wait_settled(Duration::from_secs(30)) {
+            ctx.report
+                .anomaly(format!("crash rep {rep}: replacement did not settle"));
+            break;
+        }
+    }
+    let p = format!("candidates=3 ttl={ttl_secs}s");
+    let r = &mut ctx.report;
+    r.add(
+        Summary::of("crash", "SIGKILL -> follower answers 200", &p, "ms", &s.total)
+            .note("bounded by the lease: TTL minus time since the last keep-alive, plus etcd's expiry scan (500 ms period in 3.4)"),
+    );
+    r.add(Summary::of(
+        "crash",
+        "SIGKILL -> key deleted (lease expired)",
+        &p,
+        "ms",
+        &s.to_delete,
+    ));
+    r.add(
+        Summary::of(
+            "crash",
+            "key deleted -> new key created",
+            &p,
+            "ms",
+            &s.key_level,
+        )
+        .note("after expiry the followers act exactly as in a graceful handoff"),
+    );
+    r.add(
+        Summary::of(
+            "crash",
+            "leader's lease expiry estimate -> follower answers 200",
+            &p,
+            "ms",
+            &s.beyond_expiry,
+        )
+        .note("what etcd-elector adds beyond the lease: etcd's expiry scan + watch + campaign"),
+    );
+    s.total
+}

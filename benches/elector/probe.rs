@@ -1,0 +1,266 @@
+//! Probe serving: `/leader` latency at a fixed 1,000 requests per second, and the rate one
+//! core serves.
+//!
+//! The fixed rate is an open-loop client on its own thread (timer slack 1 ns): request i is due
+//! at `start + i ms`. Its latency is counted from the moment it could have been sent, the later
+//! of its due time and the previous answer, so a stall in the server shows up in every request
+//! it holds up (no coordinated omission), while a late wake-up of the bench's own thread (it
+//! shares two cores with everything else, and the VM's vCPUs can be descheduled) does not: that
+//! lateness is reported on its own. It runs twice: on one kept-alive connection, and with a new
+//! connection per request, as a kubelet probe does.
+//! The maximum rate is `wrk` (closed loop) pinned to CPU 1 against a replica pinned to CPU 0.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::handoff::Group;
+use crate::http::{get_once, Conn};
+use crate::procs::{cpu_time, SidecarSpec};
+use crate::stats::{us, Goal, Summary};
+use crate::Ctx;
+
+pub fn run(ctx: &mut Ctx, duration: Duration) {
+    let spec = SidecarSpec {
+        endpoint: ctx.etcd.endpoint(),
+        key: format!("/bench/probe-{}", crate::rand_suffix()),
+        ttl_secs: 10,
+        log_dir: ctx.dir.clone(),
+        cpus: None,
+        extra: Vec::new(),
+    };
+    let mut group = Group::start(spec, 1);
+    if !group.wait_settled(Duration::from_secs(30)) {
+        ctx.report.anomaly("probe: replica did not become leader");
+        return;
+    }
+    let addr = group.slots[0].addr();
+    let n = duration.as_millis() as usize;
+    let mut p99_worst = 0.0f64;
+    for (mode, keepalive) in [
+        ("kept-alive connection", true),
+        ("new connection each", false),
+    ] {
+        let t = fixed_rate(addr, n, Duration::from_millis(1), keepalive);
+        let p = format!("1000 req/s, {mode}");
+        let s = Summary::of("probe", "/leader latency", &p, "us", &t.latency).note(
+            "open loop: from when it could be sent (due time, or the previous answer if later)",
+        );
+        p99_worst = p99_worst.max(s.p99);
+        ctx.report.add(s);
+        ctx.report.add(
+            Summary::of("probe", "/leader service time", &p, "us", &t.service)
+                .note("write to last byte read"),
+        );
+        ctx.report.add(
+            Summary::of("probe", "bench sender lateness", &p, "us", &t.sender_late)
+                .note("how late the bench's own thread sent: the client's error, left out above"),
+        );
+        if t.latency.len() < n {
+            ctx.report.anomaly(format!(
+                "probe {mode}: {} of {n} requests failed",
+                n - t.latency.len()
+            ));
+        }
+    }
+    ctx.report.goals.push(Goal {
+        goal: "/leader p99 at 1,000 req/s".into(),
+        target: "< 1 ms".into(),
+        measured: format!(
+            "{:.0} us (worst of kept-alive and new-connection runs)",
+            p99_worst
+        ),
+        met: p99_worst < 1000.0,
+    });
+    drop(group);
+    max_rate(ctx, duration);
+}
+
+/// `n` requests, one every `period`, each timed from its due time and from its send time (us).
+/// Samples of [`fixed_rate`], in microseconds.
+struct Timed {
+    /// From when the request could have been sent (due, or the previous answer if later).
+    latency: Vec<f64>,
+    /// From the write to the last byte read.
+    service: Vec<f64>,
+    /// How late the bench's thread sent, beyond that moment: the measurement's own error.
+    sender_late: Vec<f64>,
+}
+
+/// `n` requests, one due every `period`.
+fn fixed_rate(addr: std::net::SocketAddr, n: usize, period: Duration, keepalive: bool) -> Timed {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                let _ = nix::sys::prctl::set_timerslack(1);
+                let mut conn = if keepalive {
+                    Conn::connect(addr, "/leader").ok()
+                } else {
+                    None
+                };
+                let mut t = Timed {
+                    latency: Vec::with_capacity(n),
+                    service: Vec::with_capacity(n),
+                    sender_late: Vec::with_capacity(n),
+                };
+                let start = Instant::now() + Duration::from_millis(10);
+                let mut previous_done = start;
+                for i in 0..n {
+                    let due = start + period * i as u32;
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                    let could_send = due.max(previous_done);
+                    let sent = Instant::now();
+                    let ok = if let Some(c) = conn.as_mut() {
+                        c.get().map(|r| r.status == 200).unwrap_or(false)
+                    } else {
+                        get_once(addr, "/leader")
+                            .map(|r| r.status == 200)
+                            .unwrap_or(false)
+                    };
+                    let done = Instant::now();
+                    previous_done = done;
+                    if ok {
+                        let late = sent.saturating_duration_since(could_send);
+                        t.latency.push(us(done - could_send - late));
+                        t.service.push(us(done - sent));
+                        t.sender_late.push(us(late));
+                    } else if keepalive {
+                        conn = Conn::connect(addr, "/leader").ok();
+                    }
+                }
+                t
+            })
+            .join()
+            .expect("load thread")
+    })
+}
+
+/// `wrk` against a replica pinned to one CPU.
+fn max_rate(ctx: &mut Ctx, duration: Duration) {
+    let secs = duration.as_secs().max(2);
+    let spec = SidecarSpec {
+        endpoint: ctx.etcd.endpoint(),
+        key: format!("/bench/probe-pinned-{}", crate::rand_suffix()),
+        ttl_secs: 10,
+        log_dir: ctx.dir.clone(),
+        cpus: Some("0".into()),
+        extra: Vec::new(),
+    };
+    let mut group = Group::start(spec, 1);
+    if !group.wait_settled(Duration::from_secs(30)) {
+        ctx.report
+            .anomaly("probe: pinned replica did not become leader");
+        return;
+    }
+    let url = format!("http://{}/leader", group.slots[0].addr());
+    let pid = group.slots[0].proc.pid();
+    for (mode, extra) in [
+        ("kept-alive connections", None),
+        ("Connection: close", Some("Connection: close")),
+    ] {
+        let cpu0 = cpu_time(pid).unwrap_or_default();
+        let mut cmd = Command::new("taskset");
+        cmd.args(["-c", "1", "wrk", "-t1", "-c16", "--latency"])
+            .arg(format!("-d{secs}s"));
+        if let Some(h) = extra {
+            cmd.args(["-H", h]);
+        }
+        let t0 = Instant::now();
+        let out = match cmd.arg(&url).output() {
+            Ok(o) => o,
+            Err(e) => {
+                ctx.report.anomaly(format!("probe: running wrk: {e}"));
+                return;
+            }
+        };
+        let cpu = (cpu_time(pid).unwrap_or_default().saturating_sub(cpu0)).as_secs_f64()
+            / t0.elapsed().as_secs_f64();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let Some(rate) = parse_rate(&text) else {
+            ctx.report
+                .anomaly(format!("probe: wrk output not understood: {text}"));
+            continue;
+        };
+        let p = format!("wrk -t1 -c16, {mode}, replica on CPU 0, wrk on CPU 1");
+        ctx.report.add(
+            Summary::single("probe", "max rate, one core", &p, "req/s", rate).note(format!(
+                "replica used {:.0} % of its core; non-2xx: {}",
+                cpu * 100.0,
+                non_2xx(&text)
+            )),
+        );
+        let lat = parse_latency(&text);
+        if !lat.is_empty() {
+            let get = |q: &str| {
+                lat.iter()
+                    .find(|(k, _)| k == q)
+                    .map(|(_, v)| *v)
+                    .unwrap_or(f64::NAN)
+            };
+            let mut s = Summary::single(
+                "probe",
+                "latency at max rate (closed loop)",
+                &p,
+                "us",
+                get("50%"),
+            );
+            s.p90 = get("90%");
+            s.p99 = get("99%");
+            s.min = f64::NAN;
+            s.max = f64::NAN;
+            s.n = 0;
+            ctx.report.add(s.note(
+                "wrk's own percentiles (50/90/99); queueing at saturation, not service time",
+            ));
+        }
+    }
+}
+
+fn parse_rate(text: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn non_2xx(text: &str) -> String {
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:"))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|| "0".into())
+}
+
+/// wrk's "Latency Distribution" lines, in microseconds.
+fn parse_latency(text: &str) -> Vec<(String, f64)> {
+    let mut out = Vec::new();
+    let mut inside = false;
+    for line in text.lines() {
+        if line.contains("Latency Distribution") {
+            inside = true;
+            continue;
+        }
+        if !inside {
+            continue;
+        }
+        let mut it = line.split_whitespace();
+        let (Some(q), Some(v)) = (it.next(), it.next()) else {
+            break;
+        };
+        if !q.ends_with('%') {
+            break;
+        }
+        let (num, mult) = if let Some(n) = v.strip_suffix("us") {
+            (n, 1.0)
+        } else if let Some(n) = v.strip_suffix("ms") {
+            (n, 1e3)
+        } else if let Some(n) = v.strip_suffix('s') {
+            (n, 1e6)
+        } else {
+            break;
+        };
+        if let Ok(x) = num.parse::<f64>() {
+            out.push((q.to_string(), x * mult));
+        }
+    }
+    out
+}

@@ -1,0 +1,455 @@
+//! Scale by simulation: many elections of three candidates each, run through the library in
+//! this process against one etcd, to see what a fleet costs etcd and whether handoffs slow
+//! down as it grows.
+//!
+//! Every candidate is a full [`Election`] with its own etcd connection, lease, keep-alive
+//! stream and watch, exactly as a sidecar process has; only the processes are folded into one
+//! (a tokio runtime with two workers, like the sidecar's). Leadership is read from each
+//! candidate's snapshot channel with `is_leader_at(now)`, as `/leader` does, without HTTP.
+
+use std::time::Duration;
+
+use etcd_elector::config::Parsed;
+use etcd_elector::election::machine::Role;
+use etcd_elector::election::{etcd as elector_etcd, Election};
+use etcd_elector::leadership::Receiver;
+use etcd_elector::metrics::Metrics;
+use tokio::runtime::Runtime;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::procs::{status_field, CpuMark};
+use crate::stats::{ms, Summary};
+use crate::Ctx;
+
+const TTL: Duration = Duration::from_secs(10);
+const SOON: Duration = Duration::from_secs(10);
+
+struct Candidate {
+    rx: Receiver,
+    token: CancellationToken,
+    task: JoinHandle<bool>,
+}
+
+async fn candidate(endpoint: String, key: String, id: String) -> Candidate {
+    // Through the sidecar's own parser, so the simulated candidates get exactly the defaults
+    // (shutdown timeout, release delay, key protocol) the binary would.
+    let ttl = TTL.as_secs().to_string();
+    let args = [
+        "etcd-elector",
+        "--endpoints",
+        &endpoint,
+        "--key",
+        &key,
+        "--id",
+        &id,
+        "--ttl",
+        &ttl,
+    ];
+    let cfg = match etcd_elector::config::parse(args) {
+        Ok(Parsed::Run(cfg)) => *cfg,
+        Ok(_) => panic!("simulated candidate: the parser printed instead of configuring"),
+        Err(e) => panic!("simulated candidate: {e}"),
+    };
+    let client = elector_etcd::connect(&cfg.etcd, &cfg.election.timing)
+        .await
+        .expect("connecting a simulated candidate");
+    let election = Election::new(cfg.election, client, Metrics::new());
+    let rx = election.subscribe();
+    let token = CancellationToken::new();
+    let task = tokio::spawn(election.run(token.clone()));
+    Candidate { rx, token, task }
+}
+
+fn is_leader(rx: &Receiver) -> bool {
+    rx.borrow().is_leader_at(Instant::now())
+}
+
+/// The first of `rxs` to claim leadership, and when; `None` after `timeout`.
+async fn first_leader(rxs: Vec<Receiver>, timeout: Duration) -> Option<(usize, Instant)> {
+    let (tx, mut rx) = mpsc::channel(rxs.len().max(1));
+    let tasks: Vec<JoinHandle<()>> = rxs
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut r)| {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                loop {
+                    let leads = r.borrow_and_update().is_leader_at(Instant::now());
+                    if leads {
+                        let _ = tx.send((i, Instant::now())).await;
+                        return;
+                    }
+                    if r.changed().await.is_err() {
+                        return;
+                    }
+                }
+            })
+        })
+        .collect();
+    drop(tx);
+    let got = tokio::time::timeout(timeout, rx.recv())
+        .await
+        .ok()
+        .flatten();
+    for t in tasks {
+        t.abort();
+    }
+    got
+}
+
+/// Wait until `rx` follows a leader.
+async fn following(rx: &mut Receiver, timeout: Duration) -> bool {
+    tokio::time::timeout(timeout, async {
+        loop {
+            if rx.borrow_and_update().view.role == Role::Follower {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+pub fn run(ctx: &mut Ctx, counts: &[usize], window: Duration, handoffs: usize) {
+    for &count in counts {
+        ctx.fresh_etcd();
+        one(ctx, count, window, handoffs);
+    }
+}
+
+fn one(ctx: &mut Ctx, count: usize, window: Duration, handoffs: usize) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        // The simulated candidates are the measured party, not observers: default priority.
+        .on_thread_start(|| {
+            crate::procs::set_thread_nice(0);
+        })
+        .enable_all()
+        .build()
+        .expect("simulation runtime");
+    let endpoint = ctx.etcd.endpoint();
+    let suffix = crate::rand_suffix();
+    let key = |e: usize| format!("/bench/scale-{suffix}/{e}");
+    let p = format!("elections={count} x3, ttl={}s", TTL.as_secs());
+    let started = Instant::now();
+    let mut elections: Vec<Vec<Candidate>> = rt.block_on(async {
+        let handles: Vec<JoinHandle<Vec<Candidate>>> = (0..count)
+            .map(|e| {
+                let (endpoint, key) = (endpoint.clone(), key(e));
+                tokio::spawn(async move {
+                    let mut v = Vec::with_capacity(3);
+                    for c in 0..3 {
+                        v.push(
+                            candidate(endpoint.clone(), key.clone(), format!("e{e}c{c}g0")).await,
+                        );
+                    }
+                    v
+                })
+            })
+            .collect();
+        let mut out = Vec::with_capacity(count);
+        for h in handles {
+            out.push(h.await.expect("candidate start"));
+        }
+        out
+    });
+    // Every election led, and every other candidate following.
+    let all_led = rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let done = elections.iter().all(|cands| {
+                cands.iter().filter(|c| is_leader(&c.rx)).count() == 1
+                    && cands.iter().all(|c| {
+                        let r = c.rx.borrow().view.role;
+                        r == Role::Leader || r == Role::Follower
+                    })
+            });
+            if done {
+                return Some(started.elapsed());
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    let Some(all_led) = all_led else {
+        ctx.report.anomaly(format!(
+            "scale {count}: not every election got a leader in 60 s"
+        ));
+        shutdown(&rt, elections);
+        return;
+    };
+    ctx.report.add(
+        Summary::single(
+            "scale",
+            "start -> every election led",
+            &p,
+            "ms",
+            ms(all_led),
+        )
+        .note("connect + grant + campaign for every candidate at once"),
+    );
+
+    // Keep-alives beat from each candidate's grant, between `started` and `all_led`.
+    idle_window(ctx, &p, count, window, started + all_led / 2);
+
+    // One handoff at a time, on elections in turn: does the fleet's idle load slow it?
+    let mut rng = crate::Rng::new();
+    let mut seq = Vec::new();
+    let mut generation = 0u64;
+    for rep in 0..handoffs {
+        let e = (rng.unit() * count as f64) as usize % count;
+        let cands = &mut elections[e];
+        let Some(old) = cands.iter().position(|c| is_leader(&c.rx)) else {
+            ctx.report.anomaly(format!(
+                "scale {count} rep {rep}: election {e} without a leader"
+            ));
+            continue;
+        };
+        let others: Vec<Receiver> = cands
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != old)
+            .map(|(_, c)| c.rx.clone())
+            .collect();
+        let t0 = Instant::now();
+        cands[old].token.cancel();
+        let got = rt.block_on(first_leader(others, SOON));
+        match got {
+            Some((_, at)) => seq.push(ms(at - t0)),
+            None => ctx.report.anomaly(format!(
+                "scale {count} rep {rep}: no new leader in {SOON:?}"
+            )),
+        }
+        generation += 1;
+        let endpoint = endpoint.clone();
+        let k = key(e);
+        let ok = rt.block_on(async {
+            let old_task = std::mem::replace(
+                &mut cands[old],
+                candidate(endpoint, k, format!("e{e}c{old}g{generation}")).await,
+            );
+            let _ = tokio::time::timeout(SOON, old_task.task).await;
+            following(&mut cands[old].rx, SOON).await
+        });
+        if !ok {
+            ctx.report.anomaly(format!(
+                "scale {count} rep {rep}: replacement never followed"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    ctx.report.add(
+        Summary::of("scale", "graceful handoff, one at a time", &p, "ms", &seq)
+            .note("cancel -> another candidate's snapshot says leader (in process, no HTTP)"),
+    );
+
+    // Every leader stops at once: a node drain or a rolling restart of the whole fleet. The
+    // bench's own watch on every key splits each handoff at the revoke's commit; etcd's CPU
+    // over the whole burst says what a fleet-wide handoff costs it.
+    let watch = ctx.ctl.watch(&format!("/bench/scale-{suffix}/"), true);
+    let etcd_pid = ctx.etcd.proc.pid();
+    let etcd_cpu0 = CpuMark::of(etcd_pid);
+    let mut waiters = Vec::new();
+    let t0 = Instant::now();
+    for cands in &elections {
+        let Some(old) = cands.iter().position(|c| is_leader(&c.rx)) else {
+            continue;
+        };
+        let others: Vec<Receiver> = cands
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != old)
+            .map(|(_, c)| c.rx.clone())
+            .collect();
+        cands[old].token.cancel();
+        waiters.push(rt.spawn(first_leader(others, SOON * 3)));
+    }
+    let mass: Vec<f64> = rt.block_on(async {
+        let mut out = Vec::new();
+        for w in waiters {
+            if let Ok(Some((_, at))) = w.await {
+                out.push(ms(at - t0));
+            }
+        }
+        out
+    });
+    let etcd_cpu = etcd_cpu0.since(CpuMark::of(etcd_pid));
+    if mass.len() < count {
+        ctx.report.anomaly(format!(
+            "scale {count}: mass handoff: {} of {count} elections found no new leader",
+            count - mass.len()
+        ));
+    }
+    // Per key: the first delete and the first put after t0, as the bench's watch saw them.
+    let mut deleted = std::collections::HashMap::new();
+    let mut created = std::collections::HashMap::new();
+    let t0_std = t0.into_std();
+    while let Ok(ev) = watch.rx.recv_timeout(Duration::from_millis(200)) {
+        if ev.at < t0_std {
+            continue;
+        }
+        let map = match ev.kind {
+            crate::watch::Kind::Delete => &mut deleted,
+            crate::watch::Kind::Put => &mut created,
+        };
+        map.entry(ev.key).or_insert(ev.at);
+    }
+    drop(watch);
+    let to_delete: Vec<f64> = deleted.values().map(|&at| ms(at - t0_std)).collect();
+    let key_level: Vec<f64> = deleted
+        .iter()
+        .filter_map(|(k, &d)| created.get(k).map(|&c| ms(c.saturating_duration_since(d))))
+        .collect();
+    let r = &mut ctx.report;
+    r.add(
+        Summary::of("scale", "graceful handoff, all leaders at once", &p, "ms", &mass)
+            .note("every election's leader cancelled in the same instant; time to each election's new leader"),
+    );
+    r.add(
+        Summary::of(
+            "scale",
+            "all at once: cancel -> key deleted",
+            &p,
+            "ms",
+            &to_delete,
+        )
+        .note("the revokes queue in etcd"),
+    );
+    r.add(
+        Summary::of(
+            "scale",
+            "all at once: key deleted -> new key created",
+            &p,
+            "ms",
+            &key_level,
+        )
+        .note("followers' campaign transactions (two per election) queue behind them"),
+    );
+    r.add(
+        Summary::single(
+            "scale",
+            "all at once: etcd CPU per handoff",
+            &p,
+            "ms",
+            ms(etcd_cpu) / count as f64,
+        )
+        .note(format!(
+            "{:.0} ms of etcd CPU for the burst: 1 revoke + 2 campaign txns + watch fan-out each",
+            ms(etcd_cpu)
+        )),
+    );
+    shutdown(&rt, elections);
+    drop(rt);
+}
+
+/// etcd's and this process's load while every election idles.
+fn idle_window(ctx: &mut Ctx, p: &str, count: usize, window: Duration, phase: Instant) {
+    // Candidates started together, so their keep-alives (every ttl/3) are in step: start the
+    // window half an interval off that beat, after at least one full interval, so a window of
+    // k intervals sees exactly k keep-alives per candidate.
+    let interval = TTL / 3;
+    let mut start = phase + interval + interval / 2;
+    while start < Instant::now() + Duration::from_millis(200) {
+        start += interval;
+    }
+    std::thread::sleep(start - Instant::now());
+    let me = std::process::id() as i32;
+    let etcd_pid = ctx.etcd.proc.pid();
+    let m0 = ctx.etcd.metrics();
+    let (me0, etcd0) = (CpuMark::of(me), CpuMark::of(etcd_pid));
+    let t0 = std::time::Instant::now();
+    std::thread::sleep(window);
+    let (me1, etcd1) = (CpuMark::of(me), CpuMark::of(etcd_pid));
+    let m1 = ctx.etcd.metrics();
+    let secs = t0.elapsed().as_secs_f64();
+    let delta = crate::procs::grpc_delta(&m0, &m1);
+    let total: f64 = delta.iter().map(|(_, v)| v).sum();
+    let keepalive: f64 = delta
+        .iter()
+        .filter(|(m, _)| m == "LeaseKeepAlive")
+        .map(|(_, v)| v)
+        .sum();
+    let bytes = (m1.sum("etcd_network_client_grpc_received_bytes_total")
+        + m1.sum("etcd_network_client_grpc_sent_bytes_total"))
+        - (m0.sum("etcd_network_client_grpc_received_bytes_total")
+            + m0.sum("etcd_network_client_grpc_sent_bytes_total"));
+    let by_method = delta
+        .iter()
+        .map(|(m, v)| format!("{m}={v}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let r = &mut ctx.report;
+    r.add(
+        Summary::single("scale", "etcd requests, idle", p, "req/s", total / secs).note(format!(
+            "{:.3} req/s per election; {by_method}",
+            total / secs / count as f64
+        )),
+    );
+    r.add(
+        Summary::single("scale", "keep-alives, idle", p, "msg/s", keepalive / secs).note(format!(
+            "expected 3 candidates x 3/ttl = {:.2}/s per election",
+            9.0 / TTL.as_secs_f64()
+        )),
+    );
+    r.add(
+        Summary::single(
+            "scale",
+            "gRPC bytes to+from etcd, idle",
+            p,
+            "B/s",
+            bytes / secs,
+        )
+        .note(format!(
+            "{:.0} B/s per election; HTTP/2 pings not included",
+            bytes / secs / count as f64
+        )),
+    );
+    r.add(Summary::single(
+        "scale",
+        "etcd CPU, idle",
+        p,
+        "% of a core",
+        etcd0.since(etcd1).as_secs_f64() / secs * 100.0,
+    ));
+    r.add(Summary::single(
+        "scale",
+        "etcd RSS",
+        p,
+        "MiB",
+        status_field(etcd_pid, "VmRSS").unwrap_or(0) as f64 / 1024.0,
+    ));
+    r.add(
+        Summary::single(
+            "scale",
+            "simulating process CPU, idle",
+            p,
+            "% of a core",
+            me0.since(me1).as_secs_f64() / secs * 100.0,
+        )
+        .note(format!(
+            "all {} candidates in one process (plus the bench, idle)",
+            count * 3
+        )),
+    );
+}
+
+fn shutdown(rt: &Runtime, elections: Vec<Vec<Candidate>>) {
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        for c in elections.into_iter().flatten() {
+            c.token.cancel();
+            tasks.push(c.task);
+        }
+        for t in tasks {
+            let _ = tokio::time::timeout(SOON, t).await;
+        }
+    });
+}

@@ -1,0 +1,172 @@
+//! The bench's own view of etcd: a watch that timestamps every event the moment it arrives,
+//! and a few reads. Async (etcd-client) underneath, blocking on top: the scenarios are written
+//! as plain sequential code on the main thread.
+
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, EventType, GetOptions, SortOrder, SortTarget, WatchOptions};
+use tokio::runtime::Runtime;
+use tokio::task::JoinHandle;
+
+/// What happened to a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Put,
+    Delete,
+}
+
+/// One watch event and when the bench received it.
+#[derive(Debug, Clone)]
+pub struct WatchEv {
+    pub at: Instant,
+    pub kind: Kind,
+    pub key: String,
+    pub value: String,
+    /// The revision of the change (the delete's or the put's).
+    pub revision: i64,
+}
+
+/// An etcd client bound to the bench's runtime.
+pub struct Ctl<'rt> {
+    rt: &'rt Runtime,
+    client: Client,
+    endpoint: String,
+}
+
+impl<'rt> Ctl<'rt> {
+    pub fn connect(rt: &'rt Runtime, endpoint: &str) -> Ctl<'rt> {
+        let client = rt
+            .block_on(Client::connect([endpoint], None))
+            .expect("connecting the bench's etcd client");
+        Ctl {
+            rt,
+            client,
+            endpoint: endpoint.to_string(),
+        }
+    }
+
+    /// The value of `key`, if it exists.
+    pub fn get(&self, key: &str) -> Option<String> {
+        let mut c = self.client.clone();
+        let resp = self.rt.block_on(c.get(key, None)).ok()?;
+        resp.kvs()
+            .first()
+            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
+    }
+
+    /// The value of the oldest key (lowest create revision) under `prefix`: the leader of an
+    /// etcd `concurrency.Election`.
+    pub fn first_created(&self, prefix: &str) -> Option<String> {
+        let mut c = self.client.clone();
+        let opts = GetOptions::new()
+            .with_prefix()
+            .with_sort(SortTarget::Create, SortOrder::Ascend)
+            .with_limit(1);
+        let resp = self.rt.block_on(c.get(prefix, Some(opts))).ok()?;
+        resp.kvs()
+            .first()
+            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
+    }
+
+    /// How many keys start with `prefix`.
+    pub fn count_prefix(&self, prefix: &str) -> i64 {
+        let mut c = self.client.clone();
+        self.rt
+            .block_on(c.get(
+                prefix,
+                Some(GetOptions::new().with_prefix().with_count_only()),
+            ))
+            .map(|r| r.count())
+            .unwrap_or(-1)
+    }
+
+    /// Watch `key` (or every key under it when `prefix`) from the next revision on. Returns
+    /// once etcd has confirmed the watch.
+    pub fn watch(&self, key: &str, prefix: bool) -> KeyWatch {
+        let (tx, rx) = mpsc::channel();
+        let key = key.to_string();
+        let endpoint = self.endpoint.clone();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        // Its own connection, so that reads on the shared client never queue behind events.
+        let task = self.rt.spawn(async move {
+            let mut client = match Client::connect([endpoint], None).await {
+                Ok(c) => c,
+                Err(e) => panic!("bench watch: connect: {e}"),
+            };
+            let rev = client
+                .get(key.as_str(), None)
+                .await
+                .ok()
+                .and_then(|r| r.header().map(|h| h.revision()))
+                .unwrap_or(0);
+            let mut opts = WatchOptions::new().with_start_revision(rev + 1);
+            if prefix {
+                opts = opts.with_prefix();
+            }
+            let mut stream = client
+                .watch(key.as_str(), Some(opts))
+                .await
+                .expect("bench watch: create");
+            let mut ready = Some(ready_tx);
+            while let Ok(Some(resp)) = stream.message().await {
+                let at = Instant::now();
+                if resp.created() {
+                    if let Some(r) = ready.take() {
+                        let _ = r.send(());
+                    }
+                }
+                for ev in resp.events() {
+                    let Some(kv) = ev.kv() else { continue };
+                    let kind = match ev.event_type() {
+                        EventType::Put => Kind::Put,
+                        EventType::Delete => Kind::Delete,
+                    };
+                    let _ = tx.send(WatchEv {
+                        at,
+                        kind,
+                        key: String::from_utf8_lossy(kv.key()).into_owned(),
+                        value: String::from_utf8_lossy(kv.value()).into_owned(),
+                        revision: kv.mod_revision(),
+                    });
+                }
+            }
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("bench watch was not created within 10 s");
+        KeyWatch { rx, task }
+    }
+}
+
+/// A running watch; events arrive on `rx`. Stops on drop.
+pub struct KeyWatch {
+    pub rx: mpsc::Receiver<WatchEv>,
+    task: JoinHandle<()>,
+}
+
+impl KeyWatch {
+    /// The next event of `kind` within `timeout`, skipping others.
+    pub fn next(&self, kind: Kind, timeout: Duration) -> Option<WatchEv> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            match self.rx.recv_timeout(left) {
+                Ok(ev) if ev.kind == kind => return Some(ev),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Forget events received so far.
+    pub fn drain(&self) {
+        while self.rx.try_recv().is_ok() {}
+    }
+}
+
+impl Drop for KeyWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
