@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::election::{etcd, Election};
+use crate::election::Election;
 use crate::http::{self, AppState};
 use crate::leader_file;
 use crate::metrics::Metrics;
@@ -96,16 +96,8 @@ impl FrontEnds {
     }
 }
 
-/// Build the etcd client and the election, unless `shutdown` fires first.
-pub async fn prepare(
-    cfg: &Config,
-    metrics: &Metrics,
-    shutdown: &CancellationToken,
-) -> Result<Option<Election>, AppError> {
-    let client = tokio::select! {
-        client = etcd::connect(&cfg.etcd, &cfg.election.timing) => client.map_err(AppError::Config)?,
-        _ = shutdown.cancelled() => return Ok(None),
-    };
+/// The election for `cfg`; it connects to etcd when it starts running.
+pub fn prepare(cfg: &Config, metrics: &Metrics) -> Election {
     tracing::info!(
         key = cfg.election.key.as_str(),
         id = cfg.election.id.as_str(),
@@ -114,11 +106,7 @@ pub async fn prepare(
         endpoints = cfg.etcd.endpoints.join(",").as_str(),
         "starting election"
     );
-    Ok(Some(Election::new(
-        cfg.election.clone(),
-        client,
-        metrics.clone(),
-    )))
+    Election::connecting(cfg.election.clone(), cfg.etcd.clone(), metrics.clone())
 }
 
 /// Run the sidecar until `shutdown` fires and leadership has been handed back.
@@ -128,12 +116,11 @@ pub async fn run_sidecar(
     shutdown: CancellationToken,
 ) -> Result<(), AppError> {
     let metrics = Metrics::new();
-    let Some(election) = prepare(&cfg, &metrics, &shutdown).await? else {
-        return Ok(());
-    };
+    let election = prepare(&cfg, &metrics);
     let front_ends = FrontEnds::start(&election, metrics, listeners, cfg.leader_file.clone());
-    let revoked = election.run(shutdown).await;
+    let result = election.run_checked(shutdown).await;
     front_ends.stop().await;
+    let revoked = result.map_err(AppError::Config)?;
     tracing::info!(revoked, "stopped");
     Ok(())
 }

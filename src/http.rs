@@ -311,9 +311,22 @@ fn with_type(status: StatusCode, content_type: &'static str, body: String) -> Re
     resp
 }
 
+/// Accept-queue length asked of the kernel (capped by `net.core.somaxconn`). The default of
+/// 128 overflows under a burst of connections, and a probe whose SYN is dropped is retried
+/// only after a second: the kubelet's default probe timeout.
+const LISTEN_BACKLOG: u32 = 4096;
+
 /// Bind the listener; the real address (port 0 resolved) is logged by the caller.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As std and tokio do: a restarted sidecar can bind again while old connections linger.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 #[cfg(test)]

@@ -39,19 +39,25 @@ pub async fn run_job(
     let reaper = Reaper::install()
         .map_err(|e| AppError::Runtime(format!("installing the SIGCHLD handler: {e}")))?;
     let metrics = Metrics::new();
-    let Some(election) = prepare(&cfg, &metrics, &shutdown).await? else {
-        return Ok(SIGNALLED_BEFORE_START);
-    };
+    let election = prepare(&cfg, &metrics);
     let mut leadership = election.subscribe();
     let front_ends = FrontEnds::start(&election, metrics, listeners, cfg.leader_file.clone());
     let election_stop = CancellationToken::new();
-    let election_task = tokio::spawn(election.run(election_stop.clone()));
+    let election_task = tokio::spawn(election.run_checked(election_stop.clone()));
+    // Stops the election (revoking the lease) and the front ends; an etcd client that could
+    // not be configured comes back as a configuration error.
     let stop_election = || async {
         election_stop.cancel();
-        if let Err(e) = election_task.await {
-            tracing::warn!(error = %e, "election task failed");
-        }
+        let result = match election_task.await {
+            Ok(Err(e)) => Err(AppError::Config(e)),
+            Ok(Ok(_)) => Ok(()),
+            Err(e) => {
+                tracing::warn!(error = %e, "election task failed");
+                Ok(())
+            }
+        };
         front_ends.stop().await;
+        result
     };
 
     let key = cfg.election.key.as_str();
@@ -69,11 +75,11 @@ pub async fn run_job(
                 holder = holder.as_str(),
                 "lock is held elsewhere; not running the command"
             );
-            stop_election().await;
+            stop_election().await?;
             return Ok(run.held_exit_code);
         }
         Wait::Signalled => {
-            stop_election().await;
+            stop_election().await?;
             return Ok(SIGNALLED_BEFORE_START);
         }
     };
@@ -97,7 +103,7 @@ pub async fn run_job(
         Ok(job) => job,
         Err(e) => {
             tracing::error!(command = run.command[0].as_str(), error = %e, "cannot start the command");
-            stop_election().await;
+            stop_election().await?;
             // 127: the shell's code for "command not found"; 126 for other start failures.
             return Ok(if e.kind() == std::io::ErrorKind::NotFound {
                 127
@@ -148,7 +154,7 @@ pub async fn run_job(
             job_exit_code(&mut job).await
         }
     };
-    stop_election().await;
+    stop_election().await?;
     Ok(u8::try_from(code.clamp(0, 255)).unwrap_or(1))
 }
 

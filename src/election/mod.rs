@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ElectionConfig;
+use crate::config::{ElectionConfig, EtcdConfig};
 use crate::leadership::{Publisher, Receiver, Snapshot};
 use crate::metrics::Metrics;
 use etcd::{EtcdError, Report, WatchTarget};
@@ -50,10 +50,19 @@ impl ElectionHandle {
     }
 }
 
+/// The etcd client, or what is needed to make one.
+enum Connection {
+    // Boxed: a client is a few KiB, and an election holds one for its whole life anyway.
+    Ready(Box<Client>),
+    Later(EtcdConfig),
+}
+
 /// One election for one key.
 pub struct Election {
     cfg: ElectionConfig,
-    client: Client,
+    /// How to reach etcd: a client, or the settings to build one when the loop starts (so
+    /// the front ends can answer while an authenticating connect still waits for etcd).
+    client: Connection,
     machine: Machine,
     publisher: Publisher,
     metrics: Metrics,
@@ -77,6 +86,16 @@ pub struct Election {
 impl Election {
     /// A new election; nothing runs until [`Election::run`].
     pub fn new(cfg: ElectionConfig, client: Client, metrics: Metrics) -> Self {
+        Self::with_connection(cfg, Connection::Ready(Box::new(client)), metrics)
+    }
+
+    /// A new election that connects to etcd when [`Election::run_checked`] starts: with
+    /// credentials, connecting waits until etcd accepts them, and nothing else need wait.
+    pub fn connecting(cfg: ElectionConfig, etcd: EtcdConfig, metrics: Metrics) -> Self {
+        Self::with_connection(cfg, Connection::Later(etcd), metrics)
+    }
+
+    fn with_connection(cfg: ElectionConfig, client: Connection, metrics: Metrics) -> Self {
         let seed = seed_from(&cfg.id);
         let machine = Machine::new(cfg.id.clone(), cfg.timing, cfg.release_delay, seed);
         let snapshot = Snapshot::initial(cfg.id.clone(), cfg.key.clone(), machine.view());
@@ -123,7 +142,31 @@ impl Election {
 
     /// Run until the lease is given back after `shutdown` fires (or the shutdown timeout runs
     /// out). Returns true when the lease was revoked in time.
-    pub async fn run(mut self, shutdown: CancellationToken) -> bool {
+    pub async fn run(self, shutdown: CancellationToken) -> bool {
+        match self.run_checked(shutdown).await {
+            Ok(revoked) => revoked,
+            Err(e) => {
+                tracing::error!(error = e.as_str(), "cannot configure the etcd client");
+                false
+            }
+        }
+    }
+
+    /// [`Election::run`], reporting an etcd client that cannot be configured (for example an
+    /// invalid TLS file) as an error.
+    pub async fn run_checked(mut self, shutdown: CancellationToken) -> Result<bool, String> {
+        if let Connection::Later(etcd) = &self.client {
+            let etcd = etcd.clone();
+            let client = tokio::select! {
+                client = etcd::connect(&etcd, &self.cfg.timing) => client?,
+                _ = shutdown.cancelled() => return Ok(true),
+            };
+            self.client = Connection::Ready(Box::new(client));
+        }
+        Ok(self.run_connected(shutdown).await)
+    }
+
+    async fn run_connected(mut self, shutdown: CancellationToken) -> bool {
         self.apply(Event::Start);
         let mut stop_deadline: Option<Instant> = None;
         loop {
@@ -295,7 +338,11 @@ impl Election {
     fn perform(&mut self, action: Action) {
         let timing = self.cfg.timing;
         let reports = self.reports_tx.clone();
-        let mut client = self.client.clone();
+        let mut client = match &self.client {
+            Connection::Ready(client) => Client::clone(client),
+            // `Start` is applied only once connected, so no action can come before.
+            Connection::Later(_) => return,
+        };
         match action {
             Action::GrantLease => {
                 tokio::spawn(async move {
