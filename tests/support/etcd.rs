@@ -7,6 +7,9 @@
 //! `restart` bring back the same server (same URLs, same data) and clients
 //! that were pointed at it reconnect on their own.
 //!
+//! [`Etcd::start_secured`] adds TLS or auth flags to a single member (see
+//! `tls.rs`); everything else works the same, etcdctl calls included.
+//!
 //! Every member is killed (SIGKILL) on drop, and the test thread that spawned
 //! it is its parent-death signal, so even an aborted test run leaves no etcd
 //! behind. The child gets an empty environment: an `ETCD_*` variable in the
@@ -93,6 +96,21 @@ pub struct Etcd {
     child: Option<Child>,
     /// Counts launches, so each gets its own log file and old logs survive a restart.
     launches: usize,
+    /// How clients reach it and which extra flags it runs with (TLS, auth).
+    security: Security,
+}
+
+/// Extra settings of a single member for the TLS and auth tests (built by
+/// `support::tls`); the default is plain HTTP with no extra flags.
+#[derive(Debug, Clone, Default)]
+pub struct Security {
+    /// Clients connect over TLS: the client URL is `https://`, and `/health`
+    /// is checked with etcdctl (which speaks TLS) instead of our plain client.
+    pub client_tls: bool,
+    /// Server flags appended to the usual ones; the caller comments each.
+    pub server_args: Vec<String>,
+    /// Global etcdctl flags for talking to this member (certificates, `--user`).
+    pub ctl_args: Vec<String>,
 }
 
 impl Etcd {
@@ -112,6 +130,31 @@ impl Etcd {
             }
         }
         unreachable!("the last attempt either returns or panics")
+    }
+
+    /// A single-member cluster with TLS or auth flags, started and healthy.
+    pub fn start_secured(security: Security) -> Etcd {
+        for attempt in 1..=PORT_RETRIES {
+            let mut etcd = Etcd::not_started();
+            etcd.security = security.clone();
+            etcd.spawn();
+            match etcd.wait_healthy() {
+                Ok(()) => return etcd,
+                Err(e)
+                    if attempt < PORT_RETRIES && etcd.log().contains("address already in use") =>
+                {
+                    eprintln!("etcd: ports taken, retrying with others: {e}");
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        unreachable!("the last attempt either returns or panics")
+    }
+
+    /// Replaces the global etcdctl flags, e.g. to add `--user root:...` once
+    /// authentication is enabled.
+    pub fn set_ctl_args(&mut self, args: &[&str]) {
+        self.security.ctl_args = args.iter().map(|a| a.to_string()).collect();
     }
 
     /// A single-member cluster with its ports and data directory chosen but not
@@ -145,6 +188,7 @@ impl Etcd {
             dir: test_tempdir("etcd"),
             child: None,
             launches: 0,
+            security: Security::default(),
         }
     }
 
@@ -161,9 +205,19 @@ impl Etcd {
         }
     }
 
-    /// The client URL, e.g. `http://127.0.0.1:41234`.
+    /// The client URL, e.g. `http://127.0.0.1:41234` (`https://` with TLS).
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.security.client_tls {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
+    }
+
+    /// The member's name in the cluster (`m0`, `m1`, ...).
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// The client address, for a [`super::TcpProxy`] target.
@@ -208,22 +262,22 @@ impl Etcd {
 
     /// Runs `etcdctl` (API v3) against this member.
     pub fn etcdctl(&self, args: &[&str]) -> Output {
-        etcdctl(&self.endpoint(), args)
+        etcdctl_with(&self.endpoint(), &self.security.ctl_args, args)
     }
 
     /// Runs `etcdctl`, panics unless it succeeds, returns its stdout.
     pub fn ctl(&self, args: &[&str]) -> String {
-        ctl_ok(&self.endpoint(), args)
+        ctl_ok(&self.endpoint(), &self.security.ctl_args, args)
     }
 
     /// The key as stored, or `None` if it does not exist.
     pub fn get(&self, key: &str) -> Option<KeyValue> {
-        get_key(&self.endpoint(), key)
+        get_key(&self.endpoint(), &self.security.ctl_args, key)
     }
 
     /// Seconds left on a lease, or `None` if it has expired or was revoked.
     pub fn lease_ttl(&self, lease: i64) -> Option<i64> {
-        lease_ttl(&self.endpoint(), lease)
+        lease_ttl(&self.endpoint(), &self.security.ctl_args, lease)
     }
 
     /// The current log of this member (the last launch).
@@ -275,6 +329,8 @@ impl Etcd {
             .args(["--logger", "zap", "--log-level", "warn"])
             // Into our log file, never journald.
             .args(["--log-outputs", "stderr"])
+            // TLS and auth settings of the secured-etcd tests (see `Security`).
+            .args(&self.security.server_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("cloning a file handle"))
             .stderr(log);
@@ -294,7 +350,11 @@ impl Etcd {
     fn wait_healthy(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + HEALTH_TIMEOUT;
         loop {
-            if let Ok(resp) = http::simple(self.client_addr(), "GET", "/health", b"") {
+            if self.security.client_tls {
+                if self.etcdctl(&["endpoint", "health"]).status.success() {
+                    return Ok(());
+                }
+            } else if let Ok(resp) = http::simple(self.client_addr(), "GET", "/health", b"") {
                 if resp.status == 200 && resp.body.contains("\"health\":\"true\"") {
                     return Ok(());
                 }
@@ -395,20 +455,65 @@ impl EtcdCluster {
     }
 
     pub fn ctl(&self, args: &[&str]) -> String {
-        ctl_ok(&self.endpoints(), args)
+        ctl_ok(&self.endpoints(), &[], args)
     }
 
     pub fn get(&self, key: &str) -> Option<KeyValue> {
-        get_key(&self.endpoints(), key)
+        get_key(&self.endpoints(), &[], key)
+    }
+
+    /// Seconds left on a lease, or `None` if it has expired or was revoked.
+    pub fn lease_ttl(&self, lease: i64) -> Option<i64> {
+        lease_ttl(&self.endpoints(), &[], lease)
+    }
+
+    /// The index in [`EtcdCluster::members`] of the raft leader, as the running
+    /// members report it (`etcdctl endpoint status`); `None` while there is
+    /// none (an election in progress, or no quorum).
+    pub fn raft_leader(&mut self) -> Option<usize> {
+        let running: Vec<String> = self
+            .members
+            .iter_mut()
+            .filter_map(|m| m.is_running().then(|| m.endpoint()))
+            .collect();
+        if running.is_empty() {
+            return None;
+        }
+        // Members that do not answer are left out of the output; the rest is
+        // still printed, so the exit status does not matter here.
+        let out = etcdctl(&running.join(","), &["endpoint", "status", "-w", "json"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let statuses: serde_json::Value = serde_json::from_str(text.trim()).ok()?;
+        let by_endpoint: Vec<(String, u64, u64)> = statuses
+            .as_array()?
+            .iter()
+            .filter_map(|s| {
+                let endpoint = s.get("Endpoint")?.as_str()?.to_string();
+                let status = s.get("Status")?;
+                let member = status.get("header")?.get("member_id")?.as_u64()?;
+                let leader = status.get("leader")?.as_u64()?;
+                Some((endpoint, member, leader))
+            })
+            .collect();
+        let (endpoint, _, _) = by_endpoint
+            .iter()
+            .find(|(_, member, leader)| *leader != 0 && member == leader)?;
+        self.members.iter().position(|m| &m.endpoint() == endpoint)
     }
 }
 
 /// Runs `etcdctl --endpoints <endpoints> <args>` with API v3.
 pub fn etcdctl(endpoints: &str, args: &[&str]) -> Output {
+    etcdctl_with(endpoints, &[], args)
+}
+
+/// Like [`etcdctl`], with global flags (certificates, `--user`) first.
+pub fn etcdctl_with(endpoints: &str, global: &[String], args: &[&str]) -> Output {
     Command::new(etcdctl_bin())
         .env("ETCDCTL_API", "3")
         .env_remove("ETCDCTL_ENDPOINTS")
         .args(["--endpoints", endpoints])
+        .args(global)
         // Fail instead of hanging when etcd is down.
         .args(["--command-timeout", "5s", "--dial-timeout", "3s"])
         .args(args)
@@ -417,8 +522,8 @@ pub fn etcdctl(endpoints: &str, args: &[&str]) -> Output {
         .unwrap_or_else(|e| panic!("running {}: {e}", etcdctl_bin().display()))
 }
 
-fn ctl_ok(endpoints: &str, args: &[&str]) -> String {
-    let out = etcdctl(endpoints, args);
+fn ctl_ok(endpoints: &str, global: &[String], args: &[&str]) -> String {
+    let out = etcdctl_with(endpoints, global, args);
     assert!(
         out.status.success(),
         "etcdctl {args:?} failed ({}): {}{}",
@@ -429,8 +534,8 @@ fn ctl_ok(endpoints: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn get_key(endpoints: &str, key: &str) -> Option<KeyValue> {
-    let out = ctl_ok(endpoints, &["get", key, "-w", "json"]);
+fn get_key(endpoints: &str, global: &[String], key: &str) -> Option<KeyValue> {
+    let out = ctl_ok(endpoints, global, &["get", key, "-w", "json"]);
     let v: serde_json::Value = serde_json::from_str(&out)
         .unwrap_or_else(|e| panic!("etcdctl get -w json printed {out:?}: {e}"));
     let kv = v.get("kvs")?.as_array()?.first()?;
@@ -449,9 +554,13 @@ fn get_key(endpoints: &str, key: &str) -> Option<KeyValue> {
     })
 }
 
-fn lease_ttl(endpoints: &str, lease: i64) -> Option<i64> {
+fn lease_ttl(endpoints: &str, global: &[String], lease: i64) -> Option<i64> {
     let hex = format!("{lease:x}");
-    let out = ctl_ok(endpoints, &["lease", "timetolive", &hex, "-w", "json"]);
+    let out = ctl_ok(
+        endpoints,
+        global,
+        &["lease", "timetolive", &hex, "-w", "json"],
+    );
     let v: serde_json::Value = serde_json::from_str(&out)
         .unwrap_or_else(|e| panic!("etcdctl lease timetolive -w json printed {out:?}: {e}"));
     // etcd answers ttl -1 for an expired or revoked lease.

@@ -1,0 +1,588 @@
+//! Faults that happen in real clusters, end to end against a real etcd, with
+//! every replica's `/leader` probed continuously from threads so that two
+//! replicas claiming leadership at once cannot slip between two polls (see
+//! `support/observe.rs` for how probes prove an overlap).
+//!
+//! Covered elsewhere and not repeated here: key deleted, key overwritten and
+//! lease revoked by an operator (`operator.rs`); etcd killed, restarted with
+//! its data, or absent at start (`etcd_outage.rs`); the first answer of a
+//! thawed leader and the basic partition case (`etcd_outage.rs`); SIGTERM
+//! handoff and tokens across handoffs (`handoff.rs`). This file adds what
+//! those do not show: continuous probing through a freeze, the measured
+//! margin by which a partitioned leader steps down before another wins, a
+//! partitioned follower, etcd losing its data, crashes, a slow etcd, and the
+//! order of a shutdown with `--release-delay`.
+
+#[path = "support/observe.rs"]
+mod observe;
+mod support;
+
+use std::time::{Duration, Instant};
+
+use observe::{terms, ProbeRecord, Prober};
+use support::*;
+
+/// Short, so faults that wait out a lease are cheap.
+const TTL: u64 = 3;
+/// The self-fencing margin for [`TTL`]: clamp(ttl/10, 250 ms, 5 s).
+const MARGIN: Duration = Duration::from_millis(300);
+/// How often each replica is probed.
+const PROBE_EVERY: Duration = Duration::from_millis(5);
+/// A takeover that has to wait for a lease to expire: the TTL, etcd's lease
+/// expiry check (every 500 ms), and generous slack for a loaded machine.
+const TAKEOVER: Duration = Duration::from_secs(TTL + 7);
+
+fn ttl_args() -> [String; 2] {
+    ["--ttl".into(), TTL.to_string()]
+}
+
+fn probe(sidecars: &[&Sidecar]) -> Prober {
+    let targets: Vec<_> = sidecars
+        .iter()
+        .map(|s| (s.id().to_string(), s.addr()))
+        .collect();
+    Prober::start(&targets, PROBE_EVERY)
+}
+
+fn assert_no_overlap(record: &ProbeRecord, origin: Instant) {
+    let overlaps = record.overlaps();
+    assert!(
+        overlaps.is_empty(),
+        "two replicas claimed leadership at once ({} probes):\n{}",
+        record.total(),
+        overlaps
+            .iter()
+            .map(|o| record.describe(o, origin))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+fn ms(d: Duration) -> u128 {
+    d.as_millis()
+}
+
+fn since(origin: Instant, t: Instant) -> u128 {
+    t.saturating_duration_since(origin).as_millis()
+}
+
+/// A frozen leader (SIGSTOP past its TTL) is replaced; when it thaws, its
+/// first answer is 503 and at no moment did it and its successor both answer
+/// 200.
+#[test]
+fn a_frozen_leader_never_overlaps_its_successor() {
+    let etcd = Etcd::start();
+    let key = unique_key("frozen_no_overlap");
+    let [t0, t1] = ttl_args();
+    let frozen = Sidecar::start(&etcd.endpoint(), &key, "frozen", &[&t0, &t1]);
+    assert!(
+        wait_until(SOON, || frozen.is_leader()),
+        "frozen leads first"
+    );
+    let others = [
+        Sidecar::start(&etcd.endpoint(), &key, "other-0", &[&t0, &t1]),
+        Sidecar::start(&etcd.endpoint(), &key, "other-1", &[&t0, &t1]),
+    ];
+    let prober = probe(&[&frozen, &others[0], &others[1]]);
+    std::thread::sleep(Duration::from_millis(300));
+
+    let stopped = Instant::now();
+    frozen.signal(Signal::SIGSTOP);
+    let next = wait_for_one_leader(&others, TAKEOVER);
+    let mut took_over = None;
+    assert!(
+        wait_until(SOON, || {
+            took_over = prober.first_leader_since(stopped).map(|(_, at)| at);
+            took_over.is_some()
+        }),
+        "a probe saw the successor"
+    );
+    let took_over = took_over.expect("set when seen");
+    // Stay frozen a while longer, with requests queueing in its backlog.
+    std::thread::sleep(Duration::from_millis(700));
+    let thawed = Instant::now();
+    frozen.signal(Signal::SIGCONT);
+
+    assert!(
+        wait_until(SOON, || frozen.leader_view()["leader"] == others[next].id()),
+        "the thawed replica follows {}: {}",
+        others[next].id(),
+        frozen.leader_view()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let record = prober.stop();
+
+    let after_thaw: Vec<_> = record.probes[0]
+        .iter()
+        .filter(|p| p.answered > thawed)
+        .collect();
+    let first = after_thaw.first().expect("the thawed replica answered");
+    assert_eq!(
+        first.status,
+        Some(503),
+        "its first answer after the thaw (request sent {} ms before) is 503",
+        ms(thawed.saturating_duration_since(first.sent))
+    );
+    assert!(
+        after_thaw.iter().all(|p| !p.is_leader()),
+        "it never answers 200 again"
+    );
+    assert_no_overlap(&record, stopped);
+    let stepped = terms("frozen", &frozen.logs());
+    assert_eq!(
+        stepped.first().and_then(|t| t.end_reason.as_deref()),
+        Some("lease_not_renewed"),
+        "it logs why it stepped down: {stepped:?}"
+    );
+    println!(
+        "frozen leader: successor led {} ms after SIGSTOP (TTL {} s); thawed at {} ms; {} probes, no overlap",
+        since(stopped, took_over),
+        TTL,
+        since(stopped, thawed),
+        record.total()
+    );
+}
+
+/// A silent partition between the leader and etcd: the leader stops claiming
+/// before another replica can win. The gap between the two claims is measured
+/// from the probes and from the logs and printed; after the heal the cut-off
+/// replica follows.
+#[test]
+fn a_partitioned_leader_steps_down_a_margin_before_another_wins() {
+    let etcd = Etcd::start();
+    let key = unique_key("partition_margin");
+    let [t0, t1] = ttl_args();
+    let proxy = TcpProxy::start(etcd.client_addr());
+    let cut_off = Sidecar::start(&proxy.endpoint(), &key, "cut-off", &[&t0, &t1]);
+    assert!(
+        wait_until(SOON, || cut_off.is_leader()),
+        "cut-off leads first"
+    );
+    let others = [
+        Sidecar::start(&etcd.endpoint(), &key, "other-0", &[&t0, &t1]),
+        Sidecar::start(&etcd.endpoint(), &key, "other-1", &[&t0, &t1]),
+    ];
+    for s in &others {
+        assert!(wait_until(SOON, || s.leader_view()["leader"] == "cut-off"));
+    }
+    let prober = probe(&[&cut_off, &others[0], &others[1]]);
+    std::thread::sleep(Duration::from_millis(300));
+
+    let partitioned = Instant::now();
+    proxy.partition();
+    let next = wait_for_one_leader(&others, TAKEOVER);
+    std::thread::sleep(Duration::from_millis(300));
+    proxy.heal();
+    assert!(
+        wait_until(TAKEOVER, || {
+            let (status, view) = cut_off.get_json("/leader");
+            status == 503 && view["leader"] == others[next].id()
+        }),
+        "after the heal cut-off follows {}: {}",
+        others[next].id(),
+        cut_off.leader_view()
+    );
+    let record = prober.stop();
+    assert_no_overlap(&record, partitioned);
+
+    // From the probes: the old claim ended before its first 503 arrived; the
+    // new one began after the new leader's last non-200 was sent.
+    let old = &record.probes[0];
+    let last_200 = old.iter().rfind(|p| p.is_leader()).expect("cut-off led");
+    let old_first_503 = old
+        .iter()
+        .find(|p| p.sent > last_200.sent && p.status == Some(503))
+        .expect("cut-off answered 503 after leading");
+    let new = &record.probes[1 + next];
+    let new_first_200 = new
+        .iter()
+        .find(|p| p.is_leader())
+        .expect("the successor led");
+    let new_last_not_200 = new
+        .iter()
+        .rfind(|p| p.sent < new_first_200.sent && !p.is_leader())
+        .expect("the successor was probed before it led");
+    let probe_gap = new_last_not_200
+        .sent
+        .saturating_duration_since(old_first_503.answered);
+    assert!(
+        new_last_not_200.sent > old_first_503.answered,
+        "cut-off stopped claiming before the successor started"
+    );
+
+    // From the logs, on the shared wall clock.
+    let old_end = terms("cut-off", &cut_off.logs())
+        .first()
+        .and_then(|t| t.end.zip(t.end_reason.clone()))
+        .expect("cut-off logged stepping down");
+    let new_start = terms(others[next].id(), &others[next].logs())
+        .first()
+        .map(|t| t.start)
+        .expect("the successor logged becoming leader");
+    // Whichever it notices first: the broken watch (HTTP/2 pings time out
+    // after about a keep-alive interval) or the claim deadline.
+    assert!(
+        ["watch_lost", "lease_not_renewed"].contains(&old_end.1.as_str()),
+        "it stepped down for the silence, not something else: {}",
+        old_end.1
+    );
+    let log_gap_ms = (new_start - old_end.0) as f64 / 1e3;
+    assert!(log_gap_ms > 0.0, "the logs agree: {log_gap_ms} ms");
+
+    println!(
+        "partitioned leader (TTL {TTL} s, margin {} ms): last 200 at +{} ms, first 503 at +{} ms after the partition; \
+         successor first 200 at +{} ms; gap between the claims >= {} ms by probes, {:.1} ms by logs; \
+         step-down reason {}",
+        ms(MARGIN),
+        since(partitioned, last_200.answered),
+        since(partitioned, old_first_503.answered),
+        since(partitioned, new_first_200.answered),
+        ms(probe_gap),
+        log_gap_ms,
+        old_end.1
+    );
+}
+
+/// A follower cut off from etcd changes nothing for the leader, never claims
+/// leadership itself, and after the heal names whoever leads by then, even
+/// though the leader changed while it was away.
+#[test]
+fn a_partitioned_follower_leaves_the_leader_alone_and_catches_up() {
+    let etcd = Etcd::start();
+    let key = unique_key("partitioned_follower");
+    let [t0, t1] = ttl_args();
+    let mut leader = Sidecar::start(&etcd.endpoint(), &key, "leader", &[&t0, &t1]);
+    assert!(
+        wait_until(SOON, || leader.is_leader()),
+        "leader leads first"
+    );
+    let heir = Sidecar::start(&etcd.endpoint(), &key, "heir", &[&t0, &t1]);
+    let proxy = TcpProxy::start(etcd.client_addr());
+    let away = Sidecar::start(&proxy.endpoint(), &key, "away", &[&t0, &t1]);
+    for s in [&heir, &away] {
+        assert!(wait_until(SOON, || s.leader_view()["leader"] == "leader"));
+    }
+    let token = leader.fencing_token().expect("a token");
+    let prober = probe(&[&leader, &heir, &away]);
+
+    let partitioned = Instant::now();
+    proxy.partition();
+    // Two TTLs: long enough for the follower's own lease to lapse.
+    std::thread::sleep(Duration::from_secs(2 * TTL));
+    let undisturbed_until = Instant::now();
+    assert_eq!(leader.fencing_token(), Some(token), "the same term");
+
+    // The leader changes while the follower is away.
+    leader.signal(Signal::SIGTERM);
+    assert_eq!(leader.wait_exit(SOON).code(), Some(0));
+    assert!(wait_until(SOON, || heir.is_leader()), "heir takes over");
+    std::thread::sleep(Duration::from_secs(1));
+    let healed = Instant::now();
+    proxy.heal();
+    assert!(
+        wait_until(TAKEOVER, || {
+            let (status, view) = away.get_json("/leader");
+            status == 503 && view["leader"] == "heir"
+        }),
+        "after the heal it names the new leader: {}",
+        away.leader_view()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let record = prober.stop();
+    assert_no_overlap(&record, partitioned);
+
+    let during: Vec<_> = record.probes[0]
+        .iter()
+        .filter(|p| p.sent >= partitioned && p.answered <= undisturbed_until)
+        .collect();
+    assert!(!during.is_empty());
+    assert!(
+        during
+            .iter()
+            .all(|p| p.is_leader() && p.token == Some(token)),
+        "the leader answered 200 with token {token} throughout the follower's partition"
+    );
+    assert!(
+        record.probes[2].iter().all(|p| !p.is_leader()),
+        "the partitioned follower never claimed leadership"
+    );
+    let (_, status) = away.get_json("/status");
+    assert_eq!(status["state"], "follower", "{status}");
+    println!(
+        "partitioned follower: leader kept token {token} for {} ms; caught up {} ms after the heal",
+        ms(undisturbed_until - partitioned),
+        since(healed, Instant::now())
+    );
+}
+
+/// etcd restarted empty (its data lost): revisions start over, the old lease
+/// is unknown. Exactly one leader again, holding the new key under a live
+/// lease; fencing tokens grow again from there on.
+#[test]
+fn a_leader_is_elected_again_after_etcd_loses_its_data() {
+    let mut etcd = Etcd::start();
+    let key = unique_key("data_lost");
+    let [t0, t1] = ttl_args();
+    let mut sidecars = replicas(&etcd.endpoint(), &key, 3, &[&t0, &t1]);
+    wait_for_one_leader(&sidecars, SOON);
+    let before = etcd.get(&key).expect("the leader's key");
+    let prober = probe(&sidecars.iter().collect::<Vec<_>>());
+
+    let wiped = Instant::now();
+    etcd.restart_empty();
+    let leader = wait_for_one_leader(&sidecars, TAKEOVER);
+    let kv = etcd.get(&key).expect("the key exists again");
+    assert_eq!(kv.value, sidecars[leader].id());
+    assert_ne!(kv.lease, before.lease, "under a lease of the new etcd");
+    assert!(matches!(etcd.lease_ttl(kv.lease), Some(t) if t > 0));
+    // Revisions restarted: the new token may well be smaller than the old
+    // one. It must be the new key's create revision, nothing stale.
+    assert_eq!(sidecars[leader].fencing_token(), Some(kv.create_revision));
+    let recovered = Instant::now();
+
+    // Within the new data's lifetime tokens grow again.
+    let mut old = sidecars.remove(leader);
+    old.signal(Signal::SIGTERM);
+    assert_eq!(old.wait_exit(SOON).code(), Some(0));
+    let next = wait_for_one_leader(&sidecars, SOON);
+    let after = etcd.get(&key).expect("held again");
+    assert_eq!(after.value, sidecars[next].id());
+    assert!(
+        after.create_revision > kv.create_revision,
+        "the token grows within one data lifetime: {} -> {}",
+        kv.create_revision,
+        after.create_revision
+    );
+    let record = prober.stop();
+    assert_no_overlap(&record, wiped);
+    println!(
+        "etcd data lost: token {} before the wipe, {} after (revisions restarted), {} after the next handoff; \
+         leader again {} ms after the wipe",
+        before.create_revision,
+        kv.create_revision,
+        after.create_revision,
+        since(wiped, recovered)
+    );
+}
+
+/// SIGKILL of the leader: no revoke, so a follower wins when the lease
+/// expires, within the TTL plus a bound; fencing tokens strictly increase
+/// across the terms.
+#[test]
+fn a_follower_wins_within_the_ttl_when_the_leader_is_killed() {
+    let etcd = Etcd::start();
+    let key = unique_key("leader_killed");
+    let [t0, t1] = ttl_args();
+    let mut sidecars = replicas(&etcd.endpoint(), &key, 4, &[&t0, &t1]);
+    let prober = probe(&sidecars.iter().collect::<Vec<_>>());
+    let origin = Instant::now();
+    let mut tokens = Vec::new();
+    let mut takeovers = Vec::new();
+    for _ in 0..2 {
+        let leader = wait_for_one_leader(&sidecars, TAKEOVER);
+        let held = etcd.get(&key).expect("the leader's key");
+        tokens.push(held.create_revision);
+        // Let a keep-alive or two go by, so the kill lands mid-lease.
+        std::thread::sleep(Duration::from_millis(700));
+        let killed = Instant::now();
+        sidecars[leader].kill();
+        // While etcd still holds the dead leader's key, nobody claims it.
+        let ok = wait_until(TAKEOVER, || {
+            let claimed: Vec<usize> = (0..sidecars.len())
+                .filter(|&i| i != leader && sidecars[i].is_leader())
+                .collect();
+            let still_old = etcd
+                .get(&key)
+                .is_some_and(|kv| kv.create_revision == held.create_revision);
+            assert!(
+                !still_old || claimed.is_empty(),
+                "{} claimed leadership while the killed leader's key was still in etcd",
+                sidecars[claimed[0]].id()
+            );
+            !still_old && claimed.len() == 1
+        });
+        assert!(ok, "a follower wins after the leader was killed");
+        let took = prober
+            .first_leader_since(killed)
+            .map(|(_, at)| at - killed)
+            .expect("a probe saw the new leader");
+        assert!(
+            took <= Duration::from_secs(TTL) + Duration::from_secs(2),
+            "takeover in {} ms: more than TTL {TTL} s + 2 s",
+            ms(took)
+        );
+        takeovers.push(ms(took));
+    }
+    let leader = wait_for_one_leader(&sidecars, SOON);
+    tokens.push(sidecars[leader].fencing_token().expect("a token"));
+    let record = prober.stop();
+    assert_no_overlap(&record, origin);
+    assert!(
+        tokens.windows(2).all(|w| w[0] < w[1]),
+        "fencing tokens strictly increase across terms: {tokens:?}"
+    );
+    println!("leader killed: takeovers in {takeovers:?} ms (TTL {TTL} s); tokens {tokens:?}");
+}
+
+/// etcd slows down for the leader (a proxy adds latency to every packet).
+/// Moderately slow: it keeps leading. Slow near the TTL: its renewals cannot
+/// be confirmed in time, so it steps down and another replica wins, without
+/// the two ever overlapping.
+#[test]
+fn a_slow_etcd_makes_the_leader_step_down_rather_than_overlap() {
+    let etcd = Etcd::start();
+    let key = unique_key("slow_etcd");
+    let [t0, t1] = ttl_args();
+    let proxy = TcpProxy::start(etcd.client_addr());
+    let slow = Sidecar::start(&proxy.endpoint(), &key, "slow", &[&t0, &t1]);
+    assert!(wait_until(SOON, || slow.is_leader()), "slow leads first");
+    let others = [
+        Sidecar::start(&etcd.endpoint(), &key, "other-0", &[&t0, &t1]),
+        Sidecar::start(&etcd.endpoint(), &key, "other-1", &[&t0, &t1]),
+    ];
+    for s in &others {
+        assert!(wait_until(SOON, || s.leader_view()["leader"] == "slow"));
+    }
+    let token = slow.fencing_token().expect("a token");
+    let prober = probe(&[&slow, &others[0], &others[1]]);
+    let origin = Instant::now();
+
+    // 100 ms each way: a keep-alive round trip of a few hundred ms, well
+    // inside the request timeout (TTL/3 = 1 s) and the claim (TTL - margin
+    // = 2.7 s after each renewal is sent). A round trip approaching the
+    // request timeout is another matter: the sidecar warns about it, and
+    // loses leadership on the next hiccup (seen at 300 ms each way, where
+    // the proxy's per-chunk delays make round trips of about 900 ms).
+    proxy.set_latency(Duration::from_millis(100));
+    std::thread::sleep(Duration::from_secs(2 * TTL));
+    assert!(
+        slow.is_leader(),
+        "moderate latency does not cost leadership; log:\n{}",
+        tail(&slow.logs(), 10)
+    );
+    assert_eq!(slow.fencing_token(), Some(token), "the same term");
+
+    // 1.5 s each way: a round trip as long as the TTL.
+    let slowed = Instant::now();
+    proxy.set_latency(Duration::from_millis(1500));
+    let next = wait_for_one_leader(&others, TAKEOVER + Duration::from_secs(TTL));
+    assert!(!slow.is_leader());
+    std::thread::sleep(Duration::from_secs(1));
+    proxy.set_latency(Duration::ZERO);
+    assert!(
+        wait_until(TAKEOVER, || slow.leader_view()["leader"]
+            == others[next].id()),
+        "once etcd is fast again it follows {}: {}",
+        others[next].id(),
+        slow.leader_view()
+    );
+    let record = prober.stop();
+    assert_no_overlap(&record, origin);
+    let steps = terms("slow", &slow.logs());
+    let reason = steps.first().and_then(|t| t.end_reason.clone());
+    assert!(
+        matches!(reason.as_deref(), Some("lease_not_renewed" | "watch_lost")),
+        "it stepped down because etcd was too slow to confirm its lease or watch: {steps:?}"
+    );
+    let successor = prober_first_200(&record, 1 + next, slowed);
+    println!(
+        "slow etcd: leader stepped down ({}) and {} led {} ms after the latency reached 1.5 s each way",
+        reason.unwrap_or_default(),
+        others[next].id(),
+        successor.map_or(0, |t| since(slowed, t))
+    );
+}
+
+fn prober_first_200(record: &ProbeRecord, target: usize, after: Instant) -> Option<Instant> {
+    record.probes[target]
+        .iter()
+        .find(|p| p.sent >= after && p.is_leader())
+        .map(|p| p.answered)
+}
+
+/// Shutdown in a pod with `--release-delay`: the leader answers 503 at once,
+/// keeps the key (so nobody else leads yet) for the delay while endpoint
+/// removal propagates, then revokes, so the successor wins in milliseconds,
+/// and exits 0 within the shutdown timeout.
+#[test]
+fn release_delay_orders_the_shutdown_503_then_revoke_then_exit() {
+    let etcd = Etcd::start();
+    let key = unique_key("release_delay_order");
+    let delay = Duration::from_secs(2);
+    let timeout = Duration::from_secs(5);
+    let args = [
+        "--ttl",
+        "30",
+        "--release-delay",
+        "2",
+        "--shutdown-timeout",
+        "5",
+    ];
+    let mut leader = Sidecar::start(&etcd.endpoint(), &key, "draining", &args);
+    assert!(wait_until(SOON, || leader.is_leader()), "draining leads");
+    let heir = Sidecar::start(&etcd.endpoint(), &key, "heir", &args);
+    assert!(wait_until(SOON, || heir.leader_view()["leader"] == "draining"));
+    let prober = probe(&[&leader, &heir]);
+    std::thread::sleep(Duration::from_millis(200));
+
+    let signalled = Instant::now();
+    leader.signal(Signal::SIGTERM);
+    // During the delay the key stays: check it for most of the delay.
+    let mut checks = 0;
+    while signalled.elapsed() < delay - Duration::from_millis(400) {
+        let kv = etcd.get(&key);
+        assert!(
+            matches!(&kv, Some(kv) if kv.value == "draining"),
+            "the key is still held {} ms into the release delay: {kv:?}",
+            ms(signalled.elapsed())
+        );
+        checks += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(checks > 0);
+    let status = leader.wait_exit(timeout + Duration::from_secs(2));
+    let exited = Instant::now();
+    assert_eq!(status.code(), Some(0), "exit 0: {status}");
+    assert!(
+        wait_until(SOON, || heir.is_leader()),
+        "heir leads after the revoke"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let record = prober.stop();
+    assert_no_overlap(&record, signalled);
+
+    let first_503 = record.probes[0]
+        .iter()
+        .find(|p| p.sent >= signalled && p.status == Some(503))
+        .map(|p| p.answered)
+        .expect("the leader answered 503 after SIGTERM");
+    let heir_leads = prober_first_200(&record, 1, signalled).expect("heir led");
+    assert!(
+        first_503 - signalled < Duration::from_millis(500),
+        "503 at once: {} ms after SIGTERM",
+        ms(first_503 - signalled)
+    );
+    assert!(
+        heir_leads - signalled >= delay,
+        "nobody leads during the release delay: heir led {} ms after SIGTERM",
+        ms(heir_leads - signalled)
+    );
+    assert!(
+        heir_leads - signalled < delay + Duration::from_secs(2),
+        "the revoke right after the delay hands over in milliseconds, not a 30 s TTL: {} ms",
+        ms(heir_leads - signalled)
+    );
+    assert!(
+        exited - signalled < timeout + Duration::from_millis(500),
+        "exit within the shutdown timeout: {} ms",
+        ms(exited - signalled)
+    );
+    let revoked = leader.logs().contains("lease revoked");
+    assert!(revoked, "it revoked its lease before exiting");
+    println!(
+        "release delay 2 s: 503 after {} ms, heir led after {} ms, exit (status 0) after {} ms",
+        ms(first_503 - signalled),
+        ms(heir_leads - signalled),
+        ms(exited - signalled)
+    );
+}

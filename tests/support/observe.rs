@@ -1,0 +1,485 @@
+//! What the fault tests observe, and the checks made on it: every replica's
+//! `/leader` probed continuously from threads ([`Prober`]), and each replica's
+//! own record of its terms in its JSON log ([`terms`]). Both must show that no
+//! two replicas claimed leadership at the same time.
+//!
+//! Not declared in `support/mod.rs`; the fault test files include it with
+//! `#[path = "support/observe.rs"] mod observe;` beside `mod support;`.
+//!
+//! # Reading probes soundly
+//! A probe answered 200 tells us the replica claimed leadership at *some*
+//! instant between sending and receiving, not when. So two 200s from
+//! different replicas a few milliseconds apart prove nothing: a graceful
+//! handoff takes milliseconds. What proves an overlap is a replica answering
+//! 200 on both sides of another replica's 200: consecutive 200s of one
+//! replica with the same fencing token are one continuous claim (a claim that
+//! lapsed and came back with the same token means the key, created at that
+//! revision, existed all along, so nobody else could hold it meanwhile), and
+//! that claim certainly covers the time from the first answer's arrival to the
+//! last request's departure. [`ProbeRecord::overlaps`] reports another
+//! replica's 200 inside that span, or two such spans that intersect.
+//!
+//! # Timestamps
+//! The sidecar's log timestamps are wall-clock RFC 3339 (microseconds); the
+//! test's own instants are converted with one (`Instant`, `SystemTime`) pair
+//! taken at first use ([`unix_micros`]). All processes share this machine's
+//! clock, so the only error is the clock's resolution.
+
+// Each test file uses a different part of this.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::support::http;
+
+/// One `/leader` probe.
+#[derive(Debug, Clone, Copy)]
+pub struct Probe {
+    pub sent: Instant,
+    pub answered: Instant,
+    /// `None` when there was no answer (refused, reset, timed out).
+    pub status: Option<u16>,
+    pub token: Option<i64>,
+    /// Whether this probe had to open a new connection first.
+    pub connected: bool,
+}
+
+impl Probe {
+    pub fn is_leader(&self) -> bool {
+        self.status == Some(200)
+    }
+}
+
+/// Probes each target's `/leader` from its own thread, one request at a time
+/// on a kept-alive connection (reconnecting after any error), every `period`.
+pub struct Prober {
+    names: Vec<String>,
+    records: Vec<Arc<Mutex<Vec<Probe>>>>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Prober {
+    /// Starts probing `targets` (name, address) every `period`.
+    pub fn start(targets: &[(String, SocketAddr)], period: Duration) -> Prober {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut records = Vec::new();
+        let mut threads = Vec::new();
+        for (name, addr) in targets {
+            let record = Arc::new(Mutex::new(Vec::new()));
+            records.push(record.clone());
+            let stop = stop.clone();
+            let addr = *addr;
+            let thread = thread::Builder::new()
+                .name(format!("probe-{name}"))
+                .spawn(move || probe_loop(addr, period, &stop, &record))
+                .expect("spawning a probe thread");
+            threads.push(thread);
+        }
+        // Make sure the wall-clock base exists before anything is recorded.
+        unix_micros(Instant::now());
+        Prober {
+            names: targets.iter().map(|(n, _)| n.clone()).collect(),
+            records,
+            stop,
+            threads,
+        }
+    }
+
+    /// Target `i`'s probes so far.
+    pub fn probes_of(&self, i: usize) -> Vec<Probe> {
+        self.records[i].lock().expect("probe record").clone()
+    }
+
+    /// The first probe of any target sent at or after `t` that answered 200:
+    /// (target, answer time).
+    pub fn first_leader_since(&self, t: Instant) -> Option<(usize, Instant)> {
+        (0..self.records.len())
+            .filter_map(|i| {
+                self.records[i]
+                    .lock()
+                    .expect("probe record")
+                    .iter()
+                    .find(|p| p.sent >= t && p.is_leader())
+                    .map(|p| (i, p.answered))
+            })
+            .min_by_key(|(_, at)| *at)
+    }
+
+    /// Stops the threads and returns everything recorded.
+    pub fn stop(mut self) -> ProbeRecord {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        ProbeRecord {
+            names: std::mem::take(&mut self.names),
+            probes: self
+                .records
+                .iter()
+                .map(|r| std::mem::take(&mut *r.lock().expect("probe record")))
+                .collect(),
+        }
+    }
+}
+
+impl Drop for Prober {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+fn probe_loop(addr: SocketAddr, period: Duration, stop: &AtomicBool, record: &Mutex<Vec<Probe>>) {
+    let mut conn: Option<TcpStream> = None;
+    while !stop.load(Ordering::SeqCst) {
+        let sent = Instant::now();
+        let connected = conn.is_none();
+        let answer = probe_once(addr, &mut conn);
+        let answered = Instant::now();
+        if answer.is_none() {
+            conn = None;
+        }
+        let (status, token) = answer.unwrap_or((None, None));
+        record.lock().expect("probe record").push(Probe {
+            sent,
+            answered,
+            status,
+            token,
+            connected,
+        });
+        thread::sleep(period);
+    }
+}
+
+fn probe_once(
+    addr: SocketAddr,
+    conn: &mut Option<TcpStream>,
+) -> Option<(Option<u16>, Option<i64>)> {
+    if conn.is_none() {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+        stream.set_read_timeout(Some(http::IO_TIMEOUT)).ok()?;
+        stream.set_write_timeout(Some(http::IO_TIMEOUT)).ok()?;
+        let _ = stream.set_nodelay(true);
+        *conn = Some(stream);
+    }
+    let stream = conn.as_mut()?;
+    stream
+        .write_all(b"GET /leader HTTP/1.1\r\nHost: probe\r\n\r\n")
+        .ok()?;
+    let resp = http::read_response(stream, false).ok()?;
+    let token = serde_json::from_str::<serde_json::Value>(&resp.body)
+        .ok()
+        .and_then(|v| v["fencing_token"].as_i64());
+    if resp
+        .header("connection")
+        .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+    {
+        *conn = None;
+    }
+    Some((Some(resp.status), token))
+}
+
+/// A claim seen by probes: consecutive 200s of one target with one token.
+#[derive(Debug, Clone, Copy)]
+pub struct Run {
+    pub target: usize,
+    pub token: Option<i64>,
+    pub first: Probe,
+    pub last: Probe,
+}
+
+impl Run {
+    /// The span the claim certainly covered, if the run has one: from the
+    /// first answer's arrival to the last request's departure.
+    pub fn certain(&self) -> Option<(Instant, Instant)> {
+        (self.first.answered < self.last.sent).then_some((self.first.answered, self.last.sent))
+    }
+}
+
+/// Two replicas caught claiming leadership at the same time.
+#[derive(Debug, Clone)]
+pub struct ProbeOverlap {
+    pub a: Run,
+    pub b: Run,
+    /// When it was certainly happening.
+    pub at: Instant,
+}
+
+/// Everything a [`Prober`] recorded.
+pub struct ProbeRecord {
+    pub names: Vec<String>,
+    pub probes: Vec<Vec<Probe>>,
+}
+
+impl ProbeRecord {
+    pub fn total(&self) -> usize {
+        self.probes.iter().map(Vec::len).sum()
+    }
+
+    /// Each target's runs of 200s, see [`Run`].
+    pub fn runs(&self) -> Vec<Run> {
+        let mut runs = Vec::new();
+        for (target, probes) in self.probes.iter().enumerate() {
+            let mut current: Option<Run> = None;
+            for p in probes {
+                match (&mut current, p.is_leader()) {
+                    (Some(run), true) if run.token == p.token => run.last = *p,
+                    (_, true) => {
+                        if let Some(run) = current.take() {
+                            runs.push(run);
+                        }
+                        current = Some(Run {
+                            target,
+                            token: p.token,
+                            first: *p,
+                            last: *p,
+                        });
+                    }
+                    (_, false) => {
+                        if let Some(run) = current.take() {
+                            runs.push(run);
+                        }
+                    }
+                }
+            }
+            runs.extend(current);
+        }
+        runs
+    }
+
+    /// Proven overlaps between different targets; see the module docs.
+    pub fn overlaps(&self) -> Vec<ProbeOverlap> {
+        let runs = self.runs();
+        let mut found = Vec::new();
+        for (i, a) in runs.iter().enumerate() {
+            for b in &runs[i + 1..] {
+                if a.target == b.target
+                    || a.last.answered < b.first.sent
+                    || b.last.answered < a.first.sent
+                {
+                    continue;
+                }
+                if let Some(at) = run_overlap(a, b, &self.probes) {
+                    found.push(ProbeOverlap { a: *a, b: *b, at });
+                }
+            }
+        }
+        found
+    }
+
+    /// Answer times of every 200, all targets, in order.
+    pub fn leader_answers(&self) -> Vec<Instant> {
+        let mut all: Vec<Instant> = self
+            .probes
+            .iter()
+            .flatten()
+            .filter(|p| p.is_leader())
+            .map(|p| p.answered)
+            .collect();
+        all.sort();
+        all
+    }
+
+    /// A readable account of an overlap, for a failure message.
+    pub fn describe(&self, o: &ProbeOverlap, origin: Instant) -> String {
+        let ms = |t: Instant| t.saturating_duration_since(origin).as_secs_f64() * 1e3;
+        format!(
+            "{} (token {:?}, 200s from {:.1} to {:.1} ms) and {} (token {:?}, 200s from {:.1} to {:.1} ms) both led at {:.1} ms",
+            self.names[o.a.target],
+            o.a.token,
+            ms(o.a.first.sent),
+            ms(o.a.last.answered),
+            self.names[o.b.target],
+            o.b.token,
+            ms(o.b.first.sent),
+            ms(o.b.last.answered),
+            ms(o.at)
+        )
+    }
+}
+
+/// Where runs `a` and `b` certainly overlap, if they do: their certain spans
+/// intersect, or one's 200 lies wholly inside the other's certain span.
+fn run_overlap(a: &Run, b: &Run, probes: &[Vec<Probe>]) -> Option<Instant> {
+    if let (Some((a0, a1)), Some((b0, b1))) = (a.certain(), b.certain()) {
+        let (start, end) = (a0.max(b0), a1.min(b1));
+        if start < end {
+            return Some(start);
+        }
+    }
+    for (outer, inner) in [(a, b), (b, a)] {
+        let Some((s0, s1)) = outer.certain() else {
+            continue;
+        };
+        let inside = probes[inner.target]
+            .iter()
+            .filter(|p| p.is_leader() && p.token == inner.token)
+            .filter(|p| p.sent >= inner.first.sent && p.answered <= inner.last.answered)
+            .find(|p| p.sent >= s0 && p.answered <= s1);
+        if let Some(p) = inside {
+            return Some(p.sent);
+        }
+    }
+    None
+}
+
+/// Microseconds since the Unix epoch of `t`, on the wall clock the sidecars
+/// write into their logs.
+pub fn unix_micros(t: Instant) -> i64 {
+    static BASE: OnceLock<(Instant, i64)> = OnceLock::new();
+    let (base_instant, base_wall) = *BASE.get_or_init(|| {
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("the clock is after 1970");
+        (Instant::now(), wall.as_micros() as i64)
+    });
+    if t >= base_instant {
+        base_wall + (t - base_instant).as_micros() as i64
+    } else {
+        base_wall - (base_instant - t).as_micros() as i64
+    }
+}
+
+/// `2026-01-02T03:04:05.123456Z` (any number of fraction digits, `Z` or an
+/// offset) as microseconds since the Unix epoch.
+pub fn parse_rfc3339_micros(s: &str) -> Option<i64> {
+    let (date, rest) = s.split_once('T')?;
+    let mut d = date.split('-');
+    let (y, mo, da): (i64, i64, i64) = (
+        d.next()?.parse().ok()?,
+        d.next()?.parse().ok()?,
+        d.next()?.parse().ok()?,
+    );
+    let (clock, offset_secs) = if let Some(c) = rest.strip_suffix('Z') {
+        (c, 0)
+    } else {
+        let pos = rest.rfind(['+', '-'])?;
+        let (c, off) = rest.split_at(pos);
+        let sign = if off.starts_with('-') { -1 } else { 1 };
+        let (oh, om) = off[1..].split_once(':')?;
+        (
+            c,
+            sign * (oh.parse::<i64>().ok()? * 3600 + om.parse::<i64>().ok()? * 60),
+        )
+    };
+    let (hms, frac) = clock.split_once('.').unwrap_or((clock, ""));
+    let mut t = hms.split(':');
+    let (h, mi, se): (i64, i64, i64) = (
+        t.next()?.parse().ok()?,
+        t.next()?.parse().ok()?,
+        t.next()?.parse().ok()?,
+    );
+    let mut micros = 0i64;
+    for (i, c) in frac.chars().take(6).enumerate() {
+        micros += i64::from(c.to_digit(10)?) * 10i64.pow(5 - i as u32);
+    }
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if mo <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + da - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + h * 3600 + mi * 60 + se - offset_secs;
+    Some(secs * 1_000_000 + micros)
+}
+
+/// One leadership transition from a sidecar's JSON log.
+#[derive(Debug, Clone)]
+pub struct Transition {
+    /// The line's timestamp, microseconds since the Unix epoch.
+    pub at: i64,
+    /// `became_leader`, `stepped_down`, `leader_observed` or `lease_lost`.
+    pub event: String,
+    pub fencing_token: Option<i64>,
+    pub reason: Option<String>,
+}
+
+/// The transitions in a JSON log, in order; other lines are skipped.
+pub fn transitions(log: &str) -> Vec<Transition> {
+    log.lines()
+        .filter(|l| l.starts_with('{'))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| {
+            let event = v.get("event")?.as_str()?.to_string();
+            Some(Transition {
+                at: parse_rfc3339_micros(v.get("timestamp")?.as_str()?)?,
+                event,
+                fencing_token: v.get("fencing_token").and_then(|t| t.as_i64()),
+                reason: v.get("reason").and_then(|r| r.as_str()).map(String::from),
+            })
+        })
+        .collect()
+}
+
+/// One term of one replica as its own log tells it.
+#[derive(Debug, Clone)]
+pub struct Term {
+    pub replica: String,
+    pub fencing_token: Option<i64>,
+    /// `became_leader`'s timestamp.
+    pub start: i64,
+    /// `stepped_down`'s timestamp; `None` when the log ends while leading.
+    pub end: Option<i64>,
+    pub end_reason: Option<String>,
+}
+
+/// The terms (`became_leader` .. `stepped_down`) in one replica's log.
+pub fn terms(replica: &str, log: &str) -> Vec<Term> {
+    let mut out = Vec::new();
+    let mut open: Option<Term> = None;
+    for t in transitions(log) {
+        match t.event.as_str() {
+            // Two became_leader in a row cannot happen; if it ever does, the
+            // first stays open so the check sees the longest claim.
+            "became_leader" if open.is_none() => {
+                open = Some(Term {
+                    replica: replica.to_string(),
+                    fencing_token: t.fencing_token,
+                    start: t.at,
+                    end: None,
+                    end_reason: None,
+                });
+            }
+            "stepped_down" => {
+                if let Some(mut term) = open.take() {
+                    term.end = Some(t.at);
+                    term.end_reason = t.reason;
+                    out.push(term);
+                }
+            }
+            _ => {}
+        }
+    }
+    out.extend(open);
+    out
+}
+
+/// Pairs of terms of different replicas that overlap by more than
+/// `tolerance_us`, with the overlap in microseconds. Open terms must have been
+/// closed by the caller (e.g. at the time the process was killed).
+pub fn term_overlaps(terms: &[Term], tolerance_us: i64) -> Vec<(Term, Term, i64)> {
+    let mut found = Vec::new();
+    for (i, a) in terms.iter().enumerate() {
+        for b in &terms[i + 1..] {
+            if a.replica == b.replica {
+                continue;
+            }
+            let (Some(a_end), Some(b_end)) = (a.end, b.end) else {
+                continue;
+            };
+            let overlap = a_end.min(b_end) - a.start.max(b.start);
+            if overlap > tolerance_us {
+                let (first, second) = if a.start <= b.start { (a, b) } else { (b, a) };
+                found.push((first.clone(), second.clone(), overlap));
+            }
+        }
+    }
+    found
+}
