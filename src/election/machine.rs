@@ -797,6 +797,20 @@ mod tests {
         assert_eq!(m.view().role, Role::Leader);
     }
 
+    /// Start, get a lease and lose the campaign to `other(3)`.
+    fn following(m: &mut Machine, t0: Instant) {
+        granted(m, t0);
+        m.step(
+            Event::CampaignDone {
+                lease: LEASE,
+                holder: other(3),
+                revision: 3,
+            },
+            t0,
+        );
+        assert_eq!(m.view().role, Role::Follower);
+    }
+
     fn is_leader(m: &Machine, now: Instant) -> bool {
         let v = m.view();
         v.role == Role::Leader && v.claim_until.is_some_and(|d| now < d)
@@ -883,15 +897,7 @@ mod tests {
     #[test]
     fn follower_campaigns_at_once_when_key_is_deleted() {
         let (mut m, t0) = machine();
-        granted(&mut m, t0);
-        m.step(
-            Event::CampaignDone {
-                lease: LEASE,
-                holder: other(3),
-                revision: 3,
-            },
-            t0,
-        );
+        following(&mut m, t0);
         let step = m.step(Event::KeyDeleted, t0);
         assert_eq!(
             step.actions,
@@ -1176,15 +1182,7 @@ mod tests {
     #[test]
     fn resign_is_ignored_by_a_follower() {
         let (mut m, t0) = machine();
-        granted(&mut m, t0);
-        m.step(
-            Event::CampaignDone {
-                lease: LEASE,
-                holder: other(3),
-                revision: 3,
-            },
-            t0,
-        );
+        following(&mut m, t0);
         assert_eq!(m.step(Event::Resign, t0), Step::default());
     }
 
@@ -1223,15 +1221,7 @@ mod tests {
     #[test]
     fn follower_tracks_a_new_holder() {
         let (mut m, t0) = machine();
-        granted(&mut m, t0);
-        m.step(
-            Event::CampaignDone {
-                lease: LEASE,
-                holder: other(3),
-                revision: 3,
-            },
-            t0,
-        );
+        following(&mut m, t0);
         let next = Holder {
             value: "third".into(),
             lease: 55,
