@@ -147,13 +147,21 @@ pub async fn connect(cfg: &EtcdConfig, timing: &Timing) -> Result<Client, String
     // With credentials, connect authenticates at once and fails if etcd is down; retry until
     // it answers, as every other etcd call does.
     let mut delay = timing.backoff_base;
+    let mut last_warn: Option<Instant> = None;
     loop {
         match Client::connect(&cfg.endpoints, Some(options.clone())).await {
             Ok(client) => return Ok(client),
             Err(etcd_client::Error::InvalidArgs(msg)) => return Err(format!("etcd client: {msg}")),
             Err(etcd_client::Error::InvalidUri(e)) => return Err(format!("etcd endpoint: {e}")),
             Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?delay, "cannot connect to etcd yet");
+                // Like every other etcd failure: a warning at most every 10 s.
+                let now = Instant::now();
+                if last_warn.is_none_or(|at| now.duration_since(at) >= Duration::from_secs(10)) {
+                    tracing::warn!(error = %e, retry_in = ?delay, "cannot connect to etcd yet");
+                    last_warn = Some(now);
+                } else {
+                    tracing::debug!(error = %e, retry_in = ?delay, "cannot connect to etcd yet");
+                }
                 sleep(delay).await;
                 delay = (delay * 2).min(timing.backoff_cap);
             }
