@@ -430,15 +430,19 @@ fn a_follower_wins_within_the_ttl_when_the_leader_is_killed() {
 /// the two ever overlapping.
 #[test]
 fn a_slow_etcd_makes_the_leader_step_down_rather_than_overlap() {
+    // Twice the others' TTL: a request timeout of TTL/3 = 2 s, so that the
+    // moderate phase measures latency, not a busy test machine's scheduling.
+    const SLOW_TTL: u64 = 6;
     let etcd = Etcd::start();
     let key = unique_key("slow_etcd");
-    let [t0, t1] = ttl_args();
+    let ttl = SLOW_TTL.to_string();
+    let args = ["--ttl", ttl.as_str()];
     let proxy = TcpProxy::start(etcd.client_addr());
-    let slow = Sidecar::start(&proxy.endpoint(), &key, "slow", &[&t0, &t1]);
+    let slow = Sidecar::start(&proxy.endpoint(), &key, "slow", &args);
     assert!(wait_until(SOON, || slow.is_leader()), "slow leads first");
     let others = [
-        Sidecar::start(&etcd.endpoint(), &key, "other-0", &[&t0, &t1]),
-        Sidecar::start(&etcd.endpoint(), &key, "other-1", &[&t0, &t1]),
+        Sidecar::start(&etcd.endpoint(), &key, "other-0", &args),
+        Sidecar::start(&etcd.endpoint(), &key, "other-1", &args),
     ];
     for s in &others {
         assert!(wait_until(SOON, || s.leader_view()["leader"] == "slow"));
@@ -447,14 +451,14 @@ fn a_slow_etcd_makes_the_leader_step_down_rather_than_overlap() {
     let prober = probe(&[&slow, &others[0], &others[1]]);
     let origin = Instant::now();
 
-    // 100 ms each way: a keep-alive round trip of a few hundred ms, well
-    // inside the request timeout (TTL/3 = 1 s) and the claim (TTL - margin
-    // = 2.7 s after each renewal is sent). A round trip approaching the
+    // 150 ms each way: keep-alive round trips of a few hundred ms, well
+    // inside the request timeout (TTL/3 = 2 s) and the claim (TTL - margin
+    // = 5.4 s after each renewal is sent). A round trip approaching the
     // request timeout is another matter: the sidecar warns about it, and
-    // loses leadership on the next hiccup (seen at 300 ms each way, where
-    // the proxy's per-chunk delays make round trips of about 900 ms).
-    proxy.set_latency(Duration::from_millis(100));
-    std::thread::sleep(Duration::from_secs(2 * TTL));
+    // loses leadership on the next hiccup (seen with TTL 3 s at 300 ms each
+    // way, where the proxy's per-chunk delays make round trips of ~900 ms).
+    proxy.set_latency(Duration::from_millis(150));
+    std::thread::sleep(Duration::from_secs(SLOW_TTL + 1));
     assert!(
         slow.is_leader(),
         "moderate latency does not cost leadership; log:\n{}",
@@ -462,15 +466,18 @@ fn a_slow_etcd_makes_the_leader_step_down_rather_than_overlap() {
     );
     assert_eq!(slow.fencing_token(), Some(token), "the same term");
 
-    // 1.5 s each way: a round trip as long as the TTL.
+    // 2 s each way: a round trip of two thirds of the TTL, twice the request
+    // timeout. Keep-alives still reach etcd, late, and keep the lease alive
+    // there for a while after the leader has given up on them.
     let slowed = Instant::now();
-    proxy.set_latency(Duration::from_millis(1500));
-    let next = wait_for_one_leader(&others, TAKEOVER + Duration::from_secs(TTL));
+    proxy.set_latency(Duration::from_secs(SLOW_TTL / 3));
+    let next = wait_for_one_leader(&others, Duration::from_secs(5 * SLOW_TTL));
     assert!(!slow.is_leader());
     std::thread::sleep(Duration::from_secs(1));
     proxy.set_latency(Duration::ZERO);
     assert!(
-        wait_until(TAKEOVER, || slow.leader_view()["leader"]
+        wait_until(Duration::from_secs(3 * SLOW_TTL), || slow.leader_view()
+            ["leader"]
             == others[next].id()),
         "once etcd is fast again it follows {}: {}",
         others[next].id(),
@@ -486,10 +493,11 @@ fn a_slow_etcd_makes_the_leader_step_down_rather_than_overlap() {
     );
     let successor = prober_first_200(&record, 1 + next, slowed);
     println!(
-        "slow etcd: leader stepped down ({}) and {} led {} ms after the latency reached 1.5 s each way",
+        "slow etcd (TTL {SLOW_TTL} s): leader stepped down ({}) and {} led {} ms after the latency reached {} s each way",
         reason.unwrap_or_default(),
         others[next].id(),
-        successor.map_or(0, |t| since(slowed, t))
+        successor.map_or(0, |t| since(slowed, t)),
+        SLOW_TTL / 3
     );
 }
 

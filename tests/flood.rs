@@ -28,8 +28,9 @@ const HANDOFF: Duration = Duration::from_millis(1500);
 const FLOOD: Duration = Duration::from_secs(5);
 /// Idle connections held open (half of them with half a request sent).
 const IDLE: usize = 400;
-/// The bound on one probe's answer during the flood, on a connection made
-/// before it: generous, since the machine is busy with the flood itself.
+/// The bound on one probe's answer during the flood, on a kept connection or
+/// a new one: generous, since the machine is busy with the flood itself, and
+/// the kubelet's default probe timeout.
 const PROBE_BOUND: Duration = Duration::from_secs(1);
 
 /// Requests as fast as they are answered until `stop`: on one kept-alive
@@ -225,18 +226,31 @@ fn a_probe_flood_and_idle_connections_stall_neither_the_election_nor_the_probes(
         slowest.as_millis(),
         (slowest_probe.sent - started).as_millis()
     );
-    // New connections, as a kubelet makes them, are only reported here: the
-    // listen queue overflows under this flood and a dropped SYN costs 1 s,
-    // then 3 s, 7 s... (`a_connection_burst_does_not_delay_a_new_probe`).
+    // New connections, as a kubelet makes them: answered, and in time even
+    // while hundreds of connections are opened at once (the listen queue
+    // must not overflow; see `a_connection_burst_does_not_delay_a_new_probe`).
+    // (Not those sent just before the SIGTERM: a connection still in the
+    // accept queue when the server stops is reset, as it should be.)
     let kubelet: Vec<_> = kubelet
         .into_iter()
-        .filter(|(sent, _, _)| *sent >= started && *sent < signalled)
+        .filter(|(sent, _, _)| *sent >= started && *sent + PROBE_BOUND < signalled)
         .collect();
     let kubelet_slowest = kubelet.iter().map(|(_, d, _)| *d).max().unwrap_or_default();
-    let kubelet_over_1s = kubelet
+    let late: Vec<String> = kubelet
         .iter()
-        .filter(|(_, d, answer)| *d > Duration::from_secs(1) || answer.is_err())
-        .count();
+        .filter(|(_, d, answer)| *d > PROBE_BOUND || answer.is_err())
+        .map(|(sent, took, answer)| {
+            format!(
+                "sent {} ms into the flood, {answer:?} after {} ms",
+                (*sent - started).as_millis(),
+                took.as_millis()
+            )
+        })
+        .collect();
+    assert!(
+        late.is_empty(),
+        "new-connection probes answered late or not at all: {late:?}"
+    );
     assert!(record.overlaps().is_empty(), "no overlap in the handoff");
     let reasons: Vec<Option<String>> = observe::terms("flooded", &leader.logs())
         .into_iter()
@@ -249,13 +263,10 @@ fn a_probe_flood_and_idle_connections_stall_neither_the_election_nor_the_probes(
     );
     println!(
         "flood: {rate:.0} requests/s for {} ms plus {IDLE} idle connections; slowest probe {} ms \
-         on a kept connection, {} ms on a new one ({} of {} new-connection probes over 1 s or \
-         unanswered); \
-         handoff in {} ms",
+         on a kept connection, {} ms on a new one ({} new-connection probes); handoff in {} ms",
         flooded_for.as_millis(),
         slowest.as_millis(),
         kubelet_slowest.as_millis(),
-        kubelet_over_1s,
         kubelet.len(),
         took.as_millis()
     );
