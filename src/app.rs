@@ -1,9 +1,10 @@
 //! Wiring: the front ends (HTTP, admin, leader file) around an election, started and
 //! stopped in order, and the sidecar built from them.
 //!
-//! Order on start: (signal handlers and listeners, by `main`), etcd client, election, front
-//! ends. Order on stop: the election gives leadership up and revokes its lease while the
-//! front ends keep answering "not leader"; then the front ends stop.
+//! Order on start: (signal handlers and listeners, by `main`), front ends, election, which
+//! connects to etcd first (with credentials that waits until etcd accepts them, and the
+//! probes answer meanwhile). Order on stop: the election gives leadership up and revokes its
+//! lease while the front ends keep answering "not leader"; then the front ends stop.
 
 use std::path::PathBuf;
 
