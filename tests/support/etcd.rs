@@ -568,7 +568,7 @@ fn lease_ttl(endpoints: &str, global: &[String], lease: i64) -> Option<i64> {
 }
 
 /// Standard base64 (etcdctl's JSON encodes keys and values so).
-fn base64_decode(s: &str) -> Vec<u8> {
+pub(super) fn base64_decode(s: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(s.len() * 3 / 4);
     let mut acc = 0u32;
     let mut bits = 0;

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 
-use super::etcd::{etcdctl_bin, KeyValue};
+use super::etcd::{base64_decode, etcdctl_bin, KeyValue};
 use super::sidecar::{clean_command, BIN};
 use super::{free_port, http, kill_on_parent_death, tail, test_tempdir, wait_until, Etcd};
 
@@ -636,28 +636,4 @@ pub fn keys_under(etcd: &Etcd, prefix: &str) -> Vec<(String, KeyValue)> {
         .unwrap_or_default();
     keys.sort_by_key(|(_, kv)| kv.create_revision);
     keys
-}
-
-/// Standard base64, as etcdctl's JSON output encodes keys and values.
-fn base64_decode(s: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    let mut acc = 0u32;
-    let mut bits = 0;
-    for c in s.bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => continue,
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    out
 }
