@@ -5,22 +5,33 @@
 #   docker build -t etcd-elector:dev .
 #   docker run --rm etcd-elector:dev --help
 #
+# Prerequisites: Docker (or another BuildKit builder) with network access to
+# Docker Hub and gcr.io (the two base images), Debian's package mirror (the
+# builder installs protoc) and crates.io. Nothing on the host beyond that: the
+# build context is Cargo.toml, Cargo.lock, src/ and scripts/deps.sh.
+#
 # Two stages: a Rust builder on Debian bookworm, and a distroless runtime that
 # holds only the binary (no shell, no package manager) and runs as non-root.
 # The binary handles SIGTERM itself as PID 1, so no init process is needed.
+#
+# CI runs this builder stage's WORKDIR, COPY and RUN lines as written, in a
+# fresh minimal Debian root (.ci/fresh-root.sh image), so a build dependency
+# missing here fails CI too.
 
 # Keep in step with the toolchain the project is tested with.
 ARG RUST_VERSION=1.95
 
 FROM rust:${RUST_VERSION}-bookworm AS builder
 
-# etcd-client generates its gRPC code with protoc at build time. The version
-# pin accepts Debian's security revisions of protobuf 3.21 (bookworm's).
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends protobuf-compiler=3.21.* \
-    && rm -rf /var/lib/apt/lists/*
-
 WORKDIR /build
+
+# Build dependencies come from the same script as the README's commands and
+# CI: a C toolchain (already in this image) and protoc with protobuf's
+# well-known types (Debian's protobuf-compiler and libprotobuf-dev), which
+# etcd-client's build script runs. The script checks that protoc compiles a
+# .proto importing google/protobuf/descriptor.proto.
+COPY scripts/deps.sh ./scripts/
+RUN scripts/deps.sh build && rm -rf /var/lib/apt/lists/*
 
 # Dependencies first, in their own layer: it is rebuilt only when Cargo.toml or
 # Cargo.lock change, not on every source edit. Bench, test and example
