@@ -47,9 +47,9 @@ recipe=1 # bump when the way the pristine root is made changes
 cache=${ELECTOR_CI_CACHE:-/var/cache/etcd-elector-ci}
 work=${ELECTOR_CI_WORK:-/var/tmp/etcd-elector-ci}
 mkdir -p "$cache" "$work"
-exec 9>"$cache/.lock"
+exec 9>"$work/.lock"
 if ! flock -n 9; then
-  echo "fresh-root: another run holds $cache/.lock" >&2
+  echo "fresh-root: another run holds $work/.lock (set ELECTOR_CI_WORK to run beside it)" >&2
   exit 1
 fi
 
@@ -70,6 +70,7 @@ remove_root() {
 }
 current=""
 child=""
+# shellcheck disable=SC2329 # called by the EXIT trap
 on_exit() {
   # unshare ignores SIGINT and SIGTERM while it waits; SIGKILL ends it, and --kill-child
   # then ends the namespace's PID 1, and so every process of the stage.
@@ -146,6 +147,7 @@ head=$(git -C "$repo" rev-parse HEAD)
 
 # Runs inside `unshare --mount --pid --fork`: mounts (private to this namespace), then the
 # stage's command chrooted, as a child so that this shell stays PID 1 of the namespace.
+# shellcheck disable=SC2016 # expanded by the inner shell
 inner='
 set -euo pipefail
 root=$1 rustup=$2 cmd=$3; shift 3
