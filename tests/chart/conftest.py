@@ -171,3 +171,29 @@ def embedder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def embedder(embedder_dir: Path) -> Iterator[helm_python.Chart]:
     with helm_python.Chart.load(embedder_dir) as loaded:
         yield loaded
+
+
+def promql_problems(groups: list[dict[str, Any]], tmp_dir: Path) -> list[str]:
+    """What is wrong with Prometheus rule groups: every expression must parse
+    as PromQL (the `promql-parser` package), and, where `promtool` is on PATH
+    (Debian's `prometheus` package ships it), `promtool check rules` must
+    accept the groups as a rule file, templates included."""
+    import subprocess
+
+    import promql_parser
+
+    problems = []
+    for group in groups:
+        for rule in group["rules"]:
+            try:
+                promql_parser.parse(str(rule["expr"]))
+            except Exception as err:  # the parser raises ValueError on bad PromQL
+                problems.append(f"{rule.get('alert') or rule.get('record')}: {err}")
+    promtool = shutil.which("promtool")
+    if promtool:
+        rules_file = tmp_dir / "rules.yaml"
+        rules_file.write_text(yaml.safe_dump({"groups": groups}, sort_keys=False))
+        check = subprocess.run([promtool, "check", "rules", str(rules_file)], capture_output=True, text=True)
+        if check.returncode != 0:
+            problems.append(f"promtool check rules: {check.stdout}{check.stderr}")
+    return problems

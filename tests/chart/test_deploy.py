@@ -79,3 +79,21 @@ def test_cronjob_runs_its_command_with_run_try() -> None:
     assert spec["automountServiceAccountToken"] is False
     app = container(pod_spec(one(docs_of(DEPLOY_DIR / "app.yaml"), "Deployment")), "etcd-elector")
     assert elector_endpoints(job) == elector_endpoints(app)
+
+
+def test_app_service_carries_only_the_application_port() -> None:
+    docs = docs_of(DEPLOY_DIR / "app.yaml")
+    service = one(docs, "Service")
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http"]
+    admin = env_of(container(pod_spec(one(docs, "Deployment")), "etcd-elector")).get("ELECTOR_ADMIN_LISTEN", "127.0.0.1:4041")
+    assert admin.startswith("127.0.0.1:")
+    for path in MANIFESTS:
+        for doc in docs_of(path):
+            if doc["kind"] == "Service":
+                assert 4041 not in [p["port"] for p in doc["spec"]["ports"]]
+                assert 4041 not in [p["targetPort"] for p in doc["spec"]["ports"]]
+
+
+def test_app_passes_the_pod_template_revision() -> None:
+    elector = container(pod_spec(one(docs_of(DEPLOY_DIR / "app.yaml"), "Deployment")), "etcd-elector")
+    assert env_of(elector)["ELECTOR_REVISION"] == {"fieldRef": {"fieldPath": "metadata.labels['pod-template-hash']"}}

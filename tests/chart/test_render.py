@@ -84,7 +84,6 @@ def test_readiness_probe_asks_leader_every_second(renders: dict, kube_version: s
     probe = elector["readinessProbe"]
     assert probe["httpGet"] == {"path": "/leader", "port": 4040}
     assert probe["periodSeconds"] == 1
-    assert probe["failureThreshold"] == 1
     assert probe["successThreshold"] == 1
     assert elector["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": 4040}
     assert elector["startupProbe"]["httpGet"] == {"path": "/healthz", "port": 4040}
@@ -153,9 +152,9 @@ def test_service_selects_only_the_application_pods(renders: dict, kube_version: 
     for doc in others:
         labels = doc["metadata"]["labels"] if doc["kind"] == "Pod" else doc["spec"]["template"]["metadata"]["labels"]
         assert not selector.items() <= labels.items(), f"Service would select {doc['kind']}"
-    ports = {p["name"]: p for p in service["spec"]["ports"]}
-    assert ports["http"]["targetPort"] == "http"
-    assert ports["elector"]["targetPort"] == 4040
+    # The application's port only: the elector's is on no Service that
+    # follows service.type (see test_services.py).
+    assert [(p["name"], p["targetPort"]) for p in service["spec"]["ports"]] == [("http", "http")]
 
 
 def test_rollout_progresses_with_one_ready_pod(renders: dict) -> None:
@@ -258,7 +257,8 @@ def test_bundled_etcd_member_count_follows_values(renders: dict) -> None:
 def test_no_statefulset_when_endpoints_are_given(renders: dict, value_set: str, kube_version: str) -> None:
     out = renders[(value_set, kube_version)]
     assert out.kinds("StatefulSet") == []
-    assert [s["metadata"]["name"] for s in out.kinds("Service")] == [FULLNAME]
+    services = [s for s in out.kinds("Service") if "helm.sh/hook" not in s["metadata"].get("annotations", {})]
+    assert [s["metadata"]["name"] for s in services] == [FULLNAME]
     assert out.kinds("PodDisruptionBudget") == []
     endpoints = VALUE_SETS[value_set]["etcd"]["endpoints"]
     assert env_of(elector_of(out))["ELECTOR_ENDPOINTS"] == ",".join(endpoints)
@@ -379,10 +379,17 @@ def test_helm_test_pod_checks_one_leader_behind_the_service(renders: dict, kube_
     assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
     assert "before-hook-creation" in pod["metadata"]["annotations"]["helm.sh/hook-delete-policy"]
     assert pod["spec"]["restartPolicy"] == "Never"
+    # It asks every application pod, Ready or not, through a test-only Service.
+    service = out.one("Service", f"{FULLNAME}-test-leader")
+    assert service["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert int(service["metadata"]["annotations"]["helm.sh/hook-weight"]) < 0
+    assert service["spec"]["publishNotReadyAddresses"] is True
+    assert service["spec"]["selector"] == out.one("Deployment", FULLNAME)["spec"]["selector"]["matchLabels"]
+    assert [p["port"] for p in service["spec"]["ports"]] == [4040]
     (check,) = pod["spec"]["containers"]
-    assert env_of(check)["LEADER_URL"] == f"http://{FULLNAME}:4040/leader"
+    assert env_of(check)["STATUS_URL"] == f"http://{FULLNAME}-test-leader:4040/status"
     script = check["command"][-1]
-    assert '"is_leader"' in script and "two endpoints answered" in script
+    assert '"is_leader"' in script and "two leaders named" in script
     assert any(n.endswith("templates/tests/test-leader.yaml") for n in out.files)
 
 
@@ -395,6 +402,6 @@ def test_embedding_mode_renders_no_workload(chart: helm_python.Chart) -> None:
 def test_notes_say_how_to_see_who_leads(renders: dict) -> None:
     notes = renders[("defaults", "1.31.0")].notes
     assert f"helm test {RELEASE}" in notes
-    assert f"svc/{FULLNAME}" in notes
+    assert f"deploy/{FULLNAME} 4040:4040" in notes
     assert "native sidecar" in notes
     assert "plain sidecar" in renders[("defaults", "1.28.0")].notes

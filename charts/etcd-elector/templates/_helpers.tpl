@@ -40,7 +40,8 @@ Create chart name and version as used by the chart label.
 {{- end }}
 
 {{/*
-Common labels
+Common labels of the chart's objects (not of their pod templates: see
+"etcd-elector.podLabels").
 */}}
 {{- define "etcd-elector.labels" -}}
 helm.sh/chart: {{ include "etcd-elector.chart" . }}
@@ -48,6 +49,17 @@ helm.sh/chart: {{ include "etcd-elector.chart" . }}
 {{- if .Chart.AppVersion }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 {{- end }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/*
+Labels of pod templates: the selector labels and managed-by, without
+helm.sh/chart or app.kubernetes.io/version. A label in a pod template is part
+of the template, so a chart version in it would roll every pod (and restart
+every bundled etcd member) on a chart upgrade that changes nothing else.
+*/}}
+{{- define "etcd-elector.podLabels" -}}
+{{ include "etcd-elector.selectorLabels" . }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
@@ -89,10 +101,57 @@ Create the name of the service account to use
 
 {{/*
 Name of the bundled etcd StatefulSet and its client Service; the headless
-(peer) Service adds "-headless".
+(peer) Service adds "-headless". At most 52 characters: the StatefulSet
+controller labels each pod with controller-revision-hash "<name>-<hash of up
+to 10 characters>", a label value that must fit 63, or no pod is created.
 */}}
 {{- define "etcd-elector.etcdFullname" -}}
-{{- printf "%s-etcd" (include "etcd-elector.fullname" . | trunc 54 | trimSuffix "-") }}
+{{- printf "%s-etcd" (include "etcd-elector.fullname" . | trunc 47 | trimSuffix "-") }}
+{{- end }}
+
+{{/*
+Name of the CronJob: at most 52 characters, the API server's limit (the Jobs
+it creates add an 11-character suffix, and a Job's name is a label value).
+*/}}
+{{- define "etcd-elector.cronjobName" -}}
+{{- include "etcd-elector.fullname" . | trunc 52 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Name of the Service for the elector's metrics port (a DNS label, at most 63).
+*/}}
+{{- define "etcd-elector.metricsServiceName" -}}
+{{- printf "%s-metrics" (include "etcd-elector.fullname" . | trunc 55 | trimSuffix "-") }}
+{{- end }}
+
+{{/*
+Name of the helm test Pod and its Service (at most 63).
+*/}}
+{{- define "etcd-elector.testName" -}}
+{{- printf "%s-test-leader" (include "etcd-elector.fullname" . | trunc 51 | trimSuffix "-") }}
+{{- end }}
+
+{{/*
+The Deployment strategy. strategy.type defaults to RollingUpdate; its
+rollingUpdate settings are rendered for RollingUpdate only (the API refuses
+them with Recreate), and each one not set takes the readiness mode's default:
+"leader" maxSurge 1, maxUnavailable 100% (only the leader is ever Ready, so
+any lower maxUnavailable deadlocks a rollout); "healthy" maxSurge 1,
+maxUnavailable 0 (every healthy pod is Ready: a classic rolling update).
+*/}}
+{{- define "etcd-elector.strategy" -}}
+{{- $type := default "RollingUpdate" .Values.strategy.type }}
+{{- $default := dict "maxSurge" 1 "maxUnavailable" "100%" }}
+{{- if eq .Values.elector.readiness "healthy" }}
+{{- $default = dict "maxSurge" 1 "maxUnavailable" 0 }}
+{{- end }}
+type: {{ $type }}
+{{- if eq $type "RollingUpdate" }}
+{{- $ru := default dict .Values.strategy.rollingUpdate }}
+rollingUpdate:
+  maxSurge: {{ ternary $ru.maxSurge $default.maxSurge (hasKey $ru "maxSurge") | toJson }}
+  maxUnavailable: {{ ternary $ru.maxUnavailable $default.maxUnavailable (hasKey $ru "maxUnavailable") | toJson }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -324,6 +383,15 @@ pass `(index .Subcharts "etcd-elector")`. See README.md, "Embedding".
       value: {{ $e.protocol | quote }}
     - name: ELECTOR_ADMIN_LISTEN
       value: {{ $e.adminListen | quote }}
+    {{- include "etcd-elector.leaderFile.env" . | nindent 4 }}
+    {{- with $e.revisionLabel }}
+    # The pod template's revision, set by the workload controller as a pod
+    # label: pods of one rollout share it, so the elector can tell old from new.
+    - name: ELECTOR_REVISION
+      valueFrom:
+        fieldRef:
+          fieldPath: metadata.labels['{{ . }}']
+    {{- end }}
     {{- with $e.extraEnv }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
@@ -336,11 +404,21 @@ pass `(index .Subcharts "etcd-elector")`. See README.md, "Embedding".
       path: /healthz
       port: {{ $e.port }}
     {{- toYaml $e.startupProbe | nindent 4 }}
-  # 200 on the leader only: the pod is Ready (and behind the Service) while it leads.
+  {{- if eq $e.readiness "healthy" }}
+  # readiness "healthy": Ready while the elector runs; every healthy pod is
+  # behind the Service and the app acts only while it leads.
+  readinessProbe:
+    httpGet:
+      path: /healthz
+      port: {{ $e.port }}
+  {{- else }}
+  # readiness "leader": 200 on the leader only, so the pod is Ready (and
+  # behind the Service) while it leads; 503 on the others is intended.
   readinessProbe:
     httpGet:
       path: /leader
       port: {{ $e.port }}
+  {{- end }}
     {{- toYaml $e.readinessProbe | nindent 4 }}
   livenessProbe:
     httpGet:
@@ -355,12 +433,57 @@ pass `(index .Subcharts "etcd-elector")`. See README.md, "Embedding".
   securityContext:
     {{- toYaml . | nindent 4 }}
   {{- end }}
-  {{- with (include "etcd-elector.etcdVolumeMounts" . | trim) }}
+  {{- $mounts := concat (include "etcd-elector.etcdVolumeMounts" . | fromYamlArray) (include "etcd-elector.leaderFile.volumeMounts" (list . false) | fromYamlArray) }}
+  {{- with $mounts }}
   volumeMounts:
-    {{- . | nindent 4 }}
+    {{- toYaml . | nindent 4 }}
   {{- end }}
 {{- end }}
 
 {{- define "etcd-elector.sidecar.volumes" -}}
 {{- include "etcd-elector.etcdVolumes" . | trim }}
+{{- if .Values.leaderFile.enabled }}
+- name: etcd-elector-leader
+  emptyDir:
+    medium: Memory
+    sizeLimit: 1Mi
+{{- end }}
+{{- end }}
+
+{{/*
+THE LEADER FILE, for the application container: its environment
+(ELECTOR_LEADER_FILE) and its read-only mount of the directory the elector
+writes the file into. Both render nothing unless leaderFile.enabled.
+Usage: include "etcd-elector.leaderFile.env" $scope
+       include "etcd-elector.leaderFile.volumeMounts" (list $scope true)   (true: read-only)
+*/}}
+{{- define "etcd-elector.leaderFile.env" -}}
+{{- if .Values.leaderFile.enabled }}
+- name: ELECTOR_LEADER_FILE
+  value: {{ .Values.leaderFile.path | quote }}
+{{- end }}
+{{- end }}
+
+{{- define "etcd-elector.leaderFile.volumeMounts" -}}
+{{- $root := index . 0 }}
+{{- if $root.Values.leaderFile.enabled }}
+- name: etcd-elector-leader
+  mountPath: {{ dir $root.Values.leaderFile.path | quote }}
+  readOnly: {{ index . 1 }}
+{{- end }}
+{{- end }}
+
+{{/*
+Topology spread constraints of the application pods: those of the values,
+each without a labelSelector given the application pods' selector labels.
+*/}}
+{{- define "etcd-elector.topologySpreadConstraints" -}}
+{{- $selector := include "etcd-elector.appSelectorLabels" . | fromYaml }}
+{{- range .Values.topologySpreadConstraints }}
+{{- $c := deepCopy . }}
+{{- if not $c.labelSelector }}
+{{- $_ := set $c "labelSelector" (dict "matchLabels" $selector) }}
+{{- end }}
+- {{ toYaml $c | nindent 2 | trim }}
+{{- end }}
 {{- end }}
