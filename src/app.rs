@@ -121,7 +121,7 @@ pub async fn run_sidecar(
     let front_ends = FrontEnds::start(&election, metrics, listeners, cfg.leader_file.clone());
     let result = election.run_checked(shutdown).await;
     front_ends.stop().await;
-    let revoked = result.map_err(AppError::Config)?;
-    tracing::info!(revoked, "stopped");
+    let release = result.map_err(AppError::Config)?;
+    tracing::info!(lease = release.as_str(), "stopped");
     Ok(())
 }

@@ -202,6 +202,12 @@ fn route_parts(method: &Method, path: &str, state: &AppState) -> Response<Body> 
                 .metrics
                 .is_leader
                 .set(i64::from(snapshot.is_leader_at(now)));
+            state.metrics.lease_ttl_seconds.set(
+                snapshot
+                    .view
+                    .lease_ttl
+                    .map_or(0, |ttl| i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX)),
+            );
             state.metrics.lease_remaining_seconds.set(
                 snapshot
                     .view
@@ -352,11 +358,13 @@ mod tests {
         View {
             role: Role::Leader,
             leader: Some("me".into()),
+            holder_lease: None,
             fencing_token: Some(9),
             claim_until: Some(now + Duration::from_secs(30)),
             leader_since: Some(now),
             lease_id: Some(1),
             lease_expires_at: Some(now + Duration::from_secs(31)),
+            lease_ttl: Some(Duration::from_secs(7)),
         }
     }
 
@@ -364,11 +372,13 @@ mod tests {
         View {
             role: Role::Follower,
             leader: Some("other".into()),
+            holder_lease: Some(77),
             fencing_token: Some(3),
             claim_until: None,
             leader_since: None,
             lease_id: Some(2),
             lease_expires_at: None,
+            lease_ttl: None,
         }
     }
 
@@ -432,6 +442,9 @@ mod tests {
         let (state, _p) = state(leader_view());
         let resp = route_parts(&Method::GET, "/metrics", &state);
         assert_eq!(resp.status(), StatusCode::OK);
-        assert!(body(resp).await.contains("elector_is_leader 1"));
+        let text = body(resp).await;
+        assert!(text.contains("elector_is_leader 1"));
+        // As granted by etcd (the view's), not as asked.
+        assert!(text.contains("elector_lease_ttl_seconds 7"), "{text}");
     }
 }

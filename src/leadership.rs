@@ -59,9 +59,21 @@ pub struct StatusDoc<'a> {
     pub claim_seconds_left: Option<f64>,
     /// Unix time, seconds, when this replica became leader.
     pub leader_since: Option<f64>,
+    /// Set when the key holds our own id under a lease that is not ours: an older instance
+    /// of this replica (say a StatefulSet pod recreated while the old one is cut off) still
+    /// holds it. We do not lead, and `leader` is then null.
+    pub stale_holder: Option<StaleHolder<'a>>,
     pub transitions: u64,
     pub last_error: Option<&'a str>,
     pub version: &'static str,
+}
+
+/// The holder of the key that carries our id but not our lease.
+#[derive(Debug, Clone, Serialize)]
+pub struct StaleHolder<'a> {
+    pub id: &'a str,
+    /// Hex, as `etcdctl lease revoke` takes it.
+    pub lease_id: Option<String>,
 }
 
 impl Snapshot {
@@ -84,13 +96,27 @@ impl Snapshot {
             && self.view.claim_until.is_some_and(|until| now < until)
     }
 
-    /// The leader as far as this replica knows at `now`; `None` when unknown, and never
-    /// ourselves once our own claim has ended.
+    /// The leader as far as this replica knows at `now`; `None` when unknown. Our own id only
+    /// while we lead: never once our claim has ended, and never for a key that holds our id
+    /// under another lease, so an application that compares the leader with its own name
+    /// (as the kubernetes/contrib elector's users do) never believes it leads when it does not.
     pub fn leader_at(&self, now: Instant) -> Option<&str> {
         match self.view.role {
             Role::Leader if !self.is_leader_at(now) => None,
             Role::Stopping => None,
+            Role::Follower if self.stale_holder().is_some() => None,
             _ => self.view.leader.as_deref(),
+        }
+    }
+
+    /// Our own id on a key we do not hold.
+    fn stale_holder(&self) -> Option<StaleHolder<'_>> {
+        match (self.view.role, self.view.leader.as_deref()) {
+            (Role::Follower, Some(holder)) if holder == self.identity => Some(StaleHolder {
+                id: holder,
+                lease_id: self.view.holder_lease.map(|id| format!("{id:x}")),
+            }),
+            _ => None,
         }
     }
 
@@ -136,6 +162,7 @@ impl Snapshot {
                     .saturating_sub(now.saturating_duration_since(since))
                     .as_secs_f64()
             }),
+            stale_holder: self.stale_holder(),
             transitions: self.transitions,
             last_error: self.last_error.as_deref(),
             version: env!("CARGO_PKG_VERSION"),
@@ -190,11 +217,13 @@ mod tests {
         View {
             role: Role::Leader,
             leader: Some("me".into()),
+            holder_lease: None,
             fencing_token: Some(4),
             claim_until: Some(now + Duration::from_secs(1)),
             leader_since: Some(now),
             lease_id: Some(0x2a),
             lease_expires_at: Some(now + Duration::from_secs(2)),
+            lease_ttl: Some(Duration::from_secs(3)),
         }
     }
 
@@ -228,5 +257,28 @@ mod tests {
         assert_eq!(status.lease_id.as_deref(), Some("2a"));
         assert_eq!(status.lease_seconds_left, Some(2.0));
         assert_eq!(status.state, "leader");
+    }
+
+    #[test]
+    fn a_key_with_our_id_under_another_lease_is_never_reported_as_our_leadership() {
+        let now = Instant::now();
+        let view = View {
+            role: Role::Follower,
+            leader: Some("me".into()),
+            holder_lease: Some(0x99),
+            fencing_token: Some(3),
+            claim_until: None,
+            leader_since: None,
+            lease_id: Some(0x2a),
+            lease_expires_at: Some(now + Duration::from_secs(2)),
+            lease_ttl: Some(Duration::from_secs(3)),
+        };
+        let snap = Snapshot::initial("me".into(), "/k".into(), view);
+        let doc = snap.leader_doc(now);
+        assert!(!doc.is_leader);
+        assert_eq!(doc.leader, None);
+        let status = snap.status_doc(now);
+        let stale = status.stale_holder.expect("named in /status");
+        assert_eq!((stale.id, stale.lease_id.as_deref()), ("me", Some("99")));
     }
 }

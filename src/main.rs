@@ -34,7 +34,8 @@ fn run(cfg: Config) -> Result<u8, AppError> {
         .enable_all()
         .build()
         .map_err(|e| AppError::Runtime(format!("starting the async runtime: {e}")))?;
-    runtime.block_on(async move {
+    let shutdown_timeout = cfg.election.shutdown_timeout;
+    let result = runtime.block_on(async move {
         // Signals first: a SIGTERM during start-up must still lead to a clean exit.
         let shutdown = Shutdown::install()
             .map_err(|e| AppError::Runtime(format!("installing signal handlers: {e}")))?;
@@ -49,13 +50,23 @@ fn run(cfg: Config) -> Result<u8, AppError> {
             return etcd_elector::run::run_job(cfg, run, listeners, token, abort).await;
         }
         tokio::select! {
-            result = app::run_sidecar(cfg, listeners, token) => result.map(|()| 0),
+            result = app::run_sidecar(cfg, listeners, token.clone()) => result.map(|()| 0),
             _ = abort.cancelled() => {
                 tracing::warn!("exiting without giving the lease back; it expires by its TTL");
                 Ok(130)
             }
+            // The whole exit, HTTP drain included, fits in the shutdown timeout.
+            () = async { token.cancelled().await; tokio::time::sleep(shutdown_timeout).await } => {
+                tracing::warn!(timeout = ?shutdown_timeout, "shutdown timeout ran out; exiting now");
+                Ok(0)
+            }
         }
-    })
+    });
+    // Blocking tasks cannot be cancelled, and dropping the runtime would wait for them: a
+    // `getaddrinfo` during a DNS outage, a leader-file write to a stuck volume. The exit was
+    // already bounded above, so leave them behind.
+    runtime.shutdown_background();
+    result
 }
 
 /// Bind `addr` if set, logging the real address (port 0 resolved).

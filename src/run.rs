@@ -167,7 +167,7 @@ async fn job_exit_code(job: &mut Job) -> i32 {
 }
 
 enum Wait {
-    Leader(Snapshot),
+    Leader(Box<Snapshot>),
     Held(String),
     Signalled,
 }
@@ -181,7 +181,7 @@ async fn wait_for_lock(
     loop {
         let snapshot = leadership.borrow_and_update().as_ref().clone();
         if snapshot.is_leader_at(Instant::now()) {
-            return Wait::Leader(snapshot);
+            return Wait::Leader(Box::new(snapshot));
         }
         if try_once && snapshot.view.role == Role::Follower {
             return Wait::Held(snapshot.view.leader.unwrap_or_default());

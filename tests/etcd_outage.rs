@@ -251,3 +251,41 @@ fn a_frozen_leader_answers_503_on_its_first_request_after_thawing() {
     assert_eq!(wait_for_one_leader(&others, SOON), next);
     assert!(!frozen.is_leader());
 }
+
+#[test]
+fn a_lease_abandoned_during_an_outage_is_revoked_once_etcd_is_back() {
+    let mut etcd = Etcd::start();
+    let key = unique_key("abandoned_revoke");
+    // A TTL long enough that "revoked after the restart" and "expired after
+    // the restart" (etcd renews every lease to its full TTL when it regains a
+    // leader) are seconds apart.
+    let mut sidecar = Sidecar::start(&etcd.endpoint(), &key, "old", &["--ttl", "10"]);
+    assert!(wait_until(SOON, || sidecar.is_leader()), "it leads");
+    let old_lease = etcd.get(&key).expect("the leader's key").lease;
+
+    etcd.kill();
+    // The claim ends at the last renewal + TTL - margin; the lease is then
+    // abandoned and its revoke fails, etcd being down.
+    assert!(
+        wait_until(Duration::from_secs(15), || sidecar
+            .logs()
+            .contains("\"lease_lost\"")),
+        "the lease is abandoned at its claim deadline:\n{}",
+        tail(&sidecar.logs(), 20)
+    );
+    etcd.restart();
+    let back = Instant::now();
+    // Expiry would take the whole TTL (10 s) from the restart.
+    assert!(
+        wait_until(Duration::from_secs(6), || etcd.lease_ttl(old_lease).is_none()),
+        "the abandoned lease is revoked once etcd answers again, not left to expire; ttl {:?} after {:?}\n{}",
+        etcd.lease_ttl(old_lease),
+        back.elapsed(),
+        tail(&sidecar.logs(), 30)
+    );
+    assert!(
+        wait_until(RECOVERY, || sidecar.is_leader()),
+        "it leads again under a new lease"
+    );
+    assert!(sidecar.is_running());
+}

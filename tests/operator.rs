@@ -151,3 +151,53 @@ fn revoking_the_only_replica_lease_makes_it_lead_again_under_a_new_lease() {
     assert_ne!(kv.lease, before.lease);
     assert!(matches!(etcd.lease_ttl(kv.lease), Some(t) if t > 0));
 }
+
+#[test]
+fn a_replica_whose_id_is_on_a_key_it_does_not_hold_never_reports_itself_leader() {
+    let etcd = Etcd::start();
+    let key = unique_key("stale_holder");
+    // A StatefulSet recreated pod-0 while the old pod-0, cut off, still holds
+    // the key under its own live lease.
+    let granted = etcd.ctl(&["lease", "grant", "60"]);
+    let lease = granted
+        .split_whitespace()
+        .nth(1)
+        .expect("`lease <hex> granted with TTL(60s)`")
+        .to_string();
+    etcd.ctl(&["put", "--lease", &lease, &key, "pod-0"]);
+
+    let sidecar = Sidecar::start(&etcd.endpoint(), &key, "pod-0", &["--ttl", LONG_TTL]);
+    assert!(
+        wait_until(SOON, || sidecar.get_json("/status").1["state"]
+            == "follower"),
+        "the new pod-0 follows: {}",
+        sidecar.get_json("/status").1
+    );
+
+    // The kubernetes/contrib contract: an app leads when name == its hostname.
+    let (code, body) = sidecar.get_json("/");
+    assert_eq!((code, &body), (200, &serde_json::json!({"name": ""})));
+    let (code, doc) = sidecar.get_json("/leader");
+    assert_eq!(code, 503);
+    assert_eq!(doc["is_leader"], false);
+    assert_eq!(doc["leader"], serde_json::Value::Null, "{doc}");
+    let (_, status) = sidecar.get_json("/status");
+    assert_eq!(status["stale_holder"]["id"], "pod-0", "{status}");
+    // etcdctl pads the hex id with zeros; compare the numbers.
+    let hex = |v: &str| i64::from_str_radix(v, 16).expect("a hex lease id");
+    assert_eq!(
+        status["stale_holder"]["lease_id"].as_str().map(hex),
+        Some(hex(&lease)),
+        "{status}"
+    );
+    assert!(
+        sidecar.logs().contains("\"stale_holder\""),
+        "a warning names the stale holder:\n{}",
+        tail(&sidecar.logs(), 20)
+    );
+
+    // Once the old lease is revoked, the new pod-0 leads under its own lease.
+    etcd.ctl(&["lease", "revoke", &lease]);
+    assert!(wait_until(SOON, || sidecar.is_leader()), "pod-0 leads now");
+    assert_eq!(sidecar.get_json("/").1["name"], "pod-0");
+}

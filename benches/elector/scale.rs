@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use etcd_elector::config::Parsed;
 use etcd_elector::election::machine::Role;
-use etcd_elector::election::{etcd as elector_etcd, Election};
+use etcd_elector::election::{etcd as elector_etcd, Election, Release};
 use etcd_elector::leadership::Receiver;
 use etcd_elector::metrics::Metrics;
 use tokio::runtime::Runtime;
@@ -30,7 +30,7 @@ const SOON: Duration = Duration::from_secs(10);
 struct Candidate {
     rx: Receiver,
     token: CancellationToken,
-    task: JoinHandle<bool>,
+    task: JoinHandle<Release>,
 }
 
 async fn candidate(endpoint: String, key: String, id: String) -> Candidate {

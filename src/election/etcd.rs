@@ -104,8 +104,10 @@ pub enum Report {
     Error(EtcdError),
     /// A keep-alive round trip took this long (for the RTT metric).
     KeepAliveRtt(Duration),
-    /// A revoke that was sent to exit has finished.
-    RevokeDone,
+    /// A revoke that was sent to exit has finished; `revoked` when etcd accepted it.
+    RevokeDone {
+        revoked: bool,
+    },
 }
 
 pub type Reports = mpsc::Sender<Report>;

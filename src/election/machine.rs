@@ -25,6 +25,11 @@ use tokio::time::Instant;
 /// An etcd lease id.
 pub type LeaseId = i64;
 
+/// How many leases whose revoke failed are remembered for another try. More than one only
+/// happens when outages come and go faster than a grant succeeds; the oldest is then the
+/// likeliest to have expired already.
+const MAX_UNREVOKED: usize = 8;
+
 /// Timing derived from the TTL; see [`Timing::for_ttl`] for the reasoning behind each value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timing {
@@ -122,6 +127,9 @@ pub enum Event {
     Shutdown,
     /// The lease revoke finished (either way); the process may exit.
     Revoked,
+    /// A revoke sent while running (not the one for exit) failed, say during an outage. The
+    /// lease may still hold a key, so it is revoked again once etcd answers a grant.
+    RevokeFailed { lease: LeaseId },
 }
 
 /// Work for the caller. Results come back as events.
@@ -201,6 +209,17 @@ pub struct Step {
     pub transitions: Vec<Transition>,
 }
 
+impl Step {
+    /// True when this step gave leadership up because it was asked to resign. A resign that
+    /// comes after the claim ran out resigns nothing: the step then reports
+    /// [`StepDownReason::LeaseNotRenewed`] instead.
+    pub fn resigned(&self) -> bool {
+        self.transitions.contains(&Transition::SteppedDown {
+            reason: StepDownReason::Resigned,
+        })
+    }
+}
+
 /// A coarse public view of the state, for the HTTP API and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -268,6 +287,10 @@ pub struct Machine {
     lease: Option<Lease>,
     /// Consecutive failures, for the backoff; reset by any success.
     failures: u32,
+    /// Leases we gave up whose revoke failed: revoked again once etcd grants a lease, so a
+    /// key left under one is released then instead of a whole TTL later (etcd renews every
+    /// lease to its full TTL when it regains a leader after an outage).
+    unrevoked: Vec<LeaseId>,
     /// xorshift state for jitter; seeded by the caller so tests are deterministic.
     rng: u64,
 }
@@ -278,6 +301,8 @@ pub struct View {
     pub role: Role,
     /// Known leader's id: ourselves when leading, the holder when following.
     pub leader: Option<String>,
+    /// The lease the holder's key is under, when following.
+    pub holder_lease: Option<LeaseId>,
     pub fencing_token: Option<i64>,
     /// While leading: the instant the claim ends unless a keep-alive is acknowledged.
     pub claim_until: Option<Instant>,
@@ -285,6 +310,8 @@ pub struct View {
     pub lease_id: Option<LeaseId>,
     /// When etcd may expire the lease at the earliest (send time + TTL).
     pub lease_expires_at: Option<Instant>,
+    /// The lease's TTL as etcd granted it or last returned it (never more than asked).
+    pub lease_ttl: Option<Duration>,
 }
 
 impl Machine {
@@ -298,6 +325,7 @@ impl Machine {
             state: State::Idle,
             lease: None,
             failures: 0,
+            unrevoked: Vec::new(),
             rng: seed | 1,
         }
     }
@@ -347,14 +375,20 @@ impl Machine {
             ),
             State::Stopping { .. } | State::Stopped => (Role::Stopping, None, None, None, None),
         };
+        let holder_lease = match &self.state {
+            State::Following { leader } => Some(leader.lease),
+            _ => None,
+        };
         View {
             role,
             leader,
+            holder_lease,
             fencing_token,
             claim_until,
             leader_since,
             lease_id: self.lease.map(|l| l.id),
             lease_expires_at: self.lease.map(|l| l.renewed_at + l.ttl),
+            lease_ttl: self.lease.map(|l| l.ttl),
         }
     }
 
@@ -429,16 +463,24 @@ impl Machine {
                 _ => {}
             },
             Event::Resign => {
-                if let (State::Leading { .. }, Some(lease)) = (&self.state, self.lease) {
-                    // Revoking deletes our key, so a waiting candidate wins within a round
-                    // trip; we only ask for a new lease after `resign_holdoff`, so we do not
-                    // race the candidates we are handing over to.
-                    self.step_down(StepDownReason::Resigned, &mut out);
-                    self.drop_lease(Some(lease.id), &mut out);
-                    out.actions.retain(|a| *a != Action::GrantLease);
-                    self.state = State::NeedLease {
-                        retry_at: Some(now + self.timing.resign_holdoff),
-                    };
+                if matches!(self.state, State::Leading { .. }) {
+                    if let Some(lease) = self.lease.take() {
+                        // Revoking deletes our key, so a waiting candidate wins within a round
+                        // trip; we only ask for a new lease after `resign_holdoff`, so we do
+                        // not race the candidates we are handing over to.
+                        self.step_down(StepDownReason::Resigned, &mut out);
+                        out.actions.extend([
+                            Action::StopWatch,
+                            Action::StopKeepAlive,
+                            Action::Revoke {
+                                lease: lease.id,
+                                then_exit: false,
+                            },
+                        ]);
+                        self.state = State::NeedLease {
+                            retry_at: Some(now + self.timing.resign_holdoff),
+                        };
+                    }
                 }
             }
             Event::Tick => self.on_tick(now, &mut out),
@@ -449,8 +491,28 @@ impl Machine {
                     out.actions.push(Action::Exit);
                 }
             }
+            Event::RevokeFailed { lease } => {
+                // A lease we hold again is not ours to revoke; a full list drops its oldest.
+                if self.lease.map(|l| l.id) != Some(lease) && !self.unrevoked.contains(&lease) {
+                    if self.unrevoked.len() == MAX_UNREVOKED {
+                        self.unrevoked.remove(0);
+                    }
+                    self.unrevoked.push(lease);
+                }
+            }
         }
         out
+    }
+
+    /// Revoke again every lease whose earlier revoke failed; a failure comes back as
+    /// [`Event::RevokeFailed`].
+    fn retry_revokes(&mut self, out: &mut Step) {
+        for lease in self.unrevoked.drain(..) {
+            out.actions.push(Action::Revoke {
+                lease,
+                then_exit: false,
+            });
+        }
     }
 
     fn on_lease_granted(
@@ -480,6 +542,8 @@ impl Machine {
                     return;
                 }
                 self.lease = Some(granted);
+                // etcd answers again: release what an outage kept us from releasing.
+                self.retry_revokes(out);
                 out.actions.push(Action::KeepAlive { lease });
                 self.campaign(out);
             }
@@ -607,14 +671,19 @@ impl Machine {
         if matches!(self.state, State::Stopping { .. } | State::Stopped) {
             return;
         }
-        if matches!(self.state, State::Leading { .. }) {
+        let leading = matches!(self.state, State::Leading { .. });
+        if leading {
             self.step_down(StepDownReason::Shutdown, out);
         }
         let grant_pending = self.state == State::NeedLease { retry_at: None };
         out.actions.push(Action::StopWatch);
-        if self.lease.is_some() && !self.release_delay.is_zero() {
+        // Best effort: the process may exit before these finish.
+        self.retry_revokes(out);
+        if leading && self.lease.is_some() && !self.release_delay.is_zero() {
             // Keep the key (and the keep-alive) for the release delay, answering "not leader",
-            // so that endpoint removal propagates before a successor can win.
+            // so that endpoint removal propagates before a successor can win. Only a leader
+            // waits: a follower's key (next in line, in the election protocol) would only
+            // delay the handoff.
             self.state = State::Stopping {
                 revoke_at: Some(now + self.release_delay),
                 grant_pending,
@@ -1236,5 +1305,113 @@ mod tests {
             }]
         );
         assert_eq!(m.view().leader.as_deref(), Some("third"));
+    }
+
+    #[test]
+    fn resign_after_the_claim_ran_out_resigns_nothing() {
+        let (mut m, t0) = machine();
+        leading(&mut m, t0);
+        // The loop was frozen past the deadline: the view it last saw still says leader.
+        assert_eq!(m.view().role, Role::Leader);
+        let late = t0 + TTL;
+        let step = m.step(Event::Resign, late);
+        assert!(!step.resigned(), "nothing was resigned: {step:?}");
+        assert!(step.transitions.contains(&Transition::SteppedDown {
+            reason: StepDownReason::LeaseNotRenewed
+        }));
+        let step = {
+            let (mut m, t0) = machine();
+            leading(&mut m, t0);
+            m.step(Event::Resign, t0)
+        };
+        assert!(step.resigned());
+    }
+
+    #[test]
+    fn release_delay_applies_to_the_leader_only() {
+        let delay = Duration::from_secs(2);
+        let mut m = Machine::new("me", Timing::for_ttl(TTL), delay, 1);
+        let t0 = Instant::now();
+        following(&mut m, t0);
+        let step = m.step(Event::Shutdown, t0);
+        assert!(
+            step.actions.contains(&Action::Revoke {
+                lease: LEASE,
+                then_exit: true
+            }),
+            "a follower gives its lease back at once: {step:?}"
+        );
+    }
+
+    #[test]
+    fn an_abandoned_lease_whose_revoke_failed_is_revoked_after_the_next_grant() {
+        let (mut m, t0) = machine();
+        leading(&mut m, t0);
+        let late = t0 + TTL;
+        let step = m.step(Event::Tick, late);
+        assert!(step.actions.contains(&Action::Revoke {
+            lease: LEASE,
+            then_exit: false
+        }));
+        m.step(Event::RevokeFailed { lease: LEASE }, late);
+        m.step(Event::LeaseGrantFailed, late);
+        let retry = m.next_wakeup().expect("a grant retry");
+        let step = m.step(Event::Tick, retry);
+        assert_eq!(step.actions, vec![Action::GrantLease]);
+        let step = m.step(
+            Event::LeaseGranted {
+                lease: 8,
+                ttl: TTL,
+                sent_at: retry,
+            },
+            retry,
+        );
+        assert!(
+            step.actions.contains(&Action::Revoke {
+                lease: LEASE,
+                then_exit: false
+            }),
+            "etcd answers again, so the old lease is revoked again: {step:?}"
+        );
+        // Revoked once more only if that fails too.
+        let step = m.step(
+            Event::CampaignDone {
+                lease: 8,
+                holder: other(3),
+                revision: 3,
+            },
+            retry,
+        );
+        assert!(!step
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::Revoke { .. })));
+    }
+
+    #[test]
+    fn shutdown_also_revokes_leases_whose_revoke_failed() {
+        let (mut m, t0) = machine();
+        following(&mut m, t0);
+        m.step(Event::RevokeFailed { lease: 3 }, t0);
+        let step = m.step(Event::Shutdown, t0);
+        assert!(step.actions.contains(&Action::Revoke {
+            lease: 3,
+            then_exit: false
+        }));
+    }
+
+    #[test]
+    fn the_view_reports_the_ttl_etcd_granted() {
+        let (mut m, t0) = machine();
+        m.step(Event::Start, t0);
+        m.step(
+            Event::LeaseGranted {
+                lease: LEASE,
+                ttl: Duration::from_secs(4),
+                sent_at: t0,
+            },
+            t0,
+        );
+        assert_eq!(m.view().lease_ttl, Some(Duration::from_secs(4)));
     }
 }

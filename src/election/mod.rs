@@ -25,10 +25,35 @@ use machine::{Action, Event, Machine, Role, Transition};
 /// How often a repeated etcd failure is logged at `warn`; the rest go to `debug`.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
+/// How an election ended: what happened to the lease it held, for the exit log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Release {
+    /// The lease was revoked: its key is gone and a successor can win at once.
+    Revoked,
+    /// There was no lease to give back.
+    NothingHeld,
+    /// etcd did not accept the revoke; the lease expires by its TTL.
+    RevokeFailed,
+    /// `--shutdown-timeout` ran out first; the lease expires by its TTL.
+    TimedOut,
+}
+
+impl Release {
+    /// A short stable name for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Release::Revoked => "revoked",
+            Release::NothingHeld => "nothing_held",
+            Release::RevokeFailed => "revoke_failed",
+            Release::TimedOut => "timed_out",
+        }
+    }
+}
+
 /// Requests from other tasks (the admin API) to the election loop.
 #[derive(Debug)]
 enum Command {
-    /// Resign if leading; the reply says whether we were leading.
+    /// Resign if leading; the reply says whether leadership was given up.
     Resign(oneshot::Sender<bool>),
 }
 
@@ -40,7 +65,8 @@ pub struct ElectionHandle {
 
 impl ElectionHandle {
     /// Give up leadership now and campaign again at the back of the line. Returns false when
-    /// this replica was not the leader (or the loop has stopped).
+    /// nothing was resigned: this replica was not the leader, its claim had already run out,
+    /// or the loop has stopped.
     pub async fn resign(&self) -> bool {
         let (reply, answer) = oneshot::channel();
         if self.commands.send(Command::Resign(reply)).await.is_err() {
@@ -81,6 +107,8 @@ pub struct Election {
     last_error: Option<String>,
     errors: ErrorLog,
     exit: bool,
+    /// What became of the lease given back on exit, once its revoke has finished.
+    release: Release,
 }
 
 impl Election {
@@ -125,6 +153,7 @@ impl Election {
             last_error: None,
             errors: ErrorLog::default(),
             exit: false,
+            release: Release::NothingHeld,
         }
     }
 
@@ -141,32 +170,32 @@ impl Election {
     }
 
     /// Run until the lease is given back after `shutdown` fires (or the shutdown timeout runs
-    /// out). Returns true when the lease was revoked in time.
-    pub async fn run(self, shutdown: CancellationToken) -> bool {
+    /// out), and say what became of it.
+    pub async fn run(self, shutdown: CancellationToken) -> Release {
         match self.run_checked(shutdown).await {
-            Ok(revoked) => revoked,
+            Ok(release) => release,
             Err(e) => {
                 tracing::error!(error = e.as_str(), "cannot configure the etcd client");
-                false
+                Release::NothingHeld
             }
         }
     }
 
     /// [`Election::run`], reporting an etcd client that cannot be configured (for example an
     /// invalid TLS file) as an error.
-    pub async fn run_checked(mut self, shutdown: CancellationToken) -> Result<bool, String> {
+    pub async fn run_checked(mut self, shutdown: CancellationToken) -> Result<Release, String> {
         if let Connection::Later(etcd) = &self.client {
             let etcd = etcd.clone();
             let client = tokio::select! {
                 client = etcd::connect(&etcd, &self.cfg.timing) => client?,
-                _ = shutdown.cancelled() => return Ok(true),
+                _ = shutdown.cancelled() => return Ok(Release::NothingHeld),
             };
             self.client = Connection::Ready(Box::new(client));
         }
         Ok(self.run_connected(shutdown).await)
     }
 
-    async fn run_connected(mut self, shutdown: CancellationToken) -> bool {
+    async fn run_connected(mut self, shutdown: CancellationToken) -> Release {
         self.apply(Event::Start);
         let mut stop_deadline: Option<Instant> = None;
         loop {
@@ -180,14 +209,15 @@ impl Election {
                 _ = sleep_until(stop_deadline.unwrap_or_else(Instant::now)), if stop_deadline.is_some() => {
                     tracing::warn!(timeout = ?self.cfg.shutdown_timeout, "shutdown timeout ran out before the lease was revoked; it will expire by its TTL");
                     self.stop_tasks();
-                    return false;
+                    return Release::TimedOut;
                 }
                 Some(report) = self.reports.recv() => self.on_report(report),
                 Some(command) = self.commands.recv() => match command {
                     Command::Resign(reply) => {
-                        let leading = self.machine.view().role == Role::Leader;
-                        self.apply(Event::Resign);
-                        let _ = reply.send(leading);
+                        // Answer from what the step did, not from the last view: a claim that
+                        // ran out while the loop was busy resigns nothing.
+                        let resigned = self.apply(Event::Resign);
+                        let _ = reply.send(resigned);
                     }
                 },
                 _ = sleep_until(wakeup.unwrap_or_else(Instant::now)), if wakeup.is_some() => {
@@ -196,14 +226,16 @@ impl Election {
             }
             if self.exit {
                 self.stop_tasks();
-                return true;
+                return self.release;
             }
         }
     }
 
     fn on_report(&mut self, report: Report) {
         match report {
-            Report::Event(event) => self.apply(event),
+            Report::Event(event) => {
+                self.apply(event);
+            }
             Report::Campaigned { lease, campaign } => {
                 self.next_watch = campaign.watch;
                 self.apply(Event::CampaignDone {
@@ -219,7 +251,14 @@ impl Election {
             }
             Report::Error(error) => self.on_error(error),
             Report::KeepAliveRtt(rtt) => self.on_rtt(rtt),
-            Report::RevokeDone => self.apply(Event::Revoked),
+            Report::RevokeDone { revoked } => {
+                self.release = if revoked {
+                    Release::Revoked
+                } else {
+                    Release::RevokeFailed
+                };
+                self.apply(Event::Revoked);
+            }
         }
     }
 
@@ -256,16 +295,21 @@ impl Election {
         self.publish();
     }
 
-    /// Feed one event to the machine and carry out what it says.
-    fn apply(&mut self, event: Event) {
+    /// Feed one event to the machine and carry out what it says; true when the step resigned.
+    ///
+    /// The new snapshot is published before any action is performed, so no reader can see
+    /// "leader" after a revoke (or anything else that ends the claim) has been sent.
+    fn apply(&mut self, event: Event) -> bool {
         let step = self.machine.step(event, Instant::now());
         for transition in &step.transitions {
             self.log_transition(transition);
         }
+        self.publish();
+        let resigned = step.resigned();
         for action in step.actions {
             self.perform(action);
         }
-        self.publish();
+        resigned
     }
 
     fn publish(&mut self) {
@@ -273,7 +317,7 @@ impl Election {
         let snapshot = Snapshot {
             identity: self.cfg.id.clone(),
             key: self.cfg.key.clone(),
-            stopping: view.role == machine::Role::Stopping,
+            stopping: view.role == Role::Stopping,
             view,
             transitions: self.transitions,
             last_error: self.last_error.clone(),
@@ -308,6 +352,21 @@ impl Election {
                     reason = reason.as_str(),
                     event = "stepped_down",
                     "stepped down"
+                );
+            }
+            Transition::LeaderObserved {
+                leader,
+                fencing_token,
+            } if *leader == self.cfg.id => {
+                // A previous instance with our id (a recreated StatefulSet pod whose old self
+                // is cut off) holds the key under its own lease. We do not lead, and readers
+                // must not take the id for ours: `/` answers "" and `/status` names it.
+                tracing::warn!(
+                    key,
+                    id,
+                    fencing_token,
+                    event = "stale_holder",
+                    "the key holds our id under another lease: an older instance of this replica; not leading"
                 );
             }
             Transition::LeaderObserved {
@@ -361,9 +420,6 @@ impl Election {
                 });
             }
             Action::KeepAlive { lease } => {
-                self.metrics
-                    .lease_ttl_seconds
-                    .set(i64::try_from(timing.ttl.as_secs()).unwrap_or(0));
                 tracing::info!(
                     key = self.cfg.key.as_str(),
                     lease = format!("{lease:x}"),
@@ -414,6 +470,12 @@ impl Election {
                 }
             }
             Action::Revoke { lease, then_exit } => {
+                // Publish-before-act: whatever asked for this revoke has already ended the
+                // claim in the published snapshot.
+                debug_assert!(
+                    !self.publisher.current().is_leader_at(Instant::now()),
+                    "a revoke is sent only after the snapshot stopped claiming leadership"
+                );
                 let within = if then_exit {
                     self.cfg.shutdown_timeout
                 } else {
@@ -421,18 +483,23 @@ impl Election {
                 };
                 let key = self.cfg.key.clone();
                 tokio::spawn(async move {
-                    match etcd::revoke(&mut client, lease, within).await {
+                    let revoked = match etcd::revoke(&mut client, lease, within).await {
                         Ok(()) => {
-                            tracing::info!(key, lease = format!("{lease:x}"), "lease revoked")
+                            tracing::info!(key, lease = format!("{lease:x}"), "lease revoked");
+                            true
                         }
                         Err(e) => {
-                            tracing::warn!(key, lease = format!("{lease:x}"), error = %e, "lease revoke failed; it expires by its TTL");
+                            tracing::warn!(key, lease = format!("{lease:x}"), error = %e, "lease revoke failed");
                             let _ = reports.send(Report::Error(e)).await;
+                            false
                         }
-                    }
-                    if then_exit {
-                        let _ = reports.send(Report::RevokeDone).await;
-                    }
+                    };
+                    let report = match (then_exit, revoked) {
+                        (true, _) => Report::RevokeDone { revoked },
+                        (false, false) => Report::Event(Event::RevokeFailed { lease }),
+                        (false, true) => return,
+                    };
+                    let _ = reports.send(report).await;
                 });
             }
             Action::Exit => self.exit = true,

@@ -1,0 +1,260 @@
+//! Shutdown bounds: `--shutdown-timeout` bounds the whole exit, HTTP drain and
+//! stuck blocking work included; a second signal exits at once; the release
+//! delay holds only a leader's key; the exit log says what became of the lease.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// Waits for the exit and returns its code and how long it took from `since`.
+fn exit_after(sidecar: &mut Sidecar, since: Instant, bound: Duration) -> (Option<i32>, Duration) {
+    let status = sidecar.wait_exit(bound);
+    (status.code(), since.elapsed())
+}
+
+/// A sidecar whose leader file cannot be written: the temporary file it writes
+/// first is a FIFO nobody reads, so the write blocks a blocking-pool thread
+/// for ever, as a write to a stuck volume would.
+fn sidecar_with_a_stuck_leader_file(
+    etcd: &Etcd,
+    key: &str,
+    shutdown_timeout: &str,
+) -> (Sidecar, tempfile::TempDir) {
+    let dir = test_tempdir("stuck-leader-file");
+    let fifo = dir.path().join(".leader.json.tmp");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("running mkfifo");
+    assert!(made.success(), "mkfifo {}", fifo.display());
+    let sidecar = Sidecar::builder()
+        .endpoints(&etcd.endpoint())
+        .key(key)
+        .id("stuck")
+        .args(&["--ttl", "30", "--shutdown-timeout", shutdown_timeout])
+        .arg("--leader-file")
+        .arg(
+            dir.path()
+                .join("leader.json")
+                .to_str()
+                .expect("a UTF-8 path"),
+        )
+        .start();
+    assert!(
+        wait_until(SOON, || sidecar.is_leader()),
+        "the sidecar leads"
+    );
+    (sidecar, dir)
+}
+
+#[test]
+fn a_stuck_blocking_write_cannot_hold_the_exit_past_the_shutdown_timeout() {
+    let etcd = Etcd::start();
+    let key = unique_key("stuck_exit");
+    let (mut sidecar, _dir) = sidecar_with_a_stuck_leader_file(&etcd, &key, "2");
+
+    let asked = Instant::now();
+    sidecar.signal(Signal::SIGTERM);
+    let (code, took) = exit_after(&mut sidecar, asked, Duration::from_secs(8));
+    assert_eq!(code, Some(0), "a clean exit after the handoff");
+    assert!(
+        took < Duration::from_millis(2_500),
+        "the exit fits the 2 s shutdown timeout (plus scheduling slack), took {took:?}"
+    );
+    assert_eq!(
+        etcd.get(&key),
+        None,
+        "the lease was revoked: the key is gone"
+    );
+}
+
+#[test]
+fn a_second_signal_exits_at_once_even_with_stuck_blocking_work() {
+    let etcd = Etcd::start();
+    let key = unique_key("stuck_second_signal");
+    // A long release delay keeps the first signal's handoff busy.
+    let mut sidecar = Sidecar::builder()
+        .endpoints(&etcd.endpoint())
+        .key(&key)
+        .id("slow")
+        .args(&["--ttl", "30", "--shutdown-timeout", "20"])
+        .args(&["--release-delay", "15"])
+        .start();
+    assert!(wait_until(SOON, || sidecar.is_leader()), "it leads");
+
+    sidecar.signal(Signal::SIGTERM);
+    assert!(
+        wait_until(SOON, || sidecar.get("/leader").0 == 503),
+        "the first signal ends the claim at once"
+    );
+    let asked = Instant::now();
+    sidecar.signal(Signal::SIGTERM);
+    let (code, took) = exit_after(&mut sidecar, asked, Duration::from_secs(5));
+    assert_eq!(code, Some(130), "the second signal exits 130");
+    // The promise is 100 ms; the bound only catches a wait on the drain or the revoke.
+    assert!(
+        took < Duration::from_secs(1),
+        "exited at once, took {took:?}"
+    );
+}
+
+#[test]
+fn a_second_signal_exits_at_once_while_a_blocking_write_hangs() {
+    let etcd = Etcd::start();
+    let key = unique_key("stuck_abort");
+    let (mut sidecar, _dir) = sidecar_with_a_stuck_leader_file(&etcd, &key, "20");
+    sidecar.signal(Signal::SIGTERM);
+    std::thread::sleep(Duration::from_millis(200));
+    let asked = Instant::now();
+    sidecar.signal(Signal::SIGTERM);
+    let (code, took) = exit_after(&mut sidecar, asked, Duration::from_secs(5));
+    assert!(
+        matches!(code, Some(0 | 130)),
+        "exits (0 if the handoff already finished, else 130): {code:?}"
+    );
+    assert!(
+        took < Duration::from_secs(1),
+        "exited at once, took {took:?}"
+    );
+}
+
+#[test]
+fn an_endpoint_name_that_does_not_resolve_cannot_hold_the_exit() {
+    // `.invalid` never resolves (RFC 6761); the client keeps retrying it.
+    let mut sidecar = Sidecar::builder()
+        .endpoints("http://etcd-elector-test.invalid:2379")
+        .key(&unique_key("unresolvable"))
+        .id("lost")
+        .args(&["--ttl", "10", "--shutdown-timeout", "2"])
+        .start();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(sidecar.get("/leader").0, 503, "no etcd, no leadership");
+    let asked = Instant::now();
+    sidecar.signal(Signal::SIGTERM);
+    let (code, took) = exit_after(&mut sidecar, asked, Duration::from_secs(8));
+    assert_eq!(code, Some(0));
+    assert!(
+        took < Duration::from_millis(2_500),
+        "the exit fits the 2 s shutdown timeout, took {took:?}"
+    );
+
+    let mut sidecar = Sidecar::builder()
+        .endpoints("http://etcd-elector-test.invalid:2379")
+        .key(&unique_key("unresolvable_abort"))
+        .id("lost")
+        .args(&["--ttl", "10", "--shutdown-timeout", "20"])
+        .start();
+    sidecar.signal(Signal::SIGTERM);
+    std::thread::sleep(Duration::from_millis(100));
+    let asked = Instant::now();
+    sidecar.signal(Signal::SIGTERM);
+    let (code, took) = exit_after(&mut sidecar, asked, Duration::from_secs(5));
+    assert!(matches!(code, Some(0 | 130)), "{code:?}");
+    assert!(
+        took < Duration::from_secs(1),
+        "exited at once, took {took:?}"
+    );
+}
+
+#[test]
+fn the_release_delay_holds_only_the_leaders_key() {
+    let etcd = Etcd::start();
+    let name = unique_key("release_delay_follower");
+    let args = ["--protocol", "election", "--ttl", "30"];
+    let delay = ["--release-delay", "8", "--shutdown-timeout", "10"];
+    let leader = Sidecar::builder()
+        .endpoints(&etcd.endpoint())
+        .key(&name)
+        .id("first")
+        .args(&args)
+        .args(&delay)
+        .start();
+    assert!(wait_until(SOON, || leader.is_leader()), "first leads");
+    let mut next = Sidecar::builder()
+        .endpoints(&etcd.endpoint())
+        .key(&name)
+        .id("second")
+        .args(&args)
+        .args(&delay)
+        .start();
+    let prefix = format!("{name}/");
+    let candidates = || {
+        etcd.ctl(&["get", "--prefix", &prefix, "--print-value-only"])
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        wait_until(SOON, || candidates() == ["first", "second"]),
+        "second waits next in line: {:?}",
+        candidates()
+    );
+
+    let asked = Instant::now();
+    next.signal(Signal::SIGTERM);
+    let (code, took) = exit_after(&mut next, asked, SOON);
+    assert_eq!(code, Some(0));
+    assert_eq!(candidates(), ["first"], "the follower's key is gone");
+    assert!(
+        took < Duration::from_secs(4),
+        "a follower does not wait out the 8 s release delay, took {took:?}"
+    );
+}
+
+#[test]
+fn the_exit_log_says_when_the_revoke_failed() {
+    let mut etcd = Etcd::start();
+    let key = unique_key("revoke_failed");
+    let mut sidecar = Sidecar::builder()
+        .endpoints(&etcd.endpoint())
+        .key(&key)
+        .id("orphan")
+        .args(&["--ttl", "30", "--shutdown-timeout", "3"])
+        .start();
+    assert!(wait_until(SOON, || sidecar.is_leader()), "it leads");
+    etcd.kill();
+
+    sidecar.signal(Signal::SIGTERM);
+    assert_eq!(sidecar.wait_exit(SOON).code(), Some(0));
+    let logs = sidecar.logs();
+    let stopped: Vec<serde_json::Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["message"] == "stopped")
+        .collect();
+    assert_eq!(stopped.len(), 1, "one exit line:\n{}", tail(&logs, 20));
+    assert_ne!(
+        stopped[0]["lease"], "revoked",
+        "etcd is down, so the lease was not revoked: {}",
+        stopped[0]
+    );
+    assert!(
+        matches!(
+            stopped[0]["lease"].as_str(),
+            Some("revoke_failed" | "timed_out")
+        ),
+        "{}",
+        stopped[0]
+    );
+}
+
+#[test]
+fn the_exit_log_says_the_lease_was_revoked_after_a_clean_handoff() {
+    let etcd = Etcd::start();
+    let key = unique_key("revoke_ok");
+    let mut sidecar = Sidecar::start(&etcd.endpoint(), &key, "clean", &["--ttl", "30"]);
+    assert!(wait_until(SOON, || sidecar.is_leader()), "it leads");
+    sidecar.signal(Signal::SIGTERM);
+    assert_eq!(sidecar.wait_exit(SOON).code(), Some(0));
+    let logs = sidecar.logs();
+    assert!(
+        logs.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .any(|e| e["message"] == "stopped" && e["lease"] == "revoked"),
+        "{}",
+        tail(&logs, 20)
+    );
+}
