@@ -44,7 +44,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::election::ElectionHandle;
-use crate::leadership::Receiver;
+use crate::leadership::{Receiver, Snapshot};
 use crate::metrics::Metrics;
 
 /// A client must send its request headers within this time or be disconnected.
@@ -155,25 +155,17 @@ pub fn route(req: &Request<Incoming>, state: &AppState) -> Response<Body> {
 }
 
 fn route_parts(method: &Method, path: &str, state: &AppState) -> Response<Body> {
-    let known = matches!(
-        path,
-        "/leader" | "/" | "/healthz" | "/status" | "/metrics" | "/leader/events"
-    );
-    if !known {
-        return text(StatusCode::NOT_FOUND, "not found\n");
-    }
-    if method != Method::GET && method != Method::HEAD {
-        let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-        resp.headers_mut()
-            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
-        return resp;
-    }
-    // Read the clock after taking the snapshot, so the claim deadline is checked against the
-    // moment of answering, never an earlier one.
-    let snapshot = state.leadership.borrow().clone();
-    let now = Instant::now();
+    let read = |answer: fn(&AppState, &Snapshot, Instant) -> Response<Body>| {
+        if method != Method::GET && method != Method::HEAD {
+            return method_not_allowed("GET, HEAD");
+        }
+        // Read the clock after taking the snapshot, so the claim deadline is checked against
+        // the moment of answering, never an earlier one.
+        let snapshot = state.leadership.borrow().clone();
+        answer(state, &snapshot, Instant::now())
+    };
     match path {
-        "/leader" => {
+        "/leader" => read(|_, snapshot, now| {
             let doc = snapshot.leader_doc(now);
             let status = if doc.is_leader {
                 StatusCode::OK
@@ -181,51 +173,65 @@ fn route_parts(method: &Method, path: &str, state: &AppState) -> Response<Body> 
                 StatusCode::SERVICE_UNAVAILABLE
             };
             json(status, &doc)
-        }
-        "/" => json(
-            StatusCode::OK,
-            &serde_json::json!({ "name": snapshot.leader_at(now).unwrap_or("") }),
-        ),
-        "/healthz" => {
+        }),
+        "/" => read(|_, snapshot, now| {
+            json(
+                StatusCode::OK,
+                &serde_json::json!({ "name": snapshot.leader_at(now).unwrap_or("") }),
+            )
+        }),
+        "/healthz" => read(|state, _, _| {
             // The election task owns the sender; once it is gone the loop is dead.
             if state.leadership.has_changed().is_ok() {
                 text(StatusCode::OK, "ok\n")
             } else {
                 text(StatusCode::SERVICE_UNAVAILABLE, "election loop stopped\n")
             }
-        }
-        "/status" => json(StatusCode::OK, &snapshot.status_doc(now)),
-        "/leader/events" => leader_events(state.leadership.clone()),
-        _ => {
-            // Both depend on the clock, so they are computed at scrape time.
-            state
-                .metrics
-                .is_leader
-                .set(i64::from(snapshot.is_leader_at(now)));
-            state.metrics.lease_ttl_seconds.set(
-                snapshot
-                    .view
-                    .lease_ttl
-                    .map_or(0, |ttl| i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX)),
-            );
-            state.metrics.lease_remaining_seconds.set(
-                snapshot
-                    .view
-                    .lease_expires_at
-                    .map_or(0.0, |t| t.saturating_duration_since(now).as_secs_f64()),
-            );
-            match state.metrics.encode() {
-                Ok(body) => with_type(StatusCode::OK, OPENMETRICS, body),
-                Err(e) => {
-                    tracing::error!(error = %e, "encoding metrics failed");
-                    text(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "metrics encoding failed\n",
-                    )
-                }
-            }
+        }),
+        "/status" => read(|_, snapshot, now| json(StatusCode::OK, &snapshot.status_doc(now))),
+        "/leader/events" => read(|state, _, _| leader_events(state.leadership.clone())),
+        "/metrics" => read(metrics),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// `/metrics`. The leader gauge and the lease figures depend on the clock, so they are
+/// computed at scrape time.
+fn metrics(state: &AppState, snapshot: &Snapshot, now: Instant) -> Response<Body> {
+    state
+        .metrics
+        .is_leader
+        .set(i64::from(snapshot.is_leader_at(now)));
+    state.metrics.lease_ttl_seconds.set(
+        snapshot
+            .view
+            .lease_ttl
+            .map_or(0, |ttl| i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX)),
+    );
+    state.metrics.lease_remaining_seconds.set(
+        snapshot
+            .view
+            .lease_expires_at
+            .map_or(0.0, |t| t.saturating_duration_since(now).as_secs_f64()),
+    );
+    match state.metrics.encode() {
+        Ok(body) => with_type(StatusCode::OK, OPENMETRICS, body),
+        Err(e) => {
+            tracing::error!(error = %e, "encoding metrics failed");
+            text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "metrics encoding failed\n",
+            )
         }
     }
+}
+
+/// 405 with the methods the path takes.
+fn method_not_allowed(allow: &'static str) -> Response<Body> {
+    let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    resp.headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
+    resp
 }
 
 /// `POST /resign` and nothing else.
@@ -234,10 +240,7 @@ async fn admin_route(method: &Method, path: &str, election: &ElectionHandle) -> 
         return text(StatusCode::NOT_FOUND, "not found\n");
     }
     if method != Method::POST {
-        let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-        resp.headers_mut()
-            .insert(ALLOW, HeaderValue::from_static("POST"));
-        return resp;
+        return method_not_allowed("POST");
     }
     if election.resign().await {
         tracing::info!("resigned on request");
