@@ -110,8 +110,9 @@ to 10 characters>", a label value that must fit 63, or no pod is created.
 {{- end }}
 
 {{/*
-Name of the CronJob: at most 52 characters, the API server's limit (the Jobs
-it creates add an 11-character suffix, and a Job's name is a label value).
+Name of the CronJob: at most 52 characters, the API server's limit (each Job
+it creates adds "-<scheduled time in minutes>", and a Job's name is a label
+value of at most 63).
 */}}
 {{- define "etcd-elector.cronjobName" -}}
 {{- include "etcd-elector.fullname" . | trunc 52 | trimSuffix "-" }}
@@ -151,6 +152,19 @@ type: {{ $type }}
 rollingUpdate:
   maxSurge: {{ ternary $ru.maxSurge $default.maxSurge (hasKey $ru "maxSurge") | toJson }}
   maxUnavailable: {{ ternary $ru.maxUnavailable $default.maxUnavailable (hasKey $ru "maxUnavailable") | toJson }}
+{{- end }}
+{{- end }}
+
+{{/*
+PromQL label matchers of this release's elector series, for the
+PrometheusRule: monitoring.prometheusRule.selector, or the namespace and the
+job label Prometheus gives targets of the chart's PodMonitor.
+*/}}
+{{- define "etcd-elector.metricsSelector" -}}
+{{- if .Values.monitoring.prometheusRule.selector }}
+{{- .Values.monitoring.prometheusRule.selector }}
+{{- else }}
+{{- printf "namespace=%q, job=%q" .Release.Namespace (printf "%s/%s" .Release.Namespace (include "etcd-elector.fullname" .)) }}
 {{- end }}
 {{- end }}
 
@@ -248,6 +262,11 @@ Refuse combinations that the schema cannot express, with a clear message.
 {{- end }}
 {{- if lt (int .Values.terminationGracePeriodSeconds) (int .Values.elector.shutdownTimeout) }}
 {{- fail "terminationGracePeriodSeconds must be at least elector.shutdownTimeout, or the sidecar is killed before it releases the lock" }}
+{{- end }}
+{{- with .Values.monitoring.prometheusRule }}
+{{- if and .enabled (not .selector) (not $.Values.monitoring.podMonitor.enabled) }}
+{{- fail "monitoring.prometheusRule needs monitoring.podMonitor.enabled, or monitoring.prometheusRule.selector naming the labels your own scrape config gives the elector's series (e.g. job=\"my-job\", namespace=\"prod\")" }}
+{{- end }}
 {{- end }}
 {{- if .Values.cronjob.enabled }}
 {{- if not .Values.cronjob.command }}
