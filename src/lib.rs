@@ -7,6 +7,7 @@
 //! under the lock, with [`process`] for its process group.
 
 pub mod app;
+pub mod backoff;
 pub mod config;
 pub mod election;
 pub mod http;

@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use tokio::time::{sleep, sleep_until, timeout, Instant};
 
 use super::machine::{Event, Holder, LeaseId, Timing};
+use crate::backoff::{Backoff, WarnLimit};
 use crate::config::{EtcdConfig, Protocol};
 
 /// Which etcd call failed, for the `elector_etcd_errors_total{op}` label.
@@ -148,24 +149,24 @@ pub async fn connect(cfg: &EtcdConfig, timing: &Timing) -> Result<Client, String
     }
     // With credentials, connect authenticates at once and fails if etcd is down; retry until
     // it answers, as every other etcd call does.
-    let mut delay = timing.backoff_base;
-    let mut last_warn: Option<Instant> = None;
+    let mut backoff = Backoff::unseeded(timing.backoff_base, timing.backoff_cap);
+    let mut warn = WarnLimit::default();
     loop {
         match Client::connect(&cfg.endpoints, Some(options.clone())).await {
             Ok(client) => return Ok(client),
             Err(etcd_client::Error::InvalidArgs(msg)) => return Err(format!("etcd client: {msg}")),
             Err(etcd_client::Error::InvalidUri(e)) => return Err(format!("etcd endpoint: {e}")),
             Err(e) => {
-                // Like every other etcd failure: a warning at most every 10 s.
-                let now = Instant::now();
-                if last_warn.is_none_or(|at| now.duration_since(at) >= Duration::from_secs(10)) {
-                    tracing::warn!(error = %e, retry_in = ?delay, "cannot connect to etcd yet");
-                    last_warn = Some(now);
-                } else {
-                    tracing::debug!(error = %e, retry_in = ?delay, "cannot connect to etcd yet");
+                let delay = backoff.next_delay();
+                match warn.due(Instant::now()) {
+                    Some(suppressed) => {
+                        tracing::warn!(error = %e, retry_in = ?delay, suppressed, "cannot connect to etcd yet")
+                    }
+                    None => {
+                        tracing::debug!(error = %e, retry_in = ?delay, "cannot connect to etcd yet")
+                    }
                 }
                 sleep(delay).await;
-                delay = (delay * 2).min(timing.backoff_cap);
             }
         }
     }
@@ -373,7 +374,7 @@ pub async fn revoke(
 /// each acknowledgement with the time its request was sent. A reply with TTL 0 (or "lease not
 /// found") is reported as an acknowledgement with TTL 0 and ends the task.
 pub async fn keep_alive(mut client: Client, timing: Timing, lease: LeaseId, reports: Reports) {
-    let mut retry = timing.backoff_base;
+    let mut retry = Backoff::unseeded(timing.backoff_base, timing.keepalive_interval);
     loop {
         let opened_at = Instant::now();
         let (mut keeper, mut stream) = match bounded(
@@ -390,8 +391,7 @@ pub async fn keep_alive(mut client: Client, timing: Timing, lease: LeaseId, repo
             }
             Err(e) => {
                 let _ = reports.send(Report::Error(e)).await;
-                sleep(retry).await;
-                retry = (retry * 2).min(timing.keepalive_interval);
+                sleep(retry.next_delay()).await;
                 continue;
             }
         };
@@ -401,7 +401,7 @@ pub async fn keep_alive(mut client: Client, timing: Timing, lease: LeaseId, repo
         let _ = reports
             .send(Report::KeepAliveRtt(opened_at.elapsed()))
             .await;
-        retry = timing.backoff_base;
+        retry.reset();
         let mut sent_at = opened_at;
         loop {
             sleep_until(sent_at + timing.keepalive_interval).await;
@@ -421,7 +421,7 @@ pub async fn keep_alive(mut client: Client, timing: Timing, lease: LeaseId, repo
             }
         }
         // Reopen the stream (possibly to another endpoint) after a short pause.
-        sleep(retry).await;
+        sleep(retry.next_delay()).await;
     }
 }
 

@@ -22,6 +22,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::backoff::Backoff;
+
 /// An etcd lease id.
 pub type LeaseId = i64;
 
@@ -285,14 +287,12 @@ pub struct Machine {
     release_delay: Duration,
     state: State,
     lease: Option<Lease>,
-    /// Consecutive failures, for the backoff; reset by any success.
-    failures: u32,
+    /// Retry delays after failures; reset by any success.
+    backoff: Backoff,
     /// Leases we gave up whose revoke failed: revoked again once etcd grants a lease, so a
     /// key left under one is released then instead of a whole TTL later (etcd renews every
     /// lease to its full TTL when it regains a leader after an outage).
     unrevoked: Vec<LeaseId>,
-    /// xorshift state for jitter; seeded by the caller so tests are deterministic.
-    rng: u64,
 }
 
 /// What readers may know about the machine; see [`crate::leadership::Snapshot`].
@@ -324,9 +324,8 @@ impl Machine {
             release_delay,
             state: State::Idle,
             lease: None,
-            failures: 0,
+            backoff: Backoff::new(timing.backoff_base, timing.backoff_cap, seed),
             unrevoked: Vec::new(),
-            rng: seed | 1,
         }
     }
 
@@ -412,7 +411,7 @@ impl Machine {
             } => self.on_lease_granted(lease, ttl, sent_at, now, &mut out),
             Event::LeaseGrantFailed => {
                 if let State::NeedLease { retry_at: None } = self.state {
-                    let at = self.backoff(now);
+                    let at = now + self.backoff.next_delay();
                     self.state = State::NeedLease { retry_at: Some(at) };
                 } else if let State::Stopping { revoke_at, .. } = self.state {
                     self.state = State::Stopping {
@@ -441,7 +440,7 @@ impl Machine {
                 if lease_gone {
                     self.drop_lease(None, &mut out);
                 } else {
-                    let at = self.backoff(now);
+                    let at = now + self.backoff.next_delay();
                     self.state = State::Campaigning { retry_at: Some(at) };
                 }
             }
@@ -525,7 +524,7 @@ impl Machine {
     ) {
         match self.state {
             State::NeedLease { retry_at: None } => {
-                self.failures = 0;
+                self.backoff.reset();
                 let granted = Lease {
                     id: lease,
                     ttl: ttl.min(self.timing.ttl),
@@ -537,7 +536,7 @@ impl Machine {
                         lease,
                         then_exit: false,
                     });
-                    let at = self.backoff(now);
+                    let at = now + self.backoff.next_delay();
                     self.state = State::NeedLease { retry_at: Some(at) };
                     return;
                 }
@@ -594,7 +593,7 @@ impl Machine {
         let Some(ours) = self.lease.filter(|l| l.id == lease) else {
             return;
         };
-        self.failures = 0;
+        self.backoff.reset();
         let from_revision = revision + 1;
         if holder.lease == ours.id && holder.value == self.id {
             // Evidence from etcd: the key is under our own lease, which is alive until the
@@ -775,38 +774,13 @@ impl Machine {
 
     fn retry_campaign_later(&mut self, now: Instant, out: &mut Step) {
         out.actions.push(Action::StopWatch);
-        let at = self.backoff(now);
+        let at = now + self.backoff.next_delay();
         self.state = State::Campaigning { retry_at: Some(at) };
     }
 
     /// When the claim on `lease` ends unless renewed.
     fn claim_deadline(&self, lease: Lease) -> Instant {
         lease.renewed_at + lease.ttl.saturating_sub(self.timing.margin)
-    }
-
-    /// Next retry time: exponential from `backoff_base`, capped, with "equal jitter" (half
-    /// fixed, half random) so replicas that failed together do not retry together.
-    fn backoff(&mut self, now: Instant) -> Instant {
-        let exp = self.failures.min(16);
-        self.failures = self.failures.saturating_add(1);
-        let full = self
-            .timing
-            .backoff_base
-            .saturating_mul(1u32 << exp)
-            .min(self.timing.backoff_cap);
-        let half = full / 2;
-        let jitter = half.mul_f64(self.next_unit());
-        now + half + jitter
-    }
-
-    /// A number in [0, 1) from xorshift64.
-    fn next_unit(&mut self) -> f64 {
-        let mut x = self.rng;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.rng = x;
-        (x >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 

@@ -16,14 +16,12 @@ use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::WarnLimit;
 use crate::config::{ElectionConfig, EtcdConfig};
 use crate::leadership::{Publisher, Receiver, Snapshot};
 use crate::metrics::Metrics;
 use etcd::{EtcdError, Report, WatchTarget};
 use machine::{Action, Event, Machine, Role, Transition};
-
-/// How often a repeated etcd failure is logged at `warn`; the rest go to `debug`.
-const WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// How an election ended: what happened to the lease it held, for the exit log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -516,27 +514,20 @@ impl Election {
     }
 }
 
-/// Rate-limits repeated etcd failures: the first of a run is a `warn`, then at most one `warn`
-/// per [`WARN_EVERY`] with the count of those suppressed in between.
+/// Logs repeated etcd failures: at most one `warn` per [`crate::backoff::WARN_EVERY`], with
+/// the count of those suppressed in between; the rest at `debug`.
 #[derive(Debug, Default)]
-struct ErrorLog {
-    last_warn: Option<Instant>,
-    suppressed: u64,
-}
+struct ErrorLog(WarnLimit);
 
 impl ErrorLog {
     fn log(&mut self, error: &EtcdError) {
-        let now = Instant::now();
-        let due = self
-            .last_warn
-            .is_none_or(|at| now.duration_since(at) >= WARN_EVERY);
-        if due {
-            tracing::warn!(op = error.op().as_str(), error = %error, suppressed = self.suppressed, "etcd request failed; retrying");
-            self.last_warn = Some(now);
-            self.suppressed = 0;
-        } else {
-            self.suppressed += 1;
-            tracing::debug!(op = error.op().as_str(), error = %error, "etcd request failed; retrying");
+        match self.0.due(Instant::now()) {
+            Some(suppressed) => {
+                tracing::warn!(op = error.op().as_str(), error = %error, suppressed, "etcd request failed; retrying")
+            }
+            None => {
+                tracing::debug!(op = error.op().as_str(), error = %error, "etcd request failed; retrying")
+            }
         }
     }
 }
