@@ -92,3 +92,22 @@ def test_embedded_sidecar_brings_its_secret_volumes(embedder: helm_python.Chart)
 def test_embedding_chart_values_are_checked_by_the_dependency_schema(embedder: helm_python.Chart) -> None:
     with pytest.raises(helm_python.HelmValuesError, match="tll"):
         render(embedder, {"etcd-elector": {"elector": {"tll": 3}}}, kube_version="1.31.0")
+
+
+def test_embedding_pods_reach_the_bundled_etcd_through_its_network_policy(embedder: helm_python.Chart) -> None:
+    out = render(embedder, kube_version="1.31.0")
+    policy = out.one("NetworkPolicy", f"{SUBCHART_FULLNAME}-etcd")
+    client_from = policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
+    labels = out.one("Deployment", WORKER)["spec"]["template"]["metadata"]["labels"]
+    assert client_from.items() <= labels.items()
+
+
+def test_embedded_sidecar_brings_the_leader_file_volume(embedder: helm_python.Chart) -> None:
+    values = {"etcd-elector": {"leaderFile": {"enabled": True}}}
+    out = render(embedder, values, kube_version="1.31.0")
+    assert validation_errors(out.docs, "1.31.0") == []
+    spec = pod_spec(out.one("Deployment", WORKER))
+    elector = container(spec, "etcd-elector")
+    assert env_of(elector)["ELECTOR_LEADER_FILE"] == "/var/run/etcd-elector/leader.json"
+    (mount,) = elector["volumeMounts"]
+    assert mount["name"] in {v["name"] for v in spec["volumes"]}

@@ -46,6 +46,14 @@ VALUE_SETS: dict[str, dict[str, Any] | None] = {
         "etcd": {"bundled": {"replicas": 5, "persistence": {"storageClass": "fast"}}},
     },
     "single-etcd-member": {"etcd": {"bundled": {"replicas": 1}}, "replicaCount": 2},
+    "healthy-mode": {"elector": {"readiness": "healthy"}, "podDisruptionBudget": {"enabled": True}},
+    "bundled-etcd-tls-monitoring": {
+        "etcd": {"bundled": {"tls": {"enabled": True, "existingSecret": "etcd-server-tls"}}},
+        "leaderFile": {"enabled": True},
+        "metrics": {"service": {"enabled": True}},
+        "monitoring": {"podMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}},
+        "strategy": {"type": "Recreate"},
+    },
 }
 
 
@@ -395,7 +403,8 @@ def test_helm_test_pod_checks_one_leader_behind_the_service(renders: dict, kube_
 
 def test_embedding_mode_renders_no_workload(chart: helm_python.Chart) -> None:
     out = render(chart, {"deployment": {"enabled": False}}, kube_version="1.31.0")
-    assert {d["kind"] for d in out.docs} == {"ServiceAccount", "StatefulSet", "Service", "PodDisruptionBudget"}
+    assert {d["kind"] for d in out.docs} == {
+        "ServiceAccount", "StatefulSet", "Service", "PodDisruptionBudget", "NetworkPolicy"}
     assert out.kinds("Pod") == []
 
 

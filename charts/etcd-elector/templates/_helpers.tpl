@@ -195,7 +195,7 @@ or every member of the bundled etcd (the client fails over between them).
 {{- else }}
 {{- $urls := list }}
 {{- range $i := until (int .Values.etcd.bundled.replicas) }}
-{{- $urls = append $urls (printf "http://%s:2379" (include "etcd-elector.etcdMemberHost" (list $ $i))) }}
+{{- $urls = append $urls (printf "%s://%s:2379" (ternary "https" "http" $.Values.etcd.bundled.tls.enabled) (include "etcd-elector.etcdMemberHost" (list $ $i))) }}
 {{- end }}
 {{- join "," $urls }}
 {{- end }}
@@ -251,8 +251,17 @@ Refuse combinations that the schema cannot express, with a clear message.
 {{- if and $etcd.auth.enabled (not $etcd.auth.username) }}
 {{- fail "etcd.auth.enabled needs etcd.auth.username" }}
 {{- end }}
-{{- if and (not $etcd.endpoints) (or $etcd.tls.enabled $etcd.auth.enabled) }}
-{{- fail "etcd.tls and etcd.auth apply to an external etcd: set etcd.endpoints (the bundled etcd serves plain HTTP without auth)" }}
+{{- if and (not $etcd.endpoints) $etcd.auth.enabled }}
+{{- fail "etcd.auth applies to an external etcd: set etcd.endpoints (the bundled etcd has no auth)" }}
+{{- end }}
+{{- if and (not $etcd.endpoints) $etcd.tls.enabled (not $etcd.bundled.tls.enabled) }}
+{{- fail "etcd.tls with the bundled etcd needs etcd.bundled.tls.enabled (the bundled etcd serves plain HTTP otherwise); for an external etcd set etcd.endpoints" }}
+{{- end }}
+{{- if and $etcd.endpoints $etcd.bundled.tls.enabled }}
+{{- fail "etcd.bundled.tls applies to the bundled etcd, which is not installed when etcd.endpoints is set: use etcd.tls" }}
+{{- end }}
+{{- if and $etcd.bundled.tls.enabled (not $etcd.bundled.tls.existingSecret) }}
+{{- fail "etcd.bundled.tls.enabled needs etcd.bundled.tls.existingSecret: a Secret with ca.crt, tls.crt and tls.key for the members" }}
 {{- end }}
 {{- if and $etcd.tls.enabled (or (and $etcd.tls.certKey (not $etcd.tls.keyKey)) (and $etcd.tls.keyKey (not $etcd.tls.certKey))) }}
 {{- fail "etcd.tls.certKey and etcd.tls.keyKey go together: set both for a client certificate, or both empty for none" }}
@@ -279,6 +288,16 @@ Refuse combinations that the schema cannot express, with a clear message.
 {{- end }}
 
 {{/*
+"true" when the elector talks TLS to etcd: etcd.tls.enabled, or the bundled
+etcd with etcd.bundled.tls.enabled. With the bundled etcd and no
+etcd.tls.existingSecret, the members' Secret serves the elector too (its
+certificate must then allow client authentication).
+*/}}
+{{- define "etcd-elector.clientTls" -}}
+{{- if or .Values.etcd.tls.enabled (and (include "etcd-elector.bundledEtcd" .) .Values.etcd.bundled.tls.enabled) }}true{{ end }}
+{{- end }}
+
+{{/*
 Environment that tells etcd-elector (sidecar or `run`) how to reach etcd:
 endpoints, TLS files and auth. Secrets are mounted as files by
 "etcd-elector.etcdVolumeMounts"; the password never enters the environment.
@@ -287,7 +306,7 @@ endpoints, TLS files and auth. Secrets are mounted as files by
 - name: ELECTOR_ENDPOINTS
   value: {{ include "etcd-elector.etcdEndpoints" . | quote }}
 {{- with .Values.etcd.tls }}
-{{- if .enabled }}
+{{- if include "etcd-elector.clientTls" $ }}
 - name: ELECTOR_ETCD_CACERT
   value: {{ printf "/etc/etcd-elector/tls/%s" .caKey | quote }}
 {{- if .certKey }}
@@ -312,7 +331,7 @@ endpoints, TLS files and auth. Secrets are mounted as files by
 Volume mounts for the etcd TLS and auth Secrets (empty when neither is on).
 */}}
 {{- define "etcd-elector.etcdVolumeMounts" -}}
-{{- if .Values.etcd.tls.enabled }}
+{{- if include "etcd-elector.clientTls" . }}
 - name: etcd-elector-tls
   mountPath: /etc/etcd-elector/tls
   readOnly: true
@@ -331,10 +350,10 @@ same as "etcd-elector.sidecar.volumes".
 */}}
 {{- define "etcd-elector.etcdVolumes" -}}
 {{- with .Values.etcd.tls }}
-{{- if .enabled }}
+{{- if include "etcd-elector.clientTls" $ }}
 - name: etcd-elector-tls
   secret:
-    secretName: {{ .existingSecret }}
+    secretName: {{ default $.Values.etcd.bundled.tls.existingSecret .existingSecret }}
     items:
       - key: {{ .caKey }}
         path: {{ .caKey }}
