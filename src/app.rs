@@ -107,7 +107,7 @@ pub fn prepare(cfg: &Config, metrics: &Metrics) -> Election {
         endpoints = cfg.etcd.endpoints.join(",").as_str(),
         "starting election"
     );
-    Election::connecting(cfg.election.clone(), cfg.etcd.clone(), metrics.clone())
+    Election::new(cfg.election.clone(), cfg.etcd.clone(), metrics.clone())
 }
 
 /// Run the sidecar until `shutdown` fires and leadership has been handed back.
@@ -119,9 +119,9 @@ pub async fn run_sidecar(
     let metrics = Metrics::new();
     let election = prepare(&cfg, &metrics);
     let front_ends = FrontEnds::start(&election, metrics, listeners, cfg.leader_file.clone());
-    let result = election.run_checked(shutdown).await;
+    let result = election.run(shutdown).await;
     front_ends.stop().await;
-    let release = result.map_err(AppError::Config)?;
+    let release = result.map_err(|e| AppError::Config(e.to_string()))?;
     tracing::info!(lease = release.as_str(), "stopped");
     Ok(())
 }

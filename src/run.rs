@@ -43,13 +43,13 @@ pub async fn run_job(
     let mut leadership = election.subscribe();
     let front_ends = FrontEnds::start(&election, metrics, listeners, cfg.leader_file.clone());
     let election_stop = CancellationToken::new();
-    let election_task = tokio::spawn(election.run_checked(election_stop.clone()));
+    let election_task = tokio::spawn(election.run(election_stop.clone()));
     // Stops the election (revoking the lease) and the front ends; an etcd client that could
     // not be configured comes back as a configuration error.
     let stop_election = || async {
         election_stop.cancel();
         let result = match election_task.await {
-            Ok(Err(e)) => Err(AppError::Config(e)),
+            Ok(Err(e)) => Err(AppError::Config(e.to_string())),
             Ok(Ok(_)) => Ok(()),
             Err(e) => {
                 tracing::warn!(error = %e, "election task failed");

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use etcd_elector::config::Parsed;
 use etcd_elector::election::machine::Role;
-use etcd_elector::election::{etcd as elector_etcd, Election, Release};
+use etcd_elector::election::{etcd::ConnectError, Election, Release};
 use etcd_elector::leadership::Receiver;
 use etcd_elector::metrics::Metrics;
 use tokio::runtime::Runtime;
@@ -30,7 +30,7 @@ const SOON: Duration = Duration::from_secs(10);
 struct Candidate {
     rx: Receiver,
     token: CancellationToken,
-    task: JoinHandle<Release>,
+    task: JoinHandle<Result<Release, ConnectError>>,
 }
 
 async fn candidate(endpoint: String, key: String, id: String) -> Candidate {
@@ -53,10 +53,7 @@ async fn candidate(endpoint: String, key: String, id: String) -> Candidate {
         Ok(_) => panic!("simulated candidate: the parser printed instead of configuring"),
         Err(e) => panic!("simulated candidate: {e}"),
     };
-    let client = elector_etcd::connect(&cfg.etcd, &cfg.election.timing)
-        .await
-        .expect("connecting a simulated candidate");
-    let election = Election::new(cfg.election, client, Metrics::new());
+    let election = Election::new(cfg.election, cfg.etcd, Metrics::new());
     let rx = election.subscribe();
     let token = CancellationToken::new();
     let task = tokio::spawn(election.run(token.clone()));

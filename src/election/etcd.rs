@@ -2,6 +2,7 @@
 //! campaign transaction and the watch on the key. Each operation turns etcd's answer into a
 //! machine [`Event`]; none of them decides anything.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use etcd_client::{
@@ -75,10 +76,13 @@ impl EtcdError {
     /// True when etcd said the lease does not exist (expired or revoked).
     pub fn is_lease_gone(&self) -> bool {
         match self {
+            // etcd answers NotFound only for a missing lease on the calls we make.
             EtcdError::Client {
                 source: etcd_client::Error::GRpcStatus(status),
                 ..
-            } => status.message().contains("requested lease not found"),
+            } => status.code() == tonic::Code::NotFound,
+            // etcd-client's own error when a keep-alive stream opens with TTL 0; it carries
+            // no status code.
             EtcdError::Client {
                 source: etcd_client::Error::LeaseKeepAliveError(msg),
                 ..
@@ -113,10 +117,27 @@ pub enum Report {
 
 pub type Reports = mpsc::Sender<Report>;
 
+/// An etcd client that cannot be built: a configuration error (exit 2), never an outage,
+/// which is retried instead.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("cannot read {flag} {}: {source}", path.display())]
+    TlsFile {
+        flag: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("etcd client: {0}")]
+    InvalidArgs(String),
+    #[error("etcd endpoint: {0}")]
+    InvalidUri(String),
+}
+
 /// Build a client. The connection is lazy: an unreachable etcd shows up as failed requests,
 /// retried by the election loop, not as an error here. Errors here are configuration errors
 /// (unreadable or invalid TLS files).
-pub async fn connect(cfg: &EtcdConfig, timing: &Timing) -> Result<Client, String> {
+pub async fn connect(cfg: &EtcdConfig, timing: &Timing) -> Result<Client, ConnectError> {
     // HTTP/2 pings detect a silently dead connection (a partition that drops packets) in about
     // a keep-alive interval, so streams fail and reconnect instead of hanging.
     let ping = timing.keepalive_interval.max(Duration::from_secs(1));
@@ -129,15 +150,12 @@ pub async fn connect(cfg: &EtcdConfig, timing: &Timing) -> Result<Client, String
     if let Some(tls) = &cfg.tls {
         let mut opts = TlsOptions::new();
         if let Some(ca) = &tls.ca {
-            let pem = std::fs::read(ca)
-                .map_err(|e| format!("cannot read --etcd-cacert {}: {e}", ca.display()))?;
+            let pem = read_tls("--etcd-cacert", ca)?;
             opts = opts.ca_certificate(Certificate::from_pem(pem));
         }
         if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
-            let cert_pem = std::fs::read(cert)
-                .map_err(|e| format!("cannot read --etcd-cert {}: {e}", cert.display()))?;
-            let key_pem = std::fs::read(key)
-                .map_err(|e| format!("cannot read --etcd-key {}: {e}", key.display()))?;
+            let cert_pem = read_tls("--etcd-cert", cert)?;
+            let key_pem = read_tls("--etcd-key", key)?;
             opts = opts.identity(Identity::from_pem(cert_pem, key_pem));
         }
         options = options.with_tls(opts);
@@ -154,8 +172,12 @@ pub async fn connect(cfg: &EtcdConfig, timing: &Timing) -> Result<Client, String
     loop {
         match Client::connect(&cfg.endpoints, Some(options.clone())).await {
             Ok(client) => return Ok(client),
-            Err(etcd_client::Error::InvalidArgs(msg)) => return Err(format!("etcd client: {msg}")),
-            Err(etcd_client::Error::InvalidUri(e)) => return Err(format!("etcd endpoint: {e}")),
+            Err(etcd_client::Error::InvalidArgs(msg)) => {
+                return Err(ConnectError::InvalidArgs(msg))
+            }
+            Err(etcd_client::Error::InvalidUri(e)) => {
+                return Err(ConnectError::InvalidUri(e.to_string()))
+            }
             Err(e) => {
                 let delay = backoff.next_delay();
                 match warn.due(Instant::now()) {
@@ -170,6 +192,14 @@ pub async fn connect(cfg: &EtcdConfig, timing: &Timing) -> Result<Client, String
             }
         }
     }
+}
+
+fn read_tls(flag: &'static str, path: &Path) -> Result<Vec<u8>, ConnectError> {
+    std::fs::read(path).map_err(|source| ConnectError::TlsFile {
+        flag,
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Grant a lease of the configured TTL.

@@ -446,7 +446,7 @@ impl Machine {
             }
             Event::KeyDeleted => match self.state {
                 State::Leading { .. } => {
-                    self.step_down(StepDownReason::KeyDeleted, &mut out);
+                    self.record_step_down(StepDownReason::KeyDeleted, &mut out);
                     self.campaign(&mut out);
                 }
                 State::Following { .. } => self.campaign(&mut out),
@@ -455,7 +455,7 @@ impl Machine {
             Event::KeyPut { holder } => self.on_key_put(holder, &mut out),
             Event::WatchFailed => match self.state {
                 State::Leading { .. } => {
-                    self.step_down(StepDownReason::WatchLost, &mut out);
+                    self.record_step_down(StepDownReason::WatchLost, &mut out);
                     self.retry_campaign_later(now, &mut out);
                 }
                 State::Following { .. } => self.retry_campaign_later(now, &mut out),
@@ -467,7 +467,7 @@ impl Machine {
                         // Revoking deletes our key, so a waiting candidate wins within a round
                         // trip; we only ask for a new lease after `resign_holdoff`, so we do
                         // not race the candidates we are handing over to.
-                        self.step_down(StepDownReason::Resigned, &mut out);
+                        self.record_step_down(StepDownReason::Resigned, &mut out);
                         out.actions.extend([
                             Action::StopWatch,
                             Action::StopKeepAlive,
@@ -570,7 +570,7 @@ impl Machine {
         }
         if ttl.is_zero() {
             if matches!(self.state, State::Leading { .. }) {
-                self.step_down(StepDownReason::LeaseGone, out);
+                self.record_step_down(StepDownReason::LeaseGone, out);
             }
             self.drop_lease(None, out);
             return;
@@ -623,7 +623,7 @@ impl Machine {
                     && holder.value == self.id
                     && holder.create_revision == *fencing_token;
                 if !still_ours {
-                    self.step_down(StepDownReason::KeyOverwritten, out);
+                    self.record_step_down(StepDownReason::KeyOverwritten, out);
                     out.transitions.push(Transition::LeaderObserved {
                         leader: holder.value.clone(),
                         fencing_token: holder.create_revision,
@@ -672,7 +672,7 @@ impl Machine {
         }
         let leading = matches!(self.state, State::Leading { .. });
         if leading {
-            self.step_down(StepDownReason::Shutdown, out);
+            self.record_step_down(StepDownReason::Shutdown, out);
         }
         let grant_pending = self.state == State::NeedLease { retry_at: None };
         out.actions.push(Action::StopWatch);
@@ -731,7 +731,7 @@ impl Machine {
             return;
         }
         if matches!(self.state, State::Leading { .. }) {
-            self.step_down(StepDownReason::LeaseNotRenewed, out);
+            self.record_step_down(StepDownReason::LeaseNotRenewed, out);
         }
         // Revoke it in case it is still alive, so a key it holds is released now rather than
         // at expiry; failure is harmless.
@@ -756,7 +756,8 @@ impl Machine {
         out.actions.push(Action::GrantLease);
     }
 
-    fn step_down(&mut self, reason: StepDownReason, out: &mut Step) {
+    /// Record that leadership ended; the caller moves to the next state.
+    fn record_step_down(&mut self, reason: StepDownReason, out: &mut Step) {
         out.transitions.push(Transition::SteppedDown { reason });
     }
 

@@ -20,7 +20,7 @@ use crate::backoff::WarnLimit;
 use crate::config::{ElectionConfig, EtcdConfig};
 use crate::leadership::{Publisher, Receiver, Snapshot};
 use crate::metrics::Metrics;
-use etcd::{EtcdError, Report, WatchTarget};
+use etcd::{ConnectError, EtcdError, Report, WatchTarget};
 use machine::{Action, Event, Machine, Role, Transition};
 
 /// How an election ended: what happened to the lease it held, for the exit log line.
@@ -110,18 +110,10 @@ pub struct Election {
 }
 
 impl Election {
-    /// A new election; nothing runs until [`Election::run`].
-    pub fn new(cfg: ElectionConfig, client: Client, metrics: Metrics) -> Self {
-        Self::with_connection(cfg, Connection::Ready(Box::new(client)), metrics)
-    }
-
-    /// A new election that connects to etcd when [`Election::run_checked`] starts: with
-    /// credentials, connecting waits until etcd accepts them, and nothing else need wait.
-    pub fn connecting(cfg: ElectionConfig, etcd: EtcdConfig, metrics: Metrics) -> Self {
-        Self::with_connection(cfg, Connection::Later(etcd), metrics)
-    }
-
-    fn with_connection(cfg: ElectionConfig, client: Connection, metrics: Metrics) -> Self {
+    /// A new election; it connects to etcd when [`Election::run`] starts, so that the front
+    /// ends can answer while an authenticating connect still waits for etcd.
+    pub fn new(cfg: ElectionConfig, etcd: EtcdConfig, metrics: Metrics) -> Self {
+        let client = Connection::Later(etcd);
         let seed = seed_from(&cfg.id);
         let machine = Machine::new(cfg.id.clone(), cfg.timing, cfg.release_delay, seed);
         let snapshot = Snapshot::initial(cfg.id.clone(), cfg.key.clone(), machine.view());
@@ -168,20 +160,9 @@ impl Election {
     }
 
     /// Run until the lease is given back after `shutdown` fires (or the shutdown timeout runs
-    /// out), and say what became of it.
-    pub async fn run(self, shutdown: CancellationToken) -> Release {
-        match self.run_checked(shutdown).await {
-            Ok(release) => release,
-            Err(e) => {
-                tracing::error!(error = e.as_str(), "cannot configure the etcd client");
-                Release::NothingHeld
-            }
-        }
-    }
-
-    /// [`Election::run`], reporting an etcd client that cannot be configured (for example an
-    /// invalid TLS file) as an error.
-    pub async fn run_checked(mut self, shutdown: CancellationToken) -> Result<Release, String> {
+    /// out), and say what became of it. An etcd client that cannot be configured (say an
+    /// unreadable TLS file) is an error.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<Release, ConnectError> {
         if let Connection::Later(etcd) = &self.client {
             let etcd = etcd.clone();
             let client = tokio::select! {
