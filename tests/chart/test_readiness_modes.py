@@ -172,6 +172,7 @@ def test_metrics_service_reaches_every_pod_on_the_elector_port(chart: helm_pytho
 
 ALL_ON = {
     "metrics": {"service": {"enabled": True}},
+    "monitoring": {"podMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}},
     "cronjob": {"enabled": True, "command": ["/bin/true"]},
     "podDisruptionBudget": {"enabled": True},
 }
