@@ -97,3 +97,19 @@ def test_app_service_carries_only_the_application_port() -> None:
 def test_app_passes_the_pod_template_revision() -> None:
     elector = container(pod_spec(one(docs_of(DEPLOY_DIR / "app.yaml"), "Deployment")), "etcd-elector")
     assert env_of(elector)["ELECTOR_REVISION"] == {"fieldRef": {"fieldPath": "metadata.labels['pod-template-hash']"}}
+
+
+def test_etcd_network_policy_admits_the_app_and_the_cronjob_only() -> None:
+    etcd_docs = docs_of(DEPLOY_DIR / "etcd.yaml")
+    policy = one(etcd_docs, "NetworkPolicy")
+    sts = one(etcd_docs, "StatefulSet")
+    assert policy["spec"]["podSelector"]["matchLabels"] == sts["spec"]["selector"]["matchLabels"]
+    client, peer = policy["spec"]["ingress"]
+    assert [p["port"] for p in client["ports"]] == [2379] and [p["port"] for p in peer["ports"]] == [2380]
+    clients = client["from"][0]["podSelector"]["matchLabels"]
+    assert peer["from"][0]["podSelector"]["matchLabels"] == sts["spec"]["template"]["metadata"]["labels"]
+    app = one(docs_of(DEPLOY_DIR / "app.yaml"), "Deployment")["spec"]["template"]["metadata"]["labels"]
+    cron = one(docs_of(DEPLOY_DIR / "cronjob.yaml"), "CronJob")["spec"]["jobTemplate"]["spec"]["template"]
+    for labels in (app, cron["metadata"]["labels"]):
+        assert clients.items() <= labels.items()
+    assert not clients.items() <= sts["spec"]["template"]["metadata"]["labels"].items()
