@@ -102,10 +102,7 @@ impl Election {
         let (publisher, _) = Publisher::new(snapshot);
         let (reports_tx, reports) = mpsc::channel(256);
         let (commands_tx, commands) = mpsc::channel(16);
-        let next_watch = WatchTarget {
-            key: cfg.key.clone(),
-            puts: true,
-        };
+        let next_watch = WatchTarget::key(cfg.key.clone());
         Election {
             cfg,
             commands_tx,
