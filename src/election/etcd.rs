@@ -60,14 +60,39 @@ pub enum EtcdError {
     },
     #[error("{op}: {msg}", op = .op.as_str())]
     Protocol { op: Op, msg: String },
+    /// A [`EtcdError::Client`] failure that, with TLS on and no client certificate given, is
+    /// most likely etcd refusing the connection for want of one (`--client-cert-auth`): rustls
+    /// then reports a "BadCertificate" alert or, when the alert is lost with the connection,
+    /// only "operation was canceled ... connection closed".
+    #[error("{op}: {CLIENT_CERT_HINT}: {source}", op = .op.as_str())]
+    NoClientCertificate {
+        op: Op,
+        #[source]
+        source: etcd_client::Error,
+    },
 }
+
+const CLIENT_CERT_HINT: &str =
+    "etcd closed the TLS connection; it may require a client certificate (--etcd-cert/--etcd-key)";
 
 impl EtcdError {
     pub fn op(&self) -> Op {
         match self {
             EtcdError::Timeout { op, .. }
             | EtcdError::Client { op, .. }
-            | EtcdError::Protocol { op, .. } => *op,
+            | EtcdError::Protocol { op, .. }
+            | EtcdError::NoClientCertificate { op, .. } => *op,
+        }
+    }
+
+    /// This error with the reason an operator can act on, when `how` we connect explains it.
+    #[must_use]
+    pub fn explained(self, how: Explain) -> EtcdError {
+        match self {
+            EtcdError::Client { op, source } if how.refused_for_want_of_a_certificate(&source) => {
+                EtcdError::NoClientCertificate { op, source }
+            }
+            other => other,
         }
     }
 
@@ -84,6 +109,55 @@ impl EtcdError {
             } => msg.contains("lease not found"),
             _ => false,
         }
+    }
+}
+
+/// What about our way of connecting to etcd can explain a failure; see [`EtcdError::explained`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Explain {
+    /// TLS endpoints, and no client certificate to offer.
+    tls_without_client_cert: bool,
+}
+
+impl Explain {
+    pub fn for_config(cfg: &EtcdConfig) -> Self {
+        let tls = cfg.endpoints.iter().any(|e| e.starts_with("https://"));
+        let cert = cfg.tls.as_ref().is_some_and(|t| t.cert.is_some());
+        Explain {
+            tls_without_client_cert: tls && !cert,
+        }
+    }
+
+    /// Whether `error` looks like etcd closing a TLS connection that offered no certificate:
+    /// a "BadCertificate" or "CertificateRequired" alert from the server, or a request
+    /// cancelled because the connection closed (the alert lost with it, as happens when the
+    /// request was already sent: TLS 1.3 finishes the client's handshake before the server
+    /// has checked it).
+    fn refused_for_want_of_a_certificate(self, error: &etcd_client::Error) -> bool {
+        if !self.tls_without_client_cert {
+            return false;
+        }
+        let mut next: Option<&(dyn std::error::Error + 'static)> = match error {
+            etcd_client::Error::GRpcStatus(status) => Some(status),
+            etcd_client::Error::TransportError(e) => Some(e),
+            etcd_client::Error::IoError(e) => Some(e),
+            _ => None,
+        };
+        while let Some(e) = next {
+            if e.downcast_ref::<hyper::Error>()
+                .is_some_and(hyper::Error::is_canceled)
+            {
+                return true;
+            }
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                let text = io.to_string();
+                if text.contains("BadCertificate") || text.contains("CertificateRequired") {
+                    return true;
+                }
+            }
+            next = e.source();
+        }
+        false
     }
 }
 
@@ -146,6 +220,7 @@ pub async fn connect(cfg: &EtcdConfig, timing: &Timing) -> Result<Client, String
     }
     // With credentials, connect authenticates at once and fails if etcd is down; retry until
     // it answers, as every other etcd call does.
+    let explain = Explain::for_config(cfg);
     let mut delay = timing.backoff_base;
     let mut last_warn: Option<Instant> = None;
     loop {
@@ -154,10 +229,13 @@ pub async fn connect(cfg: &EtcdConfig, timing: &Timing) -> Result<Client, String
             Err(etcd_client::Error::InvalidArgs(msg)) => return Err(format!("etcd client: {msg}")),
             Err(etcd_client::Error::InvalidUri(e)) => return Err(format!("etcd endpoint: {e}")),
             Err(e) => {
+                let hint = explain
+                    .refused_for_want_of_a_certificate(&e)
+                    .then_some(CLIENT_CERT_HINT);
                 // Like every other etcd failure: a warning at most every 10 s.
                 let now = Instant::now();
                 if last_warn.is_none_or(|at| now.duration_since(at) >= Duration::from_secs(10)) {
-                    tracing::warn!(error = %e, retry_in = ?delay, "cannot connect to etcd yet");
+                    tracing::warn!(error = %e, hint, retry_in = ?delay, "cannot connect to etcd yet");
                     last_warn = Some(now);
                 } else {
                     tracing::debug!(error = %e, retry_in = ?delay, "cannot connect to etcd yet");
@@ -702,5 +780,58 @@ mod tests {
             }),
             "the value written while waiting is the one shown"
         );
+    }
+
+    fn etcd(endpoint: &str, ca: bool, cert: bool) -> EtcdConfig {
+        let file = |on: bool, name: &str| on.then(|| std::path::PathBuf::from(name));
+        EtcdConfig {
+            endpoints: vec![endpoint.to_string()],
+            tls: (ca || cert).then(|| crate::config::TlsFiles {
+                ca: file(ca, "ca.pem"),
+                cert: file(cert, "client.pem"),
+                key: file(cert, "client.key"),
+            }),
+            auth: None,
+        }
+    }
+
+    fn refused() -> EtcdError {
+        EtcdError::Client {
+            op: Op::Grant,
+            source: etcd_client::Error::IoError(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "received fatal alert: BadCertificate",
+            )),
+        }
+    }
+
+    #[test]
+    fn a_refused_tls_connection_without_a_client_certificate_names_the_flags() {
+        let how = Explain::for_config(&etcd("https://127.0.0.1:2379", true, false));
+        let text = refused().explained(how).to_string();
+        assert!(text.starts_with("grant: etcd closed the TLS connection; it may require a client certificate (--etcd-cert/--etcd-key): "), "{text}");
+        assert!(
+            text.contains("BadCertificate"),
+            "the original error stays: {text}"
+        );
+    }
+
+    #[test]
+    fn the_certificate_hint_is_only_given_when_none_is_configured() {
+        for how in [
+            Explain::for_config(&etcd("https://127.0.0.1:2379", true, true)),
+            Explain::for_config(&etcd("http://127.0.0.1:2379", false, false)),
+        ] {
+            let e = refused().explained(how);
+            assert!(matches!(e, EtcdError::Client { .. }), "{e}");
+        }
+        let how = Explain::for_config(&etcd("https://127.0.0.1:2379", true, false));
+        let other = EtcdError::Client {
+            op: Op::Grant,
+            source: etcd_client::Error::IoError(std::io::Error::from(
+                std::io::ErrorKind::ConnectionRefused,
+            )),
+        };
+        assert!(matches!(other.explained(how), EtcdError::Client { .. }));
     }
 }

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{ElectionConfig, EtcdConfig};
 use crate::leadership::{Publisher, Receiver, Snapshot};
 use crate::metrics::Metrics;
-use etcd::{EtcdError, Report, WatchTarget};
+use etcd::{EtcdError, Explain, Report, WatchTarget};
 use machine::{Action, Event, Machine, Role, Transition};
 
 /// How often a repeated etcd failure is logged at `warn`; the rest go to `debug`.
@@ -80,6 +80,8 @@ pub struct Election {
     transitions: u64,
     last_error: Option<String>,
     errors: ErrorLog,
+    /// What our way of connecting tells about a failure (e.g. no client certificate).
+    explain: Explain,
     exit: bool,
 }
 
@@ -103,6 +105,10 @@ impl Election {
         let (reports_tx, reports) = mpsc::channel(256);
         let (commands_tx, commands) = mpsc::channel(16);
         let next_watch = WatchTarget::key(cfg.key.clone());
+        let explain = match &client {
+            Connection::Later(etcd) => Explain::for_config(etcd),
+            Connection::Ready(_) => Explain::default(),
+        };
         Election {
             cfg,
             commands_tx,
@@ -121,6 +127,7 @@ impl Election {
             transitions: 0,
             last_error: None,
             errors: ErrorLog::default(),
+            explain,
             exit: false,
         }
     }
@@ -246,6 +253,7 @@ impl Election {
     }
 
     fn on_error(&mut self, error: EtcdError) {
+        let error = error.explained(self.explain);
         self.metrics.etcd_error(error.op().as_str());
         let text = error.to_string();
         self.errors.log(&error);
