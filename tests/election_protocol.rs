@@ -568,7 +568,17 @@ fn a_handoff_among_50_queued_sidecars_makes_one_candidate_campaign() {
         .iter()
         .map(|s| (s.id().to_string(), campaigns(s)))
         .collect();
-    let events_before = etcd_counter(&etcd, "etcd_debugging_mvcc_events_total");
+    // Every waiting candidate watches the prefix, so each join was an event
+    // for all before it: let the last ones be delivered before counting.
+    let mut events_before = etcd_counter(&etcd, "etcd_debugging_mvcc_events_total");
+    assert!(
+        wait_until(SOON, || {
+            std::thread::sleep(Duration::from_millis(200));
+            let now = etcd_counter(&etcd, "etcd_debugging_mvcc_events_total");
+            std::mem::replace(&mut events_before, now) == now
+        }),
+        "etcd's watch events settle before the handoff"
+    );
 
     let stopped = Instant::now();
     let mut old = sidecars.remove(0);
