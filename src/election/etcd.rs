@@ -313,22 +313,26 @@ impl Ahead {
             // Our predecessor left: campaign, as `concurrency.Election` does.
             return Some(Event::KeyDeleted);
         }
-        (at == 0).then(|| self.leader_changed())
+        self.leader_changed(at)
     }
 
     /// What a write of `key` means to us: a new value of a candidate ahead (the leader's
     /// Proclaim when it is the first); keys behind ours (newcomers, our own) do not matter.
     fn put(&mut self, key: &[u8], holder: Holder) -> Option<Event> {
         let at = self.keys.iter().position(|(k, _)| k.as_slice() == key)?;
-        self.keys[at].1 = holder;
-        (at == 0).then(|| self.leader_changed())
+        if let Some((_, known)) = self.keys.get_mut(at) {
+            *known = holder;
+        }
+        self.leader_changed(at)
     }
 
-    fn leader_changed(&self) -> Event {
-        // `deleted` returns before calling this when the list became empty.
-        let (_, holder) = &self.keys[0];
-        Event::LeaderChanged {
-            holder: holder.clone(),
+    /// After a change at position `at`: the leader, if that was the leader's position.
+    fn leader_changed(&self, at: usize) -> Option<Event> {
+        match self.keys.first() {
+            Some((_, holder)) if at == 0 => Some(Event::LeaderChanged {
+                holder: holder.clone(),
+            }),
+            _ => None,
         }
     }
 }
