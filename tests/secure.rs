@@ -176,6 +176,54 @@ fn a_wrong_ca_is_reported_clearly_and_retried_without_leadership() {
 }
 
 #[test]
+fn mutual_tls_without_a_client_certificate_names_the_missing_certificate() {
+    let pki = Pki::new();
+    let etcd = tls_etcd(&pki, &pki.server_cert, &pki.server_key, true);
+    let key = unique_key("no_client_cert");
+    let ca = pki.ca.display().to_string();
+    // Trusts the right CA but has no --etcd-cert/--etcd-key: etcd closes the
+    // connection after the handshake, and rustls only says "connection closed".
+    let mut s = Sidecar::start(
+        &etcd.endpoint(),
+        &key,
+        "certless",
+        &["--ttl", "3", "--etcd-cacert", &ca],
+    );
+
+    assert_retrying_without_leadership(&mut s, Duration::from_secs(5));
+    let logs = s.logs();
+    let hints: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("\"WARN\"") && l.contains("may require a client certificate"))
+        .collect();
+    assert!(
+        !hints.is_empty(),
+        "a warning says etcd may want a client certificate; log:\n{}",
+        tail(&logs, 20)
+    );
+    assert!(
+        hints[0].contains("--etcd-cert") && hints[0].contains("--etcd-key"),
+        "it names the flags: {}",
+        hints[0]
+    );
+    // Like every retried failure: one warning, then at most one per 10 s.
+    assert!(
+        hints.len() <= 2,
+        "{} hints in ~5 s of retrying; log:\n{}",
+        hints.len(),
+        tail(&logs, 20)
+    );
+    let (_, status) = s.get_json("/status");
+    assert!(
+        status["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("client certificate")),
+        "/status shows the reason: {status}"
+    );
+    assert_eq!(etcd.get(&key), None, "it never wrote the key");
+}
+
+#[test]
 fn an_expired_server_certificate_is_reported_clearly_and_retried() {
     let pki = Pki::new();
     let etcd = expired_tls_etcd(&pki);
@@ -194,6 +242,11 @@ fn an_expired_server_certificate_is_reported_clearly_and_retried() {
         logs.lines()
             .any(|l| l.contains("\"WARN\"") && l.contains("certificate expired")),
         "a warning says the certificate expired; log:\n{}",
+        tail(&logs, 20)
+    );
+    assert!(
+        !logs.contains("may require a client certificate"),
+        "a refused server certificate is not blamed on a missing client certificate; log:\n{}",
         tail(&logs, 20)
     );
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
     KeyValue, LeaseKeepAliveStream, LeaseKeeper, SortOrder, SortTarget, TlsOptions, Txn, TxnOp,
-    TxnOpResponse, WatchFilterType, WatchOptions,
+    TxnOpResponse, WatchOptions,
 };
 use tokio::sync::mpsc;
 use tokio::time::{sleep, sleep_until, timeout, Instant};
@@ -62,14 +62,44 @@ pub enum EtcdError {
     },
     #[error("{op}: {msg}", op = .op.as_str())]
     Protocol { op: Op, msg: String },
+    /// A [`EtcdError::Client`] failure that, with TLS on and no client certificate given, is
+    /// most likely etcd refusing the connection for want of one (`--client-cert-auth`): rustls
+    /// then reports a "BadCertificate" alert or, when the alert is lost with the connection,
+    /// only "operation was canceled ... connection closed".
+    #[error("{op}: {CLIENT_CERT_HINT}: {source}", op = .op.as_str())]
+    NoClientCertificate {
+        op: Op,
+        #[source]
+        source: etcd_client::Error,
+    },
 }
+
+const CLIENT_CERT_HINT: &str =
+    "etcd closed the TLS connection; it may require a client certificate (--etcd-cert/--etcd-key)";
 
 impl EtcdError {
     pub fn op(&self) -> Op {
         match self {
             EtcdError::Timeout { op, .. }
             | EtcdError::Client { op, .. }
-            | EtcdError::Protocol { op, .. } => *op,
+            | EtcdError::Protocol { op, .. }
+            | EtcdError::NoClientCertificate { op, .. } => *op,
+        }
+    }
+
+    /// True when the error names a cause an operator can act on.
+    pub fn has_hint(&self) -> bool {
+        matches!(self, EtcdError::NoClientCertificate { .. })
+    }
+
+    /// This error with the reason an operator can act on, when `how` we connect explains it.
+    #[must_use]
+    pub fn explained(self, how: Explain) -> EtcdError {
+        match self {
+            EtcdError::Client { op, source } if how.refused_for_want_of_a_certificate(&source) => {
+                EtcdError::NoClientCertificate { op, source }
+            }
+            other => other,
         }
     }
 
@@ -89,6 +119,55 @@ impl EtcdError {
             } => msg.contains("lease not found"),
             _ => false,
         }
+    }
+}
+
+/// What about our way of connecting to etcd can explain a failure; see [`EtcdError::explained`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Explain {
+    /// TLS endpoints, and no client certificate to offer.
+    tls_without_client_cert: bool,
+}
+
+impl Explain {
+    pub fn for_config(cfg: &EtcdConfig) -> Self {
+        let tls = cfg.endpoints.iter().any(|e| e.starts_with("https://"));
+        let cert = cfg.tls.as_ref().is_some_and(|t| t.cert.is_some());
+        Explain {
+            tls_without_client_cert: tls && !cert,
+        }
+    }
+
+    /// Whether `error` looks like etcd closing a TLS connection that offered no certificate:
+    /// a "BadCertificate" or "CertificateRequired" alert from the server, or a request
+    /// cancelled because the connection closed (the alert lost with it, as happens when the
+    /// request was already sent: TLS 1.3 finishes the client's handshake before the server
+    /// has checked it).
+    fn refused_for_want_of_a_certificate(self, error: &etcd_client::Error) -> bool {
+        if !self.tls_without_client_cert {
+            return false;
+        }
+        let mut next: Option<&(dyn std::error::Error + 'static)> = match error {
+            etcd_client::Error::GRpcStatus(status) => Some(status),
+            etcd_client::Error::TransportError(e) => Some(e),
+            etcd_client::Error::IoError(e) => Some(e),
+            _ => None,
+        };
+        while let Some(e) = next {
+            if e.downcast_ref::<hyper::Error>()
+                .is_some_and(hyper::Error::is_canceled)
+            {
+                return true;
+            }
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                let text = io.to_string();
+                if text.contains("BadCertificate") || text.contains("CertificateRequired") {
+                    return true;
+                }
+            }
+            next = e.source();
+        }
+        false
     }
 }
 
@@ -167,6 +246,7 @@ pub async fn connect(cfg: &EtcdConfig, timing: &Timing) -> Result<Client, Connec
     }
     // With credentials, connect authenticates at once and fails if etcd is down; retry until
     // it answers, as every other etcd call does.
+    let explain = Explain::for_config(cfg);
     let mut backoff = Backoff::unseeded(timing.backoff_base, timing.backoff_cap);
     let mut warn = WarnLimit::default();
     loop {
@@ -180,9 +260,12 @@ pub async fn connect(cfg: &EtcdConfig, timing: &Timing) -> Result<Client, Connec
             }
             Err(e) => {
                 let delay = backoff.next_delay();
+                let hint = explain
+                    .refused_for_want_of_a_certificate(&e)
+                    .then_some(CLIENT_CERT_HINT);
                 match warn.due(Instant::now()) {
                     Some(suppressed) => {
-                        tracing::warn!(error = %e, retry_in = ?delay, suppressed, "cannot connect to etcd yet")
+                        tracing::warn!(error = %e, hint, retry_in = ?delay, suppressed, "cannot connect to etcd yet")
                     }
                     None => {
                         tracing::debug!(error = %e, retry_in = ?delay, "cannot connect to etcd yet")
@@ -225,13 +308,71 @@ pub async fn grant(
     Ok((resp.id(), granted, sent_at))
 }
 
-/// What to watch after a campaign: the key whose deletion matters to us.
+/// What to watch after a campaign.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WatchTarget {
+    /// The key whose deletion or overwrite matters: the lock key, or our own election key
+    /// while leading. With `ahead`, the election's prefix (`<name>/`).
     pub key: String,
-    /// Whether puts matter too (our own key or the lock key), or only deletion (a
-    /// predecessor in the election protocol, whose proposals are not ours to follow).
-    pub puts: bool,
+    /// A waiting candidate in the election protocol: the candidates queued before it.
+    pub ahead: Option<Ahead>,
+}
+
+impl WatchTarget {
+    /// One key, for puts and deletion.
+    pub fn key(key: impl Into<String>) -> Self {
+        WatchTarget {
+            key: key.into(),
+            ahead: None,
+        }
+    }
+}
+
+/// The candidates queued before ours in the election protocol, oldest (the leader) first, as
+/// read by our campaign.
+///
+/// A key created after ours can never come before it, so this list only ever shrinks, and one
+/// watch on the election's prefix keeps it exact without another request: a handoff costs a
+/// waiting candidate one watch event and nothing else, however long the queue. Only the
+/// deletion of our predecessor (the last entry) makes us campaign, so a handoff still makes
+/// one candidate campaign; the deletion or rewrite (Proclaim) of the first entry only changes
+/// whom we follow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ahead {
+    keys: Vec<(Vec<u8>, Holder)>,
+}
+
+impl Ahead {
+    /// What the deletion of `key` means to us.
+    fn deleted(&mut self, key: &[u8]) -> Option<Event> {
+        let at = self.keys.iter().position(|(k, _)| k.as_slice() == key)?;
+        self.keys.remove(at);
+        if at == self.keys.len() {
+            // Our predecessor left: campaign, as `concurrency.Election` does.
+            return Some(Event::KeyDeleted);
+        }
+        self.leader_changed(at)
+    }
+
+    /// What a write of `key` means to us: a new value of a candidate ahead (the leader's
+    /// Proclaim when it is the first); keys behind ours (newcomers, our own) do not matter.
+    fn put(&mut self, key: &[u8], holder: Holder) -> Option<Event> {
+        let at = self.keys.iter().position(|(k, _)| k.as_slice() == key)?;
+        if let Some((_, known)) = self.keys.get_mut(at) {
+            *known = holder;
+        }
+        self.leader_changed(at)
+    }
+
+    /// After a change at position `at`: the leader, if that was the leader's position.
+    fn leader_changed(&self, at: usize) -> Option<Event> {
+        match self.keys.first() {
+            Some((_, holder)) if at == 0 => Some(Event::LeaderChanged {
+                holder: holder.clone(),
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// What a campaign learnt.
@@ -271,10 +412,7 @@ async fn campaign_lock(
     Ok(Campaign {
         holder,
         revision,
-        watch: WatchTarget {
-            key: key.to_string(),
-            puts: true,
-        },
+        watch: WatchTarget::key(key),
     })
 }
 
@@ -301,11 +439,12 @@ async fn campaign_election(
         .with_prefix()
         .with_sort(SortTarget::Create, SortOrder::Ascend)
         .with_limit(1);
+    // Everyone before us, not just our predecessor: see `Ahead`. The answer grows with our
+    // place in the queue (a key and an id each), but only a campaign reads it.
     let before_us = GetOptions::new()
         .with_prefix()
-        .with_sort(SortTarget::Create, SortOrder::Descend)
-        .with_max_create_revision(mine.create_revision - 1)
-        .with_limit(1);
+        .with_sort(SortTarget::Create, SortOrder::Ascend)
+        .with_max_create_revision(mine.create_revision - 1);
     let read = Txn::new().and_then([
         TxnOp::get(prefix.as_str(), Some(first)),
         TxnOp::get(prefix.as_str(), Some(before_us)),
@@ -316,24 +455,31 @@ async fn campaign_election(
         .map(|h| h.revision())
         .ok_or_else(|| protocol(Op::Campaign, "transaction response without header"))?;
     let mut gets = resp.op_responses().into_iter().filter_map(|op| match op {
-        TxnOpResponse::Get(get) => Some(get.kvs().first().cloned()),
+        TxnOpResponse::Get(get) => Some(get.kvs().to_vec()),
         _ => None,
     });
-    let leader = gets.next().flatten().ok_or_else(|| {
-        protocol(
-            Op::Campaign,
-            "our election key vanished during the campaign",
-        )
-    })?;
-    let watch = match gets.next().flatten() {
-        Some(predecessor) => WatchTarget {
-            key: String::from_utf8_lossy(predecessor.key()).into_owned(),
-            puts: false,
-        },
-        None => WatchTarget {
-            key: own,
-            puts: true,
-        },
+    let leader = gets
+        .next()
+        .and_then(|kvs| kvs.into_iter().next())
+        .ok_or_else(|| {
+            protocol(
+                Op::Campaign,
+                "our election key vanished during the campaign",
+            )
+        })?;
+    let ahead: Vec<(Vec<u8>, Holder)> = gets
+        .next()
+        .unwrap_or_default()
+        .iter()
+        .map(|kv| (kv.key().to_vec(), holder_of(kv)))
+        .collect();
+    let watch = if ahead.is_empty() {
+        WatchTarget::key(own)
+    } else {
+        WatchTarget {
+            key: prefix,
+            ahead: Some(Ahead { keys: ahead }),
+        }
     };
     Ok(Campaign {
         holder: holder_of(&leader),
@@ -477,9 +623,9 @@ async fn renew(
     }
 }
 
-/// Watch `key` from `from_revision` and report puts and deletes until the watch ends, which is
-/// reported as [`Event::WatchFailed`]. The task never retries by itself: after a broken watch
-/// the election re-reads the key before trusting anything again.
+/// Watch the target from `from_revision` and report what its puts and deletes mean until the
+/// watch ends, which is reported as [`Event::WatchFailed`]. The task never retries by itself:
+/// after a broken watch the election re-reads the key before trusting anything again.
 pub async fn watch(
     mut client: Client,
     timing: Timing,
@@ -490,8 +636,9 @@ pub async fn watch(
 ) {
     let report = |event| Report::WatchEvent { generation, event };
     let mut options = WatchOptions::new().with_start_revision(from_revision);
-    if !target.puts {
-        options = options.with_filters([WatchFilterType::NoPut]);
+    let mut ahead = target.ahead;
+    if ahead.is_some() {
+        options = options.with_prefix();
     }
     let watch = client.watch(target.key.as_str(), Some(options));
     let mut stream = match bounded(Op::Watch, timing.request_timeout, watch).await {
@@ -538,10 +685,18 @@ pub async fn watch(
         }
         for event in resp.events() {
             let Some(kv) = event.kv() else { continue };
-            let event = match event.event_type() {
-                EventType::Delete => Event::KeyDeleted,
-                EventType::Put => Event::KeyPut {
+            let event = match (event.event_type(), &mut ahead) {
+                (EventType::Delete, None) => Event::KeyDeleted,
+                (EventType::Put, None) => Event::KeyPut {
                     holder: holder_of(kv),
+                },
+                (EventType::Delete, Some(ahead)) => match ahead.deleted(kv.key()) {
+                    Some(event) => event,
+                    None => continue,
+                },
+                (EventType::Put, Some(ahead)) => match ahead.put(kv.key(), holder_of(kv)) {
+                    Some(event) => event,
+                    None => continue,
                 },
             };
             if reports.send(report(event)).await.is_err() {
@@ -588,5 +743,136 @@ async fn bounded<T>(
         Ok(Ok(v)) => Ok(v),
         Ok(Err(source)) => Err(EtcdError::Client { op, source }),
         Err(_) => Err(EtcdError::Timeout { op, after }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn holder(value: &str, rev: i64) -> Holder {
+        Holder {
+            value: value.into(),
+            lease: rev * 10,
+            create_revision: rev,
+        }
+    }
+
+    /// Three candidates ahead of ours: `a` leads, `c` is our predecessor.
+    fn queue() -> Ahead {
+        Ahead {
+            keys: vec![
+                (b"e/a".to_vec(), holder("a", 2)),
+                (b"e/b".to_vec(), holder("b", 3)),
+                (b"e/c".to_vec(), holder("c", 4)),
+            ],
+        }
+    }
+
+    #[test]
+    fn the_leaders_deletion_names_the_next_one_without_campaigning() {
+        let mut q = queue();
+        assert_eq!(
+            q.deleted(b"e/a"),
+            Some(Event::LeaderChanged {
+                holder: holder("b", 3)
+            })
+        );
+        assert_eq!(
+            q.deleted(b"e/b"),
+            Some(Event::LeaderChanged {
+                holder: holder("c", 4)
+            })
+        );
+        // Now our predecessor leads; its deletion is our turn.
+        assert_eq!(q.deleted(b"e/c"), Some(Event::KeyDeleted));
+    }
+
+    #[test]
+    fn only_the_predecessors_deletion_means_campaign() {
+        let mut q = queue();
+        assert_eq!(q.deleted(b"e/c"), Some(Event::KeyDeleted));
+        let mut q = queue();
+        assert_eq!(q.deleted(b"e/b"), None, "a candidate in between left");
+        assert_eq!(
+            q.deleted(b"e/a"),
+            Some(Event::LeaderChanged {
+                holder: holder("c", 4)
+            })
+        );
+    }
+
+    #[test]
+    fn a_proclaim_by_the_leader_is_reported_and_other_writes_are_not() {
+        let mut q = queue();
+        assert_eq!(
+            q.put(b"e/a", holder("a2", 2)),
+            Some(Event::LeaderChanged {
+                holder: holder("a2", 2)
+            })
+        );
+        assert_eq!(q.put(b"e/b", holder("b2", 3)), None);
+        assert_eq!(q.put(b"e/new", holder("new", 9)), None, "a newcomer");
+        assert_eq!(q.deleted(b"e/new"), None);
+        assert_eq!(
+            q.deleted(b"e/a"),
+            Some(Event::LeaderChanged {
+                holder: holder("b2", 3)
+            }),
+            "the value written while waiting is the one shown"
+        );
+    }
+
+    fn etcd(endpoint: &str, ca: bool, cert: bool) -> EtcdConfig {
+        let file = |on: bool, name: &str| on.then(|| std::path::PathBuf::from(name));
+        EtcdConfig {
+            endpoints: vec![endpoint.to_string()],
+            tls: (ca || cert).then(|| crate::config::TlsFiles {
+                ca: file(ca, "ca.pem"),
+                cert: file(cert, "client.pem"),
+                key: file(cert, "client.key"),
+            }),
+            auth: None,
+        }
+    }
+
+    fn refused() -> EtcdError {
+        EtcdError::Client {
+            op: Op::Grant,
+            source: etcd_client::Error::IoError(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "received fatal alert: BadCertificate",
+            )),
+        }
+    }
+
+    #[test]
+    fn a_refused_tls_connection_without_a_client_certificate_names_the_flags() {
+        let how = Explain::for_config(&etcd("https://127.0.0.1:2379", true, false));
+        let text = refused().explained(how).to_string();
+        assert!(text.starts_with("grant: etcd closed the TLS connection; it may require a client certificate (--etcd-cert/--etcd-key): "), "{text}");
+        assert!(
+            text.contains("BadCertificate"),
+            "the original error stays: {text}"
+        );
+    }
+
+    #[test]
+    fn the_certificate_hint_is_only_given_when_none_is_configured() {
+        for how in [
+            Explain::for_config(&etcd("https://127.0.0.1:2379", true, true)),
+            Explain::for_config(&etcd("http://127.0.0.1:2379", false, false)),
+        ] {
+            let e = refused().explained(how);
+            assert!(matches!(e, EtcdError::Client { .. }), "{e}");
+        }
+        let how = Explain::for_config(&etcd("https://127.0.0.1:2379", true, false));
+        let other = EtcdError::Client {
+            op: Op::Grant,
+            source: etcd_client::Error::IoError(std::io::Error::from(
+                std::io::ErrorKind::ConnectionRefused,
+            )),
+        };
+        assert!(matches!(other.explained(how), EtcdError::Client { .. }));
     }
 }

@@ -119,6 +119,10 @@ pub enum Event {
     KeyDeleted,
     /// The watched key was written.
     KeyPut { holder: Holder },
+    /// A waiting candidate learnt that someone else now leads (the leader handed over to the
+    /// next in line, or rewrote its value). Only updates whom a follower follows: it is never
+    /// a reason to campaign or to step down.
+    LeaderChanged { holder: Holder },
     /// The watch ended (stream error, cancelled, compacted): events may have been missed.
     WatchFailed,
     /// Nothing happened, but a deadline may have passed; see [`Machine::next_wakeup`].
@@ -453,6 +457,11 @@ impl Machine {
                 _ => {}
             },
             Event::KeyPut { holder } => self.on_key_put(holder, &mut out),
+            Event::LeaderChanged { holder } => {
+                if let State::Following { .. } = self.state {
+                    self.follow(holder, &mut out);
+                }
+            }
             Event::WatchFailed => match self.state {
                 State::Leading { .. } => {
                     self.record_step_down(StepDownReason::WatchLost, &mut out);
@@ -631,18 +640,26 @@ impl Machine {
                     self.state = State::Following { leader: holder };
                 }
             }
-            State::Following { leader } if *leader != holder => {
-                if leader.value != holder.value || leader.create_revision != holder.create_revision
-                {
-                    out.transitions.push(Transition::LeaderObserved {
-                        leader: holder.value.clone(),
-                        fencing_token: holder.create_revision,
-                    });
-                }
-                self.state = State::Following { leader: holder };
-            }
+            State::Following { .. } => self.follow(holder, out),
             _ => {}
         }
+    }
+
+    /// While following: follow `holder` from now on, noting a new leader or value.
+    fn follow(&mut self, holder: Holder, out: &mut Step) {
+        let State::Following { leader } = &self.state else {
+            return;
+        };
+        if *leader == holder {
+            return;
+        }
+        if leader.value != holder.value || leader.create_revision != holder.create_revision {
+            out.transitions.push(Transition::LeaderObserved {
+                leader: holder.value.clone(),
+                fencing_token: holder.create_revision,
+            });
+        }
+        self.state = State::Following { leader: holder };
     }
 
     fn on_tick(&mut self, now: Instant, out: &mut Step) {
@@ -1388,5 +1405,70 @@ mod tests {
             t0,
         );
         assert_eq!(m.view().lease_ttl, Some(Duration::from_secs(4)));
+    }
+
+    #[test]
+    fn leader_change_updates_whom_a_follower_follows_without_campaigning() {
+        let (mut m, t0) = machine();
+        following(&mut m, t0);
+        let next = Holder {
+            value: "next".into(),
+            lease: 56,
+            create_revision: 4,
+        };
+        let step = m.step(Event::LeaderChanged { holder: next }, t0);
+        assert_eq!(step.actions, vec![]);
+        assert_eq!(
+            step.transitions,
+            vec![Transition::LeaderObserved {
+                leader: "next".into(),
+                fencing_token: 4
+            }]
+        );
+        let v = m.view();
+        assert_eq!(v.role, Role::Follower);
+        assert_eq!(v.leader.as_deref(), Some("next"));
+        assert_eq!(v.fencing_token, Some(4));
+    }
+
+    #[test]
+    fn a_proclaimed_value_is_followed() {
+        let (mut m, t0) = machine();
+        following(&mut m, t0);
+        let proclaimed = Holder {
+            value: "new value".into(),
+            ..other(3)
+        };
+        let step = m.step(Event::LeaderChanged { holder: proclaimed }, t0);
+        assert_eq!(step.actions, vec![]);
+        assert_eq!(m.view().leader.as_deref(), Some("new value"));
+        assert_eq!(m.view().fencing_token, Some(3));
+        // The same news twice is no news.
+        let again = Holder {
+            value: "new value".into(),
+            ..other(3)
+        };
+        assert_eq!(
+            m.step(Event::LeaderChanged { holder: again }, t0),
+            Step::default()
+        );
+    }
+
+    #[test]
+    fn leader_change_never_touches_a_leader_or_a_campaign() {
+        let (mut m, t0) = machine();
+        leading(&mut m, t0);
+        assert_eq!(
+            m.step(Event::LeaderChanged { holder: other(9) }, t0),
+            Step::default()
+        );
+        assert!(is_leader(&m, t0));
+        let (mut m, t0) = machine();
+        granted(&mut m, t0);
+        assert_eq!(
+            m.step(Event::LeaderChanged { holder: other(9) }, t0),
+            Step::default()
+        );
+        assert_eq!(m.view().role, Role::Campaigning);
     }
 }

@@ -20,7 +20,7 @@ use crate::backoff::WarnLimit;
 use crate::config::{ElectionConfig, EtcdConfig};
 use crate::leadership::{Publisher, Receiver, Snapshot};
 use crate::metrics::Metrics;
-use etcd::{ConnectError, EtcdError, Report, WatchTarget};
+use etcd::{ConnectError, EtcdError, Explain, Report, WatchTarget};
 use machine::{Action, Event, Machine, Role, Transition};
 
 /// How an election ended: what happened to the lease it held, for the exit log line.
@@ -104,6 +104,8 @@ pub struct Election {
     transitions: u64,
     last_error: Option<String>,
     errors: ErrorLog,
+    /// What our way of connecting tells about a failure (e.g. no client certificate).
+    explain: Explain,
     exit: bool,
     /// What became of the lease given back on exit, once its revoke has finished.
     release: Release,
@@ -113,6 +115,7 @@ impl Election {
     /// A new election; it connects to etcd when [`Election::run`] starts, so that the front
     /// ends can answer while an authenticating connect still waits for etcd.
     pub fn new(cfg: ElectionConfig, etcd: EtcdConfig, metrics: Metrics) -> Self {
+        let explain = Explain::for_config(&etcd);
         let client = Connection::Later(etcd);
         let seed = seed_from(&cfg.id);
         let machine = Machine::new(cfg.id.clone(), cfg.timing, cfg.release_delay, seed);
@@ -120,10 +123,7 @@ impl Election {
         let (publisher, _) = Publisher::new(snapshot);
         let (reports_tx, reports) = mpsc::channel(256);
         let (commands_tx, commands) = mpsc::channel(16);
-        let next_watch = WatchTarget {
-            key: cfg.key.clone(),
-            puts: true,
-        };
+        let next_watch = WatchTarget::key(cfg.key.clone());
         Election {
             cfg,
             commands_tx,
@@ -142,6 +142,7 @@ impl Election {
             transitions: 0,
             last_error: None,
             errors: ErrorLog::default(),
+            explain,
             exit: false,
             release: Release::NothingHeld,
         }
@@ -267,6 +268,7 @@ impl Election {
     }
 
     fn on_error(&mut self, error: EtcdError) {
+        let error = error.explained(self.explain);
         self.metrics.etcd_error(error.op().as_str());
         let text = error.to_string();
         self.errors.log(&error);
@@ -496,13 +498,23 @@ impl Election {
 }
 
 /// Logs repeated etcd failures: at most one `warn` per [`crate::backoff::WARN_EVERY`], with
-/// the count of those suppressed in between; the rest at `debug`.
+/// the count of those suppressed in between; the rest at `debug`. A failure that carries a
+/// hint an operator can act on (a missing client certificate) has a limit of its own, so an
+/// unrelated failure just before it cannot hide the hint.
 #[derive(Debug, Default)]
-struct ErrorLog(WarnLimit);
+struct ErrorLog {
+    plain: WarnLimit,
+    hinted: WarnLimit,
+}
 
 impl ErrorLog {
     fn log(&mut self, error: &EtcdError) {
-        match self.0.due(Instant::now()) {
+        let limit = if error.has_hint() {
+            &mut self.hinted
+        } else {
+            &mut self.plain
+        };
+        match limit.due(Instant::now()) {
             Some(suppressed) => {
                 tracing::warn!(op = error.op().as_str(), error = %error, suppressed, "etcd request failed; retrying")
             }

@@ -132,13 +132,32 @@ impl SidecarBuilder {
         }
     }
 
-    /// Spawns and waits until `/healthz` answers 200.
+    /// Spawns and waits until `/healthz` answers 200. A start that failed
+    /// because a port chosen by [`free_port`] was taken meanwhile (by another
+    /// test's process, or as the local port of an outgoing connection) is
+    /// retried on other ports, as [`super::Etcd::start`] does.
     pub fn start(self) -> Sidecar {
+        for _ in 1..PORT_RETRIES {
+            let mut s = self.clone().spawn();
+            match s.try_ready() {
+                Ok(()) => return s,
+                Err(e) if s.logs().contains("Address already in use") => {
+                    eprintln!(
+                        "sidecar {}: a port was taken, retrying with others: {e}",
+                        s.id
+                    );
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
         let mut s = self.spawn();
         s.wait_ready();
         s
     }
 }
+
+/// How often [`SidecarBuilder::start`] tries with fresh ports.
+const PORT_RETRIES: usize = 3;
 
 pub struct Sidecar {
     child: Option<Child>,
@@ -195,27 +214,34 @@ impl Sidecar {
     /// Polls `/healthz` until 200; panics with the log if the process exits or
     /// the bound passes.
     pub fn wait_ready(&mut self) {
+        if let Err(e) = self.try_ready() {
+            panic!("{e}");
+        }
+    }
+
+    /// [`Sidecar::wait_ready`], returning the failure (with the log tail).
+    fn try_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if let Ok(r) = self.try_get("/healthz") {
                 if r.status == 200 {
-                    return;
+                    return Ok(());
                 }
             }
             if let Some(status) = self.try_wait() {
-                panic!(
+                return Err(format!(
                     "sidecar {} exited before it was ready ({status}); log:\n{}",
                     self.id,
                     tail(&self.logs(), 40)
-                );
+                ));
             }
             if Instant::now() > deadline {
-                panic!(
+                return Err(format!(
                     "sidecar {} not ready on {} after {READY_TIMEOUT:?}; log:\n{}",
                     self.id,
                     self.addr,
                     tail(&self.logs(), 40)
-                );
+                ));
             }
             std::thread::sleep(Duration::from_millis(25));
         }
