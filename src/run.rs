@@ -17,12 +17,19 @@ use tokio_util::sync::CancellationToken;
 use crate::app::{prepare, AppError, FrontEnds, Listeners};
 use crate::config::{Config, Protocol, RunConfig};
 use crate::election::machine::Role;
+use crate::http::Resign;
 use crate::leadership::{Receiver, Snapshot};
 use crate::metrics::Metrics;
 use crate::process::{Job, Reaper};
 
 /// Exit code when a signal stopped us before the command started (128 + SIGTERM).
 const SIGNALLED_BEFORE_START: u8 = 143;
+
+/// Why `POST /resign` is refused here: a resign revokes the lease at once, but the command's
+/// group may live for its grace period after its SIGTERM, so another holder could start its
+/// command beside ours. SIGTERM to `run` does it in the safe order.
+const RESIGN_REFUSED: &str = "refused under `etcd-elector run`: the lock is released only \
+    after the command's process group is dead; send SIGTERM to etcd-elector run instead";
 
 /// Run the command under the lock; returns the process exit code.
 pub async fn run_job(
@@ -41,7 +48,13 @@ pub async fn run_job(
     let metrics = Metrics::new();
     let election = prepare(&cfg, &metrics);
     let mut leadership = election.subscribe();
-    let front_ends = FrontEnds::start(&election, metrics, listeners, cfg.leader_file.clone());
+    let front_ends = FrontEnds::start(
+        &election,
+        metrics,
+        listeners,
+        cfg.leader_file.clone(),
+        Resign::Refused(RESIGN_REFUSED),
+    );
     let election_stop = CancellationToken::new();
     let election_task = tokio::spawn(election.run_checked(election_stop.clone()));
     // Stops the election (revoking the lease) and the front ends; an etcd client that could

@@ -889,3 +889,44 @@ fn with_the_election_protocol_etcd_lock_key_names_the_candidate_key_as_etcdctl_l
          whose create revision is ETCD_LOCK_REV"
     );
 }
+
+#[test]
+fn resign_is_refused_while_run_holds_the_lock_and_changes_nothing() {
+    let etcd = Etcd::start();
+    let key = unique_key("run_resign");
+    let mut job = Job::builder()
+        .endpoints(&etcd.endpoint())
+        .key(&key)
+        .id("job-resign")
+        .ttl(LONG_TTL)
+        .admin()
+        .shell(&format!("{}; {WAIT_FOR_RELEASE}", write_file("pid", "echo $$")))
+        .spawn();
+    let pid = job.wait_for_number("pid", SOON) as i32;
+    let held = etcd.get(&key).expect("run holds the key");
+
+    let resp = http::simple(job.admin_addr(), "POST", "/resign", b"").expect("POST /resign");
+    assert_eq!(
+        resp.status, 409,
+        "resign is refused in run mode: {resp:?}\n{}",
+        job.describe()
+    );
+    let body = resp.json();
+    assert_eq!(body["resigned"], false);
+    let error = body["error"].as_str().unwrap_or_default().to_string();
+    assert!(
+        error.contains("run") && error.contains("SIGTERM"),
+        "the body says why and what to do instead: {error:?}"
+    );
+    // Nothing changed: the lease still holds the key, the command still runs.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(process_alive(pid), "the command was left alone");
+    assert!(job.is_running(), "run keeps going\n{}", job.describe());
+    assert_eq!(
+        etcd.get(&key).map(|kv| kv.lease),
+        Some(held.lease),
+        "the lease still holds the key"
+    );
+    job.touch("release");
+    assert_eq!(job.exit_code(SOON), 0, "{}", job.describe());
+}
