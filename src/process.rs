@@ -15,7 +15,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
-use tokio::time::{sleep, Instant};
+use tokio::time::{sleep, sleep_until, Instant};
 
 /// How often we look whether a signalled process group is gone.
 const GROUP_POLL: Duration = Duration::from_millis(20);
@@ -130,21 +130,22 @@ impl Job {
         }
     }
 
-    /// SIGTERM the group, wait up to `grace` for it to be gone, then SIGKILL it and wait for
+    /// SIGTERM the group, wait until `kill_at` for it to be gone, then SIGKILL it and wait for
     /// that too. Returns once no process of the group is left (or after a bounded wait).
+    /// `kill_at` is a deadline rather than a grace period so the caller can tie it to the
+    /// claim deadline, after which etcd may hand the lock to someone else.
     pub async fn terminate_group(
         &mut self,
-        grace: Duration,
+        kill_at: Instant,
         abort: &tokio_util::sync::CancellationToken,
     ) {
         if !self.group_alive() {
             return;
         }
         self.signal_group(Signal::SIGTERM);
-        let deadline = Instant::now() + grace;
-        while self.group_alive() && Instant::now() < deadline {
+        while self.group_alive() && Instant::now() < kill_at {
             tokio::select! {
-                _ = sleep(GROUP_POLL) => {}
+                _ = sleep_until(kill_at.min(Instant::now() + GROUP_POLL)) => {}
                 _ = abort.cancelled() => break,
             }
         }

@@ -3,9 +3,12 @@
 //! The same election as the sidecar decides; this module only supervises the command:
 //! * it starts once the snapshot says we lead, in its own process group, with the fencing
 //!   token in its environment;
+//! * it starts only while at least the grace period is left on the claim, so it can always
+//!   be given its grace period before the claim ends;
 //! * it is terminated (SIGTERM to the group, SIGKILL after the grace period) as soon as we stop
-//!   leading, and at the latest at `claim deadline - grace period`, so the whole group is dead
-//!   before etcd can expire the lease and let another holder start;
+//!   leading, and at the latest at `claim deadline - grace period`; whatever the reason, the
+//!   SIGKILL comes no later than the claim deadline, which is at least one margin before etcd
+//!   can expire the lease and let another holder start;
 //! * when it exits by itself the lease is revoked at once, so the next waiter starts within
 //!   milliseconds.
 
@@ -80,22 +83,23 @@ pub async fn run_job(
         try_once = run.try_once,
         "waiting for the lock"
     );
-    let snapshot = match wait_for_lock(&mut leadership, run.try_once, &shutdown).await {
-        Wait::Leader(snapshot) => snapshot,
-        Wait::Held(holder) => {
-            tracing::info!(
-                key,
-                holder = holder.as_str(),
-                "lock is held elsewhere; not running the command"
-            );
-            stop_election().await?;
-            return Ok(run.held_exit_code);
-        }
-        Wait::Signalled => {
-            stop_election().await?;
-            return Ok(SIGNALLED_BEFORE_START);
-        }
-    };
+    let snapshot =
+        match wait_for_lock(&mut leadership, run.try_once, run.grace_period, &shutdown).await {
+            Wait::Leader(snapshot) => snapshot,
+            Wait::Held(holder) => {
+                tracing::info!(
+                    key,
+                    holder = holder.as_str(),
+                    "lock is held elsewhere; not running the command"
+                );
+                stop_election().await?;
+                return Ok(run.held_exit_code);
+            }
+            Wait::Signalled => {
+                stop_election().await?;
+                return Ok(SIGNALLED_BEFORE_START);
+            }
+        };
 
     let term = Term::of(&snapshot);
     let token = snapshot.view.fencing_token.unwrap_or_default().to_string();
@@ -132,20 +136,23 @@ pub async fn run_job(
         "lock held; command started"
     );
 
+    let mut claim_until = snapshot.view.claim_until;
     let outcome = supervise(
         &mut job,
         term,
         &mut leadership,
         run.grace_period,
+        &mut claim_until,
         &shutdown,
         &abort,
     )
     .await;
+    let kill_at = kill_deadline(run.grace_period, claim_until);
     let code = match outcome {
         Outcome::Exited(code) => {
             tracing::info!(key, code, "command exited; releasing the lock");
             // Whatever it left in its group must be gone before the lock is released.
-            job.terminate_group(run.grace_period, &abort).await;
+            job.terminate_group(kill_at, &abort).await;
             code
         }
         Outcome::Lost(reason) => {
@@ -154,12 +161,12 @@ pub async fn run_job(
                 reason,
                 "lock lost while the command ran; terminating it"
             );
-            job.terminate_group(run.grace_period, &abort).await;
+            job.terminate_group(kill_at, &abort).await;
             i32::from(run.lost_exit_code)
         }
         Outcome::Signalled => {
             tracing::info!(key, "forwarding SIGTERM to the command");
-            job.terminate_group(run.grace_period, &abort).await;
+            job.terminate_group(kill_at, &abort).await;
             job_exit_code(&mut job).await
         }
         Outcome::Aborted => {
@@ -169,6 +176,13 @@ pub async fn run_job(
     };
     stop_election().await?;
     Ok(u8::try_from(code.clamp(0, 255)).unwrap_or(1))
+}
+
+/// When the group must be dead: at the end of its grace period, but never after the claim
+/// ends, since from then on etcd may expire the lease and another holder may start.
+fn kill_deadline(grace: Duration, claim_until: Option<Instant>) -> Instant {
+    let after_grace = Instant::now() + grace;
+    claim_until.map_or(after_grace, |claim| claim.min(after_grace))
 }
 
 /// The command's exit code once it has been reaped (bounded wait).
@@ -185,16 +199,28 @@ enum Wait {
     Signalled,
 }
 
-/// Wait until we lead; with `try_once`, give up at the first sign of another holder.
+/// Wait until we lead with at least `grace` left on the claim; with `try_once`, give up at
+/// the first sign of another holder. A claim with less left (won after the keep-alive stalled)
+/// is not enough: the command could not be given its grace period before the claim ends, so
+/// we wait for the renewal that extends it.
 async fn wait_for_lock(
     leadership: &mut Receiver,
     try_once: bool,
+    grace: Duration,
     shutdown: &CancellationToken,
 ) -> Wait {
     loop {
         let snapshot = leadership.borrow_and_update().as_ref().clone();
-        if snapshot.is_leader_at(Instant::now()) {
-            return Wait::Leader(snapshot);
+        let now = Instant::now();
+        if snapshot.is_leader_at(now) {
+            if snapshot
+                .view
+                .claim_until
+                .is_some_and(|until| now + grace < until)
+            {
+                return Wait::Leader(snapshot);
+            }
+            tracing::debug!("leading, but less than the grace period is left on the claim; waiting for a renewal");
         }
         if try_once && snapshot.view.role == Role::Follower {
             return Wait::Held(snapshot.view.leader.unwrap_or_default());
@@ -230,18 +256,23 @@ enum Outcome {
     Aborted,
 }
 
-/// Watch the command and the lock until one of them ends.
+/// Watch the command and the lock until one of them ends; `claim_until` follows the claim
+/// deadline of the term while it is renewed.
 async fn supervise(
     job: &mut Job,
     term: Term,
     leadership: &mut Receiver,
     grace: Duration,
+    claim_until: &mut Option<Instant>,
     shutdown: &CancellationToken,
     abort: &CancellationToken,
 ) -> Outcome {
     loop {
         let snapshot = leadership.borrow_and_update().clone();
         let now = Instant::now();
+        if snapshot.is_leader_at(now) && Term::of(&snapshot) == term {
+            *claim_until = snapshot.view.claim_until;
+        }
         if !snapshot.is_leader_at(now) {
             return Outcome::Lost(match snapshot.view.role {
                 Role::Leader => "lease not renewed in time",
@@ -270,5 +301,60 @@ async fn supervise(
             _ = shutdown.cancelled() => return Outcome::Signalled,
             _ = abort.cancelled() => return Outcome::Aborted,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::election::machine::View;
+
+    fn leading_with(claim_left: Duration) -> Arc<Snapshot> {
+        let now = Instant::now();
+        Arc::new(Snapshot::initial(
+            "me".into(),
+            "/k".into(),
+            View {
+                role: Role::Leader,
+                leader: Some("me".into()),
+                fencing_token: Some(4),
+                claim_until: Some(now + claim_left),
+                leader_since: Some(now),
+                lease_id: Some(0x2a),
+                lease_expires_at: Some(now + claim_left + Duration::from_secs(1)),
+            },
+        ))
+    }
+
+    #[tokio::test]
+    async fn the_command_starts_only_with_its_grace_period_left_on_the_claim() {
+        let grace = Duration::from_secs(5);
+        let (tx, mut rx) = tokio::sync::watch::channel(leading_with(Duration::from_secs(3)));
+        let shutdown = CancellationToken::new();
+        let waiting = wait_for_lock(&mut rx, false, grace, &shutdown);
+        tokio::pin!(waiting);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), &mut waiting)
+                .await
+                .is_err(),
+            "3 s left on the claim is less than the 5 s grace period: keep waiting"
+        );
+        tx.send(leading_with(Duration::from_secs(9))).unwrap();
+        match tokio::time::timeout(Duration::from_secs(5), waiting).await {
+            Ok(Wait::Leader(snapshot)) => assert_eq!(snapshot.view.fencing_token, Some(4)),
+            Ok(_) => panic!("expected to lead"),
+            Err(_) => panic!("a renewed claim starts the command"),
+        }
+    }
+
+    #[test]
+    fn the_kill_deadline_is_never_after_the_claim() {
+        let grace = Duration::from_secs(5);
+        let claim = Instant::now() + Duration::from_secs(2);
+        assert_eq!(kill_deadline(grace, Some(claim)), claim);
+        let far = Instant::now() + Duration::from_secs(60);
+        assert!(kill_deadline(grace, Some(far)) < far);
     }
 }

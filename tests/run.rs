@@ -900,14 +900,18 @@ fn resign_is_refused_while_run_holds_the_lock_and_changes_nothing() {
         .id("job-resign")
         .ttl(LONG_TTL)
         .admin()
-        .shell(&format!("{}; {WAIT_FOR_RELEASE}", write_file("pid", "echo $$")))
+        .shell(&format!(
+            "{}; {WAIT_FOR_RELEASE}",
+            write_file("pid", "echo $$")
+        ))
         .spawn();
     let pid = job.wait_for_number("pid", SOON) as i32;
     let held = etcd.get(&key).expect("run holds the key");
 
     let resp = http::simple(job.admin_addr(), "POST", "/resign", b"").expect("POST /resign");
     assert_eq!(
-        resp.status, 409,
+        resp.status,
+        409,
         "resign is refused in run mode: {resp:?}\n{}",
         job.describe()
     );
@@ -929,4 +933,84 @@ fn resign_is_refused_while_run_holds_the_lock_and_changes_nothing() {
     );
     job.touch("release");
     assert_eq!(job.exit_code(SOON), 0, "{}", job.describe());
+}
+
+/// The claim deadline `job` (built with `.listen()`) reports now, as an `Instant`:
+/// the latest of a few `/status` reads (each `now + claim_seconds_left`).
+fn claim_deadline(job: &Job) -> Option<Instant> {
+    (0..5)
+        .filter_map(|_| {
+            let status = job.try_get("/status").ok()?.json();
+            let left = status["claim_seconds_left"].as_f64()?;
+            std::thread::sleep(Duration::from_millis(20));
+            Some(Instant::now() + Duration::from_secs_f64(left.max(0.0)))
+        })
+        .max()
+}
+
+#[test]
+fn a_run_frozen_past_its_termination_time_still_kills_the_group_by_the_claim_deadline() {
+    let etcd = Etcd::start();
+    let key = unique_key("frozen_run");
+    let proxy = TcpProxy::start(etcd.client_addr());
+    // TTL 15: claim 13.5 s after a keep-alive's send time, keep-alive every 5 s;
+    // grace 8 s (8 + 5 + 1.5 < 15). The command ignores SIGTERM, so only the
+    // SIGKILL stops it.
+    let grace = Duration::from_secs(8);
+    let mut job = Job::builder()
+        .endpoints(&proxy.endpoint())
+        .key(&key)
+        .id("job-frozen")
+        .ttl(15)
+        .grace_period("8")
+        .listen()
+        .shell(&format!(
+            "trap '' TERM; sleep 300 & {}; {}; wait",
+            write_file("gc", "echo $!"),
+            write_file("pid", "echo $$")
+        ))
+        .spawn();
+    let pid = job.wait_for_number("pid", SOON) as i32;
+    let gc = job.wait_for_number("gc", SOON) as i32;
+    // No renewal reaches etcd from now on: the claim the run holds is its last.
+    proxy.partition();
+    let claim = claim_deadline(&job)
+        .unwrap_or_else(|| panic!("run reports its claim in /status\n{}", job.describe()));
+    // Frozen (a stalled VM, a throttled container) until it is too late to give
+    // the command its whole grace period before the claim ends.
+    job.signal(Signal::SIGSTOP);
+    let resume_at = claim - grace / 2;
+    std::thread::sleep(resume_at.saturating_duration_since(Instant::now()));
+    job.signal(Signal::SIGCONT);
+    let mut dead_at = None;
+    wait_until(Duration::from_secs(30), || {
+        let dead = !process_alive(pid) && !process_alive(gc);
+        if dead {
+            dead_at = Some(Instant::now());
+        }
+        dead
+    });
+    let dead_at = dead_at.unwrap_or_else(|| {
+        panic!(
+            "the command group is still alive 30 s after the run resumed\n{}",
+            job.describe()
+        )
+    });
+    let late = dead_at.saturating_duration_since(claim);
+    println!(
+        "resumed {:?} before the claim deadline; group dead {late:?} after it",
+        grace / 2
+    );
+    // SIGKILL is due at the claim deadline; the slack is for polling.
+    assert!(
+        late < Duration::from_millis(500),
+        "the group is dead by the claim deadline, not {late:?} after it\n{}",
+        job.describe()
+    );
+    assert_eq!(
+        job.exit_code(Duration::from_secs(30)),
+        LOST,
+        "{}",
+        job.describe()
+    );
 }
