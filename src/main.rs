@@ -9,6 +9,10 @@ use etcd_elector::config::{self, Config, LogFormat, Parsed};
 use etcd_elector::shutdown::Shutdown;
 
 fn main() -> ExitCode {
+    // `run` re-executes this binary as the shim that guards its command; see `shim.rs`.
+    if let Some(code) = etcd_elector::shim::main_if_shim() {
+        return ExitCode::from(code);
+    }
     let cfg = match config::from_env() {
         Ok(Parsed::Run(cfg)) => *cfg,
         Ok(Parsed::Printed) => return ExitCode::SUCCESS,

@@ -23,7 +23,7 @@ use crate::election::machine::Role;
 use crate::http::Resign;
 use crate::leadership::{Receiver, Snapshot};
 use crate::metrics::Metrics;
-use crate::process::{Job, Reaper};
+use crate::process::{Job, Reaper, SpawnError};
 
 /// Exit code when a signal stopped us before the command started (128 + SIGTERM).
 const SIGNALLED_BEFORE_START: u8 = 143;
@@ -116,9 +116,9 @@ pub async fn run_job(
         ("ETCD_LOCK_KEY", lock_key),
         ("ETCD_LOCK_REV", token.clone()),
     ];
-    let mut job = match reaper.spawn(&run.command, &env) {
+    let mut job = match reaper.spawn(&run.command, &env, &[]).await {
         Ok(job) => job,
-        Err(e) => {
+        Err(SpawnError::Command(e)) => {
             tracing::error!(command = run.command[0].as_str(), error = %e, "cannot start the command");
             stop_election().await?;
             // 127: the shell's code for "command not found"; 126 for other start failures.
@@ -127,6 +127,10 @@ pub async fn run_job(
             } else {
                 126
             });
+        }
+        Err(e @ SpawnError::Shim(_)) => {
+            stop_election().await?;
+            return Err(AppError::Runtime(e.to_string()));
         }
     };
     tracing::info!(

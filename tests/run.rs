@@ -13,8 +13,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::job::{
-    keys_under, process_alive, process_exists, process_group, stamp, unix_nanos, write_file,
-    Etcdctl, Job, WAIT_FOR_RELEASE,
+    children_of, keys_under, process_alive, process_exists, process_group, stamp, unix_nanos,
+    write_file, Etcdctl, Job, WAIT_FOR_RELEASE,
 };
 use support::*;
 
@@ -1011,6 +1011,53 @@ fn a_run_frozen_past_its_termination_time_still_kills_the_group_by_the_claim_dea
         job.exit_code(Duration::from_secs(30)),
         LOST,
         "{}",
+        job.describe()
+    );
+}
+
+#[test]
+fn a_killed_run_takes_its_command_and_grandchild_with_it_within_a_second() {
+    let etcd = Etcd::start();
+    let key = unique_key("run_killed");
+    // Not PID 1: nothing but run itself can see to its command when it dies.
+    let mut job = Job::builder()
+        .endpoints(&etcd.endpoint())
+        .key(&key)
+        .id("job-killed-run")
+        .ttl(LONG_TTL)
+        .shell(&format!(
+            "sleep 300 & {}; {}; wait",
+            write_file("gc", "echo $!"),
+            write_file("pid", "echo $$")
+        ))
+        .spawn();
+    let pid = job.wait_for_number("pid", SOON) as i32;
+    let gc = job.wait_for_number("gc", SOON) as i32;
+    let run_pid = job.pid().as_raw();
+    // Whatever run started to look after the command dies too.
+    let helpers = children_of(run_pid);
+    assert!(process_alive(pid) && process_alive(gc));
+
+    job.signal(Signal::SIGKILL);
+    let killed = Instant::now();
+    let mut left = Vec::new();
+    let gone = wait_until(Duration::from_secs(1), || {
+        left = [pid, gc]
+            .iter()
+            .chain(&helpers)
+            .copied()
+            .filter(|&p| process_alive(p))
+            .collect();
+        left.is_empty()
+    });
+    println!(
+        "command {pid}, grandchild {gc} and helpers {helpers:?} dead {:?} after run's SIGKILL",
+        killed.elapsed()
+    );
+    assert!(
+        gone,
+        "within a second of run's death its command {pid}, grandchild {gc} and helpers \
+         {helpers:?} are dead; still alive: {left:?}\n{}",
         job.describe()
     );
 }
