@@ -38,7 +38,7 @@ fn run(cfg: Config) -> Result<u8, AppError> {
         .enable_all()
         .build()
         .map_err(|e| AppError::Runtime(format!("starting the async runtime: {e}")))?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         // Signals first: a SIGTERM during start-up must still lead to a clean exit.
         let shutdown = Shutdown::install()
             .map_err(|e| AppError::Runtime(format!("installing signal handlers: {e}")))?;
@@ -59,7 +59,11 @@ fn run(cfg: Config) -> Result<u8, AppError> {
                 Ok(130)
             }
         }
-    })
+    });
+    // Whatever is still running (an unanswered revoke after a second signal) must not delay
+    // the exit: dropping the runtime would wait for its blocking tasks.
+    runtime.shutdown_background();
+    result
 }
 
 /// Bind `addr` if set, logging the real address (port 0 resolved).

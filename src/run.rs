@@ -92,11 +92,11 @@ pub async fn run_job(
                     holder = holder.as_str(),
                     "lock is held elsewhere; not running the command"
                 );
-                stop_election().await?;
+                release(stop_election(), &abort).await?;
                 return Ok(run.held_exit_code);
             }
             Wait::Signalled => {
-                stop_election().await?;
+                release(stop_election(), &abort).await?;
                 return Ok(SIGNALLED_BEFORE_START);
             }
         };
@@ -120,7 +120,7 @@ pub async fn run_job(
         Ok(job) => job,
         Err(SpawnError::Command(e)) => {
             tracing::error!(command = run.command[0].as_str(), error = %e, "cannot start the command");
-            stop_election().await?;
+            release(stop_election(), &abort).await?;
             // 127: the shell's code for "command not found"; 126 for other start failures.
             return Ok(if e.kind() == std::io::ErrorKind::NotFound {
                 127
@@ -129,7 +129,7 @@ pub async fn run_job(
             });
         }
         Err(e @ SpawnError::Shim(_)) => {
-            stop_election().await?;
+            release(stop_election(), &abort).await?;
             return Err(AppError::Runtime(e.to_string()));
         }
     };
@@ -178,8 +178,32 @@ pub async fn run_job(
             job_exit_code(&mut job).await
         }
     };
-    stop_election().await?;
+    release(stop_election(), &abort).await?;
     Ok(u8::try_from(code.clamp(0, 255)).unwrap_or(1))
+}
+
+/// How long the lease's release may take after a second signal. The promise of that signal
+/// is an exit at once; a release that etcd does not answer in time only means the lease
+/// expires by its TTL, after the group is already dead.
+const ABORT_RELEASE_BOUND: Duration = Duration::from_millis(500);
+
+/// Stop the election (`stopping`: revoke, then the front ends), but after a second signal
+/// give it only [`ABORT_RELEASE_BOUND`].
+async fn release(
+    stopping: impl std::future::Future<Output = Result<(), AppError>>,
+    abort: &CancellationToken,
+) -> Result<(), AppError> {
+    tokio::pin!(stopping);
+    tokio::select! {
+        result = &mut stopping => result,
+        _ = abort.cancelled() => match tokio::time::timeout(ABORT_RELEASE_BOUND, stopping).await {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::warn!("second signal: exiting without giving the lease back; it expires by its TTL");
+                Ok(())
+            }
+        },
+    }
 }
 
 /// When the group must be dead: at the end of its grace period, but never after the claim

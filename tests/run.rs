@@ -1061,3 +1061,44 @@ fn a_killed_run_takes_its_command_and_grandchild_with_it_within_a_second() {
         job.describe()
     );
 }
+
+#[test]
+fn a_second_signal_exits_at_once_even_while_etcd_does_not_answer() {
+    let etcd = Etcd::start();
+    let key = unique_key("second_signal_partitioned");
+    let proxy = TcpProxy::start(etcd.client_addr());
+    // A long grace period and shutdown timeout that only the second signal can cut short.
+    let mut job = Job::builder()
+        .endpoints(&proxy.endpoint())
+        .key(&key)
+        .id("job-impatient")
+        .ttl(60)
+        .grace_period("20")
+        .args(&["--shutdown-timeout", "30"])
+        .shell(&format!(
+            "trap '' TERM; sleep 300 & {}; {}; wait",
+            write_file("gc", "echo $!"),
+            write_file("pid", "echo $$")
+        ))
+        .spawn();
+    let pid = job.wait_for_number("pid", SOON) as i32;
+    let gc = job.wait_for_number("gc", SOON) as i32;
+    // etcd stops answering: giving the lease back could take the whole shutdown timeout.
+    proxy.partition();
+    job.signal(Signal::SIGTERM);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        job.is_running() && process_alive(pid) && process_alive(gc),
+        "in the grace period"
+    );
+    let second = Instant::now();
+    job.signal(Signal::SIGTERM);
+    // Generous against scheduling, far below the 20 s grace and 30 s shutdown timeout.
+    let status = job.wait_exit(Duration::from_secs(3));
+    println!("run exited {:?} after the second signal", second.elapsed());
+    assert!(
+        !process_alive(pid) && !process_alive(gc),
+        "the group is dead when run exits"
+    );
+    assert_eq!(status.code(), Some(128 + 9), "the command died by SIGKILL");
+}
