@@ -129,6 +129,10 @@ pub struct RunArgs {
     /// One attempt: if another holder has the key, name it and exit without running COMMAND
     #[arg(long = "try", env = "ELECTOR_TRY")]
     pub try_once: bool,
+    /// With --try: seconds to wait for a verdict (etcd unreachable, the campaign failing)
+    /// before giving up with exit code 69, without running COMMAND [default: the TTL]
+    #[arg(long, env = "ELECTOR_TRY_TIMEOUT", value_name = "SECONDS", value_parser = Seconds::from_str)]
+    pub try_timeout: Option<Seconds>,
     /// Exit code for --try when the lock is held elsewhere
     #[arg(long, env = "ELECTOR_HELD_EXIT_CODE", default_value_t = 0, value_parser = clap::value_parser!(u8))]
     pub held_exit_code: u8,
@@ -443,10 +447,20 @@ pub struct ElectionConfig {
 #[derive(Debug, Clone)]
 pub struct RunConfig {
     pub try_once: bool,
+    /// `--try-timeout` as given; see [`RunConfig::try_bound`].
+    pub try_timeout: Option<Duration>,
     pub held_exit_code: u8,
     pub grace_period: Duration,
     pub lost_exit_code: u8,
     pub command: Vec<String>,
+}
+
+impl RunConfig {
+    /// How long `--try` waits for a verdict before giving up: `--try-timeout`, by default one
+    /// TTL, the time a healthy etcd needs at most to let a lease expire and answer.
+    pub fn try_bound(&self, ttl: Duration) -> Duration {
+        self.try_timeout.unwrap_or(ttl)
+    }
 }
 
 /// The whole validated configuration.
@@ -508,6 +522,7 @@ where
                 .ok_or_else(|| ConfigError::new("internal: run sub-command matches missing"))?;
             let run_cfg = RunConfig {
                 try_once: run.try_once,
+                try_timeout: run.try_timeout.map(|s| s.0),
                 held_exit_code: run.held_exit_code,
                 grace_period: run.grace_period.0,
                 lost_exit_code: run.lost_exit_code,
@@ -690,7 +705,8 @@ fn build(
 /// * TLS: a client certificate and key come together; `https://` endpoints are required when
 ///   TLS files are given, and every endpoint uses the same scheme;
 /// * `run`: `grace period + keep-alive interval + margin < TTL`, so the command is dead before
-///   etcd can expire the lease even when the keep-alive fails right after a renewal.
+///   etcd can expire the lease even when the keep-alive fails right after a renewal;
+///   `--try-timeout` only with `--try`, and more than 0.
 fn validate(cfg: &Config, shutdown_name: &str) -> Result<(), ConfigError> {
     let election = &cfg.election;
     if election.shutdown_timeout.is_zero() {
@@ -733,6 +749,19 @@ fn validate(cfg: &Config, shutdown_name: &str) -> Result<(), ConfigError> {
         }
     }
     if let Some(run) = &cfg.run {
+        match run.try_timeout {
+            Some(_) if !run.try_once => {
+                return Err(ConfigError::new(
+                    "--try-timeout only applies with --try (one attempt); add --try or drop it",
+                ))
+            }
+            Some(bound) if bound.is_zero() => {
+                return Err(ConfigError::new(
+                    "--try-timeout: must be more than 0 seconds",
+                ))
+            }
+            _ => {}
+        }
         let t = election.timing;
         let needed = run.grace_period + t.keepalive_interval + t.margin;
         if needed >= t.ttl {
@@ -896,6 +925,36 @@ mod tests {
         ]);
         assert_eq!(cfg.run.unwrap().command, vec!["true"]);
         assert_eq!(cfg.listen, None);
+    }
+
+    #[test]
+    fn run_try_timeout_defaults_to_the_ttl_and_needs_try() {
+        let base = ["run", "--key", "/k", "--ttl", "12"];
+        let with = |extra: &[&'static str]| {
+            let mut args = base.to_vec();
+            args.extend_from_slice(extra);
+            args.extend(["--", "true"]);
+            args
+        };
+        let cfg = parse_ok(&with(&["--try"]));
+        let run = cfg.run.unwrap();
+        assert_eq!(
+            run.try_bound(cfg.election.timing.ttl),
+            Duration::from_secs(12)
+        );
+        let cfg = parse_ok(&with(&["--try", "--try-timeout", "2.5"]));
+        let run = cfg.run.unwrap();
+        assert_eq!(
+            run.try_bound(cfg.election.timing.ttl),
+            Duration::from_millis(2500)
+        );
+        let err = parse_err(&with(&["--try-timeout", "2"]));
+        assert!(
+            err.contains("--try-timeout") && err.contains("--try "),
+            "{err}"
+        );
+        let err = parse_err(&with(&["--try", "--try-timeout", "0"]));
+        assert!(err.contains("--try-timeout"), "{err}");
     }
 
     #[test]

@@ -28,6 +28,11 @@ use crate::process::{Job, Reaper, SpawnError};
 /// Exit code when a signal stopped us before the command started (128 + SIGTERM).
 const SIGNALLED_BEFORE_START: u8 = 143;
 
+/// Exit code of `--try` when no verdict came within `--try-timeout` (etcd unreachable, the
+/// campaign failing): `EX_UNAVAILABLE` from sysexits.h, so a CronJob pod ends instead of
+/// piling up behind an outage.
+pub const TRY_TIMED_OUT: u8 = 69;
+
 /// Why `POST /resign` is refused here: a resign revokes the lease at once, but the command's
 /// group may live for its grace period after its SIGTERM, so another holder could start its
 /// command beside ours. SIGTERM to `run` does it in the safe order.
@@ -83,23 +88,42 @@ pub async fn run_job(
         try_once = run.try_once,
         "waiting for the lock"
     );
-    let snapshot =
-        match wait_for_lock(&mut leadership, run.try_once, run.grace_period, &shutdown).await {
-            Wait::Leader(snapshot) => snapshot,
-            Wait::Held(holder) => {
-                tracing::info!(
-                    key,
-                    holder = holder.as_str(),
-                    "lock is held elsewhere; not running the command"
-                );
-                release(stop_election(), &abort).await?;
-                return Ok(run.held_exit_code);
-            }
-            Wait::Signalled => {
-                release(stop_election(), &abort).await?;
-                return Ok(SIGNALLED_BEFORE_START);
-            }
-        };
+    let try_bound = run.try_bound(cfg.election.timing.ttl);
+    let give_up_at = run.try_once.then(|| Instant::now() + try_bound);
+    let snapshot = match wait_for_lock(
+        &mut leadership,
+        run.try_once,
+        run.grace_period,
+        give_up_at,
+        &shutdown,
+    )
+    .await
+    {
+        Wait::Leader(snapshot) => snapshot,
+        Wait::Held(holder) => {
+            tracing::info!(
+                key,
+                holder = holder.as_str(),
+                "lock is held elsewhere; not running the command"
+            );
+            release(stop_election(), &abort).await?;
+            return Ok(run.held_exit_code);
+        }
+        Wait::TimedOut(last_error) => {
+            tracing::error!(
+                key,
+                try_timeout = try_bound.as_secs_f64(),
+                last_error = last_error.as_deref().unwrap_or(""),
+                "no verdict from etcd within --try-timeout; not running the command"
+            );
+            release(stop_election(), &abort).await?;
+            return Ok(TRY_TIMED_OUT);
+        }
+        Wait::Signalled => {
+            release(stop_election(), &abort).await?;
+            return Ok(SIGNALLED_BEFORE_START);
+        }
+    };
 
     let term = Term::of(&snapshot);
     let token = snapshot.view.fencing_token.unwrap_or_default().to_string();
@@ -224,19 +248,29 @@ async fn job_exit_code(job: &mut Job) -> i32 {
 enum Wait {
     Leader(Snapshot),
     Held(String),
+    /// `--try` got no verdict in time; the last etcd error, if any.
+    TimedOut(Option<String>),
     Signalled,
 }
 
 /// Wait until we lead with at least `grace` left on the claim; with `try_once`, give up at
-/// the first sign of another holder. A claim with less left (won after the keep-alive stalled)
+/// the first sign of another holder, and at `give_up_at` without a verdict. A claim with less left (won after the keep-alive stalled)
 /// is not enough: the command could not be given its grace period before the claim ends, so
 /// we wait for the renewal that extends it.
 async fn wait_for_lock(
     leadership: &mut Receiver,
     try_once: bool,
     grace: Duration,
+    give_up_at: Option<Instant>,
     shutdown: &CancellationToken,
 ) -> Wait {
+    let give_up = async {
+        match give_up_at {
+            Some(at) => sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(give_up);
     loop {
         let snapshot = leadership.borrow_and_update().as_ref().clone();
         let now = Instant::now();
@@ -256,6 +290,9 @@ async fn wait_for_lock(
         tokio::select! {
             changed = leadership.changed() => if changed.is_err() { return Wait::Signalled },
             _ = shutdown.cancelled() => return Wait::Signalled,
+            _ = &mut give_up => {
+                return Wait::TimedOut(leadership.borrow().last_error.clone());
+            }
         }
     }
 }
@@ -361,7 +398,7 @@ mod tests {
         let grace = Duration::from_secs(5);
         let (tx, mut rx) = tokio::sync::watch::channel(leading_with(Duration::from_secs(3)));
         let shutdown = CancellationToken::new();
-        let waiting = wait_for_lock(&mut rx, false, grace, &shutdown);
+        let waiting = wait_for_lock(&mut rx, false, grace, None, &shutdown);
         tokio::pin!(waiting);
         assert!(
             tokio::time::timeout(Duration::from_millis(200), &mut waiting)

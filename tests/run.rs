@@ -1102,3 +1102,75 @@ fn a_second_signal_exits_at_once_even_while_etcd_does_not_answer() {
     );
     assert_eq!(status.code(), Some(128 + 9), "the command died by SIGKILL");
 }
+
+/// The documented exit code of `--try` when etcd gives no verdict within `--try-timeout`.
+const TRY_TIMED_OUT: i32 = 69;
+
+#[test]
+fn try_gives_up_with_exit_69_when_etcd_does_not_answer_within_the_try_timeout() {
+    // An explicit bound, then the default: one TTL (4 s here; grace 1 + 1.33 + 0.4 < 4).
+    for (extra, ttl) in [(Some("2"), "10"), (None, "4")] {
+        let mut builder = Job::builder()
+            .endpoints(&dead_endpoint())
+            .key(&unique_key("try_dead"))
+            .id("job-try-dead")
+            .try_once()
+            .args(&["--ttl", ttl, "--grace-period", "1"])
+            .shell("touch ran");
+        if let Some(secs) = extra {
+            builder = builder.args(&["--try-timeout", secs]);
+        }
+        let started = Instant::now();
+        let mut job = builder.spawn();
+        assert_eq!(
+            job.exit_code(Duration::from_secs(20)),
+            TRY_TIMED_OUT,
+            "--try against a dead endpoint ({extra:?}, TTL {ttl})\n{}",
+            job.describe()
+        );
+        println!(
+            "--try-timeout {extra:?} (TTL {ttl}): gave up after {:?}",
+            started.elapsed()
+        );
+        assert!(!job.has("ran"), "the command never ran");
+        let said = job.log_events().into_iter().any(|e| {
+            e["level"] == "ERROR"
+                && e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("--try-timeout"))
+        });
+        assert!(said, "an error line says why\n{}", job.describe());
+    }
+}
+
+#[test]
+fn a_try_timeout_without_try_is_refused() {
+    let e = dead_endpoint();
+    refused(
+        &[
+            "run",
+            "--endpoints",
+            &e,
+            "--key",
+            "/k",
+            "--try-timeout",
+            "3",
+        ],
+        true,
+        &["--try-timeout", "--try"],
+    );
+    refused(
+        &[
+            "run",
+            "--endpoints",
+            &e,
+            "--key",
+            "/k",
+            "--try",
+            "--try-timeout",
+            "0",
+        ],
+        true,
+        &["--try-timeout"],
+    );
+}
