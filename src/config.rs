@@ -486,6 +486,13 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:4040";
 pub const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 5;
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:4041";
 
+/// The environment variable holding the etcd password when no file is given.
+pub const PASSWORD_ENV: &str = "ELECTOR_ETCD_PASSWORD";
+/// What `run` removes from its command's environment: the password, and the password file's
+/// path (not a secret, but it says where one is; the file's permissions are what keep it
+/// from a command running as the same user).
+pub const SECRET_ENV: &[&str] = &[PASSWORD_ENV, "ELECTOR_ETCD_PASSWORD_FILE"];
+
 /// Parse the process's arguments and environment.
 pub fn from_env() -> Result<Parsed, ConfigError> {
     parse(std::env::args_os())
@@ -785,7 +792,7 @@ fn read_password(file: Option<&Path>) -> Result<Secret, ConfigError> {
         })?;
         return Ok(Secret(text.trim_end_matches(['\n', '\r']).to_string()));
     }
-    match std::env::var("ELECTOR_ETCD_PASSWORD") {
+    match std::env::var(PASSWORD_ENV) {
         Ok(p) => Ok(Secret(p)),
         Err(_) => Err(ConfigError::new(
             "--etcd-user needs a password: --etcd-password-file or ELECTOR_ETCD_PASSWORD",

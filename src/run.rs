@@ -2,7 +2,7 @@
 //!
 //! The same election as the sidecar decides; this module only supervises the command:
 //! * it starts once the snapshot says we lead, in its own process group, with the fencing
-//!   token in its environment;
+//!   token in its environment and without the etcd password ([`SECRET_ENV`]);
 //! * it starts only while at least the grace period is left on the claim, so it can always
 //!   be given its grace period before the claim ends;
 //! * it is terminated (SIGTERM to the group, SIGKILL after the grace period) as soon as we stop
@@ -18,7 +18,7 @@ use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{prepare, AppError, FrontEnds, Listeners};
-use crate::config::{Config, Protocol, RunConfig};
+use crate::config::{Config, Protocol, RunConfig, SECRET_ENV};
 use crate::election::machine::Role;
 use crate::http::Resign;
 use crate::leadership::{Receiver, Snapshot};
@@ -140,7 +140,7 @@ pub async fn run_job(
         ("ETCD_LOCK_KEY", lock_key),
         ("ETCD_LOCK_REV", token.clone()),
     ];
-    let mut job = match reaper.spawn(&run.command, &env, &[]).await {
+    let mut job = match reaper.spawn(&run.command, &env, SECRET_ENV).await {
         Ok(job) => job,
         Err(SpawnError::Command(e)) => {
             tracing::error!(command = run.command[0].as_str(), error = %e, "cannot start the command");

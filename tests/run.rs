@@ -16,6 +16,7 @@ use support::job::{
     children_of, keys_under, process_alive, process_exists, process_group, stamp, unix_nanos,
     write_file, Etcdctl, Job, WAIT_FOR_RELEASE,
 };
+use support::tls::auth_etcd;
 use support::*;
 
 /// Long enough that a takeover inside a test's bounds can only come from a
@@ -1173,4 +1174,49 @@ fn a_try_timeout_without_try_is_refused() {
         true,
         &["--try-timeout"],
     );
+}
+
+#[test]
+fn the_etcd_password_never_reaches_the_command() {
+    let auth = auth_etcd(60);
+    let dir = test_tempdir("run_password");
+    let file = dir.path().join("password");
+    std::fs::write(&file, format!("{}\n", auth.password)).expect("writing the password file");
+    let file = file.display().to_string();
+    // The password in the environment, then its file named in the environment.
+    for (name, value) in [
+        ("ELECTOR_ETCD_PASSWORD", auth.password.as_str()),
+        ("ELECTOR_ETCD_PASSWORD_FILE", file.as_str()),
+    ] {
+        let key = format!("{}run-{}", auth.prefix, random_suffix());
+        let mut job = Job::builder()
+            .endpoints(&auth.etcd.endpoint())
+            .key(&key)
+            .id("job-secret")
+            .ttl(LONG_TTL)
+            .args(&["--etcd-user", &auth.user])
+            .env(name, value)
+            .shell(&write_file("env", "env"))
+            .spawn();
+        assert_eq!(job.exit_code(SOON), 0, "{name}: {}", job.describe());
+        let env = job
+            .read("env")
+            .expect("the command recorded its environment");
+        assert!(
+            var(&job.read_env("env"), "ELECTOR_FENCING_TOKEN")
+                .parse::<i64>()
+                .is_ok(),
+            "{name}: the command ran under the lock"
+        );
+        assert!(
+            !env.contains(&auth.password),
+            "{name}: the password is not in the command's environment"
+        );
+        for secret in ["ELECTOR_ETCD_PASSWORD", "ELECTOR_ETCD_PASSWORD_FILE"] {
+            assert!(
+                !env.lines().any(|l| l.starts_with(&format!("{secret}="))),
+                "{name}: {secret} is removed from the command's environment"
+            );
+        }
+    }
 }
