@@ -711,8 +711,9 @@ fn build(
 ///   revoke always gets time to run;
 /// * TLS: a client certificate and key come together; `https://` endpoints are required when
 ///   TLS files are given, and every endpoint uses the same scheme;
-/// * `run`: `grace period + keep-alive interval + margin < TTL`, so the command is dead before
-///   etcd can expire the lease even when the keep-alive fails right after a renewal;
+/// * `run`: `grace period + keep-alive interval + margin < TTL`, so the command gets its whole
+///   grace period before the claim ends even when the keep-alive fails right after a renewal
+///   (its group is SIGKILLed by the claim deadline in any case, see `run.rs`);
 ///   `--try-timeout` only with `--try`, and more than 0.
 fn validate(cfg: &Config, shutdown_name: &str) -> Result<(), ConfigError> {
     let election = &cfg.election;

@@ -138,6 +138,9 @@ pub async fn run_job(
         ("ELECTOR_KEY", cfg.election.key.clone()),
         ("ELECTOR_ID", cfg.election.id.clone()),
         ("ETCD_LOCK_KEY", lock_key),
+        // The create revision, as for the fencing token. `etcdctl lock` exports the revision
+        // of the response that showed it the lock: the same number for a free lock, a later
+        // one after waiting. Both grow from holder to holder; README says so.
         ("ETCD_LOCK_REV", token.clone()),
     ];
     let mut job = match reaper.spawn(&run.command, &env, SECRET_ENV).await {

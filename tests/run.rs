@@ -1220,3 +1220,108 @@ fn the_etcd_password_never_reaches_the_command() {
         }
     }
 }
+
+/// A shell command for `etcdctl lock` that records, while it holds the lock, what
+/// etcdctl exported (`rev`) and its own key's create revision (`kv`, etcdctl's JSON).
+fn record_lock_as_etcdctl_sees_it(etcd: &Etcd) -> String {
+    let etcdctl = support::etcd::etcdctl_bin().display().to_string();
+    format!(
+        "{}; {}",
+        write_file("rev", "echo \"$ETCD_LOCK_REV\""),
+        write_file(
+            "kv",
+            &format!(
+                "{etcdctl} --endpoints {} get \"$ETCD_LOCK_KEY\" -w json",
+                etcd.endpoint()
+            )
+        )
+    )
+}
+
+/// What [`record_lock_as_etcdctl_sees_it`] recorded: (ETCD_LOCK_REV, own create revision).
+fn etcdctl_lock_record(ctl: &mut Etcdctl) -> (i64, i64) {
+    assert!(ctl.wait_exit(SOON).success(), "stderr: {}", ctl.stderr());
+    let rev: i64 = ctl
+        .read("rev")
+        .unwrap_or_default()
+        .parse()
+        .expect("a revision");
+    let kv: serde_json::Value =
+        serde_json::from_str(&ctl.read("kv").unwrap_or_default()).expect("etcdctl's JSON");
+    let created = kv["kvs"][0]["create_revision"]
+        .as_i64()
+        .expect("the lock key's create revision");
+    (rev, created)
+}
+
+#[test]
+fn etcd_lock_rev_is_the_create_revision_where_etcdctl_exports_the_revision_it_saw_the_lock_free() {
+    let etcd = Etcd::start();
+    let name = unique_key("lock_rev");
+
+    // A free lock: etcdctl exports its transaction's revision, which created its key.
+    let script = record_lock_as_etcdctl_sees_it(&etcd);
+    let mut ctl = Etcdctl::lock(&etcd.endpoint(), &name, &["sh", "-c", &script]);
+    let (rev, created) = etcdctl_lock_record(&mut ctl);
+    assert_eq!(
+        rev, created,
+        "uncontested, etcdctl's ETCD_LOCK_REV is its key's"
+    );
+
+    // A lock it waited for: etcdctl exports the revision at which it saw the lock free,
+    // later than its own key's creation.
+    let mut job = Job::builder()
+        .endpoints(&etcd.endpoint())
+        .key(&name)
+        .id("job-first")
+        .ttl(LONG_TTL)
+        .args(&["--protocol", "election"])
+        .shell(&format!("{}; {WAIT_FOR_RELEASE}", write_file("env", "env")))
+        .spawn();
+    job.wait_for_file("env", SOON);
+    let mut ctl = Etcdctl::lock(&etcd.endpoint(), &name, &["sh", "-c", &script]);
+    assert!(
+        wait_until(SOON, || keys_under(&etcd, &format!("{name}/")).len() == 2),
+        "etcdctl queues behind run"
+    );
+    job.touch("release");
+    assert_eq!(job.exit_code(SOON), 0, "{}", job.describe());
+    let (rev, created) = etcdctl_lock_record(&mut ctl);
+    assert!(
+        rev > created,
+        "after waiting, etcdctl's ETCD_LOCK_REV ({rev}) is later than its key's creation ({created})"
+    );
+
+    // run, having waited the same way, exports its key's create revision: the fencing token.
+    let mut holder = Etcdctl::lock(&etcd.endpoint(), &name, &[]);
+    holder.wait_lines(1, SOON);
+    let mut job = Job::builder()
+        .endpoints(&etcd.endpoint())
+        .key(&name)
+        .id("job-waited")
+        .ttl(LONG_TTL)
+        .args(&["--protocol", "election"])
+        .shell(&format!("{}; {WAIT_FOR_RELEASE}", write_file("env", "env")))
+        .spawn();
+    assert!(
+        wait_until(SOON, || keys_under(&etcd, &format!("{name}/")).len() == 2),
+        "run queues behind etcdctl"
+    );
+    let queued = keys_under(&etcd, &format!("{name}/"));
+    let own_created = queued[1].1.create_revision;
+    holder.signal(Signal::SIGTERM);
+    holder.wait_exit(SOON);
+    job.wait_for_file("env", SOON);
+    let env = job.read_env("env");
+    assert_eq!(
+        var(&env, "ETCD_LOCK_REV"),
+        own_created.to_string(),
+        "run's ETCD_LOCK_REV is its own key's create revision, even after waiting"
+    );
+    assert_eq!(
+        var(&env, "ETCD_LOCK_REV"),
+        var(&env, "ELECTOR_FENCING_TOKEN")
+    );
+    job.touch("release");
+    assert_eq!(job.exit_code(SOON), 0, "{}", job.describe());
+}
