@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::election::Election;
-use crate::http::{self, AppState};
+use crate::http::{self, AppState, Resign};
 use crate::leader_file;
 use crate::metrics::Metrics;
 
@@ -53,12 +53,14 @@ pub struct FrontEnds {
 }
 
 impl FrontEnds {
-    /// Start whichever front ends are configured, reading `election`'s snapshot.
+    /// Start whichever front ends are configured, reading `election`'s snapshot; `resign`
+    /// says what the admin listener's `POST /resign` may do.
     pub fn start(
         election: &Election,
         metrics: Metrics,
         listeners: Listeners,
         leader_file: Option<PathBuf>,
+        resign: Resign,
     ) -> Self {
         let stop = CancellationToken::new();
         let mut tasks = Vec::new();
@@ -73,6 +75,7 @@ impl FrontEnds {
             tasks.push(tokio::spawn(http::serve_admin(
                 listener,
                 election.handle(),
+                resign,
                 stop.clone(),
             )));
         }
@@ -118,7 +121,13 @@ pub async fn run_sidecar(
 ) -> Result<(), AppError> {
     let metrics = Metrics::new();
     let election = prepare(&cfg, &metrics);
-    let front_ends = FrontEnds::start(&election, metrics, listeners, cfg.leader_file.clone());
+    let front_ends = FrontEnds::start(
+        &election,
+        metrics,
+        listeners,
+        cfg.leader_file.clone(),
+        Resign::Allowed,
+    );
     let result = election.run(shutdown).await;
     front_ends.stop().await;
     let release = result.map_err(|e| AppError::Config(e.to_string()))?;

@@ -129,6 +129,10 @@ pub struct RunArgs {
     /// One attempt: if another holder has the key, name it and exit without running COMMAND
     #[arg(long = "try", env = "ELECTOR_TRY")]
     pub try_once: bool,
+    /// With --try: seconds to wait for a verdict (etcd unreachable, the campaign failing)
+    /// before giving up with exit code 69, without running COMMAND [default: the TTL]
+    #[arg(long, env = "ELECTOR_TRY_TIMEOUT", value_name = "SECONDS", value_parser = Seconds::from_str)]
+    pub try_timeout: Option<Seconds>,
     /// Exit code for --try when the lock is held elsewhere
     #[arg(long, env = "ELECTOR_HELD_EXIT_CODE", default_value_t = 0, value_parser = clap::value_parser!(u8))]
     pub held_exit_code: u8,
@@ -443,10 +447,20 @@ pub struct ElectionConfig {
 #[derive(Debug, Clone)]
 pub struct RunConfig {
     pub try_once: bool,
+    /// `--try-timeout` as given; see [`RunConfig::try_bound`].
+    pub try_timeout: Option<Duration>,
     pub held_exit_code: u8,
     pub grace_period: Duration,
     pub lost_exit_code: u8,
     pub command: Vec<String>,
+}
+
+impl RunConfig {
+    /// How long `--try` waits for a verdict before giving up: `--try-timeout`, by default one
+    /// TTL, the time a healthy etcd needs at most to let a lease expire and answer.
+    pub fn try_bound(&self, ttl: Duration) -> Duration {
+        self.try_timeout.unwrap_or(ttl)
+    }
 }
 
 /// The whole validated configuration.
@@ -471,6 +485,13 @@ pub const DEFAULT_TTL_SECS: u64 = 10;
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:4040";
 pub const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 5;
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:4041";
+
+/// The environment variable holding the etcd password when no file is given.
+pub const PASSWORD_ENV: &str = "ELECTOR_ETCD_PASSWORD";
+/// What `run` removes from its command's environment: the password, and the password file's
+/// path (not a secret, but it says where one is; the file's permissions are what keep it
+/// from a command running as the same user).
+pub const SECRET_ENV: &[&str] = &[PASSWORD_ENV, "ELECTOR_ETCD_PASSWORD_FILE"];
 
 /// Parse the process's arguments and environment.
 pub fn from_env() -> Result<Parsed, ConfigError> {
@@ -508,6 +529,7 @@ where
                 .ok_or_else(|| ConfigError::new("internal: run sub-command matches missing"))?;
             let run_cfg = RunConfig {
                 try_once: run.try_once,
+                try_timeout: run.try_timeout.map(|s| s.0),
                 held_exit_code: run.held_exit_code,
                 grace_period: run.grace_period.0,
                 lost_exit_code: run.lost_exit_code,
@@ -689,8 +711,10 @@ fn build(
 ///   revoke always gets time to run;
 /// * TLS: a client certificate and key come together; `https://` endpoints are required when
 ///   TLS files are given, and every endpoint uses the same scheme;
-/// * `run`: `grace period + keep-alive interval + margin < TTL`, so the command is dead before
-///   etcd can expire the lease even when the keep-alive fails right after a renewal.
+/// * `run`: `grace period + keep-alive interval + margin < TTL`, so the command gets its whole
+///   grace period before the claim ends even when the keep-alive fails right after a renewal
+///   (its group is SIGKILLed by the claim deadline in any case, see `run.rs`);
+///   `--try-timeout` only with `--try`, and more than 0.
 fn validate(cfg: &Config, shutdown_name: &str) -> Result<(), ConfigError> {
     let election = &cfg.election;
     if election.shutdown_timeout.is_zero() {
@@ -733,6 +757,19 @@ fn validate(cfg: &Config, shutdown_name: &str) -> Result<(), ConfigError> {
         }
     }
     if let Some(run) = &cfg.run {
+        match run.try_timeout {
+            Some(_) if !run.try_once => {
+                return Err(ConfigError::new(
+                    "--try-timeout only applies with --try (one attempt); add --try or drop it",
+                ))
+            }
+            Some(bound) if bound.is_zero() => {
+                return Err(ConfigError::new(
+                    "--try-timeout: must be more than 0 seconds",
+                ))
+            }
+            _ => {}
+        }
         let t = election.timing;
         let needed = run.grace_period + t.keepalive_interval + t.margin;
         if needed >= t.ttl {
@@ -756,7 +793,7 @@ fn read_password(file: Option<&Path>) -> Result<Secret, ConfigError> {
         })?;
         return Ok(Secret(text.trim_end_matches(['\n', '\r']).to_string()));
     }
-    match std::env::var("ELECTOR_ETCD_PASSWORD") {
+    match std::env::var(PASSWORD_ENV) {
         Ok(p) => Ok(Secret(p)),
         Err(_) => Err(ConfigError::new(
             "--etcd-user needs a password: --etcd-password-file or ELECTOR_ETCD_PASSWORD",
@@ -896,6 +933,36 @@ mod tests {
         ]);
         assert_eq!(cfg.run.unwrap().command, vec!["true"]);
         assert_eq!(cfg.listen, None);
+    }
+
+    #[test]
+    fn run_try_timeout_defaults_to_the_ttl_and_needs_try() {
+        let base = ["run", "--key", "/k", "--ttl", "12"];
+        let with = |extra: &[&'static str]| {
+            let mut args = base.to_vec();
+            args.extend_from_slice(extra);
+            args.extend(["--", "true"]);
+            args
+        };
+        let cfg = parse_ok(&with(&["--try"]));
+        let run = cfg.run.unwrap();
+        assert_eq!(
+            run.try_bound(cfg.election.timing.ttl),
+            Duration::from_secs(12)
+        );
+        let cfg = parse_ok(&with(&["--try", "--try-timeout", "2.5"]));
+        let run = cfg.run.unwrap();
+        assert_eq!(
+            run.try_bound(cfg.election.timing.ttl),
+            Duration::from_millis(2500)
+        );
+        let err = parse_err(&with(&["--try-timeout", "2"]));
+        assert!(
+            err.contains("--try-timeout") && err.contains("--try "),
+            "{err}"
+        );
+        let err = parse_err(&with(&["--try", "--try-timeout", "0"]));
+        assert!(err.contains("--try-timeout"), "{err}");
     }
 
     #[test]

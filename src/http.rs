@@ -17,8 +17,10 @@
 //! Any other path is 404; another method on a known path is 405 with `Allow`.
 //!
 //! The admin listener (pod-local, loopback by default) serves only `POST /resign`: give up
-//! leadership now (200), or 409 when not the leader. Admin routes are never on the public
-//! port.
+//! leadership now (200), or 409 when not the leader. Under `etcd-elector run` it always
+//! answers 409 ([`Resign::Refused`]): a resign revokes the lease at once, while the command
+//! may still run for its grace period, so the next holder could start beside it. Admin
+//! routes are never on the public port.
 //!
 //! The port must keep answering probes whatever clients do: each connection runs in its own
 //! task, headers must arrive within [`HEADER_READ_TIMEOUT`] and fit in [`MAX_BUF_SIZE`], and
@@ -82,11 +84,25 @@ pub async fn serve(listener: TcpListener, state: AppState, stop: CancellationTok
     .await;
 }
 
+/// What `POST /resign` may do on an admin listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resign {
+    /// Give leadership up through the election (the sidecar).
+    Allowed,
+    /// Always 409 with this reason (`run`, whose lock may only go after its command's group).
+    Refused(&'static str),
+}
+
 /// Serve the admin routes on `listener` until `stop` fires.
-pub async fn serve_admin(listener: TcpListener, election: ElectionHandle, stop: CancellationToken) {
+pub async fn serve_admin(
+    listener: TcpListener,
+    election: ElectionHandle,
+    resign: Resign,
+    stop: CancellationToken,
+) {
     serve_with(listener, stop, move |req| {
         let election = election.clone();
-        async move { admin_route(req.method(), req.uri().path(), &election).await }
+        async move { admin_route(req.method(), req.uri().path(), &election, resign).await }
     })
     .await;
 }
@@ -235,12 +251,24 @@ fn method_not_allowed(allow: &'static str) -> Response<Body> {
 }
 
 /// `POST /resign` and nothing else.
-async fn admin_route(method: &Method, path: &str, election: &ElectionHandle) -> Response<Body> {
+async fn admin_route(
+    method: &Method,
+    path: &str,
+    election: &ElectionHandle,
+    resign: Resign,
+) -> Response<Body> {
     if path != "/resign" {
         return text(StatusCode::NOT_FOUND, "not found\n");
     }
     if method != Method::POST {
         return method_not_allowed("POST");
+    }
+    if let Resign::Refused(reason) = resign {
+        tracing::info!(reason, "resign refused");
+        return json(
+            StatusCode::CONFLICT,
+            &serde_json::json!({ "resigned": false, "error": reason }),
+        );
     }
     if election.resign().await {
         tracing::info!("resigned on request");

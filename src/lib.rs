@@ -4,7 +4,8 @@
 //! [`election`] runs the election (the pure rules in [`election::machine`], the etcd calls in
 //! [`election::etcd`]), [`leadership`] carries its state to readers, [`http`] and [`metrics`]
 //! serve it, and [`shutdown`] turns signals into a cancellation. [`run`] supervises a command
-//! under the lock, with [`process`] for its process group.
+//! under the lock, with [`process`] for its process group and [`shim`] between them, so the
+//! group dies with `run`.
 
 pub mod app;
 pub mod backoff;
@@ -16,4 +17,5 @@ pub mod leadership;
 pub mod metrics;
 pub mod process;
 pub mod run;
+pub mod shim;
 pub mod shutdown;

@@ -9,6 +9,10 @@ use etcd_elector::config::{self, Config, LogFormat, Parsed};
 use etcd_elector::shutdown::Shutdown;
 
 fn main() -> ExitCode {
+    // `run` re-executes this binary as the shim that guards its command; see `shim.rs`.
+    if let Some(code) = etcd_elector::shim::main_if_shim() {
+        return ExitCode::from(code);
+    }
     let cfg = match config::from_env() {
         Ok(Parsed::Run(cfg)) => *cfg,
         Ok(Parsed::Printed) => return ExitCode::SUCCESS,
@@ -63,8 +67,8 @@ fn run(cfg: Config) -> Result<u8, AppError> {
         }
     });
     // Blocking tasks cannot be cancelled, and dropping the runtime would wait for them: a
-    // `getaddrinfo` during a DNS outage, a leader-file write to a stuck volume. The exit was
-    // already bounded above, so leave them behind.
+    // `getaddrinfo` during a DNS outage, a leader-file write to a stuck volume, an unanswered
+    // revoke after a second signal. The exit was already bounded above, so leave them behind.
     runtime.shutdown_background();
     result
 }

@@ -2,10 +2,13 @@
 //!
 //! The same election as the sidecar decides; this module only supervises the command:
 //! * it starts once the snapshot says we lead, in its own process group, with the fencing
-//!   token in its environment;
+//!   token in its environment and without the etcd password ([`SECRET_ENV`]);
+//! * it starts only while at least the grace period is left on the claim, so it can always
+//!   be given its grace period before the claim ends;
 //! * it is terminated (SIGTERM to the group, SIGKILL after the grace period) as soon as we stop
-//!   leading, and at the latest at `claim deadline - grace period`, so the whole group is dead
-//!   before etcd can expire the lease and let another holder start;
+//!   leading, and at the latest at `claim deadline - grace period`; whatever the reason, the
+//!   SIGKILL comes no later than the claim deadline, which is at least one margin before etcd
+//!   can expire the lease and let another holder start;
 //! * when it exits by itself the lease is revoked at once, so the next waiter starts within
 //!   milliseconds.
 
@@ -15,14 +18,26 @@ use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{prepare, AppError, FrontEnds, Listeners};
-use crate::config::{Config, Protocol, RunConfig};
+use crate::config::{Config, Protocol, RunConfig, SECRET_ENV};
 use crate::election::machine::Role;
+use crate::http::Resign;
 use crate::leadership::{Receiver, Snapshot};
 use crate::metrics::Metrics;
-use crate::process::{Job, Reaper};
+use crate::process::{Job, Reaper, SpawnError};
 
 /// Exit code when a signal stopped us before the command started (128 + SIGTERM).
 const SIGNALLED_BEFORE_START: u8 = 143;
+
+/// Exit code of `--try` when no verdict came within `--try-timeout` (etcd unreachable, the
+/// campaign failing): `EX_UNAVAILABLE` from sysexits.h, so a CronJob pod ends instead of
+/// piling up behind an outage.
+pub const TRY_TIMED_OUT: u8 = 69;
+
+/// Why `POST /resign` is refused here: a resign revokes the lease at once, but the command's
+/// group may live for its grace period after its SIGTERM, so another holder could start its
+/// command beside ours. SIGTERM to `run` does it in the safe order.
+const RESIGN_REFUSED: &str = "refused under `etcd-elector run`: the lock is released only \
+    after the command's process group is dead; send SIGTERM to etcd-elector run instead";
 
 /// Run the command under the lock; returns the process exit code.
 pub async fn run_job(
@@ -41,7 +56,13 @@ pub async fn run_job(
     let metrics = Metrics::new();
     let election = prepare(&cfg, &metrics);
     let mut leadership = election.subscribe();
-    let front_ends = FrontEnds::start(&election, metrics, listeners, cfg.leader_file.clone());
+    let front_ends = FrontEnds::start(
+        &election,
+        metrics,
+        listeners,
+        cfg.leader_file.clone(),
+        Resign::Refused(RESIGN_REFUSED),
+    );
     let election_stop = CancellationToken::new();
     let election_task = tokio::spawn(election.run(election_stop.clone()));
     // Stops the election (revoking the lease) and the front ends; an etcd client that could
@@ -67,7 +88,17 @@ pub async fn run_job(
         try_once = run.try_once,
         "waiting for the lock"
     );
-    let snapshot = match wait_for_lock(&mut leadership, run.try_once, &shutdown).await {
+    let try_bound = run.try_bound(cfg.election.timing.ttl);
+    let give_up_at = run.try_once.then(|| Instant::now() + try_bound);
+    let snapshot = match wait_for_lock(
+        &mut leadership,
+        run.try_once,
+        run.grace_period,
+        give_up_at,
+        &shutdown,
+    )
+    .await
+    {
         Wait::Leader(snapshot) => snapshot,
         Wait::Held(holder) => {
             tracing::info!(
@@ -75,11 +106,21 @@ pub async fn run_job(
                 holder = holder.as_str(),
                 "lock is held elsewhere; not running the command"
             );
-            stop_election().await?;
+            release(stop_election(), &abort).await?;
             return Ok(run.held_exit_code);
         }
+        Wait::TimedOut(last_error) => {
+            tracing::error!(
+                key,
+                try_timeout = try_bound.as_secs_f64(),
+                last_error = last_error.as_deref().unwrap_or(""),
+                "no verdict from etcd within --try-timeout; not running the command"
+            );
+            release(stop_election(), &abort).await?;
+            return Ok(TRY_TIMED_OUT);
+        }
         Wait::Signalled => {
-            stop_election().await?;
+            release(stop_election(), &abort).await?;
             return Ok(SIGNALLED_BEFORE_START);
         }
     };
@@ -97,19 +138,26 @@ pub async fn run_job(
         ("ELECTOR_KEY", cfg.election.key.clone()),
         ("ELECTOR_ID", cfg.election.id.clone()),
         ("ETCD_LOCK_KEY", lock_key),
+        // The create revision, as for the fencing token. `etcdctl lock` exports the revision
+        // of the response that showed it the lock: the same number for a free lock, a later
+        // one after waiting. Both grow from holder to holder; README says so.
         ("ETCD_LOCK_REV", token.clone()),
     ];
-    let mut job = match reaper.spawn(&run.command, &env) {
+    let mut job = match reaper.spawn(&run.command, &env, SECRET_ENV).await {
         Ok(job) => job,
-        Err(e) => {
+        Err(SpawnError::Command(e)) => {
             tracing::error!(command = run.command[0].as_str(), error = %e, "cannot start the command");
-            stop_election().await?;
+            release(stop_election(), &abort).await?;
             // 127: the shell's code for "command not found"; 126 for other start failures.
             return Ok(if e.kind() == std::io::ErrorKind::NotFound {
                 127
             } else {
                 126
             });
+        }
+        Err(e @ SpawnError::Shim(_)) => {
+            release(stop_election(), &abort).await?;
+            return Err(AppError::Runtime(e.to_string()));
         }
     };
     tracing::info!(
@@ -119,20 +167,23 @@ pub async fn run_job(
         "lock held; command started"
     );
 
+    let mut claim_until = snapshot.view.claim_until;
     let outcome = supervise(
         &mut job,
         term,
         &mut leadership,
         run.grace_period,
+        &mut claim_until,
         &shutdown,
         &abort,
     )
     .await;
+    let kill_at = kill_deadline(run.grace_period, claim_until);
     let code = match outcome {
         Outcome::Exited(code) => {
             tracing::info!(key, code, "command exited; releasing the lock");
             // Whatever it left in its group must be gone before the lock is released.
-            job.terminate_group(run.grace_period, &abort).await;
+            job.terminate_group(kill_at, &abort).await;
             code
         }
         Outcome::Lost(reason) => {
@@ -141,12 +192,12 @@ pub async fn run_job(
                 reason,
                 "lock lost while the command ran; terminating it"
             );
-            job.terminate_group(run.grace_period, &abort).await;
+            job.terminate_group(kill_at, &abort).await;
             i32::from(run.lost_exit_code)
         }
         Outcome::Signalled => {
             tracing::info!(key, "forwarding SIGTERM to the command");
-            job.terminate_group(run.grace_period, &abort).await;
+            job.terminate_group(kill_at, &abort).await;
             job_exit_code(&mut job).await
         }
         Outcome::Aborted => {
@@ -154,8 +205,39 @@ pub async fn run_job(
             job_exit_code(&mut job).await
         }
     };
-    stop_election().await?;
+    release(stop_election(), &abort).await?;
     Ok(u8::try_from(code.clamp(0, 255)).unwrap_or(1))
+}
+
+/// How long the lease's release may take after a second signal. The promise of that signal
+/// is an exit at once; a release that etcd does not answer in time only means the lease
+/// expires by its TTL, after the group is already dead.
+const ABORT_RELEASE_BOUND: Duration = Duration::from_millis(500);
+
+/// Stop the election (`stopping`: revoke, then the front ends), but after a second signal
+/// give it only [`ABORT_RELEASE_BOUND`].
+async fn release(
+    stopping: impl std::future::Future<Output = Result<(), AppError>>,
+    abort: &CancellationToken,
+) -> Result<(), AppError> {
+    tokio::pin!(stopping);
+    tokio::select! {
+        result = &mut stopping => result,
+        _ = abort.cancelled() => match tokio::time::timeout(ABORT_RELEASE_BOUND, stopping).await {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::warn!("second signal: exiting without giving the lease back; it expires by its TTL");
+                Ok(())
+            }
+        },
+    }
+}
+
+/// When the group must be dead: at the end of its grace period, but never after the claim
+/// ends, since from then on etcd may expire the lease and another holder may start.
+fn kill_deadline(grace: Duration, claim_until: Option<Instant>) -> Instant {
+    let after_grace = Instant::now() + grace;
+    claim_until.map_or(after_grace, |claim| claim.min(after_grace))
 }
 
 /// The command's exit code once it has been reaped (bounded wait).
@@ -169,19 +251,41 @@ async fn job_exit_code(job: &mut Job) -> i32 {
 enum Wait {
     Leader(Box<Snapshot>),
     Held(String),
+    /// `--try` got no verdict in time; the last etcd error, if any.
+    TimedOut(Option<String>),
     Signalled,
 }
 
-/// Wait until we lead; with `try_once`, give up at the first sign of another holder.
+/// Wait until we lead with at least `grace` left on the claim; with `try_once`, give up at
+/// the first sign of another holder, and at `give_up_at` without a verdict. A claim with less left (won after the keep-alive stalled)
+/// is not enough: the command could not be given its grace period before the claim ends, so
+/// we wait for the renewal that extends it.
 async fn wait_for_lock(
     leadership: &mut Receiver,
     try_once: bool,
+    grace: Duration,
+    give_up_at: Option<Instant>,
     shutdown: &CancellationToken,
 ) -> Wait {
+    let give_up = async {
+        match give_up_at {
+            Some(at) => sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(give_up);
     loop {
         let snapshot = leadership.borrow_and_update().as_ref().clone();
-        if snapshot.is_leader_at(Instant::now()) {
-            return Wait::Leader(Box::new(snapshot));
+        let now = Instant::now();
+        if snapshot.is_leader_at(now) {
+            if snapshot
+                .view
+                .claim_until
+                .is_some_and(|until| now + grace < until)
+            {
+                return Wait::Leader(Box::new(snapshot));
+            }
+            tracing::debug!("leading, but less than the grace period is left on the claim; waiting for a renewal");
         }
         if try_once && snapshot.view.role == Role::Follower {
             return Wait::Held(snapshot.view.leader.unwrap_or_default());
@@ -189,6 +293,9 @@ async fn wait_for_lock(
         tokio::select! {
             changed = leadership.changed() => if changed.is_err() { return Wait::Signalled },
             _ = shutdown.cancelled() => return Wait::Signalled,
+            _ = &mut give_up => {
+                return Wait::TimedOut(leadership.borrow().last_error.clone());
+            }
         }
     }
 }
@@ -217,18 +324,23 @@ enum Outcome {
     Aborted,
 }
 
-/// Watch the command and the lock until one of them ends.
+/// Watch the command and the lock until one of them ends; `claim_until` follows the claim
+/// deadline of the term while it is renewed.
 async fn supervise(
     job: &mut Job,
     term: Term,
     leadership: &mut Receiver,
     grace: Duration,
+    claim_until: &mut Option<Instant>,
     shutdown: &CancellationToken,
     abort: &CancellationToken,
 ) -> Outcome {
     loop {
         let snapshot = leadership.borrow_and_update().clone();
         let now = Instant::now();
+        if snapshot.is_leader_at(now) && Term::of(&snapshot) == term {
+            *claim_until = snapshot.view.claim_until;
+        }
         if !snapshot.is_leader_at(now) {
             return Outcome::Lost(match snapshot.view.role {
                 Role::Leader => "lease not renewed in time",
@@ -257,5 +369,62 @@ async fn supervise(
             _ = shutdown.cancelled() => return Outcome::Signalled,
             _ = abort.cancelled() => return Outcome::Aborted,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::election::machine::View;
+
+    fn leading_with(claim_left: Duration) -> Arc<Snapshot> {
+        let now = Instant::now();
+        Arc::new(Snapshot::initial(
+            "me".into(),
+            "/k".into(),
+            View {
+                role: Role::Leader,
+                leader: Some("me".into()),
+                holder_lease: None,
+                fencing_token: Some(4),
+                claim_until: Some(now + claim_left),
+                leader_since: Some(now),
+                lease_id: Some(0x2a),
+                lease_expires_at: Some(now + claim_left + Duration::from_secs(1)),
+                lease_ttl: Some(Duration::from_secs(10)),
+            },
+        ))
+    }
+
+    #[tokio::test]
+    async fn the_command_starts_only_with_its_grace_period_left_on_the_claim() {
+        let grace = Duration::from_secs(5);
+        let (tx, mut rx) = tokio::sync::watch::channel(leading_with(Duration::from_secs(3)));
+        let shutdown = CancellationToken::new();
+        let waiting = wait_for_lock(&mut rx, false, grace, None, &shutdown);
+        tokio::pin!(waiting);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), &mut waiting)
+                .await
+                .is_err(),
+            "3 s left on the claim is less than the 5 s grace period: keep waiting"
+        );
+        tx.send(leading_with(Duration::from_secs(9))).unwrap();
+        match tokio::time::timeout(Duration::from_secs(5), waiting).await {
+            Ok(Wait::Leader(snapshot)) => assert_eq!(snapshot.view.fencing_token, Some(4)),
+            Ok(_) => panic!("expected to lead"),
+            Err(_) => panic!("a renewed claim starts the command"),
+        }
+    }
+
+    #[test]
+    fn the_kill_deadline_is_never_after_the_claim() {
+        let grace = Duration::from_secs(5);
+        let claim = Instant::now() + Duration::from_secs(2);
+        assert_eq!(kill_deadline(grace, Some(claim)), claim);
+        let far = Instant::now() + Duration::from_secs(60);
+        assert!(kill_deadline(grace, Some(far)) < far);
     }
 }

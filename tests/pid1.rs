@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use nix::sys::signal::kill;
 use nix::unistd::Pid;
+use support::job::children_of;
 use support::*;
 
 /// Start `etcd-elector ARGS` as PID 1 of a new PID namespace; returns the `unshare` child
@@ -43,14 +44,6 @@ fn spawn_as_pid1(args: &[&str], log: &std::path::Path) -> (Child, i32) {
 }
 
 /// Host pids of `pid`'s children.
-fn children_of(pid: i32) -> Vec<i32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect()
-}
-
 fn state_of(pid: i32) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The state follows the command name, which is in parentheses and may contain spaces.

@@ -13,9 +13,10 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::job::{
-    keys_under, process_alive, process_exists, process_group, stamp, unix_nanos, write_file,
-    Etcdctl, Job, WAIT_FOR_RELEASE,
+    children_of, keys_under, process_alive, process_exists, process_group, stamp, unix_nanos,
+    write_file, Etcdctl, Job, WAIT_FOR_RELEASE,
 };
+use support::tls::auth_etcd;
 use support::*;
 
 /// Long enough that a takeover inside a test's bounds can only come from a
@@ -888,4 +889,439 @@ fn with_the_election_protocol_etcd_lock_key_names_the_candidate_key_as_etcdctl_l
         "like `etcdctl lock` (which exported {ctl_key}), ETCD_LOCK_KEY names the key \
          whose create revision is ETCD_LOCK_REV"
     );
+}
+
+#[test]
+fn resign_is_refused_while_run_holds_the_lock_and_changes_nothing() {
+    let etcd = Etcd::start();
+    let key = unique_key("run_resign");
+    let mut job = Job::builder()
+        .endpoints(&etcd.endpoint())
+        .key(&key)
+        .id("job-resign")
+        .ttl(LONG_TTL)
+        .admin()
+        .shell(&format!(
+            "{}; {WAIT_FOR_RELEASE}",
+            write_file("pid", "echo $$")
+        ))
+        .spawn();
+    let pid = job.wait_for_number("pid", SOON) as i32;
+    let held = etcd.get(&key).expect("run holds the key");
+
+    let resp = http::simple(job.admin_addr(), "POST", "/resign", b"").expect("POST /resign");
+    assert_eq!(
+        resp.status,
+        409,
+        "resign is refused in run mode: {resp:?}\n{}",
+        job.describe()
+    );
+    let body = resp.json();
+    assert_eq!(body["resigned"], false);
+    let error = body["error"].as_str().unwrap_or_default().to_string();
+    assert!(
+        error.contains("run") && error.contains("SIGTERM"),
+        "the body says why and what to do instead: {error:?}"
+    );
+    // Nothing changed: the lease still holds the key, the command still runs.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(process_alive(pid), "the command was left alone");
+    assert!(job.is_running(), "run keeps going\n{}", job.describe());
+    assert_eq!(
+        etcd.get(&key).map(|kv| kv.lease),
+        Some(held.lease),
+        "the lease still holds the key"
+    );
+    job.touch("release");
+    assert_eq!(job.exit_code(SOON), 0, "{}", job.describe());
+}
+
+/// The claim deadline `job` (built with `.listen()`) reports now, as an `Instant`:
+/// the latest of a few `/status` reads (each `now + claim_seconds_left`).
+fn claim_deadline(job: &Job) -> Option<Instant> {
+    (0..5)
+        .filter_map(|_| {
+            let status = job.try_get("/status").ok()?.json();
+            let left = status["claim_seconds_left"].as_f64()?;
+            std::thread::sleep(Duration::from_millis(20));
+            Some(Instant::now() + Duration::from_secs_f64(left.max(0.0)))
+        })
+        .max()
+}
+
+#[test]
+fn a_run_frozen_past_its_termination_time_still_kills_the_group_by_the_claim_deadline() {
+    let etcd = Etcd::start();
+    let key = unique_key("frozen_run");
+    let proxy = TcpProxy::start(etcd.client_addr());
+    // TTL 15: claim 13.5 s after a keep-alive's send time, keep-alive every 5 s;
+    // grace 8 s (8 + 5 + 1.5 < 15). The command ignores SIGTERM, so only the
+    // SIGKILL stops it.
+    let grace = Duration::from_secs(8);
+    let mut job = Job::builder()
+        .endpoints(&proxy.endpoint())
+        .key(&key)
+        .id("job-frozen")
+        .ttl(15)
+        .grace_period("8")
+        .listen()
+        .shell(&format!(
+            "trap '' TERM; sleep 300 & {}; {}; wait",
+            write_file("gc", "echo $!"),
+            write_file("pid", "echo $$")
+        ))
+        .spawn();
+    let pid = job.wait_for_number("pid", SOON) as i32;
+    let gc = job.wait_for_number("gc", SOON) as i32;
+    // No renewal reaches etcd from now on: the claim the run holds is its last.
+    proxy.partition();
+    let claim = claim_deadline(&job)
+        .unwrap_or_else(|| panic!("run reports its claim in /status\n{}", job.describe()));
+    // Frozen (a stalled VM, a throttled container) until it is too late to give
+    // the command its whole grace period before the claim ends.
+    job.signal(Signal::SIGSTOP);
+    let resume_at = claim - grace / 2;
+    std::thread::sleep(resume_at.saturating_duration_since(Instant::now()));
+    job.signal(Signal::SIGCONT);
+    let mut dead_at = None;
+    wait_until(Duration::from_secs(30), || {
+        let dead = !process_alive(pid) && !process_alive(gc);
+        if dead {
+            dead_at = Some(Instant::now());
+        }
+        dead
+    });
+    let dead_at = dead_at.unwrap_or_else(|| {
+        panic!(
+            "the command group is still alive 30 s after the run resumed\n{}",
+            job.describe()
+        )
+    });
+    let late = dead_at.saturating_duration_since(claim);
+    println!(
+        "resumed {:?} before the claim deadline; group dead {late:?} after it",
+        grace / 2
+    );
+    // SIGKILL is due at the claim deadline; the slack is for polling.
+    assert!(
+        late < Duration::from_millis(500),
+        "the group is dead by the claim deadline, not {late:?} after it\n{}",
+        job.describe()
+    );
+    assert_eq!(
+        job.exit_code(Duration::from_secs(30)),
+        LOST,
+        "{}",
+        job.describe()
+    );
+}
+
+#[test]
+fn a_killed_run_takes_its_command_and_grandchild_with_it_within_a_second() {
+    let etcd = Etcd::start();
+    let key = unique_key("run_killed");
+    // Not PID 1: nothing but run itself can see to its command when it dies.
+    let mut job = Job::builder()
+        .endpoints(&etcd.endpoint())
+        .key(&key)
+        .id("job-killed-run")
+        .ttl(LONG_TTL)
+        .shell(&format!(
+            "sleep 300 & {}; {}; wait",
+            write_file("gc", "echo $!"),
+            write_file("pid", "echo $$")
+        ))
+        .spawn();
+    let pid = job.wait_for_number("pid", SOON) as i32;
+    let gc = job.wait_for_number("gc", SOON) as i32;
+    let run_pid = job.pid().as_raw();
+    // Whatever run started to look after the command dies too.
+    let helpers = children_of(run_pid);
+    assert!(process_alive(pid) && process_alive(gc));
+
+    job.signal(Signal::SIGKILL);
+    let killed = Instant::now();
+    let mut left = Vec::new();
+    let gone = wait_until(Duration::from_secs(1), || {
+        left = [pid, gc]
+            .iter()
+            .chain(&helpers)
+            .copied()
+            .filter(|&p| process_alive(p))
+            .collect();
+        left.is_empty()
+    });
+    println!(
+        "command {pid}, grandchild {gc} and helpers {helpers:?} dead {:?} after run's SIGKILL",
+        killed.elapsed()
+    );
+    assert!(
+        gone,
+        "within a second of run's death its command {pid}, grandchild {gc} and helpers \
+         {helpers:?} are dead; still alive: {left:?}\n{}",
+        job.describe()
+    );
+}
+
+#[test]
+fn a_second_signal_exits_at_once_even_while_etcd_does_not_answer() {
+    let etcd = Etcd::start();
+    let key = unique_key("second_signal_partitioned");
+    let proxy = TcpProxy::start(etcd.client_addr());
+    // A long grace period and shutdown timeout that only the second signal can cut short.
+    let mut job = Job::builder()
+        .endpoints(&proxy.endpoint())
+        .key(&key)
+        .id("job-impatient")
+        .ttl(60)
+        .grace_period("20")
+        .args(&["--shutdown-timeout", "30"])
+        .shell(&format!(
+            "trap '' TERM; sleep 300 & {}; {}; wait",
+            write_file("gc", "echo $!"),
+            write_file("pid", "echo $$")
+        ))
+        .spawn();
+    let pid = job.wait_for_number("pid", SOON) as i32;
+    let gc = job.wait_for_number("gc", SOON) as i32;
+    // etcd stops answering: giving the lease back could take the whole shutdown timeout.
+    proxy.partition();
+    job.signal(Signal::SIGTERM);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        job.is_running() && process_alive(pid) && process_alive(gc),
+        "in the grace period"
+    );
+    let second = Instant::now();
+    job.signal(Signal::SIGTERM);
+    // Generous against scheduling, far below the 20 s grace and 30 s shutdown timeout.
+    let status = job.wait_exit(Duration::from_secs(3));
+    println!("run exited {:?} after the second signal", second.elapsed());
+    assert!(
+        !process_alive(pid) && !process_alive(gc),
+        "the group is dead when run exits"
+    );
+    assert_eq!(status.code(), Some(128 + 9), "the command died by SIGKILL");
+}
+
+/// The documented exit code of `--try` when etcd gives no verdict within `--try-timeout`.
+const TRY_TIMED_OUT: i32 = 69;
+
+#[test]
+fn try_gives_up_with_exit_69_when_etcd_does_not_answer_within_the_try_timeout() {
+    // An explicit bound, then the default: one TTL (4 s here; grace 1 + 1.33 + 0.4 < 4).
+    for (extra, ttl) in [(Some("2"), "10"), (None, "4")] {
+        let mut builder = Job::builder()
+            .endpoints(&dead_endpoint())
+            .key(&unique_key("try_dead"))
+            .id("job-try-dead")
+            .try_once()
+            .args(&["--ttl", ttl, "--grace-period", "1"])
+            .shell("touch ran");
+        if let Some(secs) = extra {
+            builder = builder.args(&["--try-timeout", secs]);
+        }
+        let started = Instant::now();
+        let mut job = builder.spawn();
+        assert_eq!(
+            job.exit_code(Duration::from_secs(20)),
+            TRY_TIMED_OUT,
+            "--try against a dead endpoint ({extra:?}, TTL {ttl})\n{}",
+            job.describe()
+        );
+        println!(
+            "--try-timeout {extra:?} (TTL {ttl}): gave up after {:?}",
+            started.elapsed()
+        );
+        assert!(!job.has("ran"), "the command never ran");
+        let said = job.log_events().into_iter().any(|e| {
+            e["level"] == "ERROR"
+                && e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("--try-timeout"))
+        });
+        assert!(said, "an error line says why\n{}", job.describe());
+    }
+}
+
+#[test]
+fn a_try_timeout_without_try_is_refused() {
+    let e = dead_endpoint();
+    refused(
+        &[
+            "run",
+            "--endpoints",
+            &e,
+            "--key",
+            "/k",
+            "--try-timeout",
+            "3",
+        ],
+        true,
+        &["--try-timeout", "--try"],
+    );
+    refused(
+        &[
+            "run",
+            "--endpoints",
+            &e,
+            "--key",
+            "/k",
+            "--try",
+            "--try-timeout",
+            "0",
+        ],
+        true,
+        &["--try-timeout"],
+    );
+}
+
+#[test]
+fn the_etcd_password_never_reaches_the_command() {
+    let auth = auth_etcd(60);
+    let dir = test_tempdir("run_password");
+    let file = dir.path().join("password");
+    std::fs::write(&file, format!("{}\n", auth.password)).expect("writing the password file");
+    let file = file.display().to_string();
+    // The password in the environment, then its file named in the environment.
+    for (name, value) in [
+        ("ELECTOR_ETCD_PASSWORD", auth.password.as_str()),
+        ("ELECTOR_ETCD_PASSWORD_FILE", file.as_str()),
+    ] {
+        let key = format!("{}run-{}", auth.prefix, random_suffix());
+        let mut job = Job::builder()
+            .endpoints(&auth.etcd.endpoint())
+            .key(&key)
+            .id("job-secret")
+            .ttl(LONG_TTL)
+            .args(&["--etcd-user", &auth.user])
+            .env(name, value)
+            .shell(&write_file("env", "env"))
+            .spawn();
+        assert_eq!(job.exit_code(SOON), 0, "{name}: {}", job.describe());
+        let env = job
+            .read("env")
+            .expect("the command recorded its environment");
+        assert!(
+            var(&job.read_env("env"), "ELECTOR_FENCING_TOKEN")
+                .parse::<i64>()
+                .is_ok(),
+            "{name}: the command ran under the lock"
+        );
+        assert!(
+            !env.contains(&auth.password),
+            "{name}: the password is not in the command's environment"
+        );
+        for secret in ["ELECTOR_ETCD_PASSWORD", "ELECTOR_ETCD_PASSWORD_FILE"] {
+            assert!(
+                !env.lines().any(|l| l.starts_with(&format!("{secret}="))),
+                "{name}: {secret} is removed from the command's environment"
+            );
+        }
+    }
+}
+
+/// A shell command for `etcdctl lock` that records, while it holds the lock, what
+/// etcdctl exported (`rev`) and its own key's create revision (`kv`, etcdctl's JSON).
+fn record_lock_as_etcdctl_sees_it(etcd: &Etcd) -> String {
+    let etcdctl = support::etcd::etcdctl_bin().display().to_string();
+    format!(
+        "{}; {}",
+        write_file("rev", "echo \"$ETCD_LOCK_REV\""),
+        write_file(
+            "kv",
+            &format!(
+                "{etcdctl} --endpoints {} get \"$ETCD_LOCK_KEY\" -w json",
+                etcd.endpoint()
+            )
+        )
+    )
+}
+
+/// What [`record_lock_as_etcdctl_sees_it`] recorded: (ETCD_LOCK_REV, own create revision).
+fn etcdctl_lock_record(ctl: &mut Etcdctl) -> (i64, i64) {
+    assert!(ctl.wait_exit(SOON).success(), "stderr: {}", ctl.stderr());
+    let rev: i64 = ctl
+        .read("rev")
+        .unwrap_or_default()
+        .parse()
+        .expect("a revision");
+    let kv: serde_json::Value =
+        serde_json::from_str(&ctl.read("kv").unwrap_or_default()).expect("etcdctl's JSON");
+    let created = kv["kvs"][0]["create_revision"]
+        .as_i64()
+        .expect("the lock key's create revision");
+    (rev, created)
+}
+
+#[test]
+fn etcd_lock_rev_is_the_create_revision_where_etcdctl_exports_the_revision_it_saw_the_lock_free() {
+    let etcd = Etcd::start();
+    let name = unique_key("lock_rev");
+
+    // A free lock: etcdctl exports its transaction's revision, which created its key.
+    let script = record_lock_as_etcdctl_sees_it(&etcd);
+    let mut ctl = Etcdctl::lock(&etcd.endpoint(), &name, &["sh", "-c", &script]);
+    let (rev, created) = etcdctl_lock_record(&mut ctl);
+    assert_eq!(
+        rev, created,
+        "uncontested, etcdctl's ETCD_LOCK_REV is its key's"
+    );
+
+    // A lock it waited for: etcdctl exports the revision at which it saw the lock free,
+    // later than its own key's creation.
+    let mut job = Job::builder()
+        .endpoints(&etcd.endpoint())
+        .key(&name)
+        .id("job-first")
+        .ttl(LONG_TTL)
+        .args(&["--protocol", "election"])
+        .shell(&format!("{}; {WAIT_FOR_RELEASE}", write_file("env", "env")))
+        .spawn();
+    job.wait_for_file("env", SOON);
+    let mut ctl = Etcdctl::lock(&etcd.endpoint(), &name, &["sh", "-c", &script]);
+    assert!(
+        wait_until(SOON, || keys_under(&etcd, &format!("{name}/")).len() == 2),
+        "etcdctl queues behind run"
+    );
+    job.touch("release");
+    assert_eq!(job.exit_code(SOON), 0, "{}", job.describe());
+    let (rev, created) = etcdctl_lock_record(&mut ctl);
+    assert!(
+        rev > created,
+        "after waiting, etcdctl's ETCD_LOCK_REV ({rev}) is later than its key's creation ({created})"
+    );
+
+    // run, having waited the same way, exports its key's create revision: the fencing token.
+    let mut holder = Etcdctl::lock(&etcd.endpoint(), &name, &[]);
+    holder.wait_lines(1, SOON);
+    let mut job = Job::builder()
+        .endpoints(&etcd.endpoint())
+        .key(&name)
+        .id("job-waited")
+        .ttl(LONG_TTL)
+        .args(&["--protocol", "election"])
+        .shell(&format!("{}; {WAIT_FOR_RELEASE}", write_file("env", "env")))
+        .spawn();
+    assert!(
+        wait_until(SOON, || keys_under(&etcd, &format!("{name}/")).len() == 2),
+        "run queues behind etcdctl"
+    );
+    let queued = keys_under(&etcd, &format!("{name}/"));
+    let own_created = queued[1].1.create_revision;
+    holder.signal(Signal::SIGTERM);
+    holder.wait_exit(SOON);
+    job.wait_for_file("env", SOON);
+    let env = job.read_env("env");
+    assert_eq!(
+        var(&env, "ETCD_LOCK_REV"),
+        own_created.to_string(),
+        "run's ETCD_LOCK_REV is its own key's create revision, even after waiting"
+    );
+    assert_eq!(
+        var(&env, "ETCD_LOCK_REV"),
+        var(&env, "ELECTOR_FENCING_TOKEN")
+    );
+    job.touch("release");
+    assert_eq!(job.exit_code(SOON), 0, "{}", job.describe());
 }

@@ -70,6 +70,22 @@ pub fn process_exists(pid: i32) -> bool {
     PathBuf::from(format!("/proc/{pid}")).exists()
 }
 
+/// The children of `pid` (of every thread of it), from /proc.
+pub fn children_of(pid: i32) -> Vec<i32> {
+    let mut children = Vec::new();
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return children;
+    };
+    for task in tasks.flatten() {
+        let list = fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        children.extend(
+            list.split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok()),
+        );
+    }
+    children
+}
+
 /// The process group of `pid`, if it exists.
 pub fn process_group(pid: i32) -> Option<i32> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
