@@ -1,40 +1,78 @@
 //! Configuration: command-line flags, `ELECTOR_*` environment variables and an optional YAML
 //! file, merged into one validated [`Config`].
 //!
-//! Precedence is flag, then environment, then file, then default. Every value is checked when
-//! it is read, with the same parser for all three sources, so a bad value is reported with
-//! where it came from: the flag, or the file, field and line. YAML parsing lives only here:
-//! we use `serde_yaml_ng`, the maintained fork of the archived `serde_yaml` with the same API
-//! (`serde_yml` is avoided: RUSTSEC-2025-0068).
+//! Each option is declared once, as a field of [`ElectorArgs`] that clap (flag and variable)
+//! and serde (the file's snake_case key) both read through the same checked types, so a bad
+//! value is refused where it is read: clap names the flag or variable, serde_yaml_ng the file,
+//! field and line. Precedence is flag, then environment, then file, then default: the file's
+//! values are laid down first, clap's overwrite them, and the defaults (each a named constant)
+//! fill what is left. YAML parsing lives only here: we use `serde_yaml_ng`, the maintained fork
+//! of the archived `serde_yaml` with the same API (`serde_yml` is avoided: RUSTSEC-2025-0068).
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::marker::PhantomData;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
 use crate::election::machine::Timing;
 
-/// A configuration error: one line, exit code 2.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ConfigError(pub String);
+/// Defaults, each named once: the help text and [`parse`] both read these.
+pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:2379";
+pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 4040));
+pub const DEFAULT_ADMIN_LISTEN: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 4041));
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_RELEASE_DELAY: Duration = Duration::ZERO;
 
-impl ConfigError {
-    fn new(msg: impl Into<String>) -> Self {
-        ConfigError(msg.into())
-    }
+/// A configuration error: `main` prints it as one line and exits with code 2.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// clap refused a flag or variable: its first line, pointing at `--help`.
+    #[error("{0} (see --help)")]
+    Args(String),
+    /// The YAML file is invalid; serde_yaml_ng's message names the field and the line.
+    #[error("invalid config file {}: {message}", path.display())]
+    File { path: PathBuf, message: String },
+    /// A file that an option names cannot be read.
+    #[error("cannot read {what} {}: {source}", path.display())]
+    Unreadable {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A value its type accepts but the option does not; `option` names where it was set.
+    #[error("{option}: {message}")]
+    Invalid {
+        option: String,
+        message: &'static str,
+    },
+    #[error("--key is required (or ELECTOR_KEY, or `key` in the config file)")]
+    MissingKey,
+    #[error("--id is required: no POD_NAME and no hostname")]
+    MissingId,
+    #[error("--etcd-user needs a password: --etcd-password-file or ELECTOR_ETCD_PASSWORD")]
+    MissingPassword,
+    /// A rule relating several options is broken (see `validate`).
+    #[error("{0}")]
+    Rule(String),
 }
 
 /// What `main` should do after parsing.
 #[derive(Debug)]
 pub enum Parsed {
-    /// Run with this configuration.
-    Run(Box<Config>),
+    /// Run the sidecar.
+    Sidecar(Box<Config>),
+    /// `etcd-elector run`: run a command while holding the lock.
+    Job(Box<Config>, RunConfig),
     /// `--help` or `--version` was printed: exit 0.
     Printed,
 }
@@ -58,14 +96,22 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run COMMAND only while holding the lock (the cron-job case).
-    Run(RunArgs),
+    Run {
+        #[command(flatten)]
+        elector: ElectorArgs,
+        #[command(flatten)]
+        run: RunArgs,
+    },
 }
 
-/// Options of the election, shared by the sidecar and `run`.
-#[derive(Debug, Args, Default)]
+/// The options of the election, shared by the sidecar and `run`. Each field is one option:
+/// `--kebab-case` flag, `ELECTOR_UPPER_CASE` variable (which `origin` relies on) and
+/// snake_case YAML key. `None` means "not set by this source".
+#[derive(Debug, Default, Args, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ElectorArgs {
-    /// etcd client URLs, comma-separated [default: http://127.0.0.1:2379]
-    #[arg(long, env = "ELECTOR_ENDPOINTS", value_delimiter = ',', value_parser = Endpoint::from_str)]
+    #[arg(long, env = "ELECTOR_ENDPOINTS", value_delimiter = ',',
+          help = with_default("etcd client URLs, comma-separated", DEFAULT_ENDPOINT))]
     pub endpoints: Option<Vec<Endpoint>>,
     /// The lock key, e.g. /cron/lock/job9 (required)
     #[arg(long, env = "ELECTOR_KEY")]
@@ -73,21 +119,24 @@ pub struct ElectorArgs {
     /// This replica's identity, stored as the key's value [default: $POD_NAME, else the hostname]
     #[arg(long, env = "ELECTOR_ID")]
     pub id: Option<String>,
-    /// Lease TTL in seconds, 2 to 3600 [default: 10]
-    #[arg(long, env = "ELECTOR_TTL", value_name = "SECONDS", value_parser = Ttl::from_str)]
+    #[arg(long, env = "ELECTOR_TTL", value_name = "SECONDS",
+          help = with_default("Lease TTL in seconds, 2 to 3600", DEFAULT_TTL.as_secs()))]
     pub ttl: Option<Ttl>,
-    /// HTTP listen address [default: 0.0.0.0:4040; off for `run` unless given]
-    #[arg(long, env = "ELECTOR_LISTEN", value_name = "ADDR")]
+    #[arg(long, env = "ELECTOR_LISTEN", value_name = "ADDR",
+          help = with_default("HTTP listen address; off for `run` unless given", DEFAULT_LISTEN))]
     pub listen: Option<SocketAddr>,
-    /// Seconds allowed for giving the lock back on exit [default: 5]
-    #[arg(long, env = "ELECTOR_SHUTDOWN_TIMEOUT", value_name = "SECONDS", value_parser = Seconds::from_str)]
+    #[arg(long, env = "ELECTOR_SHUTDOWN_TIMEOUT", value_name = "SECONDS",
+          help = with_default("Seconds allowed for giving the lock back on exit",
+                              DEFAULT_SHUTDOWN_TIMEOUT.as_secs_f64()))]
     pub shutdown_timeout: Option<Seconds>,
-    /// Seconds to keep answering 503 before revoking on shutdown, so endpoint removal
-    /// propagates first; must be less than the shutdown timeout [default: 0]
-    #[arg(long, env = "ELECTOR_RELEASE_DELAY", value_name = "SECONDS", value_parser = Seconds::from_str)]
+    #[arg(long, env = "ELECTOR_RELEASE_DELAY", value_name = "SECONDS",
+          help = with_default("Seconds to keep answering 503 before revoking on shutdown, so \
+                               endpoint removal propagates first; must be less than the \
+                               shutdown timeout", DEFAULT_RELEASE_DELAY.as_secs_f64()))]
     pub release_delay: Option<Seconds>,
-    /// Log format; RUST_LOG filters (info by default) [default: text]
-    #[arg(long, env = "ELECTOR_LOG_FORMAT", value_enum)]
+    #[arg(long, env = "ELECTOR_LOG_FORMAT", value_enum,
+          help = with_default("Log format; RUST_LOG filters (info by default)",
+                              name_of(LogFormat::default())))]
     pub log_format: Option<LogFormat>,
     /// CA certificate (PEM) to verify etcd's server certificate
     #[arg(long, env = "ELECTOR_ETCD_CACERT", value_name = "FILE")]
@@ -104,28 +153,28 @@ pub struct ElectorArgs {
     /// File holding the etcd password (or set ELECTOR_ETCD_PASSWORD)
     #[arg(long, env = "ELECTOR_ETCD_PASSWORD_FILE", value_name = "FILE")]
     pub etcd_password_file: Option<PathBuf>,
-    /// Key protocol: `lock` (one lock key holding the leader's id) or `election` (etcd's
-    /// concurrency.Election: one key per candidate under KEY/, interoperable with
-    /// `etcdctl elect` and `etcdctl lock`) [default: lock]
-    #[arg(long, env = "ELECTOR_PROTOCOL", value_enum)]
+    #[arg(long, env = "ELECTOR_PROTOCOL", value_enum,
+          help = with_default("Key protocol: `lock` (one lock key holding the leader's id) or \
+                               `election` (etcd's concurrency.Election: one key per candidate \
+                               under KEY/, interoperable with `etcdctl elect` and `etcdctl lock`)",
+                              name_of(Protocol::default())))]
     pub protocol: Option<Protocol>,
-    /// Pod-local admin address serving POST /resign, or `off` [default: 127.0.0.1:4041 for
-    /// the sidecar, off for `run`]
-    #[arg(long, env = "ELECTOR_ADMIN_LISTEN", value_name = "ADDR|off", value_parser = parse_optional_addr)]
+    #[arg(long, env = "ELECTOR_ADMIN_LISTEN", value_name = "ADDR|off",
+          help = with_default("Pod-local admin address serving POST /resign, or `off`; off for \
+                               `run` unless given", DEFAULT_ADMIN_LISTEN))]
     pub admin_listen: Option<OptionalAddr>,
     /// Write the /leader JSON to this file (atomically) on every change
     #[arg(long, env = "ELECTOR_LEADER_FILE", value_name = "FILE")]
     pub leader_file: Option<PathBuf>,
     /// YAML file with the keys above (snake_case)
     #[arg(long, env = "ELECTOR_CONFIG", value_name = "FILE")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
 }
 
-/// Options of `run`.
+/// Options of `run` only (the YAML file does not set these).
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    #[command(flatten)]
-    pub elector: ElectorArgs,
     /// One attempt: if another holder has the key, name it and exit without running COMMAND
     #[arg(long = "try", env = "ELECTOR_TRY")]
     pub try_once: bool,
@@ -134,17 +183,35 @@ pub struct RunArgs {
     #[arg(long, env = "ELECTOR_TRY_TIMEOUT", value_name = "SECONDS", value_parser = Seconds::from_str)]
     pub try_timeout: Option<Seconds>,
     /// Exit code for --try when the lock is held elsewhere
-    #[arg(long, env = "ELECTOR_HELD_EXIT_CODE", default_value_t = 0, value_parser = clap::value_parser!(u8))]
+    #[arg(long, env = "ELECTOR_HELD_EXIT_CODE", default_value_t = 0)]
     pub held_exit_code: u8,
     /// Seconds between SIGTERM and SIGKILL for the command's process group
-    #[arg(long, env = "ELECTOR_GRACE_PERIOD", default_value = "5", value_name = "SECONDS", value_parser = Seconds::from_str)]
+    #[arg(
+        long,
+        env = "ELECTOR_GRACE_PERIOD",
+        default_value = "5",
+        value_name = "SECONDS"
+    )]
     pub grace_period: Seconds,
     /// Exit code when the lock was lost while the command ran
-    #[arg(long, env = "ELECTOR_LOST_EXIT_CODE", default_value_t = 75, value_parser = clap::value_parser!(u8))]
+    #[arg(long, env = "ELECTOR_LOST_EXIT_CODE", default_value_t = 75)]
     pub lost_exit_code: u8,
     /// The command and its arguments, after `--`
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<String>,
+}
+
+/// `help [default: value]`, so that a default is written only in its constant.
+fn with_default(help: &str, default: impl fmt::Display) -> String {
+    format!("{help} [default: {default}]")
+}
+
+/// An enum value as the flag and the file spell it.
+fn name_of(value: impl ValueEnum) -> String {
+    value
+        .to_possible_value()
+        .map(|v| v.get_name().to_string())
+        .unwrap_or_default()
 }
 
 /// How candidates use keys in etcd.
@@ -159,20 +226,6 @@ pub enum Protocol {
     Election,
 }
 
-/// An address, or `off`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OptionalAddr(pub Option<SocketAddr>);
-
-fn parse_optional_addr(s: &str) -> Result<OptionalAddr, String> {
-    if s.trim().eq_ignore_ascii_case("off") {
-        return Ok(OptionalAddr(None));
-    }
-    s.trim()
-        .parse::<SocketAddr>()
-        .map(|a| OptionalAddr(Some(a)))
-        .map_err(|e| format!("'{s}' is not an address (host:port) or `off`: {e}"))
-}
-
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -180,6 +233,59 @@ pub enum LogFormat {
     #[default]
     Text,
     Json,
+}
+
+/// Deserializes a YAML scalar through the type's `FromStr`, the parser flags and variables
+/// use. The check runs inside the visitor, so serde_yaml_ng gives its error the field and the
+/// line; `#[serde(try_from)]` checks after the deserializer returns, which loses both.
+struct ParseVisitor<T>(PhantomData<T>);
+
+impl<T: FromStr<Err = String>> Visitor<'_> for ParseVisitor<T> {
+    type Value = T;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string or a number")
+    }
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<T, E> {
+        s.parse().map_err(E::custom)
+    }
+    fn visit_u64<E: de::Error>(self, n: u64) -> Result<T, E> {
+        self.visit_str(&n.to_string())
+    }
+    fn visit_i64<E: de::Error>(self, n: i64) -> Result<T, E> {
+        self.visit_str(&n.to_string())
+    }
+    fn visit_f64<E: de::Error>(self, n: f64) -> Result<T, E> {
+        self.visit_str(&n.to_string())
+    }
+}
+
+/// Implements `Deserialize` with [`ParseVisitor`] for types whose `FromStr` is their check.
+macro_rules! deserialize_by_parsing {
+    ($($t:ty),*) => {$(
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                d.deserialize_any(ParseVisitor(PhantomData))
+            }
+        }
+    )*};
+}
+deserialize_by_parsing!(OptionalAddr, Endpoint, Ttl, Seconds);
+
+/// An address, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OptionalAddr(pub Option<SocketAddr>);
+
+impl FromStr for OptionalAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.trim().eq_ignore_ascii_case("off") {
+            return Ok(OptionalAddr(None));
+        }
+        s.trim()
+            .parse::<SocketAddr>()
+            .map(|a| OptionalAddr(Some(a)))
+            .map_err(|e| format!("'{s}' is not an address (host:port) or `off`: {e}"))
+    }
 }
 
 /// An etcd client URL: `http://host:port` or `https://host:port`.
@@ -210,29 +316,9 @@ impl FromStr for Endpoint {
     }
 }
 
-impl TryFrom<String> for Endpoint {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        s.parse()
-    }
-}
-
 /// A lease TTL: whole seconds, 2 to 3600 (etcd leases have one-second granularity).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ttl(pub Duration);
-
-impl TryFrom<u64> for Ttl {
-    type Error = String;
-    fn try_from(secs: u64) -> Result<Self, String> {
-        if (2..=3600).contains(&secs) {
-            Ok(Ttl(Duration::from_secs(secs)))
-        } else {
-            Err(format!(
-                "TTL {secs} is out of range: must be 2 to 3600 seconds"
-            ))
-        }
-    }
-}
 
 impl FromStr for Ttl {
     type Err = String;
@@ -241,24 +327,18 @@ impl FromStr for Ttl {
             .trim()
             .parse()
             .map_err(|_| format!("'{s}' is not a whole number of seconds"))?;
-        Ttl::try_from(secs)
+        if !(2..=3600).contains(&secs) {
+            return Err(format!(
+                "TTL {secs} is out of range: must be 2 to 3600 seconds"
+            ));
+        }
+        Ok(Ttl(Duration::from_secs(secs)))
     }
 }
 
 /// A non-negative number of seconds, fractions allowed, at most an hour.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Seconds(pub Duration);
-
-impl TryFrom<f64> for Seconds {
-    type Error = String;
-    fn try_from(secs: f64) -> Result<Self, String> {
-        if secs.is_finite() && (0.0..=3600.0).contains(&secs) {
-            Ok(Seconds(Duration::from_secs_f64(secs)))
-        } else {
-            Err(format!("{secs} is out of range: must be 0 to 3600 seconds"))
-        }
-    }
-}
 
 impl FromStr for Seconds {
     type Err = String;
@@ -267,135 +347,11 @@ impl FromStr for Seconds {
             .trim()
             .parse()
             .map_err(|_| format!("'{s}' is not a number of seconds"))?;
-        Seconds::try_from(secs)
-    }
-}
-
-/// The YAML file as written: the same keys as the flags, snake_case; unknown keys are refused.
-/// Values are checked after parsing (serde_yaml_ng reports type errors with their line; our
-/// range and format checks find the line of their key themselves).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawFile {
-    endpoints: Option<Vec<String>>,
-    key: Option<String>,
-    id: Option<String>,
-    ttl: Option<u64>,
-    listen: Option<String>,
-    shutdown_timeout: Option<f64>,
-    release_delay: Option<f64>,
-    log_format: Option<LogFormat>,
-    etcd_cacert: Option<PathBuf>,
-    etcd_cert: Option<PathBuf>,
-    etcd_key: Option<PathBuf>,
-    etcd_user: Option<String>,
-    etcd_password_file: Option<PathBuf>,
-    protocol: Option<Protocol>,
-    admin_listen: Option<String>,
-    leader_file: Option<PathBuf>,
-}
-
-/// The YAML file, checked.
-#[derive(Debug, Default)]
-struct FileConfig {
-    endpoints: Option<Vec<Endpoint>>,
-    key: Option<String>,
-    id: Option<String>,
-    ttl: Option<Ttl>,
-    listen: Option<SocketAddr>,
-    shutdown_timeout: Option<Seconds>,
-    release_delay: Option<Seconds>,
-    log_format: Option<LogFormat>,
-    etcd_cacert: Option<PathBuf>,
-    etcd_cert: Option<PathBuf>,
-    etcd_key: Option<PathBuf>,
-    etcd_user: Option<String>,
-    etcd_password_file: Option<PathBuf>,
-    protocol: Option<Protocol>,
-    admin_listen: Option<OptionalAddr>,
-    leader_file: Option<PathBuf>,
-}
-
-impl FileConfig {
-    fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigError::new(format!("cannot read config file {}: {e}", path.display()))
-        })?;
-        if text.trim().is_empty() {
-            return Ok(FileConfig::default());
+        if !(secs.is_finite() && (0.0..=3600.0).contains(&secs)) {
+            return Err(format!("{secs} is out of range: must be 0 to 3600 seconds"));
         }
-        let raw: RawFile = serde_yaml_ng::from_str(&text).map_err(|e| {
-            // serde_yaml_ng names the field and appends "at line L column C".
-            let msg = e.to_string().replace('\n', " ");
-            ConfigError::new(format!("invalid config file {}: {msg}", path.display()))
-        })?;
-        let bad = |field: &str, msg: String| {
-            let line = line_of_key(&text, field)
-                .map(|n| format!(" at line {n}"))
-                .unwrap_or_default();
-            ConfigError::new(format!(
-                "invalid config file {}: `{field}`{line}: {msg}",
-                path.display()
-            ))
-        };
-        let endpoints = raw
-            .endpoints
-            .map(|list| {
-                list.iter()
-                    .map(|e| e.parse::<Endpoint>())
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .transpose()
-            .map_err(|e| bad("endpoints", e))?;
-        Ok(FileConfig {
-            endpoints,
-            key: raw.key,
-            id: raw.id,
-            ttl: raw
-                .ttl
-                .map(Ttl::try_from)
-                .transpose()
-                .map_err(|e| bad("ttl", e))?,
-            listen: raw
-                .listen
-                .map(|l| l.parse::<SocketAddr>().map_err(|e| format!("'{l}': {e}")))
-                .transpose()
-                .map_err(|e| bad("listen", e))?,
-            shutdown_timeout: raw
-                .shutdown_timeout
-                .map(Seconds::try_from)
-                .transpose()
-                .map_err(|e| bad("shutdown_timeout", e))?,
-            release_delay: raw
-                .release_delay
-                .map(Seconds::try_from)
-                .transpose()
-                .map_err(|e| bad("release_delay", e))?,
-            log_format: raw.log_format,
-            etcd_cacert: raw.etcd_cacert,
-            etcd_cert: raw.etcd_cert,
-            etcd_key: raw.etcd_key,
-            etcd_user: raw.etcd_user,
-            etcd_password_file: raw.etcd_password_file,
-            protocol: raw.protocol,
-            admin_listen: raw
-                .admin_listen
-                .map(|a| parse_optional_addr(&a))
-                .transpose()
-                .map_err(|e| bad("admin_listen", e))?,
-            leader_file: raw.leader_file,
-        })
+        Ok(Seconds(Duration::from_secs_f64(secs)))
     }
-}
-
-/// The 1-based line on which a top-level `key:` appears in a YAML mapping.
-fn line_of_key(text: &str, key: &str) -> Option<usize> {
-    text.lines()
-        .position(|line| {
-            line.strip_prefix(key)
-                .is_some_and(|rest| rest.trim_start().starts_with(':'))
-        })
-        .map(|i| i + 1)
 }
 
 /// A secret string: never printed by `Debug`.
@@ -475,16 +431,7 @@ pub struct Config {
     /// Where to mirror the /leader document, if anywhere.
     pub leader_file: Option<PathBuf>,
     pub log_format: LogFormat,
-    /// Set for `etcd-elector run`.
-    pub run: Option<RunConfig>,
 }
-
-/// Defaults named once, used in the help text, the README and here.
-pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:2379";
-pub const DEFAULT_TTL_SECS: u64 = 10;
-pub const DEFAULT_LISTEN: &str = "0.0.0.0:4040";
-pub const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 5;
-pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:4041";
 
 /// The environment variable holding the etcd password when no file is given.
 pub const PASSWORD_ENV: &str = "ELECTOR_ETCD_PASSWORD";
@@ -504,47 +451,147 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
+    use clap::error::ErrorKind;
     let matches = match Cli::command().try_get_matches_from(args) {
         Ok(m) => m,
-        Err(e) => {
-            use clap::error::ErrorKind;
-            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
-                // Printing to stdout can fail only on a closed pipe, which is not our problem.
-                let _ = e.print();
-                return Ok(Parsed::Printed);
-            }
-            return Err(ConfigError::new(first_line_of_clap_error(&e)));
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            // Printing to stdout can fail only on a closed pipe, which is not our problem.
+            let _ = e.print();
+            return Ok(Parsed::Printed);
         }
+        Err(e) => return Err(clap_error(&e)),
     };
-    let cli = Cli::from_arg_matches(&matches)
-        .map_err(|e| ConfigError::new(first_line_of_clap_error(&e)))?;
-    match cli.command {
-        None => {
-            let cfg = build(cli.elector, &matches, None)?;
-            Ok(Parsed::Run(Box::new(cfg)))
-        }
-        Some(Command::Run(run)) => {
+    let cli = Cli::from_arg_matches(&matches).map_err(|e| clap_error(&e))?;
+    let (elector, matches, run) = match cli.command {
+        None => (cli.elector, &matches, None),
+        Some(Command::Run { elector, run }) => {
             let sub = matches
                 .subcommand_matches("run")
-                .ok_or_else(|| ConfigError::new("internal: run sub-command matches missing"))?;
-            let run_cfg = RunConfig {
-                try_once: run.try_once,
-                try_timeout: run.try_timeout.map(|s| s.0),
-                held_exit_code: run.held_exit_code,
-                grace_period: run.grace_period.0,
-                lost_exit_code: run.lost_exit_code,
-                command: run.command,
-            };
-            let cfg = build(run.elector, sub, Some(run_cfg))?;
-            Ok(Parsed::Run(Box::new(cfg)))
+                .ok_or_else(|| ConfigError::Args("internal: run sub-command missing".into()))?;
+            (elector, sub, Some(run))
         }
+    };
+    let cfg = resolve(elector.config, matches, run.is_some())?;
+    let run = run.map(|run| RunConfig {
+        try_once: run.try_once,
+        try_timeout: run.try_timeout.map(|s| s.0),
+        held_exit_code: run.held_exit_code,
+        grace_period: run.grace_period.0,
+        lost_exit_code: run.lost_exit_code,
+        command: run.command,
+    });
+    validate(&cfg, run.as_ref())?;
+    Ok(match run {
+        None => Parsed::Sidecar(Box::new(cfg)),
+        Some(run) => Parsed::Job(Box::new(cfg), run),
+    })
+}
+
+/// Layers the sources (the file's options, then clap's flags and variables over them), fills
+/// the rest with the defaults, and checks what the options' types cannot.
+fn resolve(file: Option<PathBuf>, matches: &ArgMatches, job: bool) -> Result<Config, ConfigError> {
+    let mut args = match &file {
+        Some(path) => load(path)?,
+        None => ElectorArgs::default(),
+    };
+    // Sets exactly the options given by flag or variable: none of ours has a clap default.
+    args.update_from_arg_matches(matches)
+        .map_err(|e| clap_error(&e))?;
+    let invalid = |id: &str, message| ConfigError::Invalid {
+        option: origin(matches, file.as_deref(), id),
+        message,
+    };
+
+    let endpoints = match args.endpoints {
+        None => vec![DEFAULT_ENDPOINT.to_string()],
+        Some(list) if list.is_empty() => {
+            return Err(invalid("endpoints", "at least one etcd URL is required"))
+        }
+        Some(list) => list.into_iter().map(|e| e.0).collect(),
+    };
+    let key = args.key.ok_or(ConfigError::MissingKey)?;
+    if key.is_empty() {
+        return Err(invalid("key", "the lock key must not be empty"));
+    }
+    let id = match args.id {
+        Some(id) => id,
+        None => default_identity()?,
+    };
+    if id.is_empty() {
+        return Err(invalid("id", "the identity must not be empty"));
+    }
+    let shutdown_timeout = args
+        .shutdown_timeout
+        .map_or(DEFAULT_SHUTDOWN_TIMEOUT, |s| s.0);
+    if shutdown_timeout.is_zero() {
+        return Err(invalid("shutdown_timeout", "must be more than 0 seconds"));
+    }
+    // The sidecar serves HTTP and the admin API by default; `run` only when asked to.
+    let (listen, admin_listen) = match job {
+        false => (Some(DEFAULT_LISTEN), Some(DEFAULT_ADMIN_LISTEN)),
+        true => (None, None),
+    };
+    let tls = TlsFiles {
+        ca: args.etcd_cacert,
+        cert: args.etcd_cert,
+        key: args.etcd_key,
+    };
+    let auth = match args.etcd_user {
+        None => None,
+        Some(user) => Some((user, read_password(args.etcd_password_file.as_deref())?)),
+    };
+    Ok(Config {
+        etcd: EtcdConfig {
+            endpoints,
+            tls: (tls != TlsFiles::default()).then_some(tls),
+            auth,
+        },
+        election: ElectionConfig {
+            protocol: args.protocol.unwrap_or_default(),
+            key,
+            id,
+            timing: Timing::for_ttl(args.ttl.map_or(DEFAULT_TTL, |t| t.0)),
+            shutdown_timeout,
+            release_delay: args.release_delay.map_or(DEFAULT_RELEASE_DELAY, |s| s.0),
+        },
+        listen: args.listen.or(listen),
+        admin_listen: args.admin_listen.map_or(admin_listen, |a| a.0),
+        leader_file: args.leader_file,
+        log_format: args.log_format.unwrap_or_default(),
+    })
+}
+
+/// The options the YAML file sets; an empty file sets none.
+fn load(path: &Path) -> Result<ElectorArgs, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Unreadable {
+        what: "config file",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if text.trim().is_empty() {
+        return Ok(ElectorArgs::default());
+    }
+    // serde_yaml_ng names the field and appends "at line L column C", also for the errors our
+    // types raise inside a field (`TryFrom`).
+    serde_yaml_ng::from_str(&text).map_err(|e| ConfigError::File {
+        path: path.to_path_buf(),
+        message: e.to_string().replace('\n', " "),
+    })
+}
+
+/// Where option `id` was set, as the user wrote it: the flag, the variable or the file's key.
+fn origin(matches: &ArgMatches, file: Option<&Path>, id: &str) -> String {
+    match (matches.value_source(id), file) {
+        (Some(ValueSource::EnvVariable), _) => format!("ELECTOR_{}", id.to_ascii_uppercase()),
+        (None, Some(path)) => format!("`{id}` in {}", path.display()),
+        _ => format!("--{}", id.replace('_', "-")),
     }
 }
 
 /// clap renders a multi-line error with usage; we print one line and point at `--help`.
 /// The indented lines that follow the first (e.g. the missing arguments' names) are kept,
 /// joined onto it.
-fn first_line_of_clap_error(e: &clap::Error) -> String {
+fn clap_error(e: &clap::Error) -> ConfigError {
     let rendered = e.render().to_string();
     let mut lines = rendered.lines().skip_while(|l| l.trim().is_empty());
     let mut message = lines
@@ -557,215 +604,66 @@ fn first_line_of_clap_error(e: &clap::Error) -> String {
         message.push(' ');
         message.push_str(detail.trim());
     }
-    format!("{message} (see --help)")
-}
-
-/// Where a flag's value came from, for error messages.
-fn origin(matches: &ArgMatches, id: &str, flag: &str, env: &str) -> String {
-    match matches.value_source(id) {
-        Some(ValueSource::EnvVariable) => env.to_string(),
-        _ => flag.to_string(),
-    }
-}
-
-fn build(
-    args: ElectorArgs,
-    matches: &ArgMatches,
-    run: Option<RunConfig>,
-) -> Result<Config, ConfigError> {
-    let file_path = args.config.clone();
-    let file = match &file_path {
-        Some(path) => FileConfig::load(path)?,
-        None => FileConfig::default(),
-    };
-    let in_file = |field: &str| match &file_path {
-        Some(p) => format!("`{field}` in {}", p.display()),
-        None => field.to_string(),
-    };
-
-    let endpoints: Vec<String> = args
-        .endpoints
-        .or(file.endpoints)
-        .unwrap_or_else(|| vec![Endpoint(DEFAULT_ENDPOINT.to_string())])
-        .into_iter()
-        .map(|e| e.0)
-        .collect();
-    if endpoints.is_empty() {
-        return Err(ConfigError::new(
-            "--endpoints: at least one etcd URL is required",
-        ));
-    }
-
-    let key_from_flag = args.key.is_some();
-    let key = args.key.or(file.key).ok_or_else(|| {
-        ConfigError::new("--key is required (or ELECTOR_KEY, or `key` in the config file)")
-    })?;
-    if key.is_empty() {
-        let name = if key_from_flag {
-            origin(matches, "key", "--key", "ELECTOR_KEY")
-        } else {
-            in_file("key")
-        };
-        return Err(ConfigError::new(format!(
-            "{name}: the lock key must not be empty"
-        )));
-    }
-
-    let id = match args.id.or(file.id) {
-        Some(id) => id,
-        None => default_identity()?,
-    };
-    if id.is_empty() {
-        return Err(ConfigError::new("--id: the identity must not be empty"));
-    }
-
-    let ttl = args
-        .ttl
-        .or(file.ttl)
-        .map(|t| t.0)
-        .unwrap_or(Duration::from_secs(DEFAULT_TTL_SECS));
-    let timing = Timing::for_ttl(ttl);
-
-    let shutdown_from_flag = args.shutdown_timeout.is_some();
-    let shutdown_timeout = args
-        .shutdown_timeout
-        .or(file.shutdown_timeout)
-        .map(|s| s.0)
-        .unwrap_or(Duration::from_secs(DEFAULT_SHUTDOWN_TIMEOUT_SECS));
-    let release_delay = args
-        .release_delay
-        .or(file.release_delay)
-        .map(|s| s.0)
-        .unwrap_or(Duration::ZERO);
-
-    let listen = match args.listen.or(file.listen) {
-        Some(addr) => Some(addr),
-        None if run.is_some() => None,
-        None => Some(
-            DEFAULT_LISTEN
-                .parse()
-                .map_err(|e| ConfigError::new(format!("internal: default listen address: {e}")))?,
-        ),
-    };
-
-    let admin_listen = match args.admin_listen.or(file.admin_listen) {
-        Some(OptionalAddr(addr)) => addr,
-        None if run.is_some() => None,
-        None => Some(
-            DEFAULT_ADMIN_LISTEN
-                .parse()
-                .map_err(|e| ConfigError::new(format!("internal: default admin address: {e}")))?,
-        ),
-    };
-
-    let tls_files = TlsFiles {
-        ca: args.etcd_cacert.or(file.etcd_cacert),
-        cert: args.etcd_cert.or(file.etcd_cert),
-        key: args.etcd_key.or(file.etcd_key),
-    };
-    let tls = (tls_files != TlsFiles::default()).then_some(tls_files);
-
-    let user = args.etcd_user.or(file.etcd_user);
-    let password_file = args.etcd_password_file.or(file.etcd_password_file);
-    let auth = match user {
-        None => None,
-        Some(user) => Some((user, read_password(password_file.as_deref())?)),
-    };
-
-    let cfg = Config {
-        etcd: EtcdConfig {
-            endpoints,
-            tls,
-            auth,
-        },
-        election: ElectionConfig {
-            protocol: args.protocol.or(file.protocol).unwrap_or_default(),
-            key,
-            id,
-            timing,
-            shutdown_timeout,
-            release_delay,
-        },
-        listen,
-        admin_listen,
-        leader_file: args.leader_file.or(file.leader_file),
-        log_format: args.log_format.or(file.log_format).unwrap_or_default(),
-        run,
-    };
-    let shutdown_name = if shutdown_from_flag {
-        origin(
-            matches,
-            "shutdown_timeout",
-            "--shutdown-timeout",
-            "ELECTOR_SHUTDOWN_TIMEOUT",
-        )
-    } else {
-        in_file("shutdown_timeout")
-    };
-    validate(&cfg, &shutdown_name)?;
-    Ok(cfg)
+    ConfigError::Args(message)
 }
 
 /// The rules that relate several settings:
-/// * the shutdown timeout is positive, and the release delay is shorter than it, so the
-///   revoke always gets time to run;
+/// * the release delay is shorter than the shutdown timeout, so the revoke always gets time
+///   to run (that the timeout is positive is checked where it is read);
 /// * TLS: a client certificate and key come together; `https://` endpoints are required when
 ///   TLS files are given, and every endpoint uses the same scheme;
 /// * `run`: `grace period + keep-alive interval + margin < TTL`, so the command gets its whole
 ///   grace period before the claim ends even when the keep-alive fails right after a renewal
 ///   (its group is SIGKILLed by the claim deadline in any case, see `run.rs`);
 ///   `--try-timeout` only with `--try`, and more than 0.
-fn validate(cfg: &Config, shutdown_name: &str) -> Result<(), ConfigError> {
+fn validate(cfg: &Config, run: Option<&RunConfig>) -> Result<(), ConfigError> {
     let election = &cfg.election;
-    if election.shutdown_timeout.is_zero() {
-        return Err(ConfigError::new(format!(
-            "{shutdown_name}: must be more than 0 seconds"
-        )));
-    }
     if election.release_delay >= election.shutdown_timeout {
-        return Err(ConfigError::new(format!(
+        return Err(ConfigError::Rule(format!(
             "--release-delay ({:?}) must be less than the shutdown timeout ({:?}) so the lease can still be revoked",
             election.release_delay, election.shutdown_timeout
         )));
     }
-    let https = cfg
-        .etcd
-        .endpoints
+    let endpoints = &cfg.etcd.endpoints;
+    let https = endpoints
         .iter()
         .filter(|e| e.starts_with("https://"))
         .count();
-    if https != 0 && https != cfg.etcd.endpoints.len() {
-        return Err(ConfigError::new(
-            "--endpoints: mix of http:// and https:// URLs",
+    if https != 0 && https != endpoints.len() {
+        return Err(ConfigError::Rule(
+            "--endpoints: mix of http:// and https:// URLs".into(),
         ));
     }
     if let Some(tls) = &cfg.etcd.tls {
         if tls.cert.is_some() != tls.key.is_some() {
-            return Err(ConfigError::new(
-                "--etcd-cert and --etcd-key must be given together",
+            return Err(ConfigError::Rule(
+                "--etcd-cert and --etcd-key must be given together".into(),
             ));
         }
         if https == 0 {
-            return Err(ConfigError::new(
-                "--endpoints: TLS files were given, so the endpoints must be https:// URLs",
+            return Err(ConfigError::Rule(
+                "--endpoints: TLS files were given, so the endpoints must be https:// URLs".into(),
             ));
         }
         for path in [&tls.ca, &tls.cert, &tls.key].into_iter().flatten() {
-            std::fs::metadata(path).map_err(|e| {
-                ConfigError::new(format!("cannot read TLS file {}: {e}", path.display()))
+            std::fs::metadata(path).map_err(|source| ConfigError::Unreadable {
+                what: "TLS file",
+                path: path.clone(),
+                source,
             })?;
         }
     }
-    if let Some(run) = &cfg.run {
+    if let Some(run) = run {
         match run.try_timeout {
             Some(_) if !run.try_once => {
-                return Err(ConfigError::new(
-                    "--try-timeout only applies with --try (one attempt); add --try or drop it",
+                return Err(ConfigError::Rule(
+                    "--try-timeout only applies with --try (one attempt); add --try or drop it"
+                        .into(),
                 ))
             }
             Some(bound) if bound.is_zero() => {
-                return Err(ConfigError::new(
-                    "--try-timeout: must be more than 0 seconds",
+                return Err(ConfigError::Rule(
+                    "--try-timeout: must be more than 0 seconds".into(),
                 ))
             }
             _ => {}
@@ -773,7 +671,7 @@ fn validate(cfg: &Config, shutdown_name: &str) -> Result<(), ConfigError> {
         let t = election.timing;
         let needed = run.grace_period + t.keepalive_interval + t.margin;
         if needed >= t.ttl {
-            return Err(ConfigError::new(format!(
+            return Err(ConfigError::Rule(format!(
                 "--grace-period {:?} leaves no room inside the TTL of {:?}: grace period + keep-alive interval ({:?}) + margin ({:?}) must be below the TTL; raise --ttl or lower --grace-period",
                 run.grace_period, t.ttl, t.keepalive_interval, t.margin
             )));
@@ -785,20 +683,16 @@ fn validate(cfg: &Config, shutdown_name: &str) -> Result<(), ConfigError> {
 /// The password for etcd auth: from the file if given, else `ELECTOR_ETCD_PASSWORD`.
 fn read_password(file: Option<&Path>) -> Result<Secret, ConfigError> {
     if let Some(path) = file {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigError::new(format!(
-                "cannot read --etcd-password-file {}: {e}",
-                path.display()
-            ))
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Unreadable {
+            what: "--etcd-password-file",
+            path: path.to_path_buf(),
+            source,
         })?;
         return Ok(Secret(text.trim_end_matches(['\n', '\r']).to_string()));
     }
-    match std::env::var(PASSWORD_ENV) {
-        Ok(p) => Ok(Secret(p)),
-        Err(_) => Err(ConfigError::new(
-            "--etcd-user needs a password: --etcd-password-file or ELECTOR_ETCD_PASSWORD",
-        )),
-    }
+    std::env::var(PASSWORD_ENV)
+        .map(Secret)
+        .map_err(|_| ConfigError::MissingPassword)
 }
 
 /// `$POD_NAME`, else the hostname.
@@ -812,41 +706,54 @@ fn default_identity() -> Result<String, ConfigError> {
         .ok()
         .and_then(|h| h.into_string().ok())
         .filter(|h| !h.is_empty())
-        .ok_or_else(|| ConfigError::new("--id is required: no POD_NAME and no hostname"))
+        .ok_or(ConfigError::MissingId)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn parse_ok(args: &[&str]) -> Config {
-        match parse(std::iter::once("etcd-elector").chain(args.iter().copied())) {
-            Ok(Parsed::Run(cfg)) => *cfg,
-            other => panic!("expected a config, got {other:?}"),
+    fn parsed(args: &[&str]) -> Result<Parsed, ConfigError> {
+        parse(std::iter::once("etcd-elector").chain(args.iter().copied()))
+    }
+
+    fn sidecar(args: &[&str]) -> Config {
+        match parsed(args) {
+            Ok(Parsed::Sidecar(cfg)) => *cfg,
+            other => panic!("expected a sidecar config, got {other:?}"),
         }
     }
 
     fn parse_err(args: &[&str]) -> String {
-        match parse(std::iter::once("etcd-elector").chain(args.iter().copied())) {
-            Err(e) => e.0,
+        match parsed(args) {
+            Err(e) => e.to_string(),
             Ok(other) => panic!("expected an error, got {other:?}"),
         }
     }
 
+    fn yaml(text: &str) -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, text).unwrap();
+        (dir, path.to_str().unwrap().to_string())
+    }
+
     #[test]
     fn defaults_apply() {
-        let cfg = parse_ok(&["--key", "/k", "--id", "a"]);
+        let cfg = sidecar(&["--key", "/k", "--id", "a"]);
         assert_eq!(cfg.etcd.endpoints, vec![DEFAULT_ENDPOINT]);
         assert_eq!(cfg.election.timing.ttl, Duration::from_secs(10));
         assert_eq!(cfg.listen, Some("0.0.0.0:4040".parse().unwrap()));
+        assert_eq!(cfg.admin_listen, Some("127.0.0.1:4041".parse().unwrap()));
         assert_eq!(cfg.election.shutdown_timeout, Duration::from_secs(5));
+        assert_eq!(cfg.election.release_delay, Duration::ZERO);
         assert_eq!(cfg.log_format, LogFormat::Text);
-        assert!(cfg.run.is_none());
+        assert_eq!(cfg.election.protocol, Protocol::Lock);
     }
 
     #[test]
     fn endpoints_are_comma_separated_and_checked() {
-        let cfg = parse_ok(&[
+        let cfg = sidecar(&[
             "--key",
             "/k",
             "--id",
@@ -872,14 +779,8 @@ mod tests {
 
     #[test]
     fn yaml_file_fills_what_flags_leave() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c.yaml");
-        std::fs::write(
-            &path,
-            "key: /from-file\nttl: 4\nendpoints: [\"http://x:1\"]\nid: f\n",
-        )
-        .unwrap();
-        let cfg = parse_ok(&["--config", path.to_str().unwrap(), "--ttl", "6"]);
+        let (_dir, path) = yaml("key: /from-file\nttl: 4\nendpoints: [\"http://x:1\"]\nid: f\n");
+        let cfg = sidecar(&["--config", &path, "--ttl", "6"]);
         assert_eq!(cfg.election.key, "/from-file");
         assert_eq!(cfg.election.timing.ttl, Duration::from_secs(6));
         assert_eq!(cfg.etcd.endpoints, vec!["http://x:1"]);
@@ -887,17 +788,39 @@ mod tests {
 
     #[test]
     fn yaml_errors_name_file_field_and_line() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c.yaml");
-        std::fs::write(&path, "key: /k\nttll: 4\n").unwrap();
-        let err = parse_err(&["--config", path.to_str().unwrap()]);
+        let (_dir, path) = yaml("key: /k\nttll: 4\n");
+        let err = parse_err(&["--config", &path]);
         assert!(
             err.contains("ttll") && err.contains("line 2") && err.contains("c.yaml"),
             "{err}"
         );
-        std::fs::write(&path, "key: /k\nttl: 1\n").unwrap();
-        let err = parse_err(&["--config", path.to_str().unwrap()]);
+        // Our own range check, raised inside the field's deserializer, gets the same.
+        let (_dir, path) = yaml("key: /k\nttl: 1\n");
+        let err = parse_err(&["--config", &path]);
         assert!(err.contains("ttl") && err.contains("line 2"), "{err}");
+        assert!(err.contains("c.yaml") && err.contains("2 to 3600"), "{err}");
+    }
+
+    #[test]
+    fn empty_values_name_where_they_were_set() {
+        let err = parse_err(&["--key", "", "--id", "a"]);
+        assert!(err.starts_with("--key: "), "{err}");
+        let (_dir, path) = yaml("key: ''\nid: a\n");
+        let err = parse_err(&["--config", &path]);
+        assert!(
+            err.starts_with("`key` in ") && err.contains("c.yaml"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn every_option_follows_the_naming_that_origin_relies_on() {
+        for arg in Cli::command().get_arguments() {
+            let id = arg.get_id().as_str();
+            assert_eq!(arg.get_long(), Some(id.replace('_', "-").as_str()));
+            let env = format!("ELECTOR_{}", id.to_ascii_uppercase());
+            assert_eq!(arg.get_env(), Some(std::ffi::OsStr::new(&env)), "{id}");
+        }
     }
 
     #[test]
@@ -908,31 +831,28 @@ mod tests {
 
     #[test]
     fn run_grace_period_must_fit_inside_the_ttl() {
-        let err = parse_err(&[
-            "run",
-            "--key",
-            "/k",
-            "--ttl",
-            "5",
-            "--grace-period",
-            "3",
-            "--",
-            "true",
-        ]);
+        let args = |ttl| {
+            [
+                "run",
+                "--key",
+                "/k",
+                "--ttl",
+                ttl,
+                "--grace-period",
+                "3",
+                "--",
+                "true",
+            ]
+        };
+        let err = parse_err(&args("5"));
         assert!(err.contains("--grace-period"), "{err}");
-        let cfg = parse_ok(&[
-            "run",
-            "--key",
-            "/k",
-            "--ttl",
-            "10",
-            "--grace-period",
-            "3",
-            "--",
-            "true",
-        ]);
-        assert_eq!(cfg.run.unwrap().command, vec!["true"]);
-        assert_eq!(cfg.listen, None);
+        match parsed(&args("10")) {
+            Ok(Parsed::Job(cfg, run)) => {
+                assert_eq!(run.command, vec!["true"]);
+                assert_eq!(cfg.listen, None);
+            }
+            other => panic!("expected a job config, got {other:?}"),
+        }
     }
 
     #[test]
@@ -944,14 +864,16 @@ mod tests {
             args.extend(["--", "true"]);
             args
         };
-        let cfg = parse_ok(&with(&["--try"]));
-        let run = cfg.run.unwrap();
+        let job = |args: &[&str]| match parsed(args) {
+            Ok(Parsed::Job(cfg, run)) => (*cfg, run),
+            other => panic!("expected a job config, got {other:?}"),
+        };
+        let (cfg, run) = job(&with(&["--try"]));
         assert_eq!(
             run.try_bound(cfg.election.timing.ttl),
             Duration::from_secs(12)
         );
-        let cfg = parse_ok(&with(&["--try", "--try-timeout", "2.5"]));
-        let run = cfg.run.unwrap();
+        let (cfg, run) = job(&with(&["--try", "--try-timeout", "2.5"]));
         assert_eq!(
             run.try_bound(cfg.election.timing.ttl),
             Duration::from_millis(2500)

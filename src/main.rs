@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use etcd_elector::app::{self, AppError, Listeners};
-use etcd_elector::config::{self, Config, LogFormat, Parsed};
+use etcd_elector::config::{self, Config, LogFormat, Parsed, RunConfig};
 use etcd_elector::shutdown::Shutdown;
 
 fn main() -> ExitCode {
@@ -13,8 +13,9 @@ fn main() -> ExitCode {
     if let Some(code) = etcd_elector::shim::main_if_shim() {
         return ExitCode::from(code);
     }
-    let cfg = match config::from_env() {
-        Ok(Parsed::Run(cfg)) => *cfg,
+    let (cfg, job) = match config::from_env() {
+        Ok(Parsed::Sidecar(cfg)) => (*cfg, None),
+        Ok(Parsed::Job(cfg, job)) => (*cfg, Some(job)),
         Ok(Parsed::Printed) => return ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("etcd-elector: configuration error: {e}");
@@ -22,7 +23,7 @@ fn main() -> ExitCode {
         }
     };
     init_tracing(cfg.log_format);
-    match run(cfg) {
+    match run(cfg, job) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             tracing::error!(error = %e, "fatal");
@@ -32,7 +33,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cfg: Config) -> Result<u8, AppError> {
+/// Run the sidecar, or with `job` the command under the lock; returns the exit code.
+fn run(cfg: Config, job: Option<RunConfig>) -> Result<u8, AppError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -50,7 +52,7 @@ fn run(cfg: Config) -> Result<u8, AppError> {
             public: bind(cfg.listen, "serving HTTP").await?,
             admin: bind(cfg.admin_listen, "serving admin API").await?,
         };
-        if let Some(run) = cfg.run.clone() {
+        if let Some(run) = job {
             return etcd_elector::run::run_job(cfg, run, listeners, token, abort).await;
         }
         tokio::select! {

@@ -49,7 +49,7 @@ async fn candidate(endpoint: String, key: String, id: String) -> Candidate {
         &ttl,
     ];
     let cfg = match etcd_elector::config::parse(args) {
-        Ok(Parsed::Run(cfg)) => *cfg,
+        Ok(Parsed::Sidecar(cfg)) => *cfg,
         Ok(_) => panic!("simulated candidate: the parser printed instead of configuring"),
         Err(e) => panic!("simulated candidate: {e}"),
     };
