@@ -234,3 +234,24 @@ def test_notes_and_readme_say_the_default_image_must_be_built(chart: helm_python
     readme = (CHART_DIR / "README.md").read_text()
     assert "docker buildx build --platform linux/amd64,linux/arm64" in readme
     assert "not published" in readme
+
+
+@pytest.mark.parametrize("max_unavailable", [0, 1, 2, "50%", "99%"])
+def test_leader_mode_refuses_a_rollout_that_would_deadlock(chart: helm_python.Chart, max_unavailable: Any) -> None:
+    values = {"strategy": {"rollingUpdate": {"maxUnavailable": max_unavailable}}}
+    with pytest.raises(helm_python.HelmRenderError, match="only the leader is ever Ready, so this rollout would deadlock"):
+        render(chart, values, kube_version="1.31.0")
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"strategy": {"rollingUpdate": {"maxUnavailable": 3}}},
+        {"strategy": {"rollingUpdate": {"maxUnavailable": "100%"}}},
+        {"strategy": {"type": "Recreate", "rollingUpdate": {"maxUnavailable": 0}}},
+        {"elector": {"readiness": "healthy"}, "strategy": {"rollingUpdate": {"maxUnavailable": 0}}},
+        {"replicaCount": 1, "strategy": {"rollingUpdate": {"maxUnavailable": 1}}},
+    ],
+)
+def test_strategies_that_complete_are_accepted(chart: helm_python.Chart, values: dict[str, Any]) -> None:
+    render(chart, values, kube_version="1.31.0")
