@@ -4,7 +4,8 @@
 #
 #   bash .ci/fresh-root.sh [STAGE...]     # as root; default stages: demo test image
 #
-# Stages, each in its own fresh copy of the root:
+# Stages, each in its own fresh copy of the root (join them with + to run them one after the
+# other in the same copy, as one user would: demo+bench reuses the demo's release build):
 #   demo    ./scripts/demo.sh, as written in the README
 #   test    ./scripts/test.sh, as written in the README (the full test suite)
 #   image   the Dockerfile's builder stage: its WORKDIR, COPY and RUN lines as written
@@ -30,11 +31,13 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 stages=("$@")
 [ ${#stages[@]} -gt 0 ] || stages=(demo test image)
 for s in "${stages[@]}"; do
-  case $s in demo | test | image | bench) ;; *)
-    echo "fresh-root: unknown stage '$s' (demo, test, image, bench)" >&2
-    exit 2
-    ;;
-  esac
+  for part in ${s//+/ }; do
+    case $part in demo | test | image | bench) ;; *)
+      echo "fresh-root: unknown stage '$part' (demo, test, image, bench; joined with +)" >&2
+      exit 2
+      ;;
+    esac
+  done
 done
 if [ "$(id -u)" -ne 0 ]; then
   echo "fresh-root: run as root (debootstrap, chroot and mounts need it)" >&2
@@ -170,15 +173,21 @@ for v in SSL_CERT_FILE SSL_CERT_DIR CURL_CA_BUNDLE PIP_CERT REQUESTS_CA_BUNDLE \
   if [ -n "${!v:-}" ]; then env_in+=("$v=${!v}"); fi
 done
 
-run_stage() {
-  local stage=$1 cmd
-  case $stage in
-  demo) cmd="./scripts/demo.sh" ;;
-  test) cmd="./scripts/test.sh" ;;
-  image) cmd="bash /root/dockerfile-builder.sh && /usr/local/bin/etcd-elector --version" ;;
-  bench) cmd="scripts/deps.sh bench && ELECTOR_BENCH_QUICK=1 cargo bench --bench elector" ;;
+command_of() {
+  case $1 in
+  demo) echo "./scripts/demo.sh" ;;
+  test) echo "./scripts/test.sh" ;;
+  image) echo "bash /root/dockerfile-builder.sh && /usr/local/bin/etcd-elector --version" ;;
+  bench) echo "scripts/deps.sh bench && ELECTOR_BENCH_QUICK=1 cargo bench --bench elector" ;;
   esac
-  current=$(mktemp -d "$work/$stage.XXXXXX")
+}
+
+run_stage() {
+  local stage=$1 cmd="" part
+  for part in ${stage//+/ }; do
+    cmd="${cmd:+$cmd && }$(command_of "$part")"
+  done
+  current=$(mktemp -d "$work/${stage//+/-}.XXXXXX")
   local root=$current/root
   # (set -e does not apply inside a function called from `if`: every step checks itself.)
   mkdir "$root" || return 1
@@ -190,7 +199,7 @@ run_stage() {
   if compgen -G '/usr/local/share/ca-certificates/*.crt' >/dev/null; then
     cp -L /usr/local/share/ca-certificates/*.crt "$root/usr/local/share/ca-certificates/" || return 1
   fi
-  if [ "$stage" = image ]; then
+  if [[ "+$stage+" == *+image+* ]]; then
     mkdir "$root/root/docker-context" || return 1
     (cd "$root/root/etcd-elector" &&
       python3 .ci/dockerfile-builder.py "$root/root/docker-context" /root/docker-context <Dockerfile) \
@@ -216,7 +225,7 @@ for stage in "${stages[@]}"; do
     result="FAILED (exit $?)"
     failed=1
   fi
-  summary+=("$(printf '%-6s %-18s %5d s' "$stage" "$result" $((SECONDS - t0)))")
+  summary+=("$(printf '%-10s %-16s %5d s' "$stage" "$result" $((SECONDS - t0)))")
   echo "== fresh-root: $stage $result in $((SECONDS - t0)) s"
 done
 echo "== fresh-root summary (minimal $suite, commit ${head:0:12})"

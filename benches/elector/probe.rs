@@ -139,6 +139,12 @@ fn fixed_rate(addr: std::net::SocketAddr, n: usize, period: Duration, keepalive:
 /// `wrk` against a replica pinned to one CPU.
 fn max_rate(ctx: &mut Ctx, duration: Duration) {
     let secs = duration.as_secs().max(2);
+    if Command::new("wrk").arg("--version").output().is_err() {
+        ctx.report.anomaly(
+            "probe: wrk is missing: install it with `scripts/deps.sh bench` (Debian package wrk)",
+        );
+        return;
+    }
     let spec = SidecarSpec {
         endpoint: ctx.etcd.endpoint(),
         key: format!("/bench/probe-pinned-{}", crate::rand_suffix()),

@@ -234,3 +234,40 @@ def test_notes_and_readme_say_the_default_image_must_be_built(chart: helm_python
     readme = (CHART_DIR / "README.md").read_text()
     assert "docker buildx build --platform linux/amd64,linux/arm64" in readme
     assert "not published" in readme
+
+
+@pytest.mark.parametrize("max_unavailable", [0, 1, 2, "50%", "99%"])
+def test_leader_mode_refuses_a_rollout_that_would_deadlock(chart: helm_python.Chart, max_unavailable: Any) -> None:
+    values = {"strategy": {"rollingUpdate": {"maxUnavailable": max_unavailable}}}
+    with pytest.raises(helm_python.HelmRenderError, match="only the leader is ever Ready, so this rollout would deadlock"):
+        render(chart, values, kube_version="1.31.0")
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"strategy": {"rollingUpdate": {"maxUnavailable": 3}}},
+        {"strategy": {"rollingUpdate": {"maxUnavailable": "100%"}}},
+        {"strategy": {"type": "Recreate", "rollingUpdate": {"maxUnavailable": 0}}},
+        {"elector": {"readiness": "healthy"}, "strategy": {"rollingUpdate": {"maxUnavailable": 0}}},
+        {"replicaCount": 1, "strategy": {"rollingUpdate": {"maxUnavailable": 1}}},
+    ],
+)
+def test_strategies_that_complete_are_accepted(chart: helm_python.Chart, values: dict[str, Any]) -> None:
+    render(chart, values, kube_version="1.31.0")
+
+
+def test_both_modes_are_explained_for_every_tool_that_counts_ready_pods() -> None:
+    readme = (CHART_DIR / "README.md").read_text()
+    section = readme[readme.index("## Readiness modes and rollouts"):]
+    section = section[: section.index("\n## ")]
+    table = [line for line in section.splitlines() if line.startswith("| ")]
+    assert table[0].split("|")[2:4] == [" `leader` (default) ", " `healthy` "]
+    rows = " ".join(line.split("|")[1] for line in table)
+    for topic in ("default `strategy`", "a rollout", "`kubectl rollout status`", "Argo CD", "Flux",
+                  "PodDisruptionBudget", "the app's Service reaches"):
+        assert topic in rows, topic
+    values = (CHART_DIR / "values.yaml").read_text()
+    comment = values[values.index("What the sidecar's readiness probe asks"):values.index("  readiness: leader")]
+    for topic in ("rollout", "kubectl rollout status", "Argo CD", "Flux", "PodDisruptionBudget"):
+        assert topic in comment, topic

@@ -30,6 +30,7 @@ VALUE_SETS: dict[str, dict[str, Any] | None] = {
     "external-etcd": load_values(FIXTURES / "values" / "external-etcd.yaml"),
     "external-etcd-tls-auth": load_values(FIXTURES / "values" / "external-etcd-tls-auth.yaml"),
     "cronjob": load_values(FIXTURES / "values" / "cronjob.yaml"),
+    "everything-on": load_values(FIXTURES / "values" / "everything-on.yaml"),
     "cronjob-external-tls-auth": {
         **load_values(FIXTURES / "values" / "external-etcd-tls-auth.yaml"),
         "cronjob": load_values(FIXTURES / "values" / "cronjob.yaml")["cronjob"],

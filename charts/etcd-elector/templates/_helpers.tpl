@@ -169,6 +169,32 @@ job label Prometheus gives targets of the chart's PodMonitor.
 {{- end }}
 
 {{/*
+Refuse a rolling update that deadlocks in readiness "leader": the controller
+removes the old leader (the only available pod) only while
+replicas - maxUnavailable <= 0, and no new pod is Ready before it goes. So
+maxUnavailable (a percentage rounds down, as the controller does) must
+reach replicaCount.
+*/}}
+{{- define "etcd-elector.validateStrategy" -}}
+{{- $n := int .Values.replicaCount }}
+{{- if and .Values.deployment.enabled (eq .Values.elector.readiness "leader") (eq (default "RollingUpdate" .Values.strategy.type) "RollingUpdate") (gt $n 0) }}
+{{- $ru := default dict .Values.strategy.rollingUpdate }}
+{{- if hasKey $ru "maxUnavailable" }}
+{{- $mu := $ru.maxUnavailable }}
+{{- $allowed := 0 }}
+{{- if kindIs "string" $mu }}
+{{- $allowed = div (mul $n (trimSuffix "%" $mu | int)) 100 }}
+{{- else }}
+{{- $allowed = int $mu }}
+{{- end }}
+{{- if lt (int $allowed) $n }}
+{{- fail (printf "strategy.rollingUpdate.maxUnavailable %v allows %d of %d replicas to be unavailable: with elector.readiness \"leader\" only the leader is ever Ready, so this rollout would deadlock. Use \"100%%\" (the default), strategy.type Recreate, or elector.readiness \"healthy\"" $mu (int $allowed) $n) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
 True (the string "true") when the bundled etcd is installed: no endpoints given.
 */}}
 {{- define "etcd-elector.bundledEtcd" -}}
@@ -272,6 +298,7 @@ Refuse combinations that the schema cannot express, with a clear message.
 {{- if lt (int .Values.terminationGracePeriodSeconds) (int .Values.elector.shutdownTimeout) }}
 {{- fail "terminationGracePeriodSeconds must be at least elector.shutdownTimeout, or the sidecar is killed before it releases the lock" }}
 {{- end }}
+{{- include "etcd-elector.validateStrategy" . }}
 {{- with .Values.monitoring.prometheusRule }}
 {{- if and .enabled (not .selector) (not $.Values.monitoring.podMonitor.enabled) }}
 {{- fail "monitoring.prometheusRule needs monitoring.podMonitor.enabled, or monitoring.prometheusRule.selector naming the labels your own scrape config gives the elector's series (e.g. job=\"my-job\", namespace=\"prod\")" }}
