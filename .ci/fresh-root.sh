@@ -2,7 +2,7 @@
 # The fresh-machine check: the README's two commands, and the Dockerfile's builder stage, on a
 # minimal Debian bookworm with nothing installed beforehand, from a clean clone of HEAD.
 #
-#   bash .ci/fresh-root.sh [STAGE...]     # as root; default stages: demo test image
+#   bash .ci/fresh-root.sh [STAGE...]     # as root; default (what .ci/run runs): demo+bench test image
 #
 # Stages, each in its own fresh copy of the root (join them with + to run them one after the
 # other in the same copy, as one user would: demo+bench reuses the demo's release build):
@@ -29,7 +29,7 @@
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 stages=("$@")
-[ ${#stages[@]} -gt 0 ] || stages=(demo test image)
+[ ${#stages[@]} -gt 0 ] || stages=(demo+bench test image)
 for s in "${stages[@]}"; do
   for part in ${s//+/ }; do
     case $part in demo | test | image | bench) ;; *)
