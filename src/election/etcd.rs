@@ -13,7 +13,7 @@ use etcd_client::{
 use tokio::sync::mpsc;
 use tokio::time::{sleep, sleep_until, timeout, Instant};
 
-use super::machine::{Event, Holder, LeaseId, Timing};
+use super::machine::{Event, Holder, LeaseId, Queue, Timing, WatchTarget};
 use crate::backoff::{Backoff, WarnLimit};
 use crate::config::{EtcdConfig, Protocol};
 
@@ -176,11 +176,6 @@ impl Explain {
 #[derive(Debug)]
 pub enum Report {
     Event(Event),
-    /// A campaign finished: the loop records what to watch, then applies the event.
-    Campaigned {
-        lease: LeaseId,
-        campaign: Campaign,
-    },
     WatchEvent {
         generation: u64,
         event: Event,
@@ -308,73 +303,6 @@ pub async fn grant(
     Ok((resp.id(), granted, sent_at))
 }
 
-/// What to watch after a campaign.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WatchTarget {
-    /// The key whose deletion or overwrite matters: the lock key, or our own election key
-    /// while leading. With `ahead`, the election's prefix (`<name>/`).
-    pub key: String,
-    /// A waiting candidate in the election protocol: the candidates queued before it.
-    pub ahead: Option<Ahead>,
-}
-
-impl WatchTarget {
-    /// One key, for puts and deletion.
-    pub fn key(key: impl Into<String>) -> Self {
-        WatchTarget {
-            key: key.into(),
-            ahead: None,
-        }
-    }
-}
-
-/// The candidates queued before ours in the election protocol, oldest (the leader) first, as
-/// read by our campaign.
-///
-/// A key created after ours can never come before it, so this list only ever shrinks, and one
-/// watch on the election's prefix keeps it exact without another request: a handoff costs a
-/// waiting candidate one watch event and nothing else, however long the queue. Only the
-/// deletion of our predecessor (the last entry) makes us campaign, so a handoff still makes
-/// one candidate campaign; the deletion or rewrite (Proclaim) of the first entry only changes
-/// whom we follow.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Ahead {
-    keys: Vec<(Vec<u8>, Holder)>,
-}
-
-impl Ahead {
-    /// What the deletion of `key` means to us.
-    fn deleted(&mut self, key: &[u8]) -> Option<Event> {
-        let at = self.keys.iter().position(|(k, _)| k.as_slice() == key)?;
-        self.keys.remove(at);
-        if at == self.keys.len() {
-            // Our predecessor left: campaign, as `concurrency.Election` does.
-            return Some(Event::KeyDeleted);
-        }
-        self.leader_changed(at)
-    }
-
-    /// What a write of `key` means to us: a new value of a candidate ahead (the leader's
-    /// Proclaim when it is the first); keys behind ours (newcomers, our own) do not matter.
-    fn put(&mut self, key: &[u8], holder: Holder) -> Option<Event> {
-        let at = self.keys.iter().position(|(k, _)| k.as_slice() == key)?;
-        if let Some((_, known)) = self.keys.get_mut(at) {
-            *known = holder;
-        }
-        self.leader_changed(at)
-    }
-
-    /// After a change at position `at`: the leader, if that was the leader's position.
-    fn leader_changed(&self, at: usize) -> Option<Event> {
-        match self.keys.first() {
-            Some((_, holder)) if at == 0 => Some(Event::LeaderChanged {
-                holder: holder.clone(),
-            }),
-            _ => None,
-        }
-    }
-}
-
 /// What a campaign learnt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Campaign {
@@ -382,7 +310,10 @@ pub struct Campaign {
     pub holder: Holder,
     /// The revision the answer was read at; watches start after it.
     pub revision: i64,
-    pub watch: WatchTarget,
+    /// The key our campaign wrote: the lock key, or our own election key.
+    pub key: String,
+    /// In the election protocol: the candidates queued before ours.
+    pub queue: Option<Queue>,
 }
 
 /// Campaign with the configured protocol.
@@ -412,7 +343,8 @@ async fn campaign_lock(
     Ok(Campaign {
         holder,
         revision,
-        watch: WatchTarget::key(key),
+        key: key.to_string(),
+        queue: None,
     })
 }
 
@@ -473,18 +405,11 @@ async fn campaign_election(
         .iter()
         .map(|kv| (kv.key().to_vec(), holder_of(kv)))
         .collect();
-    let watch = if ahead.is_empty() {
-        WatchTarget::key(own)
-    } else {
-        WatchTarget {
-            key: prefix,
-            ahead: Some(Ahead { keys: ahead }),
-        }
-    };
     Ok(Campaign {
         holder: holder_of(&leader),
         revision,
-        watch,
+        key: own,
+        queue: Some(Queue { prefix, ahead }),
     })
 }
 
@@ -749,79 +674,6 @@ async fn bounded<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn holder(value: &str, rev: i64) -> Holder {
-        Holder {
-            value: value.into(),
-            lease: rev * 10,
-            create_revision: rev,
-        }
-    }
-
-    /// Three candidates ahead of ours: `a` leads, `c` is our predecessor.
-    fn queue() -> Ahead {
-        Ahead {
-            keys: vec![
-                (b"e/a".to_vec(), holder("a", 2)),
-                (b"e/b".to_vec(), holder("b", 3)),
-                (b"e/c".to_vec(), holder("c", 4)),
-            ],
-        }
-    }
-
-    #[test]
-    fn the_leaders_deletion_names_the_next_one_without_campaigning() {
-        let mut q = queue();
-        assert_eq!(
-            q.deleted(b"e/a"),
-            Some(Event::LeaderChanged {
-                holder: holder("b", 3)
-            })
-        );
-        assert_eq!(
-            q.deleted(b"e/b"),
-            Some(Event::LeaderChanged {
-                holder: holder("c", 4)
-            })
-        );
-        // Now our predecessor leads; its deletion is our turn.
-        assert_eq!(q.deleted(b"e/c"), Some(Event::KeyDeleted));
-    }
-
-    #[test]
-    fn only_the_predecessors_deletion_means_campaign() {
-        let mut q = queue();
-        assert_eq!(q.deleted(b"e/c"), Some(Event::KeyDeleted));
-        let mut q = queue();
-        assert_eq!(q.deleted(b"e/b"), None, "a candidate in between left");
-        assert_eq!(
-            q.deleted(b"e/a"),
-            Some(Event::LeaderChanged {
-                holder: holder("c", 4)
-            })
-        );
-    }
-
-    #[test]
-    fn a_proclaim_by_the_leader_is_reported_and_other_writes_are_not() {
-        let mut q = queue();
-        assert_eq!(
-            q.put(b"e/a", holder("a2", 2)),
-            Some(Event::LeaderChanged {
-                holder: holder("a2", 2)
-            })
-        );
-        assert_eq!(q.put(b"e/b", holder("b2", 3)), None);
-        assert_eq!(q.put(b"e/new", holder("new", 9)), None, "a newcomer");
-        assert_eq!(q.deleted(b"e/new"), None);
-        assert_eq!(
-            q.deleted(b"e/a"),
-            Some(Event::LeaderChanged {
-                holder: holder("b2", 3)
-            }),
-            "the value written while waiting is the one shown"
-        );
-    }
 
     fn etcd(endpoint: &str, ca: bool, cert: bool) -> EtcdConfig {
         let file = |on: bool, name: &str| on.then(|| std::path::PathBuf::from(name));

@@ -87,6 +87,81 @@ pub struct Holder {
     pub create_revision: i64,
 }
 
+/// What an election-protocol campaign read besides the leader: the election's prefix and the
+/// candidates queued before ours, oldest (the leader) first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Queue {
+    pub prefix: String,
+    pub ahead: Vec<(Vec<u8>, Holder)>,
+}
+
+/// What to watch: decided by the machine from what the campaign read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchTarget {
+    /// The key whose deletion or overwrite matters: the lock key, or our own election key
+    /// while leading. With `ahead`, the election's prefix (`<name>/`).
+    pub key: String,
+    /// A waiting candidate in the election protocol: the candidates queued before it.
+    pub ahead: Option<Ahead>,
+}
+
+impl WatchTarget {
+    /// One key, for puts and deletion.
+    pub fn key(key: impl Into<String>) -> Self {
+        WatchTarget {
+            key: key.into(),
+            ahead: None,
+        }
+    }
+}
+
+/// The candidates queued before ours in the election protocol, oldest (the leader) first, as
+/// read by our campaign.
+///
+/// A key created after ours can never come before it, so this list only ever shrinks, and one
+/// watch on the election's prefix keeps it exact without another request: a handoff costs a
+/// waiting candidate one watch event and nothing else, however long the queue. Only the
+/// deletion of our predecessor (the last entry) makes us campaign, so a handoff still makes
+/// one candidate campaign; the deletion or rewrite (Proclaim) of the first entry only changes
+/// whom we follow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ahead {
+    keys: Vec<(Vec<u8>, Holder)>,
+}
+
+impl Ahead {
+    /// What the deletion of `key` means to us.
+    pub fn deleted(&mut self, key: &[u8]) -> Option<Event> {
+        let at = self.keys.iter().position(|(k, _)| k.as_slice() == key)?;
+        self.keys.remove(at);
+        if at == self.keys.len() {
+            // Our predecessor left: campaign, as `concurrency.Election` does.
+            return Some(Event::KeyDeleted);
+        }
+        self.leader_changed(at)
+    }
+
+    /// What a write of `key` means to us: a new value of a candidate ahead (the leader's
+    /// Proclaim when it is the first); keys behind ours (newcomers, our own) do not matter.
+    pub fn put(&mut self, key: &[u8], holder: Holder) -> Option<Event> {
+        let at = self.keys.iter().position(|(k, _)| k.as_slice() == key)?;
+        if let Some((_, known)) = self.keys.get_mut(at) {
+            *known = holder;
+        }
+        self.leader_changed(at)
+    }
+
+    /// After a change at position `at`: the leader, if that was the leader's position.
+    fn leader_changed(&self, at: usize) -> Option<Event> {
+        match self.keys.first() {
+            Some((_, holder)) if at == 0 => Some(Event::LeaderChanged {
+                holder: holder.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
 /// Something that happened, fed into [`Machine::step`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -112,6 +187,10 @@ pub enum Event {
         lease: LeaseId,
         holder: Holder,
         revision: i64,
+        /// The key the campaign wrote: the lock key, or our own election key.
+        key: String,
+        /// In the election protocol: who is queued before us.
+        queue: Option<Queue>,
     },
     /// The campaign transaction failed. `lease_gone` when etcd said the lease does not exist.
     CampaignFailed { lease: LeaseId, lease_gone: bool },
@@ -149,8 +228,11 @@ pub enum Action {
     StopKeepAlive,
     /// Run the campaign transaction with this lease.
     Campaign { lease: LeaseId },
-    /// Watch the key from this revision (replaces any earlier watch).
-    Watch { from_revision: i64 },
+    /// Watch this target from this revision (replaces any earlier watch).
+    Watch {
+        target: WatchTarget,
+        from_revision: i64,
+    },
     /// Stop watching.
     StopWatch,
     /// Revoke this lease; deletes the key if we hold it. `then_exit` when shutting down.
@@ -434,7 +516,12 @@ impl Machine {
                 lease,
                 holder,
                 revision,
-            } => self.on_campaign_done(lease, holder, revision, now, &mut out),
+                key,
+                queue,
+            } => {
+                let target = Self::watch_target(key, queue);
+                self.on_campaign_done(lease, holder, revision, target, now, &mut out);
+            }
             Event::CampaignFailed { lease, lease_gone } => {
                 if self.lease.map(|l| l.id) != Some(lease)
                     || self.state != (State::Campaigning { retry_at: None })
@@ -588,11 +675,26 @@ impl Machine {
         current.renewed_at = current.renewed_at.max(sent_at);
     }
 
+    /// What to watch after a campaign: the key it wrote (the lock key; our own election key
+    /// while we lead the election), or, behind others in the election queue, the election's
+    /// prefix, read through the queue so that only our predecessor's deletion makes us
+    /// campaign (see [`Ahead`]).
+    fn watch_target(key: String, queue: Option<Queue>) -> WatchTarget {
+        match queue {
+            Some(Queue { prefix, ahead }) if !ahead.is_empty() => WatchTarget {
+                key: prefix,
+                ahead: Some(Ahead { keys: ahead }),
+            },
+            _ => WatchTarget::key(key),
+        }
+    }
+
     fn on_campaign_done(
         &mut self,
         lease: LeaseId,
         holder: Holder,
         revision: i64,
+        target: WatchTarget,
         now: Instant,
         out: &mut Step,
     ) {
@@ -621,7 +723,10 @@ impl Machine {
             });
             self.state = State::Following { leader: holder };
         }
-        out.actions.push(Action::Watch { from_revision });
+        out.actions.push(Action::Watch {
+            target,
+            from_revision,
+        });
     }
 
     fn on_key_put(&mut self, holder: Holder, out: &mut Step) {
@@ -808,6 +913,7 @@ mod tests {
 
     const TTL: Duration = Duration::from_secs(10);
     const LEASE: LeaseId = 7;
+    const KEY: &str = "/k";
 
     fn machine() -> (Machine, Instant) {
         (
@@ -852,6 +958,8 @@ mod tests {
                 lease: LEASE,
                 holder: ours(5),
                 revision: 5,
+                key: KEY.into(),
+                queue: None,
             },
             t0,
         );
@@ -866,6 +974,8 @@ mod tests {
                 lease: LEASE,
                 holder: other(3),
                 revision: 3,
+                key: KEY.into(),
+                queue: None,
             },
             t0,
         );
@@ -901,10 +1011,18 @@ mod tests {
                 lease: LEASE,
                 holder: ours(12),
                 revision: 12,
+                key: KEY.into(),
+                queue: None,
             },
             t0,
         );
-        assert_eq!(step.actions, vec![Action::Watch { from_revision: 13 }]);
+        assert_eq!(
+            step.actions,
+            vec![Action::Watch {
+                target: WatchTarget::key(KEY),
+                from_revision: 13
+            }]
+        );
         assert_eq!(
             step.transitions,
             vec![Transition::BecameLeader { fencing_token: 12 }]
@@ -924,10 +1042,18 @@ mod tests {
                 lease: LEASE,
                 holder: other(3),
                 revision: 20,
+                key: KEY.into(),
+                queue: None,
             },
             t0,
         );
-        assert_eq!(step.actions, vec![Action::Watch { from_revision: 21 }]);
+        assert_eq!(
+            step.actions,
+            vec![Action::Watch {
+                target: WatchTarget::key(KEY),
+                from_revision: 21
+            }]
+        );
         let v = m.view();
         assert_eq!(v.role, Role::Follower);
         assert_eq!(v.leader.as_deref(), Some("other"));
@@ -948,6 +1074,8 @@ mod tests {
                 lease: LEASE,
                 holder: stale,
                 revision: 9,
+                key: KEY.into(),
+                queue: None,
             },
             t0,
         );
@@ -1101,6 +1229,8 @@ mod tests {
                 lease: LEASE,
                 holder: ours(5),
                 revision: 5,
+                key: KEY.into(),
+                queue: None,
             },
             late,
         );
@@ -1142,6 +1272,8 @@ mod tests {
                 lease: LEASE,
                 holder: ours(5),
                 revision: 8,
+                key: KEY.into(),
+                queue: None,
             },
             at,
         );
@@ -1371,6 +1503,8 @@ mod tests {
                 lease: 8,
                 holder: other(3),
                 revision: 3,
+                key: KEY.into(),
+                queue: None,
             },
             retry,
         );
@@ -1470,5 +1604,132 @@ mod tests {
             Step::default()
         );
         assert_eq!(m.view().role, Role::Campaigning);
+    }
+
+    fn holder(value: &str, rev: i64) -> Holder {
+        Holder {
+            value: value.into(),
+            lease: rev * 10,
+            create_revision: rev,
+        }
+    }
+
+    /// Three candidates ahead of ours: `a` leads, `c` is our predecessor.
+    fn queue() -> Ahead {
+        Ahead {
+            keys: vec![
+                (b"e/a".to_vec(), holder("a", 2)),
+                (b"e/b".to_vec(), holder("b", 3)),
+                (b"e/c".to_vec(), holder("c", 4)),
+            ],
+        }
+    }
+
+    #[test]
+    fn the_leaders_deletion_names_the_next_one_without_campaigning() {
+        let mut q = queue();
+        assert_eq!(
+            q.deleted(b"e/a"),
+            Some(Event::LeaderChanged {
+                holder: holder("b", 3)
+            })
+        );
+        assert_eq!(
+            q.deleted(b"e/b"),
+            Some(Event::LeaderChanged {
+                holder: holder("c", 4)
+            })
+        );
+        // Now our predecessor leads; its deletion is our turn.
+        assert_eq!(q.deleted(b"e/c"), Some(Event::KeyDeleted));
+    }
+
+    #[test]
+    fn only_the_predecessors_deletion_means_campaign() {
+        let mut q = queue();
+        assert_eq!(q.deleted(b"e/c"), Some(Event::KeyDeleted));
+        let mut q = queue();
+        assert_eq!(q.deleted(b"e/b"), None, "a candidate in between left");
+        assert_eq!(
+            q.deleted(b"e/a"),
+            Some(Event::LeaderChanged {
+                holder: holder("c", 4)
+            })
+        );
+    }
+
+    #[test]
+    fn a_proclaim_by_the_leader_is_reported_and_other_writes_are_not() {
+        let mut q = queue();
+        assert_eq!(
+            q.put(b"e/a", holder("a2", 2)),
+            Some(Event::LeaderChanged {
+                holder: holder("a2", 2)
+            })
+        );
+        assert_eq!(q.put(b"e/b", holder("b2", 3)), None);
+        assert_eq!(q.put(b"e/new", holder("new", 9)), None, "a newcomer");
+        assert_eq!(q.deleted(b"e/new"), None);
+        assert_eq!(
+            q.deleted(b"e/a"),
+            Some(Event::LeaderChanged {
+                holder: holder("b2", 3)
+            }),
+            "the value written while waiting is the one shown"
+        );
+    }
+
+    #[test]
+    fn the_machine_decides_what_to_watch_from_what_the_campaign_read() {
+        let (mut m, t0) = machine();
+        granted(&mut m, t0);
+        let ahead = vec![(b"/e/1".to_vec(), other(3))];
+        let step = m.step(
+            Event::CampaignDone {
+                lease: LEASE,
+                holder: other(3),
+                revision: 4,
+                key: "/e/7".into(),
+                queue: Some(Queue {
+                    prefix: "/e/".into(),
+                    ahead: ahead.clone(),
+                }),
+            },
+            t0,
+        );
+        assert_eq!(
+            step.actions,
+            vec![Action::Watch {
+                target: WatchTarget {
+                    key: "/e/".into(),
+                    ahead: Some(Ahead { keys: ahead }),
+                },
+                from_revision: 5
+            }],
+            "behind others: the election's prefix, read through the queue"
+        );
+        let (mut m, t0) = machine();
+        granted(&mut m, t0);
+        let step = m.step(
+            Event::CampaignDone {
+                lease: LEASE,
+                holder: ours(4),
+                revision: 4,
+                key: "/e/7".into(),
+                queue: Some(Queue {
+                    prefix: "/e/".into(),
+                    ahead: Vec::new(),
+                }),
+            },
+            t0,
+        );
+        assert_eq!(
+            step.actions,
+            vec![Action::Watch {
+                target: WatchTarget::key("/e/7"),
+                from_revision: 5
+            }],
+            "leading the election: our own key"
+        );
     }
 }

@@ -20,7 +20,7 @@ use crate::backoff::WarnLimit;
 use crate::config::{ElectionConfig, EtcdConfig};
 use crate::leadership::{Publisher, Receiver, Snapshot};
 use crate::metrics::Metrics;
-use etcd::{ConnectError, EtcdError, Explain, Report, WatchTarget};
+use etcd::{ConnectError, EtcdError, Explain, Report};
 use machine::{Action, Event, Machine, Role, Transition};
 
 /// How an election ended: what happened to the lease it held, for the exit log line.
@@ -94,8 +94,6 @@ pub struct Election {
     reports: mpsc::Receiver<Report>,
     commands_tx: mpsc::Sender<Command>,
     commands: mpsc::Receiver<Command>,
-    /// What the next `Action::Watch` watches, as learnt by the campaign that precedes it.
-    next_watch: WatchTarget,
     /// Whether the "TTL too short for this round trip" warning was given.
     rtt_warned: bool,
     keepalive: Option<JoinHandle<()>>,
@@ -123,12 +121,10 @@ impl Election {
         let (publisher, _) = Publisher::new(snapshot);
         let (reports_tx, reports) = mpsc::channel(256);
         let (commands_tx, commands) = mpsc::channel(16);
-        let next_watch = WatchTarget::key(cfg.key.clone());
         Election {
             cfg,
             commands_tx,
             commands,
-            next_watch,
             rtt_warned: false,
             client,
             machine,
@@ -215,14 +211,6 @@ impl Election {
         match report {
             Report::Event(event) => {
                 self.apply(event);
-            }
-            Report::Campaigned { lease, campaign } => {
-                self.next_watch = campaign.watch;
-                self.apply(Event::CampaignDone {
-                    lease,
-                    holder: campaign.holder,
-                    revision: campaign.revision,
-                });
             }
             Report::WatchEvent { generation, event } => {
                 if generation == self.watch_generation && self.watch.is_some() {
@@ -425,7 +413,13 @@ impl Election {
                 tokio::spawn(async move {
                     let campaign = etcd::campaign(&mut client, &timing, protocol, &key, &id, lease);
                     let report = match campaign.await {
-                        Ok(campaign) => Report::Campaigned { lease, campaign },
+                        Ok(campaign) => Report::Event(Event::CampaignDone {
+                            lease,
+                            holder: campaign.holder,
+                            revision: campaign.revision,
+                            key: campaign.key,
+                            queue: campaign.queue,
+                        }),
                         Err(e) => {
                             let lease_gone = e.is_lease_gone();
                             let _ = reports.send(Report::Error(e)).await;
@@ -435,9 +429,11 @@ impl Election {
                     let _ = reports.send(report).await;
                 });
             }
-            Action::Watch { from_revision } => {
+            Action::Watch {
+                target,
+                from_revision,
+            } => {
                 self.watch_generation += 1;
-                let target = self.next_watch.clone();
                 tracing::debug!(key = target.key.as_str(), from_revision, "watching");
                 let generation = self.watch_generation;
                 let task = etcd::watch(client, timing, target, from_revision, generation, reports);
