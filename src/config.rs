@@ -10,7 +10,6 @@
 //! of the archived `serde_yaml` with the same API (`serde_yml` is avoided: RUSTSEC-2025-0068).
 
 use std::fmt;
-use std::marker::PhantomData;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -18,10 +17,12 @@ use std::time::Duration;
 
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
-use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
 use crate::election::machine::Timing;
+
+mod values;
+pub use values::{Endpoint, LogFormat, OptionalAddr, Protocol, Seconds, Secret, Ttl};
 
 /// Defaults, each named once: the help text and [`parse`] both read these.
 pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:2379";
@@ -212,163 +213,6 @@ fn name_of(value: impl ValueEnum) -> String {
         .to_possible_value()
         .map(|v| v.get_name().to_string())
         .unwrap_or_default()
-}
-
-/// How candidates use keys in etcd.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    /// One lock key: `If CreateRevision(key) == 0 Then Put(key, id, lease) Else Get(key)`.
-    #[default]
-    Lock,
-    /// etcd's concurrency.Election / Mutex: `<name>/<lease hex>` per candidate, lowest create
-    /// revision leads.
-    Election,
-}
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    #[default]
-    Text,
-    Json,
-}
-
-/// Deserializes a YAML scalar through the type's `FromStr`, the parser flags and variables
-/// use. The check runs inside the visitor, so serde_yaml_ng gives its error the field and the
-/// line; `#[serde(try_from)]` checks after the deserializer returns, which loses both.
-struct ParseVisitor<T>(PhantomData<T>);
-
-impl<T: FromStr<Err = String>> Visitor<'_> for ParseVisitor<T> {
-    type Value = T;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a string or a number")
-    }
-    fn visit_str<E: de::Error>(self, s: &str) -> Result<T, E> {
-        s.parse().map_err(E::custom)
-    }
-    fn visit_u64<E: de::Error>(self, n: u64) -> Result<T, E> {
-        self.visit_str(&n.to_string())
-    }
-    fn visit_i64<E: de::Error>(self, n: i64) -> Result<T, E> {
-        self.visit_str(&n.to_string())
-    }
-    fn visit_f64<E: de::Error>(self, n: f64) -> Result<T, E> {
-        self.visit_str(&n.to_string())
-    }
-}
-
-/// Implements `Deserialize` with [`ParseVisitor`] for types whose `FromStr` is their check.
-macro_rules! deserialize_by_parsing {
-    ($($t:ty),*) => {$(
-        impl<'de> Deserialize<'de> for $t {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                d.deserialize_any(ParseVisitor(PhantomData))
-            }
-        }
-    )*};
-}
-deserialize_by_parsing!(OptionalAddr, Endpoint, Ttl, Seconds);
-
-/// An address, or `off`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OptionalAddr(pub Option<SocketAddr>);
-
-impl FromStr for OptionalAddr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        if s.trim().eq_ignore_ascii_case("off") {
-            return Ok(OptionalAddr(None));
-        }
-        s.trim()
-            .parse::<SocketAddr>()
-            .map(|a| OptionalAddr(Some(a)))
-            .map_err(|e| format!("'{s}' is not an address (host:port) or `off`: {e}"))
-    }
-}
-
-/// An etcd client URL: `http://host:port` or `https://host:port`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Endpoint(pub String);
-
-impl FromStr for Endpoint {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        let uri: hyper::Uri = s.parse().map_err(|e| format!("'{s}' is not a URL: {e}"))?;
-        match uri.scheme_str() {
-            Some("http") | Some("https") => {}
-            _ => return Err(format!("'{s}' must start with http:// or https://")),
-        }
-        let authority = uri
-            .authority()
-            .ok_or_else(|| format!("'{s}' has no host"))?;
-        if authority.host().is_empty() || authority.port_u16().is_none() {
-            return Err(format!(
-                "'{s}' must name a host and a port, e.g. http://127.0.0.1:2379"
-            ));
-        }
-        if !matches!(uri.path(), "" | "/") {
-            return Err(format!("'{s}' must not have a path"));
-        }
-        Ok(Endpoint(s.trim_end_matches('/').to_string()))
-    }
-}
-
-/// A lease TTL: whole seconds, 2 to 3600 (etcd leases have one-second granularity).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ttl(pub Duration);
-
-impl FromStr for Ttl {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let secs: u64 = s
-            .trim()
-            .parse()
-            .map_err(|_| format!("'{s}' is not a whole number of seconds"))?;
-        if !(2..=3600).contains(&secs) {
-            return Err(format!(
-                "TTL {secs} is out of range: must be 2 to 3600 seconds"
-            ));
-        }
-        Ok(Ttl(Duration::from_secs(secs)))
-    }
-}
-
-/// A non-negative number of seconds, fractions allowed, at most an hour.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Seconds(pub Duration);
-
-impl FromStr for Seconds {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let secs: f64 = s
-            .trim()
-            .parse()
-            .map_err(|_| format!("'{s}' is not a number of seconds"))?;
-        if !(secs.is_finite() && (0.0..=3600.0).contains(&secs)) {
-            return Err(format!("{secs} is out of range: must be 0 to 3600 seconds"));
-        }
-        Ok(Seconds(Duration::from_secs_f64(secs)))
-    }
-}
-
-/// A secret string: never printed by `Debug`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// The secret itself, for the one place that must send it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
 }
 
 /// TLS files for the connection to etcd.
@@ -892,10 +736,5 @@ mod tests {
         let err = parse_err(&["run", "--key", "/k", "--"]);
         assert!(err.contains("<COMMAND>"), "{err}");
         assert!(!err.contains('\n'), "one line: {err}");
-    }
-
-    #[test]
-    fn secrets_are_not_debug_printed() {
-        assert_eq!(format!("{:?}", Secret("hunter2".into())), "Secret(***)");
     }
 }
