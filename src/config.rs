@@ -20,6 +20,7 @@ use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand,
 use serde::Deserialize;
 
 use crate::election::machine::Timing;
+use crate::election::succession::{Succession, CONFIRM_WINDOW};
 
 mod values;
 pub use values::{Endpoint, LogFormat, OptionalAddr, Protocol, Seconds, Secret, Ttl};
@@ -33,6 +34,11 @@ pub const DEFAULT_ADMIN_LISTEN: SocketAddr =
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 4041));
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_RELEASE_DELAY: Duration = Duration::ZERO;
+/// No wait by default: outside a rollout (a drained node, a scale-down) nobody of another
+/// release will come, and every second waited is a second without a leader. Where old pods
+/// stop while the new ones start (the chart's leader-only readiness, `maxUnavailable: 100%`),
+/// the chart sets a wait long enough for a new pod to register: see docs/PERFORMANCE.md.
+pub const DEFAULT_HANDOFF_WAIT: Duration = Duration::ZERO;
 
 /// A configuration error: `main` prints it as one line and exits with code 2.
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +141,15 @@ pub struct ElectorArgs {
                                endpoint removal propagates first; must be less than the \
                                shutdown timeout", DEFAULT_RELEASE_DELAY.as_secs_f64()))]
     pub release_delay: Option<Seconds>,
+    /// This replica's release, e.g. the pod's pod-template-hash: a leader stepping down hands
+    /// the key to a replica of another release first (lock protocol)
+    #[arg(long, env = "ELECTOR_REVISION")]
+    pub revision: Option<String>,
+    #[arg(long, env = "ELECTOR_HANDOFF_WAIT", value_name = "SECONDS",
+          help = with_default("Seconds a leader stepping down may wait for a replica of another \
+                               release to register, to hand it the key (lock protocol; bounded \
+                               by the shutdown timeout)", DEFAULT_HANDOFF_WAIT.as_secs_f64()))]
+    pub handoff_wait: Option<Seconds>,
     #[arg(long, env = "ELECTOR_LOG_FORMAT", value_enum,
           help = with_default("Log format; RUST_LOG filters (info by default)",
                               name_of(LogFormat::default())))]
@@ -241,6 +256,8 @@ pub struct ElectionConfig {
     pub timing: Timing,
     pub shutdown_timeout: Duration,
     pub release_delay: Duration,
+    /// Direct succession: lock-protocol sidecars only (see `election::succession`).
+    pub succession: Option<Succession>,
 }
 
 /// `run` settings.
@@ -370,6 +387,20 @@ fn resolve(file: Option<PathBuf>, matches: &ArgMatches, job: bool) -> Result<Con
     if shutdown_timeout.is_zero() {
         return Err(invalid("shutdown_timeout", "must be more than 0 seconds"));
     }
+    let release_delay = args.release_delay.map_or(DEFAULT_RELEASE_DELAY, |s| s.0);
+    let protocol = args.protocol.unwrap_or_default();
+    // Succession is for lock-protocol sidecars: the election protocol keeps etcd's queue
+    // order, and `run` gives its lock back only once its command is dead.
+    let succession = (protocol == Protocol::Lock && !job).then(|| Succession {
+        revision: args.revision.unwrap_or_default(),
+        // The wait, the transfer and its confirmation must fit in what the shutdown timeout
+        // leaves after the release delay; the rest is for the revoke.
+        handoff_wait: args.handoff_wait.map_or(DEFAULT_HANDOFF_WAIT, |s| s.0).min(
+            shutdown_timeout
+                .saturating_sub(release_delay)
+                .saturating_sub(CONFIRM_WINDOW * 2),
+        ),
+    });
     // The sidecar serves HTTP and the admin API by default; `run` only when asked to.
     let (listen, admin_listen) = match job {
         false => (Some(DEFAULT_LISTEN), Some(DEFAULT_ADMIN_LISTEN)),
@@ -391,12 +422,13 @@ fn resolve(file: Option<PathBuf>, matches: &ArgMatches, job: bool) -> Result<Con
             auth,
         },
         election: ElectionConfig {
-            protocol: args.protocol.unwrap_or_default(),
+            protocol,
             key,
             id,
             timing: Timing::for_ttl(args.ttl.map_or(DEFAULT_TTL, |t| t.0)),
             shutdown_timeout,
-            release_delay: args.release_delay.map_or(DEFAULT_RELEASE_DELAY, |s| s.0),
+            release_delay,
+            succession,
         },
         listen: args.listen.or(listen),
         admin_listen: args.admin_listen.map_or(admin_listen, |a| a.0),

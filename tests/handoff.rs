@@ -1,6 +1,7 @@
 //! Handoff: on SIGTERM or SIGINT the leader stops claiming at once (503),
-//! revokes its lease so the key disappears, and exits 0; a follower wins
-//! through its watch, long before the TTL could have expired.
+//! hands the key to a follower (direct succession; see tests/succession.rs),
+//! revokes its lease and exits 0; the follower leads long before the TTL could
+//! have expired.
 
 mod support;
 
@@ -28,7 +29,8 @@ fn hand_off(etcd: &Etcd, key: &str, sidecars: &mut Vec<Sidecar>, sig: Signal) ->
         "the leader exits 0 on {sig}: {status}"
     );
 
-    // The lease was revoked before the exit: the key is gone or already retaken.
+    // The key was handed over (or, without a successor, the lease revoked) before the exit:
+    // it is gone or held under another lease.
     if let Some(kv) = etcd.get(key) {
         assert_ne!(
             kv.lease, before.lease,
@@ -44,7 +46,10 @@ fn hand_off(etcd: &Etcd, key: &str, sidecars: &mut Vec<Sidecar>, sig: Signal) ->
     let next = wait_for_one_leader(sidecars, SOON);
     let kv = etcd.get(key).expect("the new leader's key exists");
     assert_eq!(kv.value, sidecars[next].id());
-    assert!(kv.create_revision > before.create_revision);
+    assert!(
+        kv.mod_revision > before.mod_revision,
+        "the new holder wrote the key when it got it: {kv:?} after {before:?}"
+    );
     next
 }
 
@@ -130,8 +135,8 @@ fn fencing_token_grows_across_terms() {
             .expect("the leader reports a fencing token");
         assert_eq!(
             Some(token),
-            etcd.get(&key).map(|kv| kv.create_revision),
-            "the token is the key's create revision"
+            etcd.get(&key).map(|kv| kv.mod_revision),
+            "the token is the key's mod revision when this holder got it"
         );
         tokens.push(token);
         if sidecars.len() > 1 {

@@ -7,13 +7,14 @@ use std::time::Duration;
 
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
-    KeyValue, LeaseKeepAliveStream, LeaseKeeper, SortOrder, SortTarget, TlsOptions, Txn, TxnOp,
-    TxnOpResponse, WatchOptions,
+    KeyValue, LeaseKeepAliveStream, LeaseKeeper, PutOptions, SortOrder, SortTarget, TlsOptions,
+    Txn, TxnOp, TxnOpResponse, WatchFilterType, WatchOptions,
 };
 use tokio::sync::mpsc;
 use tokio::time::{sleep, sleep_until, timeout, Instant};
 
 use super::machine::{Event, Holder, LeaseId, Queue, Timing, WatchTarget};
+use super::succession::{registration_key, registration_prefix, Candidate, Registration};
 use crate::backoff::{Backoff, WarnLimit};
 use crate::config::{EtcdConfig, Protocol};
 
@@ -25,16 +26,18 @@ pub enum Op {
     Campaign,
     Watch,
     Revoke,
+    Handoff,
 }
 
 impl Op {
     /// Every operation, for metrics that must show zeros.
-    pub const ALL: [Op; 5] = [
+    pub const ALL: [Op; 6] = [
         Op::Grant,
         Op::KeepAlive,
         Op::Campaign,
         Op::Watch,
         Op::Revoke,
+        Op::Handoff,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -44,6 +47,7 @@ impl Op {
             Op::Campaign => "campaign",
             Op::Watch => "watch",
             Op::Revoke => "revoke",
+            Op::Handoff => "handoff",
         }
     }
 }
@@ -427,7 +431,7 @@ async fn create_if_absent(
         .and_then([TxnOp::put(
             key,
             id,
-            Some(etcd_client::PutOptions::new().with_lease(lease)),
+            Some(PutOptions::new().with_lease(lease)),
         )])
         .or_else([TxnOp::get(key, None)]);
     let resp = bounded(Op::Campaign, timing.request_timeout, client.txn(txn)).await?;
@@ -442,6 +446,7 @@ async fn create_if_absent(
                 value: id.to_string(),
                 lease,
                 create_revision: revision,
+                mod_revision: revision,
             },
             revision,
         ));
@@ -455,6 +460,164 @@ async fn create_if_absent(
         })
         .ok_or_else(|| protocol(Op::Campaign, "key exists but the read returned nothing"))?;
     Ok((holder_of(&kv), revision))
+}
+
+/// Register as a candidate for succession: our id and release, under our lease.
+pub async fn register(
+    client: &mut Client,
+    timing: &Timing,
+    key: &str,
+    registration: &Registration,
+    lease: LeaseId,
+) -> Result<(), EtcdError> {
+    let value = serde_json::to_string(registration)
+        .map_err(|e| protocol(Op::Handoff, &format!("encoding the registration: {e}")))?;
+    let put = client.put(
+        registration_key(key, lease),
+        value,
+        Some(PutOptions::new().with_lease(lease)),
+    );
+    bounded(Op::Handoff, timing.request_timeout, put).await?;
+    Ok(())
+}
+
+/// The registered candidates of `key`, and the revision they were read at. Registrations
+/// that are not ours to read (not JSON) are skipped.
+pub async fn read_candidates(
+    client: &mut Client,
+    timing: &Timing,
+    key: &str,
+) -> Result<(Vec<Candidate>, i64), EtcdError> {
+    let get = client.get(
+        registration_prefix(key),
+        Some(GetOptions::new().with_prefix()),
+    );
+    let resp = bounded(Op::Handoff, timing.request_timeout, get).await?;
+    let revision = resp
+        .header()
+        .map(|h| h.revision())
+        .ok_or_else(|| protocol(Op::Handoff, "read response without header"))?;
+    Ok((
+        resp.kvs().iter().filter_map(candidate_of).collect(),
+        revision,
+    ))
+}
+
+/// Hand the key over: `If ModRevision(key) == key_revision AND CreateRevision(registration)
+/// == seen Then Put(key, successor id, successor lease)`. The key is never absent, and the
+/// successor must still be registered as we saw it. Returns whether it was handed over, and
+/// the revision of the transaction (the put's, when it was).
+pub async fn transfer(
+    client: &mut Client,
+    timing: &Timing,
+    key: &str,
+    to: &Candidate,
+    key_revision: i64,
+) -> Result<(bool, i64), EtcdError> {
+    let txn = Txn::new()
+        .when([
+            Compare::mod_revision(key, CompareOp::Equal, key_revision),
+            Compare::create_revision(to.key.as_str(), CompareOp::Equal, to.create_revision),
+        ])
+        .and_then([TxnOp::put(
+            key,
+            to.id.as_str(),
+            Some(PutOptions::new().with_lease(to.lease)),
+        )]);
+    guarded(client, timing, txn).await
+}
+
+/// Take the key handed to us: `If ModRevision(key) == transfer_revision Then Put(key, id,
+/// our lease)`. Our own write is the evidence we lead, and it tells the old leader we are
+/// alive.
+pub async fn confirm(
+    client: &mut Client,
+    timing: &Timing,
+    key: &str,
+    id: &str,
+    lease: LeaseId,
+    transfer_revision: i64,
+) -> Result<(bool, i64), EtcdError> {
+    let txn = Txn::new()
+        .when([Compare::mod_revision(
+            key,
+            CompareOp::Equal,
+            transfer_revision,
+        )])
+        .and_then([TxnOp::put(
+            key,
+            id,
+            Some(PutOptions::new().with_lease(lease)),
+        )]);
+    guarded(client, timing, txn).await
+}
+
+/// Take back a transfer nobody confirmed: `If ModRevision(key) == transfer_revision Then
+/// Delete(key)`, so that the others campaign instead of waiting for the successor's lease.
+pub async fn undo_transfer(
+    client: &mut Client,
+    timing: &Timing,
+    key: &str,
+    transfer_revision: i64,
+) -> Result<bool, EtcdError> {
+    let txn = Txn::new()
+        .when([Compare::mod_revision(
+            key,
+            CompareOp::Equal,
+            transfer_revision,
+        )])
+        .and_then([TxnOp::delete(key, None)]);
+    guarded(client, timing, txn).await.map(|(done, _)| done)
+}
+
+/// A guarded transaction: whether its condition held, and its revision.
+async fn guarded(client: &mut Client, timing: &Timing, txn: Txn) -> Result<(bool, i64), EtcdError> {
+    let resp = bounded(Op::Handoff, timing.request_timeout, client.txn(txn)).await?;
+    let revision = resp
+        .header()
+        .map(|h| h.revision())
+        .ok_or_else(|| protocol(Op::Handoff, "transaction response without header"))?;
+    Ok((resp.succeeded(), revision))
+}
+
+/// Report candidates registering from `from_revision` on, until the task is aborted or the
+/// watch ends (then nothing more is reported: a handoff that waits for a candidate gives up
+/// at its deadline anyway).
+pub async fn watch_candidates(
+    mut client: Client,
+    timing: Timing,
+    key: String,
+    from_revision: i64,
+    reports: Reports,
+) {
+    let options = WatchOptions::new()
+        .with_prefix()
+        .with_start_revision(from_revision)
+        .with_filters([WatchFilterType::NoDelete]);
+    let watch = client.watch(registration_prefix(&key), Some(options));
+    let mut stream = match bounded(Op::Watch, timing.request_timeout, watch).await {
+        Ok(stream) => stream,
+        Err(e) => {
+            let _ = reports.send(Report::Error(e)).await;
+            return;
+        }
+    };
+    while let Ok(Some(resp)) = stream.message().await {
+        for candidate in resp
+            .events()
+            .iter()
+            .filter_map(|e| e.kv())
+            .filter_map(candidate_of)
+        {
+            let event = Event::CandidateRegistered { candidate };
+            if reports.send(Report::Event(event)).await.is_err() {
+                return;
+            }
+        }
+        if resp.canceled() {
+            return;
+        }
+    }
 }
 
 /// Revoke a lease; the keys attached to it are deleted.
@@ -637,7 +800,19 @@ fn holder_of(kv: &KeyValue) -> Holder {
         value: String::from_utf8_lossy(kv.value()).into_owned(),
         lease: kv.lease(),
         create_revision: kv.create_revision(),
+        mod_revision: kv.mod_revision(),
     }
+}
+
+fn candidate_of(kv: &KeyValue) -> Option<Candidate> {
+    let registration: Registration = serde_json::from_slice(kv.value()).ok()?;
+    Some(Candidate {
+        key: String::from_utf8_lossy(kv.key()).into_owned(),
+        id: registration.id,
+        revision: registration.revision,
+        lease: kv.lease(),
+        create_revision: kv.create_revision(),
+    })
 }
 
 fn ack(lease: LeaseId, ttl: Duration, sent_at: Instant) -> Report {

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::succession::{choose, Candidate, Succession, CONFIRM_WINDOW};
 use crate::backoff::Backoff;
 
 /// An etcd lease id.
@@ -83,8 +84,11 @@ pub struct Holder {
     pub value: String,
     /// The lease the key is attached to (0 when none).
     pub lease: LeaseId,
-    /// The key's create revision: the holder's fencing token.
+    /// The key's create revision (the fencing token in the election protocol).
     pub create_revision: i64,
+    /// The key's mod revision: the revision of its last write (the fencing token of a lock
+    /// holder, who writes the key when it gets it: by creating it, or by confirming a handoff).
+    pub mod_revision: i64,
 }
 
 /// What an election-protocol campaign read besides the leader: the election's prefix and the
@@ -215,6 +219,23 @@ pub enum Event {
     /// A revoke sent while running (not the one for exit) failed, say during an outage. The
     /// lease may still hold a key, so it is revoked again once etcd answers a grant.
     RevokeFailed { lease: LeaseId },
+    /// The registered candidates, read at `revision` (succession).
+    Candidates {
+        candidates: Vec<Candidate>,
+        revision: i64,
+    },
+    /// The candidates could not be read: hand over nothing.
+    CandidatesFailed,
+    /// A candidate registered while we waited for one (succession).
+    CandidateRegistered { candidate: Candidate },
+    /// The transfer transaction finished: `succeeded` when the key now names the successor,
+    /// written at `revision`.
+    TransferDone { succeeded: bool, revision: i64 },
+    /// Our confirmation of a transfer to us finished: `succeeded` when the key is ours,
+    /// written at `revision`.
+    ConfirmDone { succeeded: bool, revision: i64 },
+    /// The undo of an unconfirmed transfer finished (either way).
+    UndoDone,
 }
 
 /// Work for the caller. Results come back as events.
@@ -237,6 +258,23 @@ pub enum Action {
     StopWatch,
     /// Revoke this lease; deletes the key if we hold it. `then_exit` when shutting down.
     Revoke { lease: LeaseId, then_exit: bool },
+    /// Write our registration under this lease (succession).
+    Register { lease: LeaseId },
+    /// Read the registered candidates; answered by [`Event::Candidates`].
+    ReadCandidates,
+    /// Report candidates registering from this revision on.
+    WatchCandidates { from_revision: i64 },
+    /// Stop that.
+    StopWatchCandidates,
+    /// `If ModRevision(key) == key_revision AND CreateRevision(to.key) == to.create_revision
+    /// Then Put(key, to.id, to.lease)`: hand the key over.
+    Transfer { to: Candidate, key_revision: i64 },
+    /// `If ModRevision(key) == transfer_revision Then Put(key, id, our lease)`: take the key
+    /// that was handed to us.
+    Confirm { transfer_revision: i64 },
+    /// `If ModRevision(key) == transfer_revision Then Delete(key)`: take back a transfer the
+    /// successor did not confirm, so the others campaign.
+    UndoTransfer { transfer_revision: i64 },
     /// All done: the caller may exit.
     Exit,
 }
@@ -353,16 +391,85 @@ enum State {
     Campaigning { retry_at: Option<Instant> },
     /// Someone else holds the key; watching it for deletion.
     Following { leader: Holder },
-    /// We hold the key under our lease.
-    Leading { fencing_token: i64, since: Instant },
+    /// We hold the key under our lease: created at `create_revision`, last written by us at
+    /// `mod_revision`.
+    Leading {
+        fencing_token: i64,
+        since: Instant,
+        create_revision: i64,
+        mod_revision: i64,
+    },
+    /// The key was handed to us (`holder`, under our lease); our confirmation is in flight.
+    /// Not leading yet: only a confirmed key is evidence.
+    Confirming { holder: Holder },
+    /// A leader stepping down by handing the key to a successor; never claims.
+    Handing(Handoff),
     /// Shutting down: `revoke_at` is when the lease revoke is sent (after the release delay),
     /// `None` once sent; `grant_pending` while a lease grant may still arrive to be revoked.
+    /// `hand_over` (the key's mod revision) when the key is to be handed over after the delay.
     Stopping {
         revoke_at: Option<Instant>,
         grant_pending: bool,
+        hand_over: Option<i64>,
     },
     /// Done.
     Stopped,
+}
+
+/// A handoff in progress, see [`super::succession`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Handoff {
+    phase: Phase,
+    /// What follows: exit (shutdown) or campaign again (resign).
+    then: After,
+    /// Until when to wait for a candidate of another release.
+    wait_until: Instant,
+    /// The key's mod revision as we hold it: the transfer's guard.
+    key_revision: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Phase {
+    /// Reading the candidates.
+    Reading,
+    /// No candidate of another release yet; `best` is the best of the others.
+    Waiting { best: Option<Candidate> },
+    /// The transfer transaction is in flight.
+    Transferring { to: Candidate },
+    /// Transferred at `transfer_revision`; waiting for `to` to confirm until `until`.
+    Confirming {
+        to: Candidate,
+        transfer_revision: i64,
+        until: Instant,
+    },
+    /// Taking back an unconfirmed transfer.
+    Undoing,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum After {
+    Exit,
+    Rejoin,
+}
+
+/// What a handoff reacts to; see [`Machine::on_handoff_event`].
+enum HandoffEvent {
+    Candidates { list: Vec<Candidate>, revision: i64 },
+    Failed,
+    Registered(Candidate),
+    Transferred { succeeded: bool, revision: i64 },
+    KeyPut(Holder),
+    KeyDeleted,
+    Undone,
+    Tick,
+}
+
+/// Where a handoff goes after an event.
+enum Next {
+    Stay,
+    Phase(Phase),
+    Transfer(Candidate),
+    Finish,
 }
 
 /// The election state machine for one candidate.
@@ -375,6 +482,8 @@ pub struct Machine {
     lease: Option<Lease>,
     /// Retry delays after failures; reset by any success.
     backoff: Backoff,
+    /// Direct succession (lock-protocol sidecars); `None`: give the key up by revoking.
+    succession: Option<Succession>,
     /// Leases we gave up whose revoke failed: revoked again once etcd grants a lease, so a
     /// key left under one is released then instead of a whole TTL later (etcd renews every
     /// lease to its full TTL when it regains a leader after an outage).
@@ -411,7 +520,27 @@ impl Machine {
             state: State::Idle,
             lease: None,
             backoff: Backoff::new(timing.backoff_base, timing.backoff_cap, seed),
+            succession: None,
             unrevoked: Vec::new(),
+        }
+    }
+
+    /// Hand the key to a successor instead of dropping it (lock protocol; see
+    /// [`super::succession`]). The fencing token is then the key's mod revision at the moment
+    /// a holder got it, which equals the create revision for a holder that created it.
+    #[must_use]
+    pub fn with_succession(mut self, succession: Succession) -> Self {
+        self.succession = Some(succession);
+        self
+    }
+
+    /// The fencing token of `holder`: its key's mod revision under succession (a holder writes
+    /// the key when it gets it, and not after), else its create revision.
+    fn token_of(&self, holder: &Holder) -> i64 {
+        if self.succession.is_some() {
+            holder.mod_revision
+        } else {
+            holder.create_revision
         }
     }
 
@@ -422,13 +551,22 @@ impl Machine {
 
     /// The earliest instant at which a [`Event::Tick`] could change something.
     pub fn next_wakeup(&self) -> Option<Instant> {
-        let timer = match self.state {
-            State::NeedLease { retry_at } | State::Campaigning { retry_at } => retry_at,
-            State::Stopping { revoke_at, .. } => revoke_at,
+        let timer = match &self.state {
+            State::NeedLease { retry_at } | State::Campaigning { retry_at } => *retry_at,
+            State::Stopping { revoke_at, .. } => *revoke_at,
+            State::Handing(Handoff {
+                phase: Phase::Waiting { .. },
+                wait_until,
+                ..
+            }) => Some(*wait_until),
+            State::Handing(Handoff {
+                phase: Phase::Confirming { until, .. },
+                ..
+            }) => Some(*until),
             _ => None,
         };
         let fence = match self.state {
-            State::Stopping { .. } | State::Stopped | State::Idle => None,
+            State::Stopping { .. } | State::Stopped | State::Idle | State::Handing(_) => None,
             _ => self.lease.map(|l| self.claim_deadline(l)),
         };
         [timer, fence].into_iter().flatten().min()
@@ -444,13 +582,20 @@ impl Machine {
             State::Following { leader } => (
                 Role::Follower,
                 Some(leader.value.clone()),
-                Some(leader.create_revision),
+                Some(self.token_of(leader)),
                 None,
                 None,
             ),
+            State::Confirming { .. } => (Role::Campaigning, None, None, None, None),
+            State::Handing(Handoff {
+                then: After::Rejoin,
+                ..
+            }) => (Role::Campaigning, None, None, None, None),
+            State::Handing(_) => (Role::Stopping, None, None, None, None),
             State::Leading {
                 fencing_token,
                 since,
+                ..
             } => (
                 Role::Leader,
                 Some(self.id.clone()),
@@ -499,10 +644,16 @@ impl Machine {
                 if let State::NeedLease { retry_at: None } = self.state {
                     let at = now + self.backoff.next_delay();
                     self.state = State::NeedLease { retry_at: Some(at) };
-                } else if let State::Stopping { revoke_at, .. } = self.state {
+                } else if let State::Stopping {
+                    revoke_at,
+                    hand_over,
+                    ..
+                } = self.state
+                {
                     self.state = State::Stopping {
                         revoke_at,
                         grant_pending: false,
+                        hand_over,
                     };
                     self.finish_stopping_if_idle(&mut out);
                 }
@@ -540,10 +691,11 @@ impl Machine {
                     self.record_step_down(StepDownReason::KeyDeleted, &mut out);
                     self.campaign(&mut out);
                 }
-                State::Following { .. } => self.campaign(&mut out),
+                State::Following { .. } | State::Confirming { .. } => self.campaign(&mut out),
+                State::Handing(_) => self.on_handoff_event(HandoffEvent::KeyDeleted, now, &mut out),
                 _ => {}
             },
-            Event::KeyPut { holder } => self.on_key_put(holder, &mut out),
+            Event::KeyPut { holder } => self.on_key_put(holder, now, &mut out),
             Event::LeaderChanged { holder } => {
                 if let State::Following { .. } = self.state {
                     self.follow(holder, &mut out);
@@ -554,11 +706,20 @@ impl Machine {
                     self.record_step_down(StepDownReason::WatchLost, &mut out);
                     self.retry_campaign_later(now, &mut out);
                 }
-                State::Following { .. } => self.retry_campaign_later(now, &mut out),
+                State::Following { .. } | State::Confirming { .. } => {
+                    self.retry_campaign_later(now, &mut out)
+                }
+                // A handoff without its watch still ends: the undo's guard makes it safe.
                 _ => {}
             },
             Event::Resign => {
-                if matches!(self.state, State::Leading { .. }) {
+                if let (State::Leading { mod_revision, .. }, Some(_), Some(_)) =
+                    (&self.state, self.lease, &self.succession)
+                {
+                    let key_revision = *mod_revision;
+                    self.record_step_down(StepDownReason::Resigned, &mut out);
+                    self.start_handoff(After::Rejoin, key_revision, now, &mut out);
+                } else if matches!(self.state, State::Leading { .. }) {
                     if let Some(lease) = self.lease.take() {
                         // Revoking deletes our key, so a waiting candidate wins within a round
                         // trip; we only ask for a new lease after `resign_holdoff`, so we do
@@ -586,6 +747,37 @@ impl Machine {
                     out.actions.push(Action::Exit);
                 }
             }
+            Event::Candidates {
+                candidates,
+                revision,
+            } => self.on_handoff_event(
+                HandoffEvent::Candidates {
+                    list: candidates,
+                    revision,
+                },
+                now,
+                &mut out,
+            ),
+            Event::CandidatesFailed => self.on_handoff_event(HandoffEvent::Failed, now, &mut out),
+            Event::CandidateRegistered { candidate } => {
+                self.on_handoff_event(HandoffEvent::Registered(candidate), now, &mut out)
+            }
+            Event::TransferDone {
+                succeeded,
+                revision,
+            } => self.on_handoff_event(
+                HandoffEvent::Transferred {
+                    succeeded,
+                    revision,
+                },
+                now,
+                &mut out,
+            ),
+            Event::UndoDone => self.on_handoff_event(HandoffEvent::Undone, now, &mut out),
+            Event::ConfirmDone {
+                succeeded,
+                revision,
+            } => self.on_confirm_done(succeeded, revision, now, &mut out),
             Event::RevokeFailed { lease } => {
                 // A lease we hold again is not ours to revoke; a full list drops its oldest.
                 if self.lease.map(|l| l.id) != Some(lease) && !self.unrevoked.contains(&lease) {
@@ -640,13 +832,21 @@ impl Machine {
                 // etcd answers again: release what an outage kept us from releasing.
                 self.retry_revokes(out);
                 out.actions.push(Action::KeepAlive { lease });
+                if self.succession.is_some() {
+                    out.actions.push(Action::Register { lease });
+                }
                 self.campaign(out);
             }
-            State::Stopping { revoke_at, .. } => {
+            State::Stopping {
+                revoke_at,
+                hand_over,
+                ..
+            } => {
                 // Shutdown began while the grant was in flight: give the lease straight back.
                 self.state = State::Stopping {
                     revoke_at,
                     grant_pending: false,
+                    hand_over,
                 };
                 out.actions.push(Action::Revoke {
                     lease,
@@ -706,20 +906,23 @@ impl Machine {
         };
         self.backoff.reset();
         let from_revision = revision + 1;
+        let token = self.token_of(&holder);
         if holder.lease == ours.id && holder.value == self.id {
             // Evidence from etcd: the key is under our own lease, which is alive until the
             // claim deadline (checked at the top of `step`).
             self.state = State::Leading {
-                fencing_token: holder.create_revision,
+                fencing_token: token,
                 since: now,
+                create_revision: holder.create_revision,
+                mod_revision: holder.mod_revision,
             };
             out.transitions.push(Transition::BecameLeader {
-                fencing_token: holder.create_revision,
+                fencing_token: token,
             });
         } else {
             out.transitions.push(Transition::LeaderObserved {
                 leader: holder.value.clone(),
-                fencing_token: holder.create_revision,
+                fencing_token: token,
             });
             self.state = State::Following { leader: holder };
         }
@@ -729,24 +932,72 @@ impl Machine {
         });
     }
 
-    fn on_key_put(&mut self, holder: Holder, out: &mut Step) {
+    fn on_key_put(&mut self, holder: Holder, now: Instant, out: &mut Step) {
         let ours = self.lease.map(|l| l.id);
         match &self.state {
-            State::Leading { fencing_token, .. } => {
+            State::Leading {
+                create_revision, ..
+            } => {
                 let still_ours = Some(holder.lease) == ours
                     && holder.value == self.id
-                    && holder.create_revision == *fencing_token;
+                    && holder.create_revision == *create_revision;
                 if !still_ours {
                     self.record_step_down(StepDownReason::KeyOverwritten, out);
                     out.transitions.push(Transition::LeaderObserved {
                         leader: holder.value.clone(),
-                        fencing_token: holder.create_revision,
+                        fencing_token: self.token_of(&holder),
                     });
                     self.state = State::Following { leader: holder };
                 }
             }
+            // Handed to us: our id under our own lease, written by the leader stepping down.
+            // Confirm with a write of our own before claiming anything.
+            State::Following { .. }
+                if self.succession.is_some()
+                    && Some(holder.lease) == ours
+                    && holder.value == self.id =>
+            {
+                out.actions.push(Action::Confirm {
+                    transfer_revision: holder.mod_revision,
+                });
+                self.state = State::Confirming { holder };
+            }
             State::Following { .. } => self.follow(holder, out),
+            // Someone else wrote the key before our confirmation: follow them.
+            State::Confirming { holder: handed }
+                if holder.mod_revision > handed.mod_revision && Some(holder.lease) != ours =>
+            {
+                out.transitions.push(Transition::LeaderObserved {
+                    leader: holder.value.clone(),
+                    fencing_token: self.token_of(&holder),
+                });
+                self.state = State::Following { leader: holder };
+            }
+            State::Handing(_) => self.on_handoff_event(HandoffEvent::KeyPut(holder), now, out),
             _ => {}
+        }
+    }
+
+    /// Our confirmation of a key handed to us: leading from its revision on, or, when the
+    /// key changed first (the old leader took it back), a fresh look at the key.
+    fn on_confirm_done(&mut self, succeeded: bool, revision: i64, now: Instant, out: &mut Step) {
+        let State::Confirming { holder } = &self.state else {
+            return;
+        };
+        if succeeded {
+            // Evidence from etcd: our write of the key under our own lease, alive until the
+            // claim deadline (checked at the top of `step`).
+            self.state = State::Leading {
+                fencing_token: revision,
+                since: now,
+                create_revision: holder.create_revision,
+                mod_revision: revision,
+            };
+            out.transitions.push(Transition::BecameLeader {
+                fencing_token: revision,
+            });
+        } else {
+            self.campaign(out);
         }
     }
 
@@ -761,7 +1012,7 @@ impl Machine {
         if leader.value != holder.value || leader.create_revision != holder.create_revision {
             out.transitions.push(Transition::LeaderObserved {
                 leader: holder.value.clone(),
-                fencing_token: holder.create_revision,
+                fencing_token: self.token_of(&holder),
             });
         }
         self.state = State::Following { leader: holder };
@@ -777,30 +1028,49 @@ impl Machine {
             State::Stopping {
                 revoke_at: Some(at),
                 grant_pending,
-            } if now >= at => {
-                self.state = State::Stopping {
-                    revoke_at: None,
-                    grant_pending,
-                };
-                self.revoke_for_exit(out);
-            }
+                hand_over,
+            } if now >= at => match hand_over {
+                Some(key_revision) => self.start_handoff(After::Exit, key_revision, now, out),
+                None => {
+                    self.state = State::Stopping {
+                        revoke_at: None,
+                        grant_pending,
+                        hand_over: None,
+                    };
+                    self.revoke_for_exit(out);
+                }
+            },
+            State::Handing(_) => self.on_handoff_event(HandoffEvent::Tick, now, out),
             _ => {}
         }
     }
 
     fn on_shutdown(&mut self, now: Instant, out: &mut Step) {
-        if matches!(self.state, State::Stopping { .. } | State::Stopped) {
-            return;
+        match &mut self.state {
+            State::Stopping { .. } | State::Stopped => return,
+            State::Handing(handoff) => {
+                // Asked to stop while handing over after a resign: finish it, then exit.
+                handoff.then = After::Exit;
+                return;
+            }
+            _ => {}
         }
-        let leading = matches!(self.state, State::Leading { .. });
-        if leading {
+        // The key's mod revision while we lead: the guard of a handoff.
+        let leading = match self.state {
+            State::Leading { mod_revision, .. } => Some(mod_revision),
+            _ => None,
+        };
+        if leading.is_some() {
             self.record_step_down(StepDownReason::Shutdown, out);
         }
+        let hand_over = leading.filter(|_| self.succession.is_some() && self.lease.is_some());
         let grant_pending = self.state == State::NeedLease { retry_at: None };
-        out.actions.push(Action::StopWatch);
+        if hand_over.is_none() {
+            out.actions.push(Action::StopWatch);
+        }
         // Best effort: the process may exit before these finish.
         self.retry_revokes(out);
-        if leading && self.lease.is_some() && !self.release_delay.is_zero() {
+        if leading.is_some() && self.lease.is_some() && !self.release_delay.is_zero() {
             // Keep the key (and the keep-alive) for the release delay, answering "not leader",
             // so that endpoint removal propagates before a successor can win. Only a leader
             // waits: a follower's key (next in line, in the election protocol) would only
@@ -808,13 +1078,181 @@ impl Machine {
             self.state = State::Stopping {
                 revoke_at: Some(now + self.release_delay),
                 grant_pending,
+                hand_over,
             };
+        } else if let Some(key_revision) = hand_over {
+            self.start_handoff(After::Exit, key_revision, now, out);
         } else {
             self.state = State::Stopping {
                 revoke_at: None,
                 grant_pending,
+                hand_over: None,
             };
             self.revoke_for_exit(out);
+        }
+    }
+
+    /// Stop claiming and look for a successor: read the registered candidates.
+    fn start_handoff(&mut self, then: After, key_revision: i64, now: Instant, out: &mut Step) {
+        let wait = self
+            .succession
+            .as_ref()
+            .map_or(Duration::ZERO, |s| s.handoff_wait);
+        self.state = State::Handing(Handoff {
+            phase: Phase::Reading,
+            then,
+            wait_until: now + wait,
+            key_revision,
+        });
+        out.actions.push(Action::ReadCandidates);
+    }
+
+    /// The rules of a handoff in progress, one event at a time.
+    fn on_handoff_event(&mut self, event: HandoffEvent, now: Instant, out: &mut Step) {
+        let State::Handing(handoff) = &mut self.state else {
+            return;
+        };
+        let own_lease = self.lease.map_or(0, |l| l.id);
+        let own_revision = self
+            .succession
+            .as_ref()
+            .map(|s| s.revision.clone())
+            .unwrap_or_default();
+        let key_revision = handoff.key_revision;
+        let next = match (&handoff.phase, event) {
+            (Phase::Reading, HandoffEvent::Candidates { list, revision }) => {
+                let best = choose(&list, own_lease, &own_revision).cloned();
+                match best {
+                    Some(to) if to.revision != own_revision => Next::Transfer(to),
+                    best if now < handoff.wait_until => {
+                        out.actions.push(Action::WatchCandidates {
+                            from_revision: revision + 1,
+                        });
+                        Next::Phase(Phase::Waiting { best })
+                    }
+                    Some(to) => Next::Transfer(to),
+                    None => Next::Finish,
+                }
+            }
+            (Phase::Reading, HandoffEvent::Failed) => Next::Finish,
+            (Phase::Waiting { best }, HandoffEvent::Registered(candidate)) => {
+                if candidate.lease == own_lease {
+                    Next::Stay
+                } else if candidate.revision != own_revision {
+                    out.actions.push(Action::StopWatchCandidates);
+                    Next::Transfer(candidate)
+                } else {
+                    let newer = best
+                        .as_ref()
+                        .is_none_or(|b| candidate.create_revision > b.create_revision);
+                    if newer {
+                        Next::Phase(Phase::Waiting {
+                            best: Some(candidate),
+                        })
+                    } else {
+                        Next::Stay
+                    }
+                }
+            }
+            (Phase::Waiting { best }, HandoffEvent::Tick) if now >= handoff.wait_until => {
+                out.actions.push(Action::StopWatchCandidates);
+                match best.clone() {
+                    Some(to) => Next::Transfer(to),
+                    None => Next::Finish,
+                }
+            }
+            (
+                Phase::Transferring { to },
+                HandoffEvent::Transferred {
+                    succeeded,
+                    revision,
+                },
+            ) => {
+                if succeeded {
+                    Next::Phase(Phase::Confirming {
+                        to: to.clone(),
+                        transfer_revision: revision,
+                        until: now + CONFIRM_WINDOW,
+                    })
+                } else {
+                    Next::Finish
+                }
+            }
+            (
+                Phase::Confirming {
+                    to,
+                    transfer_revision,
+                    ..
+                },
+                HandoffEvent::KeyPut(holder),
+            ) => {
+                if holder.lease == to.lease && holder.mod_revision <= *transfer_revision {
+                    // Our own transfer, seen on the watch.
+                    Next::Stay
+                } else {
+                    // Confirmed by the successor, or written by someone else: not ours to undo.
+                    Next::Finish
+                }
+            }
+            (
+                Phase::Confirming {
+                    transfer_revision,
+                    until,
+                    ..
+                },
+                HandoffEvent::Tick,
+            ) if now >= *until => {
+                out.actions.push(Action::UndoTransfer {
+                    transfer_revision: *transfer_revision,
+                });
+                Next::Phase(Phase::Undoing)
+            }
+            (Phase::Undoing, HandoffEvent::Undone) => Next::Finish,
+            // The key is gone (expired with our lease, deleted by an operator, or the undo):
+            // there is nothing left to hand over; the others campaign.
+            (_, HandoffEvent::KeyDeleted) => Next::Finish,
+            _ => Next::Stay,
+        };
+        match next {
+            Next::Stay => {}
+            Next::Phase(phase) => handoff.phase = phase,
+            Next::Transfer(to) => {
+                handoff.phase = Phase::Transferring { to: to.clone() };
+                out.actions.push(Action::Transfer { to, key_revision });
+            }
+            Next::Finish => self.finish_handoff(now, out),
+        }
+    }
+
+    /// The handoff is over, one way or the other: give our lease back, then exit or campaign
+    /// again at the back of the line. When the key was not handed over, the revoke deletes it
+    /// and the others campaign, as without succession.
+    fn finish_handoff(&mut self, now: Instant, out: &mut Step) {
+        let State::Handing(Handoff { then, .. }) = self.state else {
+            return;
+        };
+        out.actions.push(Action::StopWatch);
+        match then {
+            After::Exit => {
+                self.state = State::Stopping {
+                    revoke_at: None,
+                    grant_pending: false,
+                    hand_over: None,
+                };
+                self.revoke_for_exit(out);
+            }
+            After::Rejoin => {
+                out.actions.push(Action::StopKeepAlive);
+                if let Some(lease) = self.lease.take() {
+                    out.actions.push(Action::Revoke {
+                        lease: lease.id,
+                        then_exit: false,
+                    });
+                }
+                self.state = State::NeedLease {
+                    retry_at: Some(now + self.timing.resign_holdoff),
+                };
+            }
         }
     }
 
@@ -833,6 +1271,7 @@ impl Machine {
         if let State::Stopping {
             revoke_at: None,
             grant_pending: false,
+            ..
         } = self.state
         {
             if self.lease.is_none() {
@@ -927,6 +1366,7 @@ mod tests {
             value: "me".into(),
             lease: LEASE,
             create_revision: rev,
+            mod_revision: rev,
         }
     }
 
@@ -935,6 +1375,7 @@ mod tests {
             value: "other".into(),
             lease: 99,
             create_revision: rev,
+            mod_revision: rev,
         }
     }
 
@@ -1068,6 +1509,7 @@ mod tests {
             value: "me".into(),
             lease: 1234,
             create_revision: 4,
+            mod_revision: 4,
         };
         m.step(
             Event::CampaignDone {
@@ -1116,6 +1558,7 @@ mod tests {
                     value: "intruder".into(),
                     lease: 0,
                     create_revision: 5,
+                    mod_revision: 5,
                 },
             },
             t0,
@@ -1419,6 +1862,7 @@ mod tests {
             value: "third".into(),
             lease: 55,
             create_revision: 9,
+            mod_revision: 9,
         };
         let step = m.step(Event::KeyPut { holder: next }, t0);
         assert_eq!(
@@ -1549,6 +1993,7 @@ mod tests {
             value: "next".into(),
             lease: 56,
             create_revision: 4,
+            mod_revision: 4,
         };
         let step = m.step(Event::LeaderChanged { holder: next }, t0);
         assert_eq!(step.actions, vec![]);
@@ -1611,6 +2056,7 @@ mod tests {
             value: value.into(),
             lease: rev * 10,
             create_revision: rev,
+            mod_revision: rev,
         }
     }
 

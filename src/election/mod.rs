@@ -7,6 +7,7 @@
 
 pub mod etcd;
 pub mod machine;
+pub mod succession;
 
 use std::time::Duration;
 
@@ -22,6 +23,7 @@ use crate::leadership::{Publisher, Receiver, Snapshot};
 use crate::metrics::Metrics;
 use etcd::{ConnectError, EtcdError, Explain, Report};
 use machine::{Action, Event, Machine, Role, Transition};
+use succession::Registration;
 
 /// How an election ended: what happened to the lease it held, for the exit log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +100,8 @@ pub struct Election {
     rtt_warned: bool,
     keepalive: Option<JoinHandle<()>>,
     watch: Option<JoinHandle<()>>,
+    /// During a handoff that waits for a candidate: the watch on the registrations.
+    candidates_watch: Option<JoinHandle<()>>,
     watch_generation: u64,
     transitions: u64,
     last_error: Option<String>,
@@ -116,7 +120,10 @@ impl Election {
         let explain = Explain::for_config(&etcd);
         let client = Connection::Later(etcd);
         let seed = seed_from(&cfg.id);
-        let machine = Machine::new(cfg.id.clone(), cfg.timing, cfg.release_delay, seed);
+        let mut machine = Machine::new(cfg.id.clone(), cfg.timing, cfg.release_delay, seed);
+        if let Some(succession) = cfg.succession.clone() {
+            machine = machine.with_succession(succession);
+        }
         let snapshot = Snapshot::initial(cfg.id.clone(), cfg.key.clone(), machine.view());
         let (publisher, _) = Publisher::new(snapshot);
         let (reports_tx, reports) = mpsc::channel(256);
@@ -134,6 +141,7 @@ impl Election {
             reports,
             keepalive: None,
             watch: None,
+            candidates_watch: None,
             watch_generation: 0,
             transitions: 0,
             last_error: None,
@@ -479,14 +487,141 @@ impl Election {
                     let _ = reports.send(report).await;
                 });
             }
+            Action::Register { lease } => {
+                let key = self.cfg.key.clone();
+                let registration = Registration {
+                    id: self.cfg.id.clone(),
+                    revision: self
+                        .cfg
+                        .succession
+                        .as_ref()
+                        .map(|s| s.revision.clone())
+                        .unwrap_or_default(),
+                };
+                tokio::spawn(async move {
+                    let registered =
+                        etcd::register(&mut client, &timing, &key, &registration, lease).await;
+                    if let Err(e) = registered {
+                        let _ = reports.send(Report::Error(e)).await;
+                    }
+                });
+            }
+            Action::ReadCandidates => {
+                let key = self.cfg.key.clone();
+                tokio::spawn(async move {
+                    let event = match etcd::read_candidates(&mut client, &timing, &key).await {
+                        Ok((candidates, revision)) => Event::Candidates {
+                            candidates,
+                            revision,
+                        },
+                        Err(e) => {
+                            let _ = reports.send(Report::Error(e)).await;
+                            Event::CandidatesFailed
+                        }
+                    };
+                    let _ = reports.send(Report::Event(event)).await;
+                });
+            }
+            Action::WatchCandidates { from_revision } => {
+                let task = etcd::watch_candidates(
+                    client,
+                    timing,
+                    self.cfg.key.clone(),
+                    from_revision,
+                    reports,
+                );
+                if let Some(old) = self.candidates_watch.replace(tokio::spawn(task)) {
+                    old.abort();
+                }
+            }
+            Action::StopWatchCandidates => {
+                if let Some(old) = self.candidates_watch.take() {
+                    old.abort();
+                }
+            }
+            Action::Transfer { to, key_revision } => {
+                // Publish-before-act: the handoff began by ending the claim.
+                debug_assert!(
+                    !self.publisher.current().is_leader_at(Instant::now()),
+                    "the key is handed over only after the snapshot stopped claiming leadership"
+                );
+                let key = self.cfg.key.clone();
+                tracing::info!(
+                    key = key.as_str(),
+                    successor = to.id.as_str(),
+                    successor_revision = to.revision.as_str(),
+                    "handing the key over"
+                );
+                tokio::spawn(async move {
+                    let done = etcd::transfer(&mut client, &timing, &key, &to, key_revision).await;
+                    let event = match done {
+                        Ok((succeeded, revision)) => Event::TransferDone {
+                            succeeded,
+                            revision,
+                        },
+                        Err(e) => {
+                            let _ = reports.send(Report::Error(e)).await;
+                            Event::TransferDone {
+                                succeeded: false,
+                                revision: 0,
+                            }
+                        }
+                    };
+                    let _ = reports.send(Report::Event(event)).await;
+                });
+            }
+            Action::Confirm { transfer_revision } => {
+                let key = self.cfg.key.clone();
+                let id = self.cfg.id.clone();
+                let lease = self.machine.view().lease_id.unwrap_or_default();
+                tokio::spawn(async move {
+                    let done =
+                        etcd::confirm(&mut client, &timing, &key, &id, lease, transfer_revision)
+                            .await;
+                    let event = match done {
+                        Ok((succeeded, revision)) => Event::ConfirmDone {
+                            succeeded,
+                            revision,
+                        },
+                        Err(e) => {
+                            let _ = reports.send(Report::Error(e)).await;
+                            Event::ConfirmDone {
+                                succeeded: false,
+                                revision: 0,
+                            }
+                        }
+                    };
+                    let _ = reports.send(Report::Event(event)).await;
+                });
+            }
+            Action::UndoTransfer { transfer_revision } => {
+                let key = self.cfg.key.clone();
+                tracing::warn!(
+                    key = key.as_str(),
+                    transfer_revision,
+                    "the successor did not confirm in time; taking the key back"
+                );
+                tokio::spawn(async move {
+                    let undone =
+                        etcd::undo_transfer(&mut client, &timing, &key, transfer_revision).await;
+                    if let Err(e) = undone {
+                        let _ = reports.send(Report::Error(e)).await;
+                    }
+                    let _ = reports.send(Report::Event(Event::UndoDone)).await;
+                });
+            }
             Action::Exit => self.exit = true,
         }
     }
 
     fn stop_tasks(&mut self) {
-        for task in [self.keepalive.take(), self.watch.take()]
-            .into_iter()
-            .flatten()
+        for task in [
+            self.keepalive.take(),
+            self.watch.take(),
+            self.candidates_watch.take(),
+        ]
+        .into_iter()
+        .flatten()
         {
             task.abort();
         }

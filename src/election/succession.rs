@@ -1,0 +1,117 @@
+//! Direct succession (lock protocol): the rules for handing the key to a chosen successor.
+//!
+//! Every lock-protocol replica registers under its own lease at `<key>.candidates/<lease hex>`
+//! (beside the key, never under `<key>/`, which etcd's `concurrency` package and `etcdctl
+//! lock`/`elect` would read as candidates of an election). A leader that steps down reads the
+//! registrations, picks a successor ([`choose`]) and moves the key to it in one transaction,
+//! so the key is never absent and only the successor acts. Pure: no I/O and no clock.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::machine::LeaseId;
+
+/// How long the successor has to confirm a transfer (a write under its own lease) before the
+/// old leader takes it back. A live successor confirms within a round trip or two; one that
+/// was frozen or cut off at the wrong moment would otherwise leave the key unusable until its
+/// lease expires.
+pub const CONFIRM_WINDOW: Duration = Duration::from_secs(1);
+
+/// This replica's part in succession.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Succession {
+    /// The release this replica runs (`--revision`): a leader prefers a successor of another
+    /// release, so that a rollout moves leadership once, onto the new release.
+    pub revision: String,
+    /// How long a stepping-down leader may wait for a replica of another release to register
+    /// (`--handoff-wait`, bounded by the shutdown timeout).
+    pub handoff_wait: Duration,
+}
+
+/// What a replica writes at its registration key (JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registration {
+    pub id: String,
+    #[serde(default)]
+    pub revision: String,
+}
+
+/// A registered candidate, as read from etcd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    /// The registration key.
+    pub key: String,
+    pub id: String,
+    pub revision: String,
+    pub lease: LeaseId,
+    /// The registration's create revision: the transfer checks that it still exists as seen.
+    pub create_revision: i64,
+}
+
+/// The prefix under which candidates of `key` register.
+pub fn registration_prefix(key: &str) -> String {
+    format!("{key}.candidates/")
+}
+
+/// The registration key of the candidate with `lease`.
+pub fn registration_key(key: &str, lease: LeaseId) -> String {
+    format!("{}{lease:x}", registration_prefix(key))
+}
+
+/// The successor among `candidates` for a leader of `own_revision` holding `own_lease`: a
+/// candidate of another release first, then the most recent registration (the replica most
+/// likely to stay: in a rollout, the newest pod). Never ourselves.
+pub fn choose<'a>(
+    candidates: &'a [Candidate],
+    own_lease: LeaseId,
+    own_revision: &str,
+) -> Option<&'a Candidate> {
+    candidates
+        .iter()
+        .filter(|c| c.lease != own_lease)
+        .max_by_key(|c| (c.revision != own_revision, c.create_revision))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn candidate(id: &str, revision: &str, lease: LeaseId, create_revision: i64) -> Candidate {
+        Candidate {
+            key: registration_key("/k", lease),
+            id: id.into(),
+            revision: revision.into(),
+            lease,
+            create_revision,
+        }
+    }
+
+    #[test]
+    fn another_release_comes_first_then_the_newest_registration() {
+        let list = [
+            candidate("me", "a", 1, 10),
+            candidate("old", "a", 2, 11),
+            candidate("new-early", "b", 3, 12),
+            candidate("old-late", "a", 4, 13),
+        ];
+        assert_eq!(
+            choose(&list, 1, "a").map(|c| c.id.as_str()),
+            Some("new-early")
+        );
+        let same = [
+            candidate("me", "a", 1, 10),
+            candidate("x", "a", 2, 11),
+            candidate("y", "a", 4, 13),
+        ];
+        assert_eq!(choose(&same, 1, "a").map(|c| c.id.as_str()), Some("y"));
+        assert_eq!(choose(&same[..1], 1, "a"), None, "never ourselves");
+    }
+
+    #[test]
+    fn registrations_sit_beside_the_key_not_under_it() {
+        let key = registration_key("/jobs/lock", 0x2a);
+        assert_eq!(key, "/jobs/lock.candidates/2a");
+        assert!(!key.starts_with("/jobs/lock/"));
+    }
+}
