@@ -481,6 +481,18 @@ pub async fn register(
     Ok(())
 }
 
+/// Withdraw our registration: a replica on its way out is nobody's successor.
+pub async fn deregister(
+    client: &mut Client,
+    timing: &Timing,
+    key: &str,
+    lease: LeaseId,
+) -> Result<(), EtcdError> {
+    let delete = client.delete(registration_key(key, lease), None);
+    bounded(Op::Handoff, timing.request_timeout, delete).await?;
+    Ok(())
+}
+
 /// The registered candidates of `key`, and the revision they were read at. Registrations
 /// that are not ours to read (not JSON) are skipped.
 pub async fn read_candidates(

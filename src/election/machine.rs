@@ -260,6 +260,8 @@ pub enum Action {
     Revoke { lease: LeaseId, then_exit: bool },
     /// Write our registration under this lease (succession).
     Register { lease: LeaseId },
+    /// Delete our registration under this lease: we are on our way out.
+    Deregister { lease: LeaseId },
     /// Read the registered candidates; answered by [`Event::Candidates`].
     ReadCandidates,
     /// Report candidates registering from this revision on.
@@ -434,8 +436,9 @@ enum Phase {
     Reading,
     /// No candidate of another release yet; `best` is the best of the others.
     Waiting { best: Option<Candidate> },
-    /// The transfer transaction is in flight.
-    Transferring { to: Candidate },
+    /// The transfer transaction is in flight. Its watch events can come before its answer:
+    /// `seen` is the last write of the key seen meanwhile.
+    Transferring { to: Candidate, seen: Option<Holder> },
     /// Transferred at `transfer_revision`; waiting for `to` to confirm until `until`.
     Confirming {
         to: Candidate,
@@ -1104,6 +1107,10 @@ impl Machine {
             wait_until: now + wait,
             key_revision,
         });
+        // Withdraw first, so that no other leader hands the key to a replica on its way out.
+        if let Some(lease) = self.lease {
+            out.actions.push(Action::Deregister { lease: lease.id });
+        }
         out.actions.push(Action::ReadCandidates);
     }
 
@@ -1161,14 +1168,22 @@ impl Machine {
                     None => Next::Finish,
                 }
             }
+            (Phase::Transferring { to, .. }, HandoffEvent::KeyPut(holder)) => {
+                Next::Phase(Phase::Transferring {
+                    to: to.clone(),
+                    seen: Some(holder),
+                })
+            }
             (
-                Phase::Transferring { to },
+                Phase::Transferring { to, seen },
                 HandoffEvent::Transferred {
                     succeeded,
                     revision,
                 },
             ) => {
-                if succeeded {
+                // The successor's confirmation may already have come by.
+                let confirmed = seen.as_ref().is_some_and(|h| h.mod_revision > revision);
+                if succeeded && !confirmed {
                     Next::Phase(Phase::Confirming {
                         to: to.clone(),
                         transfer_revision: revision,
@@ -1217,7 +1232,10 @@ impl Machine {
             Next::Stay => {}
             Next::Phase(phase) => handoff.phase = phase,
             Next::Transfer(to) => {
-                handoff.phase = Phase::Transferring { to: to.clone() };
+                handoff.phase = Phase::Transferring {
+                    to: to.clone(),
+                    seen: None,
+                };
                 out.actions.push(Action::Transfer { to, key_revision });
             }
             Next::Finish => self.finish_handoff(now, out),

@@ -506,6 +506,14 @@ impl Election {
                     }
                 });
             }
+            Action::Deregister { lease } => {
+                let key = self.cfg.key.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = etcd::deregister(&mut client, &timing, &key, lease).await {
+                        let _ = reports.send(Report::Error(e)).await;
+                    }
+                });
+            }
             Action::ReadCandidates => {
                 let key = self.cfg.key.clone();
                 tokio::spawn(async move {

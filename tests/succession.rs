@@ -1,0 +1,315 @@
+//! Direct succession (lock protocol): a leader that steps down hands the key
+//! to a chosen, live successor in one transaction, preferring a replica of
+//! another release; the key is never absent, nobody else campaigns, and a
+//! successor that cannot confirm is passed over within about a second.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// Long enough that anything inside a test's bounds comes from a handoff,
+/// never from a lease expiring.
+const LONG_TTL: &str = "30";
+
+fn replica(etcd: &Etcd, key: &str, id: &str, revision: &str, extra: &[&str]) -> Sidecar {
+    Sidecar::builder()
+        .endpoints(&etcd.endpoint())
+        .key(key)
+        .id(id)
+        .args(&["--ttl", LONG_TTL, "--revision", revision])
+        .args(extra)
+        .start()
+}
+
+/// Waits until `s` follows (it has campaigned and registered).
+fn wait_following(s: &Sidecar) {
+    assert!(
+        wait_until(SOON, || s.get_json("/status").1["state"] == "follower"),
+        "{} follows: {}",
+        s.id(),
+        s.get_json("/status").1
+    );
+}
+
+/// `elector_campaigns_total` of one sidecar.
+fn campaigns(s: &Sidecar) -> u64 {
+    let (_, text) = s.get("/metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix("elector_campaigns_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no elector_campaigns_total in {}'s metrics", s.id())) as u64
+}
+
+/// Every event of `key` after `revision`, as `etcdctl watch --rev` replays
+/// them: ("PUT" or "DELETE", value).
+fn history(etcd: &Etcd, key: &str, revision: i64) -> Vec<(String, String)> {
+    let mut watch = Command::new(support::etcd::etcdctl_bin())
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", &etcd.endpoint(), "watch", key])
+        .args(["--rev", &(revision + 1).to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting etcdctl watch");
+    std::thread::sleep(Duration::from_millis(700));
+    let _ = watch.kill();
+    let out = watch.wait_with_output().expect("etcdctl watch output");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<&str> = text.lines().collect();
+    // Each event prints as: EVENT, key, value (a delete has no value line).
+    let mut events = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        match lines[i] {
+            "PUT" => {
+                events.push(("PUT".into(), lines.get(i + 2).unwrap_or(&"").to_string()));
+                i += 3;
+            }
+            "DELETE" => {
+                events.push(("DELETE".into(), String::new()));
+                i += 2;
+            }
+            _ => i += 1,
+        }
+    }
+    events
+}
+
+#[test]
+fn sigterm_hands_the_key_to_a_follower_without_it_ever_being_absent() {
+    let etcd = Etcd::start();
+    let key = unique_key("succession_handoff");
+    let first = replica(&etcd, &key, "first", "a", &[]);
+    assert!(wait_until(SOON, || first.is_leader()), "first leads");
+    let others = vec![
+        replica(&etcd, &key, "second", "a", &[]),
+        replica(&etcd, &key, "third", "a", &[]),
+    ];
+    others.iter().for_each(wait_following);
+    let before = etcd.get(&key).expect("the key");
+    let campaigns_before: Vec<u64> = others.iter().map(campaigns).collect();
+
+    let mut first = first;
+    first.signal(Signal::SIGTERM);
+    assert_eq!(first.wait_exit(SOON).code(), Some(0));
+    let next = wait_for_one_leader(&others, SOON);
+
+    // The newest registration is the successor, and it leads under its own
+    // lease with the revision of its own write as the token.
+    assert_eq!(others[next].id(), "third");
+    let kv = etcd.get(&key).expect("the key");
+    assert_eq!(kv.value, "third");
+    assert_eq!(others[next].fencing_token(), Some(kv.mod_revision));
+    assert!(kv.mod_revision > before.mod_revision);
+    assert_eq!(
+        kv.create_revision, before.create_revision,
+        "the key was never deleted and created again"
+    );
+    let events = history(&etcd, &key, before.mod_revision);
+    assert!(
+        events.iter().all(|(kind, _)| kind == "PUT"),
+        "no DELETE between the old and the new holder: {events:?}"
+    );
+    assert_eq!(
+        events,
+        vec![("PUT".to_string(), "third".to_string()); 2],
+        "the transfer, then the successor's confirmation"
+    );
+    // The follower that was not chosen never campaigned.
+    let other = 1 - next;
+    assert_eq!(
+        campaigns(&others[other]),
+        campaigns_before[other],
+        "{} did not campaign",
+        others[other].id()
+    );
+    assert_eq!(others[other].leader_view()["leader"], "third");
+}
+
+#[test]
+fn the_successor_is_of_another_release_when_one_is_registered() {
+    let etcd = Etcd::start();
+    let key = unique_key("succession_revision");
+    let mut old = replica(&etcd, &key, "old-leader", "a", &[]);
+    assert!(wait_until(SOON, || old.is_leader()), "old-leader leads");
+    // The new release registers before the last old replica: recency alone
+    // would pick the old one.
+    let others = vec![
+        replica(&etcd, &key, "new", "b", &[]),
+        replica(&etcd, &key, "old-follower", "a", &[]),
+    ];
+    others.iter().for_each(wait_following);
+
+    old.signal(Signal::SIGTERM);
+    assert_eq!(old.wait_exit(SOON).code(), Some(0));
+    let next = wait_for_one_leader(&others, SOON);
+    assert_eq!(others[next].id(), "new", "the new release leads");
+}
+
+#[test]
+fn a_frozen_successor_is_passed_over_within_about_a_second() {
+    let etcd = Etcd::start();
+    let key = unique_key("succession_frozen");
+    let mut old = replica(&etcd, &key, "old", "a", &[]);
+    assert!(wait_until(SOON, || old.is_leader()), "old leads");
+    let spare = replica(&etcd, &key, "spare", "a", &[]);
+    let frozen = replica(&etcd, &key, "frozen", "b", &[]);
+    wait_following(&spare);
+    wait_following(&frozen);
+    // Chosen (another release) but frozen: its lease lives on for 30 s.
+    frozen.signal(Signal::SIGSTOP);
+
+    let asked = Instant::now();
+    old.signal(Signal::SIGTERM);
+    assert!(
+        wait_until(SOON, || spare.is_leader()),
+        "the spare leads once the unconfirmed transfer is taken back"
+    );
+    let took = asked.elapsed();
+    assert_eq!(old.wait_exit(SOON).code(), Some(0));
+    assert!(
+        took < Duration::from_secs(8),
+        "passed over in about the confirm window, far below the 30 s TTL: {took:?}"
+    );
+
+    // Thawed, the frozen one finds the key taken and follows.
+    frozen.signal(Signal::SIGCONT);
+    assert!(
+        wait_until(SOON, || frozen.leader_view()["leader"] == "spare"),
+        "the thawed successor follows the spare: {}",
+        frozen.leader_view()
+    );
+    assert!(spare.is_leader() && !frozen.is_leader());
+}
+
+#[test]
+fn a_leader_waits_for_a_new_release_to_register_before_handing_over() {
+    let etcd = Etcd::start();
+    let key = unique_key("succession_wait");
+    let wait = ["--handoff-wait", "8", "--shutdown-timeout", "12"];
+    let mut old = replica(&etcd, &key, "old", "a", &wait);
+    assert!(wait_until(SOON, || old.is_leader()), "old leads");
+    let old_follower = replica(&etcd, &key, "old-follower", "a", &wait);
+    wait_following(&old_follower);
+
+    old.signal(Signal::SIGTERM);
+    assert!(
+        wait_until(SOON, || old.get("/leader").0 == 503),
+        "it stops claiming at once"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let new = replica(&etcd, &key, "new", "b", &[]);
+    assert!(
+        wait_until(SOON, || new.is_leader()),
+        "the new release, registering during the wait, leads"
+    );
+    assert_eq!(old.wait_exit(SOON).code(), Some(0));
+    assert!(
+        !old_follower.logs().contains("\"became_leader\""),
+        "the old follower never led"
+    );
+}
+
+#[test]
+fn resign_hands_the_key_over_and_the_old_leader_follows() {
+    let etcd = Etcd::start();
+    let key = unique_key("succession_resign");
+    let sidecars = replicas(&etcd.endpoint(), &key, 3, &["--ttl", LONG_TTL]);
+    let leader = wait_for_one_leader(&sidecars, SOON);
+    let before = etcd.get(&key).expect("the key");
+    let resp = http::simple(sidecars[leader].admin_addr(), "POST", "/resign", b"")
+        .expect("POST /resign answered");
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let mut next = None;
+    assert!(
+        wait_until(SOON, || {
+            next = (0..sidecars.len()).find(|&i| i != leader && sidecars[i].is_leader());
+            next.is_some()
+        }),
+        "another replica leads"
+    );
+    let next = next.expect("set");
+    assert_eq!(
+        etcd.get(&key).map(|kv| kv.create_revision),
+        Some(before.create_revision),
+        "handed over, not deleted"
+    );
+    assert!(
+        wait_until(SOON, || sidecars[leader].leader_view()["leader"]
+            == sidecars[next].id()),
+        "the resigned leader follows the new one"
+    );
+}
+
+#[test]
+fn a_go_client_never_gets_the_lock_during_transfers() {
+    let etcd = Etcd::start();
+    let key = unique_key("succession_go");
+    let sidecars = replicas(&etcd.endpoint(), &key, 3, &["--ttl", LONG_TTL]);
+    wait_for_one_leader(&sidecars, SOON);
+    sidecars.iter().for_each(|s| {
+        assert!(wait_until(SOON, || s.get_json("/status").1["state"] != "campaigning"))
+    });
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let held = Arc::new(AtomicUsize::new(0));
+    let contender = {
+        let (endpoint, key) = (etcd.endpoint(), key.clone());
+        let (stop, attempts, held) = (stop.clone(), attempts.clone(), held.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let go = GoLocker::run(&endpoint, &key, "go-contender", 5);
+                attempts.fetch_add(1, Ordering::Relaxed);
+                if go.held() {
+                    held.fetch_add(1, Ordering::Relaxed);
+                }
+                let _ = go.release();
+            }
+        })
+    };
+    let created = etcd.get(&key).expect("the key").create_revision;
+    let mut handoffs = 0;
+    for _ in 0..20 {
+        // A transfer needs a registered successor: wait until the others follow again
+        // (a replica that resigned registers anew after its hold-off).
+        let leader = wait_for_one_leader(&sidecars, SOON);
+        for (i, s) in sidecars.iter().enumerate().filter(|&(i, _)| i != leader) {
+            assert!(
+                wait_until(SOON, || s.get_json("/status").1["state"] == "follower"),
+                "replica {i} follows"
+            );
+        }
+        let resp = http::simple(sidecars[leader].admin_addr(), "POST", "/resign", b"")
+            .expect("POST /resign answered");
+        assert_eq!(resp.status, 200, "{resp:?}");
+        handoffs += 1;
+        assert!(
+            wait_until(SOON, || (0..sidecars.len())
+                .any(|i| i != leader && sidecars[i].is_leader())),
+            "another replica leads"
+        );
+        assert_eq!(
+            etcd.get(&key).map(|kv| kv.create_revision),
+            Some(created),
+            "handoff {handoffs} moved the key without deleting it"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    contender.join().expect("the contender thread");
+    println!(
+        "{handoffs} transfers, {} Go lock attempts",
+        attempts.load(Ordering::Relaxed)
+    );
+    assert!(attempts.load(Ordering::Relaxed) > 0, "the Go client tried");
+    assert_eq!(
+        held.load(Ordering::Relaxed),
+        0,
+        "the Go client never got the lock while replicas handed it over"
+    );
+}
