@@ -2196,4 +2196,413 @@ mod tests {
             "leading the election: our own key"
         );
     }
+
+    // --- direct succession ---
+
+    fn succeeding(wait: Duration) -> (Machine, Instant) {
+        let m = Machine::new("me", Timing::for_ttl(TTL), Duration::ZERO, 42).with_succession(
+            Succession {
+                revision: "a".into(),
+                handoff_wait: wait,
+            },
+        );
+        (m, Instant::now())
+    }
+
+    fn candidate(id: &str, revision: &str, lease: LeaseId, create_revision: i64) -> Candidate {
+        Candidate {
+            key: format!("/k.candidates/{lease:x}"),
+            id: id.into(),
+            revision: revision.into(),
+            lease,
+            create_revision,
+        }
+    }
+
+    fn handed(value: &str, lease: LeaseId, mod_revision: i64) -> Holder {
+        Holder {
+            value: value.into(),
+            lease,
+            create_revision: 5,
+            mod_revision,
+        }
+    }
+
+    /// A leader (key created at 5) that was asked to stop: it withdraws and reads the list.
+    fn handing(wait: Duration) -> (Machine, Instant) {
+        let (mut m, t0) = succeeding(wait);
+        let step = granted(&mut m, t0);
+        assert!(step.actions.contains(&Action::Register { lease: LEASE }));
+        m.step(
+            Event::CampaignDone {
+                lease: LEASE,
+                holder: ours(5),
+                revision: 5,
+                key: KEY.into(),
+                queue: None,
+            },
+            t0,
+        );
+        assert!(is_leader(&m, t0));
+        let step = m.step(Event::Shutdown, t0);
+        assert!(!is_leader(&m, t0), "no claim from the first moment");
+        assert_eq!(
+            step.actions,
+            vec![Action::Deregister { lease: LEASE }, Action::ReadCandidates],
+            "withdraw first, keep the key watch"
+        );
+        (m, t0)
+    }
+
+    #[test]
+    fn a_stepping_down_leader_hands_the_key_to_another_release_first() {
+        let (mut m, t0) = handing(Duration::ZERO);
+        let newer_same = candidate("same", "a", 30, 40);
+        let other_release = candidate("new", "b", 20, 30);
+        let step = m.step(
+            Event::Candidates {
+                candidates: vec![
+                    candidate("me", "a", LEASE, 6),
+                    newer_same,
+                    other_release.clone(),
+                ],
+                revision: 41,
+            },
+            t0,
+        );
+        assert_eq!(
+            step.actions,
+            vec![Action::Transfer {
+                to: other_release,
+                key_revision: 5
+            }]
+        );
+    }
+
+    #[test]
+    fn a_confirmed_transfer_ends_with_the_lease_revoked_and_exit() {
+        let (mut m, t0) = handing(Duration::ZERO);
+        let to = candidate("next", "a", 20, 30);
+        m.step(
+            Event::Candidates {
+                candidates: vec![to.clone()],
+                revision: 41,
+            },
+            t0,
+        );
+        let step = m.step(
+            Event::TransferDone {
+                succeeded: true,
+                revision: 42,
+            },
+            t0,
+        );
+        assert_eq!(step.actions, vec![]);
+        assert_eq!(m.next_wakeup(), Some(t0 + CONFIRM_WINDOW));
+        // Our own transfer on the watch changes nothing; the successor's write ends it.
+        assert_eq!(
+            m.step(
+                Event::KeyPut {
+                    holder: handed("next", 20, 42)
+                },
+                t0
+            ),
+            Step::default()
+        );
+        let step = m.step(
+            Event::KeyPut {
+                holder: handed("next", 20, 43),
+            },
+            t0,
+        );
+        assert!(step.actions.contains(&Action::Revoke {
+            lease: LEASE,
+            then_exit: true
+        }));
+        assert_eq!(m.step(Event::Revoked, t0).actions, vec![Action::Exit]);
+    }
+
+    #[test]
+    fn a_confirmation_seen_before_the_transfers_answer_counts() {
+        let (mut m, t0) = handing(Duration::ZERO);
+        m.step(
+            Event::Candidates {
+                candidates: vec![candidate("next", "a", 20, 30)],
+                revision: 41,
+            },
+            t0,
+        );
+        m.step(
+            Event::KeyPut {
+                holder: handed("next", 20, 42),
+            },
+            t0,
+        );
+        m.step(
+            Event::KeyPut {
+                holder: handed("next", 20, 43),
+            },
+            t0,
+        );
+        let step = m.step(
+            Event::TransferDone {
+                succeeded: true,
+                revision: 42,
+            },
+            t0,
+        );
+        assert!(step.actions.contains(&Action::Revoke {
+            lease: LEASE,
+            then_exit: true
+        }));
+    }
+
+    #[test]
+    fn an_unconfirmed_transfer_is_taken_back_after_the_confirm_window() {
+        let (mut m, t0) = handing(Duration::ZERO);
+        m.step(
+            Event::Candidates {
+                candidates: vec![candidate("frozen", "b", 20, 30)],
+                revision: 41,
+            },
+            t0,
+        );
+        m.step(
+            Event::TransferDone {
+                succeeded: true,
+                revision: 42,
+            },
+            t0,
+        );
+        let late = t0 + CONFIRM_WINDOW;
+        let step = m.step(Event::Tick, late);
+        assert_eq!(
+            step.actions,
+            vec![Action::UndoTransfer {
+                transfer_revision: 42
+            }]
+        );
+        let step = m.step(Event::UndoDone, late);
+        assert!(step.actions.contains(&Action::Revoke {
+            lease: LEASE,
+            then_exit: true
+        }));
+    }
+
+    #[test]
+    fn without_a_successor_or_a_transfer_the_lease_is_revoked_as_before() {
+        let (mut m, t0) = handing(Duration::ZERO);
+        let step = m.step(
+            Event::Candidates {
+                candidates: vec![candidate("me", "a", LEASE, 6)],
+                revision: 41,
+            },
+            t0,
+        );
+        assert!(step.actions.contains(&Action::Revoke {
+            lease: LEASE,
+            then_exit: true
+        }));
+        let (mut m, t0) = handing(Duration::ZERO);
+        m.step(
+            Event::Candidates {
+                candidates: vec![candidate("gone", "a", 20, 30)],
+                revision: 41,
+            },
+            t0,
+        );
+        let step = m.step(
+            Event::TransferDone {
+                succeeded: false,
+                revision: 42,
+            },
+            t0,
+        );
+        assert!(step.actions.contains(&Action::Revoke {
+            lease: LEASE,
+            then_exit: true
+        }));
+    }
+
+    #[test]
+    fn a_leader_waits_for_another_release_then_takes_the_best_it_has() {
+        let wait = Duration::from_secs(3);
+        let (mut m, t0) = handing(wait);
+        let same = candidate("same", "a", 20, 30);
+        let step = m.step(
+            Event::Candidates {
+                candidates: vec![same.clone()],
+                revision: 41,
+            },
+            t0,
+        );
+        assert_eq!(
+            step.actions,
+            vec![Action::WatchCandidates { from_revision: 42 }]
+        );
+        assert_eq!(m.next_wakeup(), Some(t0 + wait));
+        // Another old replica registering changes nothing but the fallback.
+        let later_same = candidate("later", "a", 21, 45);
+        assert_eq!(
+            m.step(
+                Event::CandidateRegistered {
+                    candidate: later_same.clone()
+                },
+                t0
+            )
+            .actions,
+            vec![]
+        );
+        // A new release registering is taken at once.
+        let new = candidate("new", "b", 22, 46);
+        let step = m.step(
+            Event::CandidateRegistered {
+                candidate: new.clone(),
+            },
+            t0,
+        );
+        assert_eq!(
+            step.actions,
+            vec![
+                Action::StopWatchCandidates,
+                Action::Transfer {
+                    to: new,
+                    key_revision: 5
+                }
+            ]
+        );
+        // Had none come, the newest old one would have been taken at the deadline.
+        let (mut m, t0) = handing(wait);
+        m.step(
+            Event::Candidates {
+                candidates: vec![same],
+                revision: 41,
+            },
+            t0,
+        );
+        m.step(
+            Event::CandidateRegistered {
+                candidate: later_same.clone(),
+            },
+            t0,
+        );
+        let step = m.step(Event::Tick, t0 + wait);
+        assert_eq!(
+            step.actions,
+            vec![
+                Action::StopWatchCandidates,
+                Action::Transfer {
+                    to: later_same,
+                    key_revision: 5
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn a_key_handed_to_us_is_confirmed_before_we_lead() {
+        let (mut m, t0) = succeeding(Duration::ZERO);
+        granted(&mut m, t0);
+        m.step(
+            Event::CampaignDone {
+                lease: LEASE,
+                holder: other(3),
+                revision: 3,
+                key: KEY.into(),
+                queue: None,
+            },
+            t0,
+        );
+        let step = m.step(
+            Event::KeyPut {
+                holder: handed("me", LEASE, 9),
+            },
+            t0,
+        );
+        assert_eq!(
+            step.actions,
+            vec![Action::Confirm {
+                transfer_revision: 9
+            }]
+        );
+        assert!(!is_leader(&m, t0), "a transfer alone is no evidence");
+        let step = m.step(
+            Event::ConfirmDone {
+                succeeded: true,
+                revision: 10,
+            },
+            t0,
+        );
+        assert_eq!(
+            step.transitions,
+            vec![Transition::BecameLeader { fencing_token: 10 }]
+        );
+        assert!(is_leader(&m, t0));
+        assert_eq!(m.view().fencing_token, Some(10));
+        // Our own confirmation on the watch is still ours.
+        assert_eq!(
+            m.step(
+                Event::KeyPut {
+                    holder: handed("me", LEASE, 10)
+                },
+                t0
+            ),
+            Step::default()
+        );
+    }
+
+    #[test]
+    fn a_failed_confirmation_reads_the_key_again() {
+        let (mut m, t0) = succeeding(Duration::ZERO);
+        following(&mut m, t0);
+        m.step(
+            Event::KeyPut {
+                holder: handed("me", LEASE, 9),
+            },
+            t0,
+        );
+        let step = m.step(
+            Event::ConfirmDone {
+                succeeded: false,
+                revision: 11,
+            },
+            t0,
+        );
+        assert!(step.actions.contains(&Action::Campaign { lease: LEASE }));
+        assert!(!is_leader(&m, t0));
+    }
+
+    #[test]
+    fn under_succession_a_followers_token_is_the_holders_last_write() {
+        let (mut m, t0) = succeeding(Duration::ZERO);
+        following(&mut m, t0);
+        m.step(
+            Event::KeyPut {
+                holder: handed("next", 20, 12),
+            },
+            t0,
+        );
+        assert_eq!(m.view().fencing_token, Some(12));
+        assert_eq!(m.view().leader.as_deref(), Some("next"));
+    }
+
+    #[test]
+    fn the_release_delay_comes_before_the_handoff() {
+        let delay = Duration::from_secs(2);
+        let mut m =
+            Machine::new("me", Timing::for_ttl(TTL), delay, 42).with_succession(Succession {
+                revision: "a".into(),
+                handoff_wait: Duration::ZERO,
+            });
+        let t0 = Instant::now();
+        leading(&mut m, t0);
+        let step = m.step(Event::Shutdown, t0);
+        assert!(!step.actions.contains(&Action::ReadCandidates));
+        assert!(!is_leader(&m, t0));
+        let step = m.step(Event::Tick, t0 + delay);
+        assert_eq!(
+            step.actions,
+            vec![Action::Deregister { lease: LEASE }, Action::ReadCandidates]
+        );
+    }
 }
