@@ -442,6 +442,8 @@ pass `(index .Subcharts "etcd-elector")`. See README.md, "Embedding".
       value: {{ $e.shutdownTimeout | quote }}
     - name: ELECTOR_RELEASE_DELAY
       value: {{ $e.releaseDelay | quote }}
+    - name: ELECTOR_HANDOFF_WAIT
+      value: {{ include "etcd-elector.handoffWait" . | quote }}
     - name: ELECTOR_LOG_FORMAT
       value: {{ $e.logFormat | quote }}
     - name: ELECTOR_PROTOCOL
@@ -552,3 +554,18 @@ each without a labelSelector given the application pods' selector labels.
 - {{ toYaml $c | nindent 2 | trim }}
 {{- end }}
 {{- end }}
+
+{{/*
+Seconds a stepping-down leader waits for a new-revision pod to register
+(ELECTOR_HANDOFF_WAIT): elector.handoffWait, else by readiness mode: 3 where
+old pods stop while new ones start (leader), 0 where new pods are Ready first
+(healthy).
+*/}}
+{{- define "etcd-elector.handoffWait" -}}
+{{- $e := .Values.elector -}}
+{{- if kindIs "invalid" $e.handoffWait -}}
+{{- ternary 3 0 (eq $e.readiness "leader") -}}
+{{- else -}}
+{{- $e.handoffWait -}}
+{{- end -}}
+{{- end -}}
