@@ -347,11 +347,13 @@ fn a_leader_is_elected_again_after_etcd_loses_its_data() {
     let next = wait_for_one_leader(&sidecars, SOON);
     let after = etcd.get(&key).expect("held again");
     assert_eq!(after.value, sidecars[next].id());
+    // Handed over (direct succession): the token is the key's mod revision.
+    assert_eq!(sidecars[next].fencing_token(), Some(after.mod_revision));
     assert!(
-        after.create_revision > kv.create_revision,
+        after.mod_revision > kv.mod_revision,
         "the token grows within one data lifetime: {} -> {}",
-        kv.create_revision,
-        after.create_revision
+        kv.mod_revision,
+        after.mod_revision
     );
     let record = prober.stop();
     assert_no_overlap(&record, wiped);
@@ -360,7 +362,7 @@ fn a_leader_is_elected_again_after_etcd_loses_its_data() {
          leader again {} ms after the wipe",
         before.create_revision,
         kv.create_revision,
-        after.create_revision,
+        after.mod_revision,
         since(wiped, recovered)
     );
 }
