@@ -35,7 +35,9 @@
 //! * Time without a leader: from the first round that saw a leader to the end
 //!   of the settle time, the stretches of rounds where nobody answered 200,
 //!   each from its first round's start to the start of the next round with a
-//!   leader: correct to about one round (~[`PROBE_PERIOD`]).
+//!   leader: correct to about one round (~[`PROBE_PERIOD`], longer when the
+//!   machine is busy; the figures give the rounds made), so a handoff that
+//!   fits between two rounds counts 0.
 //! * Overlap, proven: two replicas answered 200 in one round's first pass,
 //!   and the one asked first still answered 200 with the same fencing token
 //!   in the confirming pass. Its claim then certainly covered the other's
@@ -244,8 +246,11 @@ pub struct RolloutFigures {
     /// Replicas answering 200 at the end, with the leader's identity if one.
     pub final_leaders: usize,
     pub final_leader: Option<String>,
-    /// Probe rounds made, and the rollout's length (first B .. end of settle).
+    /// Probe rounds made, and the time they spanned (A's start .. end of
+    /// settle): their rate is the resolution of the times above.
     pub rounds: usize,
+    pub observed: Duration,
+    /// The rollout's length: first B .. end of settle.
     pub duration: Duration,
 }
 
@@ -255,7 +260,7 @@ impl RolloutFigures {
         format!(
             "  run {:>2}: changes {} ({}), without a leader {:.0} ms (longest {:.0} ms), \
              etcd requests {} ({}), overlaps {} (handoffs within a round {}), log terms: {} overlapping, \
-             max overlap {}, final leader {:?} of {}, {} rounds in {:.1} s",
+             max overlap {}, final leader {:?} of {}, {:.1} s ({} probe rounds in {:.1} s)",
             self.run,
             self.leader_changes,
             self.leaders.join(" > "),
@@ -274,8 +279,9 @@ impl RolloutFigures {
                 .map_or("n/a".to_string(), |m| format!("{m:.1} ms")),
             self.final_leader,
             self.final_leaders,
-            self.rounds,
             self.duration.as_secs_f64(),
+            self.rounds,
+            self.observed.as_secs_f64(),
         )
     }
 }
@@ -326,7 +332,7 @@ pub fn print_table(figures: &[RolloutFigures]) {
         .max()
         .unwrap_or_default();
     println!(
-        "| {:<13} | {:<10} | {:>4} | {:>14} | {:>22} | {:>12} | {:>7} | {:>18} |",
+        "| {:<13} | {:<10} | {:>4} | {:>19} | {:>22} | {:>12} | {:>7} | {:>18} |",
         "pattern",
         "way",
         "runs",
@@ -520,6 +526,10 @@ fn run_once(
         final_leaders: final_view.len(),
         final_leader: (final_view.len() == 1).then(|| final_view[0].clone()),
         rounds: rounds.len(),
+        observed: match (rounds.first(), rounds.last()) {
+            (Some(a), Some(b)) => b.start - a.start,
+            _ => Duration::ZERO,
+        },
         duration: t_end - t_start,
     }
 }
