@@ -1017,7 +1017,9 @@ pub fn log_terms(replica: &str, log: &str, now: i64) -> Vec<LogTerm> {
         }
         match v["event"].as_str() {
             Some("became_leader") if open.is_none() => open = Some(at),
-            Some("stepped_down") | Some("lease_lost") => {
+            // Only stepped_down ends a claim (as in support/observe.rs);
+            // lease_lost is followed by it when the replica led.
+            Some("stepped_down") => {
                 if let Some(start) = open.take() {
                     out.push(LogTerm {
                         replica: replica.to_string(),
