@@ -37,7 +37,8 @@
 //!   each from its first round's start to the start of the next round with a
 //!   leader: correct to about one round (~[`PROBE_PERIOD`], longer when the
 //!   machine is busy; the figures give the rounds made), so a handoff that
-//!   fits between two rounds counts 0.
+//!   fits between two rounds counts 0. The logs give a finer figure: the
+//!   time no replica's term (below) covers.
 //! * Overlap, proven: two replicas answered 200 in one round's first pass,
 //!   and the one asked first still answered 200 with the same fencing token
 //!   in the confirming pass. Its claim then certainly covered the other's
@@ -243,6 +244,10 @@ pub struct RolloutFigures {
     /// The largest overlap of two replicas' log terms (negative: the
     /// smallest gap between a term's end and the next one's start).
     pub log_max_overlap: Option<f64>,
+    /// Time without a leader by the logs, first B's start .. end of settle:
+    /// the time no replica's log term covers. Finer than the probes' rounds,
+    /// though each line is written a little after its change.
+    pub log_leaderless: Duration,
     /// Replicas answering 200 at the end, with the leader's identity if one.
     pub final_leaders: usize,
     pub final_leader: Option<String>,
@@ -258,7 +263,7 @@ impl RolloutFigures {
     /// The run's line in the printed table.
     pub fn line(&self) -> String {
         format!(
-            "  run {:>2}: changes {} ({}), without a leader {:.0} ms (longest {:.0} ms), \
+            "  run {:>2}: changes {} ({}), without a leader {:.0} ms (longest {:.0} ms; by the logs {:.1} ms), \
              etcd requests {} ({}), overlaps {} (handoffs within a round {}), log terms: {} overlapping, \
              max overlap {}, final leader {:?} of {}, {:.1} s ({} probe rounds in {:.1} s)",
             self.run,
@@ -266,6 +271,7 @@ impl RolloutFigures {
             self.leaders.join(" > "),
             ms(self.leaderless),
             ms(self.longest_leaderless),
+            ms(self.log_leaderless),
             self.etcd_requests,
             self.etcd_requests_by_method
                 .iter()
@@ -318,6 +324,7 @@ pub fn print_table(figures: &[RolloutFigures]) {
     };
     let mut changes: Vec<f64> = figures.iter().map(|f| f.leader_changes as f64).collect();
     let mut leaderless: Vec<f64> = figures.iter().map(|f| ms(f.leaderless)).collect();
+    let mut log_leaderless: Vec<f64> = figures.iter().map(|f| ms(f.log_leaderless)).collect();
     let mut requests: Vec<f64> = figures.iter().map(|f| f.etcd_requests as f64).collect();
     let overlaps: usize = figures.iter().map(|f| f.overlaps.len()).sum();
     let within: usize = figures.iter().map(|f| f.handoffs_within_a_round).sum();
@@ -332,18 +339,19 @@ pub fn print_table(figures: &[RolloutFigures]) {
         .max()
         .unwrap_or_default();
     println!(
-        "| {:<13} | {:<10} | {:>4} | {:>19} | {:>22} | {:>12} | {:>7} | {:>18} |",
+        "| {:<13} | {:<10} | {:>4} | {:>19} | {:>20} | {:>20} | {:>12} | {:>7} | {:>18} |",
         "pattern",
         "way",
         "runs",
         "changes min/med/max",
         "no leader p50/max ms",
+        "(by logs) p50/max ms",
         "etcd req med",
         "overlap",
         "log overlap (max)"
     );
     println!(
-        "| {:<13} | {:<10} | {:>4} | {:>19} | {:>22} | {:>12} | {:>7} | {:>18} |",
+        "| {:<13} | {:<10} | {:>4} | {:>19} | {:>20} | {:>20} | {:>12} | {:>7} | {:>18} |",
         first.pattern.to_string(),
         first.way.to_string(),
         figures.len(),
@@ -354,6 +362,11 @@ pub fn print_table(figures: &[RolloutFigures]) {
             max(&changes)
         ),
         format!("{:.0}/{:.0}", median(&mut leaderless), max(&leaderless)),
+        format!(
+            "{:.1}/{:.1}",
+            median(&mut log_leaderless),
+            max(&log_leaderless)
+        ),
         fmt_num(median(&mut requests)),
         overlaps,
         format!(
@@ -461,6 +474,7 @@ fn run_once(
 
     let before = etcd_requests(etcd);
     let t_start = Instant::now();
+    let start_wall = wall_micros_now();
     match pattern {
         Pattern::OneAtATime => one_at_a_time(etcd, &key, way, rng, &observer, &mut replicas),
         Pattern::AllAtOnce => all_at_once(etcd, &key, way, rng, &observer, &mut replicas),
@@ -500,6 +514,7 @@ fn run_once(
         terms.extend(log_terms(r.name(), &r.sidecar.logs(), end_wall));
     }
     let (log_overlaps, log_max_overlap) = term_overlaps(&terms);
+    let log_leaderless = uncovered(&terms, start_wall, end_wall);
 
     let mut by_method: Vec<(String, u64)> = after
         .iter()
@@ -523,6 +538,7 @@ fn run_once(
         handoffs_within_a_round: probes.handoffs_within_a_round,
         log_overlaps,
         log_max_overlap,
+        log_leaderless,
         final_leaders: final_view.len(),
         final_leader: (final_view.len() == 1).then(|| final_view[0].clone()),
         rounds: rounds.len(),
@@ -1064,6 +1080,26 @@ pub fn term_overlaps(terms: &[LogTerm]) -> (usize, Option<f64>) {
         }
     }
     (count, largest.map(|us| us as f64 / 1e3))
+}
+
+/// How much of `from..to` (microseconds) no term covers.
+pub fn uncovered(terms: &[LogTerm], from: i64, to: i64) -> Duration {
+    let mut spans: Vec<(i64, i64)> = terms
+        .iter()
+        .map(|t| (t.start.max(from), t.end.min(to)))
+        .filter(|(a, b)| a < b)
+        .collect();
+    spans.sort();
+    let mut covered = 0;
+    let mut reach = from;
+    for (a, b) in spans {
+        let a = a.max(reach);
+        if b > a {
+            covered += b - a;
+            reach = b;
+        }
+    }
+    Duration::from_micros((to - from - covered).max(0) as u64)
 }
 
 fn wall_micros_now() -> i64 {
