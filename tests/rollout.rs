@@ -16,8 +16,12 @@
 mod support;
 
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-use support::rollout::{print_table, runs_from_env, simulate, Pattern, RolloutFigures, Way};
+use support::rollout::{
+    analyse, print_table, runs_from_env, simulate, Answer, Pattern, RolloutFigures, Round, Way,
+    TTL_SECS,
+};
 
 /// Runs per case in CI.
 const DEFAULT_RUNS: usize = 2;
@@ -77,6 +81,54 @@ fn assert_safe(figures: &[RolloutFigures]) {
             f.leaders
         );
     }
+}
+
+/// The probes' reading, on made-up rounds: two 200s in one round are an
+/// overlap only when the first one is confirmed, same token, after the other.
+#[test]
+fn probe_rounds_prove_overlaps_not_handoffs() {
+    let t0 = Instant::now();
+    let at = |ms: u64| t0 + Duration::from_millis(ms);
+    let answer = |target, ms, status, token| Answer {
+        target,
+        sent: at(ms),
+        answered: at(ms) + Duration::from_micros(300),
+        status: Some(status),
+        token: Some(token),
+    };
+    let names = vec!["a-0".to_string(), "b-0".to_string()];
+    let rounds = vec![
+        // a-0 leads.
+        Round {
+            start: at(0),
+            first: vec![answer(0, 0, 200, 1), answer(1, 1, 503, 1)],
+            confirm: vec![answer(0, 2, 200, 1)],
+        },
+        // A handoff inside the round: a-0 no longer leads when asked again.
+        Round {
+            start: at(10),
+            first: vec![answer(0, 10, 200, 1), answer(1, 11, 200, 2)],
+            confirm: vec![answer(0, 12, 503, 2), answer(1, 13, 200, 2)],
+        },
+        // Nobody.
+        Round {
+            start: at(20),
+            first: vec![answer(0, 20, 503, 2), answer(1, 21, 503, 2)],
+            confirm: vec![],
+        },
+        // a-0 leads again and still does after b-0's 200: proven.
+        Round {
+            start: at(30),
+            first: vec![answer(0, 30, 200, 3), answer(1, 31, 200, 2)],
+            confirm: vec![answer(0, 32, 200, 3), answer(1, 33, 200, 2)],
+        },
+    ];
+    let f = analyse(&rounds, &names, at(40));
+    assert_eq!(f.leaders, ["a-0", "b-0", "a-0", "b-0"]);
+    assert_eq!(f.handoffs_within_a_round, 1);
+    assert_eq!(f.overlaps.len(), 1, "{:?}", f.overlaps);
+    assert_eq!(f.leaderless, Duration::from_millis(10));
+    assert_eq!(TTL_SECS.to_string(), Way::Lock.args()[1]);
 }
 
 #[test]

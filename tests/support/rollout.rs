@@ -68,8 +68,9 @@ use super::{http, tail, unique_key, wait_until, Etcd, Sidecar, SidecarBuilder, S
 
 /// Replicas per revision.
 pub const REPLICAS: usize = 5;
-/// Lease TTL: long enough that nothing in a rollout may wait for an expiry
-/// (such a wait would show as seconds without a leader).
+/// Lease TTL (the `--ttl` of every way's arguments): long enough that nothing
+/// in a rollout may wait for an expiry (such a wait would show as seconds
+/// without a leader).
 pub const TTL_SECS: u64 = 10;
 /// How often the observer starts a round of probes.
 pub const PROBE_PERIOD: Duration = Duration::from_millis(10);
