@@ -22,6 +22,7 @@ pub mod golocker;
 pub mod http;
 pub mod job;
 pub mod proxy;
+pub mod rollout;
 pub mod sidecar;
 pub mod tls;
 

@@ -1,0 +1,1136 @@
+//! A rolling restart as a simulation (issue 15): `REPLICAS` sidecars of
+//! revision A are replaced by as many of revision B, the way Kubernetes does
+//! it, while every replica's `/leader` is probed; the figures are how often
+//! leadership moved, how long nobody led, how many requests etcd served, and
+//! whether two replicas ever led at once.
+//!
+//! # The two patterns
+//! * [`Pattern::OneAtATime`] (a Deployment with `maxSurge: 1,
+//!   maxUnavailable: 0`): start one B, wait until it is ready (`/healthz` 200)
+//!   and registered (`/status` state `follower` or `leader`), then stop one A,
+//!   and wait until that A is gone before the next step. The A stopped is the
+//!   one that currently leads, when an A leads (adversarial for a random
+//!   successor: leadership has to move at every step where an A leads);
+//!   otherwise a random A.
+//! * [`Pattern::AllAtOnce`] (leader-only readiness, `maxUnavailable: 100%`):
+//!   spawn every B without waiting, and stop every A within
+//!   [`STOP_SPREAD`] of that.
+//!
+//! "Stop" is what a native sidecar sees: the app container stops first, and
+//! the elector gets SIGTERM after the app's drain, a uniformly random
+//! 0..[`MAX_DRAIN`]. The signals are sent from the test thread at their
+//! scheduled times; every child is spawned from the test thread too (children
+//! die when the thread that spawned them ends, see `support/mod.rs`). The one
+//! helper thread, the [`Observer`], only does HTTP.
+//!
+//! The randomness comes from one [`Rng`] per [`simulate`] call, seeded from the
+//! clock or `ELECTOR_ROLLOUT_SEED`; the seed is printed.
+//!
+//! # What is measured
+//! The observer polls every replica's `GET /leader` in rounds, every
+//! [`PROBE_PERIOD`], on kept-alive connections: a first pass over all
+//! replicas, then a confirming pass over those that answered 200.
+//! * Leader changes: in the order of the first-pass 200s, how often the
+//!   identity answering changes to a different replica.
+//! * Time without a leader: from the first round that saw a leader to the end
+//!   of the settle time, the stretches of rounds where nobody answered 200,
+//!   each from its first round's start to the start of the next round with a
+//!   leader: correct to about one round (~[`PROBE_PERIOD`], longer when the
+//!   machine is busy; the figures give the rounds made), so a handoff that
+//!   fits between two rounds counts 0. The logs give a finer figure: the
+//!   time no replica's term (below) covers.
+//! * Overlap, proven: two replicas answered 200 in one round's first pass,
+//!   and the one asked first still answered 200 with the same fencing token
+//!   in the confirming pass. Its claim then certainly covered the other's
+//!   200 (see `support/observe.rs` on why one 200 each proves nothing: a
+//!   handoff takes milliseconds). Two first-pass 200s without that
+//!   confirmation are a handoff seen inside one round, counted apart.
+//! * Overlap from the logs: each replica's terms (`became_leader` ..
+//!   `stepped_down` in its JSON log, wall-clock timestamps); the largest
+//!   overlap between terms of different replicas. Log lines are written a
+//!   little after the state changes they report, so this is reported, not
+//!   asserted.
+//! * etcd requests: `grpc_server_msg_received_total` summed over every method
+//!   except `LeaseKeepAlive`, scraped from etcd's `/metrics` before the first
+//!   B starts and after the settle time (the logic of
+//!   `benches/elector/procs.rs`, reduced).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use super::{http, tail, unique_key, wait_until, Etcd, Sidecar, SidecarBuilder, Signal, SOON};
+
+/// Replicas per revision.
+pub const REPLICAS: usize = 5;
+/// Lease TTL (the `--ttl` of every way's arguments): long enough that nothing
+/// in a rollout may wait for an expiry (such a wait would show as seconds
+/// without a leader).
+pub const TTL_SECS: u64 = 10;
+/// How often the observer starts a round of probes.
+pub const PROBE_PERIOD: Duration = Duration::from_millis(10);
+/// The longest app drain before an A's elector gets SIGTERM.
+pub const MAX_DRAIN: Duration = Duration::from_secs(2);
+/// In [`Pattern::AllAtOnce`], every A starts stopping within this of the Bs' spawn.
+pub const STOP_SPREAD: Duration = Duration::from_millis(100);
+/// Probing goes on this long after the last A is gone and one B leads.
+pub const SETTLE: Duration = Duration::from_millis(500);
+/// The bound on an A's exit after SIGTERM: `--shutdown-timeout` plus slack.
+pub const EXIT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Runs per (pattern, way) when `ELECTOR_ROLLOUT_RUNS` is set but empty or
+/// unparsable; see [`runs_from_env`].
+pub const MANY_RUNS: usize = 20;
+
+/// Settings every way shares: the TTL above, a shutdown that has time to give
+/// the lease back, and no release delay (a rollout here has no endpoints to
+/// drain).
+const COMMON_ARGS: [&str; 6] = [
+    "--ttl",
+    "10",
+    "--shutdown-timeout",
+    "10",
+    "--release-delay",
+    "0",
+];
+
+/// How Kubernetes replaces the replicas; see the module docs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pattern {
+    OneAtATime,
+    AllAtOnce,
+}
+
+impl Pattern {
+    pub const ALL: [Pattern; 2] = [Pattern::OneAtATime, Pattern::AllAtOnce];
+}
+
+impl fmt::Display for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Pattern::OneAtATime => "one-at-a-time",
+            Pattern::AllAtOnce => "all-at-once",
+        })
+    }
+}
+
+/// Which sidecar behaviour the replicas run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Way {
+    /// The default: one lock key; on release a random waiting follower wins.
+    Lock,
+    /// `--protocol election`: etcd's concurrency.Election queue.
+    Election,
+    /// Direct succession: the leader hands over to a chosen successor. Until
+    /// that change lands it runs exactly [`Way::Lock`]'s arguments (see
+    /// [`SUCCESSION_ARGS`]).
+    Succession,
+}
+
+/// The extra arguments of [`Way::Succession`]. Empty today, so it behaves as
+/// the lock; when direct succession lands behind a flag, the flag goes here
+/// (if it becomes the default, this stays empty).
+pub const SUCCESSION_ARGS: &[&str] = &[];
+
+impl Way {
+    /// The sidecar's arguments for this way (besides endpoints, key and id).
+    pub fn args(self) -> Vec<&'static str> {
+        let mut args = COMMON_ARGS.to_vec();
+        match self {
+            Way::Lock => {}
+            Way::Election => args.extend(["--protocol", "election"]),
+            Way::Succession => args.extend(SUCCESSION_ARGS),
+        }
+        args
+    }
+}
+
+impl fmt::Display for Way {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Way::Lock => "lock",
+            Way::Election => "election",
+            Way::Succession => "succession",
+        })
+    }
+}
+
+/// The number of runs per (pattern, way): `ELECTOR_ROLLOUT_RUNS` if it is a
+/// number, [`MANY_RUNS`] if it is set otherwise, else `default`.
+pub fn runs_from_env(default: usize) -> usize {
+    match std::env::var("ELECTOR_ROLLOUT_RUNS") {
+        Ok(v) => v.trim().parse().unwrap_or(MANY_RUNS).max(1),
+        Err(_) => default,
+    }
+}
+
+/// splitmix64: small, fast, and enough for drain delays.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    /// `ELECTOR_ROLLOUT_SEED` (decimal or 0x-hex) if set, else the clock's
+    /// nanoseconds.
+    pub fn seed_from_env_or_clock() -> u64 {
+        if let Ok(s) = std::env::var("ELECTOR_ROLLOUT_SEED") {
+            let s = s.trim();
+            let parsed = match s.strip_prefix("0x") {
+                Some(hex) => u64::from_str_radix(hex, 16).ok(),
+                None => s.parse().ok(),
+            };
+            if let Some(seed) = parsed {
+                return seed;
+            }
+        }
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (n > 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+
+    /// Uniform in `[0, max]`, to the microsecond.
+    pub fn up_to(&mut self, max: Duration) -> Duration {
+        Duration::from_micros(self.next_u64() % (max.as_micros() as u64 + 1))
+    }
+}
+
+/// What one rollout showed. Times are from the probes unless named `log_`.
+#[derive(Debug, Clone)]
+pub struct RolloutFigures {
+    pub pattern: Pattern,
+    pub way: Way,
+    /// The [`simulate`] call's seed and this run's index in it.
+    pub seed: u64,
+    pub run: usize,
+    /// Identities in the order they answered 200 (consecutive repeats merged).
+    pub leaders: Vec<String>,
+    /// `leaders.len() - 1`.
+    pub leader_changes: usize,
+    /// Sum of the stretches without any 200, first leader .. end of settle.
+    pub leaderless: Duration,
+    /// The longest of those stretches.
+    pub longest_leaderless: Duration,
+    /// etcd gRPC messages received during the rollout, `LeaseKeepAlive` aside.
+    pub etcd_requests: u64,
+    /// The same, per method.
+    pub etcd_requests_by_method: Vec<(String, u64)>,
+    /// Proven overlaps (see the module docs), described.
+    pub overlaps: Vec<String>,
+    /// Rounds whose first pass saw two 200s that the confirming pass did not
+    /// prove to overlap: handoffs faster than a round.
+    pub handoffs_within_a_round: usize,
+    /// Pairs of log terms of different replicas that overlap at all.
+    pub log_overlaps: usize,
+    /// The largest overlap of two replicas' log terms (negative: the
+    /// smallest gap between a term's end and the next one's start).
+    pub log_max_overlap: Option<f64>,
+    /// Time without a leader by the logs, first B's start .. end of settle:
+    /// the time no replica's log term covers. Finer than the probes' rounds,
+    /// though each line is written a little after its change.
+    pub log_leaderless: Duration,
+    /// Replicas answering 200 at the end, with the leader's identity if one.
+    pub final_leaders: usize,
+    pub final_leader: Option<String>,
+    /// Probe rounds made, and the time they spanned (A's start .. end of
+    /// settle): their rate is the resolution of the times above.
+    pub rounds: usize,
+    pub observed: Duration,
+    /// The rollout's length: first B .. end of settle.
+    pub duration: Duration,
+}
+
+impl RolloutFigures {
+    /// The run's line in the printed table.
+    pub fn line(&self) -> String {
+        format!(
+            "  run {:>2}: changes {} ({}), without a leader {:.0} ms (longest {:.0} ms; by the logs {:.1} ms), \
+             etcd requests {} ({}), overlaps {} (handoffs within a round {}), log terms: {} overlapping, \
+             max overlap {}, final leader {:?} of {}, {:.1} s ({} probe rounds in {:.1} s)",
+            self.run,
+            self.leader_changes,
+            self.leaders.join(" > "),
+            ms(self.leaderless),
+            ms(self.longest_leaderless),
+            ms(self.log_leaderless),
+            self.etcd_requests,
+            self.etcd_requests_by_method
+                .iter()
+                .map(|(m, n)| format!("{m} {n}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            self.overlaps.len(),
+            self.handoffs_within_a_round,
+            self.log_overlaps,
+            self.log_max_overlap
+                .map_or("n/a".to_string(), |m| format!("{m:.1} ms")),
+            self.final_leader,
+            self.final_leaders,
+            self.duration.as_secs_f64(),
+            self.rounds,
+            self.observed.as_secs_f64(),
+        )
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Runs `runs` rollouts of `pattern` with `way` on one fresh etcd (a new key
+/// each run) from the calling thread, printing each run's figures, and
+/// returns them. Panics, with the sidecars' logs, when a step cannot complete
+/// (a replica not ready, an A not exiting, no single B leading at the end).
+pub fn simulate(pattern: Pattern, way: Way, runs: usize) -> Vec<RolloutFigures> {
+    let seed = Rng::seed_from_env_or_clock();
+    println!(
+        "rollout {pattern} x {way}: {runs} runs, seed {seed:#x} (ELECTOR_ROLLOUT_SEED to repeat)"
+    );
+    let mut rng = Rng::new(seed);
+    let etcd = Etcd::start();
+    (0..runs)
+        .map(|run| {
+            let f = run_once(&etcd, pattern, way, &mut rng, seed, run);
+            println!("{}", f.line());
+            f
+        })
+        .collect()
+}
+
+/// Prints the summary of one (pattern, way): leader changes min/median/max,
+/// time without a leader p50/max, etcd requests median, overlaps.
+pub fn print_table(figures: &[RolloutFigures]) {
+    let Some(first) = figures.first() else {
+        return;
+    };
+    let mut changes: Vec<f64> = figures.iter().map(|f| f.leader_changes as f64).collect();
+    let mut leaderless: Vec<f64> = figures.iter().map(|f| ms(f.leaderless)).collect();
+    let mut log_leaderless: Vec<f64> = figures.iter().map(|f| ms(f.log_leaderless)).collect();
+    let mut requests: Vec<f64> = figures.iter().map(|f| f.etcd_requests as f64).collect();
+    let overlaps: usize = figures.iter().map(|f| f.overlaps.len()).sum();
+    let within: usize = figures.iter().map(|f| f.handoffs_within_a_round).sum();
+    let log_overlaps: usize = figures.iter().map(|f| f.log_overlaps).sum();
+    let log_max = figures
+        .iter()
+        .filter_map(|f| f.log_max_overlap)
+        .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
+    let longest = figures
+        .iter()
+        .map(|f| f.longest_leaderless)
+        .max()
+        .unwrap_or_default();
+    println!(
+        "| {:<13} | {:<10} | {:>4} | {:>19} | {:>20} | {:>20} | {:>12} | {:>7} | {:>18} |",
+        "pattern",
+        "way",
+        "runs",
+        "changes min/med/max",
+        "no leader p50/max ms",
+        "(by logs) p50/max ms",
+        "etcd req med",
+        "overlap",
+        "log overlap (max)"
+    );
+    println!(
+        "| {:<13} | {:<10} | {:>4} | {:>19} | {:>20} | {:>20} | {:>12} | {:>7} | {:>18} |",
+        first.pattern.to_string(),
+        first.way.to_string(),
+        figures.len(),
+        format!(
+            "{:.0}/{}/{:.0}",
+            min(&changes),
+            fmt_num(median(&mut changes)),
+            max(&changes)
+        ),
+        format!("{:.0}/{:.0}", median(&mut leaderless), max(&leaderless)),
+        format!(
+            "{:.1}/{:.1}",
+            median(&mut log_leaderless),
+            max(&log_leaderless)
+        ),
+        fmt_num(median(&mut requests)),
+        overlaps,
+        format!(
+            "{log_overlaps} ({})",
+            log_max.map_or("n/a".into(), |m| format!("{m:.1} ms"))
+        ),
+    );
+    println!(
+        "  longest single stretch without a leader: {:.0} ms; handoffs seen within one probe round: {within}",
+        ms(longest)
+    );
+}
+
+fn fmt_num(v: f64) -> String {
+    if v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}")
+    }
+}
+
+fn min(v: &[f64]) -> f64 {
+    v.iter().copied().fold(f64::INFINITY, f64::min)
+}
+
+fn max(v: &[f64]) -> f64 {
+    v.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+}
+
+/// The median (the mean of the middle two for an even count).
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// One replica of the rollout.
+struct Replica {
+    sidecar: Sidecar,
+    builder: SidecarBuilder,
+    revision: char,
+    /// Its index among the observer's targets.
+    target: usize,
+    /// SIGTERM sent.
+    stopped: bool,
+}
+
+impl Replica {
+    fn name(&self) -> &str {
+        self.sidecar.id()
+    }
+}
+
+fn builder(etcd: &Etcd, key: &str, way: Way, revision: char, i: usize) -> SidecarBuilder {
+    let id = format!("{}-{i}", revision.to_ascii_lowercase());
+    Sidecar::builder()
+        .endpoints(&etcd.endpoint())
+        .key(key)
+        .id(&id)
+        .args(&way.args())
+        // Not read by the binary yet; it will be (which revision a replica runs).
+        .env("ELECTOR_REVISION", &revision.to_string())
+}
+
+fn run_once(
+    etcd: &Etcd,
+    pattern: Pattern,
+    way: Way,
+    rng: &mut Rng,
+    seed: u64,
+    run: usize,
+) -> RolloutFigures {
+    let key = unique_key(&format!("rollout-{pattern}-{way}"));
+    let observer = Observer::start();
+    let mut replicas: Vec<Replica> = Vec::new();
+
+    // Revision A, settled: one leader, every replica registered.
+    for i in 0..REPLICAS {
+        let builder = builder(etcd, &key, way, 'A', i);
+        let sidecar = builder.clone().start();
+        let target = observer.add(sidecar.addr());
+        replicas.push(Replica {
+            sidecar,
+            builder,
+            revision: 'A',
+            target,
+            stopped: false,
+        });
+    }
+    for r in &replicas {
+        wait_registered(r);
+    }
+    assert!(
+        wait_until(SOON, || observer.has_seen_leader()),
+        "no A led within {SOON:?} of their start:\n{}",
+        views(&replicas)
+    );
+
+    let before = etcd_requests(etcd);
+    let t_start = Instant::now();
+    let start_wall = wall_micros_now();
+    match pattern {
+        Pattern::OneAtATime => one_at_a_time(etcd, &key, way, rng, &observer, &mut replicas),
+        Pattern::AllAtOnce => all_at_once(etcd, &key, way, rng, &observer, &mut replicas),
+    }
+
+    // Every A is gone: exactly one B must lead.
+    let mut leaders = Vec::new();
+    let settled = wait_until(SOON, || {
+        leaders = replicas
+            .iter()
+            .filter(|r| r.revision == 'B' && r.sidecar.is_leader())
+            .map(|r| r.name().to_string())
+            .collect();
+        leaders.len() == 1
+    });
+    assert!(
+        settled,
+        "{pattern} x {way}: no single B leader within {SOON:?} after the last A left (leading: {leaders:?}):\n{}",
+        views(&replicas)
+    );
+    thread::sleep(SETTLE);
+    let after = etcd_requests(etcd);
+    let t_end = Instant::now();
+    let rounds = observer.stop();
+
+    let final_view: Vec<String> = replicas
+        .iter()
+        .filter(|r| r.revision == 'B' && r.sidecar.is_leader())
+        .map(|r| r.name().to_string())
+        .collect();
+
+    let names: Vec<String> = replicas.iter().map(|r| r.name().to_string()).collect();
+    let probes = analyse(&rounds, &names, t_end);
+    let end_wall = wall_micros_now();
+    let mut terms = Vec::new();
+    for r in &replicas {
+        terms.extend(log_terms(r.name(), &r.sidecar.logs(), end_wall));
+    }
+    let (log_overlaps, log_max_overlap) = term_overlaps(&terms);
+    let log_leaderless = uncovered(&terms, start_wall, end_wall);
+
+    let mut by_method: Vec<(String, u64)> = after
+        .iter()
+        .map(|(m, v)| (m.clone(), v - before.get(m).copied().unwrap_or(0)))
+        .filter(|(_, d)| *d > 0)
+        .collect();
+    by_method.sort();
+
+    RolloutFigures {
+        pattern,
+        way,
+        seed,
+        run,
+        leader_changes: probes.leaders.len().saturating_sub(1),
+        leaders: probes.leaders,
+        leaderless: probes.leaderless,
+        longest_leaderless: probes.longest_leaderless,
+        etcd_requests: by_method.iter().map(|(_, d)| d).sum(),
+        etcd_requests_by_method: by_method,
+        overlaps: probes.overlaps,
+        handoffs_within_a_round: probes.handoffs_within_a_round,
+        log_overlaps,
+        log_max_overlap,
+        log_leaderless,
+        final_leaders: final_view.len(),
+        final_leader: (final_view.len() == 1).then(|| final_view[0].clone()),
+        rounds: rounds.len(),
+        observed: match (rounds.first(), rounds.last()) {
+            (Some(a), Some(b)) => b.start - a.start,
+            _ => Duration::ZERO,
+        },
+        duration: t_end - t_start,
+    }
+}
+
+/// Maxsurge 1, maxUnavailable 0: one B up and registered, then one A down.
+fn one_at_a_time(
+    etcd: &Etcd,
+    key: &str,
+    way: Way,
+    rng: &mut Rng,
+    observer: &Observer,
+    replicas: &mut Vec<Replica>,
+) {
+    for i in 0..REPLICAS {
+        let builder = builder(etcd, key, way, 'B', i);
+        let sidecar = builder.clone().start();
+        let target = observer.add(sidecar.addr());
+        let b = Replica {
+            sidecar,
+            builder,
+            revision: 'B',
+            target,
+            stopped: false,
+        };
+        wait_registered(&b);
+        replicas.push(b);
+
+        // The A to stop: the leader if an A leads, else a random A.
+        let running: Vec<usize> = (0..replicas.len())
+            .filter(|&j| replicas[j].revision == 'A' && !replicas[j].stopped)
+            .collect();
+        let leading = running
+            .iter()
+            .copied()
+            .find(|&j| replicas[j].sidecar.is_leader());
+        let victim = leading.unwrap_or_else(|| running[rng.below(running.len())]);
+
+        // The app container stops first; the elector gets SIGTERM after its drain.
+        thread::sleep(rng.up_to(MAX_DRAIN));
+        let a = &mut replicas[victim];
+        a.sidecar.signal(Signal::SIGTERM);
+        a.stopped = true;
+        a.sidecar.wait_exit(EXIT_TIMEOUT);
+    }
+}
+
+/// maxUnavailable 100%: every B spawned at once, every A stopping within
+/// [`STOP_SPREAD`], each A's SIGTERM after its own drain.
+fn all_at_once(
+    etcd: &Etcd,
+    key: &str,
+    way: Way,
+    rng: &mut Rng,
+    observer: &Observer,
+    replicas: &mut Vec<Replica>,
+) {
+    let first_b = replicas.len();
+    for i in 0..REPLICAS {
+        let builder = builder(etcd, key, way, 'B', i);
+        let sidecar = builder.clone().spawn();
+        let target = observer.add(sidecar.addr());
+        replicas.push(Replica {
+            sidecar,
+            builder,
+            revision: 'B',
+            target,
+            stopped: false,
+        });
+    }
+    let t0 = Instant::now();
+    let mut schedule: Vec<(Instant, usize)> = (0..first_b)
+        .map(|j| (t0 + rng.up_to(STOP_SPREAD) + rng.up_to(MAX_DRAIN), j))
+        .collect();
+    schedule.sort();
+    for (at, j) in schedule {
+        if let Some(wait) = at.checked_duration_since(Instant::now()) {
+            thread::sleep(wait);
+        }
+        replicas[j].sidecar.signal(Signal::SIGTERM);
+        replicas[j].stopped = true;
+    }
+    for b in replicas[first_b..].iter_mut() {
+        ensure_up(b, observer);
+    }
+    for a in replicas[..first_b].iter_mut() {
+        a.sidecar.wait_exit(EXIT_TIMEOUT);
+    }
+}
+
+/// Waits for a spawned (not started) replica's `/healthz`, respawning it on
+/// other ports if a port it was given was taken meanwhile (as
+/// `SidecarBuilder::start` does).
+fn ensure_up(r: &mut Replica, observer: &Observer) {
+    for _ in 0..3 {
+        let s = &mut r.sidecar;
+        let up = wait_until(SOON, || {
+            matches!(s.try_get("/healthz"), Ok(resp) if resp.status == 200) || !s.is_running()
+        });
+        if up && r.sidecar.is_running() {
+            return;
+        }
+        if r.sidecar.logs().contains("Address already in use") {
+            eprintln!("{}: a port was taken, respawning on others", r.name());
+            r.sidecar = r.builder.clone().spawn();
+            observer.replace(r.target, r.sidecar.addr());
+            continue;
+        }
+        break;
+    }
+    panic!(
+        "{} not ready within {SOON:?}; log:\n{}",
+        r.name(),
+        tail(&r.sidecar.logs(), 40)
+    );
+}
+
+/// Waits until `/status` says `follower` or `leader`: the replica knows the
+/// election and takes part in it.
+fn wait_registered(r: &Replica) {
+    let mut last = String::new();
+    let ok = wait_until(SOON, || match r.sidecar.try_get("/status") {
+        Ok(resp) => {
+            let state = serde_json::from_str::<serde_json::Value>(&resp.body)
+                .ok()
+                .and_then(|v| v["state"].as_str().map(String::from))
+                .unwrap_or_default();
+            last = state.clone();
+            state == "follower" || state == "leader"
+        }
+        Err(e) => {
+            last = e.to_string();
+            false
+        }
+    });
+    assert!(
+        ok,
+        "{} not registered within {SOON:?} (last /status state: {last}); log:\n{}",
+        r.name(),
+        tail(&r.sidecar.logs(), 40)
+    );
+}
+
+/// Every replica's `/leader`, for failure messages.
+fn views(replicas: &[Replica]) -> String {
+    replicas
+        .iter()
+        .map(|r| match r.sidecar.try_get("/leader") {
+            Ok(resp) => format!("{}: {} {}", r.name(), resp.status, resp.body),
+            Err(e) => format!("{}: no answer ({e})", r.name()),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// etcd's `grpc_server_msg_received_total` per method, `LeaseKeepAlive` left
+/// out (one message per keep-alive on the stream: the steady cost, not the
+/// rollout's).
+pub fn etcd_requests(etcd: &Etcd) -> HashMap<String, u64> {
+    let body = http::simple(etcd.client_addr(), "GET", "/metrics", b"")
+        .map(|r| r.body)
+        .unwrap_or_else(|e| panic!("scraping etcd's /metrics: {e}"));
+    let mut out = HashMap::new();
+    for line in body.lines() {
+        let Some(labels) = line.strip_prefix("grpc_server_msg_received_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = labels.rsplit_once(' ') else {
+            continue;
+        };
+        let Some(method) = label(labels, "grpc_method") else {
+            continue;
+        };
+        if method == "LeaseKeepAlive" {
+            continue;
+        }
+        let n = value.parse::<f64>().unwrap_or(0.0) as u64;
+        *out.entry(method).or_insert(0) += n;
+    }
+    out
+}
+
+fn label(labels: &str, key: &str) -> Option<String> {
+    let start = labels.find(&format!("{key}=\""))? + key.len() + 2;
+    let end = labels[start..].find('"')? + start;
+    Some(labels[start..end].to_string())
+}
+
+/// One `/leader` probe.
+#[derive(Debug, Clone, Copy)]
+pub struct Answer {
+    pub target: usize,
+    pub sent: Instant,
+    pub answered: Instant,
+    /// `None` when there was no answer.
+    pub status: Option<u16>,
+    pub token: Option<i64>,
+}
+
+impl Answer {
+    pub fn is_leader(&self) -> bool {
+        self.status == Some(200)
+    }
+}
+
+/// One round: every target once, then again those that answered 200.
+#[derive(Debug, Clone)]
+pub struct Round {
+    pub start: Instant,
+    pub first: Vec<Answer>,
+    pub confirm: Vec<Answer>,
+}
+
+/// Polls every registered target's `/leader` in rounds from one thread that
+/// does nothing but HTTP; targets are added by the test thread as replicas
+/// start.
+pub struct Observer {
+    targets: Arc<Mutex<Vec<SocketAddr>>>,
+    stop: Arc<AtomicBool>,
+    seen_leader: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Vec<Round>>>,
+}
+
+impl Observer {
+    pub fn start() -> Observer {
+        let targets = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen_leader = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (targets, stop, seen) = (targets.clone(), stop.clone(), seen_leader.clone());
+            thread::Builder::new()
+                .name("rollout-observer".into())
+                .spawn(move || observe(&targets, &stop, &seen))
+                .expect("spawning the observer thread")
+        };
+        Observer {
+            targets,
+            stop,
+            seen_leader,
+            thread: Some(thread),
+        }
+    }
+
+    /// Adds a target; returns its index.
+    pub fn add(&self, addr: SocketAddr) -> usize {
+        let mut t = self.targets.lock().expect("observer targets");
+        t.push(addr);
+        t.len() - 1
+    }
+
+    /// Points target `i` at a new address (a respawned replica).
+    pub fn replace(&self, i: usize, addr: SocketAddr) {
+        self.targets.lock().expect("observer targets")[i] = addr;
+    }
+
+    /// Whether any round has seen a 200.
+    pub fn has_seen_leader(&self) -> bool {
+        self.seen_leader.load(Ordering::SeqCst)
+    }
+
+    /// Stops the thread and returns its rounds.
+    pub fn stop(mut self) -> Vec<Round> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread
+            .take()
+            .expect("stopped once")
+            .join()
+            .expect("the observer thread panicked")
+    }
+}
+
+impl Drop for Observer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+fn observe(targets: &Mutex<Vec<SocketAddr>>, stop: &AtomicBool, seen: &AtomicBool) -> Vec<Round> {
+    let mut conns: Vec<Option<(SocketAddr, TcpStream)>> = Vec::new();
+    let mut rounds = Vec::new();
+    let mut next = Instant::now();
+    while !stop.load(Ordering::SeqCst) {
+        let addrs = targets.lock().expect("observer targets").clone();
+        conns.resize_with(addrs.len(), || None);
+        let start = Instant::now();
+        let first: Vec<Answer> = (0..addrs.len())
+            .map(|i| probe(i, addrs[i], &mut conns[i]))
+            .collect();
+        let confirm: Vec<Answer> = first
+            .iter()
+            .filter(|a| a.is_leader())
+            .map(|a| probe(a.target, addrs[a.target], &mut conns[a.target]))
+            .collect();
+        if !confirm.is_empty() {
+            seen.store(true, Ordering::SeqCst);
+        }
+        rounds.push(Round {
+            start,
+            first,
+            confirm,
+        });
+        next += PROBE_PERIOD;
+        let now = Instant::now();
+        match next.checked_duration_since(now) {
+            Some(wait) => thread::sleep(wait),
+            // Behind (a slow round): start the next one now, on a fresh schedule.
+            None => next = now,
+        }
+    }
+    rounds
+}
+
+/// `GET /leader` on the target's kept-alive connection; a failure on a reused
+/// connection is retried once on a new one (the server may have closed it).
+fn probe(target: usize, addr: SocketAddr, conn: &mut Option<(SocketAddr, TcpStream)>) -> Answer {
+    let sent = Instant::now();
+    if conn.as_ref().is_some_and(|(a, _)| *a != addr) {
+        *conn = None;
+    }
+    let mut result = None;
+    for _ in 0..2 {
+        let reused = conn.is_some();
+        result = probe_once(addr, conn);
+        if result.is_some() {
+            break;
+        }
+        *conn = None;
+        if !reused {
+            break;
+        }
+    }
+    let (status, token) = result.unwrap_or((None, None));
+    Answer {
+        target,
+        sent,
+        answered: Instant::now(),
+        status,
+        token,
+    }
+}
+
+fn probe_once(
+    addr: SocketAddr,
+    conn: &mut Option<(SocketAddr, TcpStream)>,
+) -> Option<(Option<u16>, Option<i64>)> {
+    if conn.is_none() {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        stream
+            .set_write_timeout(Some(Duration::from_secs(2)))
+            .ok()?;
+        let _ = stream.set_nodelay(true);
+        *conn = Some((addr, stream));
+    }
+    let (_, stream) = conn.as_mut()?;
+    stream
+        .write_all(b"GET /leader HTTP/1.1\r\nHost: rollout\r\n\r\n")
+        .ok()?;
+    let resp = http::read_response(stream, false).ok()?;
+    let token = serde_json::from_str::<serde_json::Value>(&resp.body)
+        .ok()
+        .and_then(|v| v["fencing_token"].as_i64());
+    if resp
+        .header("connection")
+        .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+    {
+        *conn = None;
+    }
+    Some((Some(resp.status), token))
+}
+
+/// What the rounds say.
+pub struct ProbeFigures {
+    pub leaders: Vec<String>,
+    pub leaderless: Duration,
+    pub longest_leaderless: Duration,
+    pub overlaps: Vec<String>,
+    pub handoffs_within_a_round: usize,
+}
+
+/// Reads the rounds (see the module docs); `names[i]` is target `i`, `end`
+/// closes a stretch without a leader still open at the last round.
+pub fn analyse(rounds: &[Round], names: &[String], end: Instant) -> ProbeFigures {
+    let name = |i: usize| names.get(i).cloned().unwrap_or_else(|| format!("#{i}"));
+    let mut leaders: Vec<String> = Vec::new();
+    let mut leaderless = Duration::ZERO;
+    let mut longest = Duration::ZERO;
+    let mut gap_since: Option<Instant> = None;
+    let mut seen = false;
+    let mut overlaps = Vec::new();
+    let mut within = 0;
+    let origin = rounds.first().map_or(end, |r| r.start);
+    let at = |t: Instant| ms(t.saturating_duration_since(origin));
+
+    for round in rounds {
+        let mut led: Vec<&Answer> = round.first.iter().filter(|a| a.is_leader()).collect();
+        led.sort_by_key(|a| a.answered);
+        if led.is_empty() {
+            if seen && gap_since.is_none() {
+                gap_since = Some(round.start);
+            }
+            continue;
+        }
+        seen = true;
+        if let Some(since) = gap_since.take() {
+            let gap = round.start - since;
+            leaderless += gap;
+            longest = longest.max(gap);
+        }
+        for a in &led {
+            let n = name(a.target);
+            if leaders.last() != Some(&n) {
+                leaders.push(n);
+            }
+        }
+        if led.len() >= 2 {
+            let mut proven = false;
+            for (k, p) in led.iter().enumerate() {
+                let confirmed = round
+                    .confirm
+                    .iter()
+                    .any(|c| c.target == p.target && c.is_leader() && c.token == p.token);
+                if !confirmed {
+                    continue;
+                }
+                for q in &led[k + 1..] {
+                    proven = true;
+                    overlaps.push(format!(
+                        "{} (token {:?}) led from its 200 at {:.1} ms through its confirming 200, \
+                         and {} (token {:?}) answered 200 at {:.1}..{:.1} ms in between",
+                        name(p.target),
+                        p.token,
+                        at(p.answered),
+                        name(q.target),
+                        q.token,
+                        at(q.sent),
+                        at(q.answered)
+                    ));
+                }
+            }
+            if !proven {
+                within += 1;
+            }
+        }
+    }
+    if let Some(since) = gap_since {
+        let gap = end.saturating_duration_since(since);
+        leaderless += gap;
+        longest = longest.max(gap);
+    }
+    ProbeFigures {
+        leaders,
+        leaderless,
+        longest_leaderless: longest,
+        overlaps,
+        handoffs_within_a_round: within,
+    }
+}
+
+/// One term in a replica's JSON log: `became_leader` .. `stepped_down`, in
+/// microseconds since the Unix epoch.
+#[derive(Debug, Clone)]
+pub struct LogTerm {
+    pub replica: String,
+    pub start: i64,
+    pub end: i64,
+}
+
+/// The terms in `log`; one still open ends at the log's last timestamp if
+/// the process stopped logging after it, else at `now`.
+pub fn log_terms(replica: &str, log: &str, now: i64) -> Vec<LogTerm> {
+    let mut out = Vec::new();
+    let mut open: Option<i64> = None;
+    let mut last_stamp = None;
+    let mut exited = false;
+    for line in log.lines().filter(|l| l.starts_with('{')) {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let Some(at) = v["timestamp"].as_str().and_then(parse_utc_micros) else {
+            continue;
+        };
+        last_stamp = Some(at);
+        if v["message"].as_str() == Some("stopped") {
+            exited = true;
+        }
+        match v["event"].as_str() {
+            Some("became_leader") if open.is_none() => open = Some(at),
+            // Only stepped_down ends a claim (as in support/observe.rs);
+            // lease_lost is followed by it when the replica led.
+            Some("stepped_down") => {
+                if let Some(start) = open.take() {
+                    out.push(LogTerm {
+                        replica: replica.to_string(),
+                        start,
+                        end: at,
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Some(start) = open {
+        let end = if exited {
+            last_stamp.unwrap_or(now)
+        } else {
+            now
+        };
+        out.push(LogTerm {
+            replica: replica.to_string(),
+            start,
+            end,
+        });
+    }
+    out
+}
+
+/// How many pairs of terms of different replicas overlap (by more than 0),
+/// and the largest overlap in ms (negative: the closest two came to it).
+pub fn term_overlaps(terms: &[LogTerm]) -> (usize, Option<f64>) {
+    let mut count = 0;
+    let mut largest: Option<i64> = None;
+    for (i, a) in terms.iter().enumerate() {
+        for b in &terms[i + 1..] {
+            if a.replica == b.replica {
+                continue;
+            }
+            let overlap = a.end.min(b.end) - a.start.max(b.start);
+            if overlap > 0 {
+                count += 1;
+            }
+            largest = Some(largest.map_or(overlap, |l| l.max(overlap)));
+        }
+    }
+    (count, largest.map(|us| us as f64 / 1e3))
+}
+
+/// How much of `from..to` (microseconds) no term covers.
+pub fn uncovered(terms: &[LogTerm], from: i64, to: i64) -> Duration {
+    let mut spans: Vec<(i64, i64)> = terms
+        .iter()
+        .map(|t| (t.start.max(from), t.end.min(to)))
+        .filter(|(a, b)| a < b)
+        .collect();
+    spans.sort();
+    let mut covered = 0;
+    let mut reach = from;
+    for (a, b) in spans {
+        let a = a.max(reach);
+        if b > a {
+            covered += b - a;
+            reach = b;
+        }
+    }
+    Duration::from_micros((to - from - covered).max(0) as u64)
+}
+
+fn wall_micros_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or_default()
+}
+
+/// `2026-01-02T03:04:05.123456Z` (UTC, as the sidecar writes it) as
+/// microseconds since the Unix epoch. `support/observe.rs` has the general
+/// version (offsets); this file must not depend on it, since every test
+/// crate compiles this module.
+pub fn parse_utc_micros(s: &str) -> Option<i64> {
+    let (date, clock) = s.strip_suffix('Z')?.split_once('T')?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>());
+    let (y, mo, da) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
+    let (hms, frac) = clock.split_once('.').unwrap_or((clock, ""));
+    let mut t = hms.split(':').map(|p| p.parse::<i64>());
+    let (h, mi, se) = (t.next()?.ok()?, t.next()?.ok()?, t.next()?.ok()?);
+    let mut micros = 0i64;
+    for (i, c) in frac.chars().take(6).enumerate() {
+        micros += i64::from(c.to_digit(10)?) * 10i64.pow(5 - i as u32);
+    }
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if mo <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((mo + 9) % 12) + 2) / 5 + da - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some((days * 86_400 + h * 3600 + mi * 60 + se) * 1_000_000 + micros)
+}
