@@ -150,6 +150,10 @@ pub struct ElectorArgs {
                                release to register, to hand it the key (lock protocol; bounded \
                                by the shutdown timeout)", DEFAULT_HANDOFF_WAIT.as_secs_f64()))]
     pub handoff_wait: Option<Seconds>,
+    /// Give the key up by revoking, as before direct succession: no registration, no
+    /// transfer (for a fleet that mixes in older versions, or to compare)
+    #[arg(long, env = "ELECTOR_NO_SUCCESSION", num_args = 0..=1, default_missing_value = "true")]
+    pub no_succession: Option<bool>,
     #[arg(long, env = "ELECTOR_LOG_FORMAT", value_enum,
           help = with_default("Log format; RUST_LOG filters (info by default)",
                               name_of(LogFormat::default())))]
@@ -391,7 +395,8 @@ fn resolve(file: Option<PathBuf>, matches: &ArgMatches, job: bool) -> Result<Con
     let protocol = args.protocol.unwrap_or_default();
     // Succession is for lock-protocol sidecars: the election protocol keeps etcd's queue
     // order, and `run` gives its lock back only once its command is dead.
-    let succession = (protocol == Protocol::Lock && !job).then(|| Succession {
+    let wanted = protocol == Protocol::Lock && !job && args.no_succession != Some(true);
+    let succession = wanted.then(|| Succession {
         revision: args.revision.unwrap_or_default(),
         // The wait, the transfer and its confirmation must fit in what the shutdown timeout
         // leaves after the release delay; the rest is for the revoke.

@@ -121,29 +121,34 @@ impl fmt::Display for Pattern {
 /// Which sidecar behaviour the replicas run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Way {
-    /// The default: one lock key; on release a random waiting follower wins.
+    /// The lock protocol as before direct succession (`--no-succession`): on release the
+    /// leader revokes and a random waiting follower wins.
     Lock,
     /// `--protocol election`: etcd's concurrency.Election queue.
     Election,
-    /// Direct succession: the leader hands over to a chosen successor. Until
-    /// that change lands it runs exactly [`Way::Lock`]'s arguments (see
-    /// [`SUCCESSION_ARGS`]).
+    /// Direct succession (the default): the leader hands over to a chosen successor, with
+    /// the chart's `--handoff-wait` for the pattern (see [`Way::args`]).
     Succession,
 }
 
-/// The extra arguments of [`Way::Succession`]. Empty today, so it behaves as
-/// the lock; when direct succession lands behind a flag, the flag goes here
-/// (if it becomes the default, this stays empty).
-pub const SUCCESSION_ARGS: &[&str] = &[];
+/// The handoff wait the chart sets for each pattern's readiness mode: 3 s for leader-only
+/// readiness (every old pod stops while the new ones start), none for healthy readiness (a
+/// new pod is Ready, and registered, before an old one stops).
+pub fn handoff_wait(pattern: Pattern) -> &'static str {
+    match pattern {
+        Pattern::AllAtOnce => "3",
+        Pattern::OneAtATime => "0",
+    }
+}
 
 impl Way {
-    /// The sidecar's arguments for this way (besides endpoints, key and id).
-    pub fn args(self) -> Vec<&'static str> {
+    /// The sidecar's arguments for this way in this pattern (besides endpoints, key and id).
+    pub fn args(self, pattern: Pattern) -> Vec<&'static str> {
         let mut args = COMMON_ARGS.to_vec();
         match self {
-            Way::Lock => {}
+            Way::Lock => args.push("--no-succession"),
             Way::Election => args.extend(["--protocol", "election"]),
-            Way::Succession => args.extend(SUCCESSION_ARGS),
+            Way::Succession => args.extend(["--handoff-wait", handoff_wait(pattern)]),
         }
         args
     }
@@ -428,14 +433,21 @@ impl Replica {
     }
 }
 
-fn builder(etcd: &Etcd, key: &str, way: Way, revision: char, i: usize) -> SidecarBuilder {
+fn builder(
+    etcd: &Etcd,
+    key: &str,
+    pattern: Pattern,
+    way: Way,
+    revision: char,
+    i: usize,
+) -> SidecarBuilder {
     let id = format!("{}-{i}", revision.to_ascii_lowercase());
     Sidecar::builder()
         .endpoints(&etcd.endpoint())
         .key(key)
         .id(&id)
-        .args(&way.args())
-        // Not read by the binary yet; it will be (which revision a replica runs).
+        .args(&way.args(pattern))
+        // Which release the replica runs (the chart passes the pod-template-hash).
         .env("ELECTOR_REVISION", &revision.to_string())
 }
 
@@ -453,7 +465,7 @@ fn run_once(
 
     // Revision A, settled: one leader, every replica registered.
     for i in 0..REPLICAS {
-        let builder = builder(etcd, &key, way, 'A', i);
+        let builder = builder(etcd, &key, pattern, way, 'A', i);
         let sidecar = builder.clone().start();
         let target = observer.add(sidecar.addr());
         replicas.push(Replica {
@@ -561,7 +573,7 @@ fn one_at_a_time(
     replicas: &mut Vec<Replica>,
 ) {
     for i in 0..REPLICAS {
-        let builder = builder(etcd, key, way, 'B', i);
+        let builder = builder(etcd, key, Pattern::OneAtATime, way, 'B', i);
         let sidecar = builder.clone().start();
         let target = observer.add(sidecar.addr());
         let b = Replica {
@@ -605,7 +617,7 @@ fn all_at_once(
 ) {
     let first_b = replicas.len();
     for i in 0..REPLICAS {
-        let builder = builder(etcd, key, way, 'B', i);
+        let builder = builder(etcd, key, Pattern::AllAtOnce, way, 'B', i);
         let sidecar = builder.clone().spawn();
         let target = observer.add(sidecar.addr());
         replicas.push(Replica {
