@@ -6,12 +6,11 @@
 //! probes answer meanwhile). Order on stop: the election gives leadership up and revokes its
 //! lease while the front ends keep answering "not leader"; then the front ends stop.
 
-use std::path::PathBuf;
-
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::app_health;
 use crate::config::Config;
 use crate::election::Election;
 use crate::http::{self, AppState, Resign};
@@ -53,13 +52,14 @@ pub struct FrontEnds {
 }
 
 impl FrontEnds {
-    /// Start whichever front ends are configured, reading `election`'s snapshot; `resign`
-    /// says what the admin listener's `POST /resign` may do.
+    /// Start whichever front ends `cfg` asks for, reading `election`'s snapshot (and, with
+    /// `--app-health`, the application's health for it); `resign` says what the admin
+    /// listener's `POST /resign` may do.
     pub fn start(
         election: &Election,
+        cfg: &Config,
         metrics: Metrics,
         listeners: Listeners,
-        leader_file: Option<PathBuf>,
         resign: Resign,
     ) -> Self {
         let stop = CancellationToken::new();
@@ -79,7 +79,14 @@ impl FrontEnds {
                 stop.clone(),
             )));
         }
-        if let Some(path) = leader_file {
+        if let Some(check) = &cfg.election.app_health {
+            tasks.push(tokio::spawn(app_health::watch(
+                check.url.clone(),
+                election.handle(),
+                stop.clone(),
+            )));
+        }
+        if let Some(path) = cfg.leader_file.clone() {
             tasks.push(tokio::spawn(leader_file::mirror(
                 path,
                 election.subscribe(),
@@ -121,13 +128,7 @@ pub async fn run_sidecar(
 ) -> Result<(), AppError> {
     let metrics = Metrics::new();
     let election = prepare(&cfg, &metrics);
-    let front_ends = FrontEnds::start(
-        &election,
-        metrics,
-        listeners,
-        cfg.leader_file.clone(),
-        Resign::Allowed,
-    );
+    let front_ends = FrontEnds::start(&election, &cfg, metrics, listeners, Resign::Allowed);
     let result = election.run(shutdown).await;
     front_ends.stop().await;
     let release = result.map_err(|e| AppError::Config(e.to_string()))?;

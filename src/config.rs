@@ -23,7 +23,7 @@ use crate::election::machine::Timing;
 use crate::election::succession::{Succession, CONFIRM_WINDOW};
 
 mod values;
-pub use values::{Endpoint, LogFormat, OptionalAddr, Protocol, Seconds, Secret, Ttl};
+pub use values::{Endpoint, HealthUrl, LogFormat, OptionalAddr, Protocol, Seconds, Secret, Ttl};
 
 /// Defaults, each named once: the help text and [`parse`] both read these.
 pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:2379";
@@ -39,6 +39,8 @@ pub const DEFAULT_RELEASE_DELAY: Duration = Duration::ZERO;
 /// stop while the new ones start (the chart's leader-only readiness, `maxUnavailable: 100%`),
 /// the chart sets a wait long enough for a new pod to register: see docs/PERFORMANCE.md.
 pub const DEFAULT_HANDOFF_WAIT: Duration = Duration::ZERO;
+/// Three failed checks a second apart: one slow answer does not move leadership.
+pub const DEFAULT_APP_UNHEALTHY_AFTER: Duration = Duration::from_secs(3);
 
 /// A configuration error: `main` prints it as one line and exits with code 2.
 #[derive(Debug, thiserror::Error)]
@@ -154,6 +156,15 @@ pub struct ElectorArgs {
     /// transfer (for a fleet that mixes in older versions, or to compare)
     #[arg(long, env = "ELECTOR_NO_SUCCESSION", num_args = 0..=1, default_missing_value = "true")]
     pub no_succession: Option<bool>,
+    /// The application's health URL (http://, typically its readiness endpoint on localhost):
+    /// while it does not answer 2xx, this replica does not campaign and is nobody's successor
+    #[arg(long, env = "ELECTOR_APP_HEALTH", value_name = "URL")]
+    pub app_health: Option<HealthUrl>,
+    #[arg(long, env = "ELECTOR_APP_UNHEALTHY_AFTER", value_name = "SECONDS",
+          help = with_default("Seconds a leader's application may stay unhealthy before \
+                               leadership moves to a replica whose application is healthy",
+                              DEFAULT_APP_UNHEALTHY_AFTER.as_secs_f64()))]
+    pub app_unhealthy_after: Option<Seconds>,
     #[arg(long, env = "ELECTOR_LOG_FORMAT", value_enum,
           help = with_default("Log format; RUST_LOG filters (info by default)",
                               name_of(LogFormat::default())))]
@@ -262,6 +273,15 @@ pub struct ElectionConfig {
     pub release_delay: Duration,
     /// Direct succession: lock-protocol sidecars only (see `election::succession`).
     pub succession: Option<Succession>,
+    /// `--app-health`: the application's health decides eligibility (sidecar only).
+    pub app_health: Option<AppHealthCheck>,
+}
+
+/// What `--app-health` asks and how long a leader's application may stay unhealthy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppHealthCheck {
+    pub url: hyper::Uri,
+    pub unhealthy_after: Duration,
 }
 
 /// `run` settings.
@@ -434,6 +454,12 @@ fn resolve(file: Option<PathBuf>, matches: &ArgMatches, job: bool) -> Result<Con
             shutdown_timeout,
             release_delay,
             succession,
+            app_health: args.app_health.map(|url| AppHealthCheck {
+                url: url.0,
+                unhealthy_after: args
+                    .app_unhealthy_after
+                    .map_or(DEFAULT_APP_UNHEALTHY_AFTER, |s| s.0),
+            }),
         },
         listen: args.listen.or(listen),
         admin_listen: args.admin_listen.map_or(admin_listen, |a| a.0),
@@ -535,6 +561,12 @@ fn validate(cfg: &Config, run: Option<&RunConfig>) -> Result<(), ConfigError> {
         }
     }
     if let Some(run) = run {
+        if election.app_health.is_some() {
+            return Err(ConfigError::Rule(
+                "--app-health is for the sidecar; under `run` the command is the application"
+                    .into(),
+            ));
+        }
         match run.try_timeout {
             Some(_) if !run.try_once => {
                 return Err(ConfigError::Rule(

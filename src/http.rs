@@ -224,6 +224,14 @@ fn metrics(state: &AppState, snapshot: &Snapshot, now: Instant) -> Response<Body
             .lease_ttl
             .map_or(0, |ttl| i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX)),
     );
+    state
+        .metrics
+        .app_healthy
+        .set(i64::from(snapshot.view.app_healthy.unwrap_or(true)));
+    state
+        .metrics
+        .no_healthy_successor
+        .set(i64::from(snapshot.view.no_healthy_successor));
     state.metrics.lease_remaining_seconds.set(
         snapshot
             .view
@@ -396,6 +404,8 @@ mod tests {
             lease_id: Some(1),
             lease_expires_at: Some(now + Duration::from_secs(31)),
             lease_ttl: Some(Duration::from_secs(7)),
+            app_healthy: None,
+            no_healthy_successor: false,
         }
     }
 
@@ -410,6 +420,8 @@ mod tests {
             lease_id: Some(2),
             lease_expires_at: None,
             lease_ttl: None,
+            app_healthy: None,
+            no_healthy_successor: false,
         }
     }
 

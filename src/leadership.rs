@@ -63,6 +63,11 @@ pub struct StatusDoc<'a> {
     /// of this replica (say a StatefulSet pod recreated while the old one is cut off) still
     /// holds it. We do not lead, and `leader` is then null.
     pub stale_holder: Option<StaleHolder<'a>>,
+    /// With `--app-health`: whether the application answers 2xx (null without the flag).
+    pub app_healthy: Option<bool>,
+    /// Leading with an unhealthy application because no replica with a healthy one is
+    /// registered.
+    pub no_healthy_successor: bool,
     pub transitions: u64,
     pub last_error: Option<&'a str>,
     pub version: &'static str,
@@ -163,6 +168,8 @@ impl Snapshot {
                     .as_secs_f64()
             }),
             stale_holder: self.stale_holder(),
+            app_healthy: self.view.app_healthy,
+            no_healthy_successor: self.view.no_healthy_successor,
             transitions: self.transitions,
             last_error: self.last_error.as_deref(),
             version: env!("CARGO_PKG_VERSION"),
@@ -224,6 +231,8 @@ mod tests {
             lease_id: Some(0x2a),
             lease_expires_at: Some(now + Duration::from_secs(2)),
             lease_ttl: Some(Duration::from_secs(3)),
+            app_healthy: None,
+            no_healthy_successor: false,
         }
     }
 
@@ -272,6 +281,8 @@ mod tests {
             lease_id: Some(0x2a),
             lease_expires_at: Some(now + Duration::from_secs(2)),
             lease_ttl: Some(Duration::from_secs(3)),
+            app_healthy: None,
+            no_healthy_successor: false,
         };
         let snap = Snapshot::initial("me".into(), "/k".into(), view);
         let doc = snap.leader_doc(now);

@@ -8,6 +8,7 @@
 //! group dies with `run`.
 
 pub mod app;
+pub mod app_health;
 pub mod backoff;
 pub mod config;
 pub mod election;

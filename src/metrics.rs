@@ -37,6 +37,8 @@ pub struct Metrics {
     pub lease_ttl_seconds: Gauge,
     pub lease_remaining_seconds: Gauge<f64, AtomicU64>,
     pub keepalive_rtt_seconds: Histogram,
+    pub app_healthy: Gauge,
+    pub no_healthy_successor: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -101,6 +103,18 @@ impl Metrics {
             "Round trip of lease keep-alive requests",
             keepalive_rtt_seconds.clone(),
         );
+        let app_healthy = Gauge::default();
+        registry.register(
+            "app_healthy",
+            "1 while the application answers its health URL with 2xx (always 1 without --app-health)",
+            app_healthy.clone(),
+        );
+        let no_healthy_successor = Gauge::default();
+        registry.register(
+            "no_healthy_successor",
+            "1 while leading with an unhealthy application because no replica with a healthy one is registered",
+            no_healthy_successor.clone(),
+        );
         registry.register(
             "build",
             "Build information",
@@ -117,6 +131,8 @@ impl Metrics {
             lease_ttl_seconds,
             lease_remaining_seconds,
             keepalive_rtt_seconds,
+            app_healthy,
+            no_healthy_successor,
         }
     }
 
@@ -151,6 +167,8 @@ mod tests {
             "elector_lease_remaining_seconds",
             "elector_keepalive_rtt_seconds_bucket",
             "elector_build_info{version=",
+            "elector_app_healthy",
+            "elector_no_healthy_successor",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }

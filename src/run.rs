@@ -58,9 +58,9 @@ pub async fn run_job(
     let mut leadership = election.subscribe();
     let front_ends = FrontEnds::start(
         &election,
+        &cfg,
         metrics,
         listeners,
-        cfg.leader_file.clone(),
         Resign::Refused(RESIGN_REFUSED),
     );
     let election_stop = CancellationToken::new();
@@ -394,6 +394,8 @@ mod tests {
                 lease_id: Some(0x2a),
                 lease_expires_at: Some(now + claim_left + Duration::from_secs(1)),
                 lease_ttl: Some(Duration::from_secs(10)),
+                app_healthy: None,
+                no_healthy_successor: false,
             },
         ))
     }

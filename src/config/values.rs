@@ -67,7 +67,7 @@ macro_rules! deserialize_by_parsing {
         }
     )*};
 }
-deserialize_by_parsing!(OptionalAddr, Endpoint, Ttl, Seconds);
+deserialize_by_parsing!(OptionalAddr, Endpoint, Ttl, Seconds, HealthUrl);
 
 /// An address, or `off`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,6 +111,26 @@ impl FromStr for Endpoint {
             return Err(format!("'{s}' must not have a path"));
         }
         Ok(Endpoint(s.trim_end_matches('/').to_string()))
+    }
+}
+
+/// An `http://host:port/path` URL to ask for the application's health.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthUrl(pub hyper::Uri);
+
+impl FromStr for HealthUrl {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let uri: hyper::Uri = s
+            .trim()
+            .parse()
+            .map_err(|e| format!("'{s}' is not a URL: {e}"))?;
+        if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+            return Err(format!(
+                "'{s}' must be an http:// URL with a host, e.g. http://127.0.0.1:8080/ready"
+            ));
+        }
+        Ok(HealthUrl(uri))
     }
 }
 

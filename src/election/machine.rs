@@ -236,6 +236,8 @@ pub enum Event {
     ConfirmDone { succeeded: bool, revision: i64 },
     /// The undo of an unconfirmed transfer finished (either way).
     UndoDone,
+    /// The application's health changed (`--app-health`).
+    AppHealth { healthy: bool },
 }
 
 /// Work for the caller. Results come back as events.
@@ -298,6 +300,9 @@ pub enum StepDownReason {
     Resigned,
     /// We were asked to stop.
     Shutdown,
+    /// Our application stayed unhealthy: leadership went to a replica whose application is
+    /// healthy.
+    AppUnhealthy,
 }
 
 impl StepDownReason {
@@ -311,6 +316,7 @@ impl StepDownReason {
             StepDownReason::WatchLost => "watch_lost",
             StepDownReason::Resigned => "resigned",
             StepDownReason::Shutdown => "shutdown",
+            StepDownReason::AppUnhealthy => "app_unhealthy",
         }
     }
 }
@@ -328,6 +334,9 @@ pub enum Transition {
     LeaderObserved { leader: String, fencing_token: i64 },
     /// Our lease is gone or abandoned; a new one will be granted.
     LeaseLost { lease: LeaseId },
+    /// Our application is unhealthy, and no replica with a healthy one is registered: we
+    /// keep leading.
+    NoHealthySuccessor,
 }
 
 /// The output of one step.
@@ -357,6 +366,8 @@ pub enum Role {
     Follower,
     Leader,
     Stopping,
+    /// Our application is unhealthy: not campaigning (`--app-health`).
+    Standby,
 }
 
 impl Role {
@@ -368,6 +379,7 @@ impl Role {
             Role::Follower => "follower",
             Role::Leader => "leader",
             Role::Stopping => "stopping",
+            Role::Standby => "standby",
         }
     }
 }
@@ -401,6 +413,8 @@ enum State {
         create_revision: i64,
         mod_revision: i64,
     },
+    /// Lease held, but our application is unhealthy: no campaign until it recovers.
+    Benched,
     /// The key was handed to us (`holder`, under our lease); our confirmation is in flight.
     /// Not leading yet: only a confirmed key is evidence.
     Confirming { holder: Holder },
@@ -416,6 +430,21 @@ enum State {
     },
     /// Done.
     Stopped,
+}
+
+/// What the machine knows of the application's health (`--app-health`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct AppHealth {
+    /// Unknown counts as unhealthy: an application that never answered is not ready to lead.
+    healthy: bool,
+    /// Since when it has been as it is; `None` before the first report.
+    since: Option<Instant>,
+    /// How long a leader's application may stay unhealthy before leadership moves.
+    unhealthy_after: Duration,
+    /// While leading with an unhealthy application: a look for a successor is in flight.
+    looking: bool,
+    /// No healthy successor was found; when to look again.
+    retry_at: Option<Instant>,
 }
 
 /// A handoff in progress, see [`super::succession`].
@@ -487,6 +516,8 @@ pub struct Machine {
     backoff: Backoff,
     /// Direct succession (lock-protocol sidecars); `None`: give the key up by revoking.
     succession: Option<Succession>,
+    /// The application's health, with `--app-health`; `None`: always eligible.
+    app: Option<AppHealth>,
     /// Leases we gave up whose revoke failed: revoked again once etcd grants a lease, so a
     /// key left under one is released then instead of a whole TTL later (etcd renews every
     /// lease to its full TTL when it regains a leader after an outage).
@@ -510,6 +541,10 @@ pub struct View {
     pub lease_expires_at: Option<Instant>,
     /// The lease's TTL as etcd granted it or last returned it (never more than asked).
     pub lease_ttl: Option<Duration>,
+    /// The application's health with `--app-health` (unknown counts as unhealthy).
+    pub app_healthy: Option<bool>,
+    /// Leading with an unhealthy application, and no replica with a healthy one registered.
+    pub no_healthy_successor: bool,
 }
 
 impl Machine {
@@ -524,6 +559,7 @@ impl Machine {
             lease: None,
             backoff: Backoff::new(timing.backoff_base, timing.backoff_cap, seed),
             succession: None,
+            app: None,
             unrevoked: Vec::new(),
         }
     }
@@ -535,6 +571,27 @@ impl Machine {
     pub fn with_succession(mut self, succession: Succession) -> Self {
         self.succession = Some(succession);
         self
+    }
+
+    /// Follow the application's health (`--app-health`): a replica whose application is
+    /// unhealthy does not campaign and is nobody's successor, and a leader whose application
+    /// stays unhealthy for `unhealthy_after` hands leadership to one whose application is
+    /// healthy (direct succession), or keeps it when there is none.
+    #[must_use]
+    pub fn with_app_health(mut self, unhealthy_after: Duration) -> Self {
+        self.app = Some(AppHealth {
+            healthy: false,
+            since: None,
+            unhealthy_after,
+            looking: false,
+            retry_at: None,
+        });
+        self
+    }
+
+    /// May this replica lead? Without `--app-health`, always.
+    fn eligible(&self) -> bool {
+        self.app.as_ref().is_none_or(|a| a.healthy)
     }
 
     /// The fencing token of `holder`: its key's mod revision under succession (a holder writes
@@ -572,7 +629,11 @@ impl Machine {
             State::Stopping { .. } | State::Stopped | State::Idle | State::Handing(_) => None,
             _ => self.lease.map(|l| self.claim_deadline(l)),
         };
-        [timer, fence].into_iter().flatten().min()
+        let health = match self.state {
+            State::Leading { .. } => self.health_handoff_at(),
+            _ => None,
+        };
+        [timer, fence, health].into_iter().flatten().min()
     }
 
     /// The current view for readers.
@@ -590,6 +651,7 @@ impl Machine {
                 None,
             ),
             State::Confirming { .. } => (Role::Campaigning, None, None, None, None),
+            State::Benched => (Role::Standby, None, None, None, None),
             State::Handing(Handoff {
                 then: After::Rejoin,
                 ..
@@ -622,6 +684,12 @@ impl Machine {
             lease_id: self.lease.map(|l| l.id),
             lease_expires_at: self.lease.map(|l| l.renewed_at + l.ttl),
             lease_ttl: self.lease.map(|l| l.ttl),
+            app_healthy: self.app.as_ref().map(|a| a.healthy),
+            no_healthy_successor: matches!(self.state, State::Leading { .. })
+                && self
+                    .app
+                    .as_ref()
+                    .is_some_and(|a| !a.healthy && a.retry_at.is_some()),
         }
     }
 
@@ -750,6 +818,12 @@ impl Machine {
                     out.actions.push(Action::Exit);
                 }
             }
+            Event::Candidates { candidates, .. } if self.looking_for_healthy_successor() => {
+                self.on_healthy_candidates(Some(candidates), now, &mut out)
+            }
+            Event::CandidatesFailed if self.looking_for_healthy_successor() => {
+                self.on_healthy_candidates(None, now, &mut out)
+            }
             Event::Candidates {
                 candidates,
                 revision,
@@ -777,6 +851,7 @@ impl Machine {
                 &mut out,
             ),
             Event::UndoDone => self.on_handoff_event(HandoffEvent::Undone, now, &mut out),
+            Event::AppHealth { healthy } => self.on_app_health(healthy, now, &mut out),
             Event::ConfirmDone {
                 succeeded,
                 revision,
@@ -835,7 +910,7 @@ impl Machine {
                 // etcd answers again: release what an outage kept us from releasing.
                 self.retry_revokes(out);
                 out.actions.push(Action::KeepAlive { lease });
-                if self.succession.is_some() {
+                if self.succession.is_some() && self.eligible() {
                     out.actions.push(Action::Register { lease });
                 }
                 self.campaign(out);
@@ -1044,6 +1119,13 @@ impl Machine {
                 }
             },
             State::Handing(_) => self.on_handoff_event(HandoffEvent::Tick, now, out),
+            State::Leading { .. } if self.health_handoff_due(now) => {
+                if let Some(app) = self.app.as_mut() {
+                    app.looking = true;
+                    app.retry_at = None;
+                }
+                out.actions.push(Action::ReadCandidates);
+            }
             _ => {}
         }
     }
@@ -1340,12 +1422,105 @@ impl Machine {
         out.transitions.push(Transition::SteppedDown { reason });
     }
 
+    /// The application's health changed.
+    fn on_app_health(&mut self, healthy: bool, now: Instant, out: &mut Step) {
+        let Some(app) = self.app.as_mut() else { return };
+        if app.healthy == healthy && app.since.is_some() {
+            return;
+        }
+        app.healthy = healthy;
+        app.since = Some(now);
+        app.retry_at = None;
+        let lease = self.lease.map(|l| l.id);
+        let withdrawn = matches!(
+            self.state,
+            State::Stopping { .. } | State::Stopped | State::Handing(_)
+        );
+        if let (Some(lease), Some(_), false) = (lease, &self.succession, withdrawn) {
+            // A replica whose application is unhealthy is nobody's successor.
+            out.actions.push(if healthy {
+                Action::Register { lease }
+            } else {
+                Action::Deregister { lease }
+            });
+        }
+        if healthy && self.state == State::Benched {
+            self.campaign(out);
+        }
+    }
+
+    /// When a leader whose application is unhealthy looks for a successor: once it has been
+    /// unhealthy for `unhealthy_after`, and again after a look that found nobody.
+    fn health_handoff_at(&self) -> Option<Instant> {
+        let app = self.app.as_ref()?;
+        if app.healthy || app.looking || self.succession.is_none() {
+            return None;
+        }
+        let due = app.since? + app.unhealthy_after;
+        Some(app.retry_at.map_or(due, |at| at.max(due)))
+    }
+
+    fn health_handoff_due(&self, now: Instant) -> bool {
+        self.health_handoff_at().is_some_and(|at| now >= at)
+    }
+
+    fn looking_for_healthy_successor(&self) -> bool {
+        matches!(self.state, State::Leading { .. }) && self.app.as_ref().is_some_and(|a| a.looking)
+    }
+
+    /// The candidates read for a leader whose application is unhealthy (`None`: the read
+    /// failed). Registered candidates are the ones whose applications are healthy. With one,
+    /// step down and hand the key over; with none, keep leading and say so.
+    fn on_healthy_candidates(
+        &mut self,
+        list: Option<Vec<Candidate>>,
+        now: Instant,
+        out: &mut Step,
+    ) {
+        let own_lease = self.lease.map_or(0, |l| l.id);
+        let own_revision = self
+            .succession
+            .as_ref()
+            .map(|s| s.revision.clone())
+            .unwrap_or_default();
+        let best = list
+            .as_deref()
+            .and_then(|list| choose(list, own_lease, &own_revision).cloned());
+        let Some(app) = self.app.as_mut() else { return };
+        app.looking = false;
+        let (Some(to), State::Leading { mod_revision, .. }) = (best, &self.state) else {
+            if list.is_some() {
+                out.transitions.push(Transition::NoHealthySuccessor);
+            }
+            app.retry_at = Some(now + app.unhealthy_after);
+            return;
+        };
+        let key_revision = *mod_revision;
+        self.record_step_down(StepDownReason::AppUnhealthy, out);
+        self.state = State::Handing(Handoff {
+            phase: Phase::Transferring {
+                to: to.clone(),
+                seen: None,
+            },
+            then: After::Rejoin,
+            wait_until: now,
+            key_revision,
+        });
+        out.actions.push(Action::Transfer { to, key_revision });
+    }
+
     fn campaign(&mut self, out: &mut Step) {
         let Some(lease) = self.lease else {
             self.state = State::NeedLease { retry_at: None };
             out.actions.push(Action::GrantLease);
             return;
         };
+        if !self.eligible() {
+            // Not while our application is unhealthy: wait on the bench, lease kept.
+            self.state = State::Benched;
+            out.actions.push(Action::StopWatch);
+            return;
+        }
         self.state = State::Campaigning { retry_at: None };
         out.actions.push(Action::StopWatch);
         out.actions.push(Action::Campaign { lease: lease.id });
@@ -2604,5 +2779,107 @@ mod tests {
             step.actions,
             vec![Action::Deregister { lease: LEASE }, Action::ReadCandidates]
         );
+    }
+
+    // --- application health ---
+
+    fn watching_the_app() -> (Machine, Instant) {
+        let (m, t0) = succeeding(Duration::ZERO);
+        (m.with_app_health(Duration::from_secs(3)), t0)
+    }
+
+    #[test]
+    fn an_unknown_or_unhealthy_app_stands_by_without_campaigning_or_registering() {
+        let (mut m, t0) = watching_the_app();
+        let step = granted(&mut m, t0);
+        assert!(!step.actions.contains(&Action::Register { lease: LEASE }));
+        assert!(!step
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::Campaign { .. })));
+        assert_eq!(m.view().role, Role::Standby);
+        let step = m.step(Event::AppHealth { healthy: true }, t0);
+        assert!(step.actions.contains(&Action::Register { lease: LEASE }));
+        assert!(step.actions.contains(&Action::Campaign { lease: LEASE }));
+        assert_eq!(m.view().app_healthy, Some(true));
+    }
+
+    #[test]
+    fn a_follower_whose_app_fails_withdraws_its_registration() {
+        let (mut m, t0) = watching_the_app();
+        granted(&mut m, t0);
+        m.step(Event::AppHealth { healthy: true }, t0);
+        m.step(
+            Event::CampaignDone {
+                lease: LEASE,
+                holder: other(3),
+                revision: 3,
+                key: KEY.into(),
+                queue: None,
+            },
+            t0,
+        );
+        let step = m.step(Event::AppHealth { healthy: false }, t0);
+        assert_eq!(step.actions, vec![Action::Deregister { lease: LEASE }]);
+        // The key going away is no reason to campaign now.
+        m.step(Event::KeyDeleted, t0);
+        assert_eq!(m.view().role, Role::Standby);
+    }
+
+    #[test]
+    fn a_leader_whose_app_stays_unhealthy_hands_over_or_keeps_leading_and_says_so() {
+        let (mut m, t0) = watching_the_app();
+        granted(&mut m, t0);
+        m.step(Event::AppHealth { healthy: true }, t0);
+        m.step(
+            Event::CampaignDone {
+                lease: LEASE,
+                holder: ours(5),
+                revision: 5,
+                key: KEY.into(),
+                queue: None,
+            },
+            t0,
+        );
+        assert!(is_leader(&m, t0));
+        m.step(Event::AppHealth { healthy: false }, t0);
+        let after = Duration::from_secs(3);
+        assert_eq!(m.next_wakeup(), Some(t0 + after));
+        let step = m.step(Event::Tick, t0 + after);
+        assert!(step.actions.contains(&Action::ReadCandidates));
+        assert!(is_leader(&m, t0 + after), "still leading while it looks");
+        // Nobody healthy: keep leading, say so, look again later.
+        let step = m.step(
+            Event::Candidates {
+                candidates: vec![],
+                revision: 9,
+            },
+            t0 + after,
+        );
+        assert_eq!(step.transitions, vec![Transition::NoHealthySuccessor]);
+        assert!(is_leader(&m, t0 + after));
+        assert!(m.view().no_healthy_successor);
+        let again = t0 + after * 2;
+        assert_eq!(m.next_wakeup(), Some(again));
+        assert!(m
+            .step(Event::Tick, again)
+            .actions
+            .contains(&Action::ReadCandidates));
+        let to = candidate("healthy", "a", 20, 30);
+        let step = m.step(
+            Event::Candidates {
+                candidates: vec![to.clone()],
+                revision: 10,
+            },
+            again,
+        );
+        assert!(step.transitions.contains(&Transition::SteppedDown {
+            reason: StepDownReason::AppUnhealthy
+        }));
+        assert!(step.actions.contains(&Action::Transfer {
+            to,
+            key_revision: 5
+        }));
+        assert!(!is_leader(&m, again));
     }
 }

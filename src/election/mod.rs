@@ -55,6 +55,8 @@ impl Release {
 enum Command {
     /// Resign if leading; the reply says whether leadership was given up.
     Resign(oneshot::Sender<bool>),
+    /// The application's health changed (`--app-health`).
+    AppHealth(bool),
 }
 
 /// A handle for asking the election loop to do something.
@@ -73,6 +75,11 @@ impl ElectionHandle {
             return false;
         }
         answer.await.unwrap_or(false)
+    }
+
+    /// Report that the application's health changed.
+    pub async fn app_health(&self, healthy: bool) {
+        let _ = self.commands.send(Command::AppHealth(healthy)).await;
     }
 }
 
@@ -123,6 +130,9 @@ impl Election {
         let mut machine = Machine::new(cfg.id.clone(), cfg.timing, cfg.release_delay, seed);
         if let Some(succession) = cfg.succession.clone() {
             machine = machine.with_succession(succession);
+        }
+        if let Some(check) = &cfg.app_health {
+            machine = machine.with_app_health(check.unhealthy_after);
         }
         let snapshot = Snapshot::initial(cfg.id.clone(), cfg.key.clone(), machine.view());
         let (publisher, _) = Publisher::new(snapshot);
@@ -202,6 +212,9 @@ impl Election {
                         // ran out while the loop was busy resigns nothing.
                         let resigned = self.apply(Event::Resign);
                         let _ = reply.send(resigned);
+                    }
+                    Command::AppHealth(healthy) => {
+                        self.apply(Event::AppHealth { healthy });
                     }
                 },
                 _ = sleep_until(wakeup.unwrap_or_else(Instant::now)), if wakeup.is_some() => {
@@ -357,6 +370,14 @@ impl Election {
                     fencing_token,
                     event = "leader_observed",
                     "following leader"
+                );
+            }
+            Transition::NoHealthySuccessor => {
+                tracing::warn!(
+                    key,
+                    id,
+                    event = "no_healthy_successor",
+                    "our application is unhealthy, and no replica with a healthy one is registered: keeping leadership"
                 );
             }
             Transition::LeaseLost { lease } => {
