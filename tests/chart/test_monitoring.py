@@ -99,18 +99,21 @@ def test_no_leader_alert_only_with_replicas(chart: helm_python.Chart) -> None:
     assert "EtcdElectorNoLeader" not in rules(render(chart, {**ON, "replicaCount": 0}, kube_version="1.31.0"))
 
 
-def test_the_app_health_alert_has_a_marked_place_and_no_invented_metric(chart: helm_python.Chart) -> None:
-    template = (CHART_DIR / "templates" / "prometheusrule.yaml").read_text()
-    assert "RESERVED: an alert on the application's health (elector_app_healthy)" in template
-    exprs = " ".join(r["expr"] for r in rules(render(chart, ON, kube_version="1.31.0")).values())
-    assert "elector_app_healthy" not in exprs
+def test_an_alert_fires_when_the_leaders_app_is_unhealthy(chart: helm_python.Chart, tmp_path) -> None:
+    assert "EtcdElectorLeaderAppUnhealthy" not in rules(render(chart, ON, kube_version="1.31.0"))
+    values = {**ON, "elector": {"appHealth": "http://127.0.0.1:8080/ready"}}
+    out = render(chart, values, kube_version="1.31.0")
+    rule = rules(out)["EtcdElectorLeaderAppUnhealthy"]
+    assert "elector_is_leader{" in rule["expr"] and "elector_app_healthy{" in rule["expr"]
+    assert rule["labels"]["severity"] == "critical"
+    assert promql_problems(out.one("PrometheusRule")["spec"]["groups"], tmp_path) == []
 
 
 def test_alerts_use_metrics_the_elector_exports() -> None:
     # Read-only look at the registry: prometheus-client adds the prefix and "_total".
     source = (ROOT / "src" / "metrics.rs").read_text()
     assert 'Registry::with_prefix("elector")' in source
-    for name in ("is_leader", "leader_transitions", "etcd_errors"):
+    for name in ("is_leader", "leader_transitions", "etcd_errors", "app_healthy"):
         assert re.search(rf'register\(\s*"{name}"', source), name
     assert "pub op: &'static str" in source
 

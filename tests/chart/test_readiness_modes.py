@@ -129,6 +129,20 @@ def test_handoff_wait_follows_the_mode_unless_set(chart: helm_python.Chart) -> N
     assert env_of(elector(out))["ELECTOR_HANDOFF_WAIT"] == "1.5"
 
 
+# --- ELECTOR_APP_HEALTH ----------------------------------------------------------
+
+
+def test_app_health_is_passed_only_when_set(chart: helm_python.Chart) -> None:
+    env = env_of(elector(render(chart, {}, kube_version="1.31.0")))
+    assert "ELECTOR_APP_HEALTH" not in env
+    values = {"elector": {"appHealth": "http://127.0.0.1:8080/ready", "appUnhealthyAfter": 5}}
+    env = env_of(elector(render(chart, values, kube_version="1.31.0")))
+    assert env["ELECTOR_APP_HEALTH"] == "http://127.0.0.1:8080/ready"
+    assert env["ELECTOR_APP_UNHEALTHY_AFTER"] == "5"
+    with pytest.raises(helm_python.HelmValuesError, match="appHealth"):
+        render(chart, {"elector": {"appHealth": "ftp://x/ready"}}, kube_version="1.31.0")
+
+
 # --- labels of pod templates ---------------------------------------------------
 
 

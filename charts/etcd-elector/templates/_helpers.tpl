@@ -444,6 +444,12 @@ pass `(index .Subcharts "etcd-elector")`. See README.md, "Embedding".
       value: {{ $e.releaseDelay | quote }}
     - name: ELECTOR_HANDOFF_WAIT
       value: {{ include "etcd-elector.handoffWait" . | quote }}
+    {{- with $e.appHealth }}
+    - name: ELECTOR_APP_HEALTH
+      value: {{ . | quote }}
+    - name: ELECTOR_APP_UNHEALTHY_AFTER
+      value: {{ $e.appUnhealthyAfter | quote }}
+    {{- end }}
     - name: ELECTOR_LOG_FORMAT
       value: {{ $e.logFormat | quote }}
     - name: ELECTOR_PROTOCOL
