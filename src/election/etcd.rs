@@ -816,7 +816,8 @@ fn holder_of(kv: &KeyValue) -> Holder {
     }
 }
 
-fn candidate_of(kv: &KeyValue) -> Option<Candidate> {
+/// A registration as a candidate; `None` for a value that is not a registration.
+pub fn candidate_of(kv: &KeyValue) -> Option<Candidate> {
     let registration: Registration = serde_json::from_slice(kv.value()).ok()?;
     Some(Candidate {
         key: String::from_utf8_lossy(kv.key()).into_owned(),
@@ -824,6 +825,8 @@ fn candidate_of(kv: &KeyValue) -> Option<Candidate> {
         revision: registration.revision,
         lease: kv.lease(),
         create_revision: kv.create_revision(),
+        healthy: registration.healthy,
+        registered_at: registration.registered_at,
     })
 }
 

@@ -260,8 +260,9 @@ pub enum Action {
     StopWatch,
     /// Revoke this lease; deletes the key if we hold it. `then_exit` when shutting down.
     Revoke { lease: LeaseId, then_exit: bool },
-    /// Write our registration under this lease (succession).
-    Register { lease: LeaseId },
+    /// Write our registration under this lease (succession), saying whether our application
+    /// is healthy: only a healthy candidate is anybody's successor.
+    Register { lease: LeaseId, healthy: bool },
     /// Delete our registration under this lease: we are on our way out.
     Deregister { lease: LeaseId },
     /// Read the registered candidates; answered by [`Event::Candidates`].
@@ -910,8 +911,11 @@ impl Machine {
                 // etcd answers again: release what an outage kept us from releasing.
                 self.retry_revokes(out);
                 out.actions.push(Action::KeepAlive { lease });
-                if self.succession.is_some() && self.eligible() {
-                    out.actions.push(Action::Register { lease });
+                if self.succession.is_some() {
+                    out.actions.push(Action::Register {
+                        lease,
+                        healthy: self.eligible(),
+                    });
                 }
                 self.campaign(out);
             }
@@ -1437,12 +1441,9 @@ impl Machine {
             State::Stopping { .. } | State::Stopped | State::Handing(_)
         );
         if let (Some(lease), Some(_), false) = (lease, &self.succession, withdrawn) {
-            // A replica whose application is unhealthy is nobody's successor.
-            out.actions.push(if healthy {
-                Action::Register { lease }
-            } else {
-                Action::Deregister { lease }
-            });
+            // A replica whose application is unhealthy is nobody's successor: say so where
+            // the leaders (and `etcd-elector status`) read it.
+            out.actions.push(Action::Register { lease, healthy });
         }
         if healthy && self.state == State::Benched {
             self.campaign(out);
@@ -2391,6 +2392,8 @@ mod tests {
             revision: revision.into(),
             lease,
             create_revision,
+            healthy: true,
+            registered_at: 0,
         }
     }
 
@@ -2407,7 +2410,10 @@ mod tests {
     fn handing(wait: Duration) -> (Machine, Instant) {
         let (mut m, t0) = succeeding(wait);
         let step = granted(&mut m, t0);
-        assert!(step.actions.contains(&Action::Register { lease: LEASE }));
+        assert!(step.actions.contains(&Action::Register {
+            lease: LEASE,
+            healthy: true
+        }));
         m.step(
             Event::CampaignDone {
                 lease: LEASE,
@@ -2792,20 +2798,26 @@ mod tests {
     fn an_unknown_or_unhealthy_app_stands_by_without_campaigning_or_registering() {
         let (mut m, t0) = watching_the_app();
         let step = granted(&mut m, t0);
-        assert!(!step.actions.contains(&Action::Register { lease: LEASE }));
+        assert!(step.actions.contains(&Action::Register {
+            lease: LEASE,
+            healthy: false
+        }));
         assert!(!step
             .actions
             .iter()
             .any(|a| matches!(a, Action::Campaign { .. })));
         assert_eq!(m.view().role, Role::Standby);
         let step = m.step(Event::AppHealth { healthy: true }, t0);
-        assert!(step.actions.contains(&Action::Register { lease: LEASE }));
+        assert!(step.actions.contains(&Action::Register {
+            lease: LEASE,
+            healthy: true
+        }));
         assert!(step.actions.contains(&Action::Campaign { lease: LEASE }));
         assert_eq!(m.view().app_healthy, Some(true));
     }
 
     #[test]
-    fn a_follower_whose_app_fails_withdraws_its_registration() {
+    fn a_follower_whose_app_fails_registers_as_unhealthy() {
         let (mut m, t0) = watching_the_app();
         granted(&mut m, t0);
         m.step(Event::AppHealth { healthy: true }, t0);
@@ -2820,7 +2832,13 @@ mod tests {
             t0,
         );
         let step = m.step(Event::AppHealth { healthy: false }, t0);
-        assert_eq!(step.actions, vec![Action::Deregister { lease: LEASE }]);
+        assert_eq!(
+            step.actions,
+            vec![Action::Register {
+                lease: LEASE,
+                healthy: false
+            }]
+        );
         // The key going away is no reason to campaign now.
         m.step(Event::KeyDeleted, t0);
         assert_eq!(m.view().role, Role::Standby);

@@ -109,6 +109,8 @@ pub struct Election {
     watch: Option<JoinHandle<()>>,
     /// During a handoff that waits for a candidate: the watch on the registrations.
     candidates_watch: Option<JoinHandle<()>>,
+    /// When the current lease's registration was first written (Unix seconds).
+    registered_at: Option<(machine::LeaseId, u64)>,
     watch_generation: u64,
     transitions: u64,
     last_error: Option<String>,
@@ -152,6 +154,7 @@ impl Election {
             keepalive: None,
             watch: None,
             candidates_watch: None,
+            registered_at: None,
             watch_generation: 0,
             transitions: 0,
             last_error: None,
@@ -508,8 +511,16 @@ impl Election {
                     let _ = reports.send(report).await;
                 });
             }
-            Action::Register { lease } => {
+            Action::Register { lease, healthy } => {
                 let key = self.cfg.key.clone();
+                // A re-registration (health changed) keeps its first time.
+                let registered_at = match self.registered_at {
+                    Some((at_lease, at)) if at_lease == lease => at,
+                    _ => std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs()),
+                };
+                self.registered_at = Some((lease, registered_at));
                 let registration = Registration {
                     id: self.cfg.id.clone(),
                     revision: self
@@ -518,6 +529,8 @@ impl Election {
                         .as_ref()
                         .map(|s| s.revision.clone())
                         .unwrap_or_default(),
+                    healthy,
+                    registered_at,
                 };
                 tokio::spawn(async move {
                     let registered =

@@ -35,6 +35,16 @@ pub struct Registration {
     pub id: String,
     #[serde(default)]
     pub revision: String,
+    /// Whether the replica's application is healthy (always, without `--app-health`).
+    #[serde(default = "healthy")]
+    pub healthy: bool,
+    /// Unix time (whole seconds) of the registration, for `etcd-elector status`.
+    #[serde(default)]
+    pub registered_at: u64,
+}
+
+fn healthy() -> bool {
+    true
 }
 
 /// A registered candidate, as read from etcd.
@@ -47,6 +57,10 @@ pub struct Candidate {
     pub lease: LeaseId,
     /// The registration's create revision: the transfer checks that it still exists as seen.
     pub create_revision: i64,
+    /// Whether its application is healthy: only a healthy candidate is chosen.
+    pub healthy: bool,
+    /// Unix time of its registration.
+    pub registered_at: u64,
 }
 
 /// The prefix under which candidates of `key` register.
@@ -61,7 +75,8 @@ pub fn registration_key(key: &str, lease: LeaseId) -> String {
 
 /// The successor among `candidates` for a leader of `own_revision` holding `own_lease`: a
 /// candidate of another release first, then the most recent registration (the replica most
-/// likely to stay: in a rollout, the newest pod). Never ourselves.
+/// likely to stay: in a rollout, the newest pod). Never ourselves, never a candidate whose
+/// application is unhealthy.
 pub fn choose<'a>(
     candidates: &'a [Candidate],
     own_lease: LeaseId,
@@ -69,7 +84,7 @@ pub fn choose<'a>(
 ) -> Option<&'a Candidate> {
     candidates
         .iter()
-        .filter(|c| c.lease != own_lease)
+        .filter(|c| c.lease != own_lease && c.healthy)
         .max_by_key(|c| (c.revision != own_revision, c.create_revision))
 }
 
@@ -84,6 +99,8 @@ mod tests {
             revision: revision.into(),
             lease,
             create_revision,
+            healthy: true,
+            registered_at: 0,
         }
     }
 
@@ -106,6 +123,18 @@ mod tests {
         ];
         assert_eq!(choose(&same, 1, "a").map(|c| c.id.as_str()), Some("y"));
         assert_eq!(choose(&same[..1], 1, "a"), None, "never ourselves");
+        let mut sick = candidate("new-but-sick", "b", 9, 99);
+        sick.healthy = false;
+        let list = [
+            candidate("me", "a", 1, 10),
+            candidate("old", "a", 2, 11),
+            sick,
+        ];
+        assert_eq!(
+            choose(&list, 1, "a").map(|c| c.id.as_str()),
+            Some("old"),
+            "never one whose application is unhealthy"
+        );
     }
 
     #[test]
