@@ -82,6 +82,8 @@ pub enum Parsed {
     Sidecar(Box<Config>),
     /// `etcd-elector run`: run a command while holding the lock.
     Job(Box<Config>, RunConfig),
+    /// `etcd-elector status`: print the holder and the candidates (`json`: as a document).
+    Status(Box<Config>, bool),
     /// `--help` or `--version` was printed: exit 0.
     Printed,
 }
@@ -110,6 +112,14 @@ pub enum Command {
         elector: ElectorArgs,
         #[command(flatten)]
         run: RunArgs,
+    },
+    /// Show who holds the key and who is waiting, for operators (reads etcd, changes nothing)
+    Status {
+        #[command(flatten)]
+        elector: ElectorArgs,
+        /// Print a JSON document instead of text
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -347,13 +357,18 @@ where
         Err(e) => return Err(clap_error(&e)),
     };
     let cli = Cli::from_arg_matches(&matches).map_err(|e| clap_error(&e))?;
+    let sub = |name: &str| {
+        matches
+            .subcommand_matches(name)
+            .ok_or_else(|| ConfigError::Args(format!("internal: {name} sub-command missing")))
+    };
     let (elector, matches, run) = match cli.command {
         None => (cli.elector, &matches, None),
-        Some(Command::Run { elector, run }) => {
-            let sub = matches
-                .subcommand_matches("run")
-                .ok_or_else(|| ConfigError::Args("internal: run sub-command missing".into()))?;
-            (elector, sub, Some(run))
+        Some(Command::Run { elector, run }) => (elector, sub("run")?, Some(run)),
+        Some(Command::Status { elector, json }) => {
+            // Reads only: no listeners (the job defaults), no rules about timing.
+            let cfg = resolve(elector.config, sub("status")?, true)?;
+            return Ok(Parsed::Status(Box::new(cfg), json));
         }
     };
     let cfg = resolve(elector.config, matches, run.is_some())?;

@@ -20,3 +20,4 @@ pub mod process;
 pub mod run;
 pub mod shim;
 pub mod shutdown;
+pub mod status;

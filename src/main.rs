@@ -16,6 +16,7 @@ fn main() -> ExitCode {
     let (cfg, job) = match config::from_env() {
         Ok(Parsed::Sidecar(cfg)) => (*cfg, None),
         Ok(Parsed::Job(cfg, job)) => (*cfg, Some(job)),
+        Ok(Parsed::Status(cfg, json)) => return status(&cfg, json),
         Ok(Parsed::Printed) => return ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("etcd-elector: configuration error: {e}");
@@ -29,6 +30,40 @@ fn main() -> ExitCode {
             tracing::error!(error = %e, "fatal");
             eprintln!("etcd-elector: {e}");
             ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
+        }
+    }
+}
+
+/// `etcd-elector status`: print who holds the key and who waits. Logs only warnings (to
+/// stderr), so the output is the status alone.
+fn status(cfg: &Config, json: bool) -> ExitCode {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("etcd-elector: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(etcd_elector::status::run(cfg, json));
+    runtime.shutdown_background();
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e @ etcd_elector::status::StatusError::Connect(_)) => {
+            eprintln!("etcd-elector: configuration error: {e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("etcd-elector: {e}");
+            ExitCode::FAILURE
         }
     }
 }

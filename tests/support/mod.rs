@@ -17,6 +17,7 @@
 // Each test file uses a different part of these fixtures.
 #![allow(dead_code, unused_imports)]
 
+pub mod app;
 pub mod etcd;
 pub mod golocker;
 pub mod http;

@@ -1,0 +1,132 @@
+//! `etcd-elector status`: with the sidecar's own settings it prints the holder
+//! (id, fencing token, time left on its lease) and every registered candidate
+//! (revision, application health, time since registering), as text or as a
+//! JSON document; it reads etcd and changes nothing.
+
+mod support;
+
+use std::time::Duration;
+
+use support::app::App;
+use support::*;
+
+fn replica(etcd: &Etcd, key: &str, id: &str, revision: &str, app: &App) -> Sidecar {
+    Sidecar::builder()
+        .endpoints(&etcd.endpoint())
+        .key(key)
+        .id(id)
+        .args(&[
+            "--ttl",
+            "30",
+            "--revision",
+            revision,
+            "--app-health",
+            &app.url(),
+        ])
+        .start()
+}
+
+fn status(etcd: &Etcd, key: &str, extra: &[&str]) -> (Option<i32>, String, String) {
+    let endpoint = etcd.endpoint();
+    let mut args = vec!["status", "--endpoints", &endpoint, "--key", key];
+    args.extend_from_slice(extra);
+    let out = run_to_exit(&args, &[], Duration::from_secs(20));
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn status_shows_the_holder_and_every_candidate_as_text_and_json() {
+    let etcd = Etcd::start();
+    let key = unique_key("status");
+    let (app_old, app_new, app_sick) = (App::start(true), App::start(true), App::start(false));
+    let old = replica(&etcd, &key, "old-0", "rev-a", &app_old);
+    assert!(wait_until(SOON, || old.is_leader()), "old-0 leads");
+    let new = replica(&etcd, &key, "new-0", "rev-b", &app_new);
+    let sick = replica(&etcd, &key, "new-1", "rev-b", &app_sick);
+    assert!(wait_until(SOON, || new.get_json("/status").1["state"] == "follower"));
+    assert!(wait_until(SOON, || sick.get_json("/status").1["state"] == "standby"));
+    let before = etcd.get(&key).expect("the key");
+
+    let (code, text, stderr) = status(&etcd, &key, &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        text.contains(&format!(
+            "holder:     old-0 (fencing token {}",
+            before.mod_revision
+        )),
+        "{text}"
+    );
+    assert!(text.contains("s left on its lease"), "{text}");
+    assert!(text.contains("candidates: 3"), "{text}");
+    let line = |id: &str| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(id))
+            .unwrap_or_else(|| panic!("a line for {id} in:\n{text}"))
+            .to_string()
+    };
+    assert!(line("old-0").contains("rev-a") && line("old-0").contains("(holder)"));
+    assert!(line("new-0").contains("rev-b") && line("new-0").contains(" healthy"));
+    assert!(line("new-1").contains("unhealthy"), "{}", line("new-1"));
+    assert!(line("new-1").contains(" s ago"), "{}", line("new-1"));
+
+    let (code, json, stderr) = status(&etcd, &key, &["--json"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let doc: serde_json::Value = serde_json::from_str(&json).expect("a JSON document");
+    assert_eq!(doc["protocol"], "lock");
+    assert_eq!(doc["holder"]["id"], "old-0");
+    assert_eq!(doc["holder"]["fencing_token"], before.mod_revision);
+    let left = doc["holder"]["lease_seconds_left"]
+        .as_i64()
+        .expect("seconds left");
+    assert!((1..=30).contains(&left), "{left}");
+    let candidates = doc["candidates"].as_array().expect("candidates");
+    assert_eq!(candidates.len(), 3);
+    assert_eq!(candidates[0]["id"], "old-0", "the holder first");
+    assert_eq!(candidates[0]["holder"], true);
+    let by_id = |id: &str| {
+        candidates
+            .iter()
+            .find(|c| c["id"] == id)
+            .unwrap_or_else(|| panic!("{id} in {doc}"))
+    };
+    assert_eq!(by_id("new-1")["app_healthy"], false);
+    assert_eq!(by_id("new-1")["revision"], "rev-b");
+    assert_eq!(by_id("new-0")["app_healthy"], true);
+    assert!(by_id("new-0")["registered_seconds_ago"].is_u64());
+
+    assert_eq!(
+        etcd.get(&key).map(|kv| kv.mod_revision),
+        Some(before.mod_revision),
+        "status changed nothing"
+    );
+}
+
+#[test]
+fn status_of_a_free_key_and_of_an_unreachable_etcd() {
+    let etcd = Etcd::start();
+    let key = unique_key("status_free");
+    let (code, text, _) = status(&etcd, &key, &[]);
+    assert_eq!(code, Some(0));
+    assert!(
+        text.contains("holder:     none (the key is free)"),
+        "{text}"
+    );
+    assert!(text.contains("candidates: 0"), "{text}");
+
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let out = run_to_exit(
+        &["status", "--endpoints", &dead, "--key", &key],
+        &[],
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.status.code(), Some(1), "etcd unreachable: exit 1");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.lines().last().is_some_and(|l| l.contains("etcd")),
+        "one line naming etcd: {stderr}"
+    );
+}
