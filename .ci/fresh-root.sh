@@ -106,6 +106,7 @@ pristine=$cache/$suite-minbase-$key.tar.zst
 need_host=()
 command -v debootstrap >/dev/null || need_host+=(debootstrap)
 command -v zstd >/dev/null || need_host+=(zstd)
+command -v python3 >/dev/null || need_host+=(python3) # .ci/dockerfile-builder.py
 if [ ${#need_host[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_host[@]}" >/dev/null
