@@ -12,28 +12,45 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app_health;
 use crate::config::Config;
+use crate::election::etcd::ConnectError;
 use crate::election::Election;
 use crate::http::{self, AppState, Resign};
 use crate::leader_file;
 use crate::metrics::Metrics;
+use crate::process::SpawnError;
 
 /// Why the process failed, mapped to an exit code by `main`.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
-    /// Bad configuration found late (e.g. an unreadable TLS file): exit 2.
-    #[error("{0}")]
-    Config(String),
-    /// Anything else: exit 1.
-    #[error("{0}")]
-    Runtime(String),
+    /// Bad configuration found late, when the etcd client is built (an unreadable TLS file):
+    /// exit 2.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// What the process needs from the system failed (the runtime, a signal handler, a
+    /// listener): exit 1.
+    #[error("{what}: {source}")]
+    System {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `run` could not start its command's supervisor: exit 1.
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
 }
 
 impl AppError {
+    /// A system call that failed while doing `what`.
+    pub fn system(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> AppError {
+        let what = what.into();
+        move |source| AppError::System { what, source }
+    }
+
     /// The process exit code for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            AppError::Config(_) => 2,
-            AppError::Runtime(_) => 1,
+            AppError::Connect(_) => 2,
+            AppError::System { .. } | AppError::Spawn(_) => 1,
         }
     }
 }
@@ -131,7 +148,7 @@ pub async fn run_sidecar(
     let front_ends = FrontEnds::start(&election, &cfg, metrics, listeners, Resign::Allowed);
     let result = election.run(shutdown).await;
     front_ends.stop().await;
-    let release = result.map_err(|e| AppError::Config(e.to_string()))?;
+    let release = result?;
     tracing::info!(lease = release.as_str(), "stopped");
     Ok(())
 }

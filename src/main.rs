@@ -74,12 +74,12 @@ fn run(cfg: Config, job: Option<RunConfig>) -> Result<u8, AppError> {
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(|e| AppError::Runtime(format!("starting the async runtime: {e}")))?;
+        .map_err(AppError::system("starting the async runtime"))?;
     let shutdown_timeout = cfg.election.shutdown_timeout;
     let result = runtime.block_on(async move {
         // Signals first: a SIGTERM during start-up must still lead to a clean exit.
         let shutdown = Shutdown::install()
-            .map_err(|e| AppError::Runtime(format!("installing signal handlers: {e}")))?;
+            .map_err(AppError::system("installing signal handlers"))?;
         let token = shutdown.token();
         let abort = shutdown.abort_token();
         let _signals = shutdown.spawn();
@@ -118,10 +118,10 @@ async fn bind(
     let Some(addr) = addr else { return Ok(None) };
     let listener = etcd_elector::http::bind(addr)
         .await
-        .map_err(|e| AppError::Runtime(format!("cannot listen on {addr}: {e}")))?;
+        .map_err(AppError::system(format!("cannot listen on {addr}")))?;
     let local = listener
         .local_addr()
-        .map_err(|e| AppError::Runtime(format!("listener address: {e}")))?;
+        .map_err(AppError::system("listener address"))?;
     tracing::info!(listen = %local, "{what}");
     Ok(Some(listener))
 }

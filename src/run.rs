@@ -51,8 +51,7 @@ pub async fn run_job(
     if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
         tracing::debug!(error = %e, "cannot become a child subreaper");
     }
-    let reaper = Reaper::install()
-        .map_err(|e| AppError::Runtime(format!("installing the SIGCHLD handler: {e}")))?;
+    let reaper = Reaper::install().map_err(AppError::system("installing the SIGCHLD handler"))?;
     let metrics = Metrics::new();
     let election = prepare(&cfg, &metrics);
     let mut leadership = election.subscribe();
@@ -70,7 +69,7 @@ pub async fn run_job(
     let stop_election = || async {
         election_stop.cancel();
         let result = match election_task.await {
-            Ok(Err(e)) => Err(AppError::Config(e.to_string())),
+            Ok(Err(e)) => Err(AppError::Connect(e)),
             Ok(Ok(_)) => Ok(()),
             Err(e) => {
                 tracing::warn!(error = %e, "election task failed");
@@ -157,7 +156,7 @@ pub async fn run_job(
         }
         Err(e @ SpawnError::Shim(_)) => {
             release(stop_election(), &abort).await?;
-            return Err(AppError::Runtime(e.to_string()));
+            return Err(AppError::Spawn(e));
         }
     };
     tracing::info!(
