@@ -313,3 +313,78 @@ fn a_go_client_never_gets_the_lock_during_transfers() {
         "the Go client never got the lock while replicas handed it over"
     );
 }
+
+#[test]
+fn after_a_crash_about_one_candidate_campaigns_however_many_wait() {
+    let etcd = Etcd::start();
+    let key = unique_key("succession_crash_order");
+    // A short TTL: a crash frees the key when the lease expires.
+    let short = |id: &str| {
+        Sidecar::builder()
+            .endpoints(&etcd.endpoint())
+            .key(&key)
+            .id(id)
+            .args(&["--ttl", "3"])
+            .start()
+    };
+    let mut first = short("first");
+    assert!(wait_until(SOON, || first.is_leader()), "first leads");
+    let others: Vec<Sidecar> = (0..5).map(|i| short(&format!("w{i}"))).collect();
+    others.iter().for_each(wait_following);
+    // Let every follower read the candidates (registered just now).
+    std::thread::sleep(Duration::from_millis(300));
+    let before: u64 = others.iter().map(campaigns).sum();
+
+    first.kill();
+    let next = wait_for_one_leader(&others, SOON);
+    let after: u64 = others.iter().map(campaigns).sum();
+    println!(
+        "crash failover with 5 waiting: {} campaigns, {} leads",
+        after - before,
+        others[next].id()
+    );
+    assert_eq!(
+        others[next].id(),
+        "w4",
+        "the newest registration is ranked first and takes over"
+    );
+    assert!(
+        after - before <= 2,
+        "about one campaign, not one per follower: {}",
+        after - before
+    );
+}
+
+#[test]
+fn after_a_crash_a_frozen_best_candidate_does_not_stop_the_others() {
+    let etcd = Etcd::start();
+    let key = unique_key("succession_crash_frozen");
+    let short = |id: &str| {
+        Sidecar::builder()
+            .endpoints(&etcd.endpoint())
+            .key(&key)
+            .id(id)
+            .args(&["--ttl", "3"])
+            .start()
+    };
+    let mut first = short("first");
+    assert!(wait_until(SOON, || first.is_leader()), "first leads");
+    let others: Vec<Sidecar> = (0..3).map(|i| short(&format!("w{i}"))).collect();
+    others.iter().for_each(wait_following);
+    std::thread::sleep(Duration::from_millis(300));
+    // The best-ranked (newest) candidate is frozen: registered, lease alive, but silent.
+    others[2].signal(Signal::SIGSTOP);
+
+    first.kill();
+    let killed = Instant::now();
+    assert!(
+        wait_until(SOON, || others[..2].iter().any(Sidecar::is_leader)),
+        "a live candidate takes over"
+    );
+    let took = killed.elapsed();
+    others[2].signal(Signal::SIGCONT);
+    assert!(
+        took < Duration::from_secs(6),
+        "within the crash-failover time (TTL 3 s and etcd's expiry scan), took {took:?}"
+    );
+}

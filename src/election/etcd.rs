@@ -8,7 +8,7 @@ use std::time::Duration;
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
     KeyValue, LeaseKeepAliveStream, LeaseKeeper, PutOptions, SortOrder, SortTarget, TlsOptions,
-    Txn, TxnOp, TxnOpResponse, WatchFilterType, WatchOptions,
+    Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 use tokio::sync::mpsc;
 use tokio::time::{sleep, sleep_until, timeout, Instant};
@@ -592,9 +592,10 @@ async fn guarded(client: &mut Client, timing: &Timing, txn: Txn) -> Result<(bool
     Ok((resp.succeeded(), revision))
 }
 
-/// Report candidates registering from `from_revision` on, until the task is aborted or the
-/// watch ends (then nothing more is reported: a handoff that waits for a candidate gives up
-/// at its deadline anyway).
+/// Report candidates registering and going from `from_revision` on, until the task is
+/// aborted or the watch ends (then nothing more is reported: a handoff that waits for a
+/// candidate gives up at its deadline anyway, and a follower with a stale list only defers
+/// its campaign a little longer or not at all).
 pub async fn watch_candidates(
     mut client: Client,
     timing: Timing,
@@ -604,8 +605,7 @@ pub async fn watch_candidates(
 ) {
     let options = WatchOptions::new()
         .with_prefix()
-        .with_start_revision(from_revision)
-        .with_filters([WatchFilterType::NoDelete]);
+        .with_start_revision(from_revision);
     let watch = client.watch(registration_prefix(&key), Some(options));
     let mut stream = match bounded(Op::Watch, timing.request_timeout, watch).await {
         Ok(stream) => stream,
@@ -615,13 +615,17 @@ pub async fn watch_candidates(
         }
     };
     while let Ok(Some(resp)) = stream.message().await {
-        for candidate in resp
-            .events()
-            .iter()
-            .filter_map(|e| e.kv())
-            .filter_map(candidate_of)
-        {
-            let event = Event::CandidateRegistered { candidate };
+        for event in resp.events() {
+            let Some(kv) = event.kv() else { continue };
+            let event = match event.event_type() {
+                EventType::Delete => Event::CandidateGone {
+                    key: String::from_utf8_lossy(kv.key()).into_owned(),
+                },
+                EventType::Put => match candidate_of(kv) {
+                    Some(candidate) => Event::CandidateRegistered { candidate },
+                    None => continue,
+                },
+            };
             if reports.send(Report::Event(event)).await.is_err() {
                 return;
             }

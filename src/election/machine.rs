@@ -28,6 +28,15 @@ use crate::backoff::Backoff;
 /// An etcd lease id.
 pub type LeaseId = i64;
 
+/// After a crash (the key deleted by lease expiry), candidates campaign in the order of their
+/// rank, the newest registration first: the best-ranked at once, the one ranked `r` after `r`
+/// steps (at most [`MAX_DEFER`]), unless a write of the key shows up first. So a failover
+/// costs about one campaign however many wait, and a best-ranked candidate that is dead or cut
+/// off delays the others by at most `MAX_DEFER`.
+pub const RANK_STEP: Duration = Duration::from_millis(10);
+/// The longest a candidate defers its campaign after a crash.
+pub const MAX_DEFER: Duration = Duration::from_millis(100);
+
 /// How many leases whose revoke failed are remembered for another try. More than one only
 /// happens when outages come and go faster than a grant succeeds; the oldest is then the
 /// likeliest to have expired already.
@@ -226,8 +235,10 @@ pub enum Event {
     },
     /// The candidates could not be read: hand over nothing.
     CandidatesFailed,
-    /// A candidate registered while we waited for one (succession).
+    /// A candidate registered (or re-registered) while we watched (succession).
     CandidateRegistered { candidate: Candidate },
+    /// The registration at `key` went (its replica stopped, or its lease expired).
+    CandidateGone { key: String },
     /// The transfer transaction finished: `succeeded` when the key now names the successor,
     /// written at `revision`.
     TransferDone { succeeded: bool, revision: i64 },
@@ -416,6 +427,9 @@ enum State {
     },
     /// Lease held, but our application is unhealthy: no campaign until it recovers.
     Benched,
+    /// The key went, and a better-ranked candidate should take it: we campaign at `until`
+    /// unless its write shows up on our watch first (see [`RANK_STEP`]).
+    Deferring { until: Instant },
     /// The key was handed to us (`holder`, under our lease); our confirmation is in flight.
     /// Not leading yet: only a confirmed key is evidence.
     Confirming { holder: Holder },
@@ -519,6 +533,9 @@ pub struct Machine {
     succession: Option<Succession>,
     /// The application's health, with `--app-health`; `None`: always eligible.
     app: Option<AppHealth>,
+    /// While following under succession: the registered candidates, kept current by a watch,
+    /// for the campaign order after a crash. `None` until read.
+    known: Option<Vec<Candidate>>,
     /// Leases we gave up whose revoke failed: revoked again once etcd grants a lease, so a
     /// key left under one is released then instead of a whole TTL later (etcd renews every
     /// lease to its full TTL when it regains a leader after an outage).
@@ -561,6 +578,7 @@ impl Machine {
             backoff: Backoff::new(timing.backoff_base, timing.backoff_cap, seed),
             succession: None,
             app: None,
+            known: None,
             unrevoked: Vec::new(),
         }
     }
@@ -614,6 +632,7 @@ impl Machine {
     pub fn next_wakeup(&self) -> Option<Instant> {
         let timer = match &self.state {
             State::NeedLease { retry_at } | State::Campaigning { retry_at } => *retry_at,
+            State::Deferring { until } => Some(*until),
             State::Stopping { revoke_at, .. } => *revoke_at,
             State::Handing(Handoff {
                 phase: Phase::Waiting { .. },
@@ -653,6 +672,7 @@ impl Machine {
             ),
             State::Confirming { .. } => (Role::Campaigning, None, None, None, None),
             State::Benched => (Role::Standby, None, None, None, None),
+            State::Deferring { .. } => (Role::Campaigning, None, None, None, None),
             State::Handing(Handoff {
                 then: After::Rejoin,
                 ..
@@ -763,7 +783,8 @@ impl Machine {
                     self.record_step_down(StepDownReason::KeyDeleted, &mut out);
                     self.campaign(&mut out);
                 }
-                State::Following { .. } | State::Confirming { .. } => self.campaign(&mut out),
+                State::Following { .. } => self.campaign_in_rank(now, &mut out),
+                State::Confirming { .. } => self.campaign(&mut out),
                 State::Handing(_) => self.on_handoff_event(HandoffEvent::KeyDeleted, now, &mut out),
                 _ => {}
             },
@@ -778,7 +799,7 @@ impl Machine {
                     self.record_step_down(StepDownReason::WatchLost, &mut out);
                     self.retry_campaign_later(now, &mut out);
                 }
-                State::Following { .. } | State::Confirming { .. } => {
+                State::Following { .. } | State::Confirming { .. } | State::Deferring { .. } => {
                     self.retry_campaign_later(now, &mut out)
                 }
                 // A handoff without its watch still ends: the undo's guard makes it safe.
@@ -819,6 +840,15 @@ impl Machine {
                     out.actions.push(Action::Exit);
                 }
             }
+            Event::Candidates {
+                candidates,
+                revision,
+            } if self.keeps_candidates() => {
+                self.known = Some(candidates);
+                out.actions.push(Action::WatchCandidates {
+                    from_revision: revision + 1,
+                });
+            }
             Event::Candidates { candidates, .. } if self.looking_for_healthy_successor() => {
                 self.on_healthy_candidates(Some(candidates), now, &mut out)
             }
@@ -837,8 +867,30 @@ impl Machine {
                 &mut out,
             ),
             Event::CandidatesFailed => self.on_handoff_event(HandoffEvent::Failed, now, &mut out),
+            Event::CandidateRegistered { candidate }
+                if !matches!(self.state, State::Handing(_)) =>
+            {
+                if let Some(known) = self.known.as_mut() {
+                    known.retain(|c| c.key != candidate.key);
+                    known.push(candidate);
+                }
+            }
             Event::CandidateRegistered { candidate } => {
                 self.on_handoff_event(HandoffEvent::Registered(candidate), now, &mut out)
+            }
+            Event::CandidateGone { key } => {
+                if let Some(known) = self.known.as_mut() {
+                    known.retain(|c| c.key != key);
+                }
+                if let State::Handing(Handoff {
+                    phase: Phase::Waiting { best },
+                    ..
+                }) = &mut self.state
+                {
+                    if best.as_ref().is_some_and(|b| b.key == key) {
+                        *best = None;
+                    }
+                }
             }
             Event::TransferDone {
                 succeeded,
@@ -1001,12 +1053,16 @@ impl Machine {
             out.transitions.push(Transition::BecameLeader {
                 fencing_token: token,
             });
+            self.forget_candidates(out);
         } else {
             out.transitions.push(Transition::LeaderObserved {
                 leader: holder.value.clone(),
                 fencing_token: token,
             });
             self.state = State::Following { leader: holder };
+            if self.succession.is_some() && self.known.is_none() {
+                out.actions.push(Action::ReadCandidates);
+            }
         }
         out.actions.push(Action::Watch {
             target,
@@ -1056,6 +1112,14 @@ impl Machine {
                 self.state = State::Following { leader: holder };
             }
             State::Handing(_) => self.on_handoff_event(HandoffEvent::KeyPut(holder), now, out),
+            // A better-ranked candidate won while we deferred: follow, no campaign.
+            State::Deferring { .. } => {
+                out.transitions.push(Transition::LeaderObserved {
+                    leader: holder.value.clone(),
+                    fencing_token: self.token_of(&holder),
+                });
+                self.state = State::Following { leader: holder };
+            }
             _ => {}
         }
     }
@@ -1078,6 +1142,7 @@ impl Machine {
             out.transitions.push(Transition::BecameLeader {
                 fencing_token: revision,
             });
+            self.forget_candidates(out);
         } else {
             self.campaign(out);
         }
@@ -1123,6 +1188,7 @@ impl Machine {
                 }
             },
             State::Handing(_) => self.on_handoff_event(HandoffEvent::Tick, now, out),
+            State::Deferring { until } if now >= until => self.campaign(out),
             State::Leading { .. } if self.health_handoff_due(now) => {
                 if let Some(app) = self.app.as_mut() {
                     app.looking = true;
@@ -1508,6 +1574,47 @@ impl Machine {
             key_revision,
         });
         out.actions.push(Action::Transfer { to, key_revision });
+    }
+
+    /// A follower keeps the candidate list (succession) to know its rank after a crash.
+    fn keeps_candidates(&self) -> bool {
+        self.succession.is_some()
+            && matches!(
+                self.state,
+                State::Following { .. } | State::Deferring { .. }
+            )
+    }
+
+    /// A leader needs no candidate list (it reads one when it hands over).
+    fn forget_candidates(&mut self, out: &mut Step) {
+        if self.known.take().is_some() {
+            out.actions.push(Action::StopWatchCandidates);
+        }
+    }
+
+    /// The key went while we followed: campaign at once when we are the best-ranked healthy
+    /// candidate (or know no better), else defer by our rank (see [`RANK_STEP`]).
+    fn campaign_in_rank(&mut self, now: Instant, out: &mut Step) {
+        let rank = match (&self.state, &self.known, self.lease) {
+            (State::Following { leader }, Some(known), Some(ours)) => {
+                let mut ranked: Vec<&Candidate> = known
+                    .iter()
+                    .filter(|c| c.healthy && c.lease != leader.lease)
+                    .collect();
+                ranked.sort_by_key(|c| std::cmp::Reverse(c.create_revision));
+                ranked.iter().position(|c| c.lease == ours.id).unwrap_or(0)
+            }
+            _ => 0,
+        };
+        if rank == 0 || !self.eligible() {
+            self.campaign(out);
+            return;
+        }
+        let wait = RANK_STEP
+            .saturating_mul(u32::try_from(rank).unwrap_or(u32::MAX))
+            .min(MAX_DEFER);
+        // The key watch stays: a better-ranked candidate's write ends the wait.
+        self.state = State::Deferring { until: now + wait };
     }
 
     fn campaign(&mut self, out: &mut Step) {
@@ -2899,5 +3006,98 @@ mod tests {
             key_revision: 5
         }));
         assert!(!is_leader(&m, again));
+    }
+
+    // --- campaign order after a crash ---
+
+    /// A follower (succession) of `other(3)` that read the candidates `known`.
+    fn following_with(known: Vec<Candidate>) -> (Machine, Instant) {
+        let (mut m, t0) = succeeding(Duration::ZERO);
+        granted(&mut m, t0);
+        let step = m.step(
+            Event::CampaignDone {
+                lease: LEASE,
+                holder: other(3),
+                revision: 3,
+                key: KEY.into(),
+                queue: None,
+            },
+            t0,
+        );
+        assert!(step.actions.contains(&Action::ReadCandidates));
+        let step = m.step(
+            Event::Candidates {
+                candidates: known,
+                revision: 20,
+            },
+            t0,
+        );
+        assert_eq!(
+            step.actions,
+            vec![Action::WatchCandidates { from_revision: 21 }]
+        );
+        (m, t0)
+    }
+
+    #[test]
+    fn after_a_crash_the_newest_healthy_registration_campaigns_at_once() {
+        let (mut m, t0) = following_with(vec![
+            candidate("dead-holder", "a", 99, 30),
+            candidate("older", "a", 20, 10),
+            candidate("me", "a", LEASE, 12),
+        ]);
+        let step = m.step(Event::KeyDeleted, t0);
+        assert!(step.actions.contains(&Action::Campaign { lease: LEASE }));
+    }
+
+    #[test]
+    fn a_lower_ranked_candidate_defers_and_follows_the_winner_without_campaigning() {
+        let (mut m, t0) = following_with(vec![
+            candidate("me", "a", LEASE, 10),
+            candidate("newer", "a", 20, 12),
+            candidate("newest-but-sick", "a", 21, 13),
+        ]);
+        // The sick one does not count: "newer" is first, we are second.
+        let mut sick = candidate("newest-but-sick", "a", 21, 14);
+        sick.healthy = false;
+        m.step(Event::CandidateRegistered { candidate: sick }, t0);
+        let step = m.step(Event::KeyDeleted, t0);
+        assert!(!step
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::Campaign { .. })));
+        assert_eq!(m.next_wakeup(), Some(t0 + RANK_STEP));
+        let step = m.step(
+            Event::KeyPut {
+                holder: handed("newer", 20, 40),
+            },
+            t0,
+        );
+        assert!(step.actions.is_empty(), "no campaign: {step:?}");
+        assert_eq!(m.view().leader.as_deref(), Some("newer"));
+    }
+
+    #[test]
+    fn a_deferring_candidate_campaigns_when_the_better_one_does_not_show_up() {
+        let (mut m, t0) = following_with(vec![
+            candidate("me", "a", LEASE, 10),
+            candidate("newer", "a", 20, 12),
+        ]);
+        m.step(Event::KeyDeleted, t0);
+        let step = m.step(Event::Tick, t0 + RANK_STEP);
+        assert!(step.actions.contains(&Action::Campaign { lease: LEASE }));
+        // A candidate that went no longer ranks above us.
+        let (mut m, t0) = following_with(vec![
+            candidate("me", "a", LEASE, 10),
+            candidate("newer", "a", 20, 12),
+        ]);
+        m.step(
+            Event::CandidateGone {
+                key: candidate("newer", "a", 20, 12).key,
+            },
+            t0,
+        );
+        let step = m.step(Event::KeyDeleted, t0);
+        assert!(step.actions.contains(&Action::Campaign { lease: LEASE }));
     }
 }
