@@ -36,18 +36,14 @@
 //! its claim deadline (it logs `lease_not_renewed` right after the thaw) is
 //! cut at the freeze; what it answers after the thaw is checked by the probes.
 
-#[path = "support/observe.rs"]
-mod observe;
-mod support;
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use observe::{
+use elector_testkit::observe::{
     parse_rfc3339_micros, term_overlaps, terms, unix_micros, Probe, ProbeRecord, Prober, Term,
 };
-use support::*;
+use elector_testkit::*;
 
 const TTL: u64 = 3;
 const REPLICAS: usize = 5;
@@ -106,25 +102,9 @@ struct Fault {
     healed: Instant,
 }
 
-/// xorshift64: enough randomness for choosing faults; the seed is printed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn chance(&mut self, p: f64) -> bool {
-        (self.next() >> 11) as f64 / ((1u64 << 53) as f64) < p
-    }
-    fn millis(&mut self, lo: u64, hi: u64) -> Duration {
-        Duration::from_millis(lo + self.next() % (hi - lo + 1))
-    }
+/// A pause of `lo..=hi` milliseconds.
+fn millis(rng: &mut fastrand::Rng, lo: u64, hi: u64) -> Duration {
+    Duration::from_millis(rng.u64(lo..=hi))
 }
 
 /// One process's life of a replica: its log, and what was done to it.
@@ -344,8 +324,9 @@ fn the_overlap_checks_catch_two_leaders_and_accept_a_handoff() {
 #[test]
 fn never_two_leaders_and_soon_a_leader_again_under_random_faults() {
     let secs = chaos_secs();
-    let seed = random_u64() | 1;
-    let mut rng = Rng(seed);
+    // Enough randomness for choosing faults; the seed is printed.
+    let seed = fastrand::u64(..);
+    let mut rng = fastrand::Rng::with_seed(seed);
     let mut cluster = EtcdCluster::start(3);
     let key = unique_key("chaos");
     let mut replicas: Vec<Replica> = (0..REPLICAS)
@@ -392,24 +373,24 @@ fn never_two_leaders_and_soon_a_leader_again_under_random_faults() {
     let deadline = started + Duration::from_secs(secs);
 
     while Instant::now() < deadline && failures.is_empty() {
-        let kind = Kind::ALL[rng.below(Kind::ALL.len())];
+        let kind = Kind::ALL[rng.usize(..Kind::ALL.len())];
         let leader = current_leader(&replicas);
         let target_replica = match leader {
-            Some(l) if rng.chance(0.6) => l,
-            _ => rng.below(REPLICAS),
+            Some(l) if rng.f64() < 0.6 => l,
+            _ => rng.usize(..REPLICAS),
         };
         let injected = Instant::now();
         let mut healed = injected;
         let target = match kind {
             Kind::KillMember => {
-                let raft = if rng.chance(0.5) {
+                let raft = if rng.f64() < 0.5 {
                     cluster.raft_leader()
                 } else {
                     None
                 };
-                let m = raft.unwrap_or_else(|| rng.below(cluster.members.len()));
+                let m = raft.unwrap_or_else(|| rng.usize(..cluster.members.len()));
                 cluster.members[m].kill();
-                std::thread::sleep(rng.millis(500, 4000));
+                std::thread::sleep(millis(&mut rng, 500, 4000));
                 cluster.members[m].launch();
                 healed = Instant::now();
                 format!(
@@ -424,7 +405,7 @@ fn never_two_leaders_and_soon_a_leader_again_under_random_faults() {
                 // after the stop is sent, and before the thaw is.
                 r.sidecar.signal(Signal::SIGSTOP);
                 let stopped = unix_micros(Instant::now());
-                std::thread::sleep(rng.millis(500, (TTL + 2) * 1000));
+                std::thread::sleep(millis(&mut rng, 500, (TTL + 2) * 1000));
                 healed = Instant::now();
                 r.sidecar.signal(Signal::SIGCONT);
                 r.freezes.push((stopped, unix_micros(healed)));
@@ -433,7 +414,7 @@ fn never_two_leaders_and_soon_a_leader_again_under_random_faults() {
             Kind::KillReplica => {
                 let r = &mut replicas[target_replica];
                 r.kill();
-                std::thread::sleep(rng.millis(300, 1500));
+                std::thread::sleep(millis(&mut rng, 300, 1500));
                 r.restart(&key);
                 r.id.clone()
             }
@@ -442,7 +423,7 @@ fn never_two_leaders_and_soon_a_leader_again_under_random_faults() {
                 for p in &r.proxies {
                     p.partition();
                 }
-                std::thread::sleep(rng.millis(500, (TTL + 2) * 1000));
+                std::thread::sleep(millis(&mut rng, 500, (TTL + 2) * 1000));
                 for p in &r.proxies {
                     p.heal();
                 }
@@ -454,7 +435,7 @@ fn never_two_leaders_and_soon_a_leader_again_under_random_faults() {
                 "key".to_string()
             }
             Kind::RevokeLease => {
-                let lease = if rng.chance(0.7) {
+                let lease = if rng.f64() < 0.7 {
                     cluster.get(&key).map(|kv| format!("{:x}", kv.lease))
                 } else {
                     replicas[target_replica]
@@ -499,7 +480,7 @@ fn never_two_leaders_and_soon_a_leader_again_under_random_faults() {
                 ));
             }
         }
-        std::thread::sleep(rng.millis(200, 1500));
+        std::thread::sleep(millis(&mut rng, 200, 1500));
     }
 
     // The end: everything healed, exactly one leader.

@@ -3,13 +3,11 @@
 //! names the option (and for a file: the file, and the field or line), never
 //! a panic and never a running server.
 
-mod support;
-
 use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use support::*;
+use elector_testkit::*;
 
 /// A bad configuration must be refused at once; this only catches a binary
 /// that started serving instead.

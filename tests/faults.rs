@@ -13,14 +13,10 @@
 //! partitioned follower, etcd losing its data, crashes, a slow etcd, and the
 //! order of a shutdown with `--release-delay`.
 
-#[path = "support/observe.rs"]
-mod observe;
-mod support;
-
 use std::time::{Duration, Instant};
 
-use observe::{terms, ProbeRecord, Prober};
-use support::*;
+use elector_testkit::observe::{terms, ProbeRecord, Prober};
+use elector_testkit::*;
 
 /// Short, so faults that wait out a lease are cheap.
 const TTL: u64 = 3;

@@ -2,11 +2,9 @@
 //! revokes its lease so the key disappears, and exits 0; a follower wins
 //! through its watch, long before the TTL could have expired.
 
-mod support;
-
 use std::time::Duration;
 
-use support::*;
+use elector_testkit::*;
 
 /// Long enough that a takeover inside [`SOON`] can only come from the revoke,
 /// never from the lease expiring.

@@ -8,16 +8,14 @@
 //! directory (their pid, their environment, a wall-clock timestamp) and wait
 //! for a `release` file from the test; see `tests/support/job.rs`.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::job::{
+use elector_testkit::job::{
     children_of, keys_under, process_alive, process_exists, process_group, stamp, unix_nanos,
     write_file, Etcdctl, Job, WAIT_FOR_RELEASE,
 };
-use support::tls::auth_etcd;
-use support::*;
+use elector_testkit::tls::auth_etcd;
+use elector_testkit::*;
 
 /// Long enough that a takeover inside a test's bounds can only come from a
 /// revoke or a deletion, never from a lease expiring.
@@ -1224,7 +1222,7 @@ fn the_etcd_password_never_reaches_the_command() {
 /// A shell command for `etcdctl lock` that records, while it holds the lock, what
 /// etcdctl exported (`rev`) and its own key's create revision (`kv`, etcdctl's JSON).
 fn record_lock_as_etcdctl_sees_it(etcd: &Etcd) -> String {
-    let etcdctl = support::etcd::etcdctl_bin().display().to_string();
+    let etcdctl = elector_testkit::etcd::etcdctl_bin().display().to_string();
     format!(
         "{}; {}",
         write_file("rev", "echo \"$ETCD_LOCK_REV\""),

@@ -6,12 +6,10 @@
 //! password: not in logs, `/status`, `/metrics` or any other answer.
 //! Certificates are made per test with `openssl` (see `support/tls.rs`).
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::tls::{auth_etcd, expired_tls_etcd, tls_etcd, AuthEtcd, Pki};
-use support::*;
+use elector_testkit::tls::{auth_etcd, expired_tls_etcd, tls_etcd, AuthEtcd, Pki};
+use elector_testkit::*;
 
 /// etcd's auth token lifetime in these tests: a token unused this long is
 /// invalid, so anything the sidecar does after a quiet spell needs a new one.

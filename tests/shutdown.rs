@@ -2,11 +2,9 @@
 //! stuck blocking work included; a second signal exits at once; the release
 //! delay holds only a leader's key; the exit log says what became of the lease.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::*;
+use elector_testkit::*;
 
 /// Waits for the exit and returns its code and how long it took from `since`.
 fn exit_after(sidecar: &mut Sidecar, since: Instant, bound: Duration) -> (Option<i32>, Duration) {

@@ -22,8 +22,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::etcd::{Etcd, Security};
-use super::{random_suffix, test_tempdir};
+use crate::etcd::{Etcd, Security};
+use crate::{random_suffix, test_tempdir};
 
 /// Certificate lifetime for the valid ones: the test is over long before.
 const VALID_DAYS: &str = "2";
@@ -67,6 +67,10 @@ extendedKeyUsage=clientAuth\n";
 
 impl Pki {
     /// A fresh CA with a server and a client certificate.
+    #[expect(
+        clippy::new_without_default,
+        reason = "running openssl is no default value"
+    )]
     pub fn new() -> Pki {
         let dir = test_tempdir("pki");
         let d = dir.path();
@@ -342,7 +346,7 @@ pub fn auth_etcd(token_ttl_secs: u64) -> AuthEtcd {
     let _ = etcd.etcdctl(&["auth", "enable"]);
     etcd.set_ctl_args(&["--user", &format!("root:{root_password}")]);
     etcd.ctl(&["user", "list"]);
-    let refused = Command::new(super::etcd::etcdctl_bin())
+    let refused = Command::new(crate::etcd::etcdctl_bin())
         .env("ETCDCTL_API", "3")
         .args(["--endpoints", &etcd.endpoint(), "get", "/"])
         .args(["--command-timeout", "5s", "--dial-timeout", "3s"])
