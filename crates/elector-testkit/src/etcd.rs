@@ -95,7 +95,10 @@ pub struct Etcd {
     /// Unique per cluster, so that a member can never join another test's
     /// cluster even if ports are reused between tests.
     cluster_token: String,
-    dir: tempfile::TempDir,
+    /// Data and logs: a temporary directory of its own (`_temp`), or one in
+    /// a directory the caller keeps ([`Etcd::start_in`]).
+    dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
     child: Option<Child>,
     /// Counts launches, so each gets its own log file and old logs survive a restart.
     launches: usize,
@@ -122,11 +125,26 @@ impl Etcd {
         Etcd::start_secured(Security::default())
     }
 
+    /// A single-member cluster with its data and logs in a new directory
+    /// under `parent`, which outlives it (the bench keeps them for a failed run).
+    pub fn start_in(parent: &Path) -> Etcd {
+        Etcd::start_with(Security::default(), Some(parent))
+    }
+
     /// A single-member cluster with TLS or auth flags, started and healthy.
     pub fn start_secured(security: Security) -> Etcd {
+        Etcd::start_with(security, None)
+    }
+
+    fn start_with(security: Security, parent: Option<&Path>) -> Etcd {
         for attempt in 1..=PORT_RETRIES {
             let mut etcd = Etcd::not_started();
             etcd.security = security.clone();
+            if let Some(parent) = parent {
+                etcd.dir = parent.join(format!("etcd-{}", etcd.client_port));
+                etcd._temp = None;
+                fs::create_dir_all(&etcd.dir).expect("creating etcd's directory");
+            }
             etcd.spawn();
             match etcd.wait_healthy() {
                 Ok(()) => return etcd,
@@ -169,13 +187,15 @@ impl Etcd {
         initial_cluster: String,
         cluster_token: String,
     ) -> Etcd {
+        let temp = test_tempdir("etcd");
         Etcd {
             name,
             client_port,
             peer_port,
             initial_cluster,
             cluster_token,
-            dir: test_tempdir("etcd"),
+            dir: temp.path().to_path_buf(),
+            _temp: Some(temp),
             child: None,
             launches: 0,
             security: Security::default(),
@@ -274,12 +294,12 @@ impl Etcd {
         fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
-    fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
     }
 
     fn log_path(&self) -> PathBuf {
-        self.dir.path().join(format!("etcd-{}.log", self.launches))
+        self.dir.join(format!("etcd-{}.log", self.launches))
     }
 
     fn spawn(&mut self) {

@@ -21,6 +21,21 @@ use crate::tail;
 /// How many lines of each log a failure message shows.
 const TAIL_LINES: usize = 30;
 
+extern "C" {
+    // libc's; std and nix do not wrap them.
+    fn getpriority(which: i32, who: u32) -> i32;
+    fn setpriority(which: i32, who: u32, prio: i32) -> i32;
+}
+
+/// Sets the nice value of the calling thread (on Linux nice is per thread,
+/// and inherited by the threads and processes it creates). False when not
+/// permitted (going below 0 needs CAP_SYS_NICE).
+pub fn set_thread_nice(nice: i32) -> bool {
+    // PRIO_PROCESS with who = 0: the calling thread.
+    // SAFETY: a plain system call with no pointers.
+    unsafe { setpriority(0, 0, nice) == 0 }
+}
+
 /// A child process, SIGKILLed on drop. See the module docs.
 pub struct Child {
     child: std::process::Child,
@@ -34,11 +49,16 @@ impl Child {
     /// Spawns `cmd` with SIGKILL as its parent-death signal. That signal fires
     /// when the *thread* that spawned the child ends, so spawn from the test's
     /// own thread (or the bench's main thread), not from a short-lived helper.
+    /// A child of a thread that raised its priority (the bench's observers)
+    /// runs at the default one again.
     pub fn spawn(cmd: &mut Command, name: &str, logs: &[PathBuf]) -> Child {
         // SAFETY: the closure runs between fork and exec and only makes the
-        // async-signal-safe prctl(2) system call.
+        // async-signal-safe getpriority(2), setpriority(2) and prctl(2) calls.
         unsafe {
             cmd.pre_exec(|| {
+                if getpriority(0, 0) < 0 {
+                    set_thread_nice(0);
+                }
                 nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
             });
         }
