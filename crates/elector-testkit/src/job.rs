@@ -16,7 +16,7 @@ use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -197,9 +197,6 @@ impl Job {
     pub fn key(&self) -> &str {
         &self.key
     }
-    pub fn pid(&self) -> Pid {
-        self.child.pid()
-    }
     /// The public HTTP address, when built with [`JobBuilder::listen`].
     pub fn addr(&self) -> SocketAddr {
         self.addr.expect("the job was built without .listen()")
@@ -221,9 +218,7 @@ impl Job {
 
     /// The file's contents, trimmed, if it exists.
     pub fn read(&self, name: &str) -> Option<String> {
-        fs::read_to_string(self.path(name))
-            .ok()
-            .map(|s| s.trim().to_string())
+        read_trimmed(self.path(name))
     }
 
     pub fn has(&self, name: &str) -> bool {
@@ -318,24 +313,6 @@ impl Job {
     /// The log tails, for failure messages.
     pub fn describe(&self) -> String {
         self.child.describe()
-    }
-
-    pub fn signal(&self, sig: Signal) {
-        self.child.signal(sig);
-    }
-
-    /// The exit status if it has exited (reaping it), else `None`.
-    pub fn try_wait(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait()
-    }
-
-    pub fn is_running(&mut self) -> bool {
-        self.child.is_running()
-    }
-
-    /// Waits for the run to exit; panics with its logs if it has not within `timeout`.
-    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        self.child.wait_exit(timeout)
     }
 
     /// Waits for the exit and returns the exit code; panics if a signal killed the run itself.
@@ -477,26 +454,45 @@ impl Etcdctl {
     }
 
     pub fn read(&self, name: &str) -> Option<String> {
-        fs::read_to_string(self.path(name))
-            .ok()
-            .map(|s| s.trim().to_string())
+        read_trimmed(self.path(name))
     }
 
     pub fn stderr(&self) -> String {
         self.child.log(1)
     }
+}
 
-    pub fn signal(&self, sig: Signal) {
-        self.child.signal(sig);
+/// The process: `pid`, `signal`, `try_wait`, `wait_exit`.
+impl std::ops::Deref for Etcdctl {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.child
     }
+}
 
-    pub fn try_wait(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait()
+impl std::ops::DerefMut for Etcdctl {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.child
     }
+}
 
-    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        self.child.wait_exit(timeout)
+/// The process: `pid`, `signal`, `try_wait`, `wait_exit` (`kill` is the job's own).
+impl std::ops::Deref for Job {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.child
     }
+}
+
+impl std::ops::DerefMut for Job {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.child
+    }
+}
+
+/// A file's contents, trimmed, if it exists.
+fn read_trimmed(path: PathBuf) -> Option<String> {
+    fs::read_to_string(path).ok().map(|s| s.trim().to_string())
 }
 
 /// Every key under `prefix` with what etcd stores, oldest create revision first:

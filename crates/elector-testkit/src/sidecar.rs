@@ -9,11 +9,8 @@
 use std::fs::File;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, ExitStatus, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-use nix::sys::signal::Signal;
-use nix::unistd::Pid;
 
 use crate::process::Child;
 use crate::{elector_bin, free_port, http, tail, test_tempdir, wait_until};
@@ -92,6 +89,10 @@ impl CommonArgs {
 pub trait ElectorArgs: Sized {
     fn common(&mut self) -> &mut CommonArgs;
 
+    /// `--endpoints`, `--key` and `--id` at once: the usual start.
+    fn on(self, endpoints: &str, key: &str, id: &str) -> Self {
+        self.endpoints(endpoints).key(key).id(id)
+    }
     fn endpoints(mut self, endpoints: &str) -> Self {
         self.common().endpoints = Some(endpoints.to_string());
         self
@@ -236,9 +237,6 @@ impl Sidecar {
     pub fn key(&self) -> &str {
         &self.key
     }
-    pub fn pid(&self) -> Pid {
-        self.child.pid()
-    }
 
     /// The full log so far (stdout and stderr interleaved).
     pub fn logs(&self) -> String {
@@ -358,29 +356,19 @@ impl Sidecar {
     pub fn fencing_token(&self) -> Option<i64> {
         self.leader_view()["fencing_token"].as_i64()
     }
+}
 
-    pub fn signal(&self, sig: Signal) {
-        self.child.signal(sig);
+/// The process: `pid`, `signal`, `try_wait`, `wait_exit`, `kill`.
+impl std::ops::Deref for Sidecar {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.child
     }
+}
 
-    /// The exit status if it has exited (reaping it), else `None`.
-    pub fn try_wait(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait()
-    }
-
-    pub fn is_running(&mut self) -> bool {
-        self.child.is_running()
-    }
-
-    /// Waits for the process to exit; panics (after SIGKILL) if it has not
-    /// within `timeout`.
-    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        self.child.wait_exit(timeout)
-    }
-
-    /// SIGKILL (a crash) and reap.
-    pub fn kill(&mut self) {
-        self.child.kill();
+impl std::ops::DerefMut for Sidecar {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.child
     }
 }
 

@@ -175,28 +175,35 @@ impl Pki {
     }
 }
 
-fn make_ca(dir: &Path, name: &str, cn: &str) {
+/// A new EC P-256 key `name.key` and, with `out_args`, a self-signed CA
+/// certificate or a signing request for `/CN=cn`.
+fn new_key_req(dir: &Path, name: &str, cn: &str, out_args: &[&str]) {
     let key = format!("{name}.key");
-    let pem = format!("{name}.pem");
     let subject = format!("/CN={cn}");
-    openssl(
+    let mut args = vec![
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+    ];
+    args.extend(["-nodes", "-keyout", &key, "-subj", &subject]);
+    args.extend_from_slice(out_args);
+    openssl(dir, &args);
+}
+
+fn make_ca(dir: &Path, name: &str, cn: &str) {
+    let pem = format!("{name}.pem");
+    new_key_req(
         dir,
+        name,
+        cn,
         &[
-            "req",
             "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &key,
             "-out",
             &pem,
             "-days",
             VALID_DAYS,
-            "-subj",
-            &subject,
             "-addext",
             "basicConstraints=critical,CA:TRUE",
             "-addext",
@@ -206,26 +213,7 @@ fn make_ca(dir: &Path, name: &str, cn: &str) {
 }
 
 fn make_csr(dir: &Path, name: &str, cn: &str) {
-    let key = format!("{name}.key");
-    let csr = format!("{name}.csr");
-    let subject = format!("/CN={cn}");
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-            "-subj",
-            &subject,
-        ],
-    );
+    new_key_req(dir, name, cn, &["-out", &format!("{name}.csr")]);
 }
 
 fn sign(dir: &Path, name: &str, ext: &str) {
