@@ -37,11 +37,9 @@ fn spawn_as_pid1(args: &[&str], log: &std::path::Path) -> (Child, i32) {
     (child, inner)
 }
 
-/// Host pids of `pid`'s children.
+/// The state letter of `pid` (`Z` for a zombie), from /proc.
 fn state_of(pid: i32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The state follows the command name, which is in parentheses and may contain spaces.
-    stat.rsplit_once(')')?.1.trim_start().chars().next()
+    Some(procfs::process::Process::new(pid).ok()?.stat().ok()?.state)
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use crate::handoff::Group;
-use crate::procs::{elector_bin, status_field, CpuMark, SidecarSpec};
+use crate::procs::{elector_bin, status, CpuMark, SidecarSpec};
 use crate::stats::{ms, Goal, Summary};
 use crate::Ctx;
 
@@ -145,9 +145,11 @@ fn idle(ctx: &mut Ctx, window: Duration) {
     let mut worst_rss = 0.0f64;
     let mut worst_cpu = 0.0f64;
     for (i, role) in ["leader", "follower"].iter().enumerate() {
-        let rss = status_field(pids[i], "VmRSS").unwrap_or(0) as f64 / 1024.0;
-        let hwm = status_field(pids[i], "VmHWM").unwrap_or(0) as f64 / 1024.0;
-        let threads = status_field(pids[i], "Threads").unwrap_or(0) as f64;
+        let st = status(pids[i]);
+        let kb = |v: Option<u64>| v.unwrap_or(0) as f64 / 1024.0;
+        let rss = kb(st.as_ref().and_then(|s| s.vmrss));
+        let hwm = kb(st.as_ref().and_then(|s| s.vmhwm));
+        let threads = st.map_or(0, |s| s.threads) as f64;
         let cpu_s = cpu0[i].since(cpu1[i]).as_secs_f64() * per_min;
         worst_rss = worst_rss.max(rss);
         worst_cpu = worst_cpu.max(cpu_s);

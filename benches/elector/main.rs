@@ -125,27 +125,17 @@ fn first_line_of(cmd: &str, args: &[&str]) -> String {
 }
 
 fn machine(dir: &std::path::Path) -> Vec<(String, String)> {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("model name")
-                .and_then(|r| r.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".into());
+    use procfs::{CpuInfo, Current, Meminfo};
+    let cpu = CpuInfo::current().ok();
+    let model = cpu
+        .as_ref()
+        .and_then(|c| c.model_name(0))
+        .unwrap_or("unknown");
     let nproc = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(0);
-    let mem = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .next()
-                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_string())
-        })
-        .and_then(|kb| kb.parse::<u64>().ok())
-        .map(|kb| format!("{:.1} GiB", kb as f64 / 1048576.0))
+    let mem = Meminfo::current()
+        .map(|m| format!("{:.1} GiB", m.mem_total as f64 / (1u64 << 30) as f64))
         .unwrap_or_default();
     vec![
         ("CPU".into(), format!("{nproc} x {model}")),

@@ -7,7 +7,7 @@
 //! thread. Only children the bench started are ever signalled, by pid.
 
 use std::collections::HashMap;
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,6 +16,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use elector_testkit::{free_port, http, Child, Etcd};
+use procfs::process::{Process, Status};
+use procfs::{CurrentSI, KernelStats};
 
 /// The sidecar binary: as built for this bench by cargo (release profile), or
 /// `$ELECTOR_BENCH_BIN`, to measure another build (a proposed change) with the same bench.
@@ -26,18 +28,13 @@ pub fn elector_bin() -> String {
 
 /// The filesystem type holding `path` (longest mount prefix in /proc/mounts).
 pub fn fs_type(path: &Path) -> String {
-    let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
     let path = path.to_string_lossy();
-    mounts
-        .lines()
-        .filter_map(|l| {
-            let mut it = l.split_whitespace();
-            let (_dev, mnt, ty) = (it.next()?, it.next()?, it.next()?);
-            path.starts_with(mnt).then(|| (mnt.len(), ty.to_string()))
-        })
-        .max_by_key(|(len, _)| *len)
-        .map(|(_, ty)| ty)
-        .unwrap_or_else(|| "unknown".into())
+    procfs::mounts()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| path.starts_with(&m.fs_file))
+        .max_by_key(|m| m.fs_file.len())
+        .map_or_else(|| "unknown".into(), |m| m.fs_vfstype)
 }
 
 /// The nice value the bench's own threads run at when allowed (see `main`); children
@@ -46,33 +43,25 @@ pub const OBSERVER_NICE: i32 = -5;
 
 /// CPU time (user + system, all threads, including ended ones) from /proc/PID/stat.
 pub fn cpu_time(pid: i32) -> Option<Duration> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which is in parentheses and may contain spaces.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    // /proc reports in USER_HZ, which is 100 on Linux whatever the kernel's HZ.
-    Some(Duration::from_millis((utime + stime) * 10))
+    let stat = Process::new(pid).ok()?.stat().ok()?;
+    Some(ticks(stat.utime + stat.stime))
+}
+
+/// A count of /proc's clock ticks (USER_HZ) as a duration.
+fn ticks(n: u64) -> Duration {
+    Duration::from_millis(n * 1000 / procfs::ticks_per_second())
 }
 
 /// CPU time of the live threads, in nanoseconds, from /proc/PID/task/*/schedstat: far finer
 /// than the 10 ms ticks of [`cpu_time`], which is what an idle process needs. Threads that end
 /// inside a window are missed, so callers compare it with [`cpu_time`].
 pub fn cpu_time_fine(pid: i32) -> Option<Duration> {
-    let mut total = 0u64;
-    for task in fs::read_dir(format!("/proc/{pid}/task")).ok()? {
-        let Ok(task) = task else { continue };
-        let Ok(text) = fs::read_to_string(task.path().join("schedstat")) else {
-            continue;
-        };
-        total += text
-            .split_whitespace()
-            .next()
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0);
-    }
+    let tasks = Process::new(pid).ok()?.tasks().ok()?;
+    let total = tasks
+        .flatten()
+        .filter_map(|t| t.schedstat().ok())
+        .map(|s| s.sum_exec_runtime)
+        .sum();
     Some(Duration::from_nanos(total))
 }
 
@@ -119,18 +108,10 @@ pub struct LoadMark {
 
 impl LoadMark {
     pub fn now() -> LoadMark {
-        let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
-        let ticks: Vec<u64> = stat
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .split_whitespace()
-            .skip(1)
-            .filter_map(|v| v.parse().ok())
-            .collect();
         // user nice system idle iowait irq softirq steal ...: only the first three are time
         // charged to processes (interrupt time, loopback traffic's included, is not).
-        let busy: u64 = ticks.iter().take(3).sum();
+        let busy =
+            KernelStats::current().map_or(0, |k| k.total.user + k.total.nice + k.total.system);
         let me = std::process::id() as i32;
         let mut own = self_and_reaped(me).unwrap_or_default();
         for child in elector_testkit::job::children_of(me) {
@@ -138,7 +119,7 @@ impl LoadMark {
         }
         LoadMark {
             at: Some(Instant::now()),
-            busy: Duration::from_millis(busy * 10),
+            busy: ticks(busy),
             own,
         }
     }
@@ -162,24 +143,14 @@ impl LoadMark {
 
 /// utime + stime + cutime + cstime of `pid` (itself and the children it has reaped).
 fn self_and_reaped(pid: i32) -> Option<Duration> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<u64> = rest
-        .split_whitespace()
-        .skip(11)
-        .take(4)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    Some(Duration::from_millis(fields.iter().sum::<u64>() * 10))
+    let s = Process::new(pid).ok()?.stat().ok()?;
+    let reaped = (s.cutime + s.cstime).max(0) as u64;
+    Some(ticks(s.utime + s.stime + reaped))
 }
 
-/// A field of /proc/PID/status in kB (VmRSS, VmHWM, ...), or a count (Threads).
-pub fn status_field(pid: i32, field: &str) -> Option<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| {
-        let rest = l.strip_prefix(field)?.strip_prefix(':')?;
-        rest.split_whitespace().next()?.parse().ok()
-    })
+/// /proc/PID/status (VmRSS, VmHWM in kB; Threads).
+pub fn status(pid: i32) -> Option<Status> {
+    Process::new(pid).ok()?.status().ok()
 }
 
 /// etcd's own Prometheus counters, by series (`name{labels}` -> value).

@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::procs::{status_field, CpuMark};
+use crate::procs::{status, CpuMark};
 use crate::stats::{ms, Summary};
 use crate::Ctx;
 
@@ -411,7 +411,7 @@ fn idle_window(ctx: &mut Ctx, p: &str, count: usize, window: Duration, phase: In
         "etcd RSS",
         p,
         "MiB",
-        status_field(etcd_pid, "VmRSS").unwrap_or(0) as f64 / 1024.0,
+        status(etcd_pid).and_then(|s| s.vmrss).unwrap_or(0) as f64 / 1024.0,
     ));
     r.add(
         Summary::single(

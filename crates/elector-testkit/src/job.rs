@@ -22,6 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
+use procfs::process::Process;
 
 use crate::etcd::{etcdctl_bin, key_value, KeyValue};
 use crate::process::Child;
@@ -55,14 +56,9 @@ pub fn unix_nanos() -> i128 {
 /// True while `pid` exists and has not exited: a zombie (exited, not yet
 /// reaped) counts as dead, since it runs no code and holds nothing.
 pub fn process_alive(pid: i32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state is the first field after the command name in parentheses.
-        Ok(stat) => match stat.rsplit_once(')') {
-            Some((_, rest)) => !matches!(rest.trim_start().chars().next(), Some('Z' | 'X')),
-            None => false,
-        },
-        Err(_) => false,
-    }
+    Process::new(pid)
+        .and_then(|p| p.stat())
+        .is_ok_and(|s| !matches!(s.state, 'Z' | 'X'))
 }
 
 /// True while `pid` has a process table entry, a zombie included: false once
@@ -73,26 +69,19 @@ pub fn process_exists(pid: i32) -> bool {
 
 /// The children of `pid` (of every thread of it), from /proc.
 pub fn children_of(pid: i32) -> Vec<i32> {
-    let mut children = Vec::new();
-    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
-        return children;
+    let Ok(tasks) = Process::new(pid).and_then(|p| p.tasks()) else {
+        return Vec::new();
     };
-    for task in tasks.flatten() {
-        let list = fs::read_to_string(task.path().join("children")).unwrap_or_default();
-        children.extend(
-            list.split_whitespace()
-                .filter_map(|p| p.parse::<i32>().ok()),
-        );
-    }
-    children
+    tasks
+        .flatten()
+        .flat_map(|t| t.children().unwrap_or_default())
+        .map(|c| c as i32)
+        .collect()
 }
 
 /// The process group of `pid`, if it exists.
 pub fn process_group(pid: i32) -> Option<i32> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = stat.rsplit_once(')')?;
-    // Fields after the name: state, ppid, pgrp.
-    rest.split_whitespace().nth(2)?.parse().ok()
+    Some(Process::new(pid).ok()?.stat().ok()?.pgrp)
 }
 
 /// Builds a [`Job`]: `Job::builder().endpoints(..).key(..).id(..).shell("..").spawn()`.
