@@ -16,7 +16,7 @@
 //! Meanwhile a thread per replica probes `/leader` every 5 ms. At the end the
 //! run fails on:
 //! - two replicas claiming leadership at once, by probe (see
-//!   `support/observe.rs` for what counts as proof) or by their own logs (the
+//!   `elector_testkit::observe` for what counts as proof) or by their own logs (the
 //!   `became_leader` .. `stepped_down` intervals, wall-clock timestamps on
 //!   this one machine, 1 ms tolerance);
 //! - no leader for longer than TTL + 2 s outside a fault (from its injection

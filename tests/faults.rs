@@ -1,7 +1,7 @@
 //! Faults that happen in real clusters, end to end against a real etcd, with
 //! every replica's `/leader` probed continuously from threads so that two
 //! replicas claiming leadership at once cannot slip between two polls (see
-//! `support/observe.rs` for how probes prove an overlap).
+//! `elector_testkit::observe` for how probes prove an overlap).
 //!
 //! Covered elsewhere and not repeated here: key deleted, key overwritten and
 //! lease revoked by an operator (`operator.rs`); etcd killed, restarted with

@@ -6,7 +6,7 @@
 //!
 //! The commands are small shell scripts that leave evidence in their working
 //! directory (their pid, their environment, a wall-clock timestamp) and wait
-//! for a `release` file from the test; see `tests/support/job.rs`.
+//! for a `release` file from the test; see `elector_testkit::job`.
 
 use std::time::{Duration, Instant};
 

@@ -4,7 +4,7 @@
 //! a reason an operator can act on while it keeps retrying (never a crash,
 //! never leadership), survive its auth token expiring, and never show the
 //! password: not in logs, `/status`, `/metrics` or any other answer.
-//! Certificates are made per test with `openssl` (see `support/tls.rs`).
+//! Certificates are made per test with `openssl` (see `elector_testkit::tls`).
 
 use std::time::{Duration, Instant};
 

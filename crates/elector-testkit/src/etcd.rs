@@ -107,7 +107,7 @@ pub struct Etcd {
 }
 
 /// Extra settings of a single member for the TLS and auth tests (built by
-/// `support::tls`); the default is plain HTTP with no extra flags.
+/// `crate::tls`); the default is plain HTTP with no extra flags.
 #[derive(Debug, Clone, Default)]
 pub struct Security {
     /// Clients connect over TLS: the client URL is `https://`, and `/health`

@@ -1,5 +1,8 @@
-//! Fixtures for the end-to-end tests: real etcd processes, the real
-//! `etcd-elector` binary, a fault-injecting TCP proxy, and the Go lock client.
+//! The one kit of the end-to-end tests and the benchmark: real etcd
+//! processes, the real `etcd-elector` binary, a fault-injecting TCP proxy, the
+//! Go lock client, and the one child-process type they all run on
+//! ([`process::Child`]). A dev-only crate (never published, never in the
+//! image); the tests and the bench `use elector_testkit::*`.
 //!
 //! Every test builds its own world from these parts (its own etcd on free
 //! ports, its own key derived from the test name plus randomness), so tests run
