@@ -2,8 +2,6 @@
 //! Server-Sent Events stream, `POST /resign` on the pod-local admin port
 //! (never on the public one), and the `--leader-file` mirror of `/leader`.
 
-mod support;
-
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -12,8 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use elector_testkit::*;
 use serde_json::Value;
-use support::*;
 
 /// Long enough that every takeover comes from a release, never an expiry.
 const LONG_TTL: &str = "30";
@@ -366,7 +364,7 @@ fn resign_hands_over_within_a_second(protocol: &str) {
         leader_doc(old)
     );
     if protocol == "election" {
-        let keys = support::job::keys_under(&etcd, &format!("{key}/"));
+        let keys = elector_testkit::job::keys_under(&etcd, &format!("{key}/"));
         assert_eq!(
             keys.last().map(|(_, kv)| kv.value.as_str()),
             Some(old.id()),

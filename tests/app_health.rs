@@ -4,12 +4,10 @@
 //! so) when there is none. Each replica gets a real HTTP application on
 //! loopback whose health the test switches.
 
-mod support;
-
 use std::time::Duration;
 
-use support::app::App;
-use support::*;
+use elector_testkit::app::App;
+use elector_testkit::*;
 
 const LONG_TTL: &str = "30";
 

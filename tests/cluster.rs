@@ -5,14 +5,10 @@
 //! self-fencing deadline, and regaining it must bring exactly one leader back.
 //! Every replica's `/leader` is probed continuously throughout.
 
-#[path = "support/observe.rs"]
-mod observe;
-mod support;
-
 use std::time::{Duration, Instant};
 
-use observe::{ProbeRecord, Prober};
-use support::*;
+use elector_testkit::observe::{ProbeRecord, Prober};
+use elector_testkit::*;
 
 const TTL: u64 = 3;
 /// clamp(ttl/10, 250 ms, 5 s) for [`TTL`].

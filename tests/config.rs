@@ -3,13 +3,11 @@
 //! names the option (and for a file: the file, and the field or line), never
 //! a panic and never a running server.
 
-mod support;
-
 use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use support::*;
+use elector_testkit::*;
 
 /// A bad configuration must be refused at once; this only catches a binary
 /// that started serving instead.
@@ -57,81 +55,47 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
     path.to_string_lossy().into_owned()
 }
 
+/// [`refused`] with a dead endpoint and a loopback listen address before `args`.
+fn refused_serving(args: &[&str], envs: &[(&str, &str)], must_name: &[&str]) -> String {
+    let (e, l) = (dead_endpoint(), loopback_listen());
+    let mut all = vec!["--endpoints", &e, "--listen", &l];
+    all.extend_from_slice(args);
+    refused(&all, envs, must_name)
+}
+
+/// A config file `name` holding `text` is refused by a message naming the
+/// file and `must_name`; returns the line.
+fn file_refused(name: &str, text: &str, must_name: &[&str]) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write(dir.path(), name, text);
+    let mut must = vec![path.as_str()];
+    must.extend_from_slice(must_name);
+    refused_serving(&["--config", &path], &[], &must)
+}
+
 #[test]
 fn a_missing_key_is_refused() {
-    let (e, l) = (dead_endpoint(), loopback_listen());
-    refused(
-        &["--endpoints", &e, "--listen", &l, "--id", "a"],
-        &[],
-        &["key"],
-    );
+    refused_serving(&["--id", "a"], &[], &["key"]);
 }
 
 #[test]
 fn a_ttl_below_2_is_refused() {
-    let (e, l) = (dead_endpoint(), loopback_listen());
-    refused(
-        &[
-            "--endpoints",
-            &e,
-            "--listen",
-            &l,
-            "--key",
-            "/k",
-            "--ttl",
-            "1",
-        ],
-        &[],
-        &["ttl"],
-    );
+    refused_serving(&["--key", "/k", "--ttl", "1"], &[], &["ttl"]);
 }
 
 #[test]
 fn a_ttl_above_3600_is_refused() {
-    let (e, l) = (dead_endpoint(), loopback_listen());
-    refused(
-        &[
-            "--endpoints",
-            &e,
-            "--listen",
-            &l,
-            "--key",
-            "/k",
-            "--ttl",
-            "4000",
-        ],
-        &[],
-        &["ttl"],
-    );
+    refused_serving(&["--key", "/k", "--ttl", "4000"], &[], &["ttl"]);
 }
 
 #[test]
 fn a_ttl_that_is_not_a_number_is_refused() {
-    let (e, l) = (dead_endpoint(), loopback_listen());
-    refused(
-        &[
-            "--endpoints",
-            &e,
-            "--listen",
-            &l,
-            "--key",
-            "/k",
-            "--ttl",
-            "ten",
-        ],
-        &[],
-        &["ttl"],
-    );
+    refused_serving(&["--key", "/k", "--ttl", "ten"], &[], &["ttl"]);
 }
 
 #[test]
 fn an_out_of_range_ttl_from_the_environment_is_refused() {
-    let (e, l) = (dead_endpoint(), loopback_listen());
-    refused(
-        &["--endpoints", &e, "--listen", &l, "--key", "/k"],
-        &[("ELECTOR_TTL", "1")],
-        &["ttl"],
-    );
+    refused_serving(&["--key", "/k"], &[("ELECTOR_TTL", "1")], &["ttl"]);
 }
 
 #[test]
@@ -181,16 +145,8 @@ fn an_unreadable_config_file_is_refused() {
 
 #[test]
 fn invalid_yaml_names_the_file_and_the_line() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let e = dead_endpoint();
     // Line 3 is not YAML ("mapping values are not allowed here").
-    let path = write(dir.path(), "broken.yaml", "key: /k\nid: a\nttl: 3: 4\n");
-    let l = loopback_listen();
-    let line = refused(
-        &["--config", &path, "--listen", &l, "--endpoints", &e],
-        &[],
-        &[&path],
-    );
+    let line = file_refused("broken.yaml", "key: /k\nid: a\nttl: 3: 4\n", &[]);
     assert!(
         line.contains("line 3") || line.contains(":3"),
         "the message gives the line (3): {line}"
@@ -199,28 +155,12 @@ fn invalid_yaml_names_the_file_and_the_line() {
 
 #[test]
 fn an_unknown_yaml_key_is_refused_by_name() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let e = dead_endpoint();
-    let path = write(dir.path(), "typo.yaml", "key: /k\nid: a\ncolour: blue\n");
-    let l = loopback_listen();
-    refused(
-        &["--config", &path, "--listen", &l, "--endpoints", &e],
-        &[],
-        &[&path, "colour"],
-    );
+    file_refused("typo.yaml", "key: /k\nid: a\ncolour: blue\n", &["colour"]);
 }
 
 #[test]
 fn an_out_of_range_ttl_in_the_file_names_the_file_and_field() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let e = dead_endpoint();
-    let path = write(dir.path(), "ttl.yaml", "key: /k\nttl: 1\n");
-    let l = loopback_listen();
-    refused(
-        &["--config", &path, "--listen", &l, "--endpoints", &e],
-        &[],
-        &[&path, "ttl"],
-    );
+    file_refused("ttl.yaml", "key: /k\nttl: 1\n", &["ttl"]);
 }
 
 /// Observed through `/leader`, which names the identity and key in use (and

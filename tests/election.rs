@@ -2,11 +2,9 @@
 //! its id as the key's value, attached to its live lease, the key's create
 //! revision as its fencing token.
 
-mod support;
-
 use std::time::Duration;
 
-use support::*;
+use elector_testkit::*;
 
 #[test]
 fn exactly_one_of_three_replicas_leads() {

@@ -6,13 +6,11 @@
 //! campaign however many wait; the others learn the new leader (and a
 //! Proclaim) from their watch, at no request.
 
-mod support;
-
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use support::job::{keys_under, write_file, Etcdctl};
-use support::*;
+use elector_testkit::job::{keys_under, write_file, Etcdctl};
+use elector_testkit::*;
 
 /// Long enough that every takeover in these tests comes from a release, never
 /// from a lease expiring (etcdctl's own sessions use 60 s, `lock` 10 s).

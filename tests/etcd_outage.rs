@@ -2,11 +2,9 @@
 //! never exit and never claim leadership without etcd's word for it; the
 //! liveness probe stays green; once etcd is back, one of them leads again.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::*;
+use elector_testkit::*;
 
 /// Short, so the tests can wait a whole TTL (the fencing deadline) cheaply.
 const TTL: u64 = 2;

@@ -1,7 +1,7 @@
 //! Faults that happen in real clusters, end to end against a real etcd, with
 //! every replica's `/leader` probed continuously from threads so that two
 //! replicas claiming leadership at once cannot slip between two polls (see
-//! `support/observe.rs` for how probes prove an overlap).
+//! `elector_testkit::observe` for how probes prove an overlap).
 //!
 //! Covered elsewhere and not repeated here: key deleted, key overwritten and
 //! lease revoked by an operator (`operator.rs`); etcd killed, restarted with
@@ -13,14 +13,10 @@
 //! partitioned follower, etcd losing its data, crashes, a slow etcd, and the
 //! order of a shutdown with `--release-delay`.
 
-#[path = "support/observe.rs"]
-mod observe;
-mod support;
-
 use std::time::{Duration, Instant};
 
-use observe::{terms, ProbeRecord, Prober};
-use support::*;
+use elector_testkit::observe::{terms, ProbeRecord, Prober};
+use elector_testkit::*;
 
 /// Short, so faults that wait out a lease are cheap.
 const TTL: u64 = 3;

@@ -4,10 +4,6 @@
 //! answer. The election loop and the HTTP server share one small runtime, so
 //! this is a real risk, not a formality. Bounded: a few seconds of flood.
 
-#[path = "support/observe.rs"]
-mod observe;
-mod support;
-
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,8 +11,8 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use observe::Prober;
-use support::*;
+use elector_testkit::observe::Prober;
+use elector_testkit::*;
 
 /// Long enough that a takeover within [`HANDOFF`] can only come from the
 /// revoke on SIGTERM, never from the lease expiring, and short enough that a
@@ -252,7 +248,7 @@ fn a_probe_flood_and_idle_connections_stall_neither_the_election_nor_the_probes(
         "new-connection probes answered late or not at all: {late:?}"
     );
     assert!(record.overlaps().is_empty(), "no overlap in the handoff");
-    let reasons: Vec<Option<String>> = observe::terms("flooded", &leader.logs())
+    let reasons: Vec<Option<String>> = elector_testkit::observe::terms("flooded", &leader.logs())
         .into_iter()
         .map(|t| t.end_reason)
         .collect();

@@ -3,11 +3,9 @@
 //! revokes its lease and exits 0; the follower leads long before the TTL could
 //! have expired.
 
-mod support;
-
 use std::time::Duration;
 
-use support::*;
+use elector_testkit::*;
 
 /// Long enough that a takeover inside [`SOON`] can only come from the revoke,
 /// never from the lease expiring.

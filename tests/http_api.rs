@@ -2,13 +2,11 @@
 //! how the server treats requests it does not serve (404, 405, oversize
 //! headers, idle and half-sent connections).
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use support::*;
+use elector_testkit::*;
 
 /// Two replicas of one key and the index of the leader.
 fn leader_and_follower(name: &str) -> (Etcd, String, Vec<Sidecar>, usize) {

@@ -2,9 +2,7 @@
 //! sidecar's transaction is the classic one, so a Go program on etcd's own
 //! clientv3 (tests/interop/golocker) and the sidecar exclude each other.
 
-mod support;
-
-use support::*;
+use elector_testkit::*;
 
 #[test]
 fn etcdctl_get_shows_the_leader_id() {

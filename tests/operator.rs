@@ -3,9 +3,7 @@
 //! under a live lease, with a larger fencing token; a leader whose key was
 //! taken away must step down.
 
-mod support;
-
-use support::*;
+use elector_testkit::*;
 
 /// Long enough that recovery inside [`SOON`] can only come from watches and
 /// keep-alive answers, never from a lease expiring.

@@ -3,15 +3,13 @@
 //! `unshare --fork --pid` makes the binary PID 1 of a new PID namespace, as a container
 //! runtime does.
 
-mod support;
-
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use elector_testkit::job::children_of;
+use elector_testkit::*;
 use nix::sys::signal::kill;
 use nix::unistd::Pid;
-use support::job::children_of;
-use support::*;
 
 /// Start `etcd-elector ARGS` as PID 1 of a new PID namespace; returns the `unshare` child
 /// and the host pid of etcd-elector.
@@ -26,16 +24,12 @@ fn spawn_as_pid1(args: &[&str], log: &std::path::Path) -> (Child, i32) {
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err);
-    kill_on_parent_death(&mut cmd);
-    let child = cmd.spawn().expect("unshare is available (util-linux)");
-    let unshare_pid = child.id();
+    let child = Child::spawn(&mut cmd, "unshare (util-linux)", &[log.to_path_buf()]);
+    let unshare_pid = child.pid().as_raw();
     let mut inner = 0;
     assert!(
         wait_until(SOON, || {
-            inner = children_of(i32::try_from(unshare_pid).unwrap())
-                .first()
-                .copied()
-                .unwrap_or(0);
+            inner = children_of(unshare_pid).first().copied().unwrap_or(0);
             inner != 0
         }),
         "unshare started no child"
@@ -43,11 +37,9 @@ fn spawn_as_pid1(args: &[&str], log: &std::path::Path) -> (Child, i32) {
     (child, inner)
 }
 
-/// Host pids of `pid`'s children.
+/// The state letter of `pid` (`Z` for a zombie), from /proc.
 fn state_of(pid: i32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The state follows the command name, which is in parentheses and may contain spaces.
-    stat.rsplit_once(')')?.1.trim_start().chars().next()
+    Some(procfs::process::Process::new(pid).ok()?.stat().ok()?.state)
 }
 
 #[test]
@@ -83,14 +75,11 @@ fn sidecar_as_pid1_hands_over_and_exits_0_on_sigterm() {
         std::fs::read_to_string(&log).unwrap_or_default()
     );
     kill(Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM).expect("signal PID 1");
-    let mut status = None;
+    let status = unshare.wait_exit_within(SOON);
     assert!(
-        wait_until(SOON, || {
-            status = unshare.try_wait().expect("wait for unshare");
-            status.is_some()
-        }),
+        status.is_some(),
         "PID 1 ignored SIGTERM; log:\n{}",
-        std::fs::read_to_string(&log).unwrap_or_default()
+        unshare.log(0)
     );
     assert_eq!(
         status.and_then(|s| s.code()),
@@ -141,14 +130,8 @@ fn run_as_pid1_reaps_orphans_of_its_command() {
         "PID 1 left zombies {zombies:?}; log:\n{}",
         std::fs::read_to_string(&log).unwrap_or_default()
     );
-    let mut status = None;
-    assert!(
-        wait_until(SOON, || {
-            status = unshare.try_wait().expect("wait for unshare");
-            status.is_some()
-        }),
-        "run did not finish"
-    );
+    let status = unshare.wait_exit_within(SOON);
+    assert!(status.is_some(), "run did not finish");
     assert_eq!(
         status.and_then(|s| s.code()),
         Some(0),

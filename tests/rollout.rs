@@ -13,12 +13,10 @@
 //! number). The cases run one at a time, so that the figures of one are not
 //! the load of another: `cargo test --test rollout -- --nocapture`.
 
-mod support;
-
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use support::rollout::{
+use elector_testkit::rollout::{
     analyse, print_table, runs_from_env, simulate, Answer, Pattern, RolloutFigures, Round, Way,
     TTL_SECS,
 };

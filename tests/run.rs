@@ -6,18 +6,16 @@
 //!
 //! The commands are small shell scripts that leave evidence in their working
 //! directory (their pid, their environment, a wall-clock timestamp) and wait
-//! for a `release` file from the test; see `tests/support/job.rs`.
-
-mod support;
+//! for a `release` file from the test; see `elector_testkit::job`.
 
 use std::time::{Duration, Instant};
 
-use support::job::{
+use elector_testkit::job::{
     children_of, keys_under, process_alive, process_exists, process_group, stamp, unix_nanos,
     write_file, Etcdctl, Job, WAIT_FOR_RELEASE,
 };
-use support::tls::auth_etcd;
-use support::*;
+use elector_testkit::tls::auth_etcd;
+use elector_testkit::*;
 
 /// Long enough that a takeover inside a test's bounds can only come from a
 /// revoke or a deletion, never from a lease expiring.
@@ -28,11 +26,30 @@ const LOST: i32 = 75;
 
 /// A run that takes the free key and holds it until the test creates its
 /// `release` file; its command records its environment first.
+/// A command with a grandchild: it writes the grandchild's pid to `gc`, its own to `pid`,
+/// and waits.
+fn family() -> String {
+    format!(
+        "sleep 300 & {}; {}; wait",
+        write_file("gc", "echo $!"),
+        write_file("pid", "echo $$")
+    )
+}
+
+/// [`family`] ignoring SIGTERM (and so does the grandchild: SIG_IGN is inherited).
+fn stubborn() -> String {
+    format!("trap '' TERM; {}", family())
+}
+
+/// The pids a [`family`] command wrote: (command, grandchild).
+fn family_pids(job: &mut Job) -> (i32, i32) {
+    let pid = job.wait_for_number("pid", SOON) as i32;
+    (pid, job.wait_for_number("gc", SOON) as i32)
+}
+
 fn holder(etcd: &Etcd, key: &str, id: &str) -> Job {
     let mut job = Job::builder()
-        .endpoints(&etcd.endpoint())
-        .key(key)
-        .id(id)
+        .on(&etcd.endpoint(), key, id)
         .ttl(LONG_TTL)
         .shell(&format!(
             "{}; {WAIT_FOR_RELEASE}; {}",
@@ -48,9 +65,7 @@ fn holder(etcd: &Etcd, key: &str, id: &str) -> Job {
 /// waiting) and records when its command starts.
 fn waiter(etcd: &Etcd, key: &str, id: &str, then: &str) -> Job {
     Job::builder()
-        .endpoints(&etcd.endpoint())
-        .key(key)
-        .id(id)
+        .on(&etcd.endpoint(), key, id)
         .ttl(LONG_TTL)
         .listen()
         .shell(&format!("{}; {then}", stamp("started")))
@@ -86,9 +101,7 @@ fn try_against_another_run_exits_with_the_held_code_and_names_it() {
 
     for (extra, code) in [(None, 0), (Some("3"), 3)] {
         let mut builder = Job::builder()
-            .endpoints(&etcd.endpoint())
-            .key(&key)
-            .id("job-try")
+            .on(&etcd.endpoint(), &key, "job-try")
             .try_once()
             .shell("touch ran");
         if let Some(c) = extra {
@@ -133,9 +146,7 @@ fn try_against_a_plain_client_exits_with_the_held_code_and_runs_once_it_is_gone(
 
     let started = Instant::now();
     let mut tried = Job::builder()
-        .endpoints(&etcd.endpoint())
-        .key(&key)
-        .id("job-try")
+        .on(&etcd.endpoint(), &key, "job-try")
         .try_once()
         .args(&["--held-exit-code", "1"])
         .shell("touch ran")
@@ -160,9 +171,7 @@ fn try_against_a_plain_client_exits_with_the_held_code_and_runs_once_it_is_gone(
 
     assert!(go.release().success());
     let mut ran = Job::builder()
-        .endpoints(&etcd.endpoint())
-        .key(&key)
-        .id("job-try")
+        .on(&etcd.endpoint(), &key, "job-try")
         .try_once()
         .shell("touch ran; exit 4")
         .spawn();
@@ -180,9 +189,7 @@ fn waits_for_the_holder_then_runs_passes_the_exit_code_through_and_releases() {
     let etcd = Etcd::start();
     let key = unique_key("waits");
     let mut first = Job::builder()
-        .endpoints(&etcd.endpoint())
-        .key(&key)
-        .id("job-first")
+        .on(&etcd.endpoint(), &key, "job-first")
         .ttl(LONG_TTL)
         .shell(&format!(
             "touch holding; {WAIT_FOR_RELEASE}; {}; exit 7",
@@ -229,9 +236,7 @@ fn the_command_runs_in_its_own_process_group_with_stdio_passed_through() {
     let etcd = Etcd::start();
     let key = unique_key("stdio");
     let mut job = Job::builder()
-        .endpoints(&etcd.endpoint())
-        .key(&key)
-        .id("job-stdio")
+        .on(&etcd.endpoint(), &key, "job-stdio")
         .stdin("hello from stdin\n")
         .shell(&format!(
             "read line; echo \"stdout got: $line\"; echo 'to stderr' >&2; {}; {WAIT_FOR_RELEASE}",
@@ -265,9 +270,7 @@ fn a_command_killed_by_a_signal_exits_128_plus_its_number() {
     let etcd = Etcd::start();
     let key = unique_key("signalled");
     let mut job = Job::builder()
-        .endpoints(&etcd.endpoint())
-        .key(&key)
-        .id("job-killed")
+        .on(&etcd.endpoint(), &key, "job-killed")
         .shell("kill -KILL $$")
         .spawn();
     assert_eq!(job.exit_code(SOON), 128 + 9, "{}", job.describe());
@@ -279,9 +282,7 @@ fn a_grandchild_left_behind_dies_before_the_lock_is_released() {
     let etcd = Etcd::start();
     let key = unique_key("leftover");
     let mut job = Job::builder()
-        .endpoints(&etcd.endpoint())
-        .key(&key)
-        .id("job-leftover")
+        .on(&etcd.endpoint(), &key, "job-leftover")
         .shell(&format!(
             "sleep 300 & {}; exit 3",
             write_file("gc", "echo $!")
@@ -311,9 +312,7 @@ fn lock_lost_by(intrusion: Intrusion) -> Option<KeyValue> {
     let etcd = Etcd::start();
     let key = unique_key(&format!("{intrusion:?}").to_lowercase());
     let mut job = Job::builder()
-        .endpoints(&etcd.endpoint())
-        .key(&key)
-        .id("job-intruded")
+        .on(&etcd.endpoint(), &key, "job-intruded")
         .ttl(LONG_TTL)
         .shell(&format!(
             "trap '{}; exit 0' TERM; {}; sleep 60 & wait",
@@ -383,20 +382,13 @@ fn a_command_ignoring_sigterm_and_its_grandchild_are_killed_after_the_grace_peri
     let grace = Duration::from_secs(2);
     // grace 2 + keep-alive 2 + margin 0.6 < TTL 6.
     let mut job = Job::builder()
-        .endpoints(&etcd.endpoint())
-        .key(&key)
-        .id("job-stubborn")
+        .on(&etcd.endpoint(), &key, "job-stubborn")
         .ttl(6)
         .grace_period("2")
         // SIG_IGN is inherited: the background sleep ignores SIGTERM too.
-        .shell(&format!(
-            "trap '' TERM; sleep 300 & {}; {}; wait",
-            write_file("gc", "echo $!"),
-            write_file("pid", "echo $$")
-        ))
+        .shell(&stubborn())
         .spawn();
-    let pid = job.wait_for_number("pid", SOON) as i32;
-    let gc = job.wait_for_number("gc", SOON) as i32;
+    let (pid, gc) = family_pids(&mut job);
     assert!(process_alive(pid) && process_alive(gc));
 
     let deleted = Instant::now();
@@ -430,23 +422,14 @@ fn a_silent_partition_kills_the_command_before_another_run_starts_its_own() {
     // The command ignores SIGTERM, so only the SIGKILL at the end of the grace
     // period stops it: the latest a group can die.
     let mut first = Job::builder()
-        .endpoints(&proxy.endpoint())
-        .key(&key)
-        .id("job-partitioned")
+        .on(&proxy.endpoint(), &key, "job-partitioned")
         .ttl(6)
         .grace_period("1")
-        .shell(&format!(
-            "trap '' TERM; sleep 300 & {}; {}; wait",
-            write_file("gc", "echo $!"),
-            write_file("pid", "echo $$")
-        ))
+        .shell(&stubborn())
         .spawn();
-    let pid = first.wait_for_number("pid", SOON) as i32;
-    let gc = first.wait_for_number("gc", SOON) as i32;
+    let (pid, gc) = family_pids(&mut first);
     let mut second = Job::builder()
-        .endpoints(&etcd.endpoint())
-        .key(&key)
-        .id("job-next")
+        .on(&etcd.endpoint(), &key, "job-next")
         .ttl(6)
         .grace_period("1")
         .listen()
@@ -525,9 +508,7 @@ fn sigterm_to_run_is_forwarded_and_a_waiting_run_starts_within_a_second() {
     let etcd = Etcd::start();
     let key = unique_key("sigterm_run");
     let mut first = Job::builder()
-        .endpoints(&etcd.endpoint())
-        .key(&key)
-        .id("job-first")
+        .on(&etcd.endpoint(), &key, "job-first")
         .ttl(LONG_TTL)
         .shell(&format!(
             "trap '{}; exit 42' TERM; {}; sleep 60 & wait",
@@ -567,19 +548,12 @@ fn a_second_signal_kills_the_group_at_once() {
     // A long grace period (20 s + keep-alive 20 s + margin 5 s < TTL 60) that
     // only the second signal can cut short.
     let mut job = Job::builder()
-        .endpoints(&etcd.endpoint())
-        .key(&key)
-        .id("job-impatient")
+        .on(&etcd.endpoint(), &key, "job-impatient")
         .ttl(60)
         .grace_period("20")
-        .shell(&format!(
-            "trap '' TERM; sleep 300 & {}; {}; wait",
-            write_file("gc", "echo $!"),
-            write_file("pid", "echo $$")
-        ))
+        .shell(&stubborn())
         .spawn();
-    let pid = job.wait_for_number("pid", SOON) as i32;
-    let gc = job.wait_for_number("gc", SOON) as i32;
+    let (pid, gc) = family_pids(&mut job);
 
     job.signal(Signal::SIGTERM);
     std::thread::sleep(Duration::from_millis(500));
@@ -638,9 +612,7 @@ fn the_fencing_token_is_the_create_revision_and_grows_from_holder_to_holder() {
     let mut previous: Option<Job> = None;
     for id in ["job-a", "job-b", "job-c"] {
         let mut job = Job::builder()
-            .endpoints(&etcd.endpoint())
-            .key(&key)
-            .id(id)
+            .on(&etcd.endpoint(), &key, id)
             .ttl(LONG_TTL)
             .shell(&format!("{}; {WAIT_FOR_RELEASE}", write_file("env", "env")))
             .spawn();
@@ -765,9 +737,7 @@ fn with_the_election_protocol_run_queues_with_etcdctl_lock() {
     let name = unique_key("run_election");
     let prefix = format!("{name}/");
     let mut job = Job::builder()
-        .endpoints(&etcd.endpoint())
-        .key(&name)
-        .id("job-elected")
+        .on(&etcd.endpoint(), &name, "job-elected")
         .ttl(LONG_TTL)
         .args(&["--protocol", "election"])
         .shell(&format!("{}; {WAIT_FOR_RELEASE}", write_file("env", "env")))
@@ -797,9 +767,7 @@ fn with_the_election_protocol_run_queues_with_etcdctl_lock() {
         &["sh", "-c", &write_file("got", "echo \"$ETCD_LOCK_REV\"")],
     );
     let mut tried = Job::builder()
-        .endpoints(&etcd.endpoint())
-        .key(&name)
-        .id("job-try")
+        .on(&etcd.endpoint(), &name, "job-try")
         .args(&["--protocol", "election"])
         .try_once()
         .shell("touch ran")
@@ -869,9 +837,7 @@ fn with_the_election_protocol_etcd_lock_key_names_the_candidate_key_as_etcdctl_l
     );
 
     let mut job = Job::builder()
-        .endpoints(&etcd.endpoint())
-        .key(&name)
-        .id("job-elected")
+        .on(&etcd.endpoint(), &name, "job-elected")
         .ttl(LONG_TTL)
         .args(&["--protocol", "election"])
         .shell(&format!("{}; {WAIT_FOR_RELEASE}", write_file("env", "env")))
@@ -896,9 +862,7 @@ fn resign_is_refused_while_run_holds_the_lock_and_changes_nothing() {
     let etcd = Etcd::start();
     let key = unique_key("run_resign");
     let mut job = Job::builder()
-        .endpoints(&etcd.endpoint())
-        .key(&key)
-        .id("job-resign")
+        .on(&etcd.endpoint(), &key, "job-resign")
         .ttl(LONG_TTL)
         .admin()
         .shell(&format!(
@@ -959,20 +923,13 @@ fn a_run_frozen_past_its_termination_time_still_kills_the_group_by_the_claim_dea
     // SIGKILL stops it.
     let grace = Duration::from_secs(8);
     let mut job = Job::builder()
-        .endpoints(&proxy.endpoint())
-        .key(&key)
-        .id("job-frozen")
+        .on(&proxy.endpoint(), &key, "job-frozen")
         .ttl(15)
         .grace_period("8")
         .listen()
-        .shell(&format!(
-            "trap '' TERM; sleep 300 & {}; {}; wait",
-            write_file("gc", "echo $!"),
-            write_file("pid", "echo $$")
-        ))
+        .shell(&stubborn())
         .spawn();
-    let pid = job.wait_for_number("pid", SOON) as i32;
-    let gc = job.wait_for_number("gc", SOON) as i32;
+    let (pid, gc) = family_pids(&mut job);
     // No renewal reaches etcd from now on: the claim the run holds is its last.
     proxy.partition();
     let claim = claim_deadline(&job)
@@ -1022,18 +979,11 @@ fn a_killed_run_takes_its_command_and_grandchild_with_it_within_a_second() {
     let key = unique_key("run_killed");
     // Not PID 1: nothing but run itself can see to its command when it dies.
     let mut job = Job::builder()
-        .endpoints(&etcd.endpoint())
-        .key(&key)
-        .id("job-killed-run")
+        .on(&etcd.endpoint(), &key, "job-killed-run")
         .ttl(LONG_TTL)
-        .shell(&format!(
-            "sleep 300 & {}; {}; wait",
-            write_file("gc", "echo $!"),
-            write_file("pid", "echo $$")
-        ))
+        .shell(&family())
         .spawn();
-    let pid = job.wait_for_number("pid", SOON) as i32;
-    let gc = job.wait_for_number("gc", SOON) as i32;
+    let (pid, gc) = family_pids(&mut job);
     let run_pid = job.pid().as_raw();
     // Whatever run started to look after the command dies too.
     let helpers = children_of(run_pid);
@@ -1070,20 +1020,13 @@ fn a_second_signal_exits_at_once_even_while_etcd_does_not_answer() {
     let proxy = TcpProxy::start(etcd.client_addr());
     // A long grace period and shutdown timeout that only the second signal can cut short.
     let mut job = Job::builder()
-        .endpoints(&proxy.endpoint())
-        .key(&key)
-        .id("job-impatient")
+        .on(&proxy.endpoint(), &key, "job-impatient")
         .ttl(60)
         .grace_period("20")
         .args(&["--shutdown-timeout", "30"])
-        .shell(&format!(
-            "trap '' TERM; sleep 300 & {}; {}; wait",
-            write_file("gc", "echo $!"),
-            write_file("pid", "echo $$")
-        ))
+        .shell(&stubborn())
         .spawn();
-    let pid = job.wait_for_number("pid", SOON) as i32;
-    let gc = job.wait_for_number("gc", SOON) as i32;
+    let (pid, gc) = family_pids(&mut job);
     // etcd stops answering: giving the lease back could take the whole shutdown timeout.
     proxy.partition();
     job.signal(Signal::SIGTERM);
@@ -1112,9 +1055,7 @@ fn try_gives_up_with_exit_69_when_etcd_does_not_answer_within_the_try_timeout() 
     // An explicit bound, then the default: one TTL (4 s here; grace 1 + 1.33 + 0.4 < 4).
     for (extra, ttl) in [(Some("2"), "10"), (None, "4")] {
         let mut builder = Job::builder()
-            .endpoints(&dead_endpoint())
-            .key(&unique_key("try_dead"))
-            .id("job-try-dead")
+            .on(&dead_endpoint(), &unique_key("try_dead"), "job-try-dead")
             .try_once()
             .args(&["--ttl", ttl, "--grace-period", "1"])
             .shell("touch ran");
@@ -1190,9 +1131,7 @@ fn the_etcd_password_never_reaches_the_command() {
     ] {
         let key = format!("{}run-{}", auth.prefix, random_suffix());
         let mut job = Job::builder()
-            .endpoints(&auth.etcd.endpoint())
-            .key(&key)
-            .id("job-secret")
+            .on(&auth.etcd.endpoint(), &key, "job-secret")
             .ttl(LONG_TTL)
             .args(&["--etcd-user", &auth.user])
             .env(name, value)
@@ -1224,7 +1163,7 @@ fn the_etcd_password_never_reaches_the_command() {
 /// A shell command for `etcdctl lock` that records, while it holds the lock, what
 /// etcdctl exported (`rev`) and its own key's create revision (`kv`, etcdctl's JSON).
 fn record_lock_as_etcdctl_sees_it(etcd: &Etcd) -> String {
-    let etcdctl = support::etcd::etcdctl_bin().display().to_string();
+    let etcdctl = elector_testkit::etcd::etcdctl_bin().display().to_string();
     format!(
         "{}; {}",
         write_file("rev", "echo \"$ETCD_LOCK_REV\""),
@@ -1271,9 +1210,7 @@ fn etcd_lock_rev_is_the_create_revision_where_etcdctl_exports_the_revision_it_sa
     // A lock it waited for: etcdctl exports the revision at which it saw the lock free,
     // later than its own key's creation.
     let mut job = Job::builder()
-        .endpoints(&etcd.endpoint())
-        .key(&name)
-        .id("job-first")
+        .on(&etcd.endpoint(), &name, "job-first")
         .ttl(LONG_TTL)
         .args(&["--protocol", "election"])
         .shell(&format!("{}; {WAIT_FOR_RELEASE}", write_file("env", "env")))
@@ -1296,9 +1233,7 @@ fn etcd_lock_rev_is_the_create_revision_where_etcdctl_exports_the_revision_it_sa
     let mut holder = Etcdctl::lock(&etcd.endpoint(), &name, &[]);
     holder.wait_lines(1, SOON);
     let mut job = Job::builder()
-        .endpoints(&etcd.endpoint())
-        .key(&name)
-        .id("job-waited")
+        .on(&etcd.endpoint(), &name, "job-waited")
         .ttl(LONG_TTL)
         .args(&["--protocol", "election"])
         .shell(&format!("{}; {WAIT_FOR_RELEASE}", write_file("env", "env")))

@@ -2,11 +2,9 @@
 //! stuck blocking work included; a second signal exits at once; the release
 //! delay holds only a leader's key; the exit log says what became of the lease.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::*;
+use elector_testkit::*;
 
 /// Waits for the exit and returns its code and how long it took from `since`.
 fn exit_after(sidecar: &mut Sidecar, since: Instant, bound: Duration) -> (Option<i32>, Duration) {
@@ -30,9 +28,7 @@ fn sidecar_with_a_stuck_leader_file(
         .expect("running mkfifo");
     assert!(made.success(), "mkfifo {}", fifo.display());
     let sidecar = Sidecar::builder()
-        .endpoints(&etcd.endpoint())
-        .key(key)
-        .id("stuck")
+        .on(&etcd.endpoint(), key, "stuck")
         .args(&["--ttl", "30", "--shutdown-timeout", shutdown_timeout])
         .arg("--leader-file")
         .arg(
@@ -76,9 +72,7 @@ fn a_second_signal_exits_at_once_even_with_stuck_blocking_work() {
     let key = unique_key("stuck_second_signal");
     // A long release delay keeps the first signal's handoff busy.
     let mut sidecar = Sidecar::builder()
-        .endpoints(&etcd.endpoint())
-        .key(&key)
-        .id("slow")
+        .on(&etcd.endpoint(), &key, "slow")
         .args(&["--ttl", "30", "--shutdown-timeout", "20"])
         .args(&["--release-delay", "15"])
         .start();
@@ -124,9 +118,11 @@ fn a_second_signal_exits_at_once_while_a_blocking_write_hangs() {
 fn an_endpoint_name_that_does_not_resolve_cannot_hold_the_exit() {
     // `.invalid` never resolves (RFC 6761); the client keeps retrying it.
     let mut sidecar = Sidecar::builder()
-        .endpoints("http://etcd-elector-test.invalid:2379")
-        .key(&unique_key("unresolvable"))
-        .id("lost")
+        .on(
+            "http://etcd-elector-test.invalid:2379",
+            &unique_key("unresolvable"),
+            "lost",
+        )
         .args(&["--ttl", "10", "--shutdown-timeout", "2"])
         .start();
     std::thread::sleep(Duration::from_millis(500));
@@ -141,9 +137,11 @@ fn an_endpoint_name_that_does_not_resolve_cannot_hold_the_exit() {
     );
 
     let mut sidecar = Sidecar::builder()
-        .endpoints("http://etcd-elector-test.invalid:2379")
-        .key(&unique_key("unresolvable_abort"))
-        .id("lost")
+        .on(
+            "http://etcd-elector-test.invalid:2379",
+            &unique_key("unresolvable_abort"),
+            "lost",
+        )
         .args(&["--ttl", "10", "--shutdown-timeout", "20"])
         .start();
     sidecar.signal(Signal::SIGTERM);
@@ -165,17 +163,13 @@ fn the_release_delay_holds_only_the_leaders_key() {
     let args = ["--protocol", "election", "--ttl", "30"];
     let delay = ["--release-delay", "8", "--shutdown-timeout", "10"];
     let leader = Sidecar::builder()
-        .endpoints(&etcd.endpoint())
-        .key(&name)
-        .id("first")
+        .on(&etcd.endpoint(), &name, "first")
         .args(&args)
         .args(&delay)
         .start();
     assert!(wait_until(SOON, || leader.is_leader()), "first leads");
     let mut next = Sidecar::builder()
-        .endpoints(&etcd.endpoint())
-        .key(&name)
-        .id("second")
+        .on(&etcd.endpoint(), &name, "second")
         .args(&args)
         .args(&delay)
         .start();
@@ -209,9 +203,7 @@ fn the_exit_log_says_when_the_revoke_failed() {
     let mut etcd = Etcd::start();
     let key = unique_key("revoke_failed");
     let mut sidecar = Sidecar::builder()
-        .endpoints(&etcd.endpoint())
-        .key(&key)
-        .id("orphan")
+        .on(&etcd.endpoint(), &key, "orphan")
         .args(&["--ttl", "30", "--shutdown-timeout", "3"])
         .start();
     assert!(wait_until(SOON, || sidecar.is_leader()), "it leads");

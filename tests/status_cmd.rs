@@ -3,12 +3,10 @@
 //! (revision, application health, time since registering), as text or as a
 //! JSON document; it reads etcd and changes nothing.
 
-mod support;
-
 use std::time::Duration;
 
-use support::app::App;
-use support::*;
+use elector_testkit::app::App;
+use elector_testkit::*;
 
 fn replica(etcd: &Etcd, key: &str, id: &str, revision: &str, app: &App) -> Sidecar {
     Sidecar::builder()

@@ -3,14 +3,12 @@
 //! another release; the key is never absent, nobody else campaigns, and a
 //! successor that cannot confirm is passed over within about a second.
 
-mod support;
-
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::*;
+use elector_testkit::*;
 
 /// Long enough that anything inside a test's bounds comes from a handoff,
 /// never from a lease expiring.
@@ -48,7 +46,7 @@ fn campaigns(s: &Sidecar) -> u64 {
 /// Every event of `key` after `revision`, as `etcdctl watch --rev` replays
 /// them: ("PUT" or "DELETE", value).
 fn history(etcd: &Etcd, key: &str, revision: i64) -> Vec<(String, String)> {
-    let mut watch = Command::new(support::etcd::etcdctl_bin())
+    let mut watch = Command::new(elector_testkit::etcd::etcdctl_bin())
         .env("ETCDCTL_API", "3")
         .args(["--endpoints", &etcd.endpoint(), "watch", key])
         .args(["--rev", &(revision + 1).to_string()])

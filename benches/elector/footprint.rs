@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use crate::handoff::Group;
-use crate::procs::{elector_bin, status_field, CpuMark, SidecarSpec};
+use crate::procs::{elector_bin, status, CpuMark, SidecarSpec};
 use crate::stats::{ms, Goal, Summary};
 use crate::Ctx;
 
@@ -38,7 +38,7 @@ fn startup(ctx: &mut Ctx, starts: usize) {
     for i in 0..starts {
         let spec = SidecarSpec {
             endpoint: ctx.etcd.endpoint(),
-            key: format!("/bench/start-{i}-{}", crate::rand_suffix()),
+            key: format!("/bench/start-{i}-{}", elector_testkit::random_suffix()),
             ttl_secs: IDLE_TTL,
             log_dir: ctx.dir.clone(),
             cpus: None,
@@ -60,7 +60,7 @@ fn startup(ctx: &mut Ctx, starts: usize) {
                     }
                 }
                 Err(_) => {
-                    if sc.proc.try_exit().is_some() {
+                    if sc.proc.try_wait().is_some() {
                         break;
                     }
                 }
@@ -77,7 +77,7 @@ fn startup(ctx: &mut Ctx, starts: usize) {
             )),
         }
         sc.proc.signal(Signal::SIGTERM);
-        if sc.proc.wait_exit(Duration::from_secs(10)).is_none() {
+        if sc.proc.wait_exit_within(Duration::from_secs(10)).is_none() {
             ctx.report
                 .anomaly(format!("startup {i}: did not exit on SIGTERM"));
         }
@@ -110,7 +110,7 @@ fn startup(ctx: &mut Ctx, starts: usize) {
 fn idle(ctx: &mut Ctx, window: Duration) {
     let spec = SidecarSpec {
         endpoint: ctx.etcd.endpoint(),
-        key: format!("/bench/idle-{}", crate::rand_suffix()),
+        key: format!("/bench/idle-{}", elector_testkit::random_suffix()),
         ttl_secs: IDLE_TTL,
         log_dir: ctx.dir.clone(),
         cpus: None,
@@ -128,26 +128,28 @@ fn idle(ctx: &mut Ctx, window: Duration) {
     let leader = group.slot_of(&holder).unwrap_or(0);
     let follower = 1 - leader;
     let pids = [
-        group.slots[leader].proc.pid(),
-        group.slots[follower].proc.pid(),
+        group.slots[leader].proc.pid().as_raw(),
+        group.slots[follower].proc.pid().as_raw(),
     ];
     // Let start-up allocations and the first keep-alives pass.
     std::thread::sleep(Duration::from_secs(2));
-    let m0 = ctx.etcd.metrics();
+    let m0 = crate::procs::etcd_metrics(&ctx.etcd);
     let cpu0: Vec<CpuMark> = pids.iter().map(|&p| CpuMark::of(p)).collect();
     let t0 = Instant::now();
     std::thread::sleep(window);
     let cpu1: Vec<CpuMark> = pids.iter().map(|&p| CpuMark::of(p)).collect();
-    let m1 = ctx.etcd.metrics();
+    let m1 = crate::procs::etcd_metrics(&ctx.etcd);
     let elapsed = t0.elapsed();
     let per_min = 60.0 / elapsed.as_secs_f64();
     let p = format!("ttl={IDLE_TTL}s window={}s", window.as_secs());
     let mut worst_rss = 0.0f64;
     let mut worst_cpu = 0.0f64;
     for (i, role) in ["leader", "follower"].iter().enumerate() {
-        let rss = status_field(pids[i], "VmRSS").unwrap_or(0) as f64 / 1024.0;
-        let hwm = status_field(pids[i], "VmHWM").unwrap_or(0) as f64 / 1024.0;
-        let threads = status_field(pids[i], "Threads").unwrap_or(0) as f64;
+        let st = status(pids[i]);
+        let kb = |v: Option<u64>| v.unwrap_or(0) as f64 / 1024.0;
+        let rss = kb(st.as_ref().and_then(|s| s.vmrss));
+        let hwm = kb(st.as_ref().and_then(|s| s.vmhwm));
+        let threads = st.map_or(0, |s| s.threads) as f64;
         let cpu_s = cpu0[i].since(cpu1[i]).as_secs_f64() * per_min;
         worst_rss = worst_rss.max(rss);
         worst_cpu = worst_cpu.max(cpu_s);
@@ -184,18 +186,8 @@ fn idle(ctx: &mut Ctx, window: Duration) {
     // Both replicas send the same thing when idle (one keep-alive per ttl/3 on their own
     // lease); etcd counts for the pair, so a replica is half of it.
     let delta = crate::procs::grpc_delta(&m0, &m1);
-    let total: f64 = delta.iter().map(|(_, v)| v).sum();
-    let keepalive: f64 = delta
-        .iter()
-        .filter(|(m, _)| m == "LeaseKeepAlive")
-        .map(|(_, v)| v)
-        .sum();
+    let (total, keepalive, by_method) = (delta.total(), delta.keepalive(), delta.by_method());
     let other = total - keepalive;
-    let by_method = delta
-        .iter()
-        .map(|(m, v)| format!("{m}={v}"))
-        .collect::<Vec<_>>()
-        .join(", ");
     let rx_bytes = m1.sum("etcd_network_client_grpc_received_bytes_total")
         - m0.sum("etcd_network_client_grpc_received_bytes_total");
     let tx_bytes = m1.sum("etcd_network_client_grpc_sent_bytes_total")

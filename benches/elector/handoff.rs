@@ -83,7 +83,7 @@ impl Group {
         while Instant::now() < deadline {
             let mut still = Vec::new();
             for slot in pending {
-                if self.slots[slot].proc.try_exit().is_some() {
+                if self.slots[slot].proc.try_wait().is_some() {
                     self.respawn(slot);
                     still.push(slot);
                 } else if !self.slots[slot].settled() {
@@ -137,24 +137,37 @@ struct Samples {
 /// (`election = false`: one key, every follower watches it and campaigns when it goes) or
 /// with `--protocol election` (a key per candidate, each waits for its predecessor's
 /// deletion, as `etcdctl elect` does). Returns the end-to-end samples (ms).
-pub fn ours(ctx: &mut Ctx, n: usize, reps: usize, election: bool) -> Vec<f64> {
-    let key = format!("/bench/handoff-{n}-{}", crate::rand_suffix());
+/// How etcd-elector hands leadership over in a scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Way {
+    /// The default: the leader moves the key to a chosen successor in one transaction; the
+    /// successor confirms with its own write.
+    Succession,
+    /// `--no-succession`: the leader revokes (the key is deleted) and every follower races.
+    Revoke,
+    /// `--protocol election`: the next in line's predecessor key is deleted.
+    Election,
+}
+
+pub fn ours(ctx: &mut Ctx, n: usize, reps: usize, way: Way) -> Vec<f64> {
+    let election = way == Way::Election;
+    let key = format!("/bench/handoff-{n}-{}", elector_testkit::random_suffix());
     let spec = SidecarSpec {
         endpoint: ctx.etcd.endpoint(),
         key: key.clone(),
         ttl_secs: 10,
         log_dir: ctx.dir.clone(),
         cpus: None,
-        extra: if election {
-            vec!["--protocol".into(), "election".into()]
-        } else {
-            Vec::new()
+        extra: match way {
+            Way::Election => vec!["--protocol".into(), "election".into()],
+            Way::Revoke => vec!["--no-succession".into()],
+            Way::Succession => Vec::new(),
         },
     };
-    let tag = if election {
-        "election protocol"
-    } else {
-        "lock protocol"
+    let tag = match way {
+        Way::Election => "election protocol",
+        Way::Revoke => "lock protocol, --no-succession",
+        Way::Succession => "lock protocol, direct succession",
     };
     let mut group = Group::start(spec, n);
     if !group.wait_settled(Duration::from_secs(60)) {
@@ -192,27 +205,34 @@ pub fn ours(ctx: &mut Ctx, n: usize, reps: usize, election: bool) -> Vec<f64> {
             break;
         };
         watch.drain();
-        let m0 = ctx.etcd.metrics();
+        let m0 = crate::procs::etcd_metrics(&ctx.etcd);
         let t0 = Instant::now();
         group.slots[old].proc.signal(Signal::SIGTERM);
-        let Some(del) = watch.next(Kind::Delete, SOON) else {
+        // The first key event: the revoke's delete, or (succession) the transfer's put.
+        let first_kind = if way == Way::Succession {
+            Kind::Put
+        } else {
+            Kind::Delete
+        };
+        let Some(del) = watch.next(first_kind, SOON) else {
             ctx.report.anomaly(format!(
-                "handoff n={n} {tag} rep {rep}: no delete within {SOON:?}"
+                "handoff n={n} {tag} rep {rep}: no {first_kind:?} within {SOON:?}"
             ));
             break;
         };
         // Who should answer 200 next: the lock's new holder as the watch shows its put; in
         // the election protocol nothing is written, so read the oldest key (one more round
         // trip for the bench, which can only make our figure later).
-        let put = if election {
-            None
-        } else {
-            watch.next(Kind::Put, SOON)
+        // With succession the first put (the transfer) already names the successor, and the
+        // second is its confirmation.
+        let put = match way {
+            Way::Election => None,
+            Way::Revoke | Way::Succession => watch.next(Kind::Put, SOON),
         };
-        let next_id = match (&put, election) {
-            (Some(put), false) => Some(put.value.clone()),
-            (None, true) => holder(ctx),
-            _ => None,
+        let next_id = match way {
+            Way::Election => holder(ctx),
+            Way::Succession => Some(del.value.clone()),
+            Way::Revoke => put.as_ref().map(|p| p.value.clone()),
         };
         let Some(new) = next_id.as_deref().and_then(|id| group.slot_of(id)) else {
             ctx.report.anomaly(format!(
@@ -259,7 +279,7 @@ pub fn ours(ctx: &mut Ctx, n: usize, reps: usize, election: bool) -> Vec<f64> {
             }
             None => s.to_answer.push(ms(t200.saturating_duration_since(del.at))),
         }
-        match group.slots[old].proc.wait_exit(SOON) {
+        match group.slots[old].proc.wait_exit_within(SOON) {
             Some(st) if st.success() => {}
             other => ctx.report.anomaly(format!(
                 "handoff n={n} {tag} rep {rep}: old leader {} exit {other:?} (expected 0; log {}.log)",
@@ -269,14 +289,9 @@ pub fn ours(ctx: &mut Ctx, n: usize, reps: usize, election: bool) -> Vec<f64> {
         // Let the losers' transactions land before counting (they settle within ~80 ms at
         // 100 candidates), then count everything but keep-alives.
         std::thread::sleep(Duration::from_millis(150));
-        let m1 = ctx.etcd.metrics();
-        s.requests.push(
-            crate::procs::grpc_delta(&m0, &m1)
-                .iter()
-                .filter(|(method, _)| method != "LeaseKeepAlive")
-                .map(|(_, v)| v)
-                .sum(),
-        );
+        let m1 = crate::procs::etcd_metrics(&ctx.etcd);
+        let delta = crate::procs::grpc_delta(&m0, &m1);
+        s.requests.push(delta.total() - delta.keepalive());
         group.respawn(old);
         if !group.wait_settled(Duration::from_secs(30)) {
             ctx.report.anomaly(format!(
@@ -285,95 +300,57 @@ pub fn ours(ctx: &mut Ctx, n: usize, reps: usize, election: bool) -> Vec<f64> {
             break;
         }
     }
-    let r = &mut ctx.report;
-    if election {
-        let p = format!("candidates={n}, --protocol election");
-        r.add(
-            Summary::of(
-                "handoff",
-                "SIGTERM -> new leader answers 200",
-                &p,
-                "ms",
-                &s.total,
-            )
-            .note("etcdctl elect's protocol in etcd-elector: only the next in line wakes"),
-        );
-        r.add(Summary::of(
-            "handoff",
-            "SIGTERM -> key deleted (revoke committed)",
-            &p,
-            "ms",
-            &s.to_delete,
-        ));
-        r.add(
-            Summary::of("handoff", "key deleted -> new leader answers 200", &p, "ms", &s.to_answer)
-                .note("watch to the successor + its read of the election + publish; bench reads the election then asks"),
-        );
-        r.add(
-            Summary::of("handoff", "etcd requests per handoff", &p, "req", &s.requests)
-                .note("grpc_server_msg_received_total without LeaseKeepAlive; includes the revoke and the bench's one read of the election"),
-        );
+    if way == Way::Succession {
+        let p = format!("candidates={n}");
+        ctx.report.rows("handoff", &p, &[
+            ("SIGTERM -> new leader answers 200", "ms", &s.total,
+             "end to end: signal handling + read of the registrations + transfer txn + watch to the successor + its confirm txn + publish + one probe"),
+            ("SIGTERM -> key handed over (transfer committed)", "ms", &s.to_delete,
+             "signal to the transfer's raft commit, as the bench's watch sees it; the key is never absent"),
+            ("transfer -> successor's confirmation", "ms", &s.key_level,
+             "key level, both stamps from one etcd watch: watch delivery to the successor + its confirm txn"),
+            ("confirmation -> new leader answers 200", "ms", &s.to_answer,
+             "the successor publishes; bench opens a connection and asks"),
+            ("etcd requests per handoff", "req", &s.requests,
+             "grpc_server_msg_received_total without LeaseKeepAlive: the leader's deregistration, read and transfer, the successor's confirmation, the revoke; no follower campaigns"),
+        ]);
         return s.total;
     }
-    let p = format!("candidates={n}");
-    r.add(
-        Summary::of("handoff", "SIGTERM -> new leader answers 200", &p, "ms", &s.total)
-            .note("end to end: signal handling + revoke commit + watch to followers + campaign txn + publish + one probe"),
-    );
-    r.add(
-        Summary::of(
-            "handoff",
-            "SIGTERM -> key deleted (revoke committed)",
-            &p,
-            "ms",
-            &s.to_delete,
-        )
-        .note("signal to revoke RPC to raft commit, as the bench's watch sees it"),
-    );
-    r.add(
-        Summary::of("handoff", "key deleted -> new key created", &p, "ms", &s.key_level)
-            .note("key level, both stamps from one etcd watch: watch delivery to followers + campaign txn commit"),
-    );
-    r.add(
-        Summary::of(
-            "handoff",
-            "new key created -> new leader answers 200",
-            &p,
-            "ms",
-            &s.to_answer,
-        )
-        .note("winner publishes its snapshot; bench opens a connection and asks"),
-    );
-    r.add(
-        Summary::of(
-            "handoff",
-            "revisions between delete and create",
-            &p,
-            "rev",
-            &s.revision_gap,
-        )
-        .note("1 = no other write in between: the losers' transactions pass through raft but write nothing"),
-    );
-    r.add(
-        Summary::of(
-            "handoff",
-            "probes until 200 after the bench saw the new key",
-            &p,
-            "requests",
-            &s.polls,
-        )
-        .note("more than 1: the winner published after the bench's watch delivered its key"),
-    );
-    r.add(
-        Summary::of("handoff", "etcd requests per handoff", &p, "req", &s.requests)
-            .note("grpc_server_msg_received_total without LeaseKeepAlive; includes the revoke; every follower's campaign and new watch"),
-    );
+    if election {
+        let p = format!("candidates={n}, --protocol election");
+        ctx.report.rows("handoff", &p, &[
+            ("SIGTERM -> new leader answers 200", "ms", &s.total,
+             "etcdctl elect's protocol in etcd-elector: only the next in line wakes"),
+            ("SIGTERM -> key deleted (revoke committed)", "ms", &s.to_delete, ""),
+            ("key deleted -> new leader answers 200", "ms", &s.to_answer,
+             "watch to the successor + its read of the election + publish; bench reads the election then asks"),
+            ("etcd requests per handoff", "req", &s.requests,
+             "grpc_server_msg_received_total without LeaseKeepAlive; includes the revoke and the bench's one read of the election"),
+        ]);
+        return s.total;
+    }
+    ctx.report.rows("handoff", &format!("candidates={n}, --no-succession"), &[
+        ("SIGTERM -> new leader answers 200", "ms", &s.total,
+         "end to end: signal handling + revoke commit + watch to followers + campaign txn + publish + one probe"),
+        ("SIGTERM -> key deleted (revoke committed)", "ms", &s.to_delete,
+         "signal to revoke RPC to raft commit, as the bench's watch sees it"),
+        ("key deleted -> new key created", "ms", &s.key_level,
+         "key level, both stamps from one etcd watch: watch delivery to followers + campaign txn commit"),
+        ("new key created -> new leader answers 200", "ms", &s.to_answer,
+         "winner publishes its snapshot; bench opens a connection and asks"),
+        ("revisions between delete and create", "rev", &s.revision_gap,
+         "1 = no other write in between: the losers' transactions pass through raft but write nothing"),
+        ("probes until 200 after the bench saw the new key", "requests", &s.polls,
+         "more than 1: the winner published after the bench's watch delivered its key"),
+        ("etcd requests per handoff", "req", &s.requests,
+         "grpc_server_msg_received_total without LeaseKeepAlive; includes the revoke; every follower's campaign and new watch"),
+    ]);
     s.total
 }
 
 /// The same handoff by `etcdctl elect` peers. Returns the end-to-end samples (ms).
 pub fn peer(ctx: &mut Ctx, n: usize, reps: usize) -> Vec<f64> {
-    let election = format!("/bench/elect-{n}-{}", crate::rand_suffix());
+    let election = format!("/bench/elect-{n}-{}", elector_testkit::random_suffix());
     let endpoint = ctx.etcd.endpoint();
     let (tx, lines) = mpsc::channel::<Line>();
     let mut generations = vec![0u64; n];
@@ -456,7 +433,7 @@ pub fn peer(ctx: &mut Ctx, n: usize, reps: usize) -> Vec<f64> {
         s.to_delete.push(ms(del.at - t0));
         s.key_level
             .push(ms(t_print.saturating_duration_since(del.at)));
-        if peers[leader].proc.wait_exit(SOON).is_none() {
+        if peers[leader].proc.wait_exit_within(SOON).is_none() {
             ctx.report
                 .anomaly(format!("peer n={n} rep {rep}: old etcdctl did not exit"));
         }
@@ -479,26 +456,12 @@ pub fn peer(ctx: &mut Ctx, n: usize, reps: usize) -> Vec<f64> {
             break;
         }
     }
-    let p = format!("candidates={n}");
-    let r = &mut ctx.report;
-    r.add(
-        Summary::of("peer", "etcdctl elect: SIGTERM -> next prints elected", &p, "ms", &s.total)
-            .note("end to end for the peer: resign (delete own key) + watch to the next in line + its Get + print"),
-    );
-    r.add(Summary::of(
-        "peer",
-        "etcdctl elect: SIGTERM -> key deleted (resign committed)",
-        &p,
-        "ms",
-        &s.to_delete,
-    ));
-    r.add(Summary::of(
-        "peer",
-        "etcdctl elect: key deleted -> next prints elected",
-        &p,
-        "ms",
-        &s.key_level,
-    ));
+    ctx.report.rows("peer", &format!("candidates={n}"), &[
+        ("etcdctl elect: SIGTERM -> next prints elected", "ms", &s.total,
+         "end to end for the peer: resign (delete own key) + watch to the next in line + its Get + print"),
+        ("etcdctl elect: SIGTERM -> key deleted (resign committed)", "ms", &s.to_delete, ""),
+        ("etcdctl elect: key deleted -> next prints elected", "ms", &s.key_level, ""),
+    ]);
     s.total
 }
 
@@ -520,7 +483,7 @@ pub fn compare(n: usize, ours: &[f64], peer: &[f64]) -> Comparison {
 /// Crash failover with 3 candidates and a TTL of `ttl_secs`: SIGKILL to the leader until a
 /// follower answers 200. Kills land at a random point of the keep-alive cycle.
 pub fn crash(ctx: &mut Ctx, ttl_secs: u64, reps: usize) -> Vec<f64> {
-    let key = format!("/bench/crash-{}", crate::rand_suffix());
+    let key = format!("/bench/crash-{}", elector_testkit::random_suffix());
     let ttl = Duration::from_secs(ttl_secs);
     let spec = SidecarSpec {
         endpoint: ctx.etcd.endpoint(),
@@ -538,10 +501,10 @@ pub fn crash(ctx: &mut Ctx, ttl_secs: u64, reps: usize) -> Vec<f64> {
     }
     let watch = ctx.ctl.watch(&key, false);
     let mut s = Samples::default();
-    let mut rng = crate::Rng::new();
+    let mut rng = elector_testkit::fastrand::Rng::new();
     for rep in 0..reps {
         // A random phase in the keep-alive cycle (ttl/3), so the kill is not locked to it.
-        std::thread::sleep(settle() + (ttl / 3).mul_f64(rng.unit()));
+        std::thread::sleep(settle() + (ttl / 3).mul_f64(rng.f64()));
         let Some(holder) = ctx.ctl.get(&key) else {
             ctx.report.anomaly(format!("crash rep {rep}: no key"));
             break;
@@ -552,7 +515,7 @@ pub fn crash(ctx: &mut Ctx, ttl_secs: u64, reps: usize) -> Vec<f64> {
             break;
         };
         // The leader's own view of when etcd may expire its lease at the earliest.
-        let expiry = crate::http::get_once(group.slots[old].addr(), "/status")
+        let expiry = elector_testkit::http::get(group.slots[old].addr(), "/status")
             .ok()
             .and_then(|r| serde_json::from_str::<serde_json::Value>(&r.body).ok())
             .and_then(|v| v["lease_seconds_left"].as_f64())
@@ -592,7 +555,7 @@ pub fn crash(ctx: &mut Ctx, ttl_secs: u64, reps: usize) -> Vec<f64> {
             };
             s.beyond_expiry.push(beyond);
         }
-        group.slots[old].proc.kill_now();
+        group.slots[old].proc.kill();
         group.respawn(old);
         if !group.wait_settled(Duration::from_secs(30)) {
             ctx.report
@@ -600,38 +563,14 @@ pub fn crash(ctx: &mut Ctx, ttl_secs: u64, reps: usize) -> Vec<f64> {
             break;
         }
     }
-    let p = format!("candidates=3 ttl={ttl_secs}s");
-    let r = &mut ctx.report;
-    r.add(
-        Summary::of("crash", "SIGKILL -> follower answers 200", &p, "ms", &s.total)
-            .note("bounded by the lease: TTL minus time since the last keep-alive, plus etcd's expiry scan (500 ms period in 3.4)"),
-    );
-    r.add(Summary::of(
-        "crash",
-        "SIGKILL -> key deleted (lease expired)",
-        &p,
-        "ms",
-        &s.to_delete,
-    ));
-    r.add(
-        Summary::of(
-            "crash",
-            "key deleted -> new key created",
-            &p,
-            "ms",
-            &s.key_level,
-        )
-        .note("after expiry the followers act exactly as in a graceful handoff"),
-    );
-    r.add(
-        Summary::of(
-            "crash",
-            "leader's lease expiry estimate -> follower answers 200",
-            &p,
-            "ms",
-            &s.beyond_expiry,
-        )
-        .note("what etcd-elector adds beyond the lease: etcd's expiry scan + watch + campaign"),
-    );
+    ctx.report.rows("crash", &format!("candidates=3 ttl={ttl_secs}s"), &[
+        ("SIGKILL -> follower answers 200", "ms", &s.total,
+         "bounded by the lease: TTL minus time since the last keep-alive, plus etcd's expiry scan (500 ms period in 3.4)"),
+        ("SIGKILL -> key deleted (lease expired)", "ms", &s.to_delete, ""),
+        ("key deleted -> new key created", "ms", &s.key_level,
+         "after expiry the followers act exactly as in a graceful handoff"),
+        ("leader's lease expiry estimate -> follower answers 200", "ms", &s.beyond_expiry,
+         "what etcd-elector adds beyond the lease: etcd's expiry scan + watch + campaign"),
+    ]);
     s.total
 }

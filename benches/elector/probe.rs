@@ -14,15 +14,15 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::handoff::Group;
-use crate::http::{get_once, Conn};
 use crate::procs::{cpu_time, SidecarSpec};
 use crate::stats::{us, Goal, Summary};
 use crate::Ctx;
+use elector_testkit::http::{get as get_once, Conn};
 
 pub fn run(ctx: &mut Ctx, duration: Duration) {
     let spec = SidecarSpec {
         endpoint: ctx.etcd.endpoint(),
-        key: format!("/bench/probe-{}", crate::rand_suffix()),
+        key: format!("/bench/probe-{}", elector_testkit::random_suffix()),
         ttl_secs: 10,
         log_dir: ctx.dir.clone(),
         cpus: None,
@@ -147,7 +147,7 @@ fn max_rate(ctx: &mut Ctx, duration: Duration) {
     }
     let spec = SidecarSpec {
         endpoint: ctx.etcd.endpoint(),
-        key: format!("/bench/probe-pinned-{}", crate::rand_suffix()),
+        key: format!("/bench/probe-pinned-{}", elector_testkit::random_suffix()),
         ttl_secs: 10,
         log_dir: ctx.dir.clone(),
         cpus: Some("0".into()),
@@ -160,7 +160,7 @@ fn max_rate(ctx: &mut Ctx, duration: Duration) {
         return;
     }
     let url = format!("http://{}/leader", group.slots[0].addr());
-    let pid = group.slots[0].proc.pid();
+    let pid = group.slots[0].proc.pid().as_raw();
     for (mode, extra) in [
         ("kept-alive connections", None),
         ("Connection: close", Some("Connection: close")),

@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::procs::{status_field, CpuMark};
+use crate::procs::{status, CpuMark};
 use crate::stats::{ms, Summary};
 use crate::Ctx;
 
@@ -62,6 +62,16 @@ async fn candidate(endpoint: String, key: String, id: String) -> Candidate {
 
 fn is_leader(rx: &Receiver) -> bool {
     rx.borrow().is_leader_at(Instant::now())
+}
+
+/// The snapshots of every candidate but `old`.
+fn others(cands: &[Candidate], old: usize) -> Vec<Receiver> {
+    cands
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != old)
+        .map(|(_, c)| c.rx.clone())
+        .collect()
 }
 
 /// The first of `rxs` to claim leadership, and when; `None` after `timeout`.
@@ -125,13 +135,13 @@ fn one(ctx: &mut Ctx, count: usize, window: Duration, handoffs: usize) {
         .worker_threads(2)
         // The simulated candidates are the measured party, not observers: default priority.
         .on_thread_start(|| {
-            crate::procs::set_thread_nice(0);
+            elector_testkit::process::set_thread_nice(0);
         })
         .enable_all()
         .build()
         .expect("simulation runtime");
     let endpoint = ctx.etcd.endpoint();
-    let suffix = crate::rand_suffix();
+    let suffix = elector_testkit::random_suffix();
     let key = |e: usize| format!("/bench/scale-{suffix}/{e}");
     let p = format!("elections={count} x3, ttl={}s", TTL.as_secs());
     let started = Instant::now();
@@ -198,11 +208,11 @@ fn one(ctx: &mut Ctx, count: usize, window: Duration, handoffs: usize) {
     idle_window(ctx, &p, count, window, started + all_led / 2);
 
     // One handoff at a time, on elections in turn: does the fleet's idle load slow it?
-    let mut rng = crate::Rng::new();
+    let mut rng = elector_testkit::fastrand::Rng::new();
     let mut seq = Vec::new();
     let mut generation = 0u64;
     for rep in 0..handoffs {
-        let e = (rng.unit() * count as f64) as usize % count;
+        let e = rng.usize(..count);
         let cands = &mut elections[e];
         let Some(old) = cands.iter().position(|c| is_leader(&c.rx)) else {
             ctx.report.anomaly(format!(
@@ -210,12 +220,7 @@ fn one(ctx: &mut Ctx, count: usize, window: Duration, handoffs: usize) {
             ));
             continue;
         };
-        let others: Vec<Receiver> = cands
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| *i != old)
-            .map(|(_, c)| c.rx.clone())
-            .collect();
+        let others = others(cands, old);
         let t0 = Instant::now();
         cands[old].token.cancel();
         let got = rt.block_on(first_leader(others, SOON));
@@ -252,7 +257,7 @@ fn one(ctx: &mut Ctx, count: usize, window: Duration, handoffs: usize) {
     // bench's own watch on every key splits each handoff at the revoke's commit; etcd's CPU
     // over the whole burst says what a fleet-wide handoff costs it.
     let watch = ctx.ctl.watch(&format!("/bench/scale-{suffix}/"), true);
-    let etcd_pid = ctx.etcd.proc.pid();
+    let etcd_pid = ctx.etcd.child().expect("etcd runs").pid().as_raw();
     let etcd_cpu0 = CpuMark::of(etcd_pid);
     let mut waiters = Vec::new();
     let t0 = Instant::now();
@@ -260,12 +265,7 @@ fn one(ctx: &mut Ctx, count: usize, window: Duration, handoffs: usize) {
         let Some(old) = cands.iter().position(|c| is_leader(&c.rx)) else {
             continue;
         };
-        let others: Vec<Receiver> = cands
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| *i != old)
-            .map(|(_, c)| c.rx.clone())
-            .collect();
+        let others = others(cands, old);
         cands[old].token.cancel();
         waiters.push(rt.spawn(first_leader(others, SOON * 3)));
     }
@@ -359,30 +359,20 @@ fn idle_window(ctx: &mut Ctx, p: &str, count: usize, window: Duration, phase: In
     }
     std::thread::sleep(start - Instant::now());
     let me = std::process::id() as i32;
-    let etcd_pid = ctx.etcd.proc.pid();
-    let m0 = ctx.etcd.metrics();
+    let etcd_pid = ctx.etcd.child().expect("etcd runs").pid().as_raw();
+    let m0 = crate::procs::etcd_metrics(&ctx.etcd);
     let (me0, etcd0) = (CpuMark::of(me), CpuMark::of(etcd_pid));
     let t0 = std::time::Instant::now();
     std::thread::sleep(window);
     let (me1, etcd1) = (CpuMark::of(me), CpuMark::of(etcd_pid));
-    let m1 = ctx.etcd.metrics();
+    let m1 = crate::procs::etcd_metrics(&ctx.etcd);
     let secs = t0.elapsed().as_secs_f64();
     let delta = crate::procs::grpc_delta(&m0, &m1);
-    let total: f64 = delta.iter().map(|(_, v)| v).sum();
-    let keepalive: f64 = delta
-        .iter()
-        .filter(|(m, _)| m == "LeaseKeepAlive")
-        .map(|(_, v)| v)
-        .sum();
+    let (total, keepalive, by_method) = (delta.total(), delta.keepalive(), delta.by_method());
     let bytes = (m1.sum("etcd_network_client_grpc_received_bytes_total")
         + m1.sum("etcd_network_client_grpc_sent_bytes_total"))
         - (m0.sum("etcd_network_client_grpc_received_bytes_total")
             + m0.sum("etcd_network_client_grpc_sent_bytes_total"));
-    let by_method = delta
-        .iter()
-        .map(|(m, v)| format!("{m}={v}"))
-        .collect::<Vec<_>>()
-        .join(", ");
     let r = &mut ctx.report;
     r.add(
         Summary::single("scale", "etcd requests, idle", p, "req/s", total / secs).note(format!(
@@ -421,7 +411,7 @@ fn idle_window(ctx: &mut Ctx, p: &str, count: usize, window: Duration, phase: In
         "etcd RSS",
         p,
         "MiB",
-        status_field(etcd_pid, "VmRSS").unwrap_or(0) as f64 / 1024.0,
+        status(etcd_pid).and_then(|s| s.vmrss).unwrap_or(0) as f64 / 1024.0,
     ));
     r.add(
         Summary::single(

@@ -119,6 +119,14 @@ impl Report {
         self.figures.push(s);
     }
 
+    /// One figure per `(metric, unit, samples, note)` of `scenario` with `params`; an empty
+    /// note is none.
+    pub fn rows(&mut self, scenario: &str, params: &str, rows: &[(&str, &str, &[f64], &str)]) {
+        for (metric, unit, samples, note) in rows {
+            self.add(Summary::of(scenario, metric, params, unit, samples).note(*note));
+        }
+    }
+
     pub fn anomaly(&mut self, what: impl Into<String>) {
         let what = what.into();
         eprintln!("bench: anomaly: {what}");

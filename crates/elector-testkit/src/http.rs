@@ -57,6 +57,35 @@ pub fn request(addr: SocketAddr, raw: &[u8]) -> io::Result<Response> {
     read_response(&mut stream, head_request)
 }
 
+/// One kept-alive connection that sends the same `GET path` again and again
+/// (the bench's load generator).
+pub struct Conn {
+    stream: TcpStream,
+    request: Vec<u8>,
+}
+
+impl Conn {
+    pub fn connect(addr: SocketAddr, path: &str) -> io::Result<Conn> {
+        let stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(IO_TIMEOUT))?;
+        stream.set_write_timeout(Some(IO_TIMEOUT))?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").into_bytes();
+        Ok(Conn { stream, request })
+    }
+
+    /// Sends the request once and reads the whole response.
+    pub fn get(&mut self) -> io::Result<Response> {
+        self.stream.write_all(&self.request)?;
+        read_response(&mut self.stream, false)
+    }
+}
+
+/// `GET path` with `Connection: close`, as a kubelet probe does.
+pub fn get(addr: SocketAddr, path: &str) -> io::Result<Response> {
+    simple(addr, "GET", path, b"")
+}
+
 /// `METHOD path` with `Connection: close` and an optional body.
 pub fn simple(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> io::Result<Response> {
     let mut raw = format!(

@@ -6,28 +6,23 @@
 //! panics. It is SIGKILLed on drop; tests that want a clean exit send a
 //! signal and call [`Sidecar::wait_exit`].
 
-use std::fs::{self, File};
-use std::io::Read;
+use std::fs::File;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
-
-use super::{free_port, http, kill_on_parent_death, tail, test_tempdir, wait_until};
+use crate::process::Child;
+use crate::{elector_bin, free_port, http, tail, test_tempdir, wait_until};
 
 /// How long a sidecar may take to answer `/healthz` after spawn. It should be
 /// milliseconds; the bound only turns a hang into a failure.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_etcd-elector");
-
 /// A command for the binary with the variables it reads removed from the
 /// inherited environment.
-pub(super) fn clean_command() -> Command {
-    let mut cmd = Command::new(BIN);
+pub fn clean_command() -> Command {
+    let mut cmd = Command::new(elector_bin());
     for (name, _) in std::env::vars_os() {
         let n = name.to_string_lossy();
         if n.starts_with("ELECTOR_") || n == "POD_NAME" || n == "RUST_LOG" {
@@ -37,46 +32,114 @@ pub(super) fn clean_command() -> Command {
     cmd
 }
 
-/// Builds a [`Sidecar`]: `Sidecar::builder().endpoints(..).key(..).id(..).start()`.
+/// What every `etcd-elector` command line has, in either mode (the sidecar,
+/// or `run`): set through [`ElectorArgs`].
 #[derive(Default, Clone)]
-pub struct SidecarBuilder {
+pub struct CommonArgs {
     endpoints: Option<String>,
     key: Option<String>,
     id: Option<String>,
     args: Vec<String>,
     envs: Vec<(String, String)>,
+}
+
+impl CommonArgs {
+    /// A clean command with these flags, JSON logs and debug log levels, run
+    /// in `dir` with stdout and stderr appended to the files given.
+    pub fn command(&self, mode: &[&str], dir: &Path, stdout: &Path, stderr: &Path) -> Command {
+        let mut cmd = clean_command();
+        cmd.args(mode).args(["--log-format", "json"]);
+        for (flag, value) in [
+            ("--endpoints", &self.endpoints),
+            ("--key", &self.key),
+            ("--id", &self.id),
+        ] {
+            if let Some(v) = value {
+                cmd.args([flag, v]);
+            }
+        }
+        let append = |p: &Path| {
+            File::options()
+                .create(true)
+                .append(true)
+                .open(p)
+                .expect("opening a log file")
+        };
+        cmd.args(&self.args)
+            .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            // Debug logs make a failure readable; the logs are only shown on failure.
+            .env("RUST_LOG", "info,etcd_elector=debug")
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(append(stdout))
+            .stderr(append(stderr));
+        cmd
+    }
+
+    pub fn id(&self) -> String {
+        self.id.clone().unwrap_or_default()
+    }
+
+    pub fn key(&self) -> String {
+        self.key.clone().unwrap_or_default()
+    }
+}
+
+/// The setters both builders share ([`SidecarBuilder`], [`crate::job::JobBuilder`]).
+pub trait ElectorArgs: Sized {
+    fn common(&mut self) -> &mut CommonArgs;
+
+    /// `--endpoints`, `--key` and `--id` at once: the usual start.
+    fn on(self, endpoints: &str, key: &str, id: &str) -> Self {
+        self.endpoints(endpoints).key(key).id(id)
+    }
+    fn endpoints(mut self, endpoints: &str) -> Self {
+        self.common().endpoints = Some(endpoints.to_string());
+        self
+    }
+    fn key(mut self, key: &str) -> Self {
+        self.common().key = Some(key.to_string());
+        self
+    }
+    fn id(mut self, id: &str) -> Self {
+        self.common().id = Some(id.to_string());
+        self
+    }
+    fn ttl(self, secs: u64) -> Self {
+        self.args(&["--ttl", &secs.to_string()])
+    }
+    fn arg(self, arg: &str) -> Self {
+        self.args(&[arg])
+    }
+    fn args(mut self, args: &[&str]) -> Self {
+        self.common()
+            .args
+            .extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+    fn env(mut self, name: &str, value: &str) -> Self {
+        self.common()
+            .envs
+            .push((name.to_string(), value.to_string()));
+        self
+    }
+}
+
+/// Builds a [`Sidecar`]: `Sidecar::builder().endpoints(..).key(..).id(..).start()`.
+#[derive(Default, Clone)]
+pub struct SidecarBuilder {
+    common: CommonArgs,
     /// Where it listens when `--listen` comes from elsewhere (env or file).
     listen_elsewhere: Option<SocketAddr>,
 }
 
+impl ElectorArgs for SidecarBuilder {
+    fn common(&mut self) -> &mut CommonArgs {
+        &mut self.common
+    }
+}
+
 impl SidecarBuilder {
-    pub fn endpoints(mut self, endpoints: &str) -> Self {
-        self.endpoints = Some(endpoints.to_string());
-        self
-    }
-    pub fn key(mut self, key: &str) -> Self {
-        self.key = Some(key.to_string());
-        self
-    }
-    pub fn id(mut self, id: &str) -> Self {
-        self.id = Some(id.to_string());
-        self
-    }
-    pub fn ttl(self, secs: u64) -> Self {
-        self.args(&["--ttl", &secs.to_string()])
-    }
-    pub fn arg(mut self, arg: &str) -> Self {
-        self.args.push(arg.to_string());
-        self
-    }
-    pub fn args(mut self, args: &[&str]) -> Self {
-        self.args.extend(args.iter().map(|a| a.to_string()));
-        self
-    }
-    pub fn env(mut self, name: &str, value: &str) -> Self {
-        self.envs.push((name.to_string(), value.to_string()));
-        self
-    }
     /// Do not pass `--listen`: the sidecar gets `addr` from env or a file.
     pub fn listen_elsewhere(mut self, addr: SocketAddr) -> Self {
         self.listen_elsewhere = Some(addr);
@@ -86,48 +149,26 @@ impl SidecarBuilder {
     /// Spawns the process without waiting for it.
     pub fn spawn(self) -> Sidecar {
         let dir = test_tempdir("sidecar");
-        let log_path = dir.path().join("sidecar.log");
-        let log = File::create(&log_path).expect("creating the sidecar log");
+        let log = dir.path().join("sidecar.log");
         let addr = self
             .listen_elsewhere
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], free_port())));
         // The pod-local admin server (POST /resign) defaults to a fixed port,
         // which parallel sidecars would fight over: give each its own.
         let admin_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let mut cmd = clean_command();
+        let mut mode = vec!["--admin-listen".to_string(), admin_addr.to_string()];
         if self.listen_elsewhere.is_none() {
-            cmd.args(["--listen", &addr.to_string()]);
+            mode.extend(["--listen".to_string(), addr.to_string()]);
         }
-        cmd.args(["--admin-listen", &admin_addr.to_string()]);
-        if let Some(e) = &self.endpoints {
-            cmd.args(["--endpoints", e]);
-        }
-        if let Some(k) = &self.key {
-            cmd.args(["--key", k]);
-        }
-        if let Some(i) = &self.id {
-            cmd.args(["--id", i]);
-        }
-        cmd.args(["--log-format", "json"])
-            .args(&self.args)
-            .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            // Debug logs make a failure readable; the file is only shown on panic.
-            .env("RUST_LOG", "info,etcd_elector=debug")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("cloning a file handle"))
-            .stderr(log);
-        kill_on_parent_death(&mut cmd);
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {BIN}: {e}"));
+        let mode: Vec<&str> = mode.iter().map(String::as_str).collect();
+        let mut cmd = self.common.command(&mode, dir.path(), &log, &log);
+        let id = self.common.id();
         Sidecar {
-            child: Some(child),
+            child: Child::spawn(&mut cmd, &format!("sidecar {id} ({addr})"), &[log]),
             addr,
             admin_addr,
-            id: self.id.clone().unwrap_or_default(),
-            key: self.key.clone().unwrap_or_default(),
-            log_path,
-            exit: None,
+            id,
+            key: self.common.key(),
             _dir: dir,
         }
     }
@@ -135,7 +176,7 @@ impl SidecarBuilder {
     /// Spawns and waits until `/healthz` answers 200. A start that failed
     /// because a port chosen by [`free_port`] was taken meanwhile (by another
     /// test's process, or as the local port of an outgoing connection) is
-    /// retried on other ports, as [`super::Etcd::start`] does.
+    /// retried on other ports, as [`crate::Etcd::start`] does.
     pub fn start(self) -> Sidecar {
         for _ in 1..PORT_RETRIES {
             let mut s = self.clone().spawn();
@@ -160,13 +201,11 @@ impl SidecarBuilder {
 const PORT_RETRIES: usize = 3;
 
 pub struct Sidecar {
-    child: Option<Child>,
+    child: Child,
     addr: SocketAddr,
     admin_addr: SocketAddr,
     id: String,
     key: String,
-    log_path: PathBuf,
-    exit: Option<ExitStatus>,
     _dir: tempfile::TempDir,
 }
 
@@ -198,17 +237,10 @@ impl Sidecar {
     pub fn key(&self) -> &str {
         &self.key
     }
-    pub fn pid(&self) -> Pid {
-        Pid::from_raw(self.child.as_ref().expect("sidecar was reaped").id() as i32)
-    }
 
     /// The full log so far (stdout and stderr interleaved).
     pub fn logs(&self) -> String {
-        let mut s = String::new();
-        if let Ok(mut f) = File::open(&self.log_path) {
-            let _ = f.read_to_string(&mut s);
-        }
-        s
+        self.child.log(0)
     }
 
     /// Polls `/healthz` until 200; panics with the log if the process exits or
@@ -324,63 +356,19 @@ impl Sidecar {
     pub fn fencing_token(&self) -> Option<i64> {
         self.leader_view()["fencing_token"].as_i64()
     }
+}
 
-    pub fn signal(&self, sig: Signal) {
-        kill(self.pid(), sig).unwrap_or_else(|e| panic!("kill({sig}) sidecar {}: {e}", self.id));
-    }
-
-    /// The exit status if it has exited (reaping it), else `None`.
-    pub fn try_wait(&mut self) -> Option<ExitStatus> {
-        if self.exit.is_some() {
-            return self.exit;
-        }
-        let child = self.child.as_mut()?;
-        if let Ok(Some(status)) = child.try_wait() {
-            self.exit = Some(status);
-        }
-        self.exit
-    }
-
-    pub fn is_running(&mut self) -> bool {
-        self.try_wait().is_none()
-    }
-
-    /// Waits for the process to exit; panics (after SIGKILL) if it has not
-    /// within `timeout`.
-    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        if wait_until(timeout, || self.try_wait().is_some()) {
-            return self.exit.expect("just observed");
-        }
-        let _ = self.child.as_mut().map(Child::kill);
-        panic!(
-            "sidecar {} still running {timeout:?} after being asked to exit; log:\n{}",
-            self.id,
-            tail(&self.logs(), 40)
-        );
-    }
-
-    /// SIGKILL (a crash) and reap.
-    pub fn kill(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            if self.exit.is_none() {
-                let _ = child.kill();
-                self.exit = child.wait().ok();
-            }
-        }
+/// The process: `pid`, `signal`, `try_wait`, `wait_exit`, `kill`.
+impl std::ops::Deref for Sidecar {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.child
     }
 }
 
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        self.kill();
-        if std::thread::panicking() {
-            eprintln!(
-                "--- sidecar {} ({}) log tail ---\n{}",
-                self.id,
-                self.addr,
-                tail(&self.logs(), 30)
-            );
-        }
+impl std::ops::DerefMut for Sidecar {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.child
     }
 }
 
@@ -389,44 +377,25 @@ impl Drop for Sidecar {
 /// still running after `timeout`: a bad configuration must exit, not serve.
 pub fn run_to_exit(args: &[&str], envs: &[(&str, &str)], timeout: Duration) -> Output {
     let dir = test_tempdir("run");
-    let out_path = dir.path().join("stdout");
-    let err_path = dir.path().join("stderr");
+    let logs = [dir.path().join("stdout"), dir.path().join("stderr")];
     let mut cmd = clean_command();
     cmd.args(args)
         .envs(envs.iter().copied())
         .stdin(Stdio::null())
-        .stdout(File::create(&out_path).expect("stdout file"))
-        .stderr(File::create(&err_path).expect("stderr file"));
-    kill_on_parent_death(&mut cmd);
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {BIN}: {e}"));
-    let mut status = None;
-    wait_until(timeout, || {
-        status = child.try_wait().ok().flatten();
-        status.is_some()
-    });
-    let read = |p: &PathBuf| fs::read(p).unwrap_or_default();
-    match status {
-        Some(status) => Output {
-            status,
-            stdout: read(&out_path),
-            stderr: read(&err_path),
-        },
-        None => {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "`etcd-elector {}` still running after {timeout:?}; expected it to exit.\n\
-                 stdout:\n{}\nstderr:\n{}",
-                args.join(" "),
-                tail(&String::from_utf8_lossy(&read(&out_path)), 20),
-                tail(&String::from_utf8_lossy(&read(&err_path)), 20)
-            );
-        }
+        .stdout(File::create(&logs[0]).expect("stdout file"))
+        .stderr(File::create(&logs[1]).expect("stderr file"));
+    let mut child = Child::spawn(
+        &mut cmd,
+        &format!("`etcd-elector {}`", args.join(" ")),
+        &logs,
+    );
+    let status = child.wait_exit(timeout);
+    Output {
+        status,
+        stdout: std::fs::read(&logs[0]).unwrap_or_default(),
+        stderr: std::fs::read(&logs[1]).unwrap_or_default(),
     }
 }
-
 /// Polls until exactly one of `sidecars` answers 200 on `/leader` in one
 /// round, and returns its index. Panics with every log if that does not
 /// happen within `timeout`.

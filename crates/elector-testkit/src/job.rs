@@ -13,19 +13,21 @@
 //! its group), so a failed test leaves no command behind.
 
 use std::fs::{self, File};
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use nix::sys::signal::{kill, killpg, Signal};
+use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
+use procfs::process::Process;
 
-use super::etcd::{base64_decode, etcdctl_bin, KeyValue};
-use super::sidecar::{clean_command, BIN};
-use super::{free_port, http, kill_on_parent_death, tail, test_tempdir, wait_until, Etcd};
+use crate::etcd::{etcdctl_bin, key_value, KeyValue};
+use crate::process::Child;
+use crate::sidecar::{CommonArgs, ElectorArgs};
+use crate::{free_port, http, test_tempdir, wait_until, Etcd};
 
 /// A shell loop that waits (at most a minute) until the test creates the file
 /// `release` in the job's directory.
@@ -54,14 +56,9 @@ pub fn unix_nanos() -> i128 {
 /// True while `pid` exists and has not exited: a zombie (exited, not yet
 /// reaped) counts as dead, since it runs no code and holds nothing.
 pub fn process_alive(pid: i32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state is the first field after the command name in parentheses.
-        Ok(stat) => match stat.rsplit_once(')') {
-            Some((_, rest)) => !matches!(rest.trim_start().chars().next(), Some('Z' | 'X')),
-            None => false,
-        },
-        Err(_) => false,
-    }
+    Process::new(pid)
+        .and_then(|p| p.stat())
+        .is_ok_and(|s| !matches!(s.state, 'Z' | 'X'))
 }
 
 /// True while `pid` has a process table entry, a zombie included: false once
@@ -72,76 +69,44 @@ pub fn process_exists(pid: i32) -> bool {
 
 /// The children of `pid` (of every thread of it), from /proc.
 pub fn children_of(pid: i32) -> Vec<i32> {
-    let mut children = Vec::new();
-    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
-        return children;
+    let Ok(tasks) = Process::new(pid).and_then(|p| p.tasks()) else {
+        return Vec::new();
     };
-    for task in tasks.flatten() {
-        let list = fs::read_to_string(task.path().join("children")).unwrap_or_default();
-        children.extend(
-            list.split_whitespace()
-                .filter_map(|p| p.parse::<i32>().ok()),
-        );
-    }
-    children
+    tasks
+        .flatten()
+        .flat_map(|t| t.children().unwrap_or_default())
+        .map(|c| c as i32)
+        .collect()
 }
 
 /// The process group of `pid`, if it exists.
 pub fn process_group(pid: i32) -> Option<i32> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = stat.rsplit_once(')')?;
-    // Fields after the name: state, ppid, pgrp.
-    rest.split_whitespace().nth(2)?.parse().ok()
+    Some(Process::new(pid).ok()?.stat().ok()?.pgrp)
 }
 
 /// Builds a [`Job`]: `Job::builder().endpoints(..).key(..).id(..).shell("..").spawn()`.
 #[derive(Default, Clone)]
 pub struct JobBuilder {
-    endpoints: Option<String>,
-    key: Option<String>,
-    id: Option<String>,
-    args: Vec<String>,
-    envs: Vec<(String, String)>,
+    common: CommonArgs,
     listen: bool,
     admin: bool,
     stdin: Option<String>,
     command: Vec<String>,
 }
 
+impl ElectorArgs for JobBuilder {
+    fn common(&mut self) -> &mut CommonArgs {
+        &mut self.common
+    }
+}
+
 impl JobBuilder {
-    pub fn endpoints(mut self, endpoints: &str) -> Self {
-        self.endpoints = Some(endpoints.to_string());
-        self
-    }
-    pub fn key(mut self, key: &str) -> Self {
-        self.key = Some(key.to_string());
-        self
-    }
-    pub fn id(mut self, id: &str) -> Self {
-        self.id = Some(id.to_string());
-        self
-    }
-    pub fn ttl(self, secs: u64) -> Self {
-        self.args(&["--ttl", &secs.to_string()])
-    }
     pub fn grace_period(self, secs: &str) -> Self {
         self.args(&["--grace-period", secs])
     }
     /// `--try`: one attempt.
     pub fn try_once(self) -> Self {
         self.arg("--try")
-    }
-    pub fn arg(mut self, arg: &str) -> Self {
-        self.args.push(arg.to_string());
-        self
-    }
-    pub fn args(mut self, args: &[&str]) -> Self {
-        self.args.extend(args.iter().map(|a| a.to_string()));
-        self
-    }
-    pub fn env(mut self, name: &str, value: &str) -> Self {
-        self.envs.push((name.to_string(), value.to_string()));
-        self
     }
     /// Serve the public HTTP routes on a free loopback port (off by default in `run`).
     pub fn listen(mut self) -> Self {
@@ -171,60 +136,30 @@ impl JobBuilder {
     /// Spawns `etcd-elector run` without waiting for anything.
     pub fn spawn(self) -> Job {
         let dir = test_tempdir("job");
-        let stdout = File::create(dir.path().join("run.stdout")).expect("creating run.stdout");
-        let stderr = File::create(dir.path().join("run.stderr")).expect("creating run.stderr");
-        let stdin = match &self.stdin {
-            Some(text) => {
-                let path = dir.path().join("run.stdin");
-                fs::write(&path, text).expect("writing run.stdin");
-                Stdio::from(File::open(&path).expect("opening run.stdin"))
+        let logs = [dir.path().join("run.stderr"), dir.path().join("run.stdout")];
+        let port = |on: bool| on.then(|| SocketAddr::from(([127, 0, 0, 1], free_port())));
+        let (addr, admin_addr) = (port(self.listen), port(self.admin));
+        let mut mode = vec!["run".to_string()];
+        for (flag, a) in [("--listen", addr), ("--admin-listen", admin_addr)] {
+            if let Some(a) = a {
+                mode.extend([flag.to_string(), a.to_string()]);
             }
-            None => Stdio::null(),
-        };
-        let addr = self
-            .listen
-            .then(|| SocketAddr::from(([127, 0, 0, 1], free_port())));
-        let admin_addr = self
-            .admin
-            .then(|| SocketAddr::from(([127, 0, 0, 1], free_port())));
-        let mut cmd = clean_command();
-        cmd.arg("run").args(["--log-format", "json"]);
-        if let Some(a) = addr {
-            cmd.args(["--listen", &a.to_string()]);
         }
-        if let Some(a) = admin_addr {
-            cmd.args(["--admin-listen", &a.to_string()]);
+        let mode: Vec<&str> = mode.iter().map(String::as_str).collect();
+        let mut cmd = self.common.command(&mode, dir.path(), &logs[1], &logs[0]);
+        cmd.arg("--").args(&self.command);
+        if let Some(text) = &self.stdin {
+            let path = dir.path().join("run.stdin");
+            fs::write(&path, text).expect("writing run.stdin");
+            cmd.stdin(File::open(&path).expect("opening run.stdin"));
         }
-        if let Some(e) = &self.endpoints {
-            cmd.args(["--endpoints", e]);
-        }
-        if let Some(k) = &self.key {
-            cmd.args(["--key", k]);
-        }
-        if let Some(i) = &self.id {
-            cmd.args(["--id", i]);
-        }
-        cmd.args(&self.args)
-            .arg("--")
-            .args(&self.command)
-            .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            // Debug logs make a failure readable; they are only shown on panic.
-            .env("RUST_LOG", "info,etcd_elector=debug")
-            .current_dir(dir.path())
-            .stdin(stdin)
-            .stdout(stdout)
-            .stderr(stderr);
-        kill_on_parent_death(&mut cmd);
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {BIN} run: {e}"));
+        let id = self.common.id();
         Job {
-            child: Some(child),
-            id: self.id.unwrap_or_default(),
-            key: self.key.unwrap_or_default(),
+            child: Child::spawn(&mut cmd, &format!("run {id}"), &logs),
+            id,
+            key: self.common.key(),
             addr,
             admin_addr,
-            exit: None,
             dir,
         }
     }
@@ -232,12 +167,11 @@ impl JobBuilder {
 
 /// One `etcd-elector run` process. See the module docs.
 pub struct Job {
-    child: Option<Child>,
+    child: Child,
     id: String,
     key: String,
     addr: Option<SocketAddr>,
     admin_addr: Option<SocketAddr>,
-    exit: Option<ExitStatus>,
     dir: tempfile::TempDir,
 }
 
@@ -251,9 +185,6 @@ impl Job {
     }
     pub fn key(&self) -> &str {
         &self.key
-    }
-    pub fn pid(&self) -> Pid {
-        Pid::from_raw(self.child.as_ref().expect("run was reaped").id() as i32)
     }
     /// The public HTTP address, when built with [`JobBuilder::listen`].
     pub fn addr(&self) -> SocketAddr {
@@ -276,9 +207,7 @@ impl Job {
 
     /// The file's contents, trimmed, if it exists.
     pub fn read(&self, name: &str) -> Option<String> {
-        fs::read_to_string(self.path(name))
-            .ok()
-            .map(|s| s.trim().to_string())
+        read_trimmed(self.path(name))
     }
 
     pub fn has(&self, name: &str) -> bool {
@@ -344,12 +273,12 @@ impl Job {
 
     /// The run's stderr: its JSON log.
     pub fn stderr(&self) -> String {
-        fs::read_to_string(self.path("run.stderr")).unwrap_or_default()
+        self.child.log(0)
     }
 
     /// The run's stdout: the command's output, passed through.
     pub fn stdout(&self) -> String {
-        fs::read_to_string(self.path("run.stdout")).unwrap_or_default()
+        self.child.log(1)
     }
 
     /// The log lines that parse as JSON objects.
@@ -372,45 +301,7 @@ impl Job {
 
     /// The log tails, for failure messages.
     pub fn describe(&self) -> String {
-        format!(
-            "--- run {} stderr (tail) ---\n{}\n--- run {} stdout (tail) ---\n{}",
-            self.id,
-            tail(&self.stderr(), 25),
-            self.id,
-            tail(&self.stdout(), 10)
-        )
-    }
-
-    pub fn signal(&self, sig: Signal) {
-        kill(self.pid(), sig).unwrap_or_else(|e| panic!("kill({sig}) run {}: {e}", self.id));
-    }
-
-    /// The exit status if it has exited (reaping it), else `None`.
-    pub fn try_wait(&mut self) -> Option<ExitStatus> {
-        if self.exit.is_some() {
-            return self.exit;
-        }
-        let child = self.child.as_mut()?;
-        if let Ok(Some(status)) = child.try_wait() {
-            self.exit = Some(status);
-        }
-        self.exit
-    }
-
-    pub fn is_running(&mut self) -> bool {
-        self.try_wait().is_none()
-    }
-
-    /// Waits for the run to exit; panics with its logs if it has not within `timeout`.
-    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        if wait_until(timeout, || self.try_wait().is_some()) {
-            return self.exit.expect("just observed");
-        }
-        panic!(
-            "run {} still running {timeout:?} after it was expected to exit\n{}",
-            self.id,
-            self.describe()
-        );
+        self.child.describe()
     }
 
     /// Waits for the exit and returns the exit code; panics if a signal killed the run itself.
@@ -427,12 +318,7 @@ impl Job {
 
     /// SIGKILL the run and whatever is left of its command's group.
     pub fn kill(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            if self.exit.is_none() {
-                let _ = child.kill();
-                self.exit = child.wait().ok();
-            }
-        }
+        self.child.kill();
         if let Some(pid) = self.command_pid() {
             // Only while that pid still leads its own group: the group is ours.
             if process_alive(pid) && process_group(pid) == Some(pid) {
@@ -444,10 +330,8 @@ impl Job {
 
 impl Drop for Job {
     fn drop(&mut self) {
+        // The run first; its `Child` prints the logs when it is dropped.
         self.kill();
-        if std::thread::panicking() {
-            eprintln!("{}", self.describe());
-        }
     }
 }
 
@@ -458,9 +342,7 @@ impl Drop for Job {
 /// command given to `etcdctl lock` can leave files. Dropping it kills it.
 pub struct Etcdctl {
     child: Child,
-    what: String,
     lines: Arc<Mutex<Vec<(Instant, String)>>>,
-    exit: Option<ExitStatus>,
     dir: tempfile::TempDir,
 }
 
@@ -489,7 +371,8 @@ impl Etcdctl {
 
     fn spawn(endpoints: &str, args: &[&str]) -> Etcdctl {
         let dir = test_tempdir("etcdctl");
-        let stderr = File::create(dir.path().join("stderr")).expect("creating etcdctl's stderr");
+        let logs = [dir.path().join("stdout"), dir.path().join("stderr")];
+        let stderr = File::create(&logs[1]).expect("creating etcdctl's stderr");
         let mut cmd = Command::new(etcdctl_bin());
         cmd.env("ETCDCTL_API", "3")
             .env_remove("ETCDCTL_ENDPOINTS")
@@ -499,28 +382,20 @@ impl Etcdctl {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr);
-        kill_on_parent_death(&mut cmd);
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", etcdctl_bin().display()));
-        let stdout = child.stdout.take().expect("piped stdout");
+        let mut child = Child::spawn(&mut cmd, &format!("`etcdctl {}`", args.join(" ")), &logs);
+        let stdout = child.take_stdout().expect("piped stdout");
+        let mut copy = File::create(&logs[0]).expect("creating etcdctl's stdout");
         let lines = Arc::new(Mutex::new(Vec::new()));
         let sink = lines.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                sink.lock()
-                    .expect("lines lock")
-                    .push((Instant::now(), line));
+                let at = Instant::now();
+                let _ = writeln!(copy, "{line}");
+                sink.lock().expect("lines lock").push((at, line));
             }
         });
-        Etcdctl {
-            child,
-            what: format!("etcdctl {}", args.join(" ")),
-            lines,
-            exit: None,
-            dir,
-        }
+        Etcdctl { child, lines, dir }
     }
 
     /// What it printed so far.
@@ -549,14 +424,14 @@ impl Etcdctl {
     }
 
     /// Waits until it printed at least `n` lines and returns all of them; panics with its
-    /// stderr after `timeout`.
+    /// logs after `timeout`.
     pub fn wait_lines(&mut self, n: usize, timeout: Duration) -> Vec<String> {
         if !wait_until(timeout, || self.lines().len() >= n) {
             panic!(
-                "`{}` printed {:?}, not {n} lines, within {timeout:?}; stderr:\n{}",
-                self.what,
+                "{} printed {:?}, not {n} lines, within {timeout:?}\n{}",
+                self.child.name(),
                 self.lines(),
-                self.stderr()
+                self.child.describe()
             );
         }
         self.lines()
@@ -568,54 +443,45 @@ impl Etcdctl {
     }
 
     pub fn read(&self, name: &str) -> Option<String> {
-        fs::read_to_string(self.path(name))
-            .ok()
-            .map(|s| s.trim().to_string())
+        read_trimmed(self.path(name))
     }
 
     pub fn stderr(&self) -> String {
-        fs::read_to_string(self.path("stderr")).unwrap_or_default()
-    }
-
-    pub fn signal(&self, sig: Signal) {
-        kill(Pid::from_raw(self.child.id() as i32), sig)
-            .unwrap_or_else(|e| panic!("kill({sig}) `{}`: {e}", self.what));
-    }
-
-    pub fn try_wait(&mut self) -> Option<ExitStatus> {
-        if self.exit.is_none() {
-            self.exit = self.child.try_wait().ok().flatten();
-        }
-        self.exit
-    }
-
-    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        if wait_until(timeout, || self.try_wait().is_some()) {
-            return self.exit.expect("just observed");
-        }
-        panic!(
-            "`{}` still running {timeout:?} after it was expected to exit; stderr:\n{}",
-            self.what,
-            self.stderr()
-        );
+        self.child.log(1)
     }
 }
 
-impl Drop for Etcdctl {
-    fn drop(&mut self) {
-        if self.try_wait().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!(
-                "--- `{}` stdout ---\n{}\n--- stderr ---\n{}",
-                self.what,
-                self.lines().join("\n"),
-                tail(&self.stderr(), 10)
-            );
-        }
+/// The process: `pid`, `signal`, `try_wait`, `wait_exit`.
+impl std::ops::Deref for Etcdctl {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.child
     }
+}
+
+impl std::ops::DerefMut for Etcdctl {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.child
+    }
+}
+
+/// The process: `pid`, `signal`, `try_wait`, `wait_exit` (`kill` is the job's own).
+impl std::ops::Deref for Job {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.child
+    }
+}
+
+impl std::ops::DerefMut for Job {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.child
+    }
+}
+
+/// A file's contents, trimmed, if it exists.
+fn read_trimmed(path: PathBuf) -> Option<String> {
+    fs::read_to_string(path).ok().map(|s| s.trim().to_string())
 }
 
 /// Every key under `prefix` with what etcd stores, oldest create revision first:
@@ -624,31 +490,9 @@ pub fn keys_under(etcd: &Etcd, prefix: &str) -> Vec<(String, KeyValue)> {
     let out = etcd.ctl(&["get", prefix, "--prefix", "-w", "json"]);
     let v: serde_json::Value = serde_json::from_str(&out)
         .unwrap_or_else(|e| panic!("etcdctl get --prefix -w json printed {out:?}: {e}"));
-    let mut keys: Vec<(String, KeyValue)> = v
-        .get("kvs")
-        .and_then(|k| k.as_array())
-        .map(|kvs| {
-            kvs.iter()
-                .map(|kv| {
-                    let int = |field: &str| kv.get(field).and_then(|x| x.as_i64()).unwrap_or(0);
-                    let text = |field: &str| {
-                        let bytes =
-                            base64_decode(kv.get(field).and_then(|x| x.as_str()).unwrap_or(""));
-                        String::from_utf8_lossy(&bytes).into_owned()
-                    };
-                    (
-                        text("key"),
-                        KeyValue {
-                            value: text("value"),
-                            create_revision: int("create_revision"),
-                            mod_revision: int("mod_revision"),
-                            version: int("version"),
-                            lease: int("lease"),
-                        },
-                    )
-                })
-                .collect()
-        })
+    let mut keys: Vec<(String, KeyValue)> = v["kvs"]
+        .as_array()
+        .map(|kvs| kvs.iter().map(key_value).collect())
         .unwrap_or_default();
     keys.sort_by_key(|(_, kv)| kv.create_revision);
     keys

@@ -3,9 +3,6 @@
 //! own record of its terms in its JSON log ([`terms`]). Both must show that no
 //! two replicas claimed leadership at the same time.
 //!
-//! Not declared in `support/mod.rs`; the fault test files include it with
-//! `#[path = "support/observe.rs"] mod observe;` beside `mod support;`.
-//!
 //! # Reading probes soundly
 //! A probe answered 200 tells us the replica claimed leadership at *some*
 //! instant between sending and receiving, not when. So two 200s from
@@ -25,9 +22,6 @@
 //! taken at first use ([`unix_micros`]). All processes share this machine's
 //! clock, so the only error is the clock's resolution.
 
-// Each test file uses a different part of this.
-#![allow(dead_code)]
-
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,7 +29,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::support::http;
+use crate::http;
 
 /// One `/leader` probe.
 #[derive(Debug, Clone, Copy)]
@@ -348,46 +342,7 @@ pub fn unix_micros(t: Instant) -> i64 {
 /// `2026-01-02T03:04:05.123456Z` (any number of fraction digits, `Z` or an
 /// offset) as microseconds since the Unix epoch.
 pub fn parse_rfc3339_micros(s: &str) -> Option<i64> {
-    let (date, rest) = s.split_once('T')?;
-    let mut d = date.split('-');
-    let (y, mo, da): (i64, i64, i64) = (
-        d.next()?.parse().ok()?,
-        d.next()?.parse().ok()?,
-        d.next()?.parse().ok()?,
-    );
-    let (clock, offset_secs) = if let Some(c) = rest.strip_suffix('Z') {
-        (c, 0)
-    } else {
-        let pos = rest.rfind(['+', '-'])?;
-        let (c, off) = rest.split_at(pos);
-        let sign = if off.starts_with('-') { -1 } else { 1 };
-        let (oh, om) = off[1..].split_once(':')?;
-        (
-            c,
-            sign * (oh.parse::<i64>().ok()? * 3600 + om.parse::<i64>().ok()? * 60),
-        )
-    };
-    let (hms, frac) = clock.split_once('.').unwrap_or((clock, ""));
-    let mut t = hms.split(':');
-    let (h, mi, se): (i64, i64, i64) = (
-        t.next()?.parse().ok()?,
-        t.next()?.parse().ok()?,
-        t.next()?.parse().ok()?,
-    );
-    let mut micros = 0i64;
-    for (i, c) in frac.chars().take(6).enumerate() {
-        micros += i64::from(c.to_digit(10)?) * 10i64.pow(5 - i as u32);
-    }
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let y = if mo <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (mo + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + da - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + h * 3600 + mi * 60 + se - offset_secs;
-    Some(secs * 1_000_000 + micros)
+    Some(s.parse::<jiff::Timestamp>().ok()?.as_microsecond())
 }
 
 /// One leadership transition from a sidecar's JSON log.

@@ -64,7 +64,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::{http, tail, unique_key, wait_until, Etcd, Sidecar, SidecarBuilder, Signal, SOON};
+use super::{
+    http, tail, unique_key, wait_until, ElectorArgs, Etcd, Sidecar, SidecarBuilder, Signal, SOON,
+};
 
 /// Replicas per revision.
 pub const REPLICAS: usize = 5;

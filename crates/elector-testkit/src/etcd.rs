@@ -18,10 +18,13 @@
 use std::fs::{self, File};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{free_port, http, kill_on_parent_death, random_suffix, tail, test_tempdir};
+use base64::Engine;
+
+use crate::process::Child;
+use crate::{free_port, http, random_suffix, test_tempdir};
 
 /// How long a fresh or restarted member may take to answer `/health`: it
 /// starts in well under a second on /dev/shm; the bound only catches hangs.
@@ -92,7 +95,10 @@ pub struct Etcd {
     /// Unique per cluster, so that a member can never join another test's
     /// cluster even if ports are reused between tests.
     cluster_token: String,
-    dir: tempfile::TempDir,
+    /// Data and logs: a temporary directory of its own (`_temp`), or one in
+    /// a directory the caller keeps ([`Etcd::start_in`]).
+    dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
     child: Option<Child>,
     /// Counts launches, so each gets its own log file and old logs survive a restart.
     launches: usize,
@@ -101,7 +107,7 @@ pub struct Etcd {
 }
 
 /// Extra settings of a single member for the TLS and auth tests (built by
-/// `support::tls`); the default is plain HTTP with no extra flags.
+/// `crate::tls`); the default is plain HTTP with no extra flags.
 #[derive(Debug, Clone, Default)]
 pub struct Security {
     /// Clients connect over TLS: the client URL is `https://`, and `/health`
@@ -116,27 +122,29 @@ pub struct Security {
 impl Etcd {
     /// A single-member cluster, started and healthy.
     pub fn start() -> Etcd {
-        for attempt in 1..=PORT_RETRIES {
-            let mut etcd = Etcd::not_started();
-            etcd.spawn();
-            match etcd.wait_healthy() {
-                Ok(()) => return etcd,
-                Err(e)
-                    if attempt < PORT_RETRIES && etcd.log().contains("address already in use") =>
-                {
-                    eprintln!("etcd: ports taken, retrying with others: {e}");
-                }
-                Err(e) => panic!("{e}"),
-            }
-        }
-        unreachable!("the last attempt either returns or panics")
+        Etcd::start_secured(Security::default())
+    }
+
+    /// A single-member cluster with its data and logs in a new directory
+    /// under `parent`, which outlives it (the bench keeps them for a failed run).
+    pub fn start_in(parent: &Path) -> Etcd {
+        Etcd::start_with(Security::default(), Some(parent))
     }
 
     /// A single-member cluster with TLS or auth flags, started and healthy.
     pub fn start_secured(security: Security) -> Etcd {
+        Etcd::start_with(security, None)
+    }
+
+    fn start_with(security: Security, parent: Option<&Path>) -> Etcd {
         for attempt in 1..=PORT_RETRIES {
             let mut etcd = Etcd::not_started();
             etcd.security = security.clone();
+            if let Some(parent) = parent {
+                etcd.dir = parent.join(format!("etcd-{}", etcd.client_port));
+                etcd._temp = None;
+                fs::create_dir_all(&etcd.dir).expect("creating etcd's directory");
+            }
             etcd.spawn();
             match etcd.wait_healthy() {
                 Ok(()) => return etcd,
@@ -179,13 +187,15 @@ impl Etcd {
         initial_cluster: String,
         cluster_token: String,
     ) -> Etcd {
+        let temp = test_tempdir("etcd");
         Etcd {
             name,
             client_port,
             peer_port,
             initial_cluster,
             cluster_token,
-            dir: test_tempdir("etcd"),
+            dir: temp.path().to_path_buf(),
+            _temp: Some(temp),
             child: None,
             launches: 0,
             security: Security::default(),
@@ -220,24 +230,23 @@ impl Etcd {
         &self.name
     }
 
-    /// The client address, for a [`super::TcpProxy`] target.
+    /// The client address, for a [`crate::TcpProxy`] target.
     pub fn client_addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.client_port))
     }
 
     pub fn is_running(&mut self) -> bool {
-        match self.child.as_mut() {
-            Some(child) => child.try_wait().ok().flatten().is_none(),
-            None => false,
-        }
+        self.child.as_mut().is_some_and(Child::is_running)
+    }
+
+    /// The process, while it is launched: its pid, for the bench's `/proc` readings.
+    pub fn child(&self) -> Option<&Child> {
+        self.child.as_ref()
     }
 
     /// SIGKILL, keeping the data directory: a crash, not a clean stop.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.child = None;
     }
 
     /// Kill (if running) and start again on the same ports with the same data.
@@ -285,17 +294,18 @@ impl Etcd {
         fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
-    fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
     }
 
     fn log_path(&self) -> PathBuf {
-        self.dir.path().join(format!("etcd-{}.log", self.launches))
+        self.dir.join(format!("etcd-{}.log", self.launches))
     }
 
     fn spawn(&mut self) {
         self.launches += 1;
-        let log = File::create(self.log_path()).expect("creating etcd's log file");
+        let log_path = self.log_path();
+        let log = File::create(&log_path).expect("creating etcd's log file");
         let client = self.endpoint();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let mut cmd = Command::new(etcd_bin());
@@ -338,11 +348,8 @@ impl Etcd {
             // etcd 3.4 refuses to start on other architectures without it.
             cmd.env("ETCD_UNSUPPORTED_ARCH", std::env::consts::ARCH);
         }
-        kill_on_parent_death(&mut cmd);
-        self.child = Some(
-            cmd.spawn()
-                .unwrap_or_else(|e| panic!("starting {}: {e}", etcd_bin().display())),
-        );
+        let name = format!("etcd {} ({})", self.name, self.endpoint());
+        self.child = Some(Child::spawn(&mut cmd, &name, &[log_path]));
     }
 
     /// Polls `/health` until it says true; on failure kills the child and
@@ -359,43 +366,27 @@ impl Etcd {
                     return Ok(());
                 }
             }
-            let exited = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten());
-            if let Some(status) = exited {
+            let child = self.child.as_mut().expect("spawned");
+            if let Some(status) = child.try_wait() {
+                let e = format!(
+                    "{} exited during start-up ({status})\n{}",
+                    child.name(),
+                    child.describe()
+                );
                 self.child = None;
-                return Err(format!(
-                    "etcd {} exited during start-up ({status}); log tail:\n{}",
-                    self.name,
-                    tail(&self.log(), 30)
-                ));
+                return Err(e);
             }
             if Instant::now() > deadline {
+                let e = format!(
+                    "{} not healthy after {HEALTH_TIMEOUT:?}\n{}",
+                    child.name(),
+                    child.describe()
+                );
                 self.kill();
-                return Err(format!(
-                    "etcd {} not healthy at {} after {HEALTH_TIMEOUT:?}; log tail:\n{}",
-                    self.name,
-                    self.endpoint(),
-                    tail(&self.log(), 30)
-                ));
+                return Err(e);
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "--- etcd {} ({}) log tail ---\n{}",
-                self.name,
-                self.endpoint(),
-                tail(&self.log(), 20)
-            );
-        }
-        self.kill();
     }
 }
 
@@ -538,20 +529,26 @@ fn get_key(endpoints: &str, global: &[String], key: &str) -> Option<KeyValue> {
     let out = ctl_ok(endpoints, global, &["get", key, "-w", "json"]);
     let v: serde_json::Value = serde_json::from_str(&out)
         .unwrap_or_else(|e| panic!("etcdctl get -w json printed {out:?}: {e}"));
-    let kv = v.get("kvs")?.as_array()?.first()?;
-    let int = |field: &str| kv.get(field).and_then(|x| x.as_i64()).unwrap_or(0);
-    let value = kv
-        .get("value")
-        .and_then(|x| x.as_str())
-        .map(base64_decode)
-        .unwrap_or_default();
-    Some(KeyValue {
-        value: String::from_utf8_lossy(&value).into_owned(),
+    Some(key_value(v.get("kvs")?.as_array()?.first()?).1)
+}
+
+/// One entry of `kvs` in `etcdctl get -w json` (whose keys and values are base64).
+pub(crate) fn key_value(kv: &serde_json::Value) -> (String, KeyValue) {
+    let int = |field: &str| kv[field].as_i64().unwrap_or(0);
+    let text = |field: &str| {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(kv[field].as_str().unwrap_or(""))
+            .unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
+    };
+    let kv = KeyValue {
+        value: text("value"),
         create_revision: int("create_revision"),
         mod_revision: int("mod_revision"),
         version: int("version"),
         lease: int("lease"),
-    })
+    };
+    (text("key"), kv)
 }
 
 fn lease_ttl(endpoints: &str, global: &[String], lease: i64) -> Option<i64> {
@@ -565,28 +562,4 @@ fn lease_ttl(endpoints: &str, global: &[String], lease: i64) -> Option<i64> {
         .unwrap_or_else(|e| panic!("etcdctl lease timetolive -w json printed {out:?}: {e}"));
     // etcd answers ttl -1 for an expired or revoked lease.
     v.get("ttl").and_then(|t| t.as_i64()).filter(|t| *t >= 0)
-}
-
-/// Standard base64 (etcdctl's JSON encodes keys and values so).
-pub(super) fn base64_decode(s: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    let mut acc = 0u32;
-    let mut bits = 0;
-    for c in s.bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => continue,
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    out
 }

@@ -4,15 +4,14 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::process::{ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 
-use super::{kill_on_parent_death, wait_until};
+use crate::process::Child;
 
 /// Builds `tests/interop/golocker` (once per process) in GOPATH mode against
 /// Debian's golang-etcd-server-dev and returns the binary's path.
@@ -22,8 +21,9 @@ pub fn go_locker() -> PathBuf {
 }
 
 fn build() -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/golocker");
-    let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop/golocker");
+    let out_dir = &crate::profile_dir().join("../tmp");
+    std::fs::create_dir_all(out_dir).expect("creating target/tmp");
     let bin = out_dir.join("golocker");
     // Built under a unique name, then renamed: another test binary building at
     // the same time never sees a half-written file.
@@ -79,9 +79,8 @@ impl GoLocker {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        kill_on_parent_death(&mut cmd);
-        let mut child = cmd.spawn().expect("starting golocker");
-        let stdout = child.stdout.take().expect("piped stdout");
+        let mut child = Child::spawn(&mut cmd, "golocker", &[]);
+        let stdout = child.take_stdout().expect("piped stdout");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             let mut line = String::new();
@@ -90,16 +89,12 @@ impl GoLocker {
         });
         let line = match rx.recv_timeout(Duration::from_secs(15)) {
             Ok(line) if !line.trim().is_empty() => line,
-            other => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("golocker printed no verdict: {other:?}");
-            }
+            other => panic!("golocker printed no verdict: {other:?}"),
         };
         let result = serde_json::from_str(line.trim())
             .unwrap_or_else(|e| panic!("golocker printed {line:?}: {e}"));
         GoLocker {
-            stdin: child.stdin.take(),
+            stdin: child.take_stdin(),
             child,
             result,
         }
@@ -111,24 +106,8 @@ impl GoLocker {
 
     /// Releases (SIGTERM: revoke the lease) and waits for exit.
     pub fn release(mut self) -> ExitStatus {
-        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+        self.child.signal(Signal::SIGTERM);
         self.stdin.take();
-        let mut status = None;
-        if !wait_until(Duration::from_secs(10), || {
-            status = self.child.try_wait().ok().flatten();
-            status.is_some()
-        }) {
-            panic!("golocker did not exit within 10s of SIGTERM");
-        }
-        status.expect("set")
-    }
-}
-
-impl Drop for GoLocker {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        self.child.wait_exit(Duration::from_secs(10))
     }
 }

@@ -1,5 +1,8 @@
-//! Fixtures for the end-to-end tests: real etcd processes, the real
-//! `etcd-elector` binary, a fault-injecting TCP proxy, and the Go lock client.
+//! The one kit of the end-to-end tests and the benchmark: real etcd
+//! processes, the real `etcd-elector` binary, a fault-injecting TCP proxy, the
+//! Go lock client, and the one child-process type they all run on
+//! ([`process::Child`]). A dev-only crate (never published, never in the
+//! image); the tests and the bench `use elector_testkit::*`.
 //!
 //! Every test builds its own world from these parts (its own etcd on free
 //! ports, its own key derived from the test name plus randomness), so tests run
@@ -14,33 +17,33 @@
 //! Waits are polls with generous bounds (seconds): they exist to turn a hang
 //! into a failure, never to measure speed.
 
-// Each test file uses a different part of these fixtures.
-#![allow(dead_code, unused_imports)]
-
 pub mod app;
 pub mod etcd;
 pub mod golocker;
 pub mod http;
 pub mod job;
+pub mod observe;
+pub mod process;
 pub mod proxy;
 pub mod rollout;
 pub mod sidecar;
 pub mod tls;
 
-use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hasher};
 use std::net::TcpListener;
-use std::os::unix::process::CommandExt;
-use std::path::Path;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 pub use etcd::{Etcd, EtcdCluster, KeyValue};
 pub use golocker::{go_locker, GoLocker};
 pub use http::Response;
+pub use process::Child;
 pub use proxy::TcpProxy;
-pub use sidecar::{replicas, run_to_exit, wait_for_one_leader, Sidecar, SidecarBuilder};
+pub use sidecar::{
+    replicas, run_to_exit, wait_for_one_leader, ElectorArgs, Sidecar, SidecarBuilder,
+};
 
+pub use fastrand;
 pub use nix::sys::signal::Signal;
 
 /// The usual bound for "this should happen soon": far above the expected
@@ -63,21 +66,9 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
-/// 64 random bits from the standard library's per-process random keys.
-pub fn random_u64() -> u64 {
-    let mut h = RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default(),
-    );
-    h.finish()
-}
-
 /// Eight hex digits of randomness.
 pub fn random_suffix() -> String {
-    format!("{:08x}", random_u64() as u32)
+    format!("{:08x}", fastrand::u32(..))
 }
 
 /// `/elector-test/<name>-<random>`: one lock key per test, traceable to it.
@@ -85,13 +76,47 @@ pub fn unique_key(test_name: &str) -> String {
     format!("/elector-test/{test_name}-{}", random_suffix())
 }
 
-/// A loopback port that was free a moment ago. Another process may take it
-/// before we bind it; the fixtures that care retry.
+/// The `etcd-elector` binary cargo built beside this test or bench
+/// executable (`target/<profile>/deps/<test>-<hash>` runs, the binary is
+/// `target/<profile>/etcd-elector`): integration tests and benches of the
+/// package always have it built first.
+pub fn elector_bin() -> PathBuf {
+    profile_dir().join("etcd-elector")
+}
+
+/// `target/<profile>` of the running test or bench.
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the path of the running test");
+    let dir = exe.parent().expect("the test's directory");
+    if dir.ends_with("deps") {
+        dir.parent().expect("target/<profile>").to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
+}
+
+/// Next port to try. Ports are handed out below the kernel's ephemeral range
+/// (32768 and up), so outgoing connections of this or a parallel run never
+/// take one between our probe and the child's bind; each process starts at
+/// its own offset, so parallel test binaries rarely try the same ones.
+static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
+
+/// A loopback port that is free now.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("binding 127.0.0.1:0 to find a free port")
+    if NEXT_PORT.load(Ordering::Relaxed) == 0 {
+        let base = 20_000 + (std::process::id() % 50) as u16 * 200;
+        let _ = NEXT_PORT.compare_exchange(0, base, Ordering::Relaxed, Ordering::Relaxed);
+    }
+    loop {
+        let mut port = NEXT_PORT.fetch_add(1, Ordering::Relaxed);
+        if port >= 32_000 {
+            NEXT_PORT.store(20_000, Ordering::Relaxed);
+            port = 20_000;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A temporary directory for one fixture, on /dev/shm when there is one (etcd
@@ -113,16 +138,4 @@ pub fn test_tempdir(what: &str) -> tempfile::TempDir {
 pub fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-/// Makes the child die with SIGKILL when the spawning thread ends, so a test
-/// run killed from outside does not leave etcd or sidecars behind.
-pub fn kill_on_parent_death(cmd: &mut Command) {
-    // SAFETY: the closure runs between fork and exec and only makes the
-    // async-signal-safe prctl(2) system call.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
-        });
-    }
 }

@@ -22,8 +22,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::etcd::{Etcd, Security};
-use super::{random_suffix, test_tempdir};
+use crate::etcd::{Etcd, Security};
+use crate::{random_suffix, test_tempdir};
 
 /// Certificate lifetime for the valid ones: the test is over long before.
 const VALID_DAYS: &str = "2";
@@ -67,6 +67,10 @@ extendedKeyUsage=clientAuth\n";
 
 impl Pki {
     /// A fresh CA with a server and a client certificate.
+    #[expect(
+        clippy::new_without_default,
+        reason = "running openssl is no default value"
+    )]
     pub fn new() -> Pki {
         let dir = test_tempdir("pki");
         let d = dir.path();
@@ -171,28 +175,35 @@ impl Pki {
     }
 }
 
-fn make_ca(dir: &Path, name: &str, cn: &str) {
+/// A new EC P-256 key `name.key` and, with `out_args`, a self-signed CA
+/// certificate or a signing request for `/CN=cn`.
+fn new_key_req(dir: &Path, name: &str, cn: &str, out_args: &[&str]) {
     let key = format!("{name}.key");
-    let pem = format!("{name}.pem");
     let subject = format!("/CN={cn}");
-    openssl(
+    let mut args = vec![
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+    ];
+    args.extend(["-nodes", "-keyout", &key, "-subj", &subject]);
+    args.extend_from_slice(out_args);
+    openssl(dir, &args);
+}
+
+fn make_ca(dir: &Path, name: &str, cn: &str) {
+    let pem = format!("{name}.pem");
+    new_key_req(
         dir,
+        name,
+        cn,
         &[
-            "req",
             "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &key,
             "-out",
             &pem,
             "-days",
             VALID_DAYS,
-            "-subj",
-            &subject,
             "-addext",
             "basicConstraints=critical,CA:TRUE",
             "-addext",
@@ -202,26 +213,7 @@ fn make_ca(dir: &Path, name: &str, cn: &str) {
 }
 
 fn make_csr(dir: &Path, name: &str, cn: &str) {
-    let key = format!("{name}.key");
-    let csr = format!("{name}.csr");
-    let subject = format!("/CN={cn}");
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-            "-subj",
-            &subject,
-        ],
-    );
+    new_key_req(dir, name, cn, &["-out", &format!("{name}.csr")]);
 }
 
 fn sign(dir: &Path, name: &str, ext: &str) {
@@ -342,7 +334,7 @@ pub fn auth_etcd(token_ttl_secs: u64) -> AuthEtcd {
     let _ = etcd.etcdctl(&["auth", "enable"]);
     etcd.set_ctl_args(&["--user", &format!("root:{root_password}")]);
     etcd.ctl(&["user", "list"]);
-    let refused = Command::new(super::etcd::etcdctl_bin())
+    let refused = Command::new(crate::etcd::etcdctl_bin())
         .env("ETCDCTL_API", "3")
         .args(["--endpoints", &etcd.endpoint(), "get", "/"])
         .args(["--command-timeout", "5s", "--dial-timeout", "3s"])
