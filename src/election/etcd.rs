@@ -481,38 +481,44 @@ pub async fn register(
     Ok(())
 }
 
-/// Withdraw our registration: a replica on its way out is nobody's successor.
-pub async fn deregister(
-    client: &mut Client,
-    timing: &Timing,
-    key: &str,
-    lease: LeaseId,
-) -> Result<(), EtcdError> {
-    let delete = client.delete(registration_key(key, lease), None);
-    bounded(Op::Handoff, timing.request_timeout, delete).await?;
-    Ok(())
-}
-
-/// The registered candidates of `key`, and the revision they were read at. Registrations
-/// that are not ours to read (not JSON) are skipped.
+/// The registered candidates of `key`, and the revision they were read at; registrations that
+/// are not ours to read (not JSON) are skipped. With `withdraw`, our own registration under
+/// that lease is deleted in the same transaction first: a replica on its way out is nobody's
+/// successor, and it costs no request of its own.
 pub async fn read_candidates(
     client: &mut Client,
     timing: &Timing,
     key: &str,
+    withdraw: Option<LeaseId>,
 ) -> Result<(Vec<Candidate>, i64), EtcdError> {
-    let get = client.get(
+    let mut ops = Vec::new();
+    if let Some(lease) = withdraw {
+        ops.push(TxnOp::delete(registration_key(key, lease), None));
+    }
+    ops.push(TxnOp::get(
         registration_prefix(key),
         Some(GetOptions::new().with_prefix()),
-    );
-    let resp = bounded(Op::Handoff, timing.request_timeout, get).await?;
+    ));
+    let resp = bounded(
+        Op::Handoff,
+        timing.request_timeout,
+        client.txn(Txn::new().and_then(ops)),
+    )
+    .await?;
     let revision = resp
         .header()
         .map(|h| h.revision())
         .ok_or_else(|| protocol(Op::Handoff, "read response without header"))?;
-    Ok((
-        resp.kvs().iter().filter_map(candidate_of).collect(),
-        revision,
-    ))
+    let candidates = resp
+        .op_responses()
+        .into_iter()
+        .filter_map(|op| match op {
+            TxnOpResponse::Get(get) => Some(get.kvs().iter().filter_map(candidate_of).collect()),
+            _ => None,
+        })
+        .next()
+        .unwrap_or_default();
+    Ok((candidates, revision))
 }
 
 /// Hand the key over: `If ModRevision(key) == key_revision AND CreateRevision(registration)

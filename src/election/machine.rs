@@ -274,10 +274,10 @@ pub enum Action {
     /// Write our registration under this lease (succession), saying whether our application
     /// is healthy: only a healthy candidate is anybody's successor.
     Register { lease: LeaseId, healthy: bool },
-    /// Delete our registration under this lease: we are on our way out.
-    Deregister { lease: LeaseId },
-    /// Read the registered candidates; answered by [`Event::Candidates`].
-    ReadCandidates,
+    /// Read the registered candidates; answered by [`Event::Candidates`]. With `withdraw`,
+    /// delete our own registration under that lease in the same transaction first: we are on
+    /// our way out, and nobody may pick us.
+    ReadCandidates { withdraw: Option<LeaseId> },
     /// Report candidates registering from this revision on.
     WatchCandidates { from_revision: i64 },
     /// Stop that.
@@ -1061,7 +1061,7 @@ impl Machine {
             });
             self.state = State::Following { leader: holder };
             if self.succession.is_some() && self.known.is_none() {
-                out.actions.push(Action::ReadCandidates);
+                out.actions.push(Action::ReadCandidates { withdraw: None });
             }
         }
         out.actions.push(Action::Watch {
@@ -1194,7 +1194,7 @@ impl Machine {
                     app.looking = true;
                     app.retry_at = None;
                 }
-                out.actions.push(Action::ReadCandidates);
+                out.actions.push(Action::ReadCandidates { withdraw: None });
             }
             _ => {}
         }
@@ -1259,11 +1259,11 @@ impl Machine {
             wait_until: now + wait,
             key_revision,
         });
-        // Withdraw first, so that no other leader hands the key to a replica on its way out.
-        if let Some(lease) = self.lease {
-            out.actions.push(Action::Deregister { lease: lease.id });
-        }
-        out.actions.push(Action::ReadCandidates);
+        // Withdraw first (in the read's transaction), so that no other leader hands the key
+        // to a replica on its way out.
+        out.actions.push(Action::ReadCandidates {
+            withdraw: self.lease.map(|l| l.id),
+        });
     }
 
     /// The rules of a handoff in progress, one event at a time.
@@ -2536,8 +2536,10 @@ mod tests {
         assert!(!is_leader(&m, t0), "no claim from the first moment");
         assert_eq!(
             step.actions,
-            vec![Action::Deregister { lease: LEASE }, Action::ReadCandidates],
-            "withdraw first, keep the key watch"
+            vec![Action::ReadCandidates {
+                withdraw: Some(LEASE)
+            }],
+            "withdraw first (in the read), keep the key watch"
         );
         (m, t0)
     }
@@ -2885,12 +2887,16 @@ mod tests {
         let t0 = Instant::now();
         leading(&mut m, t0);
         let step = m.step(Event::Shutdown, t0);
-        assert!(!step.actions.contains(&Action::ReadCandidates));
+        assert!(!step
+            .actions
+            .contains(&Action::ReadCandidates { withdraw: None }));
         assert!(!is_leader(&m, t0));
         let step = m.step(Event::Tick, t0 + delay);
         assert_eq!(
             step.actions,
-            vec![Action::Deregister { lease: LEASE }, Action::ReadCandidates]
+            vec![Action::ReadCandidates {
+                withdraw: Some(LEASE)
+            }]
         );
     }
 
@@ -2971,7 +2977,9 @@ mod tests {
         let after = Duration::from_secs(3);
         assert_eq!(m.next_wakeup(), Some(t0 + after));
         let step = m.step(Event::Tick, t0 + after);
-        assert!(step.actions.contains(&Action::ReadCandidates));
+        assert!(step
+            .actions
+            .contains(&Action::ReadCandidates { withdraw: None }));
         assert!(is_leader(&m, t0 + after), "still leading while it looks");
         // Nobody healthy: keep leading, say so, look again later.
         let step = m.step(
@@ -2989,7 +2997,7 @@ mod tests {
         assert!(m
             .step(Event::Tick, again)
             .actions
-            .contains(&Action::ReadCandidates));
+            .contains(&Action::ReadCandidates { withdraw: None }));
         let to = candidate("healthy", "a", 20, 30);
         let step = m.step(
             Event::Candidates {
@@ -3024,7 +3032,9 @@ mod tests {
             },
             t0,
         );
-        assert!(step.actions.contains(&Action::ReadCandidates));
+        assert!(step
+            .actions
+            .contains(&Action::ReadCandidates { withdraw: None }));
         let step = m.step(
             Event::Candidates {
                 candidates: known,

@@ -540,18 +540,11 @@ impl Election {
                     }
                 });
             }
-            Action::Deregister { lease } => {
+            Action::ReadCandidates { withdraw } => {
                 let key = self.cfg.key.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = etcd::deregister(&mut client, &timing, &key, lease).await {
-                        let _ = reports.send(Report::Error(e)).await;
-                    }
-                });
-            }
-            Action::ReadCandidates => {
-                let key = self.cfg.key.clone();
-                tokio::spawn(async move {
-                    let event = match etcd::read_candidates(&mut client, &timing, &key).await {
+                    let read = etcd::read_candidates(&mut client, &timing, &key, withdraw).await;
+                    let event = match read {
                         Ok((candidates, revision)) => Event::Candidates {
                             candidates,
                             revision,
