@@ -8,7 +8,15 @@
 # Prerequisites: Docker (or another BuildKit builder) with network access to
 # Docker Hub and gcr.io (the two base images), Debian's package mirror (the
 # builder installs protoc) and crates.io. Nothing on the host beyond that: the
-# build context is Cargo.toml, Cargo.lock, src/ and scripts/deps.sh.
+# build context is Cargo.toml, Cargo.lock, src/, crates/elector-testkit (only
+# its manifest is read) and scripts/deps.sh.
+#
+# Multi-arch: the builder compiles for the platform it runs on, so build each
+# architecture natively or under emulation with buildx, which sets
+# TARGETARCH/TARGETPLATFORM per platform:
+#
+#   docker buildx build --platform linux/amd64,linux/arm64 \
+#     -t REGISTRY/etcd-elector:TAG --push .
 #
 # Two stages: a Rust builder on Debian bookworm, and a distroless runtime that
 # holds only the binary (no shell, no package manager) and runs as non-root.
@@ -39,6 +47,9 @@ RUN scripts/deps.sh build && rm -rf /var/lib/apt/lists/*
 # context, and the image needs none of them); the final build below uses the
 # same filtered manifest. Stub sources stand in for the library and binary.
 COPY Cargo.toml Cargo.lock ./
+# The dev-only test kit is a workspace member: cargo reads its manifest to
+# resolve Cargo.lock with --locked; the image never builds it.
+COPY crates/elector-testkit ./crates/elector-testkit
 RUN awk '/^\[\[(bench|test|example)\]\]/ { skip = 1; next } /^\[/ { skip = 0 } !skip' \
         Cargo.toml > Cargo.build.toml \
     && mv Cargo.build.toml Cargo.toml \
@@ -59,7 +70,10 @@ RUN touch src/main.rs src/lib.rs \
 FROM gcr.io/distroless/cc-debian12:nonroot
 
 ARG VERSION=0.1.0
+# Where the source lives; pass --build-arg SOURCE=... for a fork.
+ARG SOURCE=https://github.com/etcd-elector/etcd-elector
 LABEL org.opencontainers.image.title="etcd-elector" \
+      org.opencontainers.image.source="${SOURCE}" \
       org.opencontainers.image.description="Leader-election sidecar for Kubernetes on etcd leases" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.licenses="Apache-2.0" \
