@@ -20,7 +20,7 @@ use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand,
 use serde::Deserialize;
 
 use crate::election::machine::Timing;
-use crate::election::succession::{Succession, CONFIRM_WINDOW};
+use crate::election::succession::Succession;
 
 mod values;
 pub use values::{Endpoint, HealthUrl, LogFormat, OptionalAddr, Protocol, Seconds, Secret, Ttl};
@@ -427,6 +427,7 @@ fn resolve(file: Option<PathBuf>, matches: &ArgMatches, job: bool) -> Result<Con
         return Err(invalid("shutdown_timeout", "must be more than 0 seconds"));
     }
     let release_delay = args.release_delay.map_or(DEFAULT_RELEASE_DELAY, |s| s.0);
+    let timing = Timing::for_ttl(args.ttl.map_or(DEFAULT_TTL, |t| t.0));
     let protocol = args.protocol.unwrap_or_default();
     // Succession is for lock-protocol sidecars: the election protocol keeps etcd's queue
     // order, and `run` gives its lock back only once its command is dead.
@@ -438,7 +439,7 @@ fn resolve(file: Option<PathBuf>, matches: &ArgMatches, job: bool) -> Result<Con
         handoff_wait: args.handoff_wait.map_or(DEFAULT_HANDOFF_WAIT, |s| s.0).min(
             shutdown_timeout
                 .saturating_sub(release_delay)
-                .saturating_sub(CONFIRM_WINDOW * 2),
+                .saturating_sub(timing.confirm_window * 2),
         ),
     });
     // The sidecar serves HTTP and the admin API by default; `run` only when asked to.
@@ -465,7 +466,7 @@ fn resolve(file: Option<PathBuf>, matches: &ArgMatches, job: bool) -> Result<Con
             protocol,
             key,
             id,
-            timing: Timing::for_ttl(args.ttl.map_or(DEFAULT_TTL, |t| t.0)),
+            timing,
             shutdown_timeout,
             release_delay,
             succession,

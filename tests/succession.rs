@@ -1,7 +1,8 @@
 //! Direct succession (lock protocol): a leader that steps down hands the key
 //! to a chosen, live successor in one transaction, preferring a replica of
 //! another release; the key is never absent, nobody else campaigns, and a
-//! successor that cannot confirm is passed over within about a second.
+//! successor that cannot confirm is passed over within one request's bound
+//! (clamp(TTL/3, 500 ms, 5 s)), not a lease's TTL.
 
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -150,7 +151,7 @@ fn the_successor_is_of_another_release_when_one_is_registered() {
 }
 
 #[test]
-fn a_frozen_successor_is_passed_over_within_about_a_second() {
+fn a_frozen_successor_is_passed_over_within_a_request_bound_not_a_ttl() {
     let etcd = Etcd::start();
     let key = unique_key("succession_frozen");
     let mut old = replica(&etcd, &key, "old", "a", &[]);
@@ -171,8 +172,8 @@ fn a_frozen_successor_is_passed_over_within_about_a_second() {
     let took = asked.elapsed();
     assert_eq!(old.wait_exit(SOON).code(), Some(0));
     assert!(
-        took < Duration::from_secs(8),
-        "passed over in about the confirm window, far below the 30 s TTL: {took:?}"
+        took < Duration::from_secs(12),
+        "passed over after the confirm window (5 s at TTL 30), far below the 30 s TTL: {took:?}"
     );
 
     // Thawed, the frozen one finds the key taken and follows.
@@ -312,19 +313,21 @@ fn a_go_client_never_gets_the_lock_during_transfers() {
     );
 }
 
+/// A replica with a short TTL: a crash frees the key when its lease expires.
+fn short_lived(etcd: &Etcd, key: &str, id: &str) -> Sidecar {
+    Sidecar::builder()
+        .endpoints(&etcd.endpoint())
+        .key(key)
+        .id(id)
+        .args(&["--ttl", "3"])
+        .start()
+}
+
 #[test]
 fn after_a_crash_about_one_candidate_campaigns_however_many_wait() {
     let etcd = Etcd::start();
     let key = unique_key("succession_crash_order");
-    // A short TTL: a crash frees the key when the lease expires.
-    let short = |id: &str| {
-        Sidecar::builder()
-            .endpoints(&etcd.endpoint())
-            .key(&key)
-            .id(id)
-            .args(&["--ttl", "3"])
-            .start()
-    };
+    let short = |id: &str| short_lived(&etcd, &key, id);
     let mut first = short("first");
     assert!(wait_until(SOON, || first.is_leader()), "first leads");
     let others: Vec<Sidecar> = (0..5).map(|i| short(&format!("w{i}"))).collect();
@@ -357,14 +360,7 @@ fn after_a_crash_about_one_candidate_campaigns_however_many_wait() {
 fn after_a_crash_a_frozen_best_candidate_does_not_stop_the_others() {
     let etcd = Etcd::start();
     let key = unique_key("succession_crash_frozen");
-    let short = |id: &str| {
-        Sidecar::builder()
-            .endpoints(&etcd.endpoint())
-            .key(&key)
-            .id(id)
-            .args(&["--ttl", "3"])
-            .start()
-    };
+    let short = |id: &str| short_lived(&etcd, &key, id);
     let mut first = short("first");
     assert!(wait_until(SOON, || first.is_leader()), "first leads");
     let others: Vec<Sidecar> = (0..3).map(|i| short(&format!("w{i}"))).collect();

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::succession::{choose, Candidate, Succession, CONFIRM_WINDOW};
+use super::succession::{choose, Candidate, Succession};
 use crate::backoff::Backoff;
 
 /// An etcd lease id.
@@ -60,6 +60,11 @@ pub struct Timing {
     /// After resigning, how long to wait before campaigning again, so that waiting
     /// candidates (who react in milliseconds) take over.
     pub resign_holdoff: Duration,
+    /// How long a successor has to confirm a transfer (one write under its own lease) before
+    /// the old leader takes it back: one request's bound. A live successor confirms within a
+    /// round trip or two; one frozen or cut off at the wrong moment would otherwise leave the
+    /// key unusable until its lease expires.
+    pub confirm_window: Duration,
 }
 
 impl Timing {
@@ -73,15 +78,17 @@ impl Timing {
     pub fn for_ttl(ttl: Duration) -> Self {
         let margin = (ttl / 10).clamp(Duration::from_millis(250), Duration::from_secs(5));
         let keepalive_interval = ttl / 3;
+        let request_timeout =
+            keepalive_interval.clamp(Duration::from_millis(500), Duration::from_secs(5));
         Timing {
             ttl,
             keepalive_interval,
             margin,
             backoff_base: Duration::from_millis(100),
             backoff_cap: keepalive_interval,
-            request_timeout: keepalive_interval
-                .clamp(Duration::from_millis(500), Duration::from_secs(5)),
+            request_timeout,
             resign_holdoff: keepalive_interval.min(Duration::from_millis(500)),
+            confirm_window: request_timeout,
         }
     }
 }
@@ -1339,7 +1346,7 @@ impl Machine {
                     Next::Phase(Phase::Confirming {
                         to: to.clone(),
                         transfer_revision: revision,
-                        until: now + CONFIRM_WINDOW,
+                        until: now + self.timing.confirm_window,
                     })
                 } else {
                     Next::Finish
@@ -1649,6 +1656,7 @@ impl Machine {
 
 #[cfg(test)]
 mod tests {
+    use super::super::succession::candidate;
     use super::*;
 
     const TTL: Duration = Duration::from_secs(10);
@@ -2492,18 +2500,6 @@ mod tests {
         (m, Instant::now())
     }
 
-    fn candidate(id: &str, revision: &str, lease: LeaseId, create_revision: i64) -> Candidate {
-        Candidate {
-            key: format!("/k.candidates/{lease:x}"),
-            id: id.into(),
-            revision: revision.into(),
-            lease,
-            create_revision,
-            healthy: true,
-            registered_at: 0,
-        }
-    }
-
     fn handed(value: &str, lease: LeaseId, mod_revision: i64) -> Holder {
         Holder {
             value: value.into(),
@@ -2588,7 +2584,10 @@ mod tests {
             t0,
         );
         assert_eq!(step.actions, vec![]);
-        assert_eq!(m.next_wakeup(), Some(t0 + CONFIRM_WINDOW));
+        assert_eq!(
+            m.next_wakeup(),
+            Some(t0 + Timing::for_ttl(TTL).confirm_window)
+        );
         // Our own transfer on the watch changes nothing; the successor's write ends it.
         assert_eq!(
             m.step(
@@ -2664,7 +2663,7 @@ mod tests {
             },
             t0,
         );
-        let late = t0 + CONFIRM_WINDOW;
+        let late = t0 + Timing::for_ttl(TTL).confirm_window;
         let step = m.step(Event::Tick, late);
         assert_eq!(
             step.actions,

@@ -587,46 +587,24 @@ impl Election {
                     successor_revision = to.revision.as_str(),
                     "handing the key over"
                 );
-                tokio::spawn(async move {
-                    let done = etcd::transfer(&mut client, &timing, &key, &to, key_revision).await;
-                    let event = match done {
-                        Ok((succeeded, revision)) => Event::TransferDone {
-                            succeeded,
-                            revision,
-                        },
-                        Err(e) => {
-                            let _ = reports.send(Report::Error(e)).await;
-                            Event::TransferDone {
-                                succeeded: false,
-                                revision: 0,
-                            }
-                        }
-                    };
-                    let _ = reports.send(Report::Event(event)).await;
+                let done = async move {
+                    etcd::transfer(&mut client, &timing, &key, &to, key_revision).await
+                };
+                report_guarded(reports, done, |succeeded, revision| Event::TransferDone {
+                    succeeded,
+                    revision,
                 });
             }
             Action::Confirm { transfer_revision } => {
                 let key = self.cfg.key.clone();
                 let id = self.cfg.id.clone();
                 let lease = self.machine.view().lease_id.unwrap_or_default();
-                tokio::spawn(async move {
-                    let done =
-                        etcd::confirm(&mut client, &timing, &key, &id, lease, transfer_revision)
-                            .await;
-                    let event = match done {
-                        Ok((succeeded, revision)) => Event::ConfirmDone {
-                            succeeded,
-                            revision,
-                        },
-                        Err(e) => {
-                            let _ = reports.send(Report::Error(e)).await;
-                            Event::ConfirmDone {
-                                succeeded: false,
-                                revision: 0,
-                            }
-                        }
-                    };
-                    let _ = reports.send(Report::Event(event)).await;
+                let done = async move {
+                    etcd::confirm(&mut client, &timing, &key, &id, lease, transfer_revision).await
+                };
+                report_guarded(reports, done, |succeeded, revision| Event::ConfirmDone {
+                    succeeded,
+                    revision,
                 });
             }
             Action::UndoTransfer { transfer_revision } => {
@@ -661,6 +639,27 @@ impl Election {
             task.abort();
         }
     }
+}
+
+/// Run a guarded transaction in its own task and report its outcome as an event; a failed
+/// request is reported as an error and as an outcome of "not done".
+fn report_guarded(
+    reports: etcd::Reports,
+    done: impl std::future::Future<Output = Result<(bool, i64), EtcdError>> + Send + 'static,
+    event: fn(bool, i64) -> Event,
+) {
+    tokio::spawn(async move {
+        let (succeeded, revision) = match done.await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                let _ = reports.send(Report::Error(e)).await;
+                (false, 0)
+            }
+        };
+        let _ = reports
+            .send(Report::Event(event(succeeded, revision)))
+            .await;
+    });
 }
 
 /// Logs repeated etcd failures: at most one `warn` per [`crate::backoff::WARN_EVERY`], with

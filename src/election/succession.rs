@@ -12,12 +12,6 @@ use serde::{Deserialize, Serialize};
 
 use super::machine::LeaseId;
 
-/// How long the successor has to confirm a transfer (a write under its own lease) before the
-/// old leader takes it back. A live successor confirms within a round trip or two; one that
-/// was frozen or cut off at the wrong moment would otherwise leave the key unusable until its
-/// lease expires.
-pub const CONFIRM_WINDOW: Duration = Duration::from_secs(1);
-
 /// This replica's part in succession.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Succession {
@@ -88,21 +82,28 @@ pub fn choose<'a>(
         .max_by_key(|c| (c.revision != own_revision, c.create_revision))
 }
 
+/// A registered, healthy candidate of `/k`, for the tests of the rules here and in the machine.
+#[cfg(test)]
+pub(crate) fn candidate(
+    id: &str,
+    revision: &str,
+    lease: LeaseId,
+    create_revision: i64,
+) -> Candidate {
+    Candidate {
+        key: registration_key("/k", lease),
+        id: id.into(),
+        revision: revision.into(),
+        lease,
+        create_revision,
+        healthy: true,
+        registered_at: 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn candidate(id: &str, revision: &str, lease: LeaseId, create_revision: i64) -> Candidate {
-        Candidate {
-            key: registration_key("/k", lease),
-            id: id.into(),
-            revision: revision.into(),
-            lease,
-            create_revision,
-            healthy: true,
-            registered_at: 0,
-        }
-    }
 
     #[test]
     fn another_release_comes_first_then_the_newest_registration() {

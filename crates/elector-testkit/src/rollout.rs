@@ -42,7 +42,7 @@
 //! * Overlap, proven: two replicas answered 200 in one round's first pass,
 //!   and the one asked first still answered 200 with the same fencing token
 //!   in the confirming pass. Its claim then certainly covered the other's
-//!   200 (see `support/observe.rs` on why one 200 each proves nothing: a
+//!   200 (see `observe.rs` on why one 200 each proves nothing: a
 //!   handoff takes milliseconds). Two first-pass 200s without that
 //!   confirmation are a handoff seen inside one round, counted apart.
 //! * Overlap from the logs: each replica's terms (`became_leader` ..
@@ -1039,7 +1039,10 @@ pub fn log_terms(replica: &str, log: &str, now: i64) -> Vec<LogTerm> {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };
-        let Some(at) = v["timestamp"].as_str().and_then(parse_utc_micros) else {
+        let Some(at) = v["timestamp"]
+            .as_str()
+            .and_then(crate::observe::parse_rfc3339_micros)
+        else {
             continue;
         };
         last_stamp = Some(at);
@@ -1048,7 +1051,7 @@ pub fn log_terms(replica: &str, log: &str, now: i64) -> Vec<LogTerm> {
         }
         match v["event"].as_str() {
             Some("became_leader") if open.is_none() => open = Some(at),
-            // Only stepped_down ends a claim (as in support/observe.rs);
+            // Only stepped_down ends a claim (as in observe.rs);
             // lease_lost is followed by it when the replica led.
             Some("stepped_down") => {
                 if let Some(start) = open.take() {
@@ -1122,29 +1125,4 @@ fn wall_micros_now() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)
         .unwrap_or_default()
-}
-
-/// `2026-01-02T03:04:05.123456Z` (UTC, as the sidecar writes it) as
-/// microseconds since the Unix epoch. `support/observe.rs` has the general
-/// version (offsets); this file must not depend on it, since every test
-/// crate compiles this module.
-pub fn parse_utc_micros(s: &str) -> Option<i64> {
-    let (date, clock) = s.strip_suffix('Z')?.split_once('T')?;
-    let mut d = date.split('-').map(|p| p.parse::<i64>());
-    let (y, mo, da) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
-    let (hms, frac) = clock.split_once('.').unwrap_or((clock, ""));
-    let mut t = hms.split(':').map(|p| p.parse::<i64>());
-    let (h, mi, se) = (t.next()?.ok()?, t.next()?.ok()?, t.next()?.ok()?);
-    let mut micros = 0i64;
-    for (i, c) in frac.chars().take(6).enumerate() {
-        micros += i64::from(c.to_digit(10)?) * 10i64.pow(5 - i as u32);
-    }
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let y = if mo <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * ((mo + 9) % 12) + 2) / 5 + da - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some((days * 86_400 + h * 3600 + mi * 60 + se) * 1_000_000 + micros)
 }
