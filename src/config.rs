@@ -432,15 +432,18 @@ fn resolve(file: Option<PathBuf>, matches: &ArgMatches, job: bool) -> Result<Con
     // Succession is for lock-protocol sidecars: the election protocol keeps etcd's queue
     // order, and `run` gives its lock back only once its command is dead.
     let wanted = protocol == Protocol::Lock && !job && args.no_succession != Some(true);
+    // The wait, the transfer, its confirmation (or undo) and the revoke must all fit in what
+    // the shutdown timeout leaves after the release delay: the confirmation gets one request's
+    // bound, at most a quarter of that; the wait gets what two such windows leave.
+    let budget = shutdown_timeout.saturating_sub(release_delay);
+    let confirm_window = timing.request_timeout.min(budget / 4);
     let succession = wanted.then(|| Succession {
         revision: args.revision.unwrap_or_default(),
-        // The wait, the transfer and its confirmation must fit in what the shutdown timeout
-        // leaves after the release delay; the rest is for the revoke.
-        handoff_wait: args.handoff_wait.map_or(DEFAULT_HANDOFF_WAIT, |s| s.0).min(
-            shutdown_timeout
-                .saturating_sub(release_delay)
-                .saturating_sub(timing.confirm_window * 2),
-        ),
+        handoff_wait: args
+            .handoff_wait
+            .map_or(DEFAULT_HANDOFF_WAIT, |s| s.0)
+            .min(budget.saturating_sub(confirm_window * 2)),
+        confirm_window,
     });
     // The sidecar serves HTTP and the admin API by default; `run` only when asked to.
     let (listen, admin_listen) = match job {

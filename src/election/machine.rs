@@ -60,11 +60,6 @@ pub struct Timing {
     /// After resigning, how long to wait before campaigning again, so that waiting
     /// candidates (who react in milliseconds) take over.
     pub resign_holdoff: Duration,
-    /// How long a successor has to confirm a transfer (one write under its own lease) before
-    /// the old leader takes it back: one request's bound. A live successor confirms within a
-    /// round trip or two; one frozen or cut off at the wrong moment would otherwise leave the
-    /// key unusable until its lease expires.
-    pub confirm_window: Duration,
 }
 
 impl Timing {
@@ -88,7 +83,6 @@ impl Timing {
             backoff_cap: keepalive_interval,
             request_timeout,
             resign_holdoff: keepalive_interval.min(Duration::from_millis(500)),
-            confirm_window: request_timeout,
         }
     }
 }
@@ -1346,7 +1340,11 @@ impl Machine {
                     Next::Phase(Phase::Confirming {
                         to: to.clone(),
                         transfer_revision: revision,
-                        until: now + self.timing.confirm_window,
+                        until: now
+                            + self
+                                .succession
+                                .as_ref()
+                                .map_or(Duration::ZERO, |s| s.confirm_window),
                     })
                 } else {
                     Next::Finish
@@ -1662,6 +1660,7 @@ mod tests {
     const TTL: Duration = Duration::from_secs(10);
     const LEASE: LeaseId = 7;
     const KEY: &str = "/k";
+    const CONFIRM: Duration = Duration::from_secs(1);
 
     fn machine() -> (Machine, Instant) {
         (
@@ -2495,6 +2494,7 @@ mod tests {
             Succession {
                 revision: "a".into(),
                 handoff_wait: wait,
+                confirm_window: CONFIRM,
             },
         );
         (m, Instant::now())
@@ -2584,10 +2584,7 @@ mod tests {
             t0,
         );
         assert_eq!(step.actions, vec![]);
-        assert_eq!(
-            m.next_wakeup(),
-            Some(t0 + Timing::for_ttl(TTL).confirm_window)
-        );
+        assert_eq!(m.next_wakeup(), Some(t0 + CONFIRM));
         // Our own transfer on the watch changes nothing; the successor's write ends it.
         assert_eq!(
             m.step(
@@ -2663,7 +2660,7 @@ mod tests {
             },
             t0,
         );
-        let late = t0 + Timing::for_ttl(TTL).confirm_window;
+        let late = t0 + CONFIRM;
         let step = m.step(Event::Tick, late);
         assert_eq!(
             step.actions,
@@ -2882,6 +2879,7 @@ mod tests {
             Machine::new("me", Timing::for_ttl(TTL), delay, 42).with_succession(Succession {
                 revision: "a".into(),
                 handoff_wait: Duration::ZERO,
+                confirm_window: CONFIRM,
             });
         let t0 = Instant::now();
         leading(&mut m, t0);

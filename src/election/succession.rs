@@ -21,6 +21,12 @@ pub struct Succession {
     /// How long a stepping-down leader may wait for a replica of another release to register
     /// (`--handoff-wait`, bounded by the shutdown timeout).
     pub handoff_wait: Duration,
+    /// How long a successor has to confirm a transfer (one write under its own lease) before
+    /// the old leader takes it back. A live successor confirms within a round trip or two; one
+    /// frozen or cut off at the wrong moment would otherwise leave the key unusable until its
+    /// lease expires. One request's bound, within a quarter of what the shutdown timeout
+    /// leaves after the release delay (see `config`).
+    pub confirm_window: Duration,
 }
 
 /// What a replica writes at its registration key (JSON).

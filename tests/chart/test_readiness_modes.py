@@ -121,7 +121,7 @@ def test_revision_label_for_a_statefulset_and_off(chart: helm_python.Chart) -> N
 def test_handoff_wait_follows_the_mode_unless_set(chart: helm_python.Chart) -> None:
     # Leader mode stops every old pod while the new ones start: wait for one to register.
     out = render(chart, {}, kube_version="1.31.0")
-    assert env_of(elector(out))["ELECTOR_HANDOFF_WAIT"] == "3"
+    assert env_of(elector(out))["ELECTOR_HANDOFF_WAIT"] == "2"
     # Healthy mode starts a new pod (registered) before an old one stops: no wait.
     out = render(chart, HEALTHY, kube_version="1.31.0")
     assert env_of(elector(out))["ELECTOR_HANDOFF_WAIT"] == "0"

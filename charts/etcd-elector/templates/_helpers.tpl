@@ -563,14 +563,14 @@ each without a labelSelector given the application pods' selector labels.
 
 {{/*
 Seconds a stepping-down leader waits for a new-revision pod to register
-(ELECTOR_HANDOFF_WAIT): elector.handoffWait, else by readiness mode: 3 where
+(ELECTOR_HANDOFF_WAIT): elector.handoffWait, else by readiness mode: 2 where
 old pods stop while new ones start (leader), 0 where new pods are Ready first
 (healthy).
 */}}
 {{- define "etcd-elector.handoffWait" -}}
 {{- $e := .Values.elector -}}
 {{- if kindIs "invalid" $e.handoffWait -}}
-{{- ternary 3 0 (eq $e.readiness "leader") -}}
+{{- ternary 2 0 (eq $e.readiness "leader") -}}
 {{- else -}}
 {{- $e.handoffWait -}}
 {{- end -}}
