@@ -1460,7 +1460,12 @@ impl Machine {
     /// nothing learnt under it can be trusted any more.
     fn check_lease_deadline(&mut self, now: Instant, out: &mut Step) {
         let Some(lease) = self.lease else { return };
-        if matches!(self.state, State::Stopping { .. } | State::Stopped) {
+        // Nothing is claimed while stopping or handing over, and a handoff ends on its own
+        // (a lease that expires takes our key with it: `KeyDeleted` finishes it).
+        if matches!(
+            self.state,
+            State::Stopping { .. } | State::Stopped | State::Handing(_)
+        ) {
             return;
         }
         if now < self.claim_deadline(lease) {
@@ -3106,5 +3111,23 @@ mod tests {
         );
         let step = m.step(Event::KeyDeleted, t0);
         assert!(step.actions.contains(&Action::Campaign { lease: LEASE }));
+    }
+
+    #[test]
+    fn a_handoff_for_shutdown_is_not_abandoned_when_the_lease_runs_out() {
+        let (mut m, t0) = handing(Duration::ZERO);
+        let late = t0 + TTL;
+        let step = m.step(Event::Tick, late);
+        assert!(
+            !step.actions.contains(&Action::GrantLease),
+            "no new lease, no campaign while stopping: {step:?}"
+        );
+        assert_eq!(m.view().role, Role::Stopping);
+        // The key went with the lease: nothing to hand over, give up and exit.
+        let step = m.step(Event::KeyDeleted, late);
+        assert!(step.actions.contains(&Action::Revoke {
+            lease: LEASE,
+            then_exit: true
+        }));
     }
 }
