@@ -59,7 +59,7 @@ for _ in $(seq 100); do
 done
 echo; echo "== elected: $leader"; show
 
-echo; echo "== SIGTERM to $leader: it answers 503, revokes its lease, exits 0"
+echo; echo "== SIGTERM to $leader: it answers 503, hands the key to a successor, exits 0"
 start=$(date +%s%N)
 kill -TERM "${pid_of[$leader]}"
 next=""
