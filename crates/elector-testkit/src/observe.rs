@@ -133,7 +133,7 @@ fn probe_loop(addr: SocketAddr, period: Duration, stop: &AtomicBool, record: &Mu
     while !stop.load(Ordering::SeqCst) {
         let sent = Instant::now();
         let connected = conn.is_none();
-        let answer = probe_once(addr, &mut conn);
+        let answer = probe_once(addr, &mut conn, Duration::from_secs(2), http::IO_TIMEOUT);
         let answered = Instant::now();
         if answer.is_none() {
             conn = None;
@@ -150,14 +150,20 @@ fn probe_loop(addr: SocketAddr, period: Duration, stop: &AtomicBool, record: &Mu
     }
 }
 
-fn probe_once(
+/// One `GET /leader` on the kept-alive connection `conn` to `addr` (opened within
+/// `connect_timeout`, reads and writes bounded by `io_timeout`, when there is none): the
+/// status and the fencing token, or `None` when the connection failed. A `Connection: close`
+/// answer drops the connection.
+pub fn probe_once(
     addr: SocketAddr,
     conn: &mut Option<TcpStream>,
+    connect_timeout: Duration,
+    io_timeout: Duration,
 ) -> Option<(Option<u16>, Option<i64>)> {
     if conn.is_none() {
-        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-        stream.set_read_timeout(Some(http::IO_TIMEOUT)).ok()?;
-        stream.set_write_timeout(Some(http::IO_TIMEOUT)).ok()?;
+        let stream = TcpStream::connect_timeout(&addr, connect_timeout).ok()?;
+        stream.set_read_timeout(Some(io_timeout)).ok()?;
+        stream.set_write_timeout(Some(io_timeout)).ok()?;
         let _ = stream.set_nodelay(true);
         *conn = Some(stream);
     }

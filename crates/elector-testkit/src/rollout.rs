@@ -57,7 +57,6 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -882,7 +881,15 @@ fn probe(target: usize, addr: SocketAddr, conn: &mut Option<(SocketAddr, TcpStre
     let mut result = None;
     for _ in 0..2 {
         let reused = conn.is_some();
-        result = probe_once(addr, conn);
+        // The connection is kept per target address (a replaced replica gets a new one).
+        let mut stream = conn.take().map(|(_, stream)| stream);
+        result = crate::observe::probe_once(
+            addr,
+            &mut stream,
+            Duration::from_millis(500),
+            Duration::from_secs(2),
+        );
+        *conn = stream.map(|stream| (addr, stream));
         if result.is_some() {
             break;
         }
@@ -899,36 +906,6 @@ fn probe(target: usize, addr: SocketAddr, conn: &mut Option<(SocketAddr, TcpStre
         status,
         token,
     }
-}
-
-fn probe_once(
-    addr: SocketAddr,
-    conn: &mut Option<(SocketAddr, TcpStream)>,
-) -> Option<(Option<u16>, Option<i64>)> {
-    if conn.is_none() {
-        let stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        stream
-            .set_write_timeout(Some(Duration::from_secs(2)))
-            .ok()?;
-        let _ = stream.set_nodelay(true);
-        *conn = Some((addr, stream));
-    }
-    let (_, stream) = conn.as_mut()?;
-    stream
-        .write_all(b"GET /leader HTTP/1.1\r\nHost: rollout\r\n\r\n")
-        .ok()?;
-    let resp = http::read_response(stream, false).ok()?;
-    let token = serde_json::from_str::<serde_json::Value>(&resp.body)
-        .ok()
-        .and_then(|v| v["fencing_token"].as_i64());
-    if resp
-        .header("connection")
-        .is_some_and(|v| v.eq_ignore_ascii_case("close"))
-    {
-        *conn = None;
-    }
-    Some((Some(resp.status), token))
 }
 
 /// What the rounds say.
