@@ -27,13 +27,6 @@ fn state(s: &Sidecar) -> String {
         .to_string()
 }
 
-fn metric(s: &Sidecar, name: &str) -> Option<f64> {
-    let (_, text) = s.get("/metrics");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-}
-
 #[test]
 fn a_replica_whose_app_is_unhealthy_stands_by_and_leads_once_it_is_healthy() {
     let etcd = Etcd::start();
@@ -49,12 +42,12 @@ fn a_replica_whose_app_is_unhealthy_stands_by_and_leads_once_it_is_healthy() {
     assert!(!s.is_leader());
     assert_eq!(etcd.get(&key), None, "it never campaigned");
     assert_eq!(s.get_json("/status").1["app_healthy"], false);
-    assert_eq!(metric(&s, "elector_app_healthy"), Some(0.0));
+    assert_eq!(s.metric("elector_app_healthy"), Some(0.0));
 
     app.set(true);
     assert!(wait_until(SOON, || s.is_leader()), "it leads once healthy");
     assert_eq!(s.get_json("/status").1["app_healthy"], true);
-    assert_eq!(metric(&s, "elector_app_healthy"), Some(1.0));
+    assert_eq!(s.metric("elector_app_healthy"), Some(1.0));
 }
 
 #[test]
@@ -118,7 +111,7 @@ fn with_no_healthy_replica_the_leader_keeps_the_lock_and_says_so() {
         a.get_json("/status").1
     );
     assert!(a.is_leader(), "and keeps the lock");
-    assert_eq!(metric(&a, "elector_no_healthy_successor"), Some(1.0));
+    assert_eq!(a.metric("elector_no_healthy_successor"), Some(1.0));
     assert!(a.logs().contains("\"no_healthy_successor\""));
 
     app_b.set(true);

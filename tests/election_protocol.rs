@@ -351,16 +351,6 @@ fn a_sidecar_waits_while_etcdctl_lock_holds() {
     assert!(token > lock_rev, "{token} > {lock_rev}");
 }
 
-/// `elector_campaigns_total` of one sidecar.
-fn campaigns(s: &Sidecar) -> u64 {
-    let (status, text) = s.get("/metrics");
-    assert_eq!(status, 200);
-    text.lines()
-        .find_map(|l| l.strip_prefix("elector_campaigns_total "))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .unwrap_or_else(|| panic!("no elector_campaigns_total in {}'s metrics", s.id())) as u64
-}
-
 /// etcd's own `/metrics` text.
 fn etcd_metrics(etcd: &Etcd) -> String {
     http::simple(etcd.client_addr(), "GET", "/metrics", b"")
@@ -452,7 +442,7 @@ fn every_follower_names_the_current_leader_after_handoffs_and_a_proclaim() {
     assert!(first.is_leader());
     let all: Vec<&Sidecar> = back.iter().collect();
     assert_all_follow(&all, "sc-1", "at the start");
-    let joined: Vec<u64> = back.iter().map(campaigns).collect();
+    let joined: Vec<u64> = back.iter().map(Sidecar::campaigns).collect();
 
     // A handoff to a client that is nobody's predecessor among the sidecars
     // except sc-2's: the deleted key was no sidecar's predecessor at all.
@@ -491,7 +481,7 @@ fn every_follower_names_the_current_leader_after_handoffs_and_a_proclaim() {
     }
     // Only sc-2, for its turn: nobody further back campaigned for any of this.
     for (s, then) in back.iter().zip(&joined).skip(1) {
-        assert_eq!(campaigns(s), *then, "{} campaigned", s.id());
+        assert_eq!(s.campaigns(), *then, "{} campaigned", s.id());
     }
 }
 
@@ -564,7 +554,7 @@ fn a_handoff_among_50_queued_sidecars_makes_one_candidate_campaign() {
 
     let before: HashMap<String, u64> = sidecars[1..]
         .iter()
-        .map(|s| (s.id().to_string(), campaigns(s)))
+        .map(|s| (s.id().to_string(), s.campaigns()))
         .collect();
     // Every waiting candidate watches the prefix, so each join was an event
     // for all before it: let the last ones be delivered before counting.
@@ -592,7 +582,7 @@ fn a_handoff_among_50_queued_sidecars_makes_one_candidate_campaign() {
 
     let woken: Vec<(String, u64)> = sidecars
         .iter()
-        .map(|s| (s.id().to_string(), campaigns(s) - before[s.id()]))
+        .map(|s| (s.id().to_string(), s.campaigns() - before[s.id()]))
         .filter(|(_, n)| *n > 0)
         .collect();
     let total: u64 = woken.iter().map(|(_, n)| n).sum();

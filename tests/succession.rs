@@ -35,15 +35,6 @@ fn wait_following(s: &Sidecar) {
     );
 }
 
-/// `elector_campaigns_total` of one sidecar.
-fn campaigns(s: &Sidecar) -> u64 {
-    let (_, text) = s.get("/metrics");
-    text.lines()
-        .find_map(|l| l.strip_prefix("elector_campaigns_total "))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .unwrap_or_else(|| panic!("no elector_campaigns_total in {}'s metrics", s.id())) as u64
-}
-
 /// Every event of `key` after `revision`, as `etcdctl watch --rev` replays
 /// them: ("PUT" or "DELETE", value).
 fn history(etcd: &Etcd, key: &str, revision: i64) -> Vec<(String, String)> {
@@ -91,7 +82,7 @@ fn sigterm_hands_the_key_to_a_follower_without_it_ever_being_absent() {
     ];
     others.iter().for_each(wait_following);
     let before = etcd.get(&key).expect("the key");
-    let campaigns_before: Vec<u64> = others.iter().map(campaigns).collect();
+    let campaigns_before: Vec<u64> = others.iter().map(Sidecar::campaigns).collect();
 
     let mut first = first;
     first.signal(Signal::SIGTERM);
@@ -122,7 +113,7 @@ fn sigterm_hands_the_key_to_a_follower_without_it_ever_being_absent() {
     // The follower that was not chosen never campaigned.
     let other = 1 - next;
     assert_eq!(
-        campaigns(&others[other]),
+        others[other].campaigns(),
         campaigns_before[other],
         "{} did not campaign",
         others[other].id()
@@ -334,11 +325,11 @@ fn after_a_crash_about_one_candidate_campaigns_however_many_wait() {
     others.iter().for_each(wait_following);
     // Let every follower read the candidates (registered just now).
     std::thread::sleep(Duration::from_millis(300));
-    let before: u64 = others.iter().map(campaigns).sum();
+    let before: u64 = others.iter().map(Sidecar::campaigns).sum();
 
     first.kill();
     let next = wait_for_one_leader(&others, SOON);
-    let after: u64 = others.iter().map(campaigns).sum();
+    let after: u64 = others.iter().map(Sidecar::campaigns).sum();
     println!(
         "crash failover with 5 waiting: {} campaigns, {} leads",
         after - before,

@@ -428,7 +428,34 @@ struct Replica {
     stopped: bool,
 }
 
+/// Whether [`Replica::launch`] waits for the replica to answer, or only starts its process.
+enum Start {
+    Ready,
+    Spawned,
+}
+
 impl Replica {
+    /// Start a replica of `revision` from `builder` and add it to the observer's targets.
+    fn launch(
+        builder: SidecarBuilder,
+        revision: char,
+        observer: &Observer,
+        start: Start,
+    ) -> Replica {
+        let sidecar = match start {
+            Start::Ready => builder.clone().start(),
+            Start::Spawned => builder.clone().spawn(),
+        };
+        let target = observer.add(sidecar.addr());
+        Replica {
+            sidecar,
+            builder,
+            revision,
+            target,
+            stopped: false,
+        }
+    }
+
     fn name(&self) -> &str {
         self.sidecar.id()
     }
@@ -467,15 +494,7 @@ fn run_once(
     // Revision A, settled: one leader, every replica registered.
     for i in 0..REPLICAS {
         let builder = builder(etcd, &key, pattern, way, 'A', i);
-        let sidecar = builder.clone().start();
-        let target = observer.add(sidecar.addr());
-        replicas.push(Replica {
-            sidecar,
-            builder,
-            revision: 'A',
-            target,
-            stopped: false,
-        });
+        replicas.push(Replica::launch(builder, 'A', &observer, Start::Ready));
     }
     for r in &replicas {
         wait_registered(r);
@@ -575,15 +594,7 @@ fn one_at_a_time(
 ) {
     for i in 0..REPLICAS {
         let builder = builder(etcd, key, Pattern::OneAtATime, way, 'B', i);
-        let sidecar = builder.clone().start();
-        let target = observer.add(sidecar.addr());
-        let b = Replica {
-            sidecar,
-            builder,
-            revision: 'B',
-            target,
-            stopped: false,
-        };
+        let b = Replica::launch(builder, 'B', observer, Start::Ready);
         wait_registered(&b);
         replicas.push(b);
 
@@ -619,15 +630,7 @@ fn all_at_once(
     let first_b = replicas.len();
     for i in 0..REPLICAS {
         let builder = builder(etcd, key, Pattern::AllAtOnce, way, 'B', i);
-        let sidecar = builder.clone().spawn();
-        let target = observer.add(sidecar.addr());
-        replicas.push(Replica {
-            sidecar,
-            builder,
-            revision: 'B',
-            target,
-            stopped: false,
-        });
+        replicas.push(Replica::launch(builder, 'B', observer, Start::Spawned));
     }
     let t0 = Instant::now();
     let mut schedule: Vec<(Instant, usize)> = (0..first_b)

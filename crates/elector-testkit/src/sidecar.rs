@@ -356,6 +356,22 @@ impl Sidecar {
     pub fn fencing_token(&self) -> Option<i64> {
         self.leader_view()["fencing_token"].as_i64()
     }
+
+    /// The value of the unlabelled metric `name` in `/metrics` (which must answer 200).
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let (status, text) = self.get("/metrics");
+        assert_eq!(status, 200, "{}'s /metrics", self.id());
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    /// `elector_campaigns_total`: campaign transactions sent since start.
+    pub fn campaigns(&self) -> u64 {
+        self.metric("elector_campaigns_total")
+            .unwrap_or_else(|| panic!("no elector_campaigns_total in {}'s metrics", self.id()))
+            as u64
+    }
 }
 
 /// The process: `pid`, `signal`, `try_wait`, `wait_exit`, `kill`.
