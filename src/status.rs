@@ -91,7 +91,7 @@ async fn read(cfg: &Config) -> Result<Status, StatusError> {
                     kv.lease(),
                 )
             });
-            let (registered, _) = etcd::read_candidates(&mut client, &timing, key, None).await?;
+            let (registered, _) = etcd::read_candidates(&mut client, &timing, key).await?;
             (holder, registered)
         }
         Protocol::Election => {

@@ -107,8 +107,14 @@ fn sigterm_hands_the_key_to_a_follower_without_it_ever_being_absent() {
     );
     assert_eq!(
         events,
-        vec![("PUT".to_string(), "third".to_string()); 2],
-        "the transfer, then the successor's confirmation"
+        vec![("PUT".to_string(), "third".to_string())],
+        "one write: the successor's own, taking the key the old leader kept until then"
+    );
+    assert_eq!(
+        etcd.ctl(&["get", "--prefix", "--keys-only", &format!("{key}.handoff/")])
+            .trim(),
+        "",
+        "the offer is deleted by the write that took it"
     );
     // The follower that was not chosen never campaigned.
     let other = 1 - next;
@@ -158,7 +164,7 @@ fn a_frozen_successor_is_passed_over_within_a_request_bound_not_a_ttl() {
     old.signal(Signal::SIGTERM);
     assert!(
         wait_until(SOON, || spare.is_leader()),
-        "the spare leads once the unconfirmed transfer is taken back"
+        "the spare leads once the offer lapses and the old leader revokes"
     );
     let took = asked.elapsed();
     assert_eq!(old.wait_exit(SOON).code(), Some(0));
@@ -175,6 +181,10 @@ fn a_frozen_successor_is_passed_over_within_a_request_bound_not_a_ttl() {
         frozen.leader_view()
     );
     assert!(spare.is_leader() && !frozen.is_leader());
+    assert!(
+        !frozen.logs().contains("\"became_leader\""),
+        "the late takeover failed on its guard"
+    );
 }
 
 #[test]

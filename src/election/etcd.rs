@@ -14,7 +14,9 @@ use tokio::sync::mpsc;
 use tokio::time::{sleep, sleep_until, timeout, Instant};
 
 use super::machine::{Event, Holder, LeaseId, Queue, Timing, WatchTarget};
-use super::succession::{registration_key, registration_prefix, Candidate, Registration};
+use super::succession::{
+    offer_key, registration_key, registration_prefix, Candidate, Offer, Registration,
+};
 use crate::backoff::{Backoff, WarnLimit};
 use crate::config::{EtcdConfig, Protocol};
 
@@ -482,110 +484,69 @@ pub async fn register(
 }
 
 /// The registered candidates of `key`, and the revision they were read at; registrations that
-/// are not ours to read (not JSON) are skipped. With `withdraw`, our own registration under
-/// that lease is deleted in the same transaction first: a replica on its way out is nobody's
-/// successor, and it costs no request of its own.
+/// are not ours to read (not JSON) are skipped.
 pub async fn read_candidates(
     client: &mut Client,
     timing: &Timing,
     key: &str,
-    withdraw: Option<LeaseId>,
 ) -> Result<(Vec<Candidate>, i64), EtcdError> {
-    let mut ops = Vec::new();
-    if let Some(lease) = withdraw {
-        ops.push(TxnOp::delete(registration_key(key, lease), None));
-    }
-    ops.push(TxnOp::get(
+    let get = client.get(
         registration_prefix(key),
         Some(GetOptions::new().with_prefix()),
-    ));
-    let resp = bounded(
-        Op::Handoff,
-        timing.request_timeout,
-        client.txn(Txn::new().and_then(ops)),
-    )
-    .await?;
+    );
+    let resp = bounded(Op::Handoff, timing.request_timeout, get).await?;
     let revision = resp
         .header()
         .map(|h| h.revision())
         .ok_or_else(|| protocol(Op::Handoff, "read response without header"))?;
-    let candidates = resp
-        .op_responses()
-        .into_iter()
-        .filter_map(|op| match op {
-            TxnOpResponse::Get(get) => Some(get.kvs().iter().filter_map(candidate_of).collect()),
-            _ => None,
-        })
-        .next()
-        .unwrap_or_default();
+    let candidates = resp.kvs().iter().filter_map(candidate_of).collect();
     Ok((candidates, revision))
 }
 
-/// Hand the key over: `If ModRevision(key) == key_revision AND CreateRevision(registration)
-/// == seen Then Put(key, successor id, successor lease)`. The key is never absent, and the
-/// successor must still be registered as we saw it. Returns whether it was handed over, and
-/// the revision of the transaction (the put's, when it was).
-pub async fn transfer(
+/// Offer the key to a successor: `If ModRevision(key) == offer.key_revision AND
+/// CreateRevision(registration) == seen Then Put(offer key, offer, successor's lease)`. Only
+/// the successor watches its offer key, so only it wakes; we keep the key until it takes it.
+/// Returns whether the offer was written, and the transaction's revision.
+pub async fn offer(
     client: &mut Client,
     timing: &Timing,
     key: &str,
     to: &Candidate,
-    key_revision: i64,
+    offer: Offer,
 ) -> Result<(bool, i64), EtcdError> {
+    let value = serde_json::to_string(&offer)
+        .map_err(|e| protocol(Op::Handoff, &format!("encoding the offer: {e}")))?;
     let txn = Txn::new()
         .when([
-            Compare::mod_revision(key, CompareOp::Equal, key_revision),
+            Compare::mod_revision(key, CompareOp::Equal, offer.key_revision),
             Compare::create_revision(to.key.as_str(), CompareOp::Equal, to.create_revision),
         ])
         .and_then([TxnOp::put(
-            key,
-            to.id.as_str(),
+            offer_key(key, to.lease),
+            value,
             Some(PutOptions::new().with_lease(to.lease)),
         )]);
     guarded(client, timing, txn).await
 }
 
-/// Take the key handed to us: `If ModRevision(key) == transfer_revision Then Put(key, id,
-/// our lease)`. Our own write is the evidence we lead, and it tells the old leader we are
-/// alive.
+/// Take the key offered to us: `If ModRevision(key) == key_revision Then Put(key, id, our
+/// lease), Delete(our offer key)`. Our own write is the evidence we lead; every follower sees
+/// it as the new holder, and the old leader as the end of its handoff.
 pub async fn confirm(
     client: &mut Client,
     timing: &Timing,
     key: &str,
     id: &str,
     lease: LeaseId,
-    transfer_revision: i64,
+    key_revision: i64,
 ) -> Result<(bool, i64), EtcdError> {
     let txn = Txn::new()
-        .when([Compare::mod_revision(
-            key,
-            CompareOp::Equal,
-            transfer_revision,
-        )])
-        .and_then([TxnOp::put(
-            key,
-            id,
-            Some(PutOptions::new().with_lease(lease)),
-        )]);
+        .when([Compare::mod_revision(key, CompareOp::Equal, key_revision)])
+        .and_then([
+            TxnOp::put(key, id, Some(PutOptions::new().with_lease(lease))),
+            TxnOp::delete(offer_key(key, lease), None),
+        ]);
     guarded(client, timing, txn).await
-}
-
-/// Take back a transfer nobody confirmed: `If ModRevision(key) == transfer_revision Then
-/// Delete(key)`, so that the others campaign instead of waiting for the successor's lease.
-pub async fn undo_transfer(
-    client: &mut Client,
-    timing: &Timing,
-    key: &str,
-    transfer_revision: i64,
-) -> Result<bool, EtcdError> {
-    let txn = Txn::new()
-        .when([Compare::mod_revision(
-            key,
-            CompareOp::Equal,
-            transfer_revision,
-        )])
-        .and_then([TxnOp::delete(key, None)]);
-    guarded(client, timing, txn).await.map(|(done, _)| done)
 }
 
 /// A guarded transaction: whether its condition held, and its revision.
@@ -750,7 +711,15 @@ pub async fn watch(
     if ahead.is_some() {
         options = options.with_prefix();
     }
-    let watch = client.watch(target.key.as_str(), Some(options));
+    let watch = async {
+        let mut stream = client.watch(target.key.as_str(), Some(options)).await?;
+        if let Some(offers) = &target.offers {
+            // On the same stream: one watch for the key, one for offers to us.
+            let options = WatchOptions::new().with_start_revision(from_revision);
+            stream.watch(offers.as_str(), Some(options)).await?;
+        }
+        Ok(stream)
+    };
     let mut stream = match bounded(Op::Watch, timing.request_timeout, watch).await {
         Ok(stream) => stream,
         Err(e) => {
@@ -795,6 +764,23 @@ pub async fn watch(
         }
         for event in resp.events() {
             let Some(kv) = event.kv() else { continue };
+            if target.offers.as_deref().map(str::as_bytes) == Some(kv.key()) {
+                // An offer to us; its deletion (our own takeover, or our lease) says nothing.
+                let offer = match event.event_type() {
+                    EventType::Put => serde_json::from_slice::<Offer>(kv.value()).ok(),
+                    EventType::Delete => None,
+                };
+                if let Some(offer) = offer {
+                    if reports
+                        .send(report(Event::Offered { offer }))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                continue;
+            }
             let event = match (event.event_type(), &mut ahead) {
                 (EventType::Delete, None) => Event::KeyDeleted,
                 (EventType::Put, None) => Event::KeyPut {

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::succession::{choose, Candidate, Succession};
+use super::succession::{choose, offer_key, Candidate, Offer, Succession};
 use crate::backoff::Backoff;
 
 /// An etcd lease id.
@@ -117,6 +117,9 @@ pub struct WatchTarget {
     pub key: String,
     /// A waiting candidate in the election protocol: the candidates queued before it.
     pub ahead: Option<Ahead>,
+    /// Under succession: our offer key, watched beside the lock key so that a handoff to us
+    /// wakes us alone (see [`super::succession`]).
+    pub offers: Option<String>,
 }
 
 impl WatchTarget {
@@ -125,6 +128,7 @@ impl WatchTarget {
         WatchTarget {
             key: key.into(),
             ahead: None,
+            offers: None,
         }
     }
 }
@@ -240,14 +244,14 @@ pub enum Event {
     CandidateRegistered { candidate: Candidate },
     /// The registration at `key` went (its replica stopped, or its lease expired).
     CandidateGone { key: String },
-    /// The transfer transaction finished: `succeeded` when the key now names the successor,
-    /// written at `revision`.
-    TransferDone { succeeded: bool, revision: i64 },
-    /// Our confirmation of a transfer to us finished: `succeeded` when the key is ours,
+    /// The offer transaction finished: `succeeded` when the successor's offer key was
+    /// written (at `revision`).
+    OfferDone { succeeded: bool, revision: i64 },
+    /// The key was offered to us (a put of our offer key).
+    Offered { offer: Offer },
+    /// Our takeover of a key offered to us finished: `succeeded` when the key is ours,
     /// written at `revision`.
     ConfirmDone { succeeded: bool, revision: i64 },
-    /// The undo of an unconfirmed transfer finished (either way).
-    UndoDone,
     /// The application's health changed (`--app-health`).
     AppHealth { healthy: bool },
 }
@@ -275,23 +279,18 @@ pub enum Action {
     /// Write our registration under this lease (succession), saying whether our application
     /// is healthy: only a healthy candidate is anybody's successor.
     Register { lease: LeaseId, healthy: bool },
-    /// Read the registered candidates; answered by [`Event::Candidates`]. With `withdraw`,
-    /// delete our own registration under that lease in the same transaction first: we are on
-    /// our way out, and nobody may pick us.
-    ReadCandidates { withdraw: Option<LeaseId> },
+    /// Read the registered candidates; answered by [`Event::Candidates`].
+    ReadCandidates,
     /// Report candidates registering from this revision on.
     WatchCandidates { from_revision: i64 },
     /// Stop that.
     StopWatchCandidates,
-    /// `If ModRevision(key) == key_revision AND CreateRevision(to.key) == to.create_revision
-    /// Then Put(key, to.id, to.lease)`: hand the key over.
-    Transfer { to: Candidate, key_revision: i64 },
-    /// `If ModRevision(key) == transfer_revision Then Put(key, id, our lease)`: take the key
-    /// that was handed to us.
-    Confirm { transfer_revision: i64 },
-    /// `If ModRevision(key) == transfer_revision Then Delete(key)`: take back a transfer the
-    /// successor did not confirm, so the others campaign.
-    UndoTransfer { transfer_revision: i64 },
+    /// `If ModRevision(key) == offer.key_revision AND CreateRevision(to.key) ==
+    /// to.create_revision Then Put(offer key of to, offer, to.lease)`: offer the key to `to`.
+    Offer { to: Candidate, offer: Offer },
+    /// `If ModRevision(key) == key_revision Then Put(key, id, our lease), Delete(our offer
+    /// key)`: take the key offered to us.
+    Confirm { key_revision: i64 },
     /// All done: the caller may exit.
     Exit,
 }
@@ -350,6 +349,8 @@ pub enum Transition {
     /// Our application is unhealthy, and no replica with a healthy one is registered: we
     /// keep leading.
     NoHealthySuccessor,
+    /// The successor did not take the key offered to it within the confirm window.
+    OfferLapsed { successor: String },
 }
 
 /// The output of one step.
@@ -431,18 +432,18 @@ enum State {
     /// The key went, and a better-ranked candidate should take it: we campaign at `until`
     /// unless its write shows up on our watch first (see [`RANK_STEP`]).
     Deferring { until: Instant },
-    /// The key was handed to us (`holder`, under our lease); our confirmation is in flight.
-    /// Not leading yet: only a confirmed key is evidence.
-    Confirming { holder: Holder },
+    /// The key was offered to us; our takeover is in flight. Not leading yet: only our own
+    /// write of the key is evidence.
+    Confirming { offer: Offer },
     /// A leader stepping down by handing the key to a successor; never claims.
     Handing(Handoff),
     /// Shutting down: `revoke_at` is when the lease revoke is sent (after the release delay),
     /// `None` once sent; `grant_pending` while a lease grant may still arrive to be revoked.
-    /// `hand_over` (the key's mod revision) when the key is to be handed over after the delay.
+    /// `hand_over` (the key as we hold it) when the key is to be handed over after the delay.
     Stopping {
         revoke_at: Option<Instant>,
         grant_pending: bool,
-        hand_over: Option<i64>,
+        hand_over: Option<Offer>,
     },
     /// Done.
     Stopped,
@@ -469,29 +470,26 @@ struct Handoff {
     phase: Phase,
     /// What follows: exit (shutdown) or campaign again (resign).
     then: After,
+    /// Whether the candidates were read during this handoff (an offer that fails on a list
+    /// kept by the watch is retried once on a fresh read).
+    reread: bool,
     /// Until when to wait for a candidate of another release.
     wait_until: Instant,
-    /// The key's mod revision as we hold it: the transfer's guard.
-    key_revision: i64,
+    /// The key as we hold it: what the offer says, and the guard of the successor's write.
+    key: Offer,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Phase {
-    /// Reading the candidates.
+    /// Reading the candidates (only when none were known yet).
     Reading,
     /// No candidate of another release yet; `best` is the best of the others.
     Waiting { best: Option<Candidate> },
-    /// The transfer transaction is in flight. Its watch events can come before its answer:
-    /// `seen` is the last write of the key seen meanwhile.
-    Transferring { to: Candidate, seen: Option<Holder> },
-    /// Transferred at `transfer_revision`; waiting for `to` to confirm until `until`.
-    Confirming {
-        to: Candidate,
-        transfer_revision: i64,
-        until: Instant,
-    },
-    /// Taking back an unconfirmed transfer.
-    Undoing,
+    /// The offer transaction is in flight. The successor's write can come before its answer:
+    /// `taken` once the key was written by anybody since we held it.
+    Offering { to: String, taken: bool },
+    /// Offered to `to` (an id, for the log); waiting for it to take the key until `until`.
+    Offered { to: String, until: Instant },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -502,13 +500,12 @@ enum After {
 
 /// What a handoff reacts to; see [`Machine::on_handoff_event`].
 enum HandoffEvent {
-    Candidates { list: Vec<Candidate>, revision: i64 },
+    Candidates { list: Vec<Candidate> },
     Failed,
     Registered(Candidate),
-    Transferred { succeeded: bool, revision: i64 },
+    OfferDone { succeeded: bool },
     KeyPut(Holder),
     KeyDeleted,
-    Undone,
     Tick,
 }
 
@@ -516,7 +513,9 @@ enum HandoffEvent {
 enum Next {
     Stay,
     Phase(Phase),
-    Transfer(Candidate),
+    Offer(Candidate),
+    /// Read the candidates again (once), then decide anew.
+    Reread,
     Finish,
 }
 
@@ -534,8 +533,9 @@ pub struct Machine {
     succession: Option<Succession>,
     /// The application's health, with `--app-health`; `None`: always eligible.
     app: Option<AppHealth>,
-    /// While following under succession: the registered candidates, kept current by a watch,
-    /// for the campaign order after a crash. `None` until read.
+    /// Under succession: the registered candidates, kept current by a watch, for the campaign
+    /// order after a crash and for the successor a leader offers the key to without reading
+    /// first. `None` until read.
     known: Option<Vec<Candidate>>,
     /// Leases we gave up whose revoke failed: revoked again once etcd grants a lease, so a
     /// key left under one is released then instead of a whole TTL later (etcd renews every
@@ -641,7 +641,7 @@ impl Machine {
                 ..
             }) => Some(*wait_until),
             State::Handing(Handoff {
-                phase: Phase::Confirming { until, .. },
+                phase: Phase::Offered { until, .. },
                 ..
             }) => Some(*until),
             _ => None,
@@ -807,12 +807,11 @@ impl Machine {
                 _ => {}
             },
             Event::Resign => {
-                if let (State::Leading { mod_revision, .. }, Some(_), Some(_)) =
-                    (&self.state, self.lease, &self.succession)
+                if let (Some(key), Some(_), Some(_)) =
+                    (self.held_key(), self.lease, &self.succession)
                 {
-                    let key_revision = *mod_revision;
                     self.record_step_down(StepDownReason::Resigned, &mut out);
-                    self.start_handoff(After::Rejoin, key_revision, now, &mut out);
+                    self.start_handoff(After::Rejoin, key, now, &mut out);
                 } else if matches!(self.state, State::Leading { .. }) {
                     if let Some(lease) = self.lease.take() {
                         // Revoking deletes our key, so a waiting candidate wins within a round
@@ -844,39 +843,16 @@ impl Machine {
             Event::Candidates {
                 candidates,
                 revision,
-            } if self.keeps_candidates() => {
-                self.known = Some(candidates);
-                out.actions.push(Action::WatchCandidates {
-                    from_revision: revision + 1,
-                });
-            }
-            Event::Candidates { candidates, .. } if self.looking_for_healthy_successor() => {
-                self.on_healthy_candidates(Some(candidates), now, &mut out)
-            }
+            } => self.on_candidates(candidates, revision, now, &mut out),
             Event::CandidatesFailed if self.looking_for_healthy_successor() => {
                 self.on_healthy_candidates(None, now, &mut out)
             }
-            Event::Candidates {
-                candidates,
-                revision,
-            } => self.on_handoff_event(
-                HandoffEvent::Candidates {
-                    list: candidates,
-                    revision,
-                },
-                now,
-                &mut out,
-            ),
             Event::CandidatesFailed => self.on_handoff_event(HandoffEvent::Failed, now, &mut out),
-            Event::CandidateRegistered { candidate }
-                if !matches!(self.state, State::Handing(_)) =>
-            {
+            Event::CandidateRegistered { candidate } => {
                 if let Some(known) = self.known.as_mut() {
                     known.retain(|c| c.key != candidate.key);
-                    known.push(candidate);
+                    known.push(candidate.clone());
                 }
-            }
-            Event::CandidateRegistered { candidate } => {
                 self.on_handoff_event(HandoffEvent::Registered(candidate), now, &mut out)
             }
             Event::CandidateGone { key } => {
@@ -893,18 +869,10 @@ impl Machine {
                     }
                 }
             }
-            Event::TransferDone {
-                succeeded,
-                revision,
-            } => self.on_handoff_event(
-                HandoffEvent::Transferred {
-                    succeeded,
-                    revision,
-                },
-                now,
-                &mut out,
-            ),
-            Event::UndoDone => self.on_handoff_event(HandoffEvent::Undone, now, &mut out),
+            Event::OfferDone { succeeded, .. } => {
+                self.on_handoff_event(HandoffEvent::OfferDone { succeeded }, now, &mut out)
+            }
+            Event::Offered { offer } => self.on_offered(offer, &mut out),
             Event::AppHealth { healthy } => self.on_app_health(healthy, now, &mut out),
             Event::ConfirmDone {
                 succeeded,
@@ -1019,6 +987,7 @@ impl Machine {
             Some(Queue { prefix, ahead }) if !ahead.is_empty() => WatchTarget {
                 key: prefix,
                 ahead: Some(Ahead { keys: ahead }),
+                offers: None,
             },
             _ => WatchTarget::key(key),
         }
@@ -1054,17 +1023,31 @@ impl Machine {
             out.transitions.push(Transition::BecameLeader {
                 fencing_token: token,
             });
-            self.forget_candidates(out);
         } else {
             out.transitions.push(Transition::LeaderObserved {
                 leader: holder.value.clone(),
                 fencing_token: token,
             });
             self.state = State::Following { leader: holder };
-            if self.succession.is_some() && self.known.is_none() {
-                out.actions.push(Action::ReadCandidates { withdraw: None });
-            }
         }
+        if self.succession.is_some() && self.known.is_none() {
+            out.actions.push(Action::ReadCandidates);
+        }
+        let target = match (&self.succession, target) {
+            // A lock-protocol replica also watches its offer key, whatever its role: an offer
+            // wakes the successor alone.
+            (
+                Some(_),
+                WatchTarget {
+                    key, ahead: None, ..
+                },
+            ) => WatchTarget {
+                offers: Some(offer_key(&key, ours.id)),
+                key,
+                ahead: None,
+            },
+            (_, target) => target,
+        };
         out.actions.push(Action::Watch {
             target,
             from_revision,
@@ -1089,22 +1072,10 @@ impl Machine {
                     self.state = State::Following { leader: holder };
                 }
             }
-            // Handed to us: our id under our own lease, written by the leader stepping down.
-            // Confirm with a write of our own before claiming anything.
-            State::Following { .. }
-                if self.succession.is_some()
-                    && Some(holder.lease) == ours
-                    && holder.value == self.id =>
-            {
-                out.actions.push(Action::Confirm {
-                    transfer_revision: holder.mod_revision,
-                });
-                self.state = State::Confirming { holder };
-            }
             State::Following { .. } => self.follow(holder, out),
-            // Someone else wrote the key before our confirmation: follow them.
-            State::Confirming { holder: handed }
-                if holder.mod_revision > handed.mod_revision && Some(holder.lease) != ours =>
+            // Someone else wrote the key before our takeover: follow them.
+            State::Confirming { offer }
+                if holder.mod_revision > offer.key_revision && Some(holder.lease) != ours =>
             {
                 out.transitions.push(Transition::LeaderObserved {
                     leader: holder.value.clone(),
@@ -1125,10 +1096,29 @@ impl Machine {
         }
     }
 
-    /// Our confirmation of a key handed to us: leading from its revision on, or, when the
-    /// key changed first (the old leader took it back), a fresh look at the key.
+    /// The key was offered to us: take it with a guarded write of our own, if we may lead.
+    /// Anyone else lets the offer lapse; the old leader then revokes after its confirm window.
+    fn on_offered(&mut self, offer: Offer, out: &mut Step) {
+        if let State::Following { leader } = &self.state {
+            // The leader stepping down keeps its registration until its lease is revoked, a
+            // moment after we take the key: it is nobody's successor.
+            let stepping_down = leader.lease;
+            if let Some(known) = self.known.as_mut() {
+                known.retain(|c| c.lease != stepping_down);
+            }
+        }
+        if matches!(self.state, State::Following { .. }) && self.eligible() {
+            out.actions.push(Action::Confirm {
+                key_revision: offer.key_revision,
+            });
+            self.state = State::Confirming { offer };
+        }
+    }
+
+    /// Our takeover of a key offered to us: leading from its revision on, or, when the key
+    /// changed first (the old leader gave up and revoked), a fresh look at the key.
     fn on_confirm_done(&mut self, succeeded: bool, revision: i64, now: Instant, out: &mut Step) {
-        let State::Confirming { holder } = &self.state else {
+        let State::Confirming { offer } = &self.state else {
             return;
         };
         if succeeded {
@@ -1137,13 +1127,12 @@ impl Machine {
             self.state = State::Leading {
                 fencing_token: revision,
                 since: now,
-                create_revision: holder.create_revision,
+                create_revision: offer.create_revision,
                 mod_revision: revision,
             };
             out.transitions.push(Transition::BecameLeader {
                 fencing_token: revision,
             });
-            self.forget_candidates(out);
         } else {
             self.campaign(out);
         }
@@ -1178,7 +1167,7 @@ impl Machine {
                 grant_pending,
                 hand_over,
             } if now >= at => match hand_over {
-                Some(key_revision) => self.start_handoff(After::Exit, key_revision, now, out),
+                Some(key) => self.start_handoff(After::Exit, key, now, out),
                 None => {
                     self.state = State::Stopping {
                         revoke_at: None,
@@ -1195,7 +1184,10 @@ impl Machine {
                     app.looking = true;
                     app.retry_at = None;
                 }
-                out.actions.push(Action::ReadCandidates { withdraw: None });
+                match self.known.clone() {
+                    Some(list) => self.on_healthy_candidates(Some(list), now, out),
+                    None => out.actions.push(Action::ReadCandidates),
+                }
             }
             _ => {}
         }
@@ -1211,15 +1203,15 @@ impl Machine {
             }
             _ => {}
         }
-        // The key's mod revision while we lead: the guard of a handoff.
-        let leading = match self.state {
-            State::Leading { mod_revision, .. } => Some(mod_revision),
-            _ => None,
-        };
+        // The key as we hold it while we lead: the offer's content and guard.
+        let leading = self.held_key();
         if leading.is_some() {
             self.record_step_down(StepDownReason::Shutdown, out);
         }
         let hand_over = leading.filter(|_| self.succession.is_some() && self.lease.is_some());
+        if hand_over.is_none() {
+            self.forget_candidates(out);
+        }
         let grant_pending = self.state == State::NeedLease { retry_at: None };
         if hand_over.is_none() {
             out.actions.push(Action::StopWatch);
@@ -1236,8 +1228,8 @@ impl Machine {
                 grant_pending,
                 hand_over,
             };
-        } else if let Some(key_revision) = hand_over {
-            self.start_handoff(After::Exit, key_revision, now, out);
+        } else if let Some(key) = hand_over {
+            self.start_handoff(After::Exit, key, now, out);
         } else {
             self.state = State::Stopping {
                 revoke_at: None,
@@ -1248,8 +1240,24 @@ impl Machine {
         }
     }
 
-    /// Stop claiming and look for a successor: read the registered candidates.
-    fn start_handoff(&mut self, then: After, key_revision: i64, now: Instant, out: &mut Step) {
+    /// The key as we hold it, while leading.
+    fn held_key(&self) -> Option<Offer> {
+        match self.state {
+            State::Leading {
+                create_revision,
+                mod_revision,
+                ..
+            } => Some(Offer {
+                key_revision: mod_revision,
+                create_revision,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Stop claiming and look for a successor among the candidates we know (read them first
+    /// if we know none yet).
+    fn start_handoff(&mut self, then: After, key: Offer, now: Instant, out: &mut Step) {
         let wait = self
             .succession
             .as_ref()
@@ -1258,13 +1266,37 @@ impl Machine {
             phase: Phase::Reading,
             then,
             wait_until: now + wait,
-            key_revision,
+            key,
+            reread: false,
         });
-        // Withdraw first (in the read's transaction), so that no other leader hands the key
-        // to a replica on its way out.
-        out.actions.push(Action::ReadCandidates {
-            withdraw: self.lease.map(|l| l.id),
+        match self.known.clone() {
+            Some(list) => self.on_handoff_event(HandoffEvent::Candidates { list }, now, out),
+            None => self.read_for_handoff(out),
+        }
+    }
+
+    fn read_for_handoff(&mut self, out: &mut Step) {
+        if let State::Handing(handoff) = &mut self.state {
+            handoff.phase = Phase::Reading;
+            handoff.reread = true;
+            out.actions.push(Action::ReadCandidates);
+        }
+    }
+
+    /// Candidates read: keep them current from here on, and use them where they were asked for.
+    fn on_candidates(&mut self, list: Vec<Candidate>, revision: i64, now: Instant, out: &mut Step) {
+        if !self.keeps_candidates() {
+            return;
+        }
+        self.known = Some(list.clone());
+        out.actions.push(Action::WatchCandidates {
+            from_revision: revision + 1,
         });
+        if self.looking_for_healthy_successor() {
+            self.on_healthy_candidates(Some(list), now, out);
+        } else {
+            self.on_handoff_event(HandoffEvent::Candidates { list }, now, out);
+        }
     }
 
     /// The rules of a handoff in progress, one event at a time.
@@ -1278,29 +1310,26 @@ impl Machine {
             .as_ref()
             .map(|s| s.revision.clone())
             .unwrap_or_default();
-        let key_revision = handoff.key_revision;
+        let confirm_window = self
+            .succession
+            .as_ref()
+            .map_or(Duration::ZERO, |s| s.confirm_window);
+        let key = handoff.key;
         let next = match (&handoff.phase, event) {
-            (Phase::Reading, HandoffEvent::Candidates { list, revision }) => {
-                let best = choose(&list, own_lease, &own_revision).cloned();
-                match best {
-                    Some(to) if to.revision != own_revision => Next::Transfer(to),
-                    best if now < handoff.wait_until => {
-                        out.actions.push(Action::WatchCandidates {
-                            from_revision: revision + 1,
-                        });
-                        Next::Phase(Phase::Waiting { best })
-                    }
-                    Some(to) => Next::Transfer(to),
+            (Phase::Reading, HandoffEvent::Candidates { list }) => {
+                match choose(&list, own_lease, &own_revision).cloned() {
+                    Some(to) if to.revision != own_revision => Next::Offer(to),
+                    best if now < handoff.wait_until => Next::Phase(Phase::Waiting { best }),
+                    Some(to) => Next::Offer(to),
                     None => Next::Finish,
                 }
             }
             (Phase::Reading, HandoffEvent::Failed) => Next::Finish,
             (Phase::Waiting { best }, HandoffEvent::Registered(candidate)) => {
-                if candidate.lease == own_lease {
+                if candidate.lease == own_lease || !candidate.healthy {
                     Next::Stay
                 } else if candidate.revision != own_revision {
-                    out.actions.push(Action::StopWatchCandidates);
-                    Next::Transfer(candidate)
+                    Next::Offer(candidate)
                 } else {
                     let newer = best
                         .as_ref()
@@ -1315,86 +1344,62 @@ impl Machine {
                 }
             }
             (Phase::Waiting { best }, HandoffEvent::Tick) if now >= handoff.wait_until => {
-                out.actions.push(Action::StopWatchCandidates);
                 match best.clone() {
-                    Some(to) => Next::Transfer(to),
+                    Some(to) => Next::Offer(to),
                     None => Next::Finish,
                 }
             }
-            (Phase::Transferring { to, .. }, HandoffEvent::KeyPut(holder)) => {
-                Next::Phase(Phase::Transferring {
+            // Any write of the key since we held it: the successor took it (or someone else
+            // wrote it). Either way it is no longer ours to hand over.
+            (Phase::Offering { to, .. }, HandoffEvent::KeyPut(holder))
+                if holder.mod_revision > key.key_revision =>
+            {
+                Next::Phase(Phase::Offering {
                     to: to.clone(),
-                    seen: Some(holder),
+                    taken: true,
                 })
             }
-            (
-                Phase::Transferring { to, seen },
-                HandoffEvent::Transferred {
-                    succeeded,
-                    revision,
-                },
-            ) => {
-                // The successor's confirmation may already have come by.
-                let confirmed = seen.as_ref().is_some_and(|h| h.mod_revision > revision);
-                if succeeded && !confirmed {
-                    Next::Phase(Phase::Confirming {
+            (Phase::Offering { to, taken }, HandoffEvent::OfferDone { succeeded }) => {
+                match (succeeded, *taken) {
+                    (true, false) => Next::Phase(Phase::Offered {
                         to: to.clone(),
-                        transfer_revision: revision,
-                        until: now
-                            + self
-                                .succession
-                                .as_ref()
-                                .map_or(Duration::ZERO, |s| s.confirm_window),
-                    })
-                } else {
-                    Next::Finish
+                        until: now + confirm_window,
+                    }),
+                    (true, true) => Next::Finish,
+                    // The successor went, or our list was stale: read it once more.
+                    (false, _) if !handoff.reread => Next::Reread,
+                    (false, _) => Next::Finish,
                 }
             }
-            (
-                Phase::Confirming {
-                    to,
-                    transfer_revision,
-                    ..
-                },
-                HandoffEvent::KeyPut(holder),
-            ) => {
-                if holder.lease == to.lease && holder.mod_revision <= *transfer_revision {
-                    // Our own transfer, seen on the watch.
-                    Next::Stay
-                } else {
-                    // Confirmed by the successor, or written by someone else: not ours to undo.
-                    Next::Finish
-                }
+            (Phase::Offered { .. }, HandoffEvent::KeyPut(holder))
+                if holder.mod_revision > key.key_revision =>
+            {
+                Next::Finish
             }
-            (
-                Phase::Confirming {
-                    transfer_revision,
-                    until,
-                    ..
-                },
-                HandoffEvent::Tick,
-            ) if now >= *until => {
-                out.actions.push(Action::UndoTransfer {
-                    transfer_revision: *transfer_revision,
+            // Not taken in time (the successor is frozen or cut off): give up; the revoke
+            // deletes the key and the others campaign. A late takeover fails on its guard.
+            (Phase::Offered { to, until }, HandoffEvent::Tick) if now >= *until => {
+                out.transitions.push(Transition::OfferLapsed {
+                    successor: to.clone(),
                 });
-                Next::Phase(Phase::Undoing)
+                Next::Finish
             }
-            (Phase::Undoing, HandoffEvent::Undone) => Next::Finish,
-            // The key is gone (expired with our lease, deleted by an operator, or the undo):
-            // there is nothing left to hand over; the others campaign.
+            // The key is gone (expired with our lease, or deleted by an operator): there is
+            // nothing left to hand over; the others campaign.
             (_, HandoffEvent::KeyDeleted) => Next::Finish,
             _ => Next::Stay,
         };
         match next {
             Next::Stay => {}
             Next::Phase(phase) => handoff.phase = phase,
-            Next::Transfer(to) => {
-                handoff.phase = Phase::Transferring {
-                    to: to.clone(),
-                    seen: None,
+            Next::Offer(to) => {
+                handoff.phase = Phase::Offering {
+                    to: to.id.clone(),
+                    taken: false,
                 };
-                out.actions.push(Action::Transfer { to, key_revision });
+                out.actions.push(Action::Offer { to, offer: key });
             }
+            Next::Reread => self.read_for_handoff(out),
             Next::Finish => self.finish_handoff(now, out),
         }
     }
@@ -1409,6 +1414,7 @@ impl Machine {
         out.actions.push(Action::StopWatch);
         match then {
             After::Exit => {
+                self.forget_candidates(out);
                 self.state = State::Stopping {
                     revoke_at: None,
                     grant_pending: false,
@@ -1565,37 +1571,50 @@ impl Machine {
             .and_then(|list| choose(list, own_lease, &own_revision).cloned());
         let Some(app) = self.app.as_mut() else { return };
         app.looking = false;
-        let (Some(to), State::Leading { mod_revision, .. }) = (best, &self.state) else {
+        let (
+            Some(to),
+            State::Leading {
+                mod_revision,
+                create_revision,
+                ..
+            },
+        ) = (best, &self.state)
+        else {
             if list.is_some() {
                 out.transitions.push(Transition::NoHealthySuccessor);
             }
             app.retry_at = Some(now + app.unhealthy_after);
             return;
         };
-        let key_revision = *mod_revision;
+        let key = Offer {
+            key_revision: *mod_revision,
+            create_revision: *create_revision,
+        };
         self.record_step_down(StepDownReason::AppUnhealthy, out);
         self.state = State::Handing(Handoff {
-            phase: Phase::Transferring {
-                to: to.clone(),
-                seen: None,
+            phase: Phase::Offering {
+                to: to.id.clone(),
+                taken: false,
             },
             then: After::Rejoin,
             wait_until: now,
-            key_revision,
+            key,
+            reread: true,
         });
-        out.actions.push(Action::Transfer { to, key_revision });
+        out.actions.push(Action::Offer { to, offer: key });
     }
 
-    /// A follower keeps the candidate list (succession) to know its rank after a crash.
+    /// Under succession every running replica keeps the candidate list: a follower to know its
+    /// rank after a crash, a leader to offer the key without reading first.
     fn keeps_candidates(&self) -> bool {
         self.succession.is_some()
-            && matches!(
+            && !matches!(
                 self.state,
-                State::Following { .. } | State::Deferring { .. }
+                State::Idle | State::Stopping { .. } | State::Stopped
             )
     }
 
-    /// A leader needs no candidate list (it reads one when it hands over).
+    /// On the way out the list is of no more use.
     fn forget_candidates(&mut self, out: &mut Step) {
         if self.known.take().is_some() {
             out.actions.push(Action::StopWatchCandidates);
@@ -2462,6 +2481,7 @@ mod tests {
                 target: WatchTarget {
                     key: "/e/".into(),
                     ahead: Some(Ahead { keys: ahead }),
+                    offers: None,
                 },
                 from_revision: 5
             }],
@@ -2514,15 +2534,21 @@ mod tests {
         }
     }
 
-    /// A leader (key created at 5) that was asked to stop: it withdraws and reads the list.
-    fn handing(wait: Duration) -> (Machine, Instant) {
+    /// The key as `leading_with` holds it.
+    const HELD: Offer = Offer {
+        key_revision: 5,
+        create_revision: 5,
+    };
+
+    /// A leader (key created at 5) that read the candidates `known` (at 41) and watches them.
+    fn leading_with(known: Vec<Candidate>, wait: Duration) -> (Machine, Instant) {
         let (mut m, t0) = succeeding(wait);
         let step = granted(&mut m, t0);
         assert!(step.actions.contains(&Action::Register {
             lease: LEASE,
             healthy: true
         }));
-        m.step(
+        let step = m.step(
             Event::CampaignDone {
                 lease: LEASE,
                 holder: ours(5),
@@ -2533,56 +2559,54 @@ mod tests {
             t0,
         );
         assert!(is_leader(&m, t0));
-        let step = m.step(Event::Shutdown, t0);
-        assert!(!is_leader(&m, t0), "no claim from the first moment");
+        assert!(
+            step.actions.contains(&Action::ReadCandidates),
+            "a leader keeps the candidates too: {step:?}"
+        );
+        let step = m.step(
+            Event::Candidates {
+                candidates: known,
+                revision: 41,
+            },
+            t0,
+        );
         assert_eq!(
             step.actions,
-            vec![Action::ReadCandidates {
-                withdraw: Some(LEASE)
-            }],
-            "withdraw first (in the read), keep the key watch"
+            vec![Action::WatchCandidates { from_revision: 42 }]
         );
         (m, t0)
     }
 
+    fn offer(to: Candidate) -> Action {
+        Action::Offer { to, offer: HELD }
+    }
+
     #[test]
-    fn a_stepping_down_leader_hands_the_key_to_another_release_first() {
-        let (mut m, t0) = handing(Duration::ZERO);
-        let newer_same = candidate("same", "a", 30, 40);
+    fn a_stepping_down_leader_offers_the_key_to_another_release_first() {
         let other_release = candidate("new", "b", 20, 30);
-        let step = m.step(
-            Event::Candidates {
-                candidates: vec![
-                    candidate("me", "a", LEASE, 6),
-                    newer_same,
-                    other_release.clone(),
-                ],
-                revision: 41,
-            },
-            t0,
+        let (mut m, t0) = leading_with(
+            vec![
+                candidate("me", "a", LEASE, 6),
+                candidate("same", "a", 30, 40),
+                other_release.clone(),
+            ],
+            Duration::ZERO,
         );
+        let step = m.step(Event::Shutdown, t0);
+        assert!(!is_leader(&m, t0), "no claim from the first moment");
         assert_eq!(
             step.actions,
-            vec![Action::Transfer {
-                to: other_release,
-                key_revision: 5
-            }]
+            vec![offer(other_release)],
+            "no read first, our registration withdrawn in the offer, the key watch kept"
         );
     }
 
     #[test]
-    fn a_confirmed_transfer_ends_with_the_lease_revoked_and_exit() {
-        let (mut m, t0) = handing(Duration::ZERO);
-        let to = candidate("next", "a", 20, 30);
-        m.step(
-            Event::Candidates {
-                candidates: vec![to.clone()],
-                revision: 41,
-            },
-            t0,
-        );
+    fn a_taken_offer_ends_with_the_lease_revoked_and_exit() {
+        let (mut m, t0) = leading_with(vec![candidate("next", "a", 20, 30)], Duration::ZERO);
+        m.step(Event::Shutdown, t0);
         let step = m.step(
-            Event::TransferDone {
+            Event::OfferDone {
                 succeeded: true,
                 revision: 42,
             },
@@ -2590,16 +2614,6 @@ mod tests {
         );
         assert_eq!(step.actions, vec![]);
         assert_eq!(m.next_wakeup(), Some(t0 + CONFIRM));
-        // Our own transfer on the watch changes nothing; the successor's write ends it.
-        assert_eq!(
-            m.step(
-                Event::KeyPut {
-                    holder: handed("next", 20, 42)
-                },
-                t0
-            ),
-            Step::default()
-        );
         let step = m.step(
             Event::KeyPut {
                 holder: handed("next", 20, 43),
@@ -2614,21 +2628,9 @@ mod tests {
     }
 
     #[test]
-    fn a_confirmation_seen_before_the_transfers_answer_counts() {
-        let (mut m, t0) = handing(Duration::ZERO);
-        m.step(
-            Event::Candidates {
-                candidates: vec![candidate("next", "a", 20, 30)],
-                revision: 41,
-            },
-            t0,
-        );
-        m.step(
-            Event::KeyPut {
-                holder: handed("next", 20, 42),
-            },
-            t0,
-        );
+    fn a_takeover_seen_before_the_offers_answer_counts() {
+        let (mut m, t0) = leading_with(vec![candidate("next", "a", 20, 30)], Duration::ZERO);
+        m.step(Event::Shutdown, t0);
         m.step(
             Event::KeyPut {
                 holder: handed("next", 20, 43),
@@ -2636,7 +2638,7 @@ mod tests {
             t0,
         );
         let step = m.step(
-            Event::TransferDone {
+            Event::OfferDone {
                 succeeded: true,
                 revision: 42,
             },
@@ -2649,31 +2651,24 @@ mod tests {
     }
 
     #[test]
-    fn an_unconfirmed_transfer_is_taken_back_after_the_confirm_window() {
-        let (mut m, t0) = handing(Duration::ZERO);
+    fn an_offer_not_taken_lapses_after_the_confirm_window_and_the_lease_is_revoked() {
+        let (mut m, t0) = leading_with(vec![candidate("frozen", "b", 20, 30)], Duration::ZERO);
+        m.step(Event::Shutdown, t0);
         m.step(
-            Event::Candidates {
-                candidates: vec![candidate("frozen", "b", 20, 30)],
-                revision: 41,
-            },
-            t0,
-        );
-        m.step(
-            Event::TransferDone {
+            Event::OfferDone {
                 succeeded: true,
                 revision: 42,
             },
             t0,
         );
-        let late = t0 + CONFIRM;
-        let step = m.step(Event::Tick, late);
+        assert_eq!(m.step(Event::Tick, t0 + CONFIRM / 2), Step::default());
+        let step = m.step(Event::Tick, t0 + CONFIRM);
         assert_eq!(
-            step.actions,
-            vec![Action::UndoTransfer {
-                transfer_revision: 42
+            step.transitions,
+            vec![Transition::OfferLapsed {
+                successor: "frozen".into()
             }]
         );
-        let step = m.step(Event::UndoDone, late);
         assert!(step.actions.contains(&Action::Revoke {
             lease: LEASE,
             then_exit: true
@@ -2681,55 +2676,74 @@ mod tests {
     }
 
     #[test]
-    fn without_a_successor_or_a_transfer_the_lease_is_revoked_as_before() {
-        let (mut m, t0) = handing(Duration::ZERO);
-        let step = m.step(
-            Event::Candidates {
-                candidates: vec![candidate("me", "a", LEASE, 6)],
-                revision: 41,
-            },
-            t0,
-        );
+    fn without_a_successor_or_an_offer_the_lease_is_revoked_as_before() {
+        let (mut m, t0) = leading_with(vec![candidate("me", "a", LEASE, 6)], Duration::ZERO);
+        let step = m.step(Event::Shutdown, t0);
         assert!(step.actions.contains(&Action::Revoke {
             lease: LEASE,
             then_exit: true
         }));
-        let (mut m, t0) = handing(Duration::ZERO);
-        m.step(
-            Event::Candidates {
-                candidates: vec![candidate("gone", "a", 20, 30)],
-                revision: 41,
-            },
-            t0,
+        // An offer that fails on the list the watch kept is retried once on a fresh read.
+        let (mut m, t0) = leading_with(vec![candidate("gone", "a", 20, 30)], Duration::ZERO);
+        m.step(Event::Shutdown, t0);
+        let failed = Event::OfferDone {
+            succeeded: false,
+            revision: 42,
+        };
+        assert_eq!(
+            m.step(failed.clone(), t0).actions,
+            vec![Action::ReadCandidates]
         );
+        let next = candidate("next", "a", 21, 43);
         let step = m.step(
-            Event::TransferDone {
-                succeeded: false,
-                revision: 42,
+            Event::Candidates {
+                candidates: vec![next.clone()],
+                revision: 44,
             },
             t0,
         );
+        assert_eq!(
+            step.actions,
+            vec![Action::WatchCandidates { from_revision: 45 }, offer(next)]
+        );
+        let step = m.step(failed, t0);
         assert!(step.actions.contains(&Action::Revoke {
             lease: LEASE,
             then_exit: true
         }));
+    }
+
+    #[test]
+    fn a_leader_that_knows_no_candidates_yet_reads_them_when_it_hands_over() {
+        let (mut m, t0) = succeeding(Duration::ZERO);
+        leading(&mut m, t0);
+        assert_eq!(
+            m.step(Event::Shutdown, t0).actions,
+            vec![Action::ReadCandidates]
+        );
+        let next = candidate("next", "a", 20, 30);
+        let step = m.step(
+            Event::Candidates {
+                candidates: vec![next.clone()],
+                revision: 41,
+            },
+            t0,
+        );
+        assert_eq!(
+            step.actions,
+            vec![Action::WatchCandidates { from_revision: 42 }, offer(next)]
+        );
     }
 
     #[test]
     fn a_leader_waits_for_another_release_then_takes_the_best_it_has() {
         let wait = Duration::from_secs(3);
-        let (mut m, t0) = handing(wait);
         let same = candidate("same", "a", 20, 30);
-        let step = m.step(
-            Event::Candidates {
-                candidates: vec![same.clone()],
-                revision: 41,
-            },
-            t0,
-        );
+        let (mut m, t0) = leading_with(vec![same.clone()], wait);
         assert_eq!(
-            step.actions,
-            vec![Action::WatchCandidates { from_revision: 42 }]
+            m.step(Event::Shutdown, t0).actions,
+            vec![],
+            "waiting, on the watch it already has"
         );
         assert_eq!(m.next_wakeup(), Some(t0 + wait));
         // Another old replica registering changes nothing but the fallback.
@@ -2752,25 +2766,10 @@ mod tests {
             },
             t0,
         );
-        assert_eq!(
-            step.actions,
-            vec![
-                Action::StopWatchCandidates,
-                Action::Transfer {
-                    to: new,
-                    key_revision: 5
-                }
-            ]
-        );
+        assert_eq!(step.actions, vec![offer(new)]);
         // Had none come, the newest old one would have been taken at the deadline.
-        let (mut m, t0) = handing(wait);
-        m.step(
-            Event::Candidates {
-                candidates: vec![same],
-                revision: 41,
-            },
-            t0,
-        );
+        let (mut m, t0) = leading_with(vec![same], wait);
+        m.step(Event::Shutdown, t0);
         m.step(
             Event::CandidateRegistered {
                 candidate: later_same.clone(),
@@ -2778,23 +2777,14 @@ mod tests {
             t0,
         );
         let step = m.step(Event::Tick, t0 + wait);
-        assert_eq!(
-            step.actions,
-            vec![
-                Action::StopWatchCandidates,
-                Action::Transfer {
-                    to: later_same,
-                    key_revision: 5
-                }
-            ]
-        );
+        assert_eq!(step.actions, vec![offer(later_same)]);
     }
 
     #[test]
-    fn a_key_handed_to_us_is_confirmed_before_we_lead() {
+    fn a_follower_watches_its_offer_key_beside_the_lock_key() {
         let (mut m, t0) = succeeding(Duration::ZERO);
         granted(&mut m, t0);
-        m.step(
+        let step = m.step(
             Event::CampaignDone {
                 lease: LEASE,
                 holder: other(3),
@@ -2804,19 +2794,23 @@ mod tests {
             },
             t0,
         );
-        let step = m.step(
-            Event::KeyPut {
-                holder: handed("me", LEASE, 9),
+        assert!(step.actions.contains(&Action::Watch {
+            target: WatchTarget {
+                key: KEY.into(),
+                ahead: None,
+                offers: Some("/k.handoff/7".into()),
             },
-            t0,
-        );
-        assert_eq!(
-            step.actions,
-            vec![Action::Confirm {
-                transfer_revision: 9
-            }]
-        );
-        assert!(!is_leader(&m, t0), "a transfer alone is no evidence");
+            from_revision: 4
+        }));
+    }
+
+    #[test]
+    fn an_offered_key_is_taken_with_our_own_write_before_we_lead() {
+        let (mut m, t0) = succeeding(Duration::ZERO);
+        following(&mut m, t0);
+        let step = m.step(Event::Offered { offer: HELD }, t0);
+        assert_eq!(step.actions, vec![Action::Confirm { key_revision: 5 }]);
+        assert!(!is_leader(&m, t0), "an offer alone is no evidence");
         let step = m.step(
             Event::ConfirmDone {
                 succeeded: true,
@@ -2830,7 +2824,7 @@ mod tests {
         );
         assert!(is_leader(&m, t0));
         assert_eq!(m.view().fencing_token, Some(10));
-        // Our own confirmation on the watch is still ours.
+        // Our own write on the watch is still ours.
         assert_eq!(
             m.step(
                 Event::KeyPut {
@@ -2843,15 +2837,50 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_confirmation_reads_the_key_again() {
-        let (mut m, t0) = succeeding(Duration::ZERO);
-        following(&mut m, t0);
+    fn a_successor_never_offers_the_key_back_to_the_leader_it_took_it_from() {
+        // The old leader (`other(3)`, lease 99) keeps its registration until its lease is
+        // revoked, a moment after the takeover.
+        let (mut m, t0) = following_with(vec![
+            candidate("other", "a", 99, 8),
+            candidate("me", "a", LEASE, 9),
+            candidate("third", "a", 30, 7),
+        ]);
         m.step(
-            Event::KeyPut {
-                holder: handed("me", LEASE, 9),
+            Event::Offered {
+                offer: Offer {
+                    key_revision: 3,
+                    create_revision: 3,
+                },
             },
             t0,
         );
+        m.step(
+            Event::ConfirmDone {
+                succeeded: true,
+                revision: 50,
+            },
+            t0,
+        );
+        assert!(is_leader(&m, t0));
+        let step = m.step(Event::Shutdown, t0);
+        assert_eq!(
+            step.actions,
+            vec![Action::Offer {
+                to: candidate("third", "a", 30, 7),
+                offer: Offer {
+                    key_revision: 50,
+                    create_revision: 3
+                },
+            }],
+            "the newer registration of the old leader is passed over"
+        );
+    }
+
+    #[test]
+    fn a_failed_takeover_reads_the_key_again() {
+        let (mut m, t0) = succeeding(Duration::ZERO);
+        following(&mut m, t0);
+        m.step(Event::Offered { offer: HELD }, t0);
         let step = m.step(
             Event::ConfirmDone {
                 succeeded: false,
@@ -2861,6 +2890,24 @@ mod tests {
         );
         assert!(step.actions.contains(&Action::Campaign { lease: LEASE }));
         assert!(!is_leader(&m, t0));
+    }
+
+    #[test]
+    fn only_a_follower_that_may_lead_takes_an_offer() {
+        let (mut m, t0) = succeeding(Duration::ZERO);
+        leading(&mut m, t0);
+        assert_eq!(m.step(Event::Offered { offer: HELD }, t0), Step::default());
+        let (m, t0) = succeeding(Duration::ZERO);
+        let mut m = m.with_app_health(Duration::from_secs(3));
+        m.step(Event::AppHealth { healthy: true }, t0);
+        following(&mut m, t0);
+        m.step(Event::AppHealth { healthy: false }, t0);
+        assert_eq!(m.view().role, Role::Follower);
+        assert!(!m
+            .step(Event::Offered { offer: HELD }, t0)
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::Confirm { .. })));
     }
 
     #[test]
@@ -2889,17 +2936,10 @@ mod tests {
         let t0 = Instant::now();
         leading(&mut m, t0);
         let step = m.step(Event::Shutdown, t0);
-        assert!(!step
-            .actions
-            .contains(&Action::ReadCandidates { withdraw: None }));
+        assert!(!step.actions.contains(&Action::ReadCandidates));
         assert!(!is_leader(&m, t0));
         let step = m.step(Event::Tick, t0 + delay);
-        assert_eq!(
-            step.actions,
-            vec![Action::ReadCandidates {
-                withdraw: Some(LEASE)
-            }]
-        );
+        assert_eq!(step.actions, vec![Action::ReadCandidates]);
     }
 
     // --- application health ---
@@ -2979,9 +3019,7 @@ mod tests {
         let after = Duration::from_secs(3);
         assert_eq!(m.next_wakeup(), Some(t0 + after));
         let step = m.step(Event::Tick, t0 + after);
-        assert!(step
-            .actions
-            .contains(&Action::ReadCandidates { withdraw: None }));
+        assert!(step.actions.contains(&Action::ReadCandidates));
         assert!(is_leader(&m, t0 + after), "still leading while it looks");
         // Nobody healthy: keep leading, say so, look again later.
         let step = m.step(
@@ -2996,25 +3034,28 @@ mod tests {
         assert!(m.view().no_healthy_successor);
         let again = t0 + after * 2;
         assert_eq!(m.next_wakeup(), Some(again));
-        assert!(m
-            .step(Event::Tick, again)
-            .actions
-            .contains(&Action::ReadCandidates { withdraw: None }));
+        // The candidates are kept by the watch from then on: the next look reads nothing.
         let to = candidate("healthy", "a", 20, 30);
-        let step = m.step(
-            Event::Candidates {
-                candidates: vec![to.clone()],
-                revision: 10,
+        m.step(
+            Event::CandidateRegistered {
+                candidate: to.clone(),
             },
-            again,
+            t0 + after,
         );
+        let step = m.step(Event::Tick, again);
         assert!(step.transitions.contains(&Transition::SteppedDown {
             reason: StepDownReason::AppUnhealthy
         }));
-        assert!(step.actions.contains(&Action::Transfer {
-            to,
-            key_revision: 5
-        }));
+        assert_eq!(
+            step.actions,
+            vec![Action::Offer {
+                to,
+                offer: Offer {
+                    key_revision: 5,
+                    create_revision: 5
+                },
+            }]
+        );
         assert!(!is_leader(&m, again));
     }
 
@@ -3034,9 +3075,7 @@ mod tests {
             },
             t0,
         );
-        assert!(step
-            .actions
-            .contains(&Action::ReadCandidates { withdraw: None }));
+        assert!(step.actions.contains(&Action::ReadCandidates));
         let step = m.step(
             Event::Candidates {
                 candidates: known,
@@ -3115,7 +3154,8 @@ mod tests {
 
     #[test]
     fn a_handoff_for_shutdown_is_not_abandoned_when_the_lease_runs_out() {
-        let (mut m, t0) = handing(Duration::ZERO);
+        let (mut m, t0) = leading_with(vec![candidate("next", "a", 20, 30)], Duration::ZERO);
+        m.step(Event::Shutdown, t0);
         let late = t0 + TTL;
         let step = m.step(Event::Tick, late);
         assert!(

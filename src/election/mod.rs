@@ -383,6 +383,15 @@ impl Election {
                     "our application is unhealthy, and no replica with a healthy one is registered: keeping leadership"
                 );
             }
+            Transition::OfferLapsed { successor } => {
+                tracing::warn!(
+                    key,
+                    id,
+                    successor = successor.as_str(),
+                    event = "offer_lapsed",
+                    "the successor did not take the key in time; revoking so that the others campaign"
+                );
+            }
             Transition::LeaseLost { lease } => {
                 tracing::warn!(
                     key,
@@ -540,10 +549,10 @@ impl Election {
                     }
                 });
             }
-            Action::ReadCandidates { withdraw } => {
+            Action::ReadCandidates => {
                 let key = self.cfg.key.clone();
                 tokio::spawn(async move {
-                    let read = etcd::read_candidates(&mut client, &timing, &key, withdraw).await;
+                    let read = etcd::read_candidates(&mut client, &timing, &key).await;
                     let event = match read {
                         Ok((candidates, revision)) => Event::Candidates {
                             candidates,
@@ -574,53 +583,35 @@ impl Election {
                     old.abort();
                 }
             }
-            Action::Transfer { to, key_revision } => {
+            Action::Offer { to, offer } => {
                 // Publish-before-act: the handoff began by ending the claim.
                 debug_assert!(
                     !self.publisher.current().is_leader_at(Instant::now()),
-                    "the key is handed over only after the snapshot stopped claiming leadership"
+                    "the key is offered only after the snapshot stopped claiming leadership"
                 );
                 let key = self.cfg.key.clone();
                 tracing::info!(
                     key = key.as_str(),
                     successor = to.id.as_str(),
                     successor_revision = to.revision.as_str(),
-                    "handing the key over"
+                    "offering the key to a successor"
                 );
-                let done = async move {
-                    etcd::transfer(&mut client, &timing, &key, &to, key_revision).await
-                };
-                report_guarded(reports, done, |succeeded, revision| Event::TransferDone {
+                let done = async move { etcd::offer(&mut client, &timing, &key, &to, offer).await };
+                report_guarded(reports, done, |succeeded, revision| Event::OfferDone {
                     succeeded,
                     revision,
                 });
             }
-            Action::Confirm { transfer_revision } => {
+            Action::Confirm { key_revision } => {
                 let key = self.cfg.key.clone();
                 let id = self.cfg.id.clone();
                 let lease = self.machine.view().lease_id.unwrap_or_default();
                 let done = async move {
-                    etcd::confirm(&mut client, &timing, &key, &id, lease, transfer_revision).await
+                    etcd::confirm(&mut client, &timing, &key, &id, lease, key_revision).await
                 };
                 report_guarded(reports, done, |succeeded, revision| Event::ConfirmDone {
                     succeeded,
                     revision,
-                });
-            }
-            Action::UndoTransfer { transfer_revision } => {
-                let key = self.cfg.key.clone();
-                tracing::warn!(
-                    key = key.as_str(),
-                    transfer_revision,
-                    "the successor did not confirm in time; taking the key back"
-                );
-                tokio::spawn(async move {
-                    let undone =
-                        etcd::undo_transfer(&mut client, &timing, &key, transfer_revision).await;
-                    if let Err(e) = undone {
-                        let _ = reports.send(Report::Error(e)).await;
-                    }
-                    let _ = reports.send(Report::Event(Event::UndoDone)).await;
                 });
             }
             Action::Exit => self.exit = true,

@@ -2,9 +2,15 @@
 //!
 //! Every lock-protocol replica registers under its own lease at `<key>.candidates/<lease hex>`
 //! (beside the key, never under `<key>/`, which etcd's `concurrency` package and `etcdctl
-//! lock`/`elect` would read as candidates of an election). A leader that steps down reads the
-//! registrations, picks a successor ([`choose`]) and moves the key to it in one transaction,
-//! so the key is never absent and only the successor acts. Pure: no I/O and no clock.
+//! lock`/`elect` would read as candidates of an election). Every replica keeps the
+//! registrations current with one watch. A leader that steps down picks a successor
+//! ([`choose`]) and offers it the key: one transaction writes `<key>.handoff/<lease hex>` under
+//! the successor's lease. Only the successor watches that key, so only it wakes; it takes the
+//! key with its own guarded write, which every follower then sees as the new holder. The old
+//! leader's registration goes with its lease, revoked right after (deleting it in the offer
+//! would wake every follower's registration watch); the successor drops it from its list. The old leader keeps the key until then, so the key is never
+//! absent, and a successor that never takes it costs one confirm window, after which the old
+//! leader revokes as without succession. Pure: no I/O and no clock.
 
 use std::time::Duration;
 
@@ -21,11 +27,11 @@ pub struct Succession {
     /// How long a stepping-down leader may wait for a replica of another release to register
     /// (`--handoff-wait`, bounded by the shutdown timeout).
     pub handoff_wait: Duration,
-    /// How long a successor has to confirm a transfer (one write under its own lease) before
-    /// the old leader takes it back. A live successor confirms within a round trip or two; one
-    /// frozen or cut off at the wrong moment would otherwise leave the key unusable until its
-    /// lease expires. One request's bound, within a quarter of what the shutdown timeout
-    /// leaves after the release delay (see `config`).
+    /// How long a successor has to take the key it was offered (one guarded write under its
+    /// own lease) before the old leader gives up and revokes, so the others campaign. A live
+    /// successor takes it within a round trip or two; one frozen or cut off at the wrong moment
+    /// would otherwise cost the shutdown timeout. One request's bound, within a quarter of what
+    /// the shutdown timeout leaves after the release delay (see `config`).
     pub confirm_window: Duration,
 }
 
@@ -71,6 +77,21 @@ pub fn registration_prefix(key: &str) -> String {
 /// The registration key of the candidate with `lease`.
 pub fn registration_key(key: &str, lease: LeaseId) -> String {
     format!("{}{lease:x}", registration_prefix(key))
+}
+
+/// Where the key is offered to the candidate with `lease`: watched by that candidate alone.
+pub fn offer_key(key: &str, lease: LeaseId) -> String {
+    format!("{key}.handoff/{lease:x}")
+}
+
+/// What an offer says (JSON): the key as the old leader holds it. The successor's write is
+/// guarded by `key_revision`, so it takes the key only if nobody changed it since.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Offer {
+    /// The key's mod revision as the old leader holds it.
+    pub key_revision: i64,
+    /// The key's create revision (unchanged by a handoff).
+    pub create_revision: i64,
 }
 
 /// The successor among `candidates` for a leader of `own_revision` holding `own_lease`: a
@@ -145,9 +166,16 @@ mod tests {
     }
 
     #[test]
-    fn registrations_sit_beside_the_key_not_under_it() {
+    fn registrations_and_offers_sit_beside_the_key_not_under_it() {
         let key = registration_key("/jobs/lock", 0x2a);
         assert_eq!(key, "/jobs/lock.candidates/2a");
         assert!(!key.starts_with("/jobs/lock/"));
+        let offer = offer_key("/jobs/lock", 0x2a);
+        assert_eq!(offer, "/jobs/lock.handoff/2a");
+        assert!(!offer.starts_with("/jobs/lock/"));
+        assert!(
+            !offer.starts_with(&registration_prefix("/jobs/lock")),
+            "followers watching the registrations do not wake for an offer"
+        );
     }
 }
