@@ -87,6 +87,8 @@ fn sidecars_wait_while_etcd3gw_holds_the_lock() {
 fn etcd3gw_never_gets_the_lock_during_transfers() {
     let etcd = Etcd::start();
     let key = gw_lock_key("gw_transfers");
+    // Fail now, not after 20 transfers, if the venv is missing.
+    etcd3gw_python();
     let sidecars = replicas(&etcd.endpoint(), &key, 3, &["--ttl", "30"]);
     wait_for_one_leader(&sidecars, SOON);
     sidecars.iter().for_each(|s| {
