@@ -853,6 +853,15 @@ impl Machine {
                     known.retain(|c| c.key != candidate.key);
                     known.push(candidate.clone());
                 }
+                if candidate.healthy && self.waiting_for_healthy_successor() {
+                    // A leader whose application is unhealthy hands over as soon as a replica
+                    // with a healthy one registers, not at its next look.
+                    if let Some(app) = self.app.as_mut() {
+                        app.looking = true;
+                    }
+                    let known = self.known.clone();
+                    self.on_healthy_candidates(known, now, &mut out);
+                }
                 self.on_handoff_event(HandoffEvent::Registered(candidate), now, &mut out)
             }
             Event::CandidateGone { key } => {
@@ -1545,6 +1554,15 @@ impl Machine {
 
     fn health_handoff_due(&self, now: Instant) -> bool {
         self.health_handoff_at().is_some_and(|at| now >= at)
+    }
+
+    /// Leading with an unhealthy application after a look that found nobody healthy.
+    fn waiting_for_healthy_successor(&self) -> bool {
+        matches!(self.state, State::Leading { .. })
+            && self
+                .app
+                .as_ref()
+                .is_some_and(|a| !a.healthy && !a.looking && a.retry_at.is_some())
     }
 
     fn looking_for_healthy_successor(&self) -> bool {
@@ -3034,15 +3052,19 @@ mod tests {
         assert!(m.view().no_healthy_successor);
         let again = t0 + after * 2;
         assert_eq!(m.next_wakeup(), Some(again));
-        // The candidates are kept by the watch from then on: the next look reads nothing.
+        // An unhealthy candidate registering changes nothing; a healthy one is offered the
+        // key at once, without waiting for the next look (the list is kept by the watch).
+        let mut sick = candidate("sick", "a", 21, 31);
+        sick.healthy = false;
+        let step = m.step(Event::CandidateRegistered { candidate: sick }, t0 + after);
+        assert_eq!(step, Step::default());
         let to = candidate("healthy", "a", 20, 30);
-        m.step(
+        let step = m.step(
             Event::CandidateRegistered {
                 candidate: to.clone(),
             },
             t0 + after,
         );
-        let step = m.step(Event::Tick, again);
         assert!(step.transitions.contains(&Transition::SteppedDown {
             reason: StepDownReason::AppUnhealthy
         }));
@@ -3056,6 +3078,7 @@ mod tests {
                 },
             }]
         );
+        let again = t0 + after;
         assert!(!is_leader(&m, again));
     }
 
