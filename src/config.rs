@@ -432,18 +432,17 @@ fn resolve(file: Option<PathBuf>, matches: &ArgMatches, job: bool) -> Result<Con
     // Succession is for lock-protocol sidecars: the election protocol keeps etcd's queue
     // order, and `run` gives its lock back only once its command is dead.
     let wanted = protocol == Protocol::Lock && !job && args.no_succession != Some(true);
-    // The wait, the transfer, its confirmation (or undo) and the revoke must all fit in what
-    // the shutdown timeout leaves after the release delay: the confirmation gets one request's
-    // bound, at most a quarter of that; the wait gets what two such windows leave.
+    // The wait, the transfer and the revoke must all fit in what the shutdown timeout leaves
+    // after the release delay: each request gets its bound, at most a quarter of that; the
+    // wait gets what two such requests leave.
     let budget = shutdown_timeout.saturating_sub(release_delay);
-    let confirm_window = timing.request_timeout.min(budget / 4);
+    let request = timing.request_timeout.min(budget / 4);
     let succession = wanted.then(|| Succession {
         revision: args.revision.unwrap_or_default(),
         handoff_wait: args
             .handoff_wait
             .map_or(DEFAULT_HANDOFF_WAIT, |s| s.0)
-            .min(budget.saturating_sub(confirm_window * 2)),
-        confirm_window,
+            .min(budget.saturating_sub(request * 2)),
     });
     // The sidecar serves HTTP and the admin API by default; `run` only when asked to.
     let (listen, admin_listen) = match job {

@@ -108,8 +108,10 @@ async fn read(cfg: &Config) -> Result<Status, StatusError> {
                     revision: String::new(),
                     lease: kv.lease(),
                     create_revision: kv.create_revision(),
+                    mod_revision: kv.mod_revision(),
                     healthy: true,
                     registered_at: 0,
+                    leading: None,
                 })
                 .collect::<Vec<_>>();
             let holder = waiting

@@ -190,8 +190,6 @@ pub fn ours(ctx: &mut Ctx, n: usize, reps: usize, way: Way) -> Vec<f64> {
     } else {
         ctx.ctl.watch(&key, false)
     };
-    // Succession writes the offer beside the key first (see `succession::offer_key`).
-    let offers = ctx.ctl.watch(&format!("{key}.handoff/"), true);
     let mut s = Samples::default();
     for rep in 0..reps {
         std::thread::sleep(settle());
@@ -207,31 +205,32 @@ pub fn ours(ctx: &mut Ctx, n: usize, reps: usize, way: Way) -> Vec<f64> {
             break;
         };
         watch.drain();
-        offers.drain();
         let m0 = crate::procs::etcd_metrics(&ctx.etcd);
         let t0 = Instant::now();
         group.slots[old].proc.signal(Signal::SIGTERM);
-        // The first event: the revoke's delete, or (succession) the offer's put beside the key.
+        // The first key event: the revoke's delete, or (succession) the transfer's put.
         let first = match way {
-            Way::Succession => offers.next(Kind::Put, SOON),
+            Way::Succession => watch.next(Kind::Put, SOON),
             Way::Revoke | Way::Election => watch.next(Kind::Delete, SOON),
         };
         let Some(del) = first else {
             ctx.report.anomaly(format!(
-                "handoff n={n} {tag} rep {rep}: no offer or delete within {SOON:?}"
+                "handoff n={n} {tag} rep {rep}: no transfer or delete within {SOON:?}"
             ));
             break;
         };
         // Who should answer 200 next: the lock's new holder as the watch shows its put; in
         // the election protocol nothing is written, so read the oldest key (one more round
         // trip for the bench, which can only make our figure later).
+        // With succession the transfer's put already names the successor.
         let put = match way {
-            Way::Election => None,
-            Way::Revoke | Way::Succession => watch.next(Kind::Put, SOON),
+            Way::Election | Way::Succession => None,
+            Way::Revoke => watch.next(Kind::Put, SOON),
         };
         let next_id = match way {
             Way::Election => holder(ctx),
-            Way::Revoke | Way::Succession => put.as_ref().map(|p| p.value.clone()),
+            Way::Succession => Some(del.value.clone()),
+            Way::Revoke => put.as_ref().map(|p| p.value.clone()),
         };
         let Some(new) = next_id.as_deref().and_then(|id| group.slot_of(id)) else {
             ctx.report.anomaly(format!(
@@ -303,15 +302,13 @@ pub fn ours(ctx: &mut Ctx, n: usize, reps: usize, way: Way) -> Vec<f64> {
         let p = format!("candidates={n}");
         ctx.report.rows("handoff", &p, &[
             ("SIGTERM -> new leader answers 200", "ms", &s.total,
-             "end to end: signal handling + offer txn + watch to the successor alone + its takeover txn + publish + one probe"),
-            ("SIGTERM -> offer committed", "ms", &s.to_delete,
-             "signal to the offer's raft commit (the successor's offer key, our withdrawal), as the bench's watch sees it"),
-            ("offer -> successor's write of the key", "ms", &s.key_level,
-             "watch delivery to the successor (only it watches its offer key) + its takeover txn; the old leader held the key until then"),
-            ("successor's write -> new leader answers 200", "ms", &s.to_answer,
-             "the successor publishes; bench opens a connection and asks"),
+             "end to end: signal handling + transfer txn + watch to the successor alone (its handoff note) + publish + one probe"),
+            ("SIGTERM -> key handed over (transfer committed)", "ms", &s.to_delete,
+             "signal to the transfer's raft commit, as the bench's watch sees it; the key is never absent"),
+            ("key handed over -> new leader answers 200", "ms", &s.to_answer,
+             "the successor's note watch + publish; bench opens a connection and asks"),
             ("etcd requests per handoff", "req", &s.requests,
-             "grpc_server_msg_received_total without LeaseKeepAlive: the offer, the successor's takeover, the old leader's revoke; no read, no follower campaigns"),
+             "grpc_server_msg_received_total without LeaseKeepAlive: the transfer, the successor's new watch of the key's writes and its announcement, the old leader's revoke; no read, no follower campaigns"),
         ]);
         return s.total;
     }

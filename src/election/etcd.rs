@@ -8,14 +8,14 @@ use std::time::Duration;
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
     KeyValue, LeaseKeepAliveStream, LeaseKeeper, PutOptions, SortOrder, SortTarget, TlsOptions,
-    Txn, TxnOp, TxnOpResponse, WatchOptions,
+    Txn, TxnOp, TxnOpResponse, WatchFilterType, WatchOptions,
 };
 use tokio::sync::mpsc;
 use tokio::time::{sleep, sleep_until, timeout, Instant};
 
 use super::machine::{Event, Holder, LeaseId, Queue, Timing, WatchTarget};
 use super::succession::{
-    offer_key, registration_key, registration_prefix, Candidate, Offer, Registration,
+    handoff_key, registration_key, registration_prefix, Candidate, HandoffNote, Registration, Term,
 };
 use crate::backoff::{Backoff, WarnLimit};
 use crate::config::{EtcdConfig, Protocol};
@@ -503,60 +503,34 @@ pub async fn read_candidates(
     Ok((candidates, revision))
 }
 
-/// Offer the key to a successor: `If ModRevision(key) == offer.key_revision AND
-/// CreateRevision(registration) == seen Then Put(offer key, offer, successor's lease)`. Only
-/// the successor watches its offer key, so only it wakes; we keep the key until it takes it.
-/// Returns whether the offer was written, and the transaction's revision.
-pub async fn offer(
+/// Hand the key over: `If ModRevision(key) == held.fencing_token AND ModRevision(registration)
+/// == seen Then Put(key, successor id, successor's lease), Put(handoff note, successor's
+/// lease)`. The key is never absent; the registration must still be as we saw it (there, and
+/// healthy); the note wakes the successor alone. Returns whether it was handed over.
+pub async fn transfer(
     client: &mut Client,
     timing: &Timing,
     key: &str,
     to: &Candidate,
-    offer: Offer,
-) -> Result<(bool, i64), EtcdError> {
-    let value = serde_json::to_string(&offer)
-        .map_err(|e| protocol(Op::Handoff, &format!("encoding the offer: {e}")))?;
+    held: Term,
+) -> Result<bool, EtcdError> {
+    let note = HandoffNote {
+        create_revision: held.create_revision,
+    };
+    let note = serde_json::to_string(&note)
+        .map_err(|e| protocol(Op::Handoff, &format!("encoding the handoff note: {e}")))?;
+    let under = || Some(PutOptions::new().with_lease(to.lease));
     let txn = Txn::new()
         .when([
-            Compare::mod_revision(key, CompareOp::Equal, offer.key_revision),
-            Compare::create_revision(to.key.as_str(), CompareOp::Equal, to.create_revision),
+            Compare::mod_revision(key, CompareOp::Equal, held.fencing_token),
+            Compare::mod_revision(to.key.as_str(), CompareOp::Equal, to.mod_revision),
         ])
-        .and_then([TxnOp::put(
-            offer_key(key, to.lease),
-            value,
-            Some(PutOptions::new().with_lease(to.lease)),
-        )]);
-    guarded(client, timing, txn).await
-}
-
-/// Take the key offered to us: `If ModRevision(key) == key_revision Then Put(key, id, our
-/// lease), Delete(our offer key)`. Our own write is the evidence we lead; every follower sees
-/// it as the new holder, and the old leader as the end of its handoff.
-pub async fn confirm(
-    client: &mut Client,
-    timing: &Timing,
-    key: &str,
-    id: &str,
-    lease: LeaseId,
-    key_revision: i64,
-) -> Result<(bool, i64), EtcdError> {
-    let txn = Txn::new()
-        .when([Compare::mod_revision(key, CompareOp::Equal, key_revision)])
         .and_then([
-            TxnOp::put(key, id, Some(PutOptions::new().with_lease(lease))),
-            TxnOp::delete(offer_key(key, lease), None),
+            TxnOp::put(key, to.id.as_str(), under()),
+            TxnOp::put(handoff_key(key, to.lease), note, under()),
         ]);
-    guarded(client, timing, txn).await
-}
-
-/// A guarded transaction: whether its condition held, and its revision.
-async fn guarded(client: &mut Client, timing: &Timing, txn: Txn) -> Result<(bool, i64), EtcdError> {
     let resp = bounded(Op::Handoff, timing.request_timeout, client.txn(txn)).await?;
-    let revision = resp
-        .header()
-        .map(|h| h.revision())
-        .ok_or_else(|| protocol(Op::Handoff, "transaction response without header"))?;
-    Ok((resp.succeeded(), revision))
+    Ok(resp.succeeded())
 }
 
 /// Report candidates registering and going from `from_revision` on, until the task is
@@ -711,12 +685,15 @@ pub async fn watch(
     if ahead.is_some() {
         options = options.with_prefix();
     }
+    if !target.puts {
+        options = options.with_filters([WatchFilterType::NoPut]);
+    }
     let watch = async {
         let mut stream = client.watch(target.key.as_str(), Some(options)).await?;
-        if let Some(offers) = &target.offers {
-            // On the same stream: one watch for the key, one for offers to us.
+        if let Some(note) = &target.handoff {
+            // On the same stream: one watch for the key, one for a handoff to us.
             let options = WatchOptions::new().with_start_revision(from_revision);
-            stream.watch(offers.as_str(), Some(options)).await?;
+            stream.watch(note.as_str(), Some(options)).await?;
         }
         Ok(stream)
     };
@@ -764,15 +741,20 @@ pub async fn watch(
         }
         for event in resp.events() {
             let Some(kv) = event.kv() else { continue };
-            if target.offers.as_deref().map(str::as_bytes) == Some(kv.key()) {
-                // An offer to us; its deletion (our own takeover, or our lease) says nothing.
-                let offer = match event.event_type() {
-                    EventType::Put => serde_json::from_slice::<Offer>(kv.value()).ok(),
+            if target.handoff.as_deref().map(str::as_bytes) == Some(kv.key()) {
+                // A handoff to us, written with the key; its deletion (with our lease) says
+                // nothing. The note's revision is the transfer's: our fencing token.
+                let note = match event.event_type() {
+                    EventType::Put => serde_json::from_slice::<HandoffNote>(kv.value()).ok(),
                     EventType::Delete => None,
                 };
-                if let Some(offer) = offer {
+                if let Some(note) = note {
+                    let term = Term {
+                        fencing_token: kv.mod_revision(),
+                        create_revision: note.create_revision,
+                    };
                     if reports
-                        .send(report(Event::Offered { offer }))
+                        .send(report(Event::HandedOver { term }))
                         .await
                         .is_err()
                     {
@@ -821,8 +803,10 @@ pub fn candidate_of(kv: &KeyValue) -> Option<Candidate> {
         revision: registration.revision,
         lease: kv.lease(),
         create_revision: kv.create_revision(),
+        mod_revision: kv.mod_revision(),
         healthy: registration.healthy,
         registered_at: registration.registered_at,
+        leading: registration.leading,
     })
 }
 

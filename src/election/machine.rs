@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::succession::{choose, offer_key, Candidate, Offer, Succession};
+use super::succession::{choose, handoff_key, Candidate, Succession, Term};
 use crate::backoff::Backoff;
 
 /// An etcd lease id.
@@ -117,9 +117,12 @@ pub struct WatchTarget {
     pub key: String,
     /// A waiting candidate in the election protocol: the candidates queued before it.
     pub ahead: Option<Ahead>,
-    /// Under succession: our offer key, watched beside the lock key so that a handoff to us
-    /// wakes us alone (see [`super::succession`]).
-    pub offers: Option<String>,
+    /// Whether writes of the key matter, or only its deletion: a follower under succession
+    /// learns the leader from registrations, so that a handoff wakes only its successor.
+    pub puts: bool,
+    /// Under succession: our handoff note key, watched beside the lock key on the same stream,
+    /// so that a handoff to us wakes us alone (see [`super::succession`]).
+    pub handoff: Option<String>,
 }
 
 impl WatchTarget {
@@ -128,7 +131,8 @@ impl WatchTarget {
         WatchTarget {
             key: key.into(),
             ahead: None,
-            offers: None,
+            puts: true,
+            handoff: None,
         }
     }
 }
@@ -244,14 +248,11 @@ pub enum Event {
     CandidateRegistered { candidate: Candidate },
     /// The registration at `key` went (its replica stopped, or its lease expired).
     CandidateGone { key: String },
-    /// The offer transaction finished: `succeeded` when the successor's offer key was
-    /// written (at `revision`).
-    OfferDone { succeeded: bool, revision: i64 },
-    /// The key was offered to us (a put of our offer key).
-    Offered { offer: Offer },
-    /// Our takeover of a key offered to us finished: `succeeded` when the key is ours,
-    /// written at `revision`.
-    ConfirmDone { succeeded: bool, revision: i64 },
+    /// The transfer transaction finished: `succeeded` when the key is the successor's.
+    TransferDone { succeeded: bool },
+    /// The key was handed to us: our handoff note was written with the key, under our lease,
+    /// in the term `term`.
+    HandedOver { term: Term },
     /// The application's health changed (`--app-health`).
     AppHealth { healthy: bool },
 }
@@ -277,20 +278,23 @@ pub enum Action {
     /// Revoke this lease; deletes the key if we hold it. `then_exit` when shutting down.
     Revoke { lease: LeaseId, then_exit: bool },
     /// Write our registration under this lease (succession), saying whether our application
-    /// is healthy: only a healthy candidate is anybody's successor.
-    Register { lease: LeaseId, healthy: bool },
+    /// is healthy (only a healthy candidate is anybody's successor) and, while we lead, our
+    /// term (how followers learn the leader).
+    Register {
+        lease: LeaseId,
+        healthy: bool,
+        leading: Option<Term>,
+    },
     /// Read the registered candidates; answered by [`Event::Candidates`].
     ReadCandidates,
     /// Report candidates registering from this revision on.
     WatchCandidates { from_revision: i64 },
     /// Stop that.
     StopWatchCandidates,
-    /// `If ModRevision(key) == offer.key_revision AND CreateRevision(to.key) ==
-    /// to.create_revision Then Put(offer key of to, offer, to.lease)`: offer the key to `to`.
-    Offer { to: Candidate, offer: Offer },
-    /// `If ModRevision(key) == key_revision Then Put(key, id, our lease), Delete(our offer
-    /// key)`: take the key offered to us.
-    Confirm { key_revision: i64 },
+    /// `If ModRevision(key) == held.fencing_token AND ModRevision(to.key) == to.mod_revision
+    /// Then Put(key, to.id, to.lease), Put(handoff note of to, held.create_revision,
+    /// to.lease)`: hand the key to `to`.
+    Transfer { to: Candidate, held: Term },
     /// All done: the caller may exit.
     Exit,
 }
@@ -349,8 +353,6 @@ pub enum Transition {
     /// Our application is unhealthy, and no replica with a healthy one is registered: we
     /// keep leading.
     NoHealthySuccessor,
-    /// The successor did not take the key offered to it within the confirm window.
-    OfferLapsed { successor: String },
 }
 
 /// The output of one step.
@@ -431,10 +433,8 @@ enum State {
     Benched,
     /// The key went, and a better-ranked candidate should take it: we campaign at `until`
     /// unless its write shows up on our watch first (see [`RANK_STEP`]).
-    Deferring { until: Instant },
-    /// The key was offered to us; our takeover is in flight. Not leading yet: only our own
-    /// write of the key is evidence.
-    Confirming { offer: Offer },
+    /// `after` is the token of the holder whose key went: a newer term announced ends it.
+    Deferring { until: Instant, after: i64 },
     /// A leader stepping down by handing the key to a successor; never claims.
     Handing(Handoff),
     /// Shutting down: `revoke_at` is when the lease revoke is sent (after the release delay),
@@ -443,7 +443,7 @@ enum State {
     Stopping {
         revoke_at: Option<Instant>,
         grant_pending: bool,
-        hand_over: Option<Offer>,
+        hand_over: Option<Term>,
     },
     /// Done.
     Stopped,
@@ -470,13 +470,13 @@ struct Handoff {
     phase: Phase,
     /// What follows: exit (shutdown) or campaign again (resign).
     then: After,
-    /// Whether the candidates were read during this handoff (an offer that fails on a list
+    /// Whether the candidates were read during this handoff (a transfer that fails on a list
     /// kept by the watch is retried once on a fresh read).
     reread: bool,
     /// Until when to wait for a candidate of another release.
     wait_until: Instant,
-    /// The key as we hold it: what the offer says, and the guard of the successor's write.
-    key: Offer,
+    /// The key as we hold it: the transfer's guard.
+    held: Term,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -485,11 +485,8 @@ enum Phase {
     Reading,
     /// No candidate of another release yet; `best` is the best of the others.
     Waiting { best: Option<Candidate> },
-    /// The offer transaction is in flight. The successor's write can come before its answer:
-    /// `taken` once the key was written by anybody since we held it.
-    Offering { to: String, taken: bool },
-    /// Offered to `to` (an id, for the log); waiting for it to take the key until `until`.
-    Offered { to: String, until: Instant },
+    /// The transfer transaction is in flight.
+    Transferring,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -503,8 +500,7 @@ enum HandoffEvent {
     Candidates { list: Vec<Candidate> },
     Failed,
     Registered(Candidate),
-    OfferDone { succeeded: bool },
-    KeyPut(Holder),
+    Transferred { succeeded: bool },
     KeyDeleted,
     Tick,
 }
@@ -513,7 +509,7 @@ enum HandoffEvent {
 enum Next {
     Stay,
     Phase(Phase),
-    Offer(Candidate),
+    Transfer(Candidate),
     /// Read the candidates again (once), then decide anew.
     Reread,
     Finish,
@@ -534,9 +530,11 @@ pub struct Machine {
     /// The application's health, with `--app-health`; `None`: always eligible.
     app: Option<AppHealth>,
     /// Under succession: the registered candidates, kept current by a watch, for the campaign
-    /// order after a crash and for the successor a leader offers the key to without reading
+    /// order after a crash and for the successor a leader hands the key to without reading
     /// first. `None` until read.
     known: Option<Vec<Candidate>>,
+    /// What our last campaign asked to watch (the handoff note's key included).
+    watched: Option<WatchTarget>,
     /// Leases we gave up whose revoke failed: revoked again once etcd grants a lease, so a
     /// key left under one is released then instead of a whole TTL later (etcd renews every
     /// lease to its full TTL when it regains a leader after an outage).
@@ -580,6 +578,7 @@ impl Machine {
             succession: None,
             app: None,
             known: None,
+            watched: None,
             unrevoked: Vec::new(),
         }
     }
@@ -633,17 +632,13 @@ impl Machine {
     pub fn next_wakeup(&self) -> Option<Instant> {
         let timer = match &self.state {
             State::NeedLease { retry_at } | State::Campaigning { retry_at } => *retry_at,
-            State::Deferring { until } => Some(*until),
+            State::Deferring { until, .. } => Some(*until),
             State::Stopping { revoke_at, .. } => *revoke_at,
             State::Handing(Handoff {
                 phase: Phase::Waiting { .. },
                 wait_until,
                 ..
             }) => Some(*wait_until),
-            State::Handing(Handoff {
-                phase: Phase::Offered { until, .. },
-                ..
-            }) => Some(*until),
             _ => None,
         };
         let fence = match self.state {
@@ -671,7 +666,6 @@ impl Machine {
                 None,
                 None,
             ),
-            State::Confirming { .. } => (Role::Campaigning, None, None, None, None),
             State::Benched => (Role::Standby, None, None, None, None),
             State::Deferring { .. } => (Role::Campaigning, None, None, None, None),
             State::Handing(Handoff {
@@ -785,7 +779,6 @@ impl Machine {
                     self.campaign(&mut out);
                 }
                 State::Following { .. } => self.campaign_in_rank(now, &mut out),
-                State::Confirming { .. } => self.campaign(&mut out),
                 State::Handing(_) => self.on_handoff_event(HandoffEvent::KeyDeleted, now, &mut out),
                 _ => {}
             },
@@ -800,7 +793,7 @@ impl Machine {
                     self.record_step_down(StepDownReason::WatchLost, &mut out);
                     self.retry_campaign_later(now, &mut out);
                 }
-                State::Following { .. } | State::Confirming { .. } | State::Deferring { .. } => {
+                State::Following { .. } | State::Deferring { .. } => {
                     self.retry_campaign_later(now, &mut out)
                 }
                 // A handoff without its watch still ends: the undo's guard makes it safe.
@@ -853,6 +846,7 @@ impl Machine {
                     known.retain(|c| c.key != candidate.key);
                     known.push(candidate.clone());
                 }
+                self.follow_announced(&candidate, &mut out);
                 if candidate.healthy && self.waiting_for_healthy_successor() {
                     // A leader whose application is unhealthy hands over as soon as a replica
                     // with a healthy one registers, not at its next look.
@@ -878,15 +872,11 @@ impl Machine {
                     }
                 }
             }
-            Event::OfferDone { succeeded, .. } => {
-                self.on_handoff_event(HandoffEvent::OfferDone { succeeded }, now, &mut out)
+            Event::TransferDone { succeeded } => {
+                self.on_handoff_event(HandoffEvent::Transferred { succeeded }, now, &mut out)
             }
-            Event::Offered { offer } => self.on_offered(offer, &mut out),
+            Event::HandedOver { term } => self.on_handed_over(term, now, &mut out),
             Event::AppHealth { healthy } => self.on_app_health(healthy, now, &mut out),
-            Event::ConfirmDone {
-                succeeded,
-                revision,
-            } => self.on_confirm_done(succeeded, revision, now, &mut out),
             Event::RevokeFailed { lease } => {
                 // A lease we hold again is not ours to revoke; a full list drops its oldest.
                 if self.lease.map(|l| l.id) != Some(lease) && !self.unrevoked.contains(&lease) {
@@ -942,10 +932,7 @@ impl Machine {
                 self.retry_revokes(out);
                 out.actions.push(Action::KeepAlive { lease });
                 if self.succession.is_some() {
-                    out.actions.push(Action::Register {
-                        lease,
-                        healthy: self.eligible(),
-                    });
+                    out.actions.push(self.register(lease));
                 }
                 self.campaign(out);
             }
@@ -996,7 +983,8 @@ impl Machine {
             Some(Queue { prefix, ahead }) if !ahead.is_empty() => WatchTarget {
                 key: prefix,
                 ahead: Some(Ahead { keys: ahead }),
-                offers: None,
+                puts: true,
+                handoff: None,
             },
             _ => WatchTarget::key(key),
         }
@@ -1042,21 +1030,28 @@ impl Machine {
         if self.succession.is_some() && self.known.is_none() {
             out.actions.push(Action::ReadCandidates);
         }
+        let leading = matches!(self.state, State::Leading { .. });
+        if leading && self.succession.is_some() {
+            out.actions.push(self.register(ours.id));
+        }
         let target = match (&self.succession, target) {
-            // A lock-protocol replica also watches its offer key, whatever its role: an offer
-            // wakes the successor alone.
+            // A lock-protocol follower watches only the key's deletion, and its handoff note:
+            // a handoff wakes its successor alone. A leader watches the key's writes too (and
+            // so sees a transfer to it, should it step down and be chosen).
             (
                 Some(_),
                 WatchTarget {
                     key, ahead: None, ..
                 },
             ) => WatchTarget {
-                offers: Some(offer_key(&key, ours.id)),
+                handoff: (!leading).then(|| handoff_key(&key, ours.id)),
                 key,
                 ahead: None,
+                puts: leading,
             },
             (_, target) => target,
         };
+        self.watched = Some(target.clone());
         out.actions.push(Action::Watch {
             target,
             from_revision,
@@ -1081,18 +1076,22 @@ impl Machine {
                     self.state = State::Following { leader: holder };
                 }
             }
-            State::Following { .. } => self.follow(holder, out),
-            // Someone else wrote the key before our takeover: follow them.
-            State::Confirming { offer }
-                if holder.mod_revision > offer.key_revision && Some(holder.lease) != ours =>
+            // Handed to us, seen on a watch of the key's writes (we led before): the same
+            // evidence as our note.
+            State::Following { .. }
+                if self.succession.is_some()
+                    && Some(holder.lease) == ours
+                    && holder.value == self.id =>
             {
-                out.transitions.push(Transition::LeaderObserved {
-                    leader: holder.value.clone(),
-                    fencing_token: self.token_of(&holder),
-                });
-                self.state = State::Following { leader: holder };
+                let term = Term {
+                    fencing_token: holder.mod_revision,
+                    create_revision: holder.create_revision,
+                };
+                self.on_handed_over(term, now, out);
             }
-            State::Handing(_) => self.on_handoff_event(HandoffEvent::KeyPut(holder), now, out),
+            State::Following { .. } => self.follow(holder, out),
+            // A write during a handoff (our own transfer, or an operator's): the transfer's
+            // guard decides.
             // A better-ranked candidate won while we deferred: follow, no campaign.
             State::Deferring { .. } => {
                 out.transitions.push(Transition::LeaderObserved {
@@ -1105,45 +1104,80 @@ impl Machine {
         }
     }
 
-    /// The key was offered to us: take it with a guarded write of our own, if we may lead.
-    /// Anyone else lets the offer lapse; the old leader then revokes after its confirm window.
-    fn on_offered(&mut self, offer: Offer, out: &mut Step) {
-        if let State::Following { leader } = &self.state {
-            // The leader stepping down keeps its registration until its lease is revoked, a
-            // moment after we take the key: it is nobody's successor.
-            let stepping_down = leader.lease;
-            if let Some(known) = self.known.as_mut() {
-                known.retain(|c| c.lease != stepping_down);
-            }
-        }
-        if matches!(self.state, State::Following { .. }) && self.eligible() {
-            out.actions.push(Action::Confirm {
-                key_revision: offer.key_revision,
-            });
-            self.state = State::Confirming { offer };
-        }
-    }
-
-    /// Our takeover of a key offered to us: leading from its revision on, or, when the key
-    /// changed first (the old leader gave up and revoked), a fresh look at the key.
-    fn on_confirm_done(&mut self, succeeded: bool, revision: i64, now: Instant, out: &mut Step) {
-        let State::Confirming { offer } = &self.state else {
+    /// The key was handed to us: the transfer wrote it under our own lease, with our id, in
+    /// the same transaction as our note. That is evidence from etcd, like a won campaign: we
+    /// lead from the transfer's revision on (the claim deadline, checked at the top of `step`,
+    /// still comes from our own keep-alives). Then we watch the key's writes too, and say so in
+    /// our registration, which is how the other followers learn it.
+    fn on_handed_over(&mut self, term: Term, now: Instant, out: &mut Step) {
+        let (State::Following { leader }, Some(lease)) = (&self.state, self.lease) else {
+            // Not following: stopping (our revoke deletes the key), or our lease ran out
+            // (then etcd refused the transfer, or the key goes with the lease).
             return;
         };
-        if succeeded {
-            // Evidence from etcd: our write of the key under our own lease, alive until the
-            // claim deadline (checked at the top of `step`).
-            self.state = State::Leading {
-                fencing_token: revision,
-                since: now,
-                create_revision: offer.create_revision,
-                mod_revision: revision,
+        // The leader stepping down keeps its registration until its lease is revoked, a
+        // moment after: it is nobody's successor.
+        let stepping_down = leader.lease;
+        if let Some(known) = self.known.as_mut() {
+            known.retain(|c| c.lease != stepping_down);
+        }
+        self.state = State::Leading {
+            fencing_token: term.fencing_token,
+            since: now,
+            create_revision: term.create_revision,
+            mod_revision: term.fencing_token,
+        };
+        out.transitions.push(Transition::BecameLeader {
+            fencing_token: term.fencing_token,
+        });
+        if let Some(target) = self.watched.clone() {
+            let target = WatchTarget {
+                puts: true,
+                handoff: None,
+                ..target
             };
-            out.transitions.push(Transition::BecameLeader {
-                fencing_token: revision,
+            self.watched = Some(target.clone());
+            out.actions.push(Action::Watch {
+                target,
+                from_revision: term.fencing_token + 1,
             });
-        } else {
-            self.campaign(out);
+        }
+        out.actions.push(self.register(lease.id));
+    }
+
+    /// A registration announcing a newer term than the leader we know: follow it (and stop
+    /// deferring a campaign: the better-ranked candidate won).
+    fn follow_announced(&mut self, candidate: &Candidate, out: &mut Step) {
+        let Some(term) = candidate.leading else {
+            return;
+        };
+        let known = match &self.state {
+            State::Following { leader } => self.token_of(leader),
+            State::Deferring { after, .. } => *after,
+            _ => return,
+        };
+        if term.fencing_token <= known {
+            return;
+        }
+        let holder = Holder {
+            value: candidate.id.clone(),
+            lease: candidate.lease,
+            create_revision: term.create_revision,
+            mod_revision: term.fencing_token,
+        };
+        out.transitions.push(Transition::LeaderObserved {
+            leader: holder.value.clone(),
+            fencing_token: term.fencing_token,
+        });
+        self.state = State::Following { leader: holder };
+    }
+
+    /// Our registration as it should read now.
+    fn register(&self, lease: LeaseId) -> Action {
+        Action::Register {
+            lease,
+            healthy: self.eligible(),
+            leading: self.held_key(),
         }
     }
 
@@ -1187,7 +1221,7 @@ impl Machine {
                 }
             },
             State::Handing(_) => self.on_handoff_event(HandoffEvent::Tick, now, out),
-            State::Deferring { until } if now >= until => self.campaign(out),
+            State::Deferring { until, .. } if now >= until => self.campaign(out),
             State::Leading { .. } if self.health_handoff_due(now) => {
                 if let Some(app) = self.app.as_mut() {
                     app.looking = true;
@@ -1249,15 +1283,15 @@ impl Machine {
         }
     }
 
-    /// The key as we hold it, while leading.
-    fn held_key(&self) -> Option<Offer> {
+    /// Our term, while leading: the key as we hold it.
+    fn held_key(&self) -> Option<Term> {
         match self.state {
             State::Leading {
                 create_revision,
                 mod_revision,
                 ..
-            } => Some(Offer {
-                key_revision: mod_revision,
+            } => Some(Term {
+                fencing_token: mod_revision,
                 create_revision,
             }),
             _ => None,
@@ -1266,7 +1300,7 @@ impl Machine {
 
     /// Stop claiming and look for a successor among the candidates we know (read them first
     /// if we know none yet).
-    fn start_handoff(&mut self, then: After, key: Offer, now: Instant, out: &mut Step) {
+    fn start_handoff(&mut self, then: After, held: Term, now: Instant, out: &mut Step) {
         let wait = self
             .succession
             .as_ref()
@@ -1275,7 +1309,7 @@ impl Machine {
             phase: Phase::Reading,
             then,
             wait_until: now + wait,
-            key,
+            held,
             reread: false,
         });
         match self.known.clone() {
@@ -1319,17 +1353,13 @@ impl Machine {
             .as_ref()
             .map(|s| s.revision.clone())
             .unwrap_or_default();
-        let confirm_window = self
-            .succession
-            .as_ref()
-            .map_or(Duration::ZERO, |s| s.confirm_window);
-        let key = handoff.key;
+        let held = handoff.held;
         let next = match (&handoff.phase, event) {
             (Phase::Reading, HandoffEvent::Candidates { list }) => {
                 match choose(&list, own_lease, &own_revision).cloned() {
-                    Some(to) if to.revision != own_revision => Next::Offer(to),
+                    Some(to) if to.revision != own_revision => Next::Transfer(to),
                     best if now < handoff.wait_until => Next::Phase(Phase::Waiting { best }),
-                    Some(to) => Next::Offer(to),
+                    Some(to) => Next::Transfer(to),
                     None => Next::Finish,
                 }
             }
@@ -1338,7 +1368,7 @@ impl Machine {
                 if candidate.lease == own_lease || !candidate.healthy {
                     Next::Stay
                 } else if candidate.revision != own_revision {
-                    Next::Offer(candidate)
+                    Next::Transfer(candidate)
                 } else {
                     let newer = best
                         .as_ref()
@@ -1354,45 +1384,19 @@ impl Machine {
             }
             (Phase::Waiting { best }, HandoffEvent::Tick) if now >= handoff.wait_until => {
                 match best.clone() {
-                    Some(to) => Next::Offer(to),
+                    Some(to) => Next::Transfer(to),
                     None => Next::Finish,
                 }
             }
-            // Any write of the key since we held it: the successor took it (or someone else
-            // wrote it). Either way it is no longer ours to hand over.
-            (Phase::Offering { to, .. }, HandoffEvent::KeyPut(holder))
-                if holder.mod_revision > key.key_revision =>
+            // The key is the successor's from the transfer on: nothing to wait for.
+            (Phase::Transferring, HandoffEvent::Transferred { succeeded: true }) => Next::Finish,
+            // The successor went, or our list was stale: read it once more.
+            (Phase::Transferring, HandoffEvent::Transferred { succeeded: false })
+                if !handoff.reread =>
             {
-                Next::Phase(Phase::Offering {
-                    to: to.clone(),
-                    taken: true,
-                })
+                Next::Reread
             }
-            (Phase::Offering { to, taken }, HandoffEvent::OfferDone { succeeded }) => {
-                match (succeeded, *taken) {
-                    (true, false) => Next::Phase(Phase::Offered {
-                        to: to.clone(),
-                        until: now + confirm_window,
-                    }),
-                    (true, true) => Next::Finish,
-                    // The successor went, or our list was stale: read it once more.
-                    (false, _) if !handoff.reread => Next::Reread,
-                    (false, _) => Next::Finish,
-                }
-            }
-            (Phase::Offered { .. }, HandoffEvent::KeyPut(holder))
-                if holder.mod_revision > key.key_revision =>
-            {
-                Next::Finish
-            }
-            // Not taken in time (the successor is frozen or cut off): give up; the revoke
-            // deletes the key and the others campaign. A late takeover fails on its guard.
-            (Phase::Offered { to, until }, HandoffEvent::Tick) if now >= *until => {
-                out.transitions.push(Transition::OfferLapsed {
-                    successor: to.clone(),
-                });
-                Next::Finish
-            }
+            (Phase::Transferring, HandoffEvent::Transferred { succeeded: false }) => Next::Finish,
             // The key is gone (expired with our lease, or deleted by an operator): there is
             // nothing left to hand over; the others campaign.
             (_, HandoffEvent::KeyDeleted) => Next::Finish,
@@ -1401,12 +1405,9 @@ impl Machine {
         match next {
             Next::Stay => {}
             Next::Phase(phase) => handoff.phase = phase,
-            Next::Offer(to) => {
-                handoff.phase = Phase::Offering {
-                    to: to.id.clone(),
-                    taken: false,
-                };
-                out.actions.push(Action::Offer { to, offer: key });
+            Next::Transfer(to) => {
+                handoff.phase = Phase::Transferring;
+                out.actions.push(Action::Transfer { to, held });
             }
             Next::Reread => self.read_for_handoff(out),
             Next::Finish => self.finish_handoff(now, out),
@@ -1534,7 +1535,7 @@ impl Machine {
         if let (Some(lease), Some(_), false) = (lease, &self.succession, withdrawn) {
             // A replica whose application is unhealthy is nobody's successor: say so where
             // the leaders (and `etcd-elector status`) read it.
-            out.actions.push(Action::Register { lease, healthy });
+            out.actions.push(self.register(lease));
         }
         if healthy && self.state == State::Benched {
             self.campaign(out);
@@ -1604,26 +1605,23 @@ impl Machine {
             app.retry_at = Some(now + app.unhealthy_after);
             return;
         };
-        let key = Offer {
-            key_revision: *mod_revision,
+        let held = Term {
+            fencing_token: *mod_revision,
             create_revision: *create_revision,
         };
         self.record_step_down(StepDownReason::AppUnhealthy, out);
         self.state = State::Handing(Handoff {
-            phase: Phase::Offering {
-                to: to.id.clone(),
-                taken: false,
-            },
+            phase: Phase::Transferring,
             then: After::Rejoin,
             wait_until: now,
-            key,
+            held,
             reread: true,
         });
-        out.actions.push(Action::Offer { to, offer: key });
+        out.actions.push(Action::Transfer { to, held });
     }
 
     /// Under succession every running replica keeps the candidate list: a follower to know its
-    /// rank after a crash, a leader to offer the key without reading first.
+    /// rank after a crash, a leader to hand the key over without reading first.
     fn keeps_candidates(&self) -> bool {
         self.succession.is_some()
             && !matches!(
@@ -1642,16 +1640,17 @@ impl Machine {
     /// The key went while we followed: campaign at once when we are the best-ranked healthy
     /// candidate (or know no better), else defer by our rank (see [`RANK_STEP`]).
     fn campaign_in_rank(&mut self, now: Instant, out: &mut Step) {
-        let rank = match (&self.state, &self.known, self.lease) {
+        let (rank, after) = match (&self.state, &self.known, self.lease) {
             (State::Following { leader }, Some(known), Some(ours)) => {
                 let mut ranked: Vec<&Candidate> = known
                     .iter()
                     .filter(|c| c.healthy && c.lease != leader.lease)
                     .collect();
                 ranked.sort_by_key(|c| std::cmp::Reverse(c.create_revision));
-                ranked.iter().position(|c| c.lease == ours.id).unwrap_or(0)
+                let rank = ranked.iter().position(|c| c.lease == ours.id).unwrap_or(0);
+                (rank, self.token_of(leader))
             }
-            _ => 0,
+            _ => (0, 0),
         };
         if rank == 0 || !self.eligible() {
             self.campaign(out);
@@ -1660,8 +1659,11 @@ impl Machine {
         let wait = RANK_STEP
             .saturating_mul(u32::try_from(rank).unwrap_or(u32::MAX))
             .min(MAX_DEFER);
-        // The key watch stays: a better-ranked candidate's write ends the wait.
-        self.state = State::Deferring { until: now + wait };
+        // A better-ranked candidate's announced term ends the wait.
+        self.state = State::Deferring {
+            until: now + wait,
+            after,
+        };
     }
 
     fn campaign(&mut self, out: &mut Step) {
@@ -1702,7 +1704,6 @@ mod tests {
     const TTL: Duration = Duration::from_secs(10);
     const LEASE: LeaseId = 7;
     const KEY: &str = "/k";
-    const CONFIRM: Duration = Duration::from_secs(1);
 
     fn machine() -> (Machine, Instant) {
         (
@@ -2499,7 +2500,8 @@ mod tests {
                 target: WatchTarget {
                     key: "/e/".into(),
                     ahead: Some(Ahead { keys: ahead }),
-                    offers: None,
+                    puts: true,
+                    handoff: None,
                 },
                 from_revision: 5
             }],
@@ -2537,7 +2539,6 @@ mod tests {
             Succession {
                 revision: "a".into(),
                 handoff_wait: wait,
-                confirm_window: CONFIRM,
             },
         );
         (m, Instant::now())
@@ -2553,8 +2554,8 @@ mod tests {
     }
 
     /// The key as `leading_with` holds it.
-    const HELD: Offer = Offer {
-        key_revision: 5,
+    const HELD: Term = Term {
+        fencing_token: 5,
         create_revision: 5,
     };
 
@@ -2564,7 +2565,8 @@ mod tests {
         let step = granted(&mut m, t0);
         assert!(step.actions.contains(&Action::Register {
             lease: LEASE,
-            healthy: true
+            healthy: true,
+            leading: None,
         }));
         let step = m.step(
             Event::CampaignDone {
@@ -2581,6 +2583,14 @@ mod tests {
             step.actions.contains(&Action::ReadCandidates),
             "a leader keeps the candidates too: {step:?}"
         );
+        assert!(
+            step.actions.contains(&Action::Register {
+                lease: LEASE,
+                healthy: true,
+                leading: Some(HELD),
+            }),
+            "a winner announces its term: {step:?}"
+        );
         let step = m.step(
             Event::Candidates {
                 candidates: known,
@@ -2595,12 +2605,12 @@ mod tests {
         (m, t0)
     }
 
-    fn offer(to: Candidate) -> Action {
-        Action::Offer { to, offer: HELD }
+    fn transfer(to: Candidate) -> Action {
+        Action::Transfer { to, held: HELD }
     }
 
     #[test]
-    fn a_stepping_down_leader_offers_the_key_to_another_release_first() {
+    fn a_stepping_down_leader_hands_the_key_to_another_release_first() {
         let other_release = candidate("new", "b", 20, 30);
         let (mut m, t0) = leading_with(
             vec![
@@ -2614,100 +2624,38 @@ mod tests {
         assert!(!is_leader(&m, t0), "no claim from the first moment");
         assert_eq!(
             step.actions,
-            vec![offer(other_release)],
-            "no read first, our registration withdrawn in the offer, the key watch kept"
+            vec![transfer(other_release)],
+            "no read first, the key watch kept"
         );
     }
 
     #[test]
-    fn a_taken_offer_ends_with_the_lease_revoked_and_exit() {
+    fn a_transfer_ends_with_the_lease_revoked_and_exit() {
         let (mut m, t0) = leading_with(vec![candidate("next", "a", 20, 30)], Duration::ZERO);
         m.step(Event::Shutdown, t0);
-        let step = m.step(
-            Event::OfferDone {
-                succeeded: true,
-                revision: 42,
-            },
-            t0,
+        let step = m.step(Event::TransferDone { succeeded: true }, t0);
+        assert!(
+            step.actions.contains(&Action::Revoke {
+                lease: LEASE,
+                then_exit: true
+            }),
+            "nothing to wait for: the key is the successor's"
         );
-        assert_eq!(step.actions, vec![]);
-        assert_eq!(m.next_wakeup(), Some(t0 + CONFIRM));
-        let step = m.step(
-            Event::KeyPut {
-                holder: handed("next", 20, 43),
-            },
-            t0,
-        );
-        assert!(step.actions.contains(&Action::Revoke {
-            lease: LEASE,
-            then_exit: true
-        }));
         assert_eq!(m.step(Event::Revoked, t0).actions, vec![Action::Exit]);
     }
 
     #[test]
-    fn a_takeover_seen_before_the_offers_answer_counts() {
-        let (mut m, t0) = leading_with(vec![candidate("next", "a", 20, 30)], Duration::ZERO);
-        m.step(Event::Shutdown, t0);
-        m.step(
-            Event::KeyPut {
-                holder: handed("next", 20, 43),
-            },
-            t0,
-        );
-        let step = m.step(
-            Event::OfferDone {
-                succeeded: true,
-                revision: 42,
-            },
-            t0,
-        );
-        assert!(step.actions.contains(&Action::Revoke {
-            lease: LEASE,
-            then_exit: true
-        }));
-    }
-
-    #[test]
-    fn an_offer_not_taken_lapses_after_the_confirm_window_and_the_lease_is_revoked() {
-        let (mut m, t0) = leading_with(vec![candidate("frozen", "b", 20, 30)], Duration::ZERO);
-        m.step(Event::Shutdown, t0);
-        m.step(
-            Event::OfferDone {
-                succeeded: true,
-                revision: 42,
-            },
-            t0,
-        );
-        assert_eq!(m.step(Event::Tick, t0 + CONFIRM / 2), Step::default());
-        let step = m.step(Event::Tick, t0 + CONFIRM);
-        assert_eq!(
-            step.transitions,
-            vec![Transition::OfferLapsed {
-                successor: "frozen".into()
-            }]
-        );
-        assert!(step.actions.contains(&Action::Revoke {
-            lease: LEASE,
-            then_exit: true
-        }));
-    }
-
-    #[test]
-    fn without_a_successor_or_an_offer_the_lease_is_revoked_as_before() {
+    fn without_a_successor_or_a_transfer_the_lease_is_revoked_as_before() {
         let (mut m, t0) = leading_with(vec![candidate("me", "a", LEASE, 6)], Duration::ZERO);
         let step = m.step(Event::Shutdown, t0);
         assert!(step.actions.contains(&Action::Revoke {
             lease: LEASE,
             then_exit: true
         }));
-        // An offer that fails on the list the watch kept is retried once on a fresh read.
+        // A transfer that fails on the list the watch kept is retried once on a fresh read.
         let (mut m, t0) = leading_with(vec![candidate("gone", "a", 20, 30)], Duration::ZERO);
         m.step(Event::Shutdown, t0);
-        let failed = Event::OfferDone {
-            succeeded: false,
-            revision: 42,
-        };
+        let failed = Event::TransferDone { succeeded: false };
         assert_eq!(
             m.step(failed.clone(), t0).actions,
             vec![Action::ReadCandidates]
@@ -2722,7 +2670,10 @@ mod tests {
         );
         assert_eq!(
             step.actions,
-            vec![Action::WatchCandidates { from_revision: 45 }, offer(next)]
+            vec![
+                Action::WatchCandidates { from_revision: 45 },
+                transfer(next)
+            ]
         );
         let step = m.step(failed, t0);
         assert!(step.actions.contains(&Action::Revoke {
@@ -2749,7 +2700,10 @@ mod tests {
         );
         assert_eq!(
             step.actions,
-            vec![Action::WatchCandidates { from_revision: 42 }, offer(next)]
+            vec![
+                Action::WatchCandidates { from_revision: 42 },
+                transfer(next)
+            ]
         );
     }
 
@@ -2784,7 +2738,7 @@ mod tests {
             },
             t0,
         );
-        assert_eq!(step.actions, vec![offer(new)]);
+        assert_eq!(step.actions, vec![transfer(new)]);
         // Had none come, the newest old one would have been taken at the deadline.
         let (mut m, t0) = leading_with(vec![same], wait);
         m.step(Event::Shutdown, t0);
@@ -2795,11 +2749,11 @@ mod tests {
             t0,
         );
         let step = m.step(Event::Tick, t0 + wait);
-        assert_eq!(step.actions, vec![offer(later_same)]);
+        assert_eq!(step.actions, vec![transfer(later_same)]);
     }
 
     #[test]
-    fn a_follower_watches_its_offer_key_beside_the_lock_key() {
+    fn a_follower_watches_only_the_keys_deletion_and_its_handoff_note() {
         let (mut m, t0) = succeeding(Duration::ZERO);
         granted(&mut m, t0);
         let step = m.step(
@@ -2816,37 +2770,73 @@ mod tests {
             target: WatchTarget {
                 key: KEY.into(),
                 ahead: None,
-                offers: Some("/k.handoff/7".into()),
+                puts: false,
+                handoff: Some("/k.handoff/7".into()),
             },
             from_revision: 4
         }));
-    }
-
-    #[test]
-    fn an_offered_key_is_taken_with_our_own_write_before_we_lead() {
         let (mut m, t0) = succeeding(Duration::ZERO);
-        following(&mut m, t0);
-        let step = m.step(Event::Offered { offer: HELD }, t0);
-        assert_eq!(step.actions, vec![Action::Confirm { key_revision: 5 }]);
-        assert!(!is_leader(&m, t0), "an offer alone is no evidence");
+        granted(&mut m, t0);
         let step = m.step(
-            Event::ConfirmDone {
-                succeeded: true,
-                revision: 10,
+            Event::CampaignDone {
+                lease: LEASE,
+                holder: ours(5),
+                revision: 5,
+                key: KEY.into(),
+                queue: None,
             },
             t0,
         );
+        assert!(
+            step.actions.contains(&Action::Watch {
+                target: WatchTarget::key(KEY),
+                from_revision: 6
+            }),
+            "a leader watches writes, which show a transfer to it too: {step:?}"
+        );
+    }
+
+    #[test]
+    fn a_key_handed_to_us_makes_us_leader_from_the_transfers_revision() {
+        let (mut m, t0) = succeeding(Duration::ZERO);
+        following(&mut m, t0);
+        let term = Term {
+            fencing_token: 9,
+            create_revision: 3,
+        };
+        let step = m.step(Event::HandedOver { term }, t0);
         assert_eq!(
             step.transitions,
-            vec![Transition::BecameLeader { fencing_token: 10 }]
+            vec![Transition::BecameLeader { fencing_token: 9 }]
         );
         assert!(is_leader(&m, t0));
-        assert_eq!(m.view().fencing_token, Some(10));
-        // Our own write on the watch is still ours.
+        assert_eq!(m.view().fencing_token, Some(9));
+        assert_eq!(
+            step.actions,
+            vec![
+                Action::Watch {
+                    target: WatchTarget::key(KEY),
+                    from_revision: 10
+                },
+                Action::Register {
+                    lease: LEASE,
+                    healthy: true,
+                    leading: Some(term),
+                },
+            ],
+            "now it watches the key's writes, and announces its term"
+        );
+        // The transfer's own write, replayed by the new watch, is ours.
+        let transferred = Holder {
+            value: "me".into(),
+            lease: LEASE,
+            create_revision: 3,
+            mod_revision: 9,
+        };
         assert_eq!(
             m.step(
                 Event::KeyPut {
-                    holder: handed("me", LEASE, 10)
+                    holder: transferred
                 },
                 t0
             ),
@@ -2855,27 +2845,97 @@ mod tests {
     }
 
     #[test]
-    fn a_successor_never_offers_the_key_back_to_the_leader_it_took_it_from() {
+    fn a_former_leader_sees_a_transfer_to_it_on_its_watch_of_the_keys_writes() {
+        let (mut m, t0) = succeeding(Duration::ZERO);
+        leading(&mut m, t0);
+        m.step(Event::KeyPut { holder: other(8) }, t0);
+        assert!(!is_leader(&m, t0), "overwritten: it follows");
+        let step = m.step(
+            Event::KeyPut {
+                holder: handed("me", LEASE, 9),
+            },
+            t0,
+        );
+        assert_eq!(
+            step.transitions,
+            vec![Transition::BecameLeader { fencing_token: 9 }]
+        );
+        assert!(is_leader(&m, t0));
+    }
+
+    #[test]
+    fn a_handoff_note_is_no_evidence_once_our_claim_ran_out() {
+        let (mut m, t0) = succeeding(Duration::ZERO);
+        following(&mut m, t0);
+        // Frozen past the claim deadline: the note, read on thawing, proves nothing about a
+        // lease that may have expired.
+        let late = t0 + TTL;
+        let step = m.step(
+            Event::HandedOver {
+                term: Term {
+                    fencing_token: 9,
+                    create_revision: 3,
+                },
+            },
+            late,
+        );
+        assert!(!is_leader(&m, late));
+        assert!(step.actions.contains(&Action::GrantLease), "{step:?}");
+    }
+
+    #[test]
+    fn followers_learn_the_new_leader_from_its_registration() {
+        let (mut m, t0) = succeeding(Duration::ZERO);
+        following(&mut m, t0);
+        let mut next = candidate("next", "a", 20, 30);
+        next.leading = Some(Term {
+            fencing_token: 12,
+            create_revision: 3,
+        });
+        let step = m.step(
+            Event::CandidateRegistered {
+                candidate: next.clone(),
+            },
+            t0,
+        );
+        assert_eq!(
+            step.transitions,
+            vec![Transition::LeaderObserved {
+                leader: "next".into(),
+                fencing_token: 12
+            }]
+        );
+        assert!(step.actions.is_empty(), "no campaign: {step:?}");
+        assert_eq!(m.view().leader.as_deref(), Some("next"));
+        assert_eq!(m.view().holder_lease, Some(20));
+        // An older term (a stale registration) changes nothing.
+        let mut old = candidate("old", "a", 21, 31);
+        old.leading = Some(Term {
+            fencing_token: 11,
+            create_revision: 3,
+        });
+        assert_eq!(
+            m.step(Event::CandidateRegistered { candidate: old }, t0),
+            Step::default()
+        );
+        assert_eq!(m.view().leader.as_deref(), Some("next"));
+    }
+
+    #[test]
+    fn a_successor_never_hands_the_key_back_to_the_leader_it_took_it_from() {
         // The old leader (`other(3)`, lease 99) keeps its registration until its lease is
-        // revoked, a moment after the takeover.
+        // revoked, a moment after the transfer.
         let (mut m, t0) = following_with(vec![
             candidate("other", "a", 99, 8),
             candidate("me", "a", LEASE, 9),
             candidate("third", "a", 30, 7),
         ]);
         m.step(
-            Event::Offered {
-                offer: Offer {
-                    key_revision: 3,
+            Event::HandedOver {
+                term: Term {
+                    fencing_token: 50,
                     create_revision: 3,
                 },
-            },
-            t0,
-        );
-        m.step(
-            Event::ConfirmDone {
-                succeeded: true,
-                revision: 50,
             },
             t0,
         );
@@ -2883,49 +2943,15 @@ mod tests {
         let step = m.step(Event::Shutdown, t0);
         assert_eq!(
             step.actions,
-            vec![Action::Offer {
+            vec![Action::Transfer {
                 to: candidate("third", "a", 30, 7),
-                offer: Offer {
-                    key_revision: 50,
+                held: Term {
+                    fencing_token: 50,
                     create_revision: 3
                 },
             }],
             "the newer registration of the old leader is passed over"
         );
-    }
-
-    #[test]
-    fn a_failed_takeover_reads_the_key_again() {
-        let (mut m, t0) = succeeding(Duration::ZERO);
-        following(&mut m, t0);
-        m.step(Event::Offered { offer: HELD }, t0);
-        let step = m.step(
-            Event::ConfirmDone {
-                succeeded: false,
-                revision: 11,
-            },
-            t0,
-        );
-        assert!(step.actions.contains(&Action::Campaign { lease: LEASE }));
-        assert!(!is_leader(&m, t0));
-    }
-
-    #[test]
-    fn only_a_follower_that_may_lead_takes_an_offer() {
-        let (mut m, t0) = succeeding(Duration::ZERO);
-        leading(&mut m, t0);
-        assert_eq!(m.step(Event::Offered { offer: HELD }, t0), Step::default());
-        let (m, t0) = succeeding(Duration::ZERO);
-        let mut m = m.with_app_health(Duration::from_secs(3));
-        m.step(Event::AppHealth { healthy: true }, t0);
-        following(&mut m, t0);
-        m.step(Event::AppHealth { healthy: false }, t0);
-        assert_eq!(m.view().role, Role::Follower);
-        assert!(!m
-            .step(Event::Offered { offer: HELD }, t0)
-            .actions
-            .iter()
-            .any(|a| matches!(a, Action::Confirm { .. })));
     }
 
     #[test]
@@ -2949,7 +2975,6 @@ mod tests {
             Machine::new("me", Timing::for_ttl(TTL), delay, 42).with_succession(Succession {
                 revision: "a".into(),
                 handoff_wait: Duration::ZERO,
-                confirm_window: CONFIRM,
             });
         let t0 = Instant::now();
         leading(&mut m, t0);
@@ -2973,7 +2998,8 @@ mod tests {
         let step = granted(&mut m, t0);
         assert!(step.actions.contains(&Action::Register {
             lease: LEASE,
-            healthy: false
+            healthy: false,
+            leading: None,
         }));
         assert!(!step
             .actions
@@ -2983,7 +3009,8 @@ mod tests {
         let step = m.step(Event::AppHealth { healthy: true }, t0);
         assert!(step.actions.contains(&Action::Register {
             lease: LEASE,
-            healthy: true
+            healthy: true,
+            leading: None,
         }));
         assert!(step.actions.contains(&Action::Campaign { lease: LEASE }));
         assert_eq!(m.view().app_healthy, Some(true));
@@ -3009,7 +3036,8 @@ mod tests {
             step.actions,
             vec![Action::Register {
                 lease: LEASE,
-                healthy: false
+                healthy: false,
+                leading: None,
             }]
         );
         // The key going away is no reason to campaign now.
@@ -3070,10 +3098,10 @@ mod tests {
         }));
         assert_eq!(
             step.actions,
-            vec![Action::Offer {
+            vec![Action::Transfer {
                 to,
-                offer: Offer {
-                    key_revision: 5,
+                held: Term {
+                    fencing_token: 5,
                     create_revision: 5
                 },
             }]
@@ -3141,12 +3169,13 @@ mod tests {
             .iter()
             .any(|a| matches!(a, Action::Campaign { .. })));
         assert_eq!(m.next_wakeup(), Some(t0 + RANK_STEP));
-        let step = m.step(
-            Event::KeyPut {
-                holder: handed("newer", 20, 40),
-            },
-            t0,
-        );
+        // The winner's term shows up in its registration (followers do not watch writes).
+        let mut newer = candidate("newer", "a", 20, 12);
+        newer.leading = Some(Term {
+            fencing_token: 40,
+            create_revision: 40,
+        });
+        let step = m.step(Event::CandidateRegistered { candidate: newer }, t0);
         assert!(step.actions.is_empty(), "no campaign: {step:?}");
         assert_eq!(m.view().leader.as_deref(), Some("newer"));
     }

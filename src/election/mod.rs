@@ -383,15 +383,6 @@ impl Election {
                     "our application is unhealthy, and no replica with a healthy one is registered: keeping leadership"
                 );
             }
-            Transition::OfferLapsed { successor } => {
-                tracing::warn!(
-                    key,
-                    id,
-                    successor = successor.as_str(),
-                    event = "offer_lapsed",
-                    "the successor did not take the key in time; revoking so that the others campaign"
-                );
-            }
             Transition::LeaseLost { lease } => {
                 tracing::warn!(
                     key,
@@ -520,7 +511,11 @@ impl Election {
                     let _ = reports.send(report).await;
                 });
             }
-            Action::Register { lease, healthy } => {
+            Action::Register {
+                lease,
+                healthy,
+                leading,
+            } => {
                 let key = self.cfg.key.clone();
                 // A re-registration (health changed) keeps its first time.
                 let registered_at = match self.registered_at {
@@ -540,6 +535,7 @@ impl Election {
                         .unwrap_or_default(),
                     healthy,
                     registered_at,
+                    leading,
                 };
                 tokio::spawn(async move {
                     let registered =
@@ -583,35 +579,31 @@ impl Election {
                     old.abort();
                 }
             }
-            Action::Offer { to, offer } => {
+            Action::Transfer { to, held } => {
                 // Publish-before-act: the handoff began by ending the claim.
                 debug_assert!(
                     !self.publisher.current().is_leader_at(Instant::now()),
-                    "the key is offered only after the snapshot stopped claiming leadership"
+                    "the key is handed over only after the snapshot stopped claiming leadership"
                 );
                 let key = self.cfg.key.clone();
                 tracing::info!(
                     key = key.as_str(),
                     successor = to.id.as_str(),
                     successor_revision = to.revision.as_str(),
-                    "offering the key to a successor"
+                    "handing the key over"
                 );
-                let done = async move { etcd::offer(&mut client, &timing, &key, &to, offer).await };
-                report_guarded(reports, done, |succeeded, revision| Event::OfferDone {
-                    succeeded,
-                    revision,
-                });
-            }
-            Action::Confirm { key_revision } => {
-                let key = self.cfg.key.clone();
-                let id = self.cfg.id.clone();
-                let lease = self.machine.view().lease_id.unwrap_or_default();
-                let done = async move {
-                    etcd::confirm(&mut client, &timing, &key, &id, lease, key_revision).await
-                };
-                report_guarded(reports, done, |succeeded, revision| Event::ConfirmDone {
-                    succeeded,
-                    revision,
+                tokio::spawn(async move {
+                    let succeeded =
+                        match etcd::transfer(&mut client, &timing, &key, &to, held).await {
+                            Ok(succeeded) => succeeded,
+                            Err(e) => {
+                                let _ = reports.send(Report::Error(e)).await;
+                                false
+                            }
+                        };
+                    let _ = reports
+                        .send(Report::Event(Event::TransferDone { succeeded }))
+                        .await;
                 });
             }
             Action::Exit => self.exit = true,
@@ -630,27 +622,6 @@ impl Election {
             task.abort();
         }
     }
-}
-
-/// Run a guarded transaction in its own task and report its outcome as an event; a failed
-/// request is reported as an error and as an outcome of "not done".
-fn report_guarded(
-    reports: etcd::Reports,
-    done: impl std::future::Future<Output = Result<(bool, i64), EtcdError>> + Send + 'static,
-    event: fn(bool, i64) -> Event,
-) {
-    tokio::spawn(async move {
-        let (succeeded, revision) = match done.await {
-            Ok(outcome) => outcome,
-            Err(e) => {
-                let _ = reports.send(Report::Error(e)).await;
-                (false, 0)
-            }
-        };
-        let _ = reports
-            .send(Report::Event(event(succeeded, revision)))
-            .await;
-    });
 }
 
 /// Logs repeated etcd failures: at most one `warn` per [`crate::backoff::WARN_EVERY`], with

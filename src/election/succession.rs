@@ -2,15 +2,16 @@
 //!
 //! Every lock-protocol replica registers under its own lease at `<key>.candidates/<lease hex>`
 //! (beside the key, never under `<key>/`, which etcd's `concurrency` package and `etcdctl
-//! lock`/`elect` would read as candidates of an election). Every replica keeps the
+//! lock`/`elect` would read as candidates of an election), and every replica keeps the
 //! registrations current with one watch. A leader that steps down picks a successor
-//! ([`choose`]) and offers it the key: one transaction writes `<key>.handoff/<lease hex>` under
-//! the successor's lease. Only the successor watches that key, so only it wakes; it takes the
-//! key with its own guarded write, which every follower then sees as the new holder. The old
-//! leader's registration goes with its lease, revoked right after (deleting it in the offer
-//! would wake every follower's registration watch); the successor drops it from its list. The old leader keeps the key until then, so the key is never
-//! absent, and a successor that never takes it costs one confirm window, after which the old
-//! leader revokes as without succession. Pure: no I/O and no clock.
+//! ([`choose`]) from that list and hands the key over in one transaction: `Put(key, successor
+//! id, successor's lease)` and a note at `<key>.handoff/<successor lease hex>`, guarded by the
+//! key's and the registration's mod revisions. The key is never absent. Followers watch the key
+//! for deletion only and the note key is watched by its successor alone, so the handoff wakes
+//! the successor and nobody else: it leads from the transfer's revision on, then says so in its
+//! registration, which is how the other followers learn the new leader. The old leader's
+//! registration goes with its lease, revoked right after; the successor drops it from its list.
+//! Pure: no I/O and no clock.
 
 use std::time::Duration;
 
@@ -27,12 +28,6 @@ pub struct Succession {
     /// How long a stepping-down leader may wait for a replica of another release to register
     /// (`--handoff-wait`, bounded by the shutdown timeout).
     pub handoff_wait: Duration,
-    /// How long a successor has to take the key it was offered (one guarded write under its
-    /// own lease) before the old leader gives up and revokes, so the others campaign. A live
-    /// successor takes it within a round trip or two; one frozen or cut off at the wrong moment
-    /// would otherwise cost the shutdown timeout. One request's bound, within a quarter of what
-    /// the shutdown timeout leaves after the release delay (see `config`).
-    pub confirm_window: Duration,
 }
 
 /// What a replica writes at its registration key (JSON).
@@ -47,6 +42,26 @@ pub struct Registration {
     /// Unix time (whole seconds) of the registration, for `etcd-elector status`.
     #[serde(default)]
     pub registered_at: u64,
+    /// Set while the replica leads: followers, who do not watch the key's writes, learn the
+    /// new leader from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leading: Option<Term>,
+}
+
+/// A leader's term as the key shows it: the fencing token (the key's mod revision when this
+/// holder got it) and the key's create revision. Tokens grow from holder to holder, so the
+/// highest one announced is the current leader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Term {
+    pub fencing_token: i64,
+    pub create_revision: i64,
+}
+
+/// The note a transfer leaves for its successor (JSON): the key's create revision, which a
+/// handoff does not change. The note's own mod revision is the transfer's, the new token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandoffNote {
+    pub create_revision: i64,
 }
 
 fn healthy() -> bool {
@@ -61,8 +76,13 @@ pub struct Candidate {
     pub id: String,
     pub revision: String,
     pub lease: LeaseId,
-    /// The registration's create revision: the transfer checks that it still exists as seen.
+    /// The registration's create revision: its rank (newest first).
     pub create_revision: i64,
+    /// The registration's mod revision: the transfer checks that it is still as seen (not
+    /// gone, not re-registered unhealthy).
+    pub mod_revision: i64,
+    /// The term it announces while it leads.
+    pub leading: Option<Term>,
     /// Whether its application is healthy: only a healthy candidate is chosen.
     pub healthy: bool,
     /// Unix time of its registration.
@@ -79,19 +99,10 @@ pub fn registration_key(key: &str, lease: LeaseId) -> String {
     format!("{}{lease:x}", registration_prefix(key))
 }
 
-/// Where the key is offered to the candidate with `lease`: watched by that candidate alone.
-pub fn offer_key(key: &str, lease: LeaseId) -> String {
+/// Where a transfer leaves its note for the candidate with `lease`: watched by that candidate
+/// alone.
+pub fn handoff_key(key: &str, lease: LeaseId) -> String {
     format!("{key}.handoff/{lease:x}")
-}
-
-/// What an offer says (JSON): the key as the old leader holds it. The successor's write is
-/// guarded by `key_revision`, so it takes the key only if nobody changed it since.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Offer {
-    /// The key's mod revision as the old leader holds it.
-    pub key_revision: i64,
-    /// The key's create revision (unchanged by a handoff).
-    pub create_revision: i64,
 }
 
 /// The successor among `candidates` for a leader of `own_revision` holding `own_lease`: a
@@ -123,8 +134,10 @@ pub(crate) fn candidate(
         revision: revision.into(),
         lease,
         create_revision,
+        mod_revision: create_revision,
         healthy: true,
         registered_at: 0,
+        leading: None,
     }
 }
 
@@ -166,16 +179,16 @@ mod tests {
     }
 
     #[test]
-    fn registrations_and_offers_sit_beside_the_key_not_under_it() {
+    fn registrations_and_handoff_notes_sit_beside_the_key_not_under_it() {
         let key = registration_key("/jobs/lock", 0x2a);
         assert_eq!(key, "/jobs/lock.candidates/2a");
         assert!(!key.starts_with("/jobs/lock/"));
-        let offer = offer_key("/jobs/lock", 0x2a);
-        assert_eq!(offer, "/jobs/lock.handoff/2a");
-        assert!(!offer.starts_with("/jobs/lock/"));
+        let note = handoff_key("/jobs/lock", 0x2a);
+        assert_eq!(note, "/jobs/lock.handoff/2a");
+        assert!(!note.starts_with("/jobs/lock/"));
         assert!(
-            !offer.starts_with(&registration_prefix("/jobs/lock")),
-            "followers watching the registrations do not wake for an offer"
+            !note.starts_with(&registration_prefix("/jobs/lock")),
+            "followers watching the registrations do not wake for a handoff note"
         );
     }
 }
