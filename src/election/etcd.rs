@@ -534,9 +534,8 @@ pub async fn transfer(
 }
 
 /// Report candidates registering and going from `from_revision` on, until the task is
-/// aborted or the watch ends (then nothing more is reported: a handoff that waits for a
-/// candidate gives up at its deadline anyway, and a follower with a stale list only defers
-/// its campaign a little longer or not at all).
+/// aborted; a watch that ends by itself is reported ([`Event::CandidatesWatchEnded`]), since
+/// followers learn new leaders through it.
 pub async fn watch_candidates(
     mut client: Client,
     timing: Timing,
@@ -552,6 +551,9 @@ pub async fn watch_candidates(
         Ok(stream) => stream,
         Err(e) => {
             let _ = reports.send(Report::Error(e)).await;
+            let _ = reports
+                .send(Report::Event(Event::CandidatesWatchEnded))
+                .await;
             return;
         }
     };
@@ -572,9 +574,12 @@ pub async fn watch_candidates(
             }
         }
         if resp.canceled() {
-            return;
+            break;
         }
     }
+    let _ = reports
+        .send(Report::Event(Event::CandidatesWatchEnded))
+        .await;
 }
 
 /// Revoke a lease; the keys attached to it are deleted.

@@ -248,6 +248,9 @@ pub enum Event {
     CandidateRegistered { candidate: Candidate },
     /// The registration at `key` went (its replica stopped, or its lease expired).
     CandidateGone { key: String },
+    /// The watch of the registrations ended (etcd unreachable, compacted): the list may miss
+    /// changes, announcements of a new leader included.
+    CandidatesWatchEnded,
     /// The transfer transaction finished: `succeeded` when the key is the successor's.
     TransferDone { succeeded: bool },
     /// The key was handed to us: our handoff note was written with the key, under our lease,
@@ -872,6 +875,13 @@ impl Machine {
                     }
                 }
             }
+            Event::CandidatesWatchEnded if self.keeps_candidates() => {
+                // Read again and watch from there; a failed read leaves the list unknown, and
+                // the next campaign reads it.
+                self.known = None;
+                out.actions.push(Action::ReadCandidates);
+            }
+            Event::CandidatesWatchEnded => {}
             Event::TransferDone { succeeded } => {
                 self.on_handoff_event(HandoffEvent::Transferred { succeeded }, now, &mut out)
             }
@@ -1074,6 +1084,11 @@ impl Machine {
                         fencing_token: self.token_of(&holder),
                     });
                     self.state = State::Following { leader: holder };
+                    // Followers learn leaders from registrations: say we no longer lead, so
+                    // that they read the key again.
+                    if let (Some(_), Some(lease)) = (&self.succession, self.lease) {
+                        out.actions.push(self.register(lease.id));
+                    }
                 }
             }
             // Handed to us, seen on a watch of the key's writes (we led before): the same
@@ -1149,6 +1164,13 @@ impl Machine {
     /// deferring a campaign: the better-ranked candidate won).
     fn follow_announced(&mut self, candidate: &Candidate, out: &mut Step) {
         let Some(term) = candidate.leading else {
+            // The leader we follow says it no longer leads (someone overwrote the key): read
+            // the key again to learn who holds it now.
+            if let State::Following { leader } = &self.state {
+                if leader.lease == candidate.lease {
+                    self.campaign(out);
+                }
+            }
             return;
         };
         let known = match &self.state {
@@ -2861,6 +2883,45 @@ mod tests {
             vec![Transition::BecameLeader { fencing_token: 9 }]
         );
         assert!(is_leader(&m, t0));
+    }
+
+    #[test]
+    fn an_overwritten_leader_says_so_and_its_followers_read_the_key_again() {
+        let (mut m, t0) = succeeding(Duration::ZERO);
+        leading(&mut m, t0);
+        let step = m.step(Event::KeyPut { holder: other(8) }, t0);
+        assert!(step.actions.contains(&Action::Register {
+            lease: LEASE,
+            healthy: true,
+            leading: None,
+        }));
+        // A follower of that leader (lease 99) sees its registration lose the mark.
+        let (mut f, t0) = following_with(vec![candidate("other", "a", 99, 2)]);
+        let step = f.step(
+            Event::CandidateRegistered {
+                candidate: candidate("other", "a", 99, 2),
+            },
+            t0,
+        );
+        assert!(step.actions.contains(&Action::Campaign { lease: LEASE }));
+    }
+
+    #[test]
+    fn a_lost_watch_of_the_registrations_is_replaced_after_a_fresh_read() {
+        let (mut m, t0) = following_with(vec![candidate("me", "a", LEASE, 10)]);
+        let step = m.step(Event::CandidatesWatchEnded, t0);
+        assert_eq!(step.actions, vec![Action::ReadCandidates]);
+        let step = m.step(
+            Event::Candidates {
+                candidates: vec![candidate("me", "a", LEASE, 10)],
+                revision: 30,
+            },
+            t0,
+        );
+        assert_eq!(
+            step.actions,
+            vec![Action::WatchCandidates { from_revision: 31 }]
+        );
     }
 
     #[test]
