@@ -6,8 +6,6 @@
 //!
 //! Needs target/etcd3gw-venv: `scripts/etcd3gw.sh` (scripts/test.sh runs it).
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use elector_testkit::*;
@@ -90,68 +88,22 @@ fn etcd3gw_never_gets_the_lock_during_transfers() {
     // Fail now, not after 20 transfers, if the venv is missing.
     etcd3gw_python();
     let sidecars = replicas(&etcd.endpoint(), &key, 3, &["--ttl", "30"]);
-    wait_for_one_leader(&sidecars, SOON);
-    sidecars.iter().for_each(|s| {
-        assert!(wait_until(SOON, || s.get_json("/status").1["state"] != "campaigning"))
-    });
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let attempts = Arc::new(AtomicUsize::new(0));
-    let held = Arc::new(AtomicUsize::new(0));
-    let contender = {
+    let c = resigns_under_contention(&etcd, &key, &sidecars, 20, {
         let (endpoint, key) = (etcd.endpoint(), key.clone());
-        let (stop, attempts, held) = (stop.clone(), attempts.clone(), held.clone());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                let gw = GwLocker::run(&endpoint, &key, 5);
-                attempts.fetch_add(1, Ordering::Relaxed);
-                if gw.held() {
-                    held.fetch_add(1, Ordering::Relaxed);
-                }
-                let _ = gw.release();
-            }
-        })
-    };
-    // A key deleted and created again gets a new create revision, so one
-    // unchanged create revision at every check means the key was never absent
-    // in between.
-    let created = etcd.get(&key).expect("the key").create_revision;
-    let mut handoffs = 0;
-    for _ in 0..20 {
-        // A transfer needs a registered successor: wait until the others follow again
-        // (a replica that resigned registers anew after its hold-off).
-        let leader = wait_for_one_leader(&sidecars, SOON);
-        for (i, s) in sidecars.iter().enumerate().filter(|&(i, _)| i != leader) {
-            assert!(
-                wait_until(SOON, || s.get_json("/status").1["state"] == "follower"),
-                "replica {i} follows"
-            );
+        move || {
+            let gw = GwLocker::run(&endpoint, &key, 5);
+            let held = gw.held();
+            let _ = gw.release();
+            held
         }
-        let resp = http::simple(sidecars[leader].admin_addr(), "POST", "/resign", b"")
-            .expect("POST /resign answered");
-        assert_eq!(resp.status, 200, "{resp:?}");
-        handoffs += 1;
-        assert!(
-            wait_until(SOON, || (0..sidecars.len())
-                .any(|i| i != leader && sidecars[i].is_leader())),
-            "another replica leads"
-        );
-        assert_eq!(
-            etcd.get(&key).map(|kv| kv.create_revision),
-            Some(created),
-            "handoff {handoffs} moved the key without deleting it"
-        );
-    }
-    stop.store(true, Ordering::Relaxed);
-    contender.join().expect("the contender thread");
+    });
     println!(
-        "{handoffs} transfers, {} etcd3gw lock attempts",
-        attempts.load(Ordering::Relaxed)
+        "{} handoffs, {} etcd3gw lock attempts",
+        c.handoffs, c.attempts
     );
-    assert!(attempts.load(Ordering::Relaxed) > 0, "etcd3gw tried");
+    assert!(c.attempts > 0, "etcd3gw tried");
     assert_eq!(
-        held.load(Ordering::Relaxed),
-        0,
+        c.held, 0,
         "etcd3gw never got the lock while replicas handed it over"
     );
 }

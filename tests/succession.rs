@@ -5,8 +5,6 @@
 //! (clamp(TTL/3, 500 ms, 5 s)), not a lease's TTL.
 
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use elector_testkit::*;
@@ -279,65 +277,22 @@ fn a_go_client_never_gets_the_lock_during_transfers() {
     let etcd = Etcd::start();
     let key = unique_key("succession_go");
     let sidecars = replicas(&etcd.endpoint(), &key, 3, &["--ttl", LONG_TTL]);
-    wait_for_one_leader(&sidecars, SOON);
-    sidecars.iter().for_each(|s| {
-        assert!(wait_until(SOON, || s.get_json("/status").1["state"] != "campaigning"))
-    });
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let attempts = Arc::new(AtomicUsize::new(0));
-    let held = Arc::new(AtomicUsize::new(0));
-    let contender = {
+    let c = resigns_under_contention(&etcd, &key, &sidecars, 20, {
         let (endpoint, key) = (etcd.endpoint(), key.clone());
-        let (stop, attempts, held) = (stop.clone(), attempts.clone(), held.clone());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                let go = GoLocker::run(&endpoint, &key, "go-contender", 5);
-                attempts.fetch_add(1, Ordering::Relaxed);
-                if go.held() {
-                    held.fetch_add(1, Ordering::Relaxed);
-                }
-                let _ = go.release();
-            }
-        })
-    };
-    let created = etcd.get(&key).expect("the key").create_revision;
-    let mut handoffs = 0;
-    for _ in 0..20 {
-        // A transfer needs a registered successor: wait until the others follow again
-        // (a replica that resigned registers anew after its hold-off).
-        let leader = wait_for_one_leader(&sidecars, SOON);
-        for (i, s) in sidecars.iter().enumerate().filter(|&(i, _)| i != leader) {
-            assert!(
-                wait_until(SOON, || s.get_json("/status").1["state"] == "follower"),
-                "replica {i} follows"
-            );
+        move || {
+            let go = GoLocker::run(&endpoint, &key, "go-contender", 5);
+            let held = go.held();
+            let _ = go.release();
+            held
         }
-        let resp = http::simple(sidecars[leader].admin_addr(), "POST", "/resign", b"")
-            .expect("POST /resign answered");
-        assert_eq!(resp.status, 200, "{resp:?}");
-        handoffs += 1;
-        assert!(
-            wait_until(SOON, || (0..sidecars.len())
-                .any(|i| i != leader && sidecars[i].is_leader())),
-            "another replica leads"
-        );
-        assert_eq!(
-            etcd.get(&key).map(|kv| kv.create_revision),
-            Some(created),
-            "handoff {handoffs} moved the key without deleting it"
-        );
-    }
-    stop.store(true, Ordering::Relaxed);
-    contender.join().expect("the contender thread");
+    });
     println!(
-        "{handoffs} transfers, {} Go lock attempts",
-        attempts.load(Ordering::Relaxed)
+        "{} handoffs, {} the Go client lock attempts",
+        c.handoffs, c.attempts
     );
-    assert!(attempts.load(Ordering::Relaxed) > 0, "the Go client tried");
+    assert!(c.attempts > 0, "the Go client tried");
     assert_eq!(
-        held.load(Ordering::Relaxed),
-        0,
+        c.held, 0,
         "the Go client never got the lock while replicas handed it over"
     );
 }

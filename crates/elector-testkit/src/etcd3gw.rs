@@ -7,16 +7,11 @@
 //! etcd3gw's `Lock` names its key `/locks/<name>`, so the keys these tests
 //! share with it are built by [`gw_lock_key`].
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-use std::time::Duration;
 
-use nix::sys::signal::Signal;
-
-use crate::process::Child;
+use crate::locker::Locker;
 
 /// Where etcd3gw's `Lock` keeps its keys.
 pub const GW_LOCK_PREFIX: &str = "/locks/";
@@ -59,23 +54,17 @@ fn find_python() -> PathBuf {
     python
 }
 
-/// A running etcd3gw_locker. Dropping it kills it (SIGKILL: the key, if held,
-/// stays until its lease expires).
-pub struct GwLocker {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    /// The one JSON line it printed: `{"held": true, "rev": N, "value":
-    /// "<uuid>", "api": "/v3/"}` or `{"held": false, "holder": "<value>" or
-    /// null, "api": "/v3/"}`.
-    pub result: serde_json::Value,
-}
+/// etcd3gw's lock client: [`GwLocker::run`] gives a [`Locker`] whose verdict is
+/// `{"held": true, "rev": N, "value": "<uuid>", "api": "/v3/"}` or `{"held": false,
+/// "holder": "<value>" or null, "api": "/v3/"}`.
+pub struct GwLocker;
 
 impl GwLocker {
     /// Runs one `etcd3gw.lock.Lock(name, ttl).acquire()` on `key` (which must
     /// be `/locks/<name>`) against `endpoint` and waits (bounded) for its
     /// verdict line. If it took the lock it holds it (refreshing the lease)
-    /// until [`GwLocker::release`].
-    pub fn run(endpoint: &str, key: &str, ttl_secs: u64) -> GwLocker {
+    /// until [`Locker::release`].
+    pub fn run(endpoint: &str, key: &str, ttl_secs: u64) -> Locker {
         assert!(
             key.starts_with(GW_LOCK_PREFIX),
             "etcd3gw's Lock only names keys under {GW_LOCK_PREFIX}: {key}"
@@ -90,40 +79,7 @@ impl GwLocker {
             .env_remove("ETCD3GW_API_PATH")
             // Loopback only, whatever the environment's proxy says.
             .env("NO_PROXY", "127.0.0.1")
-            .env("no_proxy", "127.0.0.1")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        let mut child = Child::spawn(&mut cmd, "etcd3gw_locker", &[]);
-        let stdout = child.take_stdout().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = match rx.recv_timeout(Duration::from_secs(15)) {
-            Ok(line) if !line.trim().is_empty() => line,
-            other => panic!("etcd3gw_locker printed no verdict: {other:?}"),
-        };
-        let result = serde_json::from_str(line.trim())
-            .unwrap_or_else(|e| panic!("etcd3gw_locker printed {line:?}: {e}"));
-        GwLocker {
-            stdin: child.take_stdin(),
-            child,
-            result,
-        }
-    }
-
-    pub fn held(&self) -> bool {
-        self.result["held"].as_bool().expect("\"held\" is a bool")
-    }
-
-    /// Releases (SIGTERM: `Lock.release()`, then revoke the lease) and waits
-    /// for exit.
-    pub fn release(mut self) -> ExitStatus {
-        self.child.signal(Signal::SIGTERM);
-        self.stdin.take();
-        self.child.wait_exit(Duration::from_secs(10))
+            .env("no_proxy", "127.0.0.1");
+        Locker::spawn(&mut cmd, "etcd3gw_locker")
     }
 }

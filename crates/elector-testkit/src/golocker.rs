@@ -2,16 +2,11 @@
 //! and run as a child: proof that the sidecar's protocol is the one etcd's own
 //! Go client speaks, and that the two exclude each other on the same key.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::sync::OnceLock;
-use std::time::Duration;
 
-use nix::sys::signal::Signal;
-
-use crate::process::Child;
+use crate::locker::Locker;
 
 /// Builds `tests/interop/golocker` (once per process) in GOPATH mode against
 /// Debian's golang-etcd-server-dev and returns the binary's path.
@@ -62,52 +57,15 @@ fn build() -> PathBuf {
     bin
 }
 
-/// A running golocker. Dropping it kills it.
-pub struct GoLocker {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    /// The one JSON line it printed.
-    pub result: serde_json::Value,
-}
+/// The Go lock client: [`GoLocker::run`] gives a [`Locker`].
+pub struct GoLocker;
 
 impl GoLocker {
     /// Runs one campaign on `key` and waits (bounded) for its verdict line.
-    pub fn run(endpoints: &str, key: &str, id: &str, ttl: u64) -> GoLocker {
+    pub fn run(endpoints: &str, key: &str, id: &str, ttl: u64) -> Locker {
         let mut cmd = Command::new(go_locker());
         cmd.args(["--endpoints", endpoints, "--key", key, "--id", id])
-            .args(["--ttl", &ttl.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        let mut child = Child::spawn(&mut cmd, "golocker", &[]);
-        let stdout = child.take_stdout().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = match rx.recv_timeout(Duration::from_secs(15)) {
-            Ok(line) if !line.trim().is_empty() => line,
-            other => panic!("golocker printed no verdict: {other:?}"),
-        };
-        let result = serde_json::from_str(line.trim())
-            .unwrap_or_else(|e| panic!("golocker printed {line:?}: {e}"));
-        GoLocker {
-            stdin: child.take_stdin(),
-            child,
-            result,
-        }
-    }
-
-    pub fn held(&self) -> bool {
-        self.result["held"].as_bool().expect("\"held\" is a bool")
-    }
-
-    /// Releases (SIGTERM: revoke the lease) and waits for exit.
-    pub fn release(mut self) -> ExitStatus {
-        self.child.signal(Signal::SIGTERM);
-        self.stdin.take();
-        self.child.wait_exit(Duration::from_secs(10))
+            .args(["--ttl", &ttl.to_string()]);
+        Locker::spawn(&mut cmd, "golocker")
     }
 }

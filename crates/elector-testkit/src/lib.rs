@@ -23,6 +23,7 @@ pub mod etcd3gw;
 pub mod golocker;
 pub mod http;
 pub mod job;
+pub mod locker;
 pub mod observe;
 pub mod process;
 pub mod proxy;
@@ -39,6 +40,7 @@ pub use etcd::{Etcd, EtcdCluster, KeyValue};
 pub use etcd3gw::{etcd3gw_python, gw_lock_key, GwLocker, GW_LOCK_PREFIX};
 pub use golocker::{go_locker, GoLocker};
 pub use http::Response;
+pub use locker::{resigns_under_contention, Contention, Locker};
 pub use process::Child;
 pub use proxy::TcpProxy;
 pub use sidecar::{

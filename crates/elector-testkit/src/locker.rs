@@ -1,0 +1,140 @@
+//! Other etcd clients that take the same key, run as children: the Go program on etcd's
+//! `clientv3` ([`crate::golocker`]) and etcd3gw's Python `Lock` ([`crate::etcd3gw`]). Each tries
+//! the lock once, prints one JSON verdict line, holds the lock (when it got it) until released
+//! by SIGTERM, and exits. [`resigns_under_contention`] runs one of them in a loop while the
+//! sidecars hand leadership over.
+
+use std::io::{BufRead, BufReader};
+use std::process::{ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use crate::process::Child;
+use crate::sidecar::Sidecar;
+use crate::{http, wait_for_one_leader, wait_until, Etcd, SOON};
+
+/// A running lock client. Dropping it kills it (SIGKILL: a key it holds stays until its
+/// lease expires).
+pub struct Locker {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    /// The one JSON line it printed; `held` says whether it took the lock.
+    pub result: serde_json::Value,
+}
+
+impl Locker {
+    /// Spawns `cmd` (its stdio is set here) and waits, bounded, for its verdict line.
+    pub fn spawn(cmd: &mut Command, name: &str) -> Locker {
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = Child::spawn(cmd, name, &[]);
+        let stdout = child.take_stdout().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(15)) {
+            Ok(line) if !line.trim().is_empty() => line,
+            other => panic!("{name} printed no verdict: {other:?}"),
+        };
+        let result = serde_json::from_str(line.trim())
+            .unwrap_or_else(|e| panic!("{name} printed {line:?}: {e}"));
+        Locker {
+            stdin: child.take_stdin(),
+            child,
+            result,
+        }
+    }
+
+    pub fn held(&self) -> bool {
+        self.result["held"].as_bool().expect("\"held\" is a bool")
+    }
+
+    /// Releases (SIGTERM: the client lets go and revokes its lease) and waits for exit.
+    pub fn release(mut self) -> ExitStatus {
+        self.child.signal(Signal::SIGTERM);
+        self.stdin.take();
+        self.child.wait_exit(Duration::from_secs(10))
+    }
+}
+
+/// What a contender saw while the sidecars handed leadership over.
+#[derive(Debug)]
+pub struct Contention {
+    pub handoffs: usize,
+    pub attempts: usize,
+    /// Attempts that got the lock: must be 0.
+    pub held: usize,
+}
+
+/// `rounds` handoffs among `sidecars` (`POST /resign` to the leader, then another leads)
+/// while `attempt` tries the lock in a loop on another thread, returning whether it got it.
+/// Asserts after each handoff that the key kept its create revision: a key deleted and
+/// created again would get a new one, so the key was never absent in between.
+pub fn resigns_under_contention(
+    etcd: &Etcd,
+    key: &str,
+    sidecars: &[Sidecar],
+    rounds: usize,
+    attempt: impl Fn() -> bool + Send + 'static,
+) -> Contention {
+    wait_for_one_leader(sidecars, SOON);
+    for s in sidecars {
+        assert!(wait_until(SOON, || s.get_json("/status").1["state"] != "campaigning"));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let held = Arc::new(AtomicUsize::new(0));
+    let contender = {
+        let (stop, attempts, held) = (stop.clone(), attempts.clone(), held.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                attempts.fetch_add(1, Ordering::Relaxed);
+                if attempt() {
+                    held.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    let created = etcd.get(key).expect("the key").create_revision;
+    for handoff in 1..=rounds {
+        // A handoff needs a registered successor that follows: wait until the others do
+        // (a replica that resigned registers anew after its hold-off), and until the
+        // leader's watch of the registrations has caught up (etcd syncs a watch that
+        // starts behind every 100 ms).
+        let leader = wait_for_one_leader(sidecars, SOON);
+        for (i, s) in sidecars.iter().enumerate().filter(|&(i, _)| i != leader) {
+            assert!(
+                wait_until(SOON, || s.get_json("/status").1["state"] == "follower"),
+                "replica {i} follows"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(150));
+        let resp = http::simple(sidecars[leader].admin_addr(), "POST", "/resign", b"")
+            .expect("POST /resign answered");
+        assert_eq!(resp.status, 200, "{resp:?}");
+        assert!(
+            wait_until(SOON, || (0..sidecars.len())
+                .any(|i| i != leader && sidecars[i].is_leader())),
+            "another replica leads"
+        );
+        assert_eq!(
+            etcd.get(key).map(|kv| kv.create_revision),
+            Some(created),
+            "handoff {handoff} moved the key without deleting it"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    contender.join().expect("the contender thread");
+    Contention {
+        handoffs: rounds,
+        attempts: attempts.load(Ordering::Relaxed),
+        held: held.load(Ordering::Relaxed),
+    }
+}
