@@ -97,7 +97,8 @@ pub struct Holder {
     /// The key's create revision (the fencing token in the election protocol).
     pub create_revision: i64,
     /// The key's mod revision: the revision of its last write (the fencing token of a lock
-    /// holder, who writes the key when it gets it: by creating it, or by confirming a handoff).
+    /// holder under succession: the key is written when a holder gets it, by its campaign or by
+    /// the transfer to it, and not after).
     pub mod_revision: i64,
 }
 
@@ -799,7 +800,7 @@ impl Machine {
                 State::Following { .. } | State::Deferring { .. } => {
                     self.retry_campaign_later(now, &mut out)
                 }
-                // A handoff without its watch still ends: the undo's guard makes it safe.
+                // A handoff without its watch still ends: the transfer's guard makes it safe.
                 _ => {}
             },
             Event::Resign => {
@@ -1268,7 +1269,7 @@ impl Machine {
             }
             _ => {}
         }
-        // The key as we hold it while we lead: the offer's content and guard.
+        // The key as we hold it while we lead: the transfer's guard.
         let leading = self.held_key();
         if leading.is_some() {
             self.record_step_down(StepDownReason::Shutdown, out);
@@ -3141,7 +3142,7 @@ mod tests {
         assert!(m.view().no_healthy_successor);
         let again = t0 + after * 2;
         assert_eq!(m.next_wakeup(), Some(again));
-        // An unhealthy candidate registering changes nothing; a healthy one is offered the
+        // An unhealthy candidate registering changes nothing; a healthy one is handed the
         // key at once, without waiting for the next look (the list is kept by the watch).
         let mut sick = candidate("sick", "a", 21, 31);
         sick.healthy = false;
