@@ -15,6 +15,8 @@
 //! * [`Pattern::AllAtOnce`] (leader-only readiness, `maxUnavailable: 100%`):
 //!   spawn every B without waiting, and stop every A within
 //!   [`STOP_SPREAD`] of that.
+//! * [`Pattern::SlowStart`]: the same, but the Bs start [`SLOW_START`] late (an
+//!   image pull, a slow application): what `--handoff-wait` is for.
 //!
 //! "Stop" is what a native sidecar sees: the app container stops first, and
 //! the elector gets SIGTERM after the app's drain, a uniformly random
@@ -79,6 +81,8 @@ pub const PROBE_PERIOD: Duration = Duration::from_millis(10);
 pub const MAX_DRAIN: Duration = Duration::from_secs(2);
 /// In [`Pattern::AllAtOnce`], every A starts stopping within this of the Bs' spawn.
 pub const STOP_SPREAD: Duration = Duration::from_millis(100);
+/// In [`Pattern::SlowStart`], how much later than the As' stop the Bs start.
+pub const SLOW_START: Duration = Duration::from_millis(1500);
 /// Probing goes on this long after the last A is gone and one B leads.
 pub const SETTLE: Duration = Duration::from_millis(500);
 /// The bound on an A's exit after SIGTERM: `--shutdown-timeout` plus slack.
@@ -104,9 +108,11 @@ const COMMON_ARGS: [&str; 6] = [
 pub enum Pattern {
     OneAtATime,
     AllAtOnce,
+    SlowStart,
 }
 
 impl Pattern {
+    /// The two patterns the chart's readiness modes produce.
     pub const ALL: [Pattern; 2] = [Pattern::OneAtATime, Pattern::AllAtOnce];
 }
 
@@ -115,6 +121,7 @@ impl fmt::Display for Pattern {
         f.write_str(match self {
             Pattern::OneAtATime => "one-at-a-time",
             Pattern::AllAtOnce => "all-at-once",
+            Pattern::SlowStart => "all-at-once, new pods 1.5 s late",
         })
     }
 }
@@ -130,6 +137,8 @@ pub enum Way {
     /// Direct succession (the default): the leader hands over to a chosen successor, with
     /// the chart's `--handoff-wait` for the pattern (see [`Way::args`]).
     Succession,
+    /// Direct succession with `--handoff-wait 0`: the leader never waits for a new release.
+    SuccessionNoWait,
 }
 
 /// The handoff wait the chart sets for each pattern's readiness mode: 3 s for leader-only
@@ -137,7 +146,7 @@ pub enum Way {
 /// new pod is Ready, and registered, before an old one stops).
 pub fn handoff_wait(pattern: Pattern) -> &'static str {
     match pattern {
-        Pattern::AllAtOnce => "3",
+        Pattern::AllAtOnce | Pattern::SlowStart => "3",
         Pattern::OneAtATime => "0",
     }
 }
@@ -150,6 +159,7 @@ impl Way {
             Way::Lock => args.push("--no-succession"),
             Way::Election => args.extend(["--protocol", "election"]),
             Way::Succession => args.extend(["--handoff-wait", handoff_wait(pattern)]),
+            Way::SuccessionNoWait => args.extend(["--handoff-wait", "0"]),
         }
         args
     }
@@ -161,6 +171,7 @@ impl fmt::Display for Way {
             Way::Lock => "lock",
             Way::Election => "election",
             Way::Succession => "succession",
+            Way::SuccessionNoWait => "succession, --handoff-wait 0",
         })
     }
 }
@@ -510,7 +521,17 @@ fn run_once(
     let start_wall = wall_micros_now();
     match pattern {
         Pattern::OneAtATime => one_at_a_time(etcd, &key, way, rng, &observer, &mut replicas),
-        Pattern::AllAtOnce => all_at_once(etcd, &key, way, rng, &observer, &mut replicas),
+        Pattern::AllAtOnce => all_at_once(
+            etcd,
+            &key,
+            (way, Duration::ZERO),
+            rng,
+            &observer,
+            &mut replicas,
+        ),
+        Pattern::SlowStart => {
+            all_at_once(etcd, &key, (way, SLOW_START), rng, &observer, &mut replicas)
+        }
     }
 
     // Every A is gone: exactly one B must lead.
@@ -617,32 +638,45 @@ fn one_at_a_time(
     }
 }
 
-/// maxUnavailable 100%: every B spawned at once, every A stopping within
-/// [`STOP_SPREAD`], each A's SIGTERM after its own drain.
+/// maxUnavailable 100%: every A stopping within [`STOP_SPREAD`], each A's SIGTERM after
+/// its own drain, and every B spawned at once, `late` after the first A began to stop.
 fn all_at_once(
     etcd: &Etcd,
     key: &str,
-    way: Way,
+    (way, late): (Way, Duration),
     rng: &mut Rng,
     observer: &Observer,
     replicas: &mut Vec<Replica>,
 ) {
+    let pattern = if late.is_zero() {
+        Pattern::AllAtOnce
+    } else {
+        Pattern::SlowStart
+    };
     let first_b = replicas.len();
-    for i in 0..REPLICAS {
-        let builder = builder(etcd, key, Pattern::AllAtOnce, way, 'B', i);
-        replicas.push(Replica::launch(builder, 'B', observer, Start::Spawned));
-    }
     let t0 = Instant::now();
-    let mut schedule: Vec<(Instant, usize)> = (0..first_b)
-        .map(|j| (t0 + rng.up_to(STOP_SPREAD) + rng.up_to(MAX_DRAIN), j))
+    // `None` spawns the Bs; `Some(j)` stops A number j.
+    let mut schedule: Vec<(Instant, Option<usize>)> = (0..first_b)
+        .map(|j| (t0 + rng.up_to(STOP_SPREAD) + rng.up_to(MAX_DRAIN), Some(j)))
         .collect();
+    schedule.push((t0 + late, None));
     schedule.sort();
-    for (at, j) in schedule {
+    for (at, step) in schedule {
         if let Some(wait) = at.checked_duration_since(Instant::now()) {
             thread::sleep(wait);
         }
-        replicas[j].sidecar.signal(Signal::SIGTERM);
-        replicas[j].stopped = true;
+        match step {
+            Some(j) => {
+                replicas[j].sidecar.signal(Signal::SIGTERM);
+                replicas[j].stopped = true;
+            }
+            None => {
+                for i in 0..REPLICAS {
+                    let builder = builder(etcd, key, pattern, way, 'B', i);
+                    replicas.push(Replica::launch(builder, 'B', observer, Start::Spawned));
+                }
+            }
+        }
     }
     for b in replicas[first_b..].iter_mut() {
         ensure_up(b, observer);
