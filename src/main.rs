@@ -70,11 +70,8 @@ fn status(cfg: &Config, json: bool) -> ExitCode {
 
 /// Run the sidecar, or with `job` the command under the lock; returns the exit code.
 fn run(cfg: Config, job: Option<RunConfig>) -> Result<u8, AppError> {
-    // One thread: a sidecar's work is a few small tasks, and a follower woken by a watch event
-    // costs about half the CPU it did on two workers (20 µs instead of 39 µs), which is what
-    // delays a successor when many replicas share a node. Blocking file work goes to tokio's
-    // blocking pool, never this thread.
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
         .map_err(AppError::system("starting the async runtime"))?;
