@@ -73,6 +73,21 @@ pub struct Contention {
     pub held: usize,
 }
 
+impl Contention {
+    /// Prints the counts, and asserts that `who` tried and never got the lock.
+    pub fn assert_never_held(&self, who: &str) {
+        println!(
+            "{} handoffs, {} lock attempts by {who}",
+            self.handoffs, self.attempts
+        );
+        assert!(self.attempts > 0, "{who} tried");
+        assert_eq!(
+            self.held, 0,
+            "{who} never got the lock while replicas handed it over"
+        );
+    }
+}
+
 /// `rounds` handoffs among `sidecars` (`POST /resign` to the leader, then another leads)
 /// while `attempt` tries the lock in a loop on another thread, returning whether it got it.
 /// Asserts after each handoff that the key kept its create revision: a key deleted and
