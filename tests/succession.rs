@@ -1,8 +1,8 @@
 //! Direct succession (lock protocol): a leader that steps down hands the key
 //! to a chosen, live successor in one transaction, preferring a replica of
-//! another release; the key is never absent, nobody else campaigns, and a
-//! successor that cannot confirm is passed over within one request's bound
-//! (clamp(TTL/3, 500 ms, 5 s)), not a lease's TTL.
+//! another release; the key is never absent, and nobody else campaigns. A
+//! successor frozen at the transfer is a frozen leader: the others take over
+//! when its lease expires.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -357,4 +357,61 @@ fn after_a_crash_a_frozen_best_candidate_does_not_stop_the_others() {
         took < Duration::from_secs(6),
         "within the crash-failover time (TTL 3 s and etcd's expiry scan), took {took:?}"
     );
+}
+
+/// A replica's registration changes within a millisecond when its lease is granted just
+/// before its application's first health answer. The registration etcd keeps must be the
+/// newest: an older one ("unhealthy") left as the last word would make every leader pass
+/// this replica over for good.
+#[test]
+fn the_registration_etcd_keeps_is_the_newest_written() {
+    use etcd_elector::election::etcd::write_registrations;
+    use etcd_elector::election::machine::Timing;
+    use etcd_elector::election::succession::{registration_key, Registration};
+
+    const WRITES: u64 = 200;
+    let etcd = Etcd::start();
+    let key = unique_key("registrar");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let lease = runtime.block_on(async {
+        let mut client = etcd_client::Client::connect([etcd.endpoint()], None)
+            .await
+            .expect("connecting");
+        let lease = client.lease_grant(30, None).await.expect("a lease").id();
+        let (reports, mut errors) = tokio::sync::mpsc::channel(16);
+        let (newest, receiver) = tokio::sync::watch::channel(None);
+        let timing = Timing::for_ttl(Duration::from_secs(30));
+        tokio::spawn(write_registrations(
+            client,
+            timing,
+            key.clone(),
+            receiver,
+            reports,
+        ));
+        for n in 1..=WRITES {
+            let registration = Registration {
+                id: "me".into(),
+                revision: "a".into(),
+                healthy: n % 2 == 0,
+                registered_at: n,
+                leading: None,
+            };
+            newest.send_replace(Some((lease, registration)));
+            tokio::task::yield_now().await;
+        }
+        // Every put has landed once etcd's copy has held still for a while.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(errors.try_recv().is_err(), "no put failed");
+        lease
+    });
+    let kept = etcd
+        .get(&registration_key(&key, lease))
+        .expect("registered");
+    let kept: Registration = serde_json::from_str(&kept.value).expect("a registration");
+    assert_eq!(kept.registered_at, WRITES, "the newest is the last word");
+    assert!(kept.healthy);
 }

@@ -483,6 +483,44 @@ pub async fn register(
     Ok(())
 }
 
+/// The registration to write next: under which lease, and what it says.
+pub type Pending = Option<(LeaseId, Registration)>;
+
+/// Write our registration, one put at a time and always the newest, until the task is
+/// aborted. Two puts in flight at once can land in either order, and the older one (say,
+/// "unhealthy", written before the first health check answered) would stay the last word: a
+/// leader would then never pick this replica. A failed put is retried with backoff unless a
+/// newer registration replaces it; one whose lease is gone is dropped (its key went too).
+pub async fn write_registrations(
+    mut client: Client,
+    timing: Timing,
+    key: String,
+    mut newest: tokio::sync::watch::Receiver<Pending>,
+    reports: Reports,
+) {
+    let mut retry = Backoff::unseeded(timing.backoff_base, timing.keepalive_interval);
+    while newest.changed().await.is_ok() {
+        loop {
+            let Some((lease, registration)) = newest.borrow_and_update().clone() else {
+                break;
+            };
+            match register(&mut client, &timing, &key, &registration, lease).await {
+                Ok(()) => retry.reset(),
+                Err(e) if e.is_lease_gone() => {}
+                Err(e) => {
+                    let _ = reports.send(Report::Error(e)).await;
+                    tokio::select! {
+                        changed = newest.changed() => if changed.is_err() { return },
+                        () = sleep(retry.next_delay()) => {}
+                    }
+                    continue;
+                }
+            }
+            break;
+        }
+    }
+}
+
 /// The registered candidates of `key`, and the revision they were read at; registrations that
 /// are not ours to read (not JSON) are skipped.
 pub async fn read_candidates(

@@ -12,7 +12,7 @@ pub mod succession;
 use std::time::Duration;
 
 use etcd_client::Client;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
@@ -109,6 +109,8 @@ pub struct Election {
     watch: Option<JoinHandle<()>>,
     /// During a handoff that waits for a candidate: the watch on the registrations.
     candidates_watch: Option<JoinHandle<()>>,
+    /// Our registration's writer: the newest registration goes in, one put at a time.
+    registrar: Option<(watch::Sender<etcd::Pending>, JoinHandle<()>)>,
     /// When the current lease's registration was first written (Unix seconds).
     registered_at: Option<(machine::LeaseId, u64)>,
     watch_generation: u64,
@@ -154,6 +156,7 @@ impl Election {
             keepalive: None,
             watch: None,
             candidates_watch: None,
+            registrar: None,
             registered_at: None,
             watch_generation: 0,
             transitions: 0,
@@ -537,13 +540,12 @@ impl Election {
                     registered_at,
                     leading,
                 };
-                tokio::spawn(async move {
-                    let registered =
-                        etcd::register(&mut client, &timing, &key, &registration, lease).await;
-                    if let Err(e) = registered {
-                        let _ = reports.send(Report::Error(e)).await;
-                    }
+                let registrar = self.registrar.get_or_insert_with(|| {
+                    let (newest, receiver) = watch::channel(None);
+                    let task = etcd::write_registrations(client, timing, key, receiver, reports);
+                    (newest, tokio::spawn(task))
                 });
+                registrar.0.send_replace(Some((lease, registration)));
             }
             Action::ReadCandidates => {
                 let key = self.cfg.key.clone();
@@ -615,6 +617,7 @@ impl Election {
             self.keepalive.take(),
             self.watch.take(),
             self.candidates_watch.take(),
+            self.registrar.take().map(|(_, task)| task),
         ]
         .into_iter()
         .flatten()
