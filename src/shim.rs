@@ -19,8 +19,9 @@
 //! `getppid()` with `run`'s pid every [`PARENT_CHECK`].
 //!
 //! The shim ignores SIGTERM, SIGINT and SIGHUP (blocked, read and dropped): a terminal's
-//! Ctrl-C reaches it with `run`, and only `run` decides when the group stops. The signal mask
-//! is not inherited by the command: std resets it in the child before exec.
+//! Ctrl-C reaches it with `run`, and only `run` decides when the group stops. The command
+//! starts with nothing blocked: the shim clears the mask in the child before exec, since std
+//! would hand ours down.
 //!
 //! It must never start the command once `run` is gone, nor outlive `run` while the group lives.
 
@@ -130,12 +131,23 @@ fn shim(args: Vec<OsString>) -> Result<u8, ShimError> {
     }
 
     let (program, args) = command.split_first().ok_or(ShimError::Usage("COMMAND"))?;
-    let mut child = match Command::new(program)
-        .args(args)
-        // Its own group, so one signal reaches everything it starts.
-        .process_group(0)
-        .spawn()
-    {
+    let mut command = Command::new(program);
+    // Its own group, so one signal reaches everything it starts.
+    command.args(args).process_group(0);
+    // std hands the parent's signal mask down (since Rust 1.66, for `nohup`'s sake), and ours
+    // blocks SIGTERM, SIGINT, SIGHUP and SIGCHLD for the signalfd. A command started with them
+    // blocked never sees the SIGTERM that asks it to stop (only the SIGKILL after its grace
+    // period), and a shell's `wait` for a background child never returns.
+    // SAFETY: runs between fork and exec and makes only the async-signal-safe
+    // pthread_sigmask(3) call.
+    unsafe {
+        command.pre_exec(|| {
+            SigSet::empty()
+                .thread_set_mask()
+                .map_err(std::io::Error::from)
+        });
+    }
+    let mut child = match command.spawn() {
         Ok(child) => child,
         Err(e) => {
             let errno = e.raw_os_error().unwrap_or(0);

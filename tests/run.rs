@@ -327,6 +327,34 @@ fn lock_lost_by(intrusion: Intrusion) -> Option<KeyValue> {
     match intrusion {
         Intrusion::DeleteKey => etcd.ctl(&["del", &key]),
         Intrusion::OverwriteKey => etcd.ctl(&["put", &key, "intruder"]),
+/// The command starts with no signal blocked and SIGTERM not ignored: one
+/// that inherited a blocked SIGTERM would see only the SIGKILL at the end of its grace
+/// period, and a shell's `wait` with SIGCHLD blocked never returns.
+#[test]
+fn the_command_starts_with_no_signal_blocked() {
+    let etcd = Etcd::start();
+    let key = unique_key("sigmask");
+    let mut job = Job::builder()
+        .on(&etcd.endpoint(), &key, "job-sigmask")
+        .command(&["cat", "/proc/self/status"])
+        .spawn();
+    assert_eq!(job.exit_code(SOON), 0, "{}", job.describe());
+    let status = job.stdout();
+    let mask = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("{name} in {status}"))
+            .to_string()
+    };
+    assert_eq!(mask("SigBlk:"), "0000000000000000", "nothing blocked");
+    // Dispositions come from whoever started the test (`nohup` ignores SIGHUP
+    // on purpose), but SIGTERM, the one `run` stops the command with, is live.
+    let ignored = u64::from_str_radix(&mask("SigIgn:"), 16).expect("a hex mask");
+    assert_eq!(ignored & (1 << (15 - 1)), 0, "SIGTERM is not ignored");
+}
+
         Intrusion::RevokeLease => etcd.ctl(&["lease", "revoke", &format!("{lease:x}")]),
     };
     let term_at = job.wait_for_number("term_at", SOON);
