@@ -9,7 +9,8 @@
 //!   leading, and at the latest at `claim deadline - grace period`; whatever the reason, the
 //!   SIGKILL comes no later than the claim deadline, which is at least one margin before etcd
 //!   can expire the lease and let another holder start;
-//! * when it exits by itself the lease is revoked at once, so the next waiter starts within
+//! * when it exits by itself, once its whole group is dead, the lock is handed to a waiting
+//!   `run` (or the lease revoked when none waits), so the next waiter starts within
 //!   milliseconds.
 
 use std::time::Duration;
@@ -137,7 +138,8 @@ pub async fn run_job(
         ("ELECTOR_KEY", cfg.election.key.clone()),
         ("ELECTOR_ID", cfg.election.id.clone()),
         ("ETCD_LOCK_KEY", lock_key),
-        // The create revision, as for the fencing token. `etcdctl lock` exports the revision
+        // The fencing token: the create revision, or the transfer's revision for a key handed
+        // over. `etcdctl lock` exports the revision
         // of the response that showed it the lock: the same number for a free lock, a later
         // one after waiting. Both grow from holder to holder; README says so.
         ("ETCD_LOCK_REV", token.clone()),

@@ -1,6 +1,7 @@
 //! `etcd-elector run -- COMMAND`: the command runs only while this process
 //! holds the lock, in its own process group, and is dead before anyone else
-//! can hold the lock: when it exits the lease is revoked at once, and when the
+//! can hold the lock: when it exits the lock goes to a waiting run (or the
+//! lease is revoked) once its group is dead, and when the
 //! lock is lost (deleted, or etcd silent) the whole group gets SIGTERM, then
 //! SIGKILL after the grace period, early enough to beat the lease's expiry.
 //!
@@ -231,6 +232,71 @@ fn waits_for_the_holder_then_runs_passes_the_exit_code_through_and_releases() {
     assert_eq!(etcd.get(&key), None, "the key is gone right after the exit");
 }
 
+/// A run whose command finishes hands the lock to a waiting run in one
+/// transaction: the key is never absent (its create revision stays), the next
+/// command gets a larger fencing token, and it starts only after the whole
+/// group of the first is dead, here a grandchild that takes half a second to
+/// die after its SIGTERM.
+#[test]
+fn a_finished_run_hands_the_lock_to_a_waiting_run_once_its_group_is_dead() {
+    let etcd = Etcd::start();
+    let key = unique_key("run_handoff");
+    let slow_grandchild = format!(
+        "(trap 'sleep 0.5; {}; exit 0' TERM; sleep 300 & wait) &",
+        stamp("gc_dead")
+    );
+    let mut first = Job::builder()
+        .on(&etcd.endpoint(), &key, "job-first")
+        .ttl(LONG_TTL)
+        .shell(&format!(
+            "{slow_grandchild} {}; {WAIT_FOR_RELEASE}",
+            write_file("env", "env")
+        ))
+        .spawn();
+    first.wait_for_file("env", SOON);
+    let held = etcd.get(&key).expect("the first run holds the key");
+    let mut second = Job::builder()
+        .on(&etcd.endpoint(), &key, "job-second")
+        .ttl(LONG_TTL)
+        .listen()
+        .shell(&format!(
+            "{}; {}; {WAIT_FOR_RELEASE}",
+            stamp("started"),
+            write_file("env", "env")
+        ))
+        .spawn();
+    wait_following(&second, "job-first");
+
+    first.touch("release");
+    assert_eq!(first.exit_code(SOON), 0, "{}", first.describe());
+    second.wait_for_file("env", SOON);
+    let gc_dead = first.wait_for_number("gc_dead", SOON);
+    let started = second.wait_for_number("started", SOON);
+    assert!(
+        started > gc_dead,
+        "the second command started {} ms after the first group's last process began to die",
+        (started - gc_dead) / 1_000_000
+    );
+    let now = etcd.get(&key).expect("the key is held");
+    assert_eq!(
+        (now.value.as_str(), now.create_revision),
+        ("job-second", held.create_revision),
+        "handed over, never absent"
+    );
+    assert_ne!(now.lease, held.lease, "under the second run's lease");
+    let token: i64 = var(&second.read_env("env"), "ELECTOR_FENCING_TOKEN")
+        .parse()
+        .expect("a number");
+    assert_eq!(
+        token, now.mod_revision,
+        "the token is the transfer's revision"
+    );
+    assert!(token > held.create_revision, "and larger than the first's");
+    second.touch("release");
+    assert_eq!(second.exit_code(SOON), 0);
+    assert_eq!(etcd.get(&key), None, "nobody waits: the last run revokes");
+}
+
 #[test]
 fn the_command_runs_in_its_own_process_group_with_stdio_passed_through() {
     let etcd = Etcd::start();
@@ -263,6 +329,34 @@ fn the_command_runs_in_its_own_process_group_with_stdio_passed_through() {
         "stderr is the command's too\n{}",
         job.describe()
     );
+}
+
+/// The command starts with no signal blocked and SIGTERM not ignored: one
+/// that inherited a blocked SIGTERM would see only the SIGKILL at the end of its grace
+/// period, and a shell's `wait` with SIGCHLD blocked never returns.
+#[test]
+fn the_command_starts_with_no_signal_blocked() {
+    let etcd = Etcd::start();
+    let key = unique_key("sigmask");
+    let mut job = Job::builder()
+        .on(&etcd.endpoint(), &key, "job-sigmask")
+        .command(&["cat", "/proc/self/status"])
+        .spawn();
+    assert_eq!(job.exit_code(SOON), 0, "{}", job.describe());
+    let status = job.stdout();
+    let mask = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("{name} in {status}"))
+            .to_string()
+    };
+    assert_eq!(mask("SigBlk:"), "0000000000000000", "nothing blocked");
+    // Dispositions come from whoever started the test (`nohup` ignores SIGHUP
+    // on purpose), but SIGTERM, the one `run` stops the command with, is live.
+    let ignored = u64::from_str_radix(&mask("SigIgn:"), 16).expect("a hex mask");
+    assert_eq!(ignored & (1 << (15 - 1)), 0, "SIGTERM is not ignored");
 }
 
 #[test]
@@ -327,34 +421,6 @@ fn lock_lost_by(intrusion: Intrusion) -> Option<KeyValue> {
     match intrusion {
         Intrusion::DeleteKey => etcd.ctl(&["del", &key]),
         Intrusion::OverwriteKey => etcd.ctl(&["put", &key, "intruder"]),
-/// The command starts with no signal blocked and SIGTERM not ignored: one
-/// that inherited a blocked SIGTERM would see only the SIGKILL at the end of its grace
-/// period, and a shell's `wait` with SIGCHLD blocked never returns.
-#[test]
-fn the_command_starts_with_no_signal_blocked() {
-    let etcd = Etcd::start();
-    let key = unique_key("sigmask");
-    let mut job = Job::builder()
-        .on(&etcd.endpoint(), &key, "job-sigmask")
-        .command(&["cat", "/proc/self/status"])
-        .spawn();
-    assert_eq!(job.exit_code(SOON), 0, "{}", job.describe());
-    let status = job.stdout();
-    let mask = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(str::trim)
-            .unwrap_or_else(|| panic!("{name} in {status}"))
-            .to_string()
-    };
-    assert_eq!(mask("SigBlk:"), "0000000000000000", "nothing blocked");
-    // Dispositions come from whoever started the test (`nohup` ignores SIGHUP
-    // on purpose), but SIGTERM, the one `run` stops the command with, is live.
-    let ignored = u64::from_str_radix(&mask("SigIgn:"), 16).expect("a hex mask");
-    assert_eq!(ignored & (1 << (15 - 1)), 0, "SIGTERM is not ignored");
-}
-
         Intrusion::RevokeLease => etcd.ctl(&["lease", "revoke", &format!("{lease:x}")]),
     };
     let term_at = job.wait_for_number("term_at", SOON);
@@ -633,7 +699,7 @@ fn var(env: &[(String, String)], name: &str) -> String {
 }
 
 #[test]
-fn the_fencing_token_is_the_create_revision_and_grows_from_holder_to_holder() {
+fn the_fencing_token_is_the_revision_a_run_got_the_key_at_and_grows_from_holder_to_holder() {
     let etcd = Etcd::start();
     let key = unique_key("fencing");
     let mut tokens = Vec::new();
@@ -658,9 +724,11 @@ fn the_fencing_token_is_the_create_revision_and_grows_from_holder_to_holder() {
         let token: i64 = var(&env, "ELECTOR_FENCING_TOKEN")
             .parse()
             .expect("the token is a number");
+        // Created by the first, handed over to the others: the revision of
+        // that write either way.
         assert_eq!(
-            token, kv.create_revision,
-            "the token is the key's create revision"
+            token, kv.mod_revision,
+            "the token is the revision the key became this run's"
         );
         assert_eq!(var(&env, "ETCD_LOCK_REV"), token.to_string());
         assert_eq!(var(&env, "ELECTOR_KEY"), key);

@@ -181,3 +181,33 @@ fn a_missing_command_is_named() {
     assert!(err.contains("<COMMAND>"), "{err}");
     assert!(!err.contains('\n'), "one line: {err}");
 }
+
+#[test]
+fn a_waiting_run_takes_part_in_succession_without_waiting_and_a_try_does_not() {
+    let job = |extra: &[&str]| match parsed(
+        &[
+            &["run", "--key", "/k", "--handoff-wait", "3"],
+            extra,
+            &["--", "true"],
+        ]
+        .concat(),
+    ) {
+        Ok(Parsed::Job(cfg, _)) => cfg.election.succession,
+        other => panic!("expected a job config, got {other:?}"),
+    };
+    let waiting = job(&[]).expect("a waiting run hands over and is handed to");
+    assert_eq!(waiting.handoff_wait, Duration::ZERO, "a job never waits");
+    assert_eq!(
+        job(&["--try"]),
+        None,
+        "one attempt and gone: no registration"
+    );
+    assert_eq!(job(&["--no-succession"]), None);
+    let sidecar = sidecar(&["--key", "/k", "--handoff-wait", "1"])
+        .election
+        .succession;
+    assert_eq!(
+        sidecar.map(|s| s.handoff_wait),
+        Some(Duration::from_secs(1))
+    );
+}
