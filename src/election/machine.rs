@@ -1753,6 +1753,17 @@ mod tests {
         }
     }
 
+    /// The answer of a plain lock campaign under `LEASE`, the event most tests feed in.
+    fn campaign_done(holder: Holder, revision: i64) -> Event {
+        Event::CampaignDone {
+            lease: LEASE,
+            holder,
+            revision,
+            key: KEY.into(),
+            queue: None,
+        }
+    }
+
     /// Start, get a lease at `t0`, and return the step that followed the grant.
     fn granted(m: &mut Machine, t0: Instant) -> Step {
         assert_eq!(m.step(Event::Start, t0).actions, vec![Action::GrantLease]);
@@ -1768,32 +1779,14 @@ mod tests {
 
     fn leading(m: &mut Machine, t0: Instant) {
         granted(m, t0);
-        m.step(
-            Event::CampaignDone {
-                lease: LEASE,
-                holder: ours(5),
-                revision: 5,
-                key: KEY.into(),
-                queue: None,
-            },
-            t0,
-        );
+        m.step(campaign_done(ours(5), 5), t0);
         assert_eq!(m.view().role, Role::Leader);
     }
 
     /// Start, get a lease and lose the campaign to `other(3)`.
     fn following(m: &mut Machine, t0: Instant) {
         granted(m, t0);
-        m.step(
-            Event::CampaignDone {
-                lease: LEASE,
-                holder: other(3),
-                revision: 3,
-                key: KEY.into(),
-                queue: None,
-            },
-            t0,
-        );
+        m.step(campaign_done(other(3), 3), t0);
         assert_eq!(m.view().role, Role::Follower);
     }
 
@@ -1821,16 +1814,7 @@ mod tests {
     fn winning_transaction_makes_leader_with_create_revision_as_token() {
         let (mut m, t0) = machine();
         granted(&mut m, t0);
-        let step = m.step(
-            Event::CampaignDone {
-                lease: LEASE,
-                holder: ours(12),
-                revision: 12,
-                key: KEY.into(),
-                queue: None,
-            },
-            t0,
-        );
+        let step = m.step(campaign_done(ours(12), 12), t0);
         assert_eq!(
             step.actions,
             vec![Action::Watch {
@@ -1852,16 +1836,7 @@ mod tests {
     fn losing_transaction_follows_holder_and_watches_after_read() {
         let (mut m, t0) = machine();
         granted(&mut m, t0);
-        let step = m.step(
-            Event::CampaignDone {
-                lease: LEASE,
-                holder: other(3),
-                revision: 20,
-                key: KEY.into(),
-                queue: None,
-            },
-            t0,
-        );
+        let step = m.step(campaign_done(other(3), 20), t0);
         assert_eq!(
             step.actions,
             vec![Action::Watch {
@@ -1885,16 +1860,7 @@ mod tests {
             create_revision: 4,
             mod_revision: 4,
         };
-        m.step(
-            Event::CampaignDone {
-                lease: LEASE,
-                holder: stale,
-                revision: 9,
-                key: KEY.into(),
-                queue: None,
-            },
-            t0,
-        );
+        m.step(campaign_done(stale, 9), t0);
         assert_eq!(m.view().role, Role::Follower);
         assert!(!is_leader(&m, t0));
     }
@@ -2041,16 +2007,7 @@ mod tests {
         granted(&mut m, t0);
         // The transaction answer arrives after the claim deadline (e.g. the process was frozen).
         let late = t0 + Duration::from_secs(30);
-        m.step(
-            Event::CampaignDone {
-                lease: LEASE,
-                holder: ours(5),
-                revision: 5,
-                key: KEY.into(),
-                queue: None,
-            },
-            late,
-        );
+        m.step(campaign_done(ours(5), 5), late);
         assert!(!is_leader(&m, late));
         assert_eq!(m.view().role, Role::Campaigning);
     }
@@ -2084,16 +2041,7 @@ mod tests {
         let step = m.step(Event::Tick, at);
         assert!(step.actions.contains(&Action::Campaign { lease: LEASE }));
         // The re-read shows the key still under our lease: leader again, same token.
-        m.step(
-            Event::CampaignDone {
-                lease: LEASE,
-                holder: ours(5),
-                revision: 8,
-                key: KEY.into(),
-                queue: None,
-            },
-            at,
-        );
+        m.step(campaign_done(ours(5), 8), at);
         assert!(is_leader(&m, at));
         assert_eq!(m.view().fencing_token, Some(5));
     }
@@ -2591,16 +2539,7 @@ mod tests {
             healthy: true,
             leading: None,
         }));
-        let step = m.step(
-            Event::CampaignDone {
-                lease: LEASE,
-                holder: ours(5),
-                revision: 5,
-                key: KEY.into(),
-                queue: None,
-            },
-            t0,
-        );
+        let step = m.step(campaign_done(ours(5), 5), t0);
         assert!(is_leader(&m, t0));
         assert!(
             step.actions.contains(&Action::ReadCandidates),
@@ -2779,16 +2718,7 @@ mod tests {
     fn a_follower_watches_only_the_keys_deletion_and_its_handoff_note() {
         let (mut m, t0) = succeeding(Duration::ZERO);
         granted(&mut m, t0);
-        let step = m.step(
-            Event::CampaignDone {
-                lease: LEASE,
-                holder: other(3),
-                revision: 3,
-                key: KEY.into(),
-                queue: None,
-            },
-            t0,
-        );
+        let step = m.step(campaign_done(other(3), 3), t0);
         assert!(step.actions.contains(&Action::Watch {
             target: WatchTarget {
                 key: KEY.into(),
@@ -2800,16 +2730,7 @@ mod tests {
         }));
         let (mut m, t0) = succeeding(Duration::ZERO);
         granted(&mut m, t0);
-        let step = m.step(
-            Event::CampaignDone {
-                lease: LEASE,
-                holder: ours(5),
-                revision: 5,
-                key: KEY.into(),
-                queue: None,
-            },
-            t0,
-        );
+        let step = m.step(campaign_done(ours(5), 5), t0);
         assert!(
             step.actions.contains(&Action::Watch {
                 target: WatchTarget::key(KEY),
@@ -3083,16 +3004,7 @@ mod tests {
         let (mut m, t0) = watching_the_app();
         granted(&mut m, t0);
         m.step(Event::AppHealth { healthy: true }, t0);
-        m.step(
-            Event::CampaignDone {
-                lease: LEASE,
-                holder: other(3),
-                revision: 3,
-                key: KEY.into(),
-                queue: None,
-            },
-            t0,
-        );
+        m.step(campaign_done(other(3), 3), t0);
         let step = m.step(Event::AppHealth { healthy: false }, t0);
         assert_eq!(
             step.actions,
@@ -3112,16 +3024,7 @@ mod tests {
         let (mut m, t0) = watching_the_app();
         granted(&mut m, t0);
         m.step(Event::AppHealth { healthy: true }, t0);
-        m.step(
-            Event::CampaignDone {
-                lease: LEASE,
-                holder: ours(5),
-                revision: 5,
-                key: KEY.into(),
-                queue: None,
-            },
-            t0,
-        );
+        m.step(campaign_done(ours(5), 5), t0);
         assert!(is_leader(&m, t0));
         m.step(Event::AppHealth { healthy: false }, t0);
         let after = Duration::from_secs(3);
@@ -3178,16 +3081,7 @@ mod tests {
     fn following_with(known: Vec<Candidate>) -> (Machine, Instant) {
         let (mut m, t0) = succeeding(Duration::ZERO);
         granted(&mut m, t0);
-        let step = m.step(
-            Event::CampaignDone {
-                lease: LEASE,
-                holder: other(3),
-                revision: 3,
-                key: KEY.into(),
-                queue: None,
-            },
-            t0,
-        );
+        let step = m.step(campaign_done(other(3), 3), t0);
         assert!(step.actions.contains(&Action::ReadCandidates));
         let step = m.step(
             Event::Candidates {
