@@ -1764,6 +1764,14 @@ mod tests {
         }
     }
 
+    /// The watch of the lock key, puts and deletion, that a plain campaign asks for.
+    fn watch_key(from_revision: i64) -> Action {
+        Action::Watch {
+            target: WatchTarget::key(KEY),
+            from_revision,
+        }
+    }
+
     /// Start, get a lease at `t0`, and return the step that followed the grant.
     fn granted(m: &mut Machine, t0: Instant) -> Step {
         assert_eq!(m.step(Event::Start, t0).actions, vec![Action::GrantLease]);
@@ -1815,13 +1823,7 @@ mod tests {
         let (mut m, t0) = machine();
         granted(&mut m, t0);
         let step = m.step(campaign_done(ours(12), 12), t0);
-        assert_eq!(
-            step.actions,
-            vec![Action::Watch {
-                target: WatchTarget::key(KEY),
-                from_revision: 13
-            }]
-        );
+        assert_eq!(step.actions, vec![watch_key(13)]);
         assert_eq!(
             step.transitions,
             vec![Transition::BecameLeader { fencing_token: 12 }]
@@ -1837,13 +1839,7 @@ mod tests {
         let (mut m, t0) = machine();
         granted(&mut m, t0);
         let step = m.step(campaign_done(other(3), 20), t0);
-        assert_eq!(
-            step.actions,
-            vec![Action::Watch {
-                target: WatchTarget::key(KEY),
-                from_revision: 21
-            }]
-        );
+        assert_eq!(step.actions, vec![watch_key(21)]);
         let v = m.view();
         assert_eq!(v.role, Role::Follower);
         assert_eq!(v.leader.as_deref(), Some("other"));
@@ -2732,10 +2728,7 @@ mod tests {
         granted(&mut m, t0);
         let step = m.step(campaign_done(ours(5), 5), t0);
         assert!(
-            step.actions.contains(&Action::Watch {
-                target: WatchTarget::key(KEY),
-                from_revision: 6
-            }),
+            step.actions.contains(&watch_key(6)),
             "a leader watches writes, which show a transfer to it too: {step:?}"
         );
     }
@@ -2758,10 +2751,7 @@ mod tests {
         assert_eq!(
             step.actions,
             vec![
-                Action::Watch {
-                    target: WatchTarget::key(KEY),
-                    from_revision: 10
-                },
+                watch_key(10),
                 Action::Register {
                     lease: LEASE,
                     healthy: true,
