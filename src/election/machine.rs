@@ -1772,6 +1772,14 @@ mod tests {
         }
     }
 
+    /// The revoke of our lease `LEASE` (for exit or not) that a dozen assertions look for.
+    fn revoke(then_exit: bool) -> Action {
+        Action::Revoke {
+            lease: LEASE,
+            then_exit,
+        }
+    }
+
     /// Start, get a lease at `t0`, and return the step that followed the grant.
     fn granted(m: &mut Machine, t0: Instant) -> Step {
         assert_eq!(m.step(Event::Start, t0).actions, vec![Action::GrantLease]);
@@ -1989,10 +1997,7 @@ mod tests {
         assert!(step.transitions.contains(&Transition::SteppedDown {
             reason: StepDownReason::LeaseNotRenewed
         }));
-        assert!(step.actions.contains(&Action::Revoke {
-            lease: LEASE,
-            then_exit: false
-        }));
+        assert!(step.actions.contains(&revoke(false)));
         assert_eq!(step.actions.last(), Some(&Action::GrantLease));
         assert_eq!(m.view().role, Role::Campaigning);
     }
@@ -2083,10 +2088,7 @@ mod tests {
         let step = m.step(Event::Shutdown, t0);
         assert!(!is_leader(&m, t0));
         assert_eq!(m.view().role, Role::Stopping);
-        assert!(step.actions.contains(&Action::Revoke {
-            lease: LEASE,
-            then_exit: true
-        }));
+        assert!(step.actions.contains(&revoke(true)));
         assert_eq!(m.step(Event::Revoked, t0).actions, vec![Action::Exit]);
         assert!(m.is_stopped());
     }
@@ -2105,10 +2107,7 @@ mod tests {
             .any(|a| matches!(a, Action::Revoke { .. })));
         assert_eq!(m.next_wakeup(), Some(t0 + delay));
         let step = m.step(Event::Tick, t0 + delay);
-        assert!(step.actions.contains(&Action::Revoke {
-            lease: LEASE,
-            then_exit: true
-        }));
+        assert!(step.actions.contains(&revoke(true)));
     }
 
     #[test]
@@ -2119,10 +2118,7 @@ mod tests {
         assert!(step.transitions.contains(&Transition::SteppedDown {
             reason: StepDownReason::Resigned
         }));
-        assert!(step.actions.contains(&Action::Revoke {
-            lease: LEASE,
-            then_exit: false
-        }));
+        assert!(step.actions.contains(&revoke(false)));
         assert!(!step.actions.contains(&Action::GrantLease));
         assert!(!is_leader(&m, t0));
         let holdoff = Timing::for_ttl(TTL).resign_holdoff;
@@ -2163,13 +2159,7 @@ mod tests {
             },
             t0,
         );
-        assert_eq!(
-            step.actions,
-            vec![Action::Revoke {
-                lease: LEASE,
-                then_exit: true
-            }]
-        );
+        assert_eq!(step.actions, vec![revoke(true)]);
     }
 
     #[test]
@@ -2221,10 +2211,7 @@ mod tests {
         following(&mut m, t0);
         let step = m.step(Event::Shutdown, t0);
         assert!(
-            step.actions.contains(&Action::Revoke {
-                lease: LEASE,
-                then_exit: true
-            }),
+            step.actions.contains(&revoke(true)),
             "a follower gives its lease back at once: {step:?}"
         );
     }
@@ -2235,10 +2222,7 @@ mod tests {
         leading(&mut m, t0);
         let late = t0 + TTL;
         let step = m.step(Event::Tick, late);
-        assert!(step.actions.contains(&Action::Revoke {
-            lease: LEASE,
-            then_exit: false
-        }));
+        assert!(step.actions.contains(&revoke(false)));
         m.step(Event::RevokeFailed { lease: LEASE }, late);
         m.step(Event::LeaseGrantFailed, late);
         let retry = m.next_wakeup().expect("a grant retry");
@@ -2253,10 +2237,7 @@ mod tests {
             retry,
         );
         assert!(
-            step.actions.contains(&Action::Revoke {
-                lease: LEASE,
-                then_exit: false
-            }),
+            step.actions.contains(&revoke(false)),
             "etcd answers again, so the old lease is revoked again: {step:?}"
         );
         // Revoked once more only if that fails too.
@@ -2593,10 +2574,7 @@ mod tests {
         m.step(Event::Shutdown, t0);
         let step = m.step(Event::TransferDone { succeeded: true }, t0);
         assert!(
-            step.actions.contains(&Action::Revoke {
-                lease: LEASE,
-                then_exit: true
-            }),
+            step.actions.contains(&revoke(true)),
             "nothing to wait for: the key is the successor's"
         );
         assert_eq!(m.step(Event::Revoked, t0).actions, vec![Action::Exit]);
@@ -2606,10 +2584,7 @@ mod tests {
     fn without_a_successor_or_a_transfer_the_lease_is_revoked_as_before() {
         let (mut m, t0) = leading_with(vec![candidate("me", "a", LEASE, 6)], Duration::ZERO);
         let step = m.step(Event::Shutdown, t0);
-        assert!(step.actions.contains(&Action::Revoke {
-            lease: LEASE,
-            then_exit: true
-        }));
+        assert!(step.actions.contains(&revoke(true)));
         // A transfer that fails on the list the watch kept is retried once on a fresh read.
         let (mut m, t0) = leading_with(vec![candidate("gone", "a", 20, 30)], Duration::ZERO);
         m.step(Event::Shutdown, t0);
@@ -2634,10 +2609,7 @@ mod tests {
             ]
         );
         let step = m.step(failed, t0);
-        assert!(step.actions.contains(&Action::Revoke {
-            lease: LEASE,
-            then_exit: true
-        }));
+        assert!(step.actions.contains(&revoke(true)));
     }
 
     #[test]
@@ -3163,9 +3135,6 @@ mod tests {
         assert_eq!(m.view().role, Role::Stopping);
         // The key went with the lease: nothing to hand over, give up and exit.
         let step = m.step(Event::KeyDeleted, late);
-        assert!(step.actions.contains(&Action::Revoke {
-            lease: LEASE,
-            then_exit: true
-        }));
+        assert!(step.actions.contains(&revoke(true)));
     }
 }
