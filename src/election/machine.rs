@@ -1780,6 +1780,15 @@ mod tests {
         }
     }
 
+    /// Our registration under `LEASE` (succession), which most succession tests look for.
+    fn register(healthy: bool, leading: Option<Term>) -> Action {
+        Action::Register {
+            lease: LEASE,
+            healthy,
+            leading,
+        }
+    }
+
     /// Start, get a lease at `t0`, and return the step that followed the grant.
     fn granted(m: &mut Machine, t0: Instant) -> Step {
         assert_eq!(m.step(Event::Start, t0).actions, vec![Action::GrantLease]);
@@ -2511,11 +2520,7 @@ mod tests {
     fn leading_with(known: Vec<Candidate>, wait: Duration) -> (Machine, Instant) {
         let (mut m, t0) = succeeding(wait);
         let step = granted(&mut m, t0);
-        assert!(step.actions.contains(&Action::Register {
-            lease: LEASE,
-            healthy: true,
-            leading: None,
-        }));
+        assert!(step.actions.contains(&register(true, None)));
         let step = m.step(campaign_done(ours(5), 5), t0);
         assert!(is_leader(&m, t0));
         assert!(
@@ -2523,11 +2528,7 @@ mod tests {
             "a leader keeps the candidates too: {step:?}"
         );
         assert!(
-            step.actions.contains(&Action::Register {
-                lease: LEASE,
-                healthy: true,
-                leading: Some(HELD),
-            }),
+            step.actions.contains(&register(true, Some(HELD))),
             "a winner announces its term: {step:?}"
         );
         let step = m.step(
@@ -2722,14 +2723,7 @@ mod tests {
         assert_eq!(m.view().fencing_token, Some(9));
         assert_eq!(
             step.actions,
-            vec![
-                watch_key(10),
-                Action::Register {
-                    lease: LEASE,
-                    healthy: true,
-                    leading: Some(term),
-                },
-            ],
+            vec![watch_key(10), register(true, Some(term))],
             "now it watches the key's writes, and announces its term"
         );
         // The transfer's own write, replayed by the new watch, is ours.
@@ -2774,11 +2768,7 @@ mod tests {
         let (mut m, t0) = succeeding(Duration::ZERO);
         leading(&mut m, t0);
         let step = m.step(Event::KeyPut { holder: other(8) }, t0);
-        assert!(step.actions.contains(&Action::Register {
-            lease: LEASE,
-            healthy: true,
-            leading: None,
-        }));
+        assert!(step.actions.contains(&register(true, None)));
         // A follower of that leader (lease 99) sees its registration lose the mark.
         let (mut f, t0) = following_with(vec![candidate("other", "a", 99, 2)]);
         let step = f.step(
@@ -2941,22 +2931,14 @@ mod tests {
     fn an_unknown_or_unhealthy_app_stands_by_without_campaigning_or_registering() {
         let (mut m, t0) = watching_the_app();
         let step = granted(&mut m, t0);
-        assert!(step.actions.contains(&Action::Register {
-            lease: LEASE,
-            healthy: false,
-            leading: None,
-        }));
+        assert!(step.actions.contains(&register(false, None)));
         assert!(!step
             .actions
             .iter()
             .any(|a| matches!(a, Action::Campaign { .. })));
         assert_eq!(m.view().role, Role::Standby);
         let step = m.step(Event::AppHealth { healthy: true }, t0);
-        assert!(step.actions.contains(&Action::Register {
-            lease: LEASE,
-            healthy: true,
-            leading: None,
-        }));
+        assert!(step.actions.contains(&register(true, None)));
         assert!(step.actions.contains(&Action::Campaign { lease: LEASE }));
         assert_eq!(m.view().app_healthy, Some(true));
     }
@@ -2968,14 +2950,7 @@ mod tests {
         m.step(Event::AppHealth { healthy: true }, t0);
         m.step(campaign_done(other(3), 3), t0);
         let step = m.step(Event::AppHealth { healthy: false }, t0);
-        assert_eq!(
-            step.actions,
-            vec![Action::Register {
-                lease: LEASE,
-                healthy: false,
-                leading: None,
-            }]
-        );
+        assert_eq!(step.actions, vec![register(false, None)]);
         // The key going away is no reason to campaign now.
         m.step(Event::KeyDeleted, t0);
         assert_eq!(m.view().role, Role::Standby);
