@@ -1789,6 +1789,14 @@ mod tests {
         }
     }
 
+    /// The answer to `ReadCandidates` (`known`, read at `revision`) that six steps feed in.
+    fn candidates_read(known: Vec<Candidate>, revision: i64) -> Event {
+        Event::Candidates {
+            candidates: known,
+            revision,
+        }
+    }
+
     /// Start, get a lease at `t0`, and return the step that followed the grant.
     fn granted(m: &mut Machine, t0: Instant) -> Step {
         assert_eq!(m.step(Event::Start, t0).actions, vec![Action::GrantLease]);
@@ -2531,13 +2539,7 @@ mod tests {
             step.actions.contains(&register(true, Some(HELD))),
             "a winner announces its term: {step:?}"
         );
-        let step = m.step(
-            Event::Candidates {
-                candidates: known,
-                revision: 41,
-            },
-            t0,
-        );
+        let step = m.step(candidates_read(known, 41), t0);
         assert_eq!(
             step.actions,
             vec![Action::WatchCandidates { from_revision: 42 }]
@@ -2595,13 +2597,7 @@ mod tests {
             vec![Action::ReadCandidates]
         );
         let next = candidate("next", "a", 21, 43);
-        let step = m.step(
-            Event::Candidates {
-                candidates: vec![next.clone()],
-                revision: 44,
-            },
-            t0,
-        );
+        let step = m.step(candidates_read(vec![next.clone()], 44), t0);
         assert_eq!(
             step.actions,
             vec![
@@ -2622,13 +2618,7 @@ mod tests {
             vec![Action::ReadCandidates]
         );
         let next = candidate("next", "a", 20, 30);
-        let step = m.step(
-            Event::Candidates {
-                candidates: vec![next.clone()],
-                revision: 41,
-            },
-            t0,
-        );
+        let step = m.step(candidates_read(vec![next.clone()], 41), t0);
         assert_eq!(
             step.actions,
             vec![
@@ -2786,10 +2776,7 @@ mod tests {
         let step = m.step(Event::CandidatesWatchEnded, t0);
         assert_eq!(step.actions, vec![Action::ReadCandidates]);
         let step = m.step(
-            Event::Candidates {
-                candidates: vec![candidate("me", "a", LEASE, 10)],
-                revision: 30,
-            },
+            candidates_read(vec![candidate("me", "a", LEASE, 10)], 30),
             t0,
         );
         assert_eq!(
@@ -2970,13 +2957,7 @@ mod tests {
         assert!(step.actions.contains(&Action::ReadCandidates));
         assert!(is_leader(&m, t0 + after), "still leading while it looks");
         // Nobody healthy: keep leading, say so, look again later.
-        let step = m.step(
-            Event::Candidates {
-                candidates: vec![],
-                revision: 9,
-            },
-            t0 + after,
-        );
+        let step = m.step(candidates_read(vec![], 9), t0 + after);
         assert_eq!(step.transitions, vec![Transition::NoHealthySuccessor]);
         assert!(is_leader(&m, t0 + after));
         assert!(m.view().no_healthy_successor);
@@ -3020,13 +3001,7 @@ mod tests {
         granted(&mut m, t0);
         let step = m.step(campaign_done(other(3), 3), t0);
         assert!(step.actions.contains(&Action::ReadCandidates));
-        let step = m.step(
-            Event::Candidates {
-                candidates: known,
-                revision: 20,
-            },
-            t0,
-        );
+        let step = m.step(candidates_read(known, 20), t0);
         assert_eq!(
             step.actions,
             vec![Action::WatchCandidates { from_revision: 21 }]
