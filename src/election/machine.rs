@@ -1367,15 +1367,10 @@ impl Machine {
 
     /// The rules of a handoff in progress, one event at a time.
     fn on_handoff_event(&mut self, event: HandoffEvent, now: Instant, out: &mut Step) {
+        let (own_lease, own_revision) = self.own_registration();
         let State::Handing(handoff) = &mut self.state else {
             return;
         };
-        let own_lease = self.lease.map_or(0, |l| l.id);
-        let own_revision = self
-            .succession
-            .as_ref()
-            .map(|s| s.revision.clone())
-            .unwrap_or_default();
         let held = handoff.held;
         let next = match (&handoff.phase, event) {
             (Phase::Reading, HandoffEvent::Candidates { list }) => {
@@ -1602,12 +1597,7 @@ impl Machine {
         now: Instant,
         out: &mut Step,
     ) {
-        let own_lease = self.lease.map_or(0, |l| l.id);
-        let own_revision = self
-            .succession
-            .as_ref()
-            .map(|s| s.revision.clone())
-            .unwrap_or_default();
+        let (own_lease, own_revision) = self.own_registration();
         let best = list
             .as_deref()
             .and_then(|list| choose(list, own_lease, &own_revision).cloned());
@@ -1641,6 +1631,12 @@ impl Machine {
             reread: true,
         });
         out.actions.push(Action::Transfer { to, held });
+    }
+
+    /// Our lease and release, as a successor choice compares candidates with them.
+    fn own_registration(&self) -> (LeaseId, String) {
+        let revision = self.succession.as_ref().map(|s| s.revision.clone());
+        (self.lease.map_or(0, |l| l.id), revision.unwrap_or_default())
     }
 
     /// Under succession every running replica keeps the candidate list: a follower to know its
