@@ -82,7 +82,7 @@ pub struct ElectionConfig {
     pub timing: Timing,
     pub shutdown_timeout: Duration,
     pub release_delay: Duration,
-    /// Direct succession: lock-protocol sidecars only (see `election::succession`).
+    /// Direct succession: the lock protocol, not `run --try` (see `election::succession`).
     pub succession: Option<Succession>,
     /// `--app-health`: the application's health decides eligibility (sidecar only).
     pub app_health: Option<AppHealthCheck>,
@@ -173,11 +173,9 @@ where
         }
     };
     let mut cfg = resolve(elector.config, matches, run.is_some())?;
-    if run.as_ref().is_some_and(|run| run.try_once) {
-        // One attempt, then gone: nobody should hand the lock to a `run --try` on its way
-        // out, so it does not register.
-        cfg.election.succession = None;
-    }
+    // One attempt, then gone: a `run --try` does not register, so nobody hands it the lock.
+    let try_once = run.as_ref().is_some_and(|run| run.try_once);
+    cfg.election.succession.take_if(|_| try_once);
     let run = run.map(|run| RunConfig {
         try_once: run.try_once,
         try_timeout: run.try_timeout.map(|s| s.0),
@@ -235,9 +233,8 @@ fn resolve(file: Option<PathBuf>, matches: &ArgMatches, job: bool) -> Result<Con
     let release_delay = args.release_delay.map_or(DEFAULT_RELEASE_DELAY, |s| s.0);
     let timing = Timing::for_ttl(args.ttl.map_or(DEFAULT_TTL, |t| t.0));
     let protocol = args.protocol.unwrap_or_default();
-    // Succession is for the lock protocol: the election protocol keeps etcd's queue order.
-    // `run` hands its lock over too, once its command's group is dead, and never waits for
-    // another release (a job has none); `run --try` takes no part (see `parse`).
+    // Succession is for the lock protocol (the election protocol keeps etcd's queue order);
+    // `run` hands over once its command's group is dead, and never waits (see `parse`).
     let wanted = protocol == Protocol::Lock && args.no_succession != Some(true);
     // The wait, the transfer and the revoke must all fit in what the shutdown timeout leaves
     // after the release delay: each request gets its bound, at most a quarter of that; the
@@ -246,13 +243,11 @@ fn resolve(file: Option<PathBuf>, matches: &ArgMatches, job: bool) -> Result<Con
     let request = timing.request_timeout.min(budget / 4);
     let succession = wanted.then(|| Succession {
         revision: args.revision.unwrap_or_default(),
-        handoff_wait: match job {
-            true => Duration::ZERO,
-            false => args
-                .handoff_wait
-                .map_or(DEFAULT_HANDOFF_WAIT, |s| s.0)
-                .min(budget.saturating_sub(request * 2)),
-        },
+        handoff_wait: (!job)
+            .then(|| args.handoff_wait.map_or(DEFAULT_HANDOFF_WAIT, |s| s.0))
+            .map_or(Duration::ZERO, |wait| {
+                wait.min(budget.saturating_sub(request * 2))
+            }),
     });
     // The sidecar serves HTTP and the admin API by default; `run` only when asked to.
     let (listen, admin_listen) = match job {
