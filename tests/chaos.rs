@@ -268,41 +268,32 @@ fn log_timestamps_parse_as_unix_microseconds() {
 #[test]
 fn the_overlap_checks_catch_two_leaders_and_accept_a_handoff() {
     let t0 = Instant::now();
-    let probe = |sent: u64, answered: u64, status: u16, token: i64| Probe {
-        sent: t0 + Duration::from_millis(sent),
-        answered: t0 + Duration::from_millis(answered),
-        status: Some(status),
-        token: (status == 200).then_some(token),
-        connected: false,
-    };
-    let record = |a: Vec<Probe>, b: Vec<Probe>| ProbeRecord {
-        names: vec!["a".into(), "b".into()],
-        probes: vec![a, b],
+    // Replicas a and b, each probe (sent at ms, status, token) answered a millisecond later.
+    let record = |a: &[(u64, u16, i64)], b: &[(u64, u16, i64)]| {
+        let probes = |of: &[(u64, u16, i64)]| {
+            of.iter()
+                .map(|&(sent, status, token)| Probe {
+                    sent: t0 + Duration::from_millis(sent),
+                    answered: t0 + Duration::from_millis(sent + 1),
+                    status: Some(status),
+                    token: (status == 200).then_some(token),
+                    connected: false,
+                })
+                .collect()
+        };
+        ProbeRecord {
+            names: vec!["a".into(), "b".into()],
+            probes: vec![probes(a), probes(b)],
+        }
     };
     let handoff = record(
-        vec![
-            probe(90, 91, 200, 1),
-            probe(96, 97, 200, 1),
-            probe(102, 103, 503, 0),
-        ],
-        vec![
-            probe(92, 93, 503, 0),
-            probe(98, 99, 503, 0),
-            probe(104, 105, 200, 2),
-        ],
+        &[(90, 200, 1), (96, 200, 1), (102, 503, 0)],
+        &[(92, 503, 0), (98, 503, 0), (104, 200, 2)],
     );
     assert!(handoff.overlaps().is_empty());
     let two_leaders = record(
-        vec![
-            probe(90, 91, 200, 1),
-            probe(96, 97, 200, 1),
-            probe(102, 103, 200, 1),
-        ],
-        vec![
-            probe(92, 93, 503, 0),
-            probe(98, 99, 200, 2),
-            probe(104, 105, 200, 2),
-        ],
+        &[(90, 200, 1), (96, 200, 1), (102, 200, 1)],
+        &[(92, 503, 0), (98, 200, 2), (104, 200, 2)],
     );
     assert_eq!(two_leaders.overlaps().len(), 1);
 
