@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use elector_testkit::job::{
     children_of, keys_under, process_alive, process_exists, process_group, stamp, unix_nanos,
-    write_file, Etcdctl, Job, WAIT_FOR_RELEASE,
+    write_file, Etcdctl, Job, JobBuilder, WAIT_FOR_RELEASE,
 };
 use elector_testkit::tls::auth_etcd;
 use elector_testkit::*;
@@ -25,8 +25,29 @@ const LONG_TTL: u64 = 30;
 /// The default `--lost-exit-code`.
 const LOST: i32 = 75;
 
-/// A run that takes the free key and holds it until the test creates its
-/// `release` file; its command records its environment first.
+/// A run of `id` on `key` with [`LONG_TTL`]: it loses the lock only when a test takes it.
+fn run_on(etcd: &Etcd, key: &str, id: &str) -> JobBuilder {
+    Job::builder().on(&etcd.endpoint(), key, id).ttl(LONG_TTL)
+}
+
+/// A command that records its environment in `env`, then holds on until the
+/// test creates `release`.
+fn env_then_release() -> String {
+    format!("{}; {WAIT_FOR_RELEASE}", write_file("env", "env"))
+}
+
+/// What an [`env_then_release`] command recorded, once it has.
+fn recorded_env(job: &mut Job) -> Vec<(String, String)> {
+    job.wait_for_file("env", SOON);
+    job.read_env("env")
+}
+
+/// Creates `release` for a command waiting on [`WAIT_FOR_RELEASE`]; its run exits 0.
+fn release(job: &mut Job) {
+    job.touch("release");
+    assert_eq!(job.exit_code(SOON), 0, "{}", job.describe());
+}
+
 /// A command with a grandchild: it writes the grandchild's pid to `gc`, its own to `pid`,
 /// and waits.
 fn family() -> String {
@@ -48,15 +69,11 @@ fn family_pids(job: &mut Job) -> (i32, i32) {
     (pid, job.wait_for_number("gc", SOON) as i32)
 }
 
+/// A run that takes the free key and holds it until the test creates its
+/// `release` file; its command records its environment first.
 fn holder(etcd: &Etcd, key: &str, id: &str) -> Job {
-    let mut job = Job::builder()
-        .on(&etcd.endpoint(), key, id)
-        .ttl(LONG_TTL)
-        .shell(&format!(
-            "{}; {WAIT_FOR_RELEASE}; {}",
-            write_file("env", "env"),
-            stamp("done")
-        ))
+    let mut job = run_on(etcd, key, id)
+        .shell(&format!("{}; {}", env_then_release(), stamp("done")))
         .spawn();
     job.wait_for_file("env", SOON);
     job
@@ -65,11 +82,51 @@ fn holder(etcd: &Etcd, key: &str, id: &str) -> Job {
 /// A run that waits for the key (serving `/leader`, so the test can see it
 /// waiting) and records when its command starts.
 fn waiter(etcd: &Etcd, key: &str, id: &str, then: &str) -> Job {
-    Job::builder()
-        .on(&etcd.endpoint(), key, id)
-        .ttl(LONG_TTL)
+    run_on(etcd, key, id)
         .listen()
         .shell(&format!("{}; {then}", stamp("started")))
+        .spawn()
+}
+
+/// A run whose command stamps `term_at` when SIGTERM reaches it, then exits
+/// with `code`; returned once the command runs, with the lease holding the key.
+fn term_stamper(etcd: &Etcd, key: &str, id: &str, code: i32) -> (Job, i64) {
+    let mut job = run_on(etcd, key, id)
+        .shell(&format!(
+            "trap '{}; exit {code}' TERM; {}; sleep 60 & wait",
+            stamp("term_at"),
+            write_file("pid", "echo $$")
+        ))
+        .spawn();
+    job.wait_for_file("pid", SOON);
+    let held = etcd.get(key);
+    let held = held.unwrap_or_else(|| panic!("{id} holds the key\n{}", job.describe()));
+    (job, held.lease)
+}
+
+/// How long after the [`unix_nanos`] or [`stamp`] `from` the one `to` came (zero if before).
+fn nanos_between(from: i128, to: i128) -> Duration {
+    Duration::from_nanos((to - from).max(0) as u64)
+}
+
+/// Checks that `second`'s command stamped `started` after `first`'s stamp `name`,
+/// which marks `what`.
+fn started_after(second: &mut Job, first: &mut Job, name: &str, what: &str) {
+    let before = first.wait_for_number(name, SOON);
+    let started = second.wait_for_number("started", SOON);
+    assert!(
+        started > before,
+        "the second command started {} ms after {what}",
+        (started - before) / 1_000_000
+    );
+}
+
+/// A run with `--protocol election` (a queue of keys under `name/`, as `etcdctl
+/// lock` keeps) and an [`env_then_release`] command.
+fn election_run(etcd: &Etcd, name: &str, id: &str) -> Job {
+    run_on(etcd, name, id)
+        .args(&["--protocol", "election"])
+        .shell(&env_then_release())
         .spawn()
 }
 
@@ -133,8 +190,7 @@ fn try_against_another_run_exits_with_the_held_code_and_names_it() {
         etcd.get(&key).map(|kv| kv.value).as_deref(),
         Some("job-holder")
     );
-    holder.touch("release");
-    assert_eq!(holder.exit_code(SOON), 0);
+    release(&mut holder);
 }
 
 #[test]
@@ -189,9 +245,7 @@ fn try_against_a_plain_client_exits_with_the_held_code_and_runs_once_it_is_gone(
 fn waits_for_the_holder_then_runs_passes_the_exit_code_through_and_releases() {
     let etcd = Etcd::start();
     let key = unique_key("waits");
-    let mut first = Job::builder()
-        .on(&etcd.endpoint(), &key, "job-first")
-        .ttl(LONG_TTL)
+    let mut first = run_on(&etcd, &key, "job-first")
         .shell(&format!(
             "touch holding; {WAIT_FOR_RELEASE}; {}; exit 7",
             stamp("done")
@@ -221,13 +275,7 @@ fn waits_for_the_holder_then_runs_passes_the_exit_code_through_and_releases() {
         );
         assert_eq!(kv.value, "job-second");
     }
-    let done = first.wait_for_number("done", SOON);
-    let started = second.wait_for_number("started", SOON);
-    assert!(
-        started > done,
-        "the second command started after the first finished ({} ms later)",
-        (started - done) / 1_000_000
-    );
+    started_after(&mut second, &mut first, "done", "the first finished");
     assert_eq!(second.exit_code(SOON), 9, "{}", second.describe());
     assert_eq!(etcd.get(&key), None, "the key is gone right after the exit");
 }
@@ -245,37 +293,21 @@ fn a_finished_run_hands_the_lock_to_a_waiting_run_once_its_group_is_dead() {
         "(trap 'sleep 0.5; {}; exit 0' TERM; sleep 300 & wait) &",
         stamp("gc_dead")
     );
-    let mut first = Job::builder()
-        .on(&etcd.endpoint(), &key, "job-first")
-        .ttl(LONG_TTL)
-        .shell(&format!(
-            "{slow_grandchild} {}; {WAIT_FOR_RELEASE}",
-            write_file("env", "env")
-        ))
+    let mut first = run_on(&etcd, &key, "job-first")
+        .shell(&format!("{slow_grandchild} {}", env_then_release()))
         .spawn();
     first.wait_for_file("env", SOON);
     let held = etcd.get(&key).expect("the first run holds the key");
-    let mut second = Job::builder()
-        .on(&etcd.endpoint(), &key, "job-second")
-        .ttl(LONG_TTL)
-        .listen()
-        .shell(&format!(
-            "{}; {}; {WAIT_FOR_RELEASE}",
-            stamp("started"),
-            write_file("env", "env")
-        ))
-        .spawn();
+    let mut second = waiter(&etcd, &key, "job-second", &env_then_release());
     wait_following(&second, "job-first");
 
-    first.touch("release");
-    assert_eq!(first.exit_code(SOON), 0, "{}", first.describe());
-    second.wait_for_file("env", SOON);
-    let gc_dead = first.wait_for_number("gc_dead", SOON);
-    let started = second.wait_for_number("started", SOON);
-    assert!(
-        started > gc_dead,
-        "the second command started {} ms after the first group's last process began to die",
-        (started - gc_dead) / 1_000_000
+    release(&mut first);
+    let env = recorded_env(&mut second);
+    started_after(
+        &mut second,
+        &mut first,
+        "gc_dead",
+        "the first group's last process began to die",
     );
     let now = etcd.get(&key).expect("the key is held");
     assert_eq!(
@@ -284,16 +316,13 @@ fn a_finished_run_hands_the_lock_to_a_waiting_run_once_its_group_is_dead() {
         "handed over, never absent"
     );
     assert_ne!(now.lease, held.lease, "under the second run's lease");
-    let token: i64 = var(&second.read_env("env"), "ELECTOR_FENCING_TOKEN")
-        .parse()
-        .expect("a number");
+    let token = fencing_token(&env);
     assert_eq!(
         token, now.mod_revision,
         "the token is the transfer's revision"
     );
     assert!(token > held.create_revision, "and larger than the first's");
-    second.touch("release");
-    assert_eq!(second.exit_code(SOON), 0);
+    release(&mut second);
     assert_eq!(etcd.get(&key), None, "nobody waits: the last run revokes");
 }
 
@@ -317,8 +346,7 @@ fn the_command_runs_in_its_own_process_group_with_stdio_passed_through() {
         "the command leads a process group of its own"
     );
     assert_ne!(process_group(run_pid), Some(pid), "run is not in it");
-    job.touch("release");
-    assert_eq!(job.exit_code(SOON), 0, "{}", job.describe());
+    release(&mut job);
     assert!(
         job.stdout().contains("stdout got: hello from stdin"),
         "stdin and stdout are the command's: {:?}",
@@ -405,17 +433,7 @@ enum Intrusion {
 fn lock_lost_by(intrusion: Intrusion) -> Option<KeyValue> {
     let etcd = Etcd::start();
     let key = unique_key(&format!("{intrusion:?}").to_lowercase());
-    let mut job = Job::builder()
-        .on(&etcd.endpoint(), &key, "job-intruded")
-        .ttl(LONG_TTL)
-        .shell(&format!(
-            "trap '{}; exit 0' TERM; {}; sleep 60 & wait",
-            stamp("term_at"),
-            write_file("pid", "echo $$")
-        ))
-        .spawn();
-    job.wait_for_file("pid", SOON);
-    let lease = etcd.get(&key).expect("run holds the key").lease;
+    let (mut job, lease) = term_stamper(&etcd, &key, "job-intruded", 0);
 
     let intruded_at = unix_nanos();
     match intrusion {
@@ -423,8 +441,7 @@ fn lock_lost_by(intrusion: Intrusion) -> Option<KeyValue> {
         Intrusion::OverwriteKey => etcd.ctl(&["put", &key, "intruder"]),
         Intrusion::RevokeLease => etcd.ctl(&["lease", "revoke", &format!("{lease:x}")]),
     };
-    let term_at = job.wait_for_number("term_at", SOON);
-    let after = Duration::from_nanos((term_at - intruded_at).max(0) as u64);
+    let after = nanos_between(intruded_at, job.wait_for_number("term_at", SOON));
     println!("{intrusion:?}: SIGTERM reached the command {after:?} later");
     assert!(
         after < Duration::from_secs(1),
@@ -601,17 +618,7 @@ fn a_silent_partition_kills_the_command_before_another_run_starts_its_own() {
 fn sigterm_to_run_is_forwarded_and_a_waiting_run_starts_within_a_second() {
     let etcd = Etcd::start();
     let key = unique_key("sigterm_run");
-    let mut first = Job::builder()
-        .on(&etcd.endpoint(), &key, "job-first")
-        .ttl(LONG_TTL)
-        .shell(&format!(
-            "trap '{}; exit 42' TERM; {}; sleep 60 & wait",
-            stamp("term_at"),
-            write_file("pid", "echo $$")
-        ))
-        .spawn();
-    first.wait_for_file("pid", SOON);
-    let lease = etcd.get(&key).expect("the first run holds the key").lease;
+    let (mut first, lease) = term_stamper(&etcd, &key, "job-first", 42);
     let mut second = waiter(&etcd, &key, "job-second", "exit 0");
     wait_following(&second, "job-first");
 
@@ -625,8 +632,7 @@ fn sigterm_to_run_is_forwarded_and_a_waiting_run_starts_within_a_second() {
     );
     assert!(first.has("term_at"), "the command got the SIGTERM");
     assert_eq!(etcd.lease_ttl(lease), None, "the lease was revoked");
-    let started = second.wait_for_number("started", SOON);
-    let after = Duration::from_nanos((started - signalled).max(0) as u64);
+    let after = nanos_between(signalled, second.wait_for_number("started", SOON));
     println!("the waiting run started its command {after:?} after the SIGTERM");
     assert!(
         after < Duration::from_secs(1),
@@ -686,8 +692,7 @@ fn sigterm_before_the_command_starts_exits_143_without_running_it() {
         etcd.get(&key).map(|kv| kv.value).as_deref(),
         Some("job-holder")
     );
-    holder.touch("release");
-    assert_eq!(holder.exit_code(SOON), 0);
+    release(&mut holder);
 }
 
 /// `name` from `env` lines, or a panic naming what the command saw.
@@ -698,6 +703,14 @@ fn var(env: &[(String, String)], name: &str) -> String {
         .unwrap_or_else(|| panic!("{name} missing from the command's environment: {env:?}"))
 }
 
+/// The command's `ELECTOR_FENCING_TOKEN`, which must be a number.
+fn fencing_token(env: &[(String, String)]) -> i64 {
+    let token = var(env, "ELECTOR_FENCING_TOKEN");
+    token
+        .parse()
+        .unwrap_or_else(|e| panic!("ELECTOR_FENCING_TOKEN {token:?} is not a number: {e}"))
+}
+
 #[test]
 fn the_fencing_token_is_the_revision_a_run_got_the_key_at_and_grows_from_holder_to_holder() {
     let etcd = Etcd::start();
@@ -705,25 +718,17 @@ fn the_fencing_token_is_the_revision_a_run_got_the_key_at_and_grows_from_holder_
     let mut tokens = Vec::new();
     let mut previous: Option<Job> = None;
     for id in ["job-a", "job-b", "job-c"] {
-        let mut job = Job::builder()
-            .on(&etcd.endpoint(), &key, id)
-            .ttl(LONG_TTL)
-            .shell(&format!("{}; {WAIT_FOR_RELEASE}", write_file("env", "env")))
-            .spawn();
+        let mut job = run_on(&etcd, &key, id).shell(&env_then_release()).spawn();
         if let Some(mut prev) = previous.take() {
             // Queued behind the previous holder before it lets go.
             std::thread::sleep(Duration::from_millis(300));
             assert!(!job.has("env"), "{id} waits for the holder");
-            prev.touch("release");
-            assert_eq!(prev.exit_code(SOON), 0);
+            release(&mut prev);
         }
-        job.wait_for_file("env", SOON);
-        let env = job.read_env("env");
+        let env = recorded_env(&mut job);
         let kv = etcd.get(&key).expect("the running job's key");
         assert_eq!(kv.value, id);
-        let token: i64 = var(&env, "ELECTOR_FENCING_TOKEN")
-            .parse()
-            .expect("the token is a number");
+        let token = fencing_token(&env);
         // Created by the first, handed over to the others: the revision of
         // that write either way.
         assert_eq!(
@@ -737,9 +742,7 @@ fn the_fencing_token_is_the_revision_a_run_got_the_key_at_and_grows_from_holder_
         tokens.push(token);
         previous = Some(job);
     }
-    let mut last = previous.expect("the last job");
-    last.touch("release");
-    assert_eq!(last.exit_code(SOON), 0);
+    release(&mut previous.expect("the last job"));
     assert!(
         tokens.windows(2).all(|w| w[0] < w[1]),
         "the fencing token grows from one holder to the next: {tokens:?}"
@@ -832,14 +835,8 @@ fn with_the_election_protocol_run_queues_with_etcdctl_lock() {
     let etcd = Etcd::start();
     let name = unique_key("run_election");
     let prefix = format!("{name}/");
-    let mut job = Job::builder()
-        .on(&etcd.endpoint(), &name, "job-elected")
-        .ttl(LONG_TTL)
-        .args(&["--protocol", "election"])
-        .shell(&format!("{}; {WAIT_FOR_RELEASE}", write_file("env", "env")))
-        .spawn();
-    job.wait_for_file("env", SOON);
-    let env = job.read_env("env");
+    let mut job = election_run(&etcd, &name, "job-elected");
+    let env = recorded_env(&mut job);
     let keys = keys_under(&etcd, &prefix);
     assert_eq!(keys.len(), 1, "one candidate key under {prefix}: {keys:?}");
     let (own_key, kv) = &keys[0];
@@ -882,8 +879,7 @@ fn with_the_election_protocol_run_queues_with_etcdctl_lock() {
         None,
         "etcdctl lock waits while run holds the election"
     );
-    job.touch("release");
-    assert_eq!(job.exit_code(SOON), 0, "{}", job.describe());
+    release(&mut job);
     assert!(
         wait_until(SOON, || ctl.read("got").is_some()),
         "etcdctl lock runs its command once run is done; stderr: {}",
@@ -932,19 +928,12 @@ fn with_the_election_protocol_etcd_lock_key_names_the_candidate_key_as_etcdctl_l
         "etcdctl exports its own key: {ctl_key}"
     );
 
-    let mut job = Job::builder()
-        .on(&etcd.endpoint(), &name, "job-elected")
-        .ttl(LONG_TTL)
-        .args(&["--protocol", "election"])
-        .shell(&format!("{}; {WAIT_FOR_RELEASE}", write_file("env", "env")))
-        .spawn();
-    job.wait_for_file("env", SOON);
-    let env = job.read_env("env");
+    let mut job = election_run(&etcd, &name, "job-elected");
+    let env = recorded_env(&mut job);
     let keys = keys_under(&etcd, &prefix);
     let (own_key, kv) = keys.first().expect("run's candidate key");
     assert_eq!(var(&env, "ETCD_LOCK_REV"), kv.create_revision.to_string());
-    job.touch("release");
-    assert_eq!(job.exit_code(SOON), 0);
+    release(&mut job);
     assert_eq!(
         var(&env, "ETCD_LOCK_KEY"),
         *own_key,
@@ -957,9 +946,7 @@ fn with_the_election_protocol_etcd_lock_key_names_the_candidate_key_as_etcdctl_l
 fn resign_is_refused_while_run_holds_the_lock_and_changes_nothing() {
     let etcd = Etcd::start();
     let key = unique_key("run_resign");
-    let mut job = Job::builder()
-        .on(&etcd.endpoint(), &key, "job-resign")
-        .ttl(LONG_TTL)
+    let mut job = run_on(&etcd, &key, "job-resign")
         .admin()
         .shell(&format!(
             "{}; {WAIT_FOR_RELEASE}",
@@ -992,8 +979,7 @@ fn resign_is_refused_while_run_holds_the_lock_and_changes_nothing() {
         Some(held.lease),
         "the lease still holds the key"
     );
-    job.touch("release");
-    assert_eq!(job.exit_code(SOON), 0, "{}", job.describe());
+    release(&mut job);
 }
 
 /// The claim deadline `job` (built with `.listen()`) reports now, as an `Instant`:
@@ -1226,9 +1212,7 @@ fn the_etcd_password_never_reaches_the_command() {
         ("ELECTOR_ETCD_PASSWORD_FILE", file.as_str()),
     ] {
         let key = format!("{}run-{}", auth.prefix, random_suffix());
-        let mut job = Job::builder()
-            .on(&auth.etcd.endpoint(), &key, "job-secret")
-            .ttl(LONG_TTL)
+        let mut job = run_on(&auth.etcd, &key, "job-secret")
             .args(&["--etcd-user", &auth.user])
             .env(name, value)
             .shell(&write_file("env", "env"))
@@ -1305,20 +1289,14 @@ fn etcd_lock_rev_is_the_create_revision_where_etcdctl_exports_the_revision_it_sa
 
     // A lock it waited for: etcdctl exports the revision at which it saw the lock free,
     // later than its own key's creation.
-    let mut job = Job::builder()
-        .on(&etcd.endpoint(), &name, "job-first")
-        .ttl(LONG_TTL)
-        .args(&["--protocol", "election"])
-        .shell(&format!("{}; {WAIT_FOR_RELEASE}", write_file("env", "env")))
-        .spawn();
+    let mut job = election_run(&etcd, &name, "job-first");
     job.wait_for_file("env", SOON);
     let mut ctl = Etcdctl::lock(&etcd.endpoint(), &name, &["sh", "-c", &script]);
     assert!(
         wait_until(SOON, || keys_under(&etcd, &format!("{name}/")).len() == 2),
         "etcdctl queues behind run"
     );
-    job.touch("release");
-    assert_eq!(job.exit_code(SOON), 0, "{}", job.describe());
+    release(&mut job);
     let (rev, created) = etcdctl_lock_record(&mut ctl);
     assert!(
         rev > created,
@@ -1328,12 +1306,7 @@ fn etcd_lock_rev_is_the_create_revision_where_etcdctl_exports_the_revision_it_sa
     // run, having waited the same way, exports its key's create revision: the fencing token.
     let mut holder = Etcdctl::lock(&etcd.endpoint(), &name, &[]);
     holder.wait_lines(1, SOON);
-    let mut job = Job::builder()
-        .on(&etcd.endpoint(), &name, "job-waited")
-        .ttl(LONG_TTL)
-        .args(&["--protocol", "election"])
-        .shell(&format!("{}; {WAIT_FOR_RELEASE}", write_file("env", "env")))
-        .spawn();
+    let mut job = election_run(&etcd, &name, "job-waited");
     assert!(
         wait_until(SOON, || keys_under(&etcd, &format!("{name}/")).len() == 2),
         "run queues behind etcdctl"
@@ -1342,8 +1315,7 @@ fn etcd_lock_rev_is_the_create_revision_where_etcdctl_exports_the_revision_it_sa
     let own_created = queued[1].1.create_revision;
     holder.signal(Signal::SIGTERM);
     holder.wait_exit(SOON);
-    job.wait_for_file("env", SOON);
-    let env = job.read_env("env");
+    let env = recorded_env(&mut job);
     assert_eq!(
         var(&env, "ETCD_LOCK_REV"),
         own_created.to_string(),
@@ -1353,6 +1325,5 @@ fn etcd_lock_rev_is_the_create_revision_where_etcdctl_exports_the_revision_it_sa
         var(&env, "ETCD_LOCK_REV"),
         var(&env, "ELECTOR_FENCING_TOKEN")
     );
-    job.touch("release");
-    assert_eq!(job.exit_code(SOON), 0, "{}", job.describe());
+    release(&mut job);
 }
