@@ -63,10 +63,43 @@ fn stubborn() -> String {
     format!("trap '' TERM; {}", family())
 }
 
-/// The pids a [`family`] command wrote: (command, grandchild).
-fn family_pids(job: &mut Job) -> (i32, i32) {
+/// A run whose TTL and grace period are the timing its test is about.
+fn with_grace(endpoint: &str, key: &str, id: &str, ttl: u64, grace: &str) -> JobBuilder {
+    Job::builder()
+        .on(endpoint, key, id)
+        .ttl(ttl)
+        .grace_period(grace)
+}
+
+/// Spawns a run of `command` (a [`family`] or [`stubborn`] one) and waits for the
+/// pids it writes: (run, command, grandchild).
+fn spawn_family(builder: JobBuilder, command: String) -> (Job, i32, i32) {
+    let mut job = builder.shell(&command).spawn();
     let pid = job.wait_for_number("pid", SOON) as i32;
-    (pid, job.wait_for_number("gc", SOON) as i32)
+    let gc = job.wait_for_number("gc", SOON) as i32;
+    (job, pid, gc)
+}
+
+/// True while every one of `pids` is alive (see [`process_alive`]).
+fn all_alive(pids: &[i32]) -> bool {
+    pids.iter().all(|&p| process_alive(p))
+}
+
+/// True once none of `pids` is alive: killed, and at most a zombie.
+fn all_dead(pids: &[i32]) -> bool {
+    !pids.iter().any(|&p| process_alive(p))
+}
+
+/// The first SIGTERM to a run of a [`stubborn`] command: half a second later the
+/// run, its command and the grandchild all live on, in the grace period.
+fn first_sigterm(job: &mut Job, pid: i32, gc: i32) {
+    job.signal(Signal::SIGTERM);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        job.is_running() && all_alive(&[pid, gc]),
+        "in the grace period\n{}",
+        job.describe()
+    );
 }
 
 /// A run that takes the free key and holds it until the test creates its
@@ -492,26 +525,22 @@ fn a_command_ignoring_sigterm_and_its_grandchild_are_killed_after_the_grace_peri
     let key = unique_key("stubborn");
     let grace = Duration::from_secs(2);
     // grace 2 + keep-alive 2 + margin 0.6 < TTL 6.
-    let mut job = Job::builder()
-        .on(&etcd.endpoint(), &key, "job-stubborn")
-        .ttl(6)
-        .grace_period("2")
-        // SIG_IGN is inherited: the background sleep ignores SIGTERM too.
-        .shell(&stubborn())
-        .spawn();
-    let (pid, gc) = family_pids(&mut job);
-    assert!(process_alive(pid) && process_alive(gc));
+    // SIG_IGN is inherited: the background sleep ignores SIGTERM too.
+    let (mut job, pid, gc) = spawn_family(
+        with_grace(&etcd.endpoint(), &key, "job-stubborn", 6, "2"),
+        stubborn(),
+    );
+    assert!(all_alive(&[pid, gc]));
 
     let deleted = Instant::now();
     etcd.ctl(&["del", &key]);
     std::thread::sleep(grace / 2);
     assert!(
-        process_alive(pid) && process_alive(gc),
+        all_alive(&[pid, gc]),
         "both ignore SIGTERM and live until the grace period ends"
     );
     assert!(
-        wait_until(grace + Duration::from_secs(3), || !process_alive(pid)
-            && !process_alive(gc)),
+        wait_until(grace + Duration::from_secs(3), || all_dead(&[pid, gc])),
         "the command and its grandchild are killed after the grace period\n{}",
         job.describe()
     );
@@ -532,17 +561,11 @@ fn a_silent_partition_kills_the_command_before_another_run_starts_its_own() {
     // TTL 6: keep-alive every 2 s, margin 0.6 s; grace 1 s (the rule needs < 3.4 s).
     // The command ignores SIGTERM, so only the SIGKILL at the end of the grace
     // period stops it: the latest a group can die.
-    let mut first = Job::builder()
-        .on(&proxy.endpoint(), &key, "job-partitioned")
-        .ttl(6)
-        .grace_period("1")
-        .shell(&stubborn())
-        .spawn();
-    let (pid, gc) = family_pids(&mut first);
-    let mut second = Job::builder()
-        .on(&etcd.endpoint(), &key, "job-next")
-        .ttl(6)
-        .grace_period("1")
+    let (mut first, pid, gc) = spawn_family(
+        with_grace(&proxy.endpoint(), &key, "job-partitioned", 6, "1"),
+        stubborn(),
+    );
+    let mut second = with_grace(&etcd.endpoint(), &key, "job-next", 6, "1")
         .listen()
         .shell(&stamp("started"))
         .spawn();
@@ -554,7 +577,7 @@ fn a_silent_partition_kills_the_command_before_another_run_starts_its_own() {
     let mut second_started_seen = false;
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
-        if first_dead.is_none() && !process_alive(pid) && !process_alive(gc) {
+        if first_dead.is_none() && all_dead(&[pid, gc]) {
             first_dead = Some((unix_nanos(), partitioned.elapsed()));
         }
         if second.has("started") {
@@ -647,25 +670,16 @@ fn a_second_signal_kills_the_group_at_once() {
     let key = unique_key("second_signal");
     // A long grace period (20 s + keep-alive 20 s + margin 5 s < TTL 60) that
     // only the second signal can cut short.
-    let mut job = Job::builder()
-        .on(&etcd.endpoint(), &key, "job-impatient")
-        .ttl(60)
-        .grace_period("20")
-        .shell(&stubborn())
-        .spawn();
-    let (pid, gc) = family_pids(&mut job);
-
-    job.signal(Signal::SIGTERM);
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(
-        job.is_running() && process_alive(pid) && process_alive(gc),
-        "in the grace period"
+    let (mut job, pid, gc) = spawn_family(
+        with_grace(&etcd.endpoint(), &key, "job-impatient", 60, "20"),
+        stubborn(),
     );
+
+    first_sigterm(&mut job, pid, gc);
     let second = Instant::now();
     job.signal(Signal::SIGINT);
     assert!(
-        wait_until(Duration::from_secs(1), || !process_alive(pid)
-            && !process_alive(gc)),
+        wait_until(Duration::from_secs(1), || all_dead(&[pid, gc])),
         "the second signal kills the group at once\n{}",
         job.describe()
     );
@@ -1004,14 +1018,10 @@ fn a_run_frozen_past_its_termination_time_still_kills_the_group_by_the_claim_dea
     // grace 8 s (8 + 5 + 1.5 < 15). The command ignores SIGTERM, so only the
     // SIGKILL stops it.
     let grace = Duration::from_secs(8);
-    let mut job = Job::builder()
-        .on(&proxy.endpoint(), &key, "job-frozen")
-        .ttl(15)
-        .grace_period("8")
-        .listen()
-        .shell(&stubborn())
-        .spawn();
-    let (pid, gc) = family_pids(&mut job);
+    let (mut job, pid, gc) = spawn_family(
+        with_grace(&proxy.endpoint(), &key, "job-frozen", 15, "8").listen(),
+        stubborn(),
+    );
     // No renewal reaches etcd from now on: the claim the run holds is its last.
     proxy.partition();
     let claim = claim_deadline(&job)
@@ -1024,7 +1034,7 @@ fn a_run_frozen_past_its_termination_time_still_kills_the_group_by_the_claim_dea
     job.signal(Signal::SIGCONT);
     let mut dead_at = None;
     wait_until(Duration::from_secs(30), || {
-        let dead = !process_alive(pid) && !process_alive(gc);
+        let dead = all_dead(&[pid, gc]);
         if dead {
             dead_at = Some(Instant::now());
         }
@@ -1060,16 +1070,11 @@ fn a_killed_run_takes_its_command_and_grandchild_with_it_within_a_second() {
     let etcd = Etcd::start();
     let key = unique_key("run_killed");
     // Not PID 1: nothing but run itself can see to its command when it dies.
-    let mut job = Job::builder()
-        .on(&etcd.endpoint(), &key, "job-killed-run")
-        .ttl(LONG_TTL)
-        .shell(&family())
-        .spawn();
-    let (pid, gc) = family_pids(&mut job);
+    let (job, pid, gc) = spawn_family(run_on(&etcd, &key, "job-killed-run"), family());
     let run_pid = job.pid().as_raw();
     // Whatever run started to look after the command dies too.
     let helpers = children_of(run_pid);
-    assert!(process_alive(pid) && process_alive(gc));
+    assert!(all_alive(&[pid, gc]));
 
     job.signal(Signal::SIGKILL);
     let killed = Instant::now();
@@ -1101,31 +1106,20 @@ fn a_second_signal_exits_at_once_even_while_etcd_does_not_answer() {
     let key = unique_key("second_signal_partitioned");
     let proxy = TcpProxy::start(etcd.client_addr());
     // A long grace period and shutdown timeout that only the second signal can cut short.
-    let mut job = Job::builder()
-        .on(&proxy.endpoint(), &key, "job-impatient")
-        .ttl(60)
-        .grace_period("20")
-        .args(&["--shutdown-timeout", "30"])
-        .shell(&stubborn())
-        .spawn();
-    let (pid, gc) = family_pids(&mut job);
+    let (mut job, pid, gc) = spawn_family(
+        with_grace(&proxy.endpoint(), &key, "job-impatient", 60, "20")
+            .args(&["--shutdown-timeout", "30"]),
+        stubborn(),
+    );
     // etcd stops answering: giving the lease back could take the whole shutdown timeout.
     proxy.partition();
-    job.signal(Signal::SIGTERM);
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(
-        job.is_running() && process_alive(pid) && process_alive(gc),
-        "in the grace period"
-    );
+    first_sigterm(&mut job, pid, gc);
     let second = Instant::now();
     job.signal(Signal::SIGTERM);
     // Generous against scheduling, far below the 20 s grace and 30 s shutdown timeout.
     let status = job.wait_exit(Duration::from_secs(3));
     println!("run exited {:?} after the second signal", second.elapsed());
-    assert!(
-        !process_alive(pid) && !process_alive(gc),
-        "the group is dead when run exits"
-    );
+    assert!(all_dead(&[pid, gc]), "the group is dead when run exits");
     assert_eq!(status.code(), Some(128 + 9), "the command died by SIGKILL");
 }
 
