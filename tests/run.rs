@@ -163,6 +163,38 @@ fn election_run(etcd: &Etcd, name: &str, id: &str) -> Job {
         .spawn()
 }
 
+/// A `--try` run whose command leaves `ran` behind, so a test can tell it never ran.
+fn try_run(endpoint: &str, key: &str, id: &str) -> JobBuilder {
+    Job::builder()
+        .on(endpoint, key, id)
+        .try_once()
+        .shell("touch ran")
+}
+
+/// Runs `tried` (a [`try_run`]) while `holder` holds its key: it gives up at once
+/// with `code`, never runs its command, and a log line names the holder.
+fn held_off(tried: JobBuilder, code: i32, holder: &str) {
+    let started = Instant::now();
+    let mut tried = tried.spawn();
+    assert_eq!(
+        tried.exit_code(SOON),
+        code,
+        "--try exits with the held exit code {code}\n{}",
+        tried.describe()
+    );
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(3),
+        "--try gives up at once, took {took:?}"
+    );
+    assert!(!tried.has("ran"), "the command never ran");
+    assert!(
+        tried.log_events().iter().any(|e| e["holder"] == holder),
+        "a log line names the holder {holder}\n{}",
+        tried.describe()
+    );
+}
+
 /// Waits until `job` (built with `.listen()`) reports `leader` as the holder.
 fn wait_following(job: &Job, leader: &str) {
     let mut last = None;
@@ -179,44 +211,15 @@ fn wait_following(job: &Job, leader: &str) {
     );
 }
 
-/// The log event that names `holder` in a `holder` field (the `--try` verdict).
-fn held_line(job: &Job, holder: &str) -> Option<serde_json::Value> {
-    job.log_events().into_iter().find(|e| e["holder"] == holder)
-}
-
 #[test]
 fn try_against_another_run_exits_with_the_held_code_and_names_it() {
     let etcd = Etcd::start();
     let key = unique_key("try_vs_run");
     let mut holder = holder(&etcd, &key, "job-holder");
 
-    for (extra, code) in [(None, 0), (Some("3"), 3)] {
-        let mut builder = Job::builder()
-            .on(&etcd.endpoint(), &key, "job-try")
-            .try_once()
-            .shell("touch ran");
-        if let Some(c) = extra {
-            builder = builder.args(&["--held-exit-code", c]);
-        }
-        let started = Instant::now();
-        let mut tried = builder.spawn();
-        assert_eq!(
-            tried.exit_code(SOON),
-            code,
-            "--try exits with the held exit code ({extra:?})\n{}",
-            tried.describe()
-        );
-        let took = started.elapsed();
-        assert!(
-            took < Duration::from_secs(3),
-            "--try gives up at once, took {took:?}"
-        );
-        assert!(!tried.has("ran"), "the command never ran");
-        assert!(
-            held_line(&tried, "job-holder").is_some(),
-            "a log line names the holder\n{}",
-            tried.describe()
-        );
+    for (extra, code) in [(&[][..], 0), (&["--held-exit-code", "3"][..], 3)] {
+        let tried = try_run(&etcd.endpoint(), &key, "job-try").args(extra);
+        held_off(tried, code, "job-holder");
     }
     assert!(holder.is_running(), "the holder is undisturbed");
     assert_eq!(
@@ -234,25 +237,8 @@ fn try_against_a_plain_client_exits_with_the_held_code_and_runs_once_it_is_gone(
     let go = GoLocker::run(&etcd.endpoint(), &key, "go-holder", LONG_TTL);
     assert!(go.held(), "the Go client takes the free key: {}", go.result);
 
-    let started = Instant::now();
-    let mut tried = Job::builder()
-        .on(&etcd.endpoint(), &key, "job-try")
-        .try_once()
-        .args(&["--held-exit-code", "1"])
-        .shell("touch ran")
-        .spawn();
-    assert_eq!(tried.exit_code(SOON), 1, "{}", tried.describe());
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "--try gives up at once"
-    );
-    assert!(!tried.has("ran"), "the command never ran");
-    let line = held_line(&tried, "go-holder");
-    assert!(
-        line.is_some(),
-        "a log line names the Go client\n{}",
-        tried.describe()
-    );
+    let tried = try_run(&etcd.endpoint(), &key, "job-try").args(&["--held-exit-code", "1"]);
+    held_off(tried, 1, "go-holder");
     assert_eq!(
         etcd.get(&key).map(|kv| kv.value).as_deref(),
         Some("go-holder"),
@@ -873,19 +859,8 @@ fn with_the_election_protocol_run_queues_with_etcdctl_lock() {
         &name,
         &["sh", "-c", &write_file("got", "echo \"$ETCD_LOCK_REV\"")],
     );
-    let mut tried = Job::builder()
-        .on(&etcd.endpoint(), &name, "job-try")
-        .args(&["--protocol", "election"])
-        .try_once()
-        .shell("touch ran")
-        .spawn();
-    assert_eq!(tried.exit_code(SOON), 0, "{}", tried.describe());
-    assert!(!tried.has("ran"));
-    assert!(
-        held_line(&tried, "job-elected").is_some(),
-        "{}",
-        tried.describe()
-    );
+    let tried = try_run(&etcd.endpoint(), &name, "job-try").args(&["--protocol", "election"]);
+    held_off(tried, 0, "job-elected");
 
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(
@@ -1129,17 +1104,12 @@ const TRY_TIMED_OUT: i32 = 69;
 #[test]
 fn try_gives_up_with_exit_69_when_etcd_does_not_answer_within_the_try_timeout() {
     // An explicit bound, then the default: one TTL (4 s here; grace 1 + 1.33 + 0.4 < 4).
-    for (extra, ttl) in [(Some("2"), "10"), (None, "4")] {
-        let mut builder = Job::builder()
-            .on(&dead_endpoint(), &unique_key("try_dead"), "job-try-dead")
-            .try_once()
-            .args(&["--ttl", ttl, "--grace-period", "1"])
-            .shell("touch ran");
-        if let Some(secs) = extra {
-            builder = builder.args(&["--try-timeout", secs]);
-        }
+    for (extra, ttl) in [(&["--try-timeout", "2"][..], "10"), (&[][..], "4")] {
         let started = Instant::now();
-        let mut job = builder.spawn();
+        let mut job = try_run(&dead_endpoint(), &unique_key("try_dead"), "job-try-dead")
+            .args(&["--ttl", ttl, "--grace-period", "1"])
+            .args(extra)
+            .spawn();
         assert_eq!(
             job.exit_code(Duration::from_secs(20)),
             TRY_TIMED_OUT,
@@ -1147,7 +1117,7 @@ fn try_gives_up_with_exit_69_when_etcd_does_not_answer_within_the_try_timeout() 
             job.describe()
         );
         println!(
-            "--try-timeout {extra:?} (TTL {ttl}): gave up after {:?}",
+            "extra args {extra:?} (TTL {ttl}): gave up after {:?}",
             started.elapsed()
         );
         assert!(!job.has("ran"), "the command never ran");
