@@ -749,13 +749,16 @@ fn the_fencing_token_is_the_revision_a_run_got_the_key_at_and_grows_from_holder_
     );
 }
 
-/// `run` with bad arguments: exit 2, one line on stderr naming the problem,
-/// and the command (when `with_command`, one appended after `args`) never runs.
+/// `run --endpoints <nothing listening> --key /k ARGS` with bad `args`: exit 2, one
+/// line on stderr naming the problem, and the command (when `with_command`, one
+/// appended after `args`) never runs.
 fn refused(args: &[&str], with_command: bool, must_name: &[&str]) {
     let dir = test_tempdir("refused");
     let marker = dir.path().join("ran");
     let marker = marker.to_string_lossy();
-    let mut all: Vec<&str> = args.to_vec();
+    let endpoint = dead_endpoint();
+    let mut all = vec!["run", "--endpoints", &endpoint, "--key", "/k"];
+    all.extend_from_slice(args);
     if with_command {
         all.extend(["--", "touch", &marker]);
     }
@@ -780,54 +783,25 @@ fn dead_endpoint() -> String {
 
 #[test]
 fn no_command_after_the_separator_is_refused() {
-    let e = dead_endpoint();
-    refused(
-        &["run", "--endpoints", &e, "--key", "/k", "--"],
-        false,
-        &["command"],
-    );
-    refused(
-        &["run", "--endpoints", &e, "--key", "/k"],
-        false,
-        &["command"],
-    );
+    refused(&["--"], false, &["command"]);
+    refused(&[], false, &["command"]);
 }
 
 #[test]
 fn a_grace_period_without_room_inside_the_ttl_is_refused() {
-    let e = dead_endpoint();
     // 5 + 2 (keep-alive) + 0.6 (margin) >= 6.
     refused(
-        &[
-            "run",
-            "--endpoints",
-            &e,
-            "--key",
-            "/k",
-            "--ttl",
-            "6",
-            "--grace-period",
-            "5",
-        ],
+        &["--ttl", "6", "--grace-period", "5"],
         true,
         &["--grace-period", "ttl"],
     );
     // The default grace period (5 s) does not fit the smallest TTLs either.
-    refused(
-        &["run", "--endpoints", &e, "--key", "/k", "--ttl", "2"],
-        true,
-        &["--grace-period"],
-    );
+    refused(&["--ttl", "2"], true, &["--grace-period"]);
 }
 
 #[test]
 fn an_unknown_option_is_refused() {
-    let e = dead_endpoint();
-    refused(
-        &["run", "--endpoints", &e, "--key", "/k", "--bogus"],
-        true,
-        &["--bogus"],
-    );
+    refused(&["--bogus"], true, &["--bogus"]);
 }
 
 #[test]
@@ -1133,34 +1107,8 @@ fn try_gives_up_with_exit_69_when_etcd_does_not_answer_within_the_try_timeout() 
 
 #[test]
 fn a_try_timeout_without_try_is_refused() {
-    let e = dead_endpoint();
-    refused(
-        &[
-            "run",
-            "--endpoints",
-            &e,
-            "--key",
-            "/k",
-            "--try-timeout",
-            "3",
-        ],
-        true,
-        &["--try-timeout", "--try"],
-    );
-    refused(
-        &[
-            "run",
-            "--endpoints",
-            &e,
-            "--key",
-            "/k",
-            "--try",
-            "--try-timeout",
-            "0",
-        ],
-        true,
-        &["--try-timeout"],
-    );
+    refused(&["--try-timeout", "3"], true, &["--try-timeout", "--try"]);
+    refused(&["--try", "--try-timeout", "0"], true, &["--try-timeout"]);
 }
 
 #[test]
