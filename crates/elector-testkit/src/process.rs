@@ -124,6 +124,27 @@ impl Child {
         }
     }
 
+    /// SIGSTOP, and the instant by which every thread was seen stopped. A
+    /// request sent after it can only be read after the thaw; one answered
+    /// just before it may still reach its client after the thaw.
+    pub fn freeze(&self) -> Instant {
+        self.signal(Signal::SIGSTOP);
+        let stopped = || {
+            let tasks = procfs::process::Process::new(self.pid().as_raw())
+                .and_then(|p| p.tasks())
+                .expect("the process's threads");
+            tasks
+                .flatten()
+                .all(|t| t.stat().is_ok_and(|s| matches!(s.state, 'T' | 't')))
+        };
+        assert!(
+            crate::wait_until(Duration::from_secs(5), stopped),
+            "{} stops on SIGSTOP",
+            self.name
+        );
+        Instant::now()
+    }
+
     /// SIGKILL (a crash) and reap.
     pub fn kill(&mut self) {
         if self.exit.is_none() {
