@@ -134,7 +134,7 @@ fn shim(args: Vec<OsString>) -> Result<u8, ShimError> {
     let mut command = Command::new(program);
     // Its own group, so one signal reaches everything it starts.
     command.args(args).process_group(0);
-    // std hands the parent's signal mask down (since Rust 1.66, for `nohup`'s sake), and ours
+    // std hands the parent's signal mask down (rust-lang/rust#101077, for `nohup`'s sake), and ours
     // blocks SIGTERM, SIGINT, SIGHUP and SIGCHLD for the signalfd. A command started with them
     // blocked never sees the SIGTERM that asks it to stop (only the SIGKILL after its grace
     // period), and a shell's `wait` for a background child never returns.
