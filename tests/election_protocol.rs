@@ -16,6 +16,14 @@ use elector_testkit::*;
 /// from a lease expiring (etcdctl's own sessions use 60 s, `lock` 10 s).
 const LONG_TTL: &str = "30";
 
+/// A fresh etcd, an election name for `test`, and the prefix its candidates'
+/// keys go under.
+fn election(test: &str) -> (Etcd, String, String) {
+    let name = unique_key(test);
+    let prefix = format!("{name}/");
+    (Etcd::start(), name, prefix)
+}
+
 /// A sidecar on `name` with the election protocol, ready and campaigned (its
 /// key exists), so that candidates started one after the other queue in order.
 fn candidate(etcd: &Etcd, name: &str, id: &str, ttl: &str) -> Sidecar {
@@ -50,6 +58,45 @@ fn wait_queued(etcd: &Etcd, prefix: &str, n: usize) -> Vec<(String, KeyValue)> {
         "{n} candidates queued under {prefix}; found {keys:?}"
     );
     keys
+}
+
+/// Starts `ids` one after the other behind the `ahead` candidates queued on
+/// `name`, checking that each joins the queue before the next starts.
+fn join_queue(etcd: &Etcd, name: &str, ahead: usize, ids: &[impl AsRef<str>]) -> Vec<Sidecar> {
+    let prefix = format!("{name}/");
+    let mut joined = Vec::new();
+    for id in ids {
+        joined.push(candidate(etcd, name, id.as_ref(), LONG_TTL));
+        wait_queued(etcd, &prefix, ahead + joined.len());
+    }
+    joined
+}
+
+/// Gives up with `sig` and checks for a clean exit: every candidate here
+/// leaves gracefully, so its successor takes over at once.
+fn stop_cleanly(c: &mut Child, sig: Signal) {
+    c.signal(sig);
+    let status = c.wait_exit(SOON);
+    assert!(
+        status.success(),
+        "{} exits cleanly on {sig}: {status}",
+        c.name()
+    );
+}
+
+/// Stops the leader at the head of `queue` with SIGTERM and waits for the
+/// next in line to lead; returns the old leader (its log, should a later
+/// check fail).
+fn hand_over(queue: &mut Vec<Sidecar>) -> Sidecar {
+    let mut old = queue.remove(0);
+    stop_cleanly(&mut old, Signal::SIGTERM);
+    assert!(
+        wait_until(SOON, || queue[0].is_leader()),
+        "the next in line ({}) takes over from {}",
+        queue[0].id(),
+        old.id()
+    );
+    old
 }
 
 /// A member of a mixed queue.
@@ -91,30 +138,30 @@ impl Candidate {
     /// Gives up with `sig` and waits for a clean exit; returns when the signal was sent.
     fn stop(&mut self, sig: Signal) -> Instant {
         let signalled = Instant::now();
-        let status = match self {
-            Candidate::Sidecar(s) => {
-                s.signal(sig);
-                s.wait_exit(SOON)
-            }
-            Candidate::Elect(c, _) | Candidate::Lock(c) => {
-                c.signal(sig);
-                c.wait_exit(SOON)
-            }
-        };
-        assert!(
-            status.success(),
-            "{} exits cleanly on {sig}: {status}",
-            self.label()
-        );
+        match self {
+            Candidate::Sidecar(s) => stop_cleanly(s, sig),
+            Candidate::Elect(c, _) | Candidate::Lock(c) => stop_cleanly(c, sig),
+        }
         signalled
+    }
+}
+
+/// Checks that no candidate queued behind the one whose `turn` it is claims
+/// to lead (`when`: the moment of the turn, for the message).
+fn assert_none_behind_leads(queue: &[Candidate], turn: usize, when: &str) {
+    for (j, other) in queue.iter().enumerate().skip(turn + 1) {
+        assert!(
+            !other.leads(),
+            "{} (#{j}) leads while {} (#{turn}) has the turn ({when})",
+            other.label(),
+            queue[turn].label()
+        );
     }
 }
 
 #[test]
 fn sidecars_and_etcdctl_clients_take_turns_in_create_revision_order_one_at_a_time() {
-    let etcd = Etcd::start();
-    let name = unique_key("mixed_queue");
-    let prefix = format!("{name}/");
+    let (etcd, name, prefix) = election("mixed_queue");
     let ep = etcd.endpoint();
 
     let mut queue: Vec<Candidate> = Vec::new();
@@ -122,33 +169,15 @@ fn sidecars_and_etcdctl_clients_take_turns_in_create_revision_order_one_at_a_tim
         queue.push(c);
         wait_queued(&etcd, &prefix, queue.len());
     };
-    join(
-        &mut queue,
-        Candidate::Elect(
-            Etcdctl::elect(&ep, &name, "ctl-elect-1"),
-            "ctl-elect-1".into(),
-        ),
-    );
-    join(
-        &mut queue,
-        Candidate::Sidecar(candidate(&etcd, &name, "sc-1", LONG_TTL)),
-    );
+    let elect = |p: &str| Candidate::Elect(Etcdctl::elect(&ep, &name, p), p.into());
+    let sidecar = |id: &str| Candidate::Sidecar(candidate(&etcd, &name, id, LONG_TTL));
+    join(&mut queue, elect("ctl-elect-1"));
+    join(&mut queue, sidecar("sc-1"));
     join(&mut queue, Candidate::Lock(Etcdctl::lock(&ep, &name, &[])));
-    join(
-        &mut queue,
-        Candidate::Sidecar(candidate(&etcd, &name, "sc-2", LONG_TTL)),
-    );
-    join(
-        &mut queue,
-        Candidate::Elect(
-            Etcdctl::elect(&ep, &name, "ctl-elect-2"),
-            "ctl-elect-2".into(),
-        ),
-    );
-    join(
-        &mut queue,
-        Candidate::Sidecar(candidate(&etcd, &name, "sc-3", LONG_TTL)),
-    );
+    join(&mut queue, sidecar("sc-2"));
+    join(&mut queue, elect("ctl-elect-2"));
+    join(&mut queue, sidecar("sc-3"));
+    let order: Vec<String> = queue.iter().map(|c| c.value().to_string()).collect();
 
     // etcd's own observer, as a witness of the succession.
     let mut observer = Etcdctl::observe(&ep, &name);
@@ -156,9 +185,8 @@ fn sidecars_and_etcdctl_clients_take_turns_in_create_revision_order_one_at_a_tim
 
     let keys = keys_under(&etcd, &prefix);
     let values: Vec<&str> = keys.iter().map(|(_, kv)| kv.value.as_str()).collect();
-    let expected: Vec<&str> = queue.iter().map(Candidate::value).collect();
     assert_eq!(
-        values, expected,
+        values, order,
         "the queue is in start (create revision) order"
     );
     // A sidecar that joins behind another client reports that client's proposal.
@@ -175,24 +203,10 @@ fn sidecars_and_etcdctl_clients_take_turns_in_create_revision_order_one_at_a_tim
     for turn in 0..queue.len() {
         // From now until the turn ends, exactly this candidate leads: no
         // later one ever claims, and this one does within the bound.
-        let began = Instant::now();
-        let mut leading = false;
-        let deadline = began + SOON;
-        while Instant::now() < deadline {
-            for (j, other) in queue.iter().enumerate().skip(turn + 1) {
-                assert!(
-                    !other.leads(),
-                    "{} (#{j}) leads while {} (#{turn}) has the turn",
-                    other.label(),
-                    queue[turn].label()
-                );
-            }
-            if queue[turn].leads() {
-                leading = true;
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let leading = wait_until(SOON, || {
+            assert_none_behind_leads(&queue, turn, "before it leads");
+            queue[turn].leads()
+        });
         assert!(leading, "{} leads on its turn", queue[turn].label());
         let led_after = previous_stopped.map(|at| at.elapsed());
         let keys = keys_under(&etcd, &prefix);
@@ -213,22 +227,14 @@ fn sidecars_and_etcdctl_clients_take_turns_in_create_revision_order_one_at_a_tim
         }
         // A moment of steady state, still one leader.
         std::thread::sleep(Duration::from_millis(200));
-        for (j, other) in queue.iter().enumerate().skip(turn + 1) {
-            assert!(
-                !other.leads(),
-                "{} (#{j}) leads beside {}",
-                other.label(),
-                queue[turn].label()
-            );
-        }
+        assert_none_behind_leads(&queue, turn, "beside it");
         assert!(queue[turn].leads(), "{} still leads", queue[turn].label());
         previous_stopped = Some(queue[turn].stop(signals[turn % 2]));
     }
     let seen = observer.wait_lines(2 * queue.len(), SOON);
     let leaders: Vec<&str> = seen.iter().skip(1).step_by(2).map(String::as_str).collect();
-    let expected: Vec<&str> = queue.iter().map(Candidate::value).collect();
     assert_eq!(
-        leaders, expected,
+        leaders, order,
         "`etcdctl elect -l` saw each candidate lead once, in queue order"
     );
     assert_eq!(
@@ -240,9 +246,7 @@ fn sidecars_and_etcdctl_clients_take_turns_in_create_revision_order_one_at_a_tim
 
 #[test]
 fn etcdctl_elect_listen_shows_the_sidecar_leader() {
-    let etcd = Etcd::start();
-    let name = unique_key("observe");
-    let prefix = format!("{name}/");
+    let (etcd, name, prefix) = election("observe");
     let mut first = candidate(&etcd, &name, "sc-first", LONG_TTL);
     let second = candidate(&etcd, &name, "sc-second", LONG_TTL);
     assert!(first.is_leader());
@@ -258,8 +262,7 @@ fn etcdctl_elect_listen_shows_the_sidecar_leader() {
         [format!("{prefix}{lease}"), "sc-first".to_string()]
     );
 
-    first.signal(Signal::SIGTERM);
-    assert!(first.wait_exit(SOON).success());
+    stop_cleanly(&mut first, Signal::SIGTERM);
     let lines = observer.wait_lines(4, SOON);
     assert_eq!(
         lines[3], "sc-second",
@@ -272,8 +275,7 @@ fn etcdctl_elect_listen_shows_the_sidecar_leader() {
 
 #[test]
 fn etcdctl_lock_waits_while_a_sidecar_leads() {
-    let etcd = Etcd::start();
-    let name = unique_key("ctl_lock_waits");
+    let (etcd, name, prefix) = election("ctl_lock_waits");
     let mut leader = candidate(&etcd, &name, "sc-leader", LONG_TTL);
     assert!(leader.is_leader());
     let token = leader.fencing_token().expect("the leader's token");
@@ -283,7 +285,7 @@ fn etcdctl_lock_waits_while_a_sidecar_leads() {
         &name,
         &["sh", "-c", &write_file("rev", "echo \"$ETCD_LOCK_REV\"")],
     );
-    wait_queued(&etcd, &format!("{name}/"), 2);
+    wait_queued(&etcd, &prefix, 2);
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(
         ctl.read("rev"),
@@ -292,8 +294,7 @@ fn etcdctl_lock_waits_while_a_sidecar_leads() {
     );
     assert!(leader.is_leader());
 
-    leader.signal(Signal::SIGTERM);
-    assert!(leader.wait_exit(SOON).success());
+    stop_cleanly(&mut leader, Signal::SIGTERM);
     assert!(
         wait_until(SOON, || ctl.read("rev").is_some()),
         "etcdctl lock runs its command once the sidecar has gone; stderr: {}",
@@ -310,9 +311,7 @@ fn etcdctl_lock_waits_while_a_sidecar_leads() {
 
 #[test]
 fn a_sidecar_waits_while_etcdctl_lock_holds() {
-    let etcd = Etcd::start();
-    let name = unique_key("sidecar_waits");
-    let prefix = format!("{name}/");
+    let (etcd, name, prefix) = election("sidecar_waits");
     let mut ctl = Etcdctl::lock(&etcd.endpoint(), &name, &[]);
     let printed = ctl.wait_lines(1, SOON);
     let keys = wait_queued(&etcd, &prefix, 1);
@@ -401,7 +400,7 @@ fn requests_between(
 /// Waits until every sidecar in `followers` answers 503 and names `leader`
 /// in `/leader` and `/` (the SSE stream and the leader file publish the same
 /// snapshot); panics naming those that do not.
-fn assert_all_follow(followers: &[&Sidecar], leader: &str, why: &str) {
+fn assert_all_follow(followers: &[Sidecar], leader: &str, why: &str) {
     let stale = |s: &Sidecar| {
         let (status, view) = s.get_json("/leader");
         let (_, root) = s.get_json("/");
@@ -410,7 +409,7 @@ fn assert_all_follow(followers: &[&Sidecar], leader: &str, why: &str) {
             && view["is_leader"] == false
             && root["name"] == leader)
     };
-    if !wait_until(SOON, || !followers.iter().any(|s| stale(s))) {
+    if !wait_until(SOON, || !followers.iter().any(stale)) {
         let views: Vec<String> = followers
             .iter()
             .filter(|s| stale(s))
@@ -425,31 +424,23 @@ fn assert_all_follow(followers: &[&Sidecar], leader: &str, why: &str) {
 
 #[test]
 fn every_follower_names_the_current_leader_after_handoffs_and_a_proclaim() {
-    let etcd = Etcd::start();
-    let name = unique_key("leader_field");
-    let prefix = format!("{name}/");
+    let (etcd, name, prefix) = election("leader_field");
     // sc-1 leads, then an `etcdctl elect` client, then four more sidecars:
     // only sc-2 is next in line of the etcdctl client, and sc-3.. sit further back.
     let mut first = candidate(&etcd, &name, "sc-1", LONG_TTL);
     wait_queued(&etcd, &prefix, 1);
     let mut ctl = Etcdctl::elect(&etcd.endpoint(), &name, "ctl-proposal");
     wait_queued(&etcd, &prefix, 2);
-    let mut back: Vec<Sidecar> = Vec::new();
-    for (i, id) in ["sc-2", "sc-3", "sc-4", "sc-5"].iter().enumerate() {
-        back.push(candidate(&etcd, &name, id, LONG_TTL));
-        wait_queued(&etcd, &prefix, 3 + i);
-    }
+    let back = join_queue(&etcd, &name, 2, &["sc-2", "sc-3", "sc-4", "sc-5"]);
     assert!(first.is_leader());
-    let all: Vec<&Sidecar> = back.iter().collect();
-    assert_all_follow(&all, "sc-1", "at the start");
+    assert_all_follow(&back, "sc-1", "at the start");
     let joined: Vec<u64> = back.iter().map(Sidecar::campaigns).collect();
 
     // A handoff to a client that is nobody's predecessor among the sidecars
     // except sc-2's: the deleted key was no sidecar's predecessor at all.
-    first.signal(Signal::SIGTERM);
-    assert!(first.wait_exit(SOON).success());
+    stop_cleanly(&mut first, Signal::SIGTERM);
     ctl.wait_lines(2, SOON);
-    assert_all_follow(&all, "ctl-proposal", "after sc-1 handed over to etcdctl");
+    assert_all_follow(&back, "ctl-proposal", "after sc-1 handed over to etcdctl");
 
     // A Proclaim: the leader rewrites its own key's value under the same lease,
     // as Go's `concurrency.Election.Proclaim` does.
@@ -462,16 +453,15 @@ fn every_follower_names_the_current_leader_after_handoffs_and_a_proclaim() {
         Some(ctl_kv.lease),
         "the proclaim kept the lease"
     );
-    assert_all_follow(&all, "ctl-proclaimed", "after the leader proclaimed");
+    assert_all_follow(&back, "ctl-proclaimed", "after the leader proclaimed");
 
     // A handoff from the etcdctl client to sc-2: sc-3.. learn it too.
-    ctl.signal(Signal::SIGINT);
-    assert!(ctl.wait_exit(SOON).success(), "etcdctl resigns and exits 0");
+    stop_cleanly(&mut ctl, Signal::SIGINT);
     assert!(wait_until(SOON, || back[0].is_leader()), "sc-2 leads");
-    let rest: Vec<&Sidecar> = back[1..].iter().collect();
-    assert_all_follow(&rest, "sc-2", "after etcdctl handed over to sc-2");
+    let rest = &back[1..];
+    assert_all_follow(rest, "sc-2", "after etcdctl handed over to sc-2");
     let token = back[0].fencing_token();
-    for s in &rest {
+    for s in rest {
         assert_eq!(
             s.fencing_token(),
             token,
@@ -489,24 +479,14 @@ fn every_follower_names_the_current_leader_after_handoffs_and_a_proclaim() {
 /// counted from the SIGTERM until every follower names the new leader, plus a
 /// moment for stragglers. Returns the total and the per-method breakdown.
 fn requests_for_one_handoff(n: usize) -> (u64, Vec<(String, u64)>) {
-    let etcd = Etcd::start();
-    let name = unique_key(&format!("requests_{n}"));
-    let prefix = format!("{name}/");
-    let mut sidecars: Vec<Sidecar> = Vec::new();
-    for i in 0..n {
-        sidecars.push(candidate(&etcd, &name, &format!("sc-{i}"), LONG_TTL));
-        wait_queued(&etcd, &prefix, i + 1);
-    }
-    let followers: Vec<&Sidecar> = sidecars[1..].iter().collect();
-    assert_all_follow(&followers, "sc-0", &format!("n={n}, at the start"));
+    let (etcd, name, _) = election(&format!("requests_{n}"));
+    let ids: Vec<String> = (0..n).map(|i| format!("sc-{i}")).collect();
+    let mut sidecars = join_queue(&etcd, &name, 0, &ids);
+    assert_all_follow(&sidecars[1..], "sc-0", &format!("n={n}, at the start"));
 
     let before = etcd_requests(&etcd);
-    let mut old = sidecars.remove(0);
-    old.signal(Signal::SIGTERM);
-    assert!(old.wait_exit(SOON).success());
-    assert!(wait_until(SOON, || sidecars[0].is_leader()), "sc-1 leads");
-    let followers: Vec<&Sidecar> = sidecars[1..].iter().collect();
-    assert_all_follow(&followers, "sc-1", &format!("n={n}, after the handoff"));
+    let _old = hand_over(&mut sidecars);
+    assert_all_follow(&sidecars[1..], "sc-1", &format!("n={n}, after the handoff"));
     // Anything a follower would still send after updating its answer.
     std::thread::sleep(Duration::from_millis(500));
     requests_between(&before, &etcd_requests(&etcd))
@@ -539,9 +519,7 @@ fn etcd_counter(etcd: &Etcd, name: &str) -> u64 {
 #[test]
 fn a_handoff_among_50_queued_sidecars_makes_one_candidate_campaign() {
     const CANDIDATES: usize = 50;
-    let etcd = Etcd::start();
-    let name = unique_key("fifty");
-    let prefix = format!("{name}/");
+    let (etcd, name, prefix) = election("fifty");
     // Started one after the other, so they queue in this order.
     let started = Instant::now();
     let mut sidecars: Vec<Sidecar> = (0..CANDIDATES)
@@ -569,13 +547,7 @@ fn a_handoff_among_50_queued_sidecars_makes_one_candidate_campaign() {
     );
 
     let stopped = Instant::now();
-    let mut old = sidecars.remove(0);
-    old.signal(Signal::SIGTERM);
-    assert!(old.wait_exit(SOON).success());
-    assert!(
-        wait_until(SOON, || sidecars[0].is_leader()),
-        "the next in line (sc-01) takes over"
-    );
+    let _old = hand_over(&mut sidecars);
     println!("sc-01 led {:?} after sc-00 was stopped", stopped.elapsed());
     // Give any other candidate that was (wrongly) woken time to campaign.
     std::thread::sleep(Duration::from_secs(1));
@@ -605,6 +577,5 @@ fn a_handoff_among_50_queued_sidecars_makes_one_candidate_campaign() {
     for s in &sidecars[1..] {
         assert!(!s.is_leader(), "{} leads beside sc-01", s.id());
     }
-    let followers: Vec<&Sidecar> = sidecars[1..].iter().collect();
-    assert_all_follow(&followers, "sc-01", "after the handoff among 50");
+    assert_all_follow(&sidecars[1..], "sc-01", "after the handoff among 50");
 }
