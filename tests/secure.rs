@@ -6,6 +6,7 @@
 //! password: not in logs, `/status`, `/metrics` or any other answer.
 //! Certificates are made per test with `openssl` (see `elector_testkit::tls`).
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use elector_testkit::tls::{auth_etcd, expired_tls_etcd, tls_etcd, AuthEtcd, Pki};
@@ -15,11 +16,20 @@ use elector_testkit::*;
 /// invalid, so anything the sidecar does after a quiet spell needs a new one.
 const TOKEN_TTL: u64 = 2;
 
+/// Runs `check` every `every` for `period`: for what must hold all along,
+/// not just at the end.
+fn throughout(period: Duration, every: Duration, mut check: impl FnMut()) {
+    let until = Instant::now() + period;
+    while Instant::now() < until {
+        check();
+        std::thread::sleep(every);
+    }
+}
+
 /// Watches a replica that cannot reach etcd for `period`: it must keep
 /// running, keep its liveness probe green and never claim leadership.
 fn assert_retrying_without_leadership(s: &mut Sidecar, period: Duration) {
-    let until = Instant::now() + period;
-    while Instant::now() < until {
+    throughout(period, Duration::from_millis(200), || {
         assert!(
             s.is_running(),
             "{} keeps running (retrying) instead of exiting; log:\n{}",
@@ -28,8 +38,7 @@ fn assert_retrying_without_leadership(s: &mut Sidecar, period: Duration) {
         );
         assert_eq!(s.get("/leader").0, 503, "{} never leads", s.id());
         assert_eq!(s.get("/healthz").0, 200, "{} stays live", s.id());
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    });
 }
 
 /// The value of `elector_etcd_errors_total{op="<op>"}`.
@@ -40,6 +49,40 @@ fn etcd_errors(s: &Sidecar, op: &str) -> f64 {
         .find_map(|l| l.strip_prefix(&prefix))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0)
+}
+
+/// The warnings in `logs` that mention `about`.
+fn warnings<'a>(logs: &'a str, about: &str) -> Vec<&'a str> {
+    logs.lines()
+        .filter(|l| l.contains("\"WARN\"") && l.contains(about))
+        .collect()
+}
+
+/// The warnings in `logs` that mention `about`, which must be at least one:
+/// the reason an operator reads.
+fn warned<'a>(logs: &'a str, about: &str) -> Vec<&'a str> {
+    let found = warnings(logs, about);
+    assert!(
+        !found.is_empty(),
+        "a warning mentions {about:?}; log:\n{}",
+        tail(logs, 20)
+    );
+    found
+}
+
+/// Checks that `/status` gives a last error mentioning `reason`, polled for
+/// `within` (zero: one look), the reason an operator reads.
+fn assert_last_error(s: &Sidecar, reason: &str, within: Duration) {
+    let mut status = serde_json::Value::Null;
+    assert!(
+        wait_until(within, || {
+            status = s.get_json("/status").1;
+            status["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains(reason))
+        }),
+        "/status shows the reason ({reason}): {status}"
+    );
 }
 
 /// Every answer and log line a replica gives, for a secret grep.
@@ -56,19 +99,70 @@ fn everything_shown(s: &Sidecar) -> String {
     all
 }
 
-fn assert_no_secret(s: &Sidecar, secret: &str) {
-    let shown = everything_shown(s);
+/// Checks that none of `sidecars` shows `secret` in [`everything_shown`].
+fn assert_no_secret<'a>(sidecars: impl IntoIterator<Item = &'a Sidecar>, secret: &str) {
+    for s in sidecars {
+        assert!(
+            !everything_shown(s).contains(secret),
+            "{} shows the password somewhere in its logs or answers",
+            s.id()
+        );
+    }
+}
+
+/// A fresh PKI and an etcd serving its server certificate, requiring client
+/// certificates too when `mutual`.
+fn pki_and_etcd(mutual: bool) -> (Pki, Etcd) {
+    let pki = Pki::new();
+    let etcd = tls_etcd(&pki, &pki.server_cert, &pki.server_key, mutual);
+    (pki, etcd)
+}
+
+/// A replica of `key` that presents `pki`'s client certificate and trusts `ca`.
+fn presenting_client_cert(pki: &Pki, ca: &Path, etcd: &Etcd, key: &str) -> SidecarBuilder {
+    let args = pki.sidecar_args(ca);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Sidecar::builder()
+        .endpoints(&etcd.endpoint())
+        .key(key)
+        .args(&args)
+}
+
+/// A started replica of `key` (TTL 3 s) that trusts `pki`'s CA and has no
+/// client certificate.
+fn trusting_ca(pki: &Pki, etcd: &Etcd, key: &str, id: &str) -> Sidecar {
+    let ca = pki.ca.display().to_string();
+    Sidecar::start(
+        &etcd.endpoint(),
+        key,
+        id,
+        &["--ttl", "3", "--etcd-cacert", &ca],
+    )
+}
+
+/// The one leader among `sidecars` once etcd's `key` (read as root or over
+/// the same TLS) names it: its index and the key.
+fn elected(etcd: &Etcd, key: &str, sidecars: &[Sidecar]) -> (usize, KeyValue) {
+    let leader = wait_for_one_leader(sidecars, SOON);
+    let kv = etcd.get(key).expect("the leader's key");
+    assert_eq!(kv.value, sidecars[leader].id());
+    (leader, kv)
+}
+
+/// Waits until `s` names `leader` in `/leader`: its watch works through the
+/// same TLS or authentication.
+fn assert_follows(s: &Sidecar, leader: &str) {
     assert!(
-        !shown.contains(secret),
-        "{} shows the password somewhere in its logs or answers",
-        s.id()
+        wait_until(SOON, || s.leader_view()["leader"] == leader),
+        "{} names the leader {leader}: {}",
+        s.id(),
+        s.leader_view()
     );
 }
 
 #[test]
 fn elects_through_tls_trusting_the_ca() {
-    let pki = Pki::new();
-    let etcd = tls_etcd(&pki, &pki.server_cert, &pki.server_key, false);
+    let (pki, etcd) = pki_and_etcd(false);
     assert!(etcd.endpoint().starts_with("https://"));
     let key = unique_key("tls");
     let ca = pki.ca.display().to_string();
@@ -78,55 +172,32 @@ fn elects_through_tls_trusting_the_ca() {
         2,
         &["--ttl", "5", "--etcd-cacert", &ca],
     );
-    let leader = wait_for_one_leader(&sidecars, SOON);
-    let kv = etcd.get(&key).expect("the leader's key, read over TLS");
-    assert_eq!(kv.value, sidecars[leader].id());
+    let (leader, kv) = elected(&etcd, &key, &sidecars);
     assert_eq!(sidecars[leader].fencing_token(), Some(kv.create_revision));
 }
 
 #[test]
 fn elects_through_mutual_tls() {
-    let pki = Pki::new();
-    let etcd = tls_etcd(&pki, &pki.server_cert, &pki.server_key, true);
+    let (pki, etcd) = pki_and_etcd(true);
     let key = unique_key("mtls");
-    let args = pki.sidecar_args(&pki.ca);
-    let mut builder = Sidecar::builder()
-        .endpoints(&etcd.endpoint())
-        .key(&key)
-        .ttl(5);
-    for a in &args {
-        builder = builder.arg(a);
-    }
+    let builder = presenting_client_cert(&pki, &pki.ca, &etcd, &key).ttl(5);
     let sidecars = vec![
         builder.clone().id("mtls-0").start(),
         builder.id("mtls-1").start(),
     ];
-    let leader = wait_for_one_leader(&sidecars, SOON);
-    let kv = etcd.get(&key).expect("the leader's key, read over mTLS");
-    assert_eq!(kv.value, sidecars[leader].id());
+    let (leader, kv) = elected(&etcd, &key, &sidecars);
     // The follower knows who leads: its watch works through mTLS too.
-    let follower = &sidecars[1 - leader];
-    assert!(
-        wait_until(SOON, || follower.leader_view()["leader"]
-            == kv.value.as_str()),
-        "the follower names the leader: {}",
-        follower.leader_view()
-    );
+    assert_follows(&sidecars[1 - leader], &kv.value);
 }
 
 #[test]
 fn a_wrong_ca_is_reported_clearly_and_retried_without_leadership() {
-    let pki = Pki::new();
-    let etcd = tls_etcd(&pki, &pki.server_cert, &pki.server_key, true);
+    let (pki, etcd) = pki_and_etcd(true);
     let key = unique_key("wrong_ca");
-    let wrong = pki.other_ca();
-    let mut builder = Sidecar::builder()
-        .on(&etcd.endpoint(), &key, "distrustful")
-        .ttl(3);
-    for a in pki.sidecar_args(&wrong) {
-        builder = builder.arg(&a);
-    }
-    let mut s = builder.start();
+    let mut s = presenting_client_cert(&pki, &pki.other_ca(), &etcd, &key)
+        .id("distrustful")
+        .ttl(3)
+        .start();
 
     assert_retrying_without_leadership(&mut s, Duration::from_secs(3));
     let errors_then = etcd_errors(&s, "grant");
@@ -138,65 +209,33 @@ fn a_wrong_ca_is_reported_clearly_and_retried_without_leadership() {
     );
 
     let logs = s.logs();
-    let reason = logs
-        .lines()
-        .find(|l| l.contains("\"WARN\"") && l.contains("UnknownIssuer"))
-        .unwrap_or_else(|| {
-            panic!(
-                "a warning names the certificate problem (UnknownIssuer); log:\n{}",
-                tail(&logs, 20)
-            )
-        });
+    let reason = warned(&logs, "UnknownIssuer")[0];
     assert!(
         reason.contains("invalid peer certificate"),
         "the reason is readable: {reason}"
     );
     // Retries are logged without flooding: one warning, then one per 10 s.
-    let warnings = logs
-        .lines()
-        .filter(|l| l.contains("\"WARN\"") && l.contains("etcd request failed"))
-        .count();
+    let failures = warnings(&logs, "etcd request failed").len();
     assert!(
-        warnings <= 3,
-        "{warnings} warnings in ~5 s of retrying; log:\n{}",
+        failures <= 3,
+        "{failures} warnings in ~5 s of retrying; log:\n{}",
         tail(&logs, 20)
     );
-    let (_, status) = s.get_json("/status");
-    assert!(
-        status["last_error"]
-            .as_str()
-            .is_some_and(|e| e.contains("UnknownIssuer")),
-        "/status shows the reason: {status}"
-    );
+    assert_last_error(&s, "UnknownIssuer", Duration::ZERO);
     assert_eq!(etcd.get(&key), None, "it never wrote the key");
 }
 
 #[test]
 fn mutual_tls_without_a_client_certificate_names_the_missing_certificate() {
-    let pki = Pki::new();
-    let etcd = tls_etcd(&pki, &pki.server_cert, &pki.server_key, true);
+    let (pki, etcd) = pki_and_etcd(true);
     let key = unique_key("no_client_cert");
-    let ca = pki.ca.display().to_string();
     // Trusts the right CA but has no --etcd-cert/--etcd-key: etcd closes the
     // connection after the handshake, and rustls only says "connection closed".
-    let mut s = Sidecar::start(
-        &etcd.endpoint(),
-        &key,
-        "certless",
-        &["--ttl", "3", "--etcd-cacert", &ca],
-    );
+    let mut s = trusting_ca(&pki, &etcd, &key, "certless");
 
     assert_retrying_without_leadership(&mut s, Duration::from_secs(5));
     let logs = s.logs();
-    let hints: Vec<&str> = logs
-        .lines()
-        .filter(|l| l.contains("\"WARN\"") && l.contains("may require a client certificate"))
-        .collect();
-    assert!(
-        !hints.is_empty(),
-        "a warning says etcd may want a client certificate; log:\n{}",
-        tail(&logs, 20)
-    );
+    let hints = warned(&logs, "may require a client certificate");
     assert!(
         hints[0].contains("--etcd-cert") && hints[0].contains("--etcd-key"),
         "it names the flags: {}",
@@ -211,16 +250,7 @@ fn mutual_tls_without_a_client_certificate_names_the_missing_certificate() {
     );
     // Polled: on a loaded machine the latest error may be a timeout of the same
     // retried handshake for a moment.
-    let mut status = serde_json::Value::Null;
-    assert!(
-        wait_until(SOON, || {
-            status = s.get_json("/status").1;
-            status["last_error"]
-                .as_str()
-                .is_some_and(|e| e.contains("client certificate"))
-        }),
-        "/status shows the reason: {status}"
-    );
+    assert_last_error(&s, "client certificate", SOON);
     assert_eq!(etcd.get(&key), None, "it never wrote the key");
 }
 
@@ -229,22 +259,11 @@ fn an_expired_server_certificate_is_reported_clearly_and_retried() {
     let pki = Pki::new();
     let etcd = expired_tls_etcd(&pki);
     let key = unique_key("expired_cert");
-    let ca = pki.ca.display().to_string();
-    let mut s = Sidecar::start(
-        &etcd.endpoint(),
-        &key,
-        "expired",
-        &["--ttl", "3", "--etcd-cacert", &ca],
-    );
+    let mut s = trusting_ca(&pki, &etcd, &key, "expired");
 
     assert_retrying_without_leadership(&mut s, Duration::from_secs(3));
     let logs = s.logs();
-    assert!(
-        logs.lines()
-            .any(|l| l.contains("\"WARN\"") && l.contains("certificate expired")),
-        "a warning says the certificate expired; log:\n{}",
-        tail(&logs, 20)
-    );
+    warned(&logs, "certificate expired");
     assert!(
         !logs.contains("may require a client certificate"),
         "a refused server certificate is not blamed on a missing client certificate; log:\n{}",
@@ -252,125 +271,92 @@ fn an_expired_server_certificate_is_reported_clearly_and_retried() {
     );
 }
 
-/// Spawns a replica of `auth`'s etcd that authenticates as `user` with
-/// `password` given in a file (`via_env` false) or in the environment.
-fn auth_replica(
-    auth: &AuthEtcd,
-    key: &str,
-    id: &str,
-    password: &str,
-    via_env: bool,
-    extra: &[&str],
-    dir: &std::path::Path,
-) -> SidecarBuilder {
-    let mut builder = Sidecar::builder()
-        .on(&auth.etcd.endpoint(), key, id)
-        .args(&["--etcd-user", &auth.user])
-        .args(extra);
-    if via_env {
-        builder = builder.env("ELECTOR_ETCD_PASSWORD", password);
-    } else {
-        let file = dir.join(format!("{id}.password"));
-        std::fs::write(&file, format!("{password}\n")).expect("writing the password file");
-        builder = builder.args(&["--etcd-password-file", &file.display().to_string()]);
+/// Where a replica reads its password: `--etcd-password-file` or
+/// `ELECTOR_ETCD_PASSWORD`.
+#[derive(Clone, Copy)]
+enum Password {
+    File,
+    Env,
+}
+
+/// An etcd with authentication, the key its test user may write, and a
+/// directory for password files.
+struct AuthWorld {
+    auth: AuthEtcd,
+    key: String,
+    dir: tempfile::TempDir,
+}
+
+impl AuthWorld {
+    fn new() -> AuthWorld {
+        let auth = auth_etcd(TOKEN_TTL);
+        let key = format!("{}lock", auth.prefix);
+        let dir = test_tempdir("secrets");
+        AuthWorld { auth, key, dir }
     }
-    builder
+
+    /// A replica of `key` that authenticates as the test user with
+    /// `password`, read from `from`.
+    fn replica_of(&self, key: &str, id: &str, password: &str, from: Password) -> SidecarBuilder {
+        let builder = Sidecar::builder()
+            .on(&self.auth.etcd.endpoint(), key, id)
+            .args(&["--etcd-user", &self.auth.user]);
+        match from {
+            Password::Env => builder.env("ELECTOR_ETCD_PASSWORD", password),
+            Password::File => {
+                let file = self.dir.path().join(format!("{id}.password"));
+                std::fs::write(&file, format!("{password}\n")).expect("writing the password file");
+                builder.args(&["--etcd-password-file", &file.display().to_string()])
+            }
+        }
+    }
+
+    /// [`AuthWorld::replica_of`] the key the test user may write.
+    fn replica(&self, id: &str, password: &str, from: Password) -> SidecarBuilder {
+        self.replica_of(&self.key, id, password, from)
+    }
 }
 
 #[test]
 fn elects_with_a_password_from_a_file_or_the_environment() {
-    let auth = auth_etcd(TOKEN_TTL);
-    let dir = test_tempdir("secrets");
-    let key = format!("{}lock", auth.prefix);
-    let pw = auth.password.clone();
+    let w = AuthWorld::new();
+    let pw = &w.auth.password;
     let sidecars = vec![
-        auth_replica(
-            &auth,
-            &key,
-            "by-file",
-            &pw,
-            false,
-            &["--ttl", "5"],
-            dir.path(),
-        )
-        .start(),
-        auth_replica(
-            &auth,
-            &key,
-            "by-env",
-            &pw,
-            true,
-            &["--ttl", "5"],
-            dir.path(),
-        )
-        .start(),
+        w.replica("by-file", pw, Password::File).ttl(5).start(),
+        w.replica("by-env", pw, Password::Env).ttl(5).start(),
     ];
-    let leader = wait_for_one_leader(&sidecars, SOON);
-    let kv = auth.etcd.get(&key).expect("the leader's key");
-    assert_eq!(kv.value, sidecars[leader].id());
-    let follower = &sidecars[1 - leader];
-    assert!(
-        wait_until(SOON, || follower.leader_view()["leader"]
-            == kv.value.as_str()),
-        "the other one follows: {}",
-        follower.leader_view()
-    );
-    for s in &sidecars {
-        assert_no_secret(s, &auth.password);
-    }
+    let (leader, kv) = elected(&w.auth.etcd, &w.key, &sidecars);
+    assert_follows(&sidecars[1 - leader], &kv.value);
+    assert_no_secret(&sidecars, pw);
 }
 
 #[test]
 fn a_wrong_password_is_refused_with_a_clear_reason_and_retried() {
-    let auth = auth_etcd(TOKEN_TTL);
-    let dir = test_tempdir("secrets");
-    let key = format!("{}lock", auth.prefix);
+    let w = AuthWorld::new();
     let wrong = format!("Wrong-{}", random_suffix());
     // Not `start()`: it waits for /healthz, which is not the point here (see
     // `healthz_answers_while_etcd_refuses_the_credentials`).
-    let mut s = auth_replica(
-        &auth,
-        &key,
-        "wrong-pw",
-        &wrong,
-        false,
-        &["--ttl", "3"],
-        dir.path(),
-    )
-    .spawn();
+    let mut s = w.replica("wrong-pw", &wrong, Password::File).ttl(3).spawn();
 
-    let until = Instant::now() + Duration::from_secs(4);
-    while Instant::now() < until {
+    throughout(Duration::from_secs(4), Duration::from_millis(200), || {
         assert!(
             s.is_running(),
             "a refused password is retried, not fatal; log:\n{}",
             tail(&s.logs(), 20)
         );
         assert!(!s.is_leader(), "no leadership without etcd's word");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    });
     let logs = s.logs();
-    assert!(
-        logs.lines()
-            .any(|l| l.contains("\"WARN\"") && l.contains("authentication failed")),
-        "a warning gives etcd's reason (authentication failed); log:\n{}",
-        tail(&logs, 20)
-    );
+    warned(&logs, "authentication failed");
     assert!(!logs.contains(&wrong), "the wrong password is not logged");
-    assert_eq!(auth.etcd.get(&key), None, "it never wrote the key");
+    assert_eq!(w.auth.etcd.get(&w.key), None, "it never wrote the key");
 
     // With the right password a replica of the same key wins: the refusal
     // was about the credentials, nothing else.
-    let good = auth_replica(
-        &auth,
-        &key,
-        "right-pw",
-        &auth.password,
-        true,
-        &["--ttl", "3"],
-        dir.path(),
-    )
-    .start();
+    let good = w
+        .replica("right-pw", &w.auth.password, Password::Env)
+        .ttl(3)
+        .start();
     assert!(
         wait_until(SOON, || good.is_leader()),
         "the right password elects"
@@ -385,19 +371,10 @@ fn a_wrong_password_is_refused_with_a_clear_reason_and_retried() {
 /// letting it report the reason and retry.
 #[test]
 fn healthz_answers_while_etcd_refuses_the_credentials() {
-    let auth = auth_etcd(TOKEN_TTL);
-    let dir = test_tempdir("secrets");
-    let key = format!("{}lock", auth.prefix);
-    let s = auth_replica(
-        &auth,
-        &key,
-        "wrong-pw",
-        "not-the-password",
-        true,
-        &[],
-        dir.path(),
-    )
-    .spawn();
+    let w = AuthWorld::new();
+    let s = w
+        .replica("wrong-pw", "not-the-password", Password::Env)
+        .spawn();
     assert!(
         wait_until(
             SOON,
@@ -411,43 +388,37 @@ fn healthz_answers_while_etcd_refuses_the_credentials() {
 
 #[test]
 fn leadership_survives_auth_token_expiry() {
-    let auth = auth_etcd(TOKEN_TTL);
-    let dir = test_tempdir("secrets");
-    let key = format!("{}lock", auth.prefix);
-    let pw = auth.password.clone();
+    let w = AuthWorld::new();
+    let (etcd, key, pw) = (&w.auth.etcd, w.key.as_str(), &w.auth.password);
     // A TTL much longer than the token's: the lease must outlive many tokens,
     // and a takeover inside SOON can only come from a revoke, not expiry.
-    let extra = ["--ttl", "30"];
     let mut sidecars = vec![
-        auth_replica(&auth, &key, "auth-0", &pw, false, &extra, dir.path()).start(),
-        auth_replica(&auth, &key, "auth-1", &pw, true, &extra, dir.path()).start(),
+        w.replica("auth-0", pw, Password::File).ttl(30).start(),
+        w.replica("auth-1", pw, Password::Env).ttl(30).start(),
     ];
-    let leader = wait_for_one_leader(&sidecars, SOON);
-    let before = auth.etcd.get(&key).expect("the leader's key");
+    let (leader, before) = elected(etcd, key, &sidecars);
 
     // Five token lifetimes: the leader keeps its lease and never stops
     // answering 200, the follower never starts.
-    let until = Instant::now() + Duration::from_secs(5 * TOKEN_TTL);
-    while Instant::now() < until {
+    let spell = Duration::from_secs(5 * TOKEN_TTL);
+    throughout(spell, Duration::from_millis(100), || {
         assert!(sidecars[leader].is_leader(), "the leader keeps leading");
         assert!(!sidecars[1 - leader].is_leader(), "the follower follows");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let kv = auth.etcd.get(&key).expect("still held");
+    });
+    let kv = etcd.get(key).expect("still held");
     assert_eq!(kv.create_revision, before.create_revision, "the same term");
     assert!(
-        matches!(auth.etcd.lease_ttl(kv.lease), Some(t) if t > 20),
+        matches!(etcd.lease_ttl(kv.lease), Some(t) if t > 20),
         "its lease is still being renewed: {:?}",
-        auth.etcd.lease_ttl(kv.lease)
+        etcd.lease_ttl(kv.lease)
     );
 
     // Every replica's token has expired by now. An operator deletes the key:
     // both campaign again (a transaction, which needs a valid token).
-    auth.etcd.ctl(&["del", &key]);
+    etcd.ctl(&["del", key]);
     assert!(
         wait_until(SOON, || {
-            auth.etcd
-                .get(&key)
+            etcd.get(key)
                 .is_some_and(|kv| kv.create_revision > before.create_revision)
         }),
         "a replica re-authenticates and wins the deleted key"
@@ -456,9 +427,9 @@ fn leadership_survives_auth_token_expiry() {
     // etcd saw an expired token presented (and then accepted a fresh one,
     // since the campaign above succeeded): the expiry really was exercised.
     assert!(
-        auth.etcd.log().contains("invalid auth token"),
+        etcd.log().contains("invalid auth token"),
         "etcd refused at least one expired token; its log:\n{}",
-        tail(&auth.etcd.log(), 10)
+        tail(&etcd.log(), 10)
     );
 
     // Another quiet spell, then a handoff: the revoke needs a valid token too.
@@ -475,46 +446,28 @@ fn leadership_survives_auth_token_expiry() {
         "the revoke after the quiet spell succeeded; log:\n{}",
         tail(&old.logs(), 10)
     );
-    for s in sidecars.iter().chain([&old]) {
-        assert_no_secret(s, &auth.password);
-    }
+    assert_no_secret(sidecars.iter().chain([&old]), pw);
 }
 
 #[test]
 fn no_secret_appears_in_logs_status_or_metrics() {
-    let auth = auth_etcd(TOKEN_TTL);
-    let dir = test_tempdir("secrets");
-    let pw = auth.password.clone();
+    let w = AuthWorld::new();
+    let pw = &w.auth.password;
     // Right password, but a key outside the prefix the user may write: every
     // campaign is refused, so error paths run too.
     let forbidden = unique_key("forbidden");
-    let mut refused = auth_replica(
-        &auth,
-        &forbidden,
-        "refused",
-        &pw,
-        true,
-        &["--ttl", "3"],
-        dir.path(),
-    )
-    .start();
+    let mut refused = w
+        .replica_of(&forbidden, "refused", pw, Password::Env)
+        .ttl(3)
+        .start();
     // And a working pair, through both ways of passing the password.
-    let key = format!("{}lock", auth.prefix);
     let working = vec![
-        auth_replica(&auth, &key, "file", &pw, false, &["--ttl", "3"], dir.path()).start(),
-        auth_replica(&auth, &key, "env", &pw, true, &["--ttl", "3"], dir.path()).start(),
+        w.replica("file", pw, Password::File).ttl(3).start(),
+        w.replica("env", pw, Password::Env).ttl(3).start(),
     ];
     wait_for_one_leader(&working, SOON);
 
     assert_retrying_without_leadership(&mut refused, Duration::from_secs(2));
-    let (_, status) = refused.get_json("/status");
-    assert!(
-        status["last_error"]
-            .as_str()
-            .is_some_and(|e| e.contains("permission denied")),
-        "the refusal gives etcd's reason: {status}"
-    );
-    for s in working.iter().chain([&refused]) {
-        assert_no_secret(s, &pw);
-    }
+    assert_last_error(&refused, "permission denied", Duration::ZERO);
+    assert_no_secret(working.iter().chain([&refused]), pw);
 }
