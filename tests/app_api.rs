@@ -152,14 +152,16 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-/// `n` sidecars on one key, started one after the other, each ready and
-/// campaigned (so with the election protocol they queue in this order).
-fn queue(etcd: &Etcd, key: &str, n: usize, protocol: &str, extra: &[&str]) -> Vec<Sidecar> {
-    (0..n)
+/// A fresh etcd and `n` sidecars on one key named after `test`, started one
+/// after the other, each ready and campaigned (so with the election protocol
+/// they queue in this order).
+fn queue(test: &str, n: usize, protocol: &str) -> (Etcd, Vec<Sidecar>) {
+    let etcd = Etcd::start();
+    let key = unique_key(test);
+    let sidecars = (0..n)
         .map(|i| {
-            let mut args = vec!["--protocol", protocol, "--ttl", LONG_TTL];
-            args.extend_from_slice(extra);
-            let s = Sidecar::start(&etcd.endpoint(), key, &format!("{protocol}-{i}"), &args);
+            let args = ["--protocol", protocol, "--ttl", LONG_TTL];
+            let s = Sidecar::start(&etcd.endpoint(), &key, &format!("{protocol}-{i}"), &args);
             assert!(
                 wait_until(SOON, || {
                     let state = s.get_json("/status").1["state"].clone();
@@ -170,7 +172,8 @@ fn queue(etcd: &Etcd, key: &str, n: usize, protocol: &str, extra: &[&str]) -> Ve
             );
             s
         })
-        .collect()
+        .collect();
+    (etcd, sidecars)
 }
 
 /// The `/leader` document of `s`, whatever its status.
@@ -178,25 +181,26 @@ fn leader_doc(s: &Sidecar) -> Value {
     s.get_json("/leader").1
 }
 
+/// Subscribes to `s`'s events: the first comes at once and is the current
+/// state. Returns the subscription and that first event.
+fn subscribe(s: &Sidecar) -> (Subscription, Value) {
+    let mut events = Subscription::open(s.addr());
+    let first = events
+        .next(Duration::from_secs(1))
+        .expect("the first event comes at once");
+    assert_eq!(first, leader_doc(s), "the first event is the current state");
+    (events, first)
+}
+
 #[test]
 fn a_followers_event_stream_starts_with_the_current_state_and_shows_a_new_leader_within_a_second() {
-    let etcd = Etcd::start();
-    let key = unique_key("sse_follower");
-    let mut sidecars = queue(&etcd, &key, 3, "lock", &[]);
+    let (_etcd, mut sidecars) = queue("sse_follower", 3, "lock");
     let leader = wait_for_one_leader(&sidecars, SOON);
     let old = sidecars[leader].id().to_string();
     let follower = (leader + 1) % sidecars.len();
     let follower_id = sidecars[follower].id().to_string();
 
-    let mut events = Subscription::open(sidecars[follower].addr());
-    let first = events
-        .next(Duration::from_secs(1))
-        .expect("the first event comes at once");
-    assert_eq!(
-        first,
-        leader_doc(&sidecars[follower]),
-        "the first event is the current state"
-    );
+    let (mut events, first) = subscribe(&sidecars[follower]);
     assert_eq!(first["leader"], old.as_str());
     assert_eq!(first["is_leader"], false);
 
@@ -226,15 +230,9 @@ fn a_followers_event_stream_starts_with_the_current_state_and_shows_a_new_leader
 
 #[test]
 fn with_the_election_protocol_the_next_in_line_sees_itself_lead_within_a_second() {
-    let etcd = Etcd::start();
-    let key = unique_key("sse_election");
-    let mut sidecars = queue(&etcd, &key, 3, "election", &[]);
+    let (_etcd, mut sidecars) = queue("sse_election", 3, "election");
     assert!(sidecars[0].is_leader());
-    let mut events = Subscription::open(sidecars[1].addr());
-    let first = events
-        .next(Duration::from_secs(1))
-        .expect("the first event");
-    assert_eq!(first, leader_doc(&sidecars[1]));
+    let (mut events, first) = subscribe(&sidecars[1]);
     assert_eq!(first["leader"], "election-0");
 
     let signalled = Instant::now();
@@ -268,9 +266,7 @@ fn two_hundred_subscribers_do_not_delay_leader_answers() {
     const SUBSCRIBERS: usize = 200;
     /// Generous: a loopback answer takes about a millisecond.
     const BOUND: Duration = Duration::from_millis(500);
-    let etcd = Etcd::start();
-    let key = unique_key("sse_200");
-    let mut sidecars = queue(&etcd, &key, 2, "lock", &[]);
+    let (_etcd, mut sidecars) = queue("sse_200", 2, "lock");
     assert!(sidecars[0].is_leader());
     let follower = &sidecars[1];
     let baseline = slowest_leader_answer(follower, 20);
@@ -325,34 +321,39 @@ fn post_resign(addr: SocketAddr) -> http::Response {
     http::simple(addr, "POST", "/resign", b"").expect("POST /resign answered")
 }
 
-fn resign_hands_over_within_a_second(protocol: &str) {
-    let etcd = Etcd::start();
-    let key = unique_key(&format!("resign_{protocol}"));
-    let sidecars = queue(&etcd, &key, 3, protocol, &[]);
-    let leader = wait_for_one_leader(&sidecars, SOON);
-    let old = &sidecars[leader];
-
-    let asked = Instant::now();
-    let resp = post_resign(old.admin_addr());
+/// `POST /resign` on the leader `old`'s admin port, which it accepts and stops
+/// claiming at once; waits up to `within` for another replica to lead, and
+/// returns it.
+fn resign(sidecars: &[Sidecar], old: usize, within: Duration) -> usize {
+    let resp = post_resign(sidecars[old].admin_addr());
     assert_eq!(resp.status, 200, "{resp:?}");
-    assert_eq!(resp.json()["resigned"], true);
+    assert_eq!(resp.json()["resigned"], true, "{resp:?}");
     assert!(
-        !old.is_leader(),
+        !sidecars[old].is_leader(),
         "the resigned leader stops claiming at once"
     );
     let mut new = None;
     assert!(
-        wait_until(Duration::from_secs(1), || {
-            new = (0..sidecars.len()).find(|&i| i != leader && sidecars[i].is_leader());
+        wait_until(within, || {
+            new = (0..sidecars.len()).find(|&i| i != old && sidecars[i].is_leader());
             new.is_some()
         }),
-        "another replica leads within a second of the resign"
+        "another replica leads within {within:?} of the resign"
     );
+    new.expect("set above")
+}
+
+fn resign_hands_over_within_a_second(protocol: &str) {
+    let (etcd, sidecars) = queue(&format!("resign_{protocol}"), 3, protocol);
+    let leader = wait_for_one_leader(&sidecars, SOON);
+    let old = &sidecars[leader];
+
+    let asked = Instant::now();
+    let new = resign(&sidecars, leader, Duration::from_secs(1));
     println!(
         "{protocol}: handed over {:?} after POST /resign",
         asked.elapsed()
     );
-    let new = new.expect("set above");
     if protocol == "election" {
         assert_eq!(new, leader + 1, "the next in line takes over");
     }
@@ -364,7 +365,7 @@ fn resign_hands_over_within_a_second(protocol: &str) {
         leader_doc(old)
     );
     if protocol == "election" {
-        let keys = elector_testkit::job::keys_under(&etcd, &format!("{key}/"));
+        let keys = elector_testkit::job::keys_under(&etcd, &format!("{}/", old.key()));
         assert_eq!(
             keys.last().map(|(_, kv)| kv.value.as_str()),
             Some(old.id()),
@@ -385,9 +386,7 @@ fn resign_with_the_election_protocol_hands_over_to_the_next_in_line() {
 
 #[test]
 fn resign_is_404_on_the_public_port_and_409_on_a_follower() {
-    let etcd = Etcd::start();
-    let key = unique_key("resign_refused");
-    let sidecars = queue(&etcd, &key, 2, "lock", &[]);
+    let (_etcd, sidecars) = queue("resign_refused", 2, "lock");
     let leader = wait_for_one_leader(&sidecars, SOON);
     let token = sidecars[leader].fencing_token();
     let follower = &sidecars[1 - leader];
@@ -483,13 +482,7 @@ fn the_leader_file_always_parses_and_matches_leader_through_handoffs() {
     for _ in 0..6 {
         let leader = wait_for_one_leader(&sidecars, SOON);
         leaders.push(sidecars[leader].id().to_string());
-        let resp = post_resign(sidecars[leader].admin_addr());
-        assert_eq!(resp.status, 200, "{resp:?}");
-        assert!(
-            wait_until(SOON, || (0..sidecars.len())
-                .any(|i| i != leader && sidecars[i].is_leader())),
-            "a handoff after the resign"
-        );
+        resign(&sidecars, leader, SOON);
     }
     stop.store(true, Ordering::Relaxed);
     for (i, r) in readers.into_iter().enumerate() {
