@@ -28,19 +28,19 @@ const PROBE_EVERY: Duration = Duration::from_millis(5);
 /// expiry check (every 500 ms), and generous slack for a loaded machine.
 const TAKEOVER: Duration = Duration::from_secs(TTL + 7);
 
-fn ttl_args() -> [String; 2] {
-    ["--ttl".into(), TTL.to_string()]
-}
-
-fn probe(sidecars: &[&Sidecar]) -> Prober {
+/// Starts probing every one of `sidecars`' `/leader`, in that order.
+fn probe<'a>(sidecars: impl IntoIterator<Item = &'a Sidecar>) -> Prober {
     let targets: Vec<_> = sidecars
-        .iter()
+        .into_iter()
         .map(|s| (s.id().to_string(), s.addr()))
         .collect();
     Prober::start(&targets, PROBE_EVERY)
 }
 
-fn assert_no_overlap(record: &ProbeRecord, origin: Instant) {
+/// Stops `prober` and checks the one thing every fault here must keep: no
+/// two replicas ever claimed leadership at once (times shown from `origin`).
+fn stop_probing(prober: Prober, origin: Instant) -> ProbeRecord {
+    let record = prober.stop();
     let overlaps = record.overlaps();
     assert!(
         overlaps.is_empty(),
@@ -52,6 +52,56 @@ fn assert_no_overlap(record: &ProbeRecord, origin: Instant) {
             .collect::<Vec<_>>()
             .join("\n")
     );
+    record
+}
+
+/// When `target`'s first probe sent at or after `after` that was answered
+/// with `status` got its answer.
+fn first_answer(
+    record: &ProbeRecord,
+    target: usize,
+    after: Instant,
+    status: u16,
+) -> Option<Instant> {
+    record.probes[target]
+        .iter()
+        .find(|p| p.sent >= after && p.status == Some(status))
+        .map(|p| p.answered)
+}
+
+/// Starts `id` on `endpoint` (etcd, or a proxy to it) and waits until it
+/// leads: the replica each fault is done to.
+fn leading(endpoint: &str, key: &str, id: &str, args: &[&str]) -> Sidecar {
+    let s = Sidecar::start(endpoint, key, id, args);
+    assert!(wait_until(SOON, || s.is_leader()), "{id} leads first");
+    s
+}
+
+/// Waits up to `within` until `s` answers 503 naming `leader`; `when` says
+/// at which point of the test, for the message.
+fn assert_follows(s: &Sidecar, leader: &str, within: Duration, when: &str) {
+    assert!(
+        wait_until(within, || {
+            let (status, view) = s.get_json("/leader");
+            status == 503 && view["leader"] == leader
+        }),
+        "{when}: {} follows {leader}; /leader {}",
+        s.id(),
+        s.leader_view()
+    );
+}
+
+/// Starts `id` on `endpoint` and waits until it follows `leader`.
+fn following(endpoint: &str, key: &str, id: &str, args: &[&str], leader: &str) -> Sidecar {
+    let s = Sidecar::start(endpoint, key, id, args);
+    assert_follows(&s, leader, SOON, "from the start");
+    s
+}
+
+/// `other-0` and `other-1` on etcd itself, both following `leader`: the
+/// candidates to succeed it.
+fn two_others(etcd: &Etcd, key: &str, args: &[&str], leader: &str) -> [Sidecar; 2] {
+    ["other-0", "other-1"].map(|id| following(&etcd.endpoint(), key, id, args, leader))
 }
 
 fn ms(d: Duration) -> u128 {
@@ -69,17 +119,10 @@ fn since(origin: Instant, t: Instant) -> u128 {
 fn a_frozen_leader_never_overlaps_its_successor() {
     let etcd = Etcd::start();
     let key = unique_key("frozen_no_overlap");
-    let [t0, t1] = ttl_args();
-    let frozen = Sidecar::start(&etcd.endpoint(), &key, "frozen", &[&t0, &t1]);
-    assert!(
-        wait_until(SOON, || frozen.is_leader()),
-        "frozen leads first"
-    );
-    let others = [
-        Sidecar::start(&etcd.endpoint(), &key, "other-0", &[&t0, &t1]),
-        Sidecar::start(&etcd.endpoint(), &key, "other-1", &[&t0, &t1]),
-    ];
-    let prober = probe(&[&frozen, &others[0], &others[1]]);
+    let args = ["--ttl", &TTL.to_string()];
+    let frozen = leading(&etcd.endpoint(), &key, "frozen", &args);
+    let others = two_others(&etcd, &key, &args, "frozen");
+    let prober = probe([&frozen, &others[0], &others[1]]);
     std::thread::sleep(Duration::from_millis(300));
 
     let stopped = Instant::now();
@@ -99,14 +142,9 @@ fn a_frozen_leader_never_overlaps_its_successor() {
     let thawed = Instant::now();
     frozen.signal(Signal::SIGCONT);
 
-    assert!(
-        wait_until(SOON, || frozen.leader_view()["leader"] == others[next].id()),
-        "the thawed replica follows {}: {}",
-        others[next].id(),
-        frozen.leader_view()
-    );
+    assert_follows(&frozen, others[next].id(), SOON, "after the thaw");
     std::thread::sleep(Duration::from_millis(500));
-    let record = prober.stop();
+    let record = stop_probing(prober, stopped);
 
     // Requests it could read only after the thaw (an answer computed just
     // before the stop may still arrive after it: it was true when computed).
@@ -125,7 +163,6 @@ fn a_frozen_leader_never_overlaps_its_successor() {
         after_thaw.iter().all(|p| !p.is_leader()),
         "it never answers 200 again"
     );
-    assert_no_overlap(&record, stopped);
     let stepped = terms("frozen", &frozen.logs());
     assert_eq!(
         stepped.first().and_then(|t| t.end_reason.as_deref()),
@@ -149,21 +186,11 @@ fn a_frozen_leader_never_overlaps_its_successor() {
 fn a_partitioned_leader_steps_down_a_margin_before_another_wins() {
     let etcd = Etcd::start();
     let key = unique_key("partition_margin");
-    let [t0, t1] = ttl_args();
+    let args = ["--ttl", &TTL.to_string()];
     let proxy = TcpProxy::start(etcd.client_addr());
-    let cut_off = Sidecar::start(&proxy.endpoint(), &key, "cut-off", &[&t0, &t1]);
-    assert!(
-        wait_until(SOON, || cut_off.is_leader()),
-        "cut-off leads first"
-    );
-    let others = [
-        Sidecar::start(&etcd.endpoint(), &key, "other-0", &[&t0, &t1]),
-        Sidecar::start(&etcd.endpoint(), &key, "other-1", &[&t0, &t1]),
-    ];
-    for s in &others {
-        assert!(wait_until(SOON, || s.leader_view()["leader"] == "cut-off"));
-    }
-    let prober = probe(&[&cut_off, &others[0], &others[1]]);
+    let cut_off = leading(&proxy.endpoint(), &key, "cut-off", &args);
+    let others = two_others(&etcd, &key, &args, "cut-off");
+    let prober = probe([&cut_off, &others[0], &others[1]]);
     std::thread::sleep(Duration::from_millis(300));
 
     let partitioned = Instant::now();
@@ -171,26 +198,15 @@ fn a_partitioned_leader_steps_down_a_margin_before_another_wins() {
     let next = wait_for_one_leader(&others, TAKEOVER);
     std::thread::sleep(Duration::from_millis(300));
     proxy.heal();
-    assert!(
-        wait_until(TAKEOVER, || {
-            let (status, view) = cut_off.get_json("/leader");
-            status == 503 && view["leader"] == others[next].id()
-        }),
-        "after the heal cut-off follows {}: {}",
-        others[next].id(),
-        cut_off.leader_view()
-    );
-    let record = prober.stop();
-    assert_no_overlap(&record, partitioned);
+    assert_follows(&cut_off, others[next].id(), TAKEOVER, "after the heal");
+    let record = stop_probing(prober, partitioned);
 
     // From the probes: the old claim ended before its first 503 arrived; the
     // new one began after the new leader's last non-200 was sent.
     let old = &record.probes[0];
     let last_200 = old.iter().rfind(|p| p.is_leader()).expect("cut-off led");
-    let old_first_503 = old
-        .iter()
-        .find(|p| p.sent > last_200.sent && p.status == Some(503))
-        .expect("cut-off answered 503 after leading");
+    let old_first_503 =
+        first_answer(&record, 0, last_200.sent, 503).expect("cut-off answered 503 after leading");
     let new = &record.probes[1 + next];
     let new_first_200 = new
         .iter()
@@ -202,9 +218,9 @@ fn a_partitioned_leader_steps_down_a_margin_before_another_wins() {
         .expect("the successor was probed before it led");
     let probe_gap = new_last_not_200
         .sent
-        .saturating_duration_since(old_first_503.answered);
+        .saturating_duration_since(old_first_503);
     assert!(
-        new_last_not_200.sent > old_first_503.answered,
+        new_last_not_200.sent > old_first_503,
         "cut-off stopped claiming before the successor started"
     );
 
@@ -233,7 +249,7 @@ fn a_partitioned_leader_steps_down_a_margin_before_another_wins() {
          step-down reason {}",
         ms(MARGIN),
         since(partitioned, last_200.answered),
-        since(partitioned, old_first_503.answered),
+        since(partitioned, old_first_503),
         since(partitioned, new_first_200.answered),
         ms(probe_gap),
         log_gap_ms,
@@ -248,20 +264,13 @@ fn a_partitioned_leader_steps_down_a_margin_before_another_wins() {
 fn a_partitioned_follower_leaves_the_leader_alone_and_catches_up() {
     let etcd = Etcd::start();
     let key = unique_key("partitioned_follower");
-    let [t0, t1] = ttl_args();
-    let mut leader = Sidecar::start(&etcd.endpoint(), &key, "leader", &[&t0, &t1]);
-    assert!(
-        wait_until(SOON, || leader.is_leader()),
-        "leader leads first"
-    );
-    let heir = Sidecar::start(&etcd.endpoint(), &key, "heir", &[&t0, &t1]);
+    let args = ["--ttl", &TTL.to_string()];
+    let mut leader = leading(&etcd.endpoint(), &key, "leader", &args);
+    let heir = following(&etcd.endpoint(), &key, "heir", &args, "leader");
     let proxy = TcpProxy::start(etcd.client_addr());
-    let away = Sidecar::start(&proxy.endpoint(), &key, "away", &[&t0, &t1]);
-    for s in [&heir, &away] {
-        assert!(wait_until(SOON, || s.leader_view()["leader"] == "leader"));
-    }
+    let away = following(&proxy.endpoint(), &key, "away", &args, "leader");
     let token = leader.fencing_token().expect("a token");
-    let prober = probe(&[&leader, &heir, &away]);
+    let prober = probe([&leader, &heir, &away]);
 
     let partitioned = Instant::now();
     proxy.partition();
@@ -277,17 +286,9 @@ fn a_partitioned_follower_leaves_the_leader_alone_and_catches_up() {
     std::thread::sleep(Duration::from_secs(1));
     let healed = Instant::now();
     proxy.heal();
-    assert!(
-        wait_until(TAKEOVER, || {
-            let (status, view) = away.get_json("/leader");
-            status == 503 && view["leader"] == "heir"
-        }),
-        "after the heal it names the new leader: {}",
-        away.leader_view()
-    );
+    assert_follows(&away, "heir", TAKEOVER, "after the heal");
     std::thread::sleep(Duration::from_millis(500));
-    let record = prober.stop();
-    assert_no_overlap(&record, partitioned);
+    let record = stop_probing(prober, partitioned);
 
     let during: Vec<_> = record.probes[0]
         .iter()
@@ -320,11 +321,11 @@ fn a_partitioned_follower_leaves_the_leader_alone_and_catches_up() {
 fn a_leader_is_elected_again_after_etcd_loses_its_data() {
     let mut etcd = Etcd::start();
     let key = unique_key("data_lost");
-    let [t0, t1] = ttl_args();
-    let mut sidecars = replicas(&etcd.endpoint(), &key, 3, &[&t0, &t1]);
+    let args = ["--ttl", &TTL.to_string()];
+    let mut sidecars = replicas(&etcd.endpoint(), &key, 3, &args);
     wait_for_one_leader(&sidecars, SOON);
     let before = etcd.get(&key).expect("the leader's key");
-    let prober = probe(&sidecars.iter().collect::<Vec<_>>());
+    let prober = probe(&sidecars);
 
     let wiped = Instant::now();
     etcd.restart_empty();
@@ -353,8 +354,7 @@ fn a_leader_is_elected_again_after_etcd_loses_its_data() {
         kv.mod_revision,
         after.mod_revision
     );
-    let record = prober.stop();
-    assert_no_overlap(&record, wiped);
+    stop_probing(prober, wiped);
     println!(
         "etcd data lost: token {} before the wipe, {} after (revisions restarted), {} after the next handoff; \
          leader again {} ms after the wipe",
@@ -372,9 +372,9 @@ fn a_leader_is_elected_again_after_etcd_loses_its_data() {
 fn a_follower_wins_within_the_ttl_when_the_leader_is_killed() {
     let etcd = Etcd::start();
     let key = unique_key("leader_killed");
-    let [t0, t1] = ttl_args();
-    let mut sidecars = replicas(&etcd.endpoint(), &key, 4, &[&t0, &t1]);
-    let prober = probe(&sidecars.iter().collect::<Vec<_>>());
+    let args = ["--ttl", &TTL.to_string()];
+    let mut sidecars = replicas(&etcd.endpoint(), &key, 4, &args);
+    let prober = probe(&sidecars);
     let origin = Instant::now();
     let mut tokens = Vec::new();
     let mut takeovers = Vec::new();
@@ -415,8 +415,7 @@ fn a_follower_wins_within_the_ttl_when_the_leader_is_killed() {
     }
     let leader = wait_for_one_leader(&sidecars, SOON);
     tokens.push(sidecars[leader].fencing_token().expect("a token"));
-    let record = prober.stop();
-    assert_no_overlap(&record, origin);
+    stop_probing(prober, origin);
     assert!(
         tokens.windows(2).all(|w| w[0] < w[1]),
         "fencing tokens strictly increase across terms: {tokens:?}"
@@ -438,17 +437,10 @@ fn a_slow_etcd_makes_the_leader_step_down_rather_than_overlap() {
     let ttl = SLOW_TTL.to_string();
     let args = ["--ttl", ttl.as_str()];
     let proxy = TcpProxy::start(etcd.client_addr());
-    let slow = Sidecar::start(&proxy.endpoint(), &key, "slow", &args);
-    assert!(wait_until(SOON, || slow.is_leader()), "slow leads first");
-    let others = [
-        Sidecar::start(&etcd.endpoint(), &key, "other-0", &args),
-        Sidecar::start(&etcd.endpoint(), &key, "other-1", &args),
-    ];
-    for s in &others {
-        assert!(wait_until(SOON, || s.leader_view()["leader"] == "slow"));
-    }
+    let slow = leading(&proxy.endpoint(), &key, "slow", &args);
+    let others = two_others(&etcd, &key, &args, "slow");
     let token = slow.fencing_token().expect("a token");
-    let prober = probe(&[&slow, &others[0], &others[1]]);
+    let prober = probe([&slow, &others[0], &others[1]]);
     let origin = Instant::now();
 
     // 150 ms each way: keep-alive round trips of a few hundred ms, well
@@ -475,23 +467,16 @@ fn a_slow_etcd_makes_the_leader_step_down_rather_than_overlap() {
     assert!(!slow.is_leader());
     std::thread::sleep(Duration::from_secs(1));
     proxy.set_latency(Duration::ZERO);
-    assert!(
-        wait_until(Duration::from_secs(3 * SLOW_TTL), || slow.leader_view()
-            ["leader"]
-            == others[next].id()),
-        "once etcd is fast again it follows {}: {}",
-        others[next].id(),
-        slow.leader_view()
-    );
-    let record = prober.stop();
-    assert_no_overlap(&record, origin);
+    let fast_again = Duration::from_secs(3 * SLOW_TTL);
+    assert_follows(&slow, others[next].id(), fast_again, "etcd fast again");
+    let record = stop_probing(prober, origin);
     let steps = terms("slow", &slow.logs());
     let reason = steps.first().and_then(|t| t.end_reason.clone());
     assert!(
         matches!(reason.as_deref(), Some("lease_not_renewed" | "watch_lost")),
         "it stepped down because etcd was too slow to confirm its lease or watch: {steps:?}"
     );
-    let successor = prober_first_200(&record, 1 + next, slowed);
+    let successor = first_answer(&record, 1 + next, slowed, 200);
     println!(
         "slow etcd (TTL {SLOW_TTL} s): leader stepped down ({}) and {} led {} ms after the latency reached {} s each way",
         reason.unwrap_or_default(),
@@ -499,13 +484,6 @@ fn a_slow_etcd_makes_the_leader_step_down_rather_than_overlap() {
         successor.map_or(0, |t| since(slowed, t)),
         SLOW_TTL / 3
     );
-}
-
-fn prober_first_200(record: &ProbeRecord, target: usize, after: Instant) -> Option<Instant> {
-    record.probes[target]
-        .iter()
-        .find(|p| p.sent >= after && p.is_leader())
-        .map(|p| p.answered)
 }
 
 /// Shutdown in a pod with `--release-delay`: the leader answers 503 at once,
@@ -526,11 +504,9 @@ fn release_delay_orders_the_shutdown_503_then_revoke_then_exit() {
         "--shutdown-timeout",
         "5",
     ];
-    let mut leader = Sidecar::start(&etcd.endpoint(), &key, "draining", &args);
-    assert!(wait_until(SOON, || leader.is_leader()), "draining leads");
-    let heir = Sidecar::start(&etcd.endpoint(), &key, "heir", &args);
-    assert!(wait_until(SOON, || heir.leader_view()["leader"] == "draining"));
-    let prober = probe(&[&leader, &heir]);
+    let mut leader = leading(&etcd.endpoint(), &key, "draining", &args);
+    let heir = following(&etcd.endpoint(), &key, "heir", &args, "draining");
+    let prober = probe([&leader, &heir]);
     std::thread::sleep(Duration::from_millis(200));
 
     let signalled = Instant::now();
@@ -556,15 +532,11 @@ fn release_delay_orders_the_shutdown_503_then_revoke_then_exit() {
         "heir leads after the revoke"
     );
     std::thread::sleep(Duration::from_millis(200));
-    let record = prober.stop();
-    assert_no_overlap(&record, signalled);
+    let record = stop_probing(prober, signalled);
 
-    let first_503 = record.probes[0]
-        .iter()
-        .find(|p| p.sent >= signalled && p.status == Some(503))
-        .map(|p| p.answered)
-        .expect("the leader answered 503 after SIGTERM");
-    let heir_leads = prober_first_200(&record, 1, signalled).expect("heir led");
+    let first_503 =
+        first_answer(&record, 0, signalled, 503).expect("the leader answered 503 after SIGTERM");
+    let heir_leads = first_answer(&record, 1, signalled, 200).expect("heir led");
     assert!(
         first_503 - signalled < Duration::from_millis(500),
         "503 at once: {} ms after SIGTERM",
