@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use crate::handoff::Group;
-use crate::procs::{elector_bin, status, CpuMark, SidecarSpec};
+use crate::procs::{elector_bin, status, CpuMark};
 use crate::stats::{ms, Goal, Summary};
 use crate::Ctx;
 
@@ -36,14 +36,8 @@ fn startup(ctx: &mut Ctx, starts: usize) {
     let mut first_answer = Vec::new();
     let mut leadership = Vec::new();
     for i in 0..starts {
-        let spec = SidecarSpec {
-            endpoint: ctx.etcd.endpoint(),
-            key: format!("/bench/start-{i}-{}", elector_testkit::random_suffix()),
-            ttl_secs: IDLE_TTL,
-            log_dir: ctx.dir.clone(),
-            cpus: None,
-            extra: Vec::new(),
-        };
+        let key = format!("/bench/start-{i}-{}", elector_testkit::random_suffix());
+        let spec = ctx.spec(key, IDLE_TTL);
         std::thread::sleep(Duration::from_millis(20));
         let t0 = Instant::now();
         let mut sc = spec.spawn(&format!("start{i}"));
@@ -108,19 +102,13 @@ fn startup(ctx: &mut Ctx, starts: usize) {
 
 /// An idle leader and follower over `window`.
 fn idle(ctx: &mut Ctx, window: Duration) {
-    let spec = SidecarSpec {
-        endpoint: ctx.etcd.endpoint(),
-        key: format!("/bench/idle-{}", elector_testkit::random_suffix()),
-        ttl_secs: IDLE_TTL,
-        log_dir: ctx.dir.clone(),
-        cpus: None,
-        extra: Vec::new(),
-    };
-    let mut group = Group::start(spec, 2);
-    if !group.wait_settled(Duration::from_secs(30)) {
-        ctx.report.anomaly("idle: replicas did not settle");
+    let key = format!("/bench/idle-{}", elector_testkit::random_suffix());
+    let spec = ctx.spec(key, IDLE_TTL);
+    let failure = "idle: replicas did not settle";
+    let timeout = Duration::from_secs(30);
+    let Some(group) = Group::start_settled(&mut ctx.report, spec, 2, timeout, failure) else {
         return;
-    }
+    };
     let Some(holder) = ctx.ctl.get(&group.spec.key) else {
         ctx.report.anomaly("idle: no leader");
         return;

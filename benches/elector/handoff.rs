@@ -16,13 +16,14 @@
 //! dedicated thread).
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
 use crate::procs::{Etcdctl, Line, Sidecar, SidecarSpec};
-use crate::stats::{ms, Comparison, Summary};
+use crate::stats::{ms, Comparison, Report, Summary};
 use crate::watch::Kind;
 use crate::Ctx;
 
@@ -47,20 +48,31 @@ pub struct Group {
 }
 
 impl Group {
-    pub fn start(spec: SidecarSpec, n: usize) -> Group {
-        static GROUPS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let tag = format!(
-            "r{}-",
-            GROUPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        );
+    /// Start `n` replicas of `spec` and wait until they all know the leader; none, and the
+    /// anomaly `failure`, if that takes longer than `timeout`.
+    pub fn start_settled(
+        report: &mut Report,
+        spec: SidecarSpec,
+        n: usize,
+        timeout: Duration,
+        failure: &str,
+    ) -> Option<Group> {
+        static GROUPS: AtomicU32 = AtomicU32::new(0);
+        let tag = format!("r{}-", GROUPS.fetch_add(1, Ordering::Relaxed));
         let slots = (0..n)
             .map(|i| spec.spawn(&format!("{tag}s{i}g0")))
             .collect();
-        Group {
+        let mut group = Group {
             spec,
             slots,
             generation: 0,
             tag,
+        };
+        if group.wait_settled(timeout) {
+            Some(group)
+        } else {
+            report.anomaly(failure);
+            None
         }
     }
 
@@ -152,30 +164,25 @@ pub enum Way {
 pub fn ours(ctx: &mut Ctx, n: usize, reps: usize, way: Way) -> Vec<f64> {
     let election = way == Way::Election;
     let key = format!("/bench/handoff-{n}-{}", elector_testkit::random_suffix());
+    let extra = match way {
+        Way::Election => vec!["--protocol".into(), "election".into()],
+        Way::Revoke => vec!["--no-succession".into()],
+        Way::Succession => Vec::new(),
+    };
     let spec = SidecarSpec {
-        endpoint: ctx.etcd.endpoint(),
-        key: key.clone(),
-        ttl_secs: 10,
-        log_dir: ctx.dir.clone(),
-        cpus: None,
-        extra: match way {
-            Way::Election => vec!["--protocol".into(), "election".into()],
-            Way::Revoke => vec!["--no-succession".into()],
-            Way::Succession => Vec::new(),
-        },
+        extra,
+        ..ctx.spec(key.clone(), 10)
     };
     let tag = match way {
         Way::Election => "election protocol",
         Way::Revoke => "lock protocol, --no-succession",
         Way::Succession => "lock protocol, direct succession",
     };
-    let mut group = Group::start(spec, n);
-    if !group.wait_settled(Duration::from_secs(60)) {
-        ctx.report.anomaly(format!(
-            "handoff n={n} {tag}: replicas did not settle at start"
-        ));
+    let failure = format!("handoff n={n} {tag}: replicas did not settle at start");
+    let timeout = Duration::from_secs(60);
+    let Some(mut group) = Group::start_settled(&mut ctx.report, spec, n, timeout, &failure) else {
         return Vec::new();
-    }
+    };
     // The election protocol keeps candidates' keys under `<key>/`; the leader is the oldest.
     let prefix = format!("{key}/");
     let holder = |ctx: &Ctx| {
@@ -481,20 +488,12 @@ pub fn compare(n: usize, ours: &[f64], peer: &[f64]) -> Comparison {
 pub fn crash(ctx: &mut Ctx, ttl_secs: u64, reps: usize) -> Vec<f64> {
     let key = format!("/bench/crash-{}", elector_testkit::random_suffix());
     let ttl = Duration::from_secs(ttl_secs);
-    let spec = SidecarSpec {
-        endpoint: ctx.etcd.endpoint(),
-        key: key.clone(),
-        ttl_secs,
-        log_dir: ctx.dir.clone(),
-        cpus: None,
-        extra: Vec::new(),
-    };
-    let mut group = Group::start(spec, 3);
-    if !group.wait_settled(Duration::from_secs(30)) {
-        ctx.report
-            .anomaly("crash: replicas did not settle at start");
+    let spec = ctx.spec(key.clone(), ttl_secs);
+    let failure = "crash: replicas did not settle at start";
+    let timeout = Duration::from_secs(30);
+    let Some(mut group) = Group::start_settled(&mut ctx.report, spec, 3, timeout, failure) else {
         return Vec::new();
-    }
+    };
     let watch = ctx.ctl.watch(&key, false);
     let mut s = Samples::default();
     let mut rng = elector_testkit::fastrand::Rng::new();

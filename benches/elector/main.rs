@@ -45,6 +45,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use elector_testkit::{process::set_thread_nice, test_tempdir, Etcd};
+use procs::SidecarSpec;
 use stats::{Goal, Report};
 use tokio::runtime::Runtime;
 use watch::Ctl;
@@ -69,9 +70,20 @@ impl<'rt> Ctx<'rt> {
         drop(old);
         let _ = std::fs::remove_dir_all(data);
     }
-}
 
-impl Ctx<'_> {
+    /// How to start replicas of `key` on this run's etcd, logging to its directory: unpinned,
+    /// no extra flags (a scenario that wants them sets them over this).
+    pub fn spec(&self, key: String, ttl_secs: u64) -> SidecarSpec {
+        SidecarSpec {
+            endpoint: self.etcd.endpoint(),
+            key,
+            ttl_secs,
+            log_dir: self.dir.clone(),
+            cpus: None,
+            extra: Vec::new(),
+        }
+    }
+
     /// Record how much CPU something other than this bench used during `scenario`: the bench
     /// cannot keep other work off the machine, but it can say when there was some.
     pub fn foreign_load(&mut self, scenario: &str, since: procs::LoadMark) {

@@ -20,19 +20,15 @@ use crate::Ctx;
 use elector_testkit::http::{get as get_once, Conn};
 
 pub fn run(ctx: &mut Ctx, duration: Duration) {
-    let spec = SidecarSpec {
-        endpoint: ctx.etcd.endpoint(),
-        key: format!("/bench/probe-{}", elector_testkit::random_suffix()),
-        ttl_secs: 10,
-        log_dir: ctx.dir.clone(),
-        cpus: None,
-        extra: Vec::new(),
-    };
-    let mut group = Group::start(spec, 1);
-    if !group.wait_settled(Duration::from_secs(30)) {
-        ctx.report.anomaly("probe: replica did not become leader");
+    let spec = ctx.spec(
+        format!("/bench/probe-{}", elector_testkit::random_suffix()),
+        10,
+    );
+    let failure = "probe: replica did not become leader";
+    let timeout = Duration::from_secs(30);
+    let Some(group) = Group::start_settled(&mut ctx.report, spec, 1, timeout, failure) else {
         return;
-    }
+    };
     let addr = group.slots[0].addr();
     let n = duration.as_millis() as usize;
     let mut p99_worst = 0.0f64;
@@ -145,20 +141,16 @@ fn max_rate(ctx: &mut Ctx, duration: Duration) {
         );
         return;
     }
+    let key = format!("/bench/probe-pinned-{}", elector_testkit::random_suffix());
     let spec = SidecarSpec {
-        endpoint: ctx.etcd.endpoint(),
-        key: format!("/bench/probe-pinned-{}", elector_testkit::random_suffix()),
-        ttl_secs: 10,
-        log_dir: ctx.dir.clone(),
         cpus: Some("0".into()),
-        extra: Vec::new(),
+        ..ctx.spec(key, 10)
     };
-    let mut group = Group::start(spec, 1);
-    if !group.wait_settled(Duration::from_secs(30)) {
-        ctx.report
-            .anomaly("probe: pinned replica did not become leader");
+    let failure = "probe: pinned replica did not become leader";
+    let timeout = Duration::from_secs(30);
+    let Some(group) = Group::start_settled(&mut ctx.report, spec, 1, timeout, failure) else {
         return;
-    }
+    };
     let url = format!("http://{}/leader", group.slots[0].addr());
     let pid = group.slots[0].proc.pid().as_raw();
     for (mode, extra) in [
