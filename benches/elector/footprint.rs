@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use crate::handoff::Group;
-use crate::procs::{elector_bin, status, CpuMark};
+use crate::procs::{elector_bin, status, Window};
 use crate::stats::{ms, Goal, Summary};
 use crate::Ctx;
 
@@ -121,14 +121,8 @@ fn idle(ctx: &mut Ctx, window: Duration) {
     ];
     // Let start-up allocations and the first keep-alives pass.
     std::thread::sleep(Duration::from_secs(2));
-    let m0 = crate::procs::etcd_metrics(&ctx.etcd);
-    let cpu0: Vec<CpuMark> = pids.iter().map(|&p| CpuMark::of(p)).collect();
-    let t0 = Instant::now();
-    std::thread::sleep(window);
-    let cpu1: Vec<CpuMark> = pids.iter().map(|&p| CpuMark::of(p)).collect();
-    let m1 = crate::procs::etcd_metrics(&ctx.etcd);
-    let elapsed = t0.elapsed();
-    let per_min = 60.0 / elapsed.as_secs_f64();
+    let w = Window::measure(&ctx.etcd, &pids, window);
+    let per_min = 60.0 / w.secs;
     let p = format!("ttl={IDLE_TTL}s window={}s", window.as_secs());
     let mut worst_rss = 0.0f64;
     let mut worst_cpu = 0.0f64;
@@ -138,7 +132,7 @@ fn idle(ctx: &mut Ctx, window: Duration) {
         let rss = kb(st.as_ref().and_then(|s| s.vmrss));
         let hwm = kb(st.as_ref().and_then(|s| s.vmhwm));
         let threads = st.map_or(0, |s| s.threads) as f64;
-        let cpu_s = cpu0[i].since(cpu1[i]).as_secs_f64() * per_min;
+        let cpu_s = w.cpu[i].as_secs_f64() * per_min;
         worst_rss = worst_rss.max(rss);
         worst_cpu = worst_cpu.max(cpu_s);
         let r = &mut ctx.report;
@@ -173,13 +167,8 @@ fn idle(ctx: &mut Ctx, window: Duration) {
     }
     // Both replicas send the same thing when idle (one keep-alive per ttl/3 on their own
     // lease); etcd counts for the pair, so a replica is half of it.
-    let delta = crate::procs::grpc_delta(&m0, &m1);
-    let (total, keepalive, by_method) = (delta.total(), delta.keepalive(), delta.by_method());
+    let (total, keepalive, by_method) = (w.grpc.total(), w.grpc.keepalive(), w.grpc.by_method());
     let other = total - keepalive;
-    let rx_bytes = m1.sum("etcd_network_client_grpc_received_bytes_total")
-        - m0.sum("etcd_network_client_grpc_received_bytes_total");
-    let tx_bytes = m1.sum("etcd_network_client_grpc_sent_bytes_total")
-        - m0.sum("etcd_network_client_grpc_sent_bytes_total");
     let r = &mut ctx.report;
     r.add(
         Summary::single(
@@ -204,7 +193,7 @@ fn idle(ctx: &mut Ctx, window: Duration) {
         .note("polling would show here"),
     );
     r.add(
-        Summary::single("footprint", "gRPC bytes to+from etcd per replica", &p, "B/min", (rx_bytes + tx_bytes) / 2.0 * per_min)
+        Summary::single("footprint", "gRPC bytes to+from etcd per replica", &p, "B/min", w.bytes / 2.0 * per_min)
             .note("etcd_network_client_grpc_{received,sent}_bytes_total; HTTP/2 pings and TCP not included"),
     );
     let allowed = 60.0 / (IDLE_TTL as f64 / 3.0);

@@ -198,6 +198,12 @@ impl EtcdMetrics {
             .map(|(_, v)| v)
             .sum()
     }
+
+    /// gRPC bytes etcd received from and sent to its clients (HTTP/2 pings and TCP not included).
+    pub fn grpc_bytes(&self) -> f64 {
+        self.sum("etcd_network_client_grpc_received_bytes_total")
+            + self.sum("etcd_network_client_grpc_sent_bytes_total")
+    }
 }
 
 fn label(labels: &str, key: &str) -> Option<String> {
@@ -246,6 +252,35 @@ impl GrpcDelta {
             .map(|(m, v)| format!("{m}={v}"))
             .collect::<Vec<_>>()
             .join(", ")
+    }
+}
+
+/// What etcd and some processes did over an idle window, read the same way by every scenario
+/// that has one.
+pub struct Window {
+    pub secs: f64,
+    /// CPU used by each of the processes, in the order given.
+    pub cpu: Vec<Duration>,
+    pub grpc: GrpcDelta,
+    /// gRPC bytes to and from etcd ([`EtcdMetrics::grpc_bytes`]).
+    pub bytes: f64,
+}
+
+impl Window {
+    /// Watch `pids` and etcd for `length` (this thread sleeps through it).
+    pub fn measure(etcd: &Etcd, pids: &[i32], length: Duration) -> Window {
+        let m0 = etcd_metrics(etcd);
+        let cpu0: Vec<CpuMark> = pids.iter().map(|&p| CpuMark::of(p)).collect();
+        let t0 = Instant::now();
+        std::thread::sleep(length);
+        let cpu1: Vec<CpuMark> = pids.iter().map(|&p| CpuMark::of(p)).collect();
+        let m1 = etcd_metrics(etcd);
+        Window {
+            secs: t0.elapsed().as_secs_f64(),
+            cpu: cpu0.iter().zip(cpu1).map(|(a, b)| a.since(b)).collect(),
+            grpc: grpc_delta(&m0, &m1),
+            bytes: m1.grpc_bytes() - m0.grpc_bytes(),
+        }
     }
 }
 

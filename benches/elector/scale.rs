@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::procs::{status, CpuMark};
+use crate::procs::{status, CpuMark, Window};
 use crate::stats::{ms, Summary};
 use crate::Ctx;
 
@@ -360,19 +360,10 @@ fn idle_window(ctx: &mut Ctx, p: &str, count: usize, window: Duration, phase: In
     std::thread::sleep(start - Instant::now());
     let me = std::process::id() as i32;
     let etcd_pid = ctx.etcd.child().expect("etcd runs").pid().as_raw();
-    let m0 = crate::procs::etcd_metrics(&ctx.etcd);
-    let (me0, etcd0) = (CpuMark::of(me), CpuMark::of(etcd_pid));
-    let t0 = std::time::Instant::now();
-    std::thread::sleep(window);
-    let (me1, etcd1) = (CpuMark::of(me), CpuMark::of(etcd_pid));
-    let m1 = crate::procs::etcd_metrics(&ctx.etcd);
-    let secs = t0.elapsed().as_secs_f64();
-    let delta = crate::procs::grpc_delta(&m0, &m1);
-    let (total, keepalive, by_method) = (delta.total(), delta.keepalive(), delta.by_method());
-    let bytes = (m1.sum("etcd_network_client_grpc_received_bytes_total")
-        + m1.sum("etcd_network_client_grpc_sent_bytes_total"))
-        - (m0.sum("etcd_network_client_grpc_received_bytes_total")
-            + m0.sum("etcd_network_client_grpc_sent_bytes_total"));
+    let w = Window::measure(&ctx.etcd, &[me, etcd_pid], window);
+    let secs = w.secs;
+    let (total, keepalive, by_method) = (w.grpc.total(), w.grpc.keepalive(), w.grpc.by_method());
+    let bytes = w.bytes;
     let r = &mut ctx.report;
     r.add(
         Summary::single("scale", "etcd requests, idle", p, "req/s", total / secs).note(format!(
@@ -404,7 +395,7 @@ fn idle_window(ctx: &mut Ctx, p: &str, count: usize, window: Duration, phase: In
         "etcd CPU, idle",
         p,
         "% of a core",
-        etcd0.since(etcd1).as_secs_f64() / secs * 100.0,
+        w.cpu[1].as_secs_f64() / secs * 100.0,
     ));
     r.add(Summary::single(
         "scale",
@@ -419,7 +410,7 @@ fn idle_window(ctx: &mut Ctx, p: &str, count: usize, window: Duration, phase: In
             "simulating process CPU, idle",
             p,
             "% of a core",
-            me0.since(me1).as_secs_f64() / secs * 100.0,
+            w.cpu[0].as_secs_f64() / secs * 100.0,
         )
         .note(format!(
             "all {} candidates in one process (plus the bench, idle)",
