@@ -7,7 +7,7 @@ use nix::sys::signal::Signal;
 
 use crate::handoff::Group;
 use crate::procs::{elector_bin, status, Window};
-use crate::stats::{ms, Goal, Summary};
+use crate::stats::{ms, Goal};
 use crate::Ctx;
 
 /// TTL of the idle replicas: the sidecar's default.
@@ -17,15 +17,11 @@ pub fn run(ctx: &mut Ctx, starts: usize, window: Duration) {
     let size = std::fs::metadata(elector_bin())
         .map(|m| m.len())
         .unwrap_or(0);
-    ctx.report.add(
-        Summary::single(
-            "footprint",
-            "binary size",
-            "release, stripped",
-            "MiB",
-            size as f64 / 1048576.0,
-        )
-        .note(elector_bin()),
+    let (mib, bin) = (size as f64 / 1048576.0, elector_bin());
+    ctx.report.rows(
+        "footprint",
+        "release, stripped",
+        &[("binary size", "MiB", &[mib], &bin)],
     );
     startup(ctx, starts);
     idle(ctx, window);
@@ -76,28 +72,12 @@ fn startup(ctx: &mut Ctx, starts: usize) {
                 .anomaly(format!("startup {i}: did not exit on SIGTERM"));
         }
     }
-    ctx.report.add(
-        Summary::of(
-            "footprint",
-            "start -> first HTTP answer",
-            "",
-            "ms",
-            &first_answer,
-        )
-        .note("exec, runtime, signal handlers, bind; polled every 0.1 ms on fresh connections"),
-    );
-    ctx.report.add(
-        Summary::of(
-            "footprint",
-            "start -> leader on a free key",
-            "",
-            "ms",
-            &leadership,
-        )
-        .note(
-            "+ etcd connect, lease grant, campaign txn (two etcd round trips with a commit each)",
-        ),
-    );
+    ctx.report.rows("footprint", "", &[
+        ("start -> first HTTP answer", "ms", &first_answer,
+         "exec, runtime, signal handlers, bind; polled every 0.1 ms on fresh connections"),
+        ("start -> leader on a free key", "ms", &leadership,
+         "+ etcd connect, lease grant, campaign txn (two etcd round trips with a commit each)"),
+    ]);
 }
 
 /// An idle leader and follower over `window`.
@@ -135,67 +115,48 @@ fn idle(ctx: &mut Ctx, window: Duration) {
         let cpu_s = w.cpu[i].as_secs_f64() * per_min;
         worst_rss = worst_rss.max(rss);
         worst_cpu = worst_cpu.max(cpu_s);
-        let r = &mut ctx.report;
-        r.add(
-            Summary::single("footprint", &format!("idle RSS, {role}"), &p, "MiB", rss)
-                .note("VmRSS at the end of the window"),
+        let cpu_note = format!(
+            "/proc/PID/task/*/schedstat (ns), checked against utime+stime; {:.4} % of a core",
+            cpu_s / 60.0 * 100.0
         );
-        r.add(
-            Summary::single("footprint", &format!("peak RSS, {role}"), &p, "MiB", hwm)
-                .note("VmHWM since start"),
-        );
-        r.add(Summary::single(
+        ctx.report.rows(
             "footprint",
-            &format!("threads, {role}"),
             &p,
-            "",
-            threads,
-        ));
-        r.add(
-            Summary::single(
-                "footprint",
-                &format!("idle CPU, {role}"),
-                &p,
-                "s/min",
-                cpu_s,
-            )
-            .note(format!(
-                "/proc/PID/task/*/schedstat (ns), checked against utime+stime; {:.4} % of a core",
-                cpu_s / 60.0 * 100.0
-            )),
+            &[
+                (
+                    &format!("idle RSS, {role}"),
+                    "MiB",
+                    &[rss],
+                    "VmRSS at the end of the window",
+                ),
+                (
+                    &format!("peak RSS, {role}"),
+                    "MiB",
+                    &[hwm],
+                    "VmHWM since start",
+                ),
+                (&format!("threads, {role}"), "", &[threads], ""),
+                (&format!("idle CPU, {role}"), "s/min", &[cpu_s], &cpu_note),
+            ],
         );
     }
     // Both replicas send the same thing when idle (one keep-alive per ttl/3 on their own
     // lease); etcd counts for the pair, so a replica is half of it.
-    let (total, keepalive, by_method) = (w.grpc.total(), w.grpc.keepalive(), w.grpc.by_method());
+    let (total, keepalive) = (w.grpc.total(), w.grpc.keepalive());
     let other = total - keepalive;
+    let per_replica = |v: f64| [v / 2.0 * per_min];
+    let methods = format!(
+        "grpc_server_msg_received_total over the window, leader+follower: {}",
+        w.grpc.by_method()
+    );
     let r = &mut ctx.report;
-    r.add(
-        Summary::single(
-            "footprint",
-            "etcd requests per replica",
-            &p,
-            "req/min",
-            total / 2.0 * per_min,
-        )
-        .note(format!(
-            "grpc_server_msg_received_total over the window, leader+follower: {by_method}"
-        )),
-    );
-    r.add(
-        Summary::single(
-            "footprint",
-            "etcd requests other than keep-alives per replica",
-            &p,
-            "req/min",
-            other / 2.0 * per_min,
-        )
-        .note("polling would show here"),
-    );
-    r.add(
-        Summary::single("footprint", "gRPC bytes to+from etcd per replica", &p, "B/min", w.bytes / 2.0 * per_min)
-            .note("etcd_network_client_grpc_{received,sent}_bytes_total; HTTP/2 pings and TCP not included"),
-    );
+    r.rows("footprint", &p, &[
+        ("etcd requests per replica", "req/min", &per_replica(total), &methods),
+        ("etcd requests other than keep-alives per replica", "req/min", &per_replica(other),
+         "polling would show here"),
+        ("gRPC bytes to+from etcd per replica", "B/min", &per_replica(w.bytes),
+         "etcd_network_client_grpc_{received,sent}_bytes_total; HTTP/2 pings and TCP not included"),
+    ]);
     let allowed = 60.0 / (IDLE_TTL as f64 / 3.0);
     let ka_per_replica = keepalive / 2.0 * per_min;
     r.goals.push(Goal {

@@ -470,8 +470,7 @@ pub fn peer(ctx: &mut Ctx, n: usize, reps: usize) -> Vec<f64> {
 
 /// Ours against the peer, from the samples of this run.
 pub fn compare(n: usize, ours: &[f64], peer: &[f64]) -> Comparison {
-    let o = Summary::of("", "", "", "", ours);
-    let p = Summary::of("", "", "", "", peer);
+    let (o, p) = (Summary::bare(ours), Summary::bare(peer));
     Comparison {
         candidates: n,
         ours_p50_ms: o.p50,

@@ -46,7 +46,7 @@ use std::time::{Duration, Instant};
 
 use elector_testkit::{process::set_thread_nice, test_tempdir, Etcd};
 use procs::SidecarSpec;
-use stats::{Goal, Report};
+use stats::{Goal, Report, Summary};
 use tokio::runtime::Runtime;
 use watch::Ctl;
 
@@ -88,15 +88,15 @@ impl<'rt> Ctx<'rt> {
     /// cannot keep other work off the machine, but it can say when there was some.
     pub fn foreign_load(&mut self, scenario: &str, since: procs::LoadMark) {
         let share = since.foreign_since(procs::LoadMark::now());
-        self.report.add(
-            stats::Summary::single(
-                "machine",
+        self.report.rows(
+            "machine",
+            scenario,
+            &[(
                 "CPU used by other processes during the scenario",
-                scenario,
                 "% of a core",
-                share * 100.0,
-            )
-            .note("/proc/stat busy time minus this bench and its children; 0 on a quiet machine"),
+                &[share * 100.0],
+                "/proc/stat busy time minus this bench and its children; 0 on a quiet machine",
+            )],
         );
         if share > 0.1 {
             eprintln!(
@@ -330,7 +330,7 @@ fn handoffs(ctx: &mut Ctx, plan: &Plan) {
             handoff::ours(ctx, n, reps, handoff::Way::Revoke);
         }
         if n == 100 && !ours.is_empty() {
-            let s = stats::Summary::of("", "", "", "", &ours);
+            let s = Summary::bare(&ours);
             ctx.report.goals.push(Goal {
                 goal: "handoff, 100 candidates".into(),
                 target: "p99 <= 10 ms".into(),
@@ -345,7 +345,7 @@ fn handoffs(ctx: &mut Ctx, plan: &Plan) {
 fn crash(ctx: &mut Ctx, ttl: u64, reps: usize) {
     let samples = handoff::crash(ctx, ttl, reps);
     if !samples.is_empty() {
-        let s = stats::Summary::of("", "", "", "", &samples);
+        let s = Summary::bare(&samples);
         let bound = ttl as f64 * 1000.0 + 500.0;
         ctx.report.goals.push(Goal {
             goal: "crash failover".into(),

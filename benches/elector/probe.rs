@@ -37,20 +37,14 @@ pub fn run(ctx: &mut Ctx, duration: Duration) {
         ("new connection each", false),
     ] {
         let t = fixed_rate(addr, n, Duration::from_millis(1), keepalive);
-        let p = format!("1000 req/s, {mode}");
-        let s = Summary::of("probe", "/leader latency", &p, "us", &t.latency).note(
-            "open loop: from when it could be sent (due time, or the previous answer if later)",
-        );
-        p99_worst = p99_worst.max(s.p99);
-        ctx.report.add(s);
-        ctx.report.add(
-            Summary::of("probe", "/leader service time", &p, "us", &t.service)
-                .note("write to last byte read"),
-        );
-        ctx.report.add(
-            Summary::of("probe", "bench sender lateness", &p, "us", &t.sender_late)
-                .note("how late the bench's own thread sent: the client's error, left out above"),
-        );
+        p99_worst = p99_worst.max(Summary::bare(&t.latency).p99);
+        ctx.report.rows("probe", &format!("1000 req/s, {mode}"), &[
+            ("/leader latency", "us", &t.latency,
+             "open loop: from when it could be sent (due time, or the previous answer if later)"),
+            ("/leader service time", "us", &t.service, "write to last byte read"),
+            ("bench sender lateness", "us", &t.sender_late,
+             "how late the bench's own thread sent: the client's error, left out above"),
+        ]);
         if t.latency.len() < n {
             ctx.report.anomaly(format!(
                 "probe {mode}: {} of {n} requests failed",
@@ -181,12 +175,15 @@ fn max_rate(ctx: &mut Ctx, duration: Duration) {
             continue;
         };
         let p = format!("wrk -t1 -c16, {mode}, replica on CPU 0, wrk on CPU 1");
-        ctx.report.add(
-            Summary::single("probe", "max rate, one core", &p, "req/s", rate).note(format!(
-                "replica used {:.0} % of its core; non-2xx: {}",
-                cpu * 100.0,
-                non_2xx(&text)
-            )),
+        let note = format!(
+            "replica used {:.0} % of its core; non-2xx: {}",
+            cpu * 100.0,
+            non_2xx(&text)
+        );
+        ctx.report.rows(
+            "probe",
+            &p,
+            &[("max rate, one core", "req/s", &[rate], &note)],
         );
         let lat = parse_latency(&text);
         if !lat.is_empty() {
@@ -196,18 +193,9 @@ fn max_rate(ctx: &mut Ctx, duration: Duration) {
                     .map(|(_, v)| *v)
                     .unwrap_or(f64::NAN)
             };
-            let mut s = Summary::single(
-                "probe",
-                "latency at max rate (closed loop)",
-                &p,
-                "us",
-                get("50%"),
-            );
-            s.p90 = get("90%");
-            s.p99 = get("99%");
-            s.min = f64::NAN;
-            s.max = f64::NAN;
-            s.n = 0;
+            // wrk's percentiles, not samples: no n, min or max.
+            let mut s = Summary::of("probe", "latency at max rate (closed loop)", &p, "us", &[]);
+            (s.p50, s.p90, s.p99) = (get("50%"), get("90%"), get("99%"));
             ctx.report.add(s.note(
                 "wrk's own percentiles (50/90/99); queueing at saturation, not service time",
             ));

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::procs::{status, CpuMark, Window};
-use crate::stats::{ms, Summary};
+use crate::stats::ms;
 use crate::Ctx;
 
 const TTL: Duration = Duration::from_secs(10);
@@ -193,15 +193,15 @@ fn one(ctx: &mut Ctx, count: usize, window: Duration, handoffs: usize) {
         shutdown(&rt, elections);
         return;
     };
-    ctx.report.add(
-        Summary::single(
-            "scale",
+    ctx.report.rows(
+        "scale",
+        &p,
+        &[(
             "start -> every election led",
-            &p,
             "ms",
-            ms(all_led),
-        )
-        .note("connect + grant + campaign for every candidate at once"),
+            &[ms(all_led)],
+            "connect + grant + campaign for every candidate at once",
+        )],
     );
 
     // Keep-alives beat from each candidate's grant, between `started` and `all_led`.
@@ -248,9 +248,15 @@ fn one(ctx: &mut Ctx, count: usize, window: Duration, handoffs: usize) {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    ctx.report.add(
-        Summary::of("scale", "graceful handoff, one at a time", &p, "ms", &seq)
-            .note("cancel -> another candidate's snapshot says leader (in process, no HTTP)"),
+    ctx.report.rows(
+        "scale",
+        &p,
+        &[(
+            "graceful handoff, one at a time",
+            "ms",
+            &seq,
+            "cancel -> another candidate's snapshot says leader (in process, no HTTP)",
+        )],
     );
 
     // Every leader stops at once: a node drain or a rolling restart of the whole fleet. The
@@ -305,44 +311,18 @@ fn one(ctx: &mut Ctx, count: usize, window: Duration, handoffs: usize) {
         .iter()
         .filter_map(|(k, &d)| created.get(k).map(|&c| ms(c.saturating_duration_since(d))))
         .collect();
-    let r = &mut ctx.report;
-    r.add(
-        Summary::of("scale", "graceful handoff, all leaders at once", &p, "ms", &mass)
-            .note("every election's leader cancelled in the same instant; time to each election's new leader"),
+    let cpu_note = format!(
+        "{:.0} ms of etcd CPU for the burst: 1 revoke + 2 campaign txns + watch fan-out each",
+        ms(etcd_cpu)
     );
-    r.add(
-        Summary::of(
-            "scale",
-            "all at once: cancel -> key deleted",
-            &p,
-            "ms",
-            &to_delete,
-        )
-        .note("the revokes queue in etcd"),
-    );
-    r.add(
-        Summary::of(
-            "scale",
-            "all at once: key deleted -> new key created",
-            &p,
-            "ms",
-            &key_level,
-        )
-        .note("followers' campaign transactions (two per election) queue behind them"),
-    );
-    r.add(
-        Summary::single(
-            "scale",
-            "all at once: etcd CPU per handoff",
-            &p,
-            "ms",
-            ms(etcd_cpu) / count as f64,
-        )
-        .note(format!(
-            "{:.0} ms of etcd CPU for the burst: 1 revoke + 2 campaign txns + watch fan-out each",
-            ms(etcd_cpu)
-        )),
-    );
+    ctx.report.rows("scale", &p, &[
+        ("graceful handoff, all leaders at once", "ms", &mass,
+         "every election's leader cancelled in the same instant; time to each election's new leader"),
+        ("all at once: cancel -> key deleted", "ms", &to_delete, "the revokes queue in etcd"),
+        ("all at once: key deleted -> new key created", "ms", &key_level,
+         "followers' campaign transactions (two per election) queue behind them"),
+        ("all at once: etcd CPU per handoff", "ms", &[ms(etcd_cpu) / count as f64], &cpu_note),
+    ]);
     shutdown(&rt, elections);
     drop(rt);
 }
@@ -361,61 +341,53 @@ fn idle_window(ctx: &mut Ctx, p: &str, count: usize, window: Duration, phase: In
     let me = std::process::id() as i32;
     let etcd_pid = ctx.etcd.child().expect("etcd runs").pid().as_raw();
     let w = Window::measure(&ctx.etcd, &[me, etcd_pid], window);
-    let secs = w.secs;
-    let (total, keepalive, by_method) = (w.grpc.total(), w.grpc.keepalive(), w.grpc.by_method());
-    let bytes = w.bytes;
-    let r = &mut ctx.report;
-    r.add(
-        Summary::single("scale", "etcd requests, idle", p, "req/s", total / secs).note(format!(
-            "{:.3} req/s per election; {by_method}",
-            total / secs / count as f64
-        )),
+    let (secs, elections) = (w.secs, count as f64);
+    let (requests, bytes) = (w.grpc.total() / secs, w.bytes / secs);
+    let core_share = |cpu: Duration| cpu.as_secs_f64() / secs * 100.0;
+    let rss = status(etcd_pid).and_then(|s| s.vmrss).unwrap_or(0) as f64 / 1024.0;
+    let requests_note = format!(
+        "{:.3} req/s per election; {}",
+        requests / elections,
+        w.grpc.by_method()
     );
-    r.add(
-        Summary::single("scale", "keep-alives, idle", p, "msg/s", keepalive / secs).note(format!(
-            "expected 3 candidates x 3/ttl = {:.2}/s per election",
-            9.0 / TTL.as_secs_f64()
-        )),
+    let keepalive_note = format!(
+        "expected 3 candidates x 3/ttl = {:.2}/s per election",
+        9.0 / TTL.as_secs_f64()
     );
-    r.add(
-        Summary::single(
-            "scale",
-            "gRPC bytes to+from etcd, idle",
-            p,
-            "B/s",
-            bytes / secs,
-        )
-        .note(format!(
-            "{:.0} B/s per election; HTTP/2 pings not included",
-            bytes / secs / count as f64
-        )),
+    let bytes_note = format!(
+        "{:.0} B/s per election; HTTP/2 pings not included",
+        bytes / elections
     );
-    r.add(Summary::single(
+    let process_note = format!(
+        "all {} candidates in one process (plus the bench, idle)",
+        count * 3
+    );
+    ctx.report.rows(
         "scale",
-        "etcd CPU, idle",
         p,
-        "% of a core",
-        w.cpu[1].as_secs_f64() / secs * 100.0,
-    ));
-    r.add(Summary::single(
-        "scale",
-        "etcd RSS",
-        p,
-        "MiB",
-        status(etcd_pid).and_then(|s| s.vmrss).unwrap_or(0) as f64 / 1024.0,
-    ));
-    r.add(
-        Summary::single(
-            "scale",
-            "simulating process CPU, idle",
-            p,
-            "% of a core",
-            w.cpu[0].as_secs_f64() / secs * 100.0,
-        )
-        .note(format!(
-            "all {} candidates in one process (plus the bench, idle)",
-            count * 3
-        )),
+        &[
+            ("etcd requests, idle", "req/s", &[requests], &requests_note),
+            (
+                "keep-alives, idle",
+                "msg/s",
+                &[w.grpc.keepalive() / secs],
+                &keepalive_note,
+            ),
+            (
+                "gRPC bytes to+from etcd, idle",
+                "B/s",
+                &[bytes],
+                &bytes_note,
+            ),
+            ("etcd CPU, idle", "% of a core", &[core_share(w.cpu[1])], ""),
+            ("etcd RSS", "MiB", &[rss], ""),
+            (
+                "simulating process CPU, idle",
+                "% of a core",
+                &[core_share(w.cpu[0])],
+                &process_note,
+            ),
+        ],
     );
 }
 

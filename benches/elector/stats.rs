@@ -57,9 +57,9 @@ impl Summary {
         }
     }
 
-    /// A figure that is one value (binary size, a rate over a window).
-    pub fn single(scenario: &str, metric: &str, params: &str, unit: &str, value: f64) -> Self {
-        Summary::of(scenario, metric, params, unit, &[value])
+    /// The percentiles of `samples` alone, for a goal or a comparison rather than a row.
+    pub fn bare(samples: &[f64]) -> Self {
+        Summary::of("", "", "", "", samples)
     }
 
     pub fn note(mut self, note: impl Into<String>) -> Self {
@@ -120,7 +120,7 @@ impl Report {
     }
 
     /// One figure per `(metric, unit, samples, note)` of `scenario` with `params`; an empty
-    /// note is none.
+    /// note is none, and `&[value]` is a figure that is one value (binary size, a rate).
     pub fn rows(&mut self, scenario: &str, params: &str, rows: &[(&str, &str, &[f64], &str)]) {
         for (metric, unit, samples, note) in rows {
             self.add(Summary::of(scenario, metric, params, unit, samples).note(*note));
@@ -131,13 +131,6 @@ impl Report {
         let what = what.into();
         eprintln!("bench: anomaly: {what}");
         self.anomalies.push(what);
-    }
-
-    /// The figure with this scenario, metric and params, if measured.
-    pub fn find(&self, scenario: &str, metric: &str, params: &str) -> Option<&Summary> {
-        self.figures
-            .iter()
-            .find(|s| s.scenario == scenario && s.metric == metric && s.params == params)
     }
 
     /// The report as markdown: machine, figures, comparison with the peer, goals.
