@@ -22,9 +22,9 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use crate::procs::{Etcdctl, Line, Sidecar, SidecarSpec};
+use crate::procs::{etcd_metrics, grpc_delta, EtcdMetrics, Etcdctl, Line, Sidecar, SidecarSpec};
 use crate::stats::{ms, Comparison, Report, Summary};
-use crate::watch::Kind;
+use crate::watch::{Ctl, KeyWatch, Kind};
 use crate::Ctx;
 
 /// A bound on anything that should take milliseconds; reaching it is an anomaly.
@@ -145,10 +145,22 @@ struct Samples {
     requests: Vec<f64>,
 }
 
-/// Graceful handoff of etcd-elector with `n` candidates, with the default `lock` protocol
-/// (`election = false`: one key, every follower watches it and campaigns when it goes) or
-/// with `--protocol election` (a key per candidate, each waits for its predecessor's
-/// deletion, as `etcdctl elect` does). Returns the end-to-end samples (ms).
+impl Samples {
+    /// The stamps every handoff has: the signal at `t0`, the key's first event, the new key
+    /// when the bench saw it written, and the end (new leader answering, or printing).
+    fn stamp(&mut self, t0: Instant, first: Instant, put: Option<Instant>, end: Instant) {
+        self.total.push(ms(end - t0));
+        self.to_delete.push(ms(first - t0));
+        if let Some(put) = put {
+            self.key_level
+                .push(ms(put.saturating_duration_since(first)));
+        }
+        // Answering is timed from the new key when there is one, else from the first event.
+        let from = put.unwrap_or(first);
+        self.to_answer.push(ms(end.saturating_duration_since(from)));
+    }
+}
+
 /// How etcd-elector hands leadership over in a scenario.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Way {
@@ -161,8 +173,18 @@ pub enum Way {
     Election,
 }
 
+/// Who holds `key`: its value, or with the election protocol (candidates' keys under
+/// `<key>/`) the oldest candidate's.
+fn holder(ctl: &Ctl, key: &str, way: Way) -> Option<String> {
+    match way {
+        Way::Election => ctl.first_created(&format!("{key}/")),
+        Way::Succession | Way::Revoke => ctl.get(key),
+    }
+}
+
+/// Graceful handoff of etcd-elector with `n` candidates, handing over the `way` given.
+/// Returns the end-to-end samples (ms).
 pub fn ours(ctx: &mut Ctx, n: usize, reps: usize, way: Way) -> Vec<f64> {
-    let election = way == Way::Election;
     let key = format!("/bench/handoff-{n}-{}", elector_testkit::random_suffix());
     let extra = match way {
         Way::Election => vec!["--protocol".into(), "election".into()],
@@ -183,125 +205,37 @@ pub fn ours(ctx: &mut Ctx, n: usize, reps: usize, way: Way) -> Vec<f64> {
     let Some(mut group) = Group::start_settled(&mut ctx.report, spec, n, timeout, &failure) else {
         return Vec::new();
     };
-    // The election protocol keeps candidates' keys under `<key>/`; the leader is the oldest.
-    let prefix = format!("{key}/");
-    let holder = |ctx: &Ctx| {
-        if election {
-            ctx.ctl.first_created(&prefix)
-        } else {
-            ctx.ctl.get(&key)
-        }
-    };
-    let watch = if election {
-        ctx.ctl.watch(&prefix, true)
-    } else {
-        ctx.ctl.watch(&key, false)
+    let watch = match way {
+        Way::Election => ctx.ctl.watch(&format!("{key}/"), true),
+        Way::Succession | Way::Revoke => ctx.ctl.watch(&key, false),
     };
     let mut s = Samples::default();
     for rep in 0..reps {
         std::thread::sleep(settle());
-        let Some(holder_id) = holder(ctx) else {
-            ctx.report
-                .anomaly(format!("handoff n={n} {tag} rep {rep}: no leader key"));
-            break;
-        };
-        let Some(old) = group.slot_of(&holder_id) else {
-            ctx.report.anomaly(format!(
-                "handoff n={n} {tag} rep {rep}: unknown holder {holder_id}"
-            ));
-            break;
-        };
-        watch.drain();
-        let m0 = crate::procs::etcd_metrics(&ctx.etcd);
-        let t0 = Instant::now();
-        group.slots[old].proc.signal(Signal::SIGTERM);
-        // The first key event: the revoke's delete, or (succession) the transfer's put.
-        let first = match way {
-            Way::Succession => watch.next(Kind::Put, SOON),
-            Way::Revoke | Way::Election => watch.next(Kind::Delete, SOON),
-        };
-        let Some(del) = first else {
-            ctx.report.anomaly(format!(
-                "handoff n={n} {tag} rep {rep}: no transfer or delete within {SOON:?}"
-            ));
-            break;
-        };
-        // Who should answer 200 next: the lock's new holder as the watch shows its put; in
-        // the election protocol nothing is written, so read the oldest key (one more round
-        // trip for the bench, which can only make our figure later).
-        // With succession the transfer's put already names the successor.
-        let put = match way {
-            Way::Election | Way::Succession => None,
-            Way::Revoke => watch.next(Kind::Put, SOON),
-        };
-        let next_id = match way {
-            Way::Election => holder(ctx),
-            Way::Succession => Some(del.value.clone()),
-            Way::Revoke => put.as_ref().map(|p| p.value.clone()),
-        };
-        let Some(new) = next_id.as_deref().and_then(|id| group.slot_of(id)) else {
-            ctx.report.anomaly(format!(
-                "handoff n={n} {tag} rep {rep}: no known successor ({next_id:?})"
-            ));
-            break;
-        };
-        let Some((t200, polls)) = until_200(&group.slots[new], SOON) else {
-            ctx.report.anomaly(format!(
-                "handoff n={n} {tag} rep {rep}: new leader never answered 200"
-            ));
-            break;
-        };
-        s.polls.push(polls as f64);
-        // Wall-clock stamps, to lay beside the replicas' JSON logs (kept with
-        // ELECTOR_BENCH_KEEP=1) when looking for where a slow handoff spent its time.
-        if std::env::var_os("ELECTOR_BENCH_DEBUG").is_some() {
-            let wall = std::time::SystemTime::now();
-            let now = Instant::now();
-            let w = |i: Instant| {
-                (wall - (now - i))
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_micros())
-                    .unwrap_or(0)
-            };
-            eprintln!(
-                "debug rep={rep} old={} new={} t0={} del={} put={} t200={}",
-                group.slots[old].id,
-                group.slots[new].id,
-                w(t0),
-                w(del.at),
-                put.as_ref().map(|p| w(p.at)).unwrap_or(0),
-                w(t200)
-            );
-        }
-        s.total.push(ms(t200 - t0));
-        s.to_delete.push(ms(del.at - t0));
-        match put {
-            Some(put) => {
-                s.key_level
-                    .push(ms(put.at.saturating_duration_since(del.at)));
-                s.to_answer.push(ms(t200.saturating_duration_since(put.at)));
-                s.revision_gap.push((put.revision - del.revision) as f64);
+        let at = format!("handoff n={n} {tag} rep {rep}");
+        let (old, m0) = match hand_over(ctx, &group, &watch, way, rep, &mut s) {
+            Ok(handed) => handed,
+            Err(e) => {
+                ctx.report.anomaly(format!("{at}: {e}"));
+                break;
             }
-            None => s.to_answer.push(ms(t200.saturating_duration_since(del.at))),
-        }
+        };
+        let id = group.slots[old].id.clone();
         match group.slots[old].proc.wait_exit_within(SOON) {
             Some(st) if st.success() => {}
             other => ctx.report.anomaly(format!(
-                "handoff n={n} {tag} rep {rep}: old leader {} exit {other:?} (expected 0; log {}.log)",
-                group.slots[old].id, group.slots[old].id
+                "{at}: old leader {id} exit {other:?} (expected 0; log {id}.log)"
             )),
         }
         // Let the losers' transactions land before counting (they settle within ~80 ms at
         // 100 candidates), then count everything but keep-alives.
         std::thread::sleep(Duration::from_millis(150));
-        let m1 = crate::procs::etcd_metrics(&ctx.etcd);
-        let delta = crate::procs::grpc_delta(&m0, &m1);
+        let delta = grpc_delta(&m0, &etcd_metrics(&ctx.etcd));
         s.requests.push(delta.total() - delta.keepalive());
         group.respawn(old);
         if !group.wait_settled(Duration::from_secs(30)) {
-            ctx.report.anomaly(format!(
-                "handoff n={n} {tag} rep {rep}: replacement did not settle"
-            ));
+            ctx.report
+                .anomaly(format!("{at}: replacement did not settle"));
             break;
         }
     }
@@ -319,7 +253,7 @@ pub fn ours(ctx: &mut Ctx, n: usize, reps: usize, way: Way) -> Vec<f64> {
         ]);
         return s.total;
     }
-    if election {
+    if way == Way::Election {
         let p = format!("candidates={n}, --protocol election");
         ctx.report.rows("handoff", &p, &[
             ("SIGTERM -> new leader answers 200", "ms", &s.total,
@@ -351,25 +285,101 @@ pub fn ours(ctx: &mut Ctx, n: usize, reps: usize, way: Way) -> Vec<f64> {
     s.total
 }
 
+/// One timed handoff of [`ours`], recorded in `s`: the old leader's slot and etcd's counters
+/// just before the signal. An error is the anomaly that ends the scenario.
+fn hand_over(
+    ctx: &Ctx,
+    group: &Group,
+    watch: &KeyWatch,
+    way: Way,
+    rep: usize,
+    s: &mut Samples,
+) -> Result<(usize, EtcdMetrics), String> {
+    let key = &group.spec.key;
+    let holder_id = holder(&ctx.ctl, key, way).ok_or("no leader key")?;
+    let old = group
+        .slot_of(&holder_id)
+        .ok_or_else(|| format!("unknown holder {holder_id}"))?;
+    watch.drain();
+    let m0 = etcd_metrics(&ctx.etcd);
+    let t0 = Instant::now();
+    group.slots[old].proc.signal(Signal::SIGTERM);
+    // The first key event: the revoke's delete, or (succession) the transfer's put.
+    let first = match way {
+        Way::Succession => Kind::Put,
+        Way::Revoke | Way::Election => Kind::Delete,
+    };
+    let del = watch
+        .next(first, SOON)
+        .ok_or_else(|| format!("no transfer or delete within {SOON:?}"))?;
+    // Who should answer 200 next: the lock's new holder as the watch shows its put; in
+    // the election protocol nothing is written, so read the oldest key (one more round
+    // trip for the bench, which can only make our figure later).
+    // With succession the transfer's put already names the successor.
+    let put = match way {
+        Way::Election | Way::Succession => None,
+        Way::Revoke => watch.next(Kind::Put, SOON),
+    };
+    let next_id = match way {
+        Way::Election => holder(&ctx.ctl, key, way),
+        Way::Succession => Some(del.value.clone()),
+        Way::Revoke => put.as_ref().map(|p| p.value.clone()),
+    };
+    let new = next_id
+        .as_deref()
+        .and_then(|id| group.slot_of(id))
+        .ok_or_else(|| format!("no known successor ({next_id:?})"))?;
+    let (t200, polls) =
+        until_200(&group.slots[new], SOON).ok_or("new leader never answered 200")?;
+    s.polls.push(polls as f64);
+    // Wall-clock stamps, to lay beside the replicas' JSON logs (kept with
+    // ELECTOR_BENCH_KEEP=1) when looking for where a slow handoff spent its time.
+    if std::env::var_os("ELECTOR_BENCH_DEBUG").is_some() {
+        let wall = std::time::SystemTime::now();
+        let now = Instant::now();
+        let w = |i: Instant| {
+            (wall - (now - i))
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_micros())
+                .unwrap_or(0)
+        };
+        eprintln!(
+            "debug rep={rep} old={} new={} t0={} del={} put={} t200={}",
+            group.slots[old].id,
+            group.slots[new].id,
+            w(t0),
+            w(del.at),
+            put.as_ref().map(|p| w(p.at)).unwrap_or(0),
+            w(t200)
+        );
+    }
+    s.stamp(t0, del.at, put.as_ref().map(|p| p.at), t200);
+    if let Some(put) = put {
+        s.revision_gap.push((put.revision - del.revision) as f64);
+    }
+    Ok((old, m0))
+}
+
 /// The same handoff by `etcdctl elect` peers. Returns the end-to-end samples (ms).
 pub fn peer(ctx: &mut Ctx, n: usize, reps: usize) -> Vec<f64> {
     let election = format!("/bench/elect-{n}-{}", elector_testkit::random_suffix());
-    let endpoint = ctx.etcd.endpoint();
+    let (endpoint, dir) = (ctx.etcd.endpoint(), ctx.dir.clone());
     let (tx, lines) = mpsc::channel::<Line>();
+    // The peer in `slot`, its `generation`th process; the proposal names both.
+    let spawn = |slot: usize, generation: u64| {
+        let proposal = format!("p{n}-{slot}g{generation}");
+        Etcdctl::spawn(
+            &endpoint,
+            &election,
+            &proposal,
+            slot,
+            generation,
+            &dir,
+            tx.clone(),
+        )
+    };
     let mut generations = vec![0u64; n];
-    let mut peers: Vec<Etcdctl> = (0..n)
-        .map(|i| {
-            Etcdctl::spawn(
-                &endpoint,
-                &election,
-                &format!("p{n}-{i}g0"),
-                i,
-                0,
-                &ctx.dir,
-                tx.clone(),
-            )
-        })
-        .collect();
+    let mut peers: Vec<Etcdctl> = (0..n).map(|i| spawn(i, 0)).collect();
     // Each peer prints its election key then its proposal once elected: the first line of a
     // process is the moment it knew.
     let mut elected_seen: HashSet<(usize, u64)> = HashSet::new();
@@ -401,7 +411,7 @@ pub fn peer(ctx: &mut Ctx, n: usize, reps: usize) -> Vec<f64> {
             .anomaly(format!("peer n={n}: no etcdctl elect was elected"));
         return Vec::new();
     };
-    let queued = |ctl: &crate::watch::Ctl, want: usize| {
+    let queued = |ctl: &Ctl, want: usize| {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             if ctl.count_prefix(&prefix) == want as i64 {
@@ -432,25 +442,13 @@ pub fn peer(ctx: &mut Ctx, n: usize, reps: usize) -> Vec<f64> {
             ));
             break;
         };
-        s.total.push(ms(t_print - t0));
-        s.to_delete.push(ms(del.at - t0));
-        s.key_level
-            .push(ms(t_print.saturating_duration_since(del.at)));
+        s.stamp(t0, del.at, None, t_print);
         if peers[leader].proc.wait_exit_within(SOON).is_none() {
             ctx.report
                 .anomaly(format!("peer n={n} rep {rep}: old etcdctl did not exit"));
         }
         generations[leader] += 1;
-        let proposal = format!("p{n}-{leader}g{}", generations[leader]);
-        peers[leader] = Etcdctl::spawn(
-            &endpoint,
-            &election,
-            &proposal,
-            leader,
-            generations[leader],
-            &ctx.dir,
-            tx.clone(),
-        );
+        peers[leader] = spawn(leader, generations[leader]);
         leader = next;
         if !queued(&ctx.ctl, n) {
             ctx.report.anomaly(format!(
@@ -463,7 +461,7 @@ pub fn peer(ctx: &mut Ctx, n: usize, reps: usize) -> Vec<f64> {
         ("etcdctl elect: SIGTERM -> next prints elected", "ms", &s.total,
          "end to end for the peer: resign (delete own key) + watch to the next in line + its Get + print"),
         ("etcdctl elect: SIGTERM -> key deleted (resign committed)", "ms", &s.to_delete, ""),
-        ("etcdctl elect: key deleted -> next prints elected", "ms", &s.key_level, ""),
+        ("etcdctl elect: key deleted -> next prints elected", "ms", &s.to_answer, ""),
     ]);
     s.total
 }
@@ -499,56 +497,13 @@ pub fn crash(ctx: &mut Ctx, ttl_secs: u64, reps: usize) -> Vec<f64> {
     for rep in 0..reps {
         // A random phase in the keep-alive cycle (ttl/3), so the kill is not locked to it.
         std::thread::sleep(settle() + (ttl / 3).mul_f64(rng.f64()));
-        let Some(holder) = ctx.ctl.get(&key) else {
-            ctx.report.anomaly(format!("crash rep {rep}: no key"));
-            break;
+        let old = match fail_over(ctx, &group, &watch, ttl, &mut s) {
+            Ok(old) => old,
+            Err(e) => {
+                ctx.report.anomaly(format!("crash rep {rep}: {e}"));
+                break;
+            }
         };
-        let Some(old) = group.slot_of(&holder) else {
-            ctx.report
-                .anomaly(format!("crash rep {rep}: unknown holder {holder}"));
-            break;
-        };
-        // The leader's own view of when etcd may expire its lease at the earliest.
-        let expiry = elector_testkit::http::get(group.slots[old].addr(), "/status")
-            .ok()
-            .and_then(|r| serde_json::from_str::<serde_json::Value>(&r.body).ok())
-            .and_then(|v| v["lease_seconds_left"].as_f64())
-            .map(|left| Instant::now() + Duration::from_secs_f64(left));
-        watch.drain();
-        let t0 = Instant::now();
-        group.slots[old].proc.signal(Signal::SIGKILL);
-        let del = watch.next(Kind::Delete, ttl + SOON);
-        let put = watch.next(Kind::Put, SOON);
-        let (Some(del), Some(put)) = (del, put) else {
-            ctx.report
-                .anomaly(format!("crash rep {rep}: no expiry/put in time"));
-            break;
-        };
-        let Some(new) = group.slot_of(&put.value) else {
-            ctx.report
-                .anomaly(format!("crash rep {rep}: put by unknown {}", put.value));
-            break;
-        };
-        let Some((t200, _)) = until_200(&group.slots[new], SOON) else {
-            ctx.report
-                .anomaly(format!("crash rep {rep}: new leader never answered 200"));
-            break;
-        };
-        s.total.push(ms(t200 - t0));
-        s.to_delete.push(ms(del.at - t0));
-        s.key_level
-            .push(ms(put.at.saturating_duration_since(del.at)));
-        s.to_answer.push(ms(t200.saturating_duration_since(put.at)));
-        if let Some(expiry) = expiry {
-            // Signed: negative would mean etcd expired the lease before the leader's own
-            // estimate, which the send-time rule says cannot happen.
-            let beyond = if t200 >= expiry {
-                ms(t200 - expiry)
-            } else {
-                -ms(expiry - t200)
-            };
-            s.beyond_expiry.push(beyond);
-        }
         group.slots[old].proc.kill();
         group.respawn(old);
         if !group.wait_settled(Duration::from_secs(30)) {
@@ -567,4 +522,49 @@ pub fn crash(ctx: &mut Ctx, ttl_secs: u64, reps: usize) -> Vec<f64> {
          "what etcd-elector adds beyond the lease: etcd's expiry scan + watch + campaign"),
     ]);
     s.total
+}
+
+/// One timed crash of [`crash`], recorded in `s`: the killed leader's slot. An error is the
+/// anomaly that ends the scenario.
+fn fail_over(
+    ctx: &Ctx,
+    group: &Group,
+    watch: &KeyWatch,
+    ttl: Duration,
+    s: &mut Samples,
+) -> Result<usize, String> {
+    let holder_id = ctx.ctl.get(&group.spec.key).ok_or("no key")?;
+    let old = group
+        .slot_of(&holder_id)
+        .ok_or_else(|| format!("unknown holder {holder_id}"))?;
+    // The leader's own view of when etcd may expire its lease at the earliest.
+    let expiry = elector_testkit::http::get(group.slots[old].addr(), "/status")
+        .ok()
+        .and_then(|r| serde_json::from_str::<serde_json::Value>(&r.body).ok())
+        .and_then(|v| v["lease_seconds_left"].as_f64())
+        .map(|left| Instant::now() + Duration::from_secs_f64(left));
+    watch.drain();
+    let t0 = Instant::now();
+    group.slots[old].proc.signal(Signal::SIGKILL);
+    let del = watch.next(Kind::Delete, ttl + SOON);
+    let put = watch.next(Kind::Put, SOON);
+    let (Some(del), Some(put)) = (del, put) else {
+        return Err("no expiry/put in time".into());
+    };
+    let new = group
+        .slot_of(&put.value)
+        .ok_or_else(|| format!("put by unknown {}", put.value))?;
+    let (t200, _) = until_200(&group.slots[new], SOON).ok_or("new leader never answered 200")?;
+    s.stamp(t0, del.at, Some(put.at), t200);
+    if let Some(expiry) = expiry {
+        // Signed: negative would mean etcd expired the lease before the leader's own
+        // estimate, which the send-time rule says cannot happen.
+        let beyond = if t200 >= expiry {
+            ms(t200 - expiry)
+        } else {
+            -ms(expiry - t200)
+        };
+        s.beyond_expiry.push(beyond);
+    }
+    Ok(old)
 }
