@@ -240,9 +240,7 @@ impl Plan {
 /// stamp events late; above them (nice -5, inherited by the bench's threads; children are
 /// reset to 0) its stamps follow the events. Without CAP_SYS_NICE this silently stays 0.
 fn raise_observer_priority() -> i32 {
-    if env_flag("ELECTOR_BENCH_NO_NICE") {
-        0
-    } else if set_thread_nice(procs::OBSERVER_NICE) {
+    if !env_flag("ELECTOR_BENCH_NO_NICE") && set_thread_nice(procs::OBSERVER_NICE) {
         procs::OBSERVER_NICE
     } else {
         0
@@ -283,6 +281,12 @@ fn scenario(ctx: &mut Ctx, name: &str, fresh: bool, run: impl FnOnce(&mut Ctx)) 
     ctx.foreign_load(name, load);
 }
 
+/// Announces one run of the handoff scenario and gives it a fresh etcd.
+fn begin_handoffs(ctx: &mut Ctx, n: usize, reps: usize, who: &str) {
+    eprintln!("bench: graceful handoff, {n} candidates, {reps} reps: {who}");
+    ctx.fresh_etcd();
+}
+
 /// Graceful handoffs: ours (lock, and election protocol when this build has it) against
 /// `etcdctl elect`, per candidate count.
 fn handoffs(ctx: &mut Ctx, plan: &Plan) {
@@ -295,15 +299,13 @@ fn handoffs(ctx: &mut Ctx, plan: &Plan) {
         let ours = if env_flag("ELECTOR_BENCH_NO_LOCK") {
             Vec::new()
         } else {
-            eprintln!("bench: graceful handoff, {n} candidates, {reps} reps: etcd-elector");
-            ctx.fresh_etcd();
+            begin_handoffs(ctx, n, reps, "etcd-elector");
             handoff::ours(ctx, n, reps, handoff::Way::Succession)
         };
         let peer = if env_flag("ELECTOR_BENCH_NO_PEER") {
             Vec::new()
         } else {
-            eprintln!("bench: graceful handoff, {n} candidates, {reps} reps: etcdctl elect");
-            ctx.fresh_etcd();
+            begin_handoffs(ctx, n, reps, "etcdctl elect");
             handoff::peer(ctx, n, reps)
         };
         if !ours.is_empty() && !peer.is_empty() {
@@ -320,13 +322,11 @@ fn handoffs(ctx: &mut Ctx, plan: &Plan) {
             ctx.report.comparisons.push(c);
         }
         if with_election_protocol {
-            eprintln!("bench: graceful handoff, {n} candidates, {reps} reps: etcd-elector --protocol election");
-            ctx.fresh_etcd();
+            begin_handoffs(ctx, n, reps, "etcd-elector --protocol election");
             handoff::ours(ctx, n, reps, handoff::Way::Election);
         }
         if !env_flag("ELECTOR_BENCH_NO_REVOKE") {
-            eprintln!("bench: graceful handoff, {n} candidates, {reps} reps: etcd-elector --no-succession");
-            ctx.fresh_etcd();
+            begin_handoffs(ctx, n, reps, "etcd-elector --no-succession");
             handoff::ours(ctx, n, reps, handoff::Way::Revoke);
         }
         if n == 100 && !ours.is_empty() {

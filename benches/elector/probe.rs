@@ -65,7 +65,6 @@ pub fn run(ctx: &mut Ctx, duration: Duration) {
     max_rate(ctx, duration);
 }
 
-/// `n` requests, one every `period`, each timed from its due time and from its send time (us).
 /// Samples of [`fixed_rate`], in microseconds.
 struct Timed {
     /// From when the request could have been sent (due, or the previous answer if later).
@@ -169,16 +168,16 @@ fn max_rate(ctx: &mut Ctx, duration: Duration) {
         let cpu = (cpu_time(pid).unwrap_or_default().saturating_sub(cpu0)).as_secs_f64()
             / t0.elapsed().as_secs_f64();
         let text = String::from_utf8_lossy(&out.stdout);
-        let Some(rate) = parse_rate(&text) else {
+        let Some(rate) = wrk_field(&text, "Requests/sec:").and_then(|v| v.parse().ok()) else {
             ctx.report
                 .anomaly(format!("probe: wrk output not understood: {text}"));
             continue;
         };
         let p = format!("wrk -t1 -c16, {mode}, replica on CPU 0, wrk on CPU 1");
+        let non_2xx = wrk_field(&text, "Non-2xx or 3xx responses:").unwrap_or("0");
         let note = format!(
-            "replica used {:.0} % of its core; non-2xx: {}",
-            cpu * 100.0,
-            non_2xx(&text)
+            "replica used {:.0} % of its core; non-2xx: {non_2xx}",
+            cpu * 100.0
         );
         ctx.report.rows(
             "probe",
@@ -203,17 +202,11 @@ fn max_rate(ctx: &mut Ctx, duration: Duration) {
     }
 }
 
-fn parse_rate(text: &str) -> Option<f64> {
+/// The value wrk prints after `label` on a line of its own.
+fn wrk_field<'t>(text: &'t str, label: &str) -> Option<&'t str> {
     text.lines()
-        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse().ok())
-}
-
-fn non_2xx(text: &str) -> String {
-    text.lines()
-        .find_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:"))
-        .map(|v| v.trim().to_string())
-        .unwrap_or_else(|| "0".into())
+        .find_map(|l| l.trim().strip_prefix(label))
+        .map(str::trim)
 }
 
 /// wrk's "Latency Distribution" lines, in microseconds.

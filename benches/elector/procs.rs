@@ -55,7 +55,7 @@ fn ticks(n: u64) -> Duration {
 /// CPU time of the live threads, in nanoseconds, from /proc/PID/task/*/schedstat: far finer
 /// than the 10 ms ticks of [`cpu_time`], which is what an idle process needs. Threads that end
 /// inside a window are missed, so callers compare it with [`cpu_time`].
-pub fn cpu_time_fine(pid: i32) -> Option<Duration> {
+fn cpu_time_fine(pid: i32) -> Option<Duration> {
     let tasks = Process::new(pid).ok()?.tasks().ok()?;
     let total = tasks
         .flatten()
@@ -416,16 +416,13 @@ impl Etcdctl {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(text) = line else { break };
-                let at = Instant::now();
-                if lines
-                    .send(Line {
-                        at,
-                        slot,
-                        generation,
-                        text,
-                    })
-                    .is_err()
-                {
+                let line = Line {
+                    at: Instant::now(),
+                    slot,
+                    generation,
+                    text,
+                };
+                if lines.send(line).is_err() {
                     break;
                 }
             }

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::procs::{status, CpuMark, Window};
 use crate::stats::ms;
+use crate::watch::Kind;
 use crate::Ctx;
 
 const TTL: Duration = Duration::from_secs(10);
@@ -300,8 +301,8 @@ fn one(ctx: &mut Ctx, count: usize, window: Duration, handoffs: usize) {
             continue;
         }
         let map = match ev.kind {
-            crate::watch::Kind::Delete => &mut deleted,
-            crate::watch::Kind::Put => &mut created,
+            Kind::Delete => &mut deleted,
+            Kind::Put => &mut created,
         };
         map.entry(ev.key).or_insert(ev.at);
     }

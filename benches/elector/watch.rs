@@ -48,22 +48,23 @@ impl<'rt> Ctl<'rt> {
 
     /// The value of `key`, if it exists.
     pub fn get(&self, key: &str) -> Option<String> {
-        let mut c = self.client.clone();
-        let resp = self.rt.block_on(c.get(key, None)).ok()?;
-        resp.kvs()
-            .first()
-            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
+        self.first_value(key, None)
     }
 
     /// The value of the oldest key (lowest create revision) under `prefix`: the leader of an
     /// etcd `concurrency.Election`.
     pub fn first_created(&self, prefix: &str) -> Option<String> {
-        let mut c = self.client.clone();
         let opts = GetOptions::new()
             .with_prefix()
             .with_sort(SortTarget::Create, SortOrder::Ascend)
             .with_limit(1);
-        let resp = self.rt.block_on(c.get(prefix, Some(opts))).ok()?;
+        self.first_value(prefix, Some(opts))
+    }
+
+    /// The value of the first key a range read returns, the one read both lookups share.
+    fn first_value(&self, key: &str, opts: Option<GetOptions>) -> Option<String> {
+        let mut c = self.client.clone();
+        let resp = self.rt.block_on(c.get(key, opts)).ok()?;
         resp.kvs()
             .first()
             .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
