@@ -239,9 +239,8 @@ pub fn ours(ctx: &mut Ctx, n: usize, reps: usize, way: Way) -> Vec<f64> {
             break;
         }
     }
-    if way == Way::Succession {
-        let p = format!("candidates={n}");
-        ctx.report.rows("handoff", &p, &[
+    match way {
+        Way::Succession => ctx.report.rows("handoff", &format!("candidates={n}"), &[
             ("SIGTERM -> new leader answers 200", "ms", &s.total,
              "end to end: signal handling + transfer txn + watch to the successor alone (its handoff note) + publish + one probe"),
             ("SIGTERM -> key handed over (transfer committed)", "ms", &s.to_delete,
@@ -250,12 +249,8 @@ pub fn ours(ctx: &mut Ctx, n: usize, reps: usize, way: Way) -> Vec<f64> {
              "the successor's note watch + publish; bench opens a connection and asks"),
             ("etcd requests per handoff", "req", &s.requests,
              "grpc_server_msg_received_total without LeaseKeepAlive: the transfer, the successor's new watch of the key's writes and its announcement, the old leader's revoke; no read, no follower campaigns"),
-        ]);
-        return s.total;
-    }
-    if way == Way::Election {
-        let p = format!("candidates={n}, --protocol election");
-        ctx.report.rows("handoff", &p, &[
+        ]),
+        Way::Election => ctx.report.rows("handoff", &format!("candidates={n}, --protocol election"), &[
             ("SIGTERM -> new leader answers 200", "ms", &s.total,
              "etcdctl elect's protocol in etcd-elector: only the next in line wakes"),
             ("SIGTERM -> key deleted (revoke committed)", "ms", &s.to_delete, ""),
@@ -263,25 +258,24 @@ pub fn ours(ctx: &mut Ctx, n: usize, reps: usize, way: Way) -> Vec<f64> {
              "watch to the successor + its read of the election + publish; bench reads the election then asks"),
             ("etcd requests per handoff", "req", &s.requests,
              "grpc_server_msg_received_total without LeaseKeepAlive; includes the revoke and the bench's one read of the election"),
-        ]);
-        return s.total;
+        ]),
+        Way::Revoke => ctx.report.rows("handoff", &format!("candidates={n}, --no-succession"), &[
+            ("SIGTERM -> new leader answers 200", "ms", &s.total,
+             "end to end: signal handling + revoke commit + watch to followers + campaign txn + publish + one probe"),
+            ("SIGTERM -> key deleted (revoke committed)", "ms", &s.to_delete,
+             "signal to revoke RPC to raft commit, as the bench's watch sees it"),
+            ("key deleted -> new key created", "ms", &s.key_level,
+             "key level, both stamps from one etcd watch: watch delivery to followers + campaign txn commit"),
+            ("new key created -> new leader answers 200", "ms", &s.to_answer,
+             "winner publishes its snapshot; bench opens a connection and asks"),
+            ("revisions between delete and create", "rev", &s.revision_gap,
+             "1 = no other write in between: the losers' transactions pass through raft but write nothing"),
+            ("probes until 200 after the bench saw the new key", "requests", &s.polls,
+             "more than 1: the winner published after the bench's watch delivered its key"),
+            ("etcd requests per handoff", "req", &s.requests,
+             "grpc_server_msg_received_total without LeaseKeepAlive; includes the revoke; every follower's campaign and new watch"),
+        ]),
     }
-    ctx.report.rows("handoff", &format!("candidates={n}, --no-succession"), &[
-        ("SIGTERM -> new leader answers 200", "ms", &s.total,
-         "end to end: signal handling + revoke commit + watch to followers + campaign txn + publish + one probe"),
-        ("SIGTERM -> key deleted (revoke committed)", "ms", &s.to_delete,
-         "signal to revoke RPC to raft commit, as the bench's watch sees it"),
-        ("key deleted -> new key created", "ms", &s.key_level,
-         "key level, both stamps from one etcd watch: watch delivery to followers + campaign txn commit"),
-        ("new key created -> new leader answers 200", "ms", &s.to_answer,
-         "winner publishes its snapshot; bench opens a connection and asks"),
-        ("revisions between delete and create", "rev", &s.revision_gap,
-         "1 = no other write in between: the losers' transactions pass through raft but write nothing"),
-        ("probes until 200 after the bench saw the new key", "requests", &s.polls,
-         "more than 1: the winner published after the bench's watch delivered its key"),
-        ("etcd requests per handoff", "req", &s.requests,
-         "grpc_server_msg_received_total without LeaseKeepAlive; includes the revoke; every follower's campaign and new watch"),
-    ]);
     s.total
 }
 
