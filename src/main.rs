@@ -70,6 +70,8 @@ fn status(cfg: &Config, json: bool) -> ExitCode {
 
 /// Run the sidecar, or with `job` the command under the lock; returns the exit code.
 fn run(cfg: Config, job: Option<RunConfig>) -> Result<u8, AppError> {
+    // Two workers, on which the bench's handoff goals were measured; a current-thread runtime
+    // would halve a follower's wake-up CPU (docs/PERFORMANCE.md, "The runtime").
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

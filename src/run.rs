@@ -139,9 +139,9 @@ pub async fn run_job(
         ("ELECTOR_ID", cfg.election.id.clone()),
         ("ETCD_LOCK_KEY", lock_key),
         // The fencing token: the create revision, or the transfer's revision for a key handed
-        // over. `etcdctl lock` exports the revision
-        // of the response that showed it the lock: the same number for a free lock, a later
-        // one after waiting. Both grow from holder to holder; README says so.
+        // over. `etcdctl lock` exports the revision of the response that showed it the lock:
+        // the same number for a free lock, a later one after waiting. Both grow from holder to
+        // holder; README says so.
         ("ETCD_LOCK_REV", token.clone()),
     ];
     let mut job = match reaper.spawn(&run.command, &env, SECRET_ENV).await {

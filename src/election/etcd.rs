@@ -500,23 +500,26 @@ pub async fn write_registrations(
 ) {
     let mut retry = Backoff::unseeded(timing.backoff_base, timing.keepalive_interval);
     while newest.changed().await.is_ok() {
+        // Until the newest is written (or its lease is gone): after a failure, retry whatever
+        // is newest by then.
         loop {
-            let Some((lease, registration)) = newest.borrow_and_update().clone() else {
+            let pending = newest.borrow_and_update().clone();
+            let Some((lease, registration)) = pending else {
                 break;
             };
             match register(&mut client, &timing, &key, &registration, lease).await {
-                Ok(()) => retry.reset(),
-                Err(e) if e.is_lease_gone() => {}
-                Err(e) => {
+                Err(e) if !e.is_lease_gone() => {
                     let _ = reports.send(Report::Error(e)).await;
                     tokio::select! {
                         changed = newest.changed() => if changed.is_err() { return },
                         () = sleep(retry.next_delay()) => {}
                     }
-                    continue;
+                }
+                _ => {
+                    retry.reset();
+                    break;
                 }
             }
-            break;
         }
     }
 }
