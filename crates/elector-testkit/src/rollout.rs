@@ -25,8 +25,8 @@
 //! die when the thread that spawned them ends, see `support/mod.rs`). The one
 //! helper thread, the [`Observer`], only does HTTP.
 //!
-//! The randomness comes from one [`Rng`] per [`simulate`] call, seeded from the
-//! clock or `ELECTOR_ROLLOUT_SEED`; the seed is printed.
+//! The randomness comes from one `fastrand::Rng` per [`simulate`] call, seeded
+//! at random or from `ELECTOR_ROLLOUT_SEED`; the seed is printed.
 //!
 //! # What is measured
 //! The observer polls every replica's `GET /leader` in rounds, every
@@ -64,6 +64,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use fastrand::Rng;
 
 use super::{
     http, tail, unique_key, wait_until, ElectorArgs, Etcd, Sidecar, SidecarBuilder, Signal, SOON,
@@ -185,51 +187,21 @@ pub fn runs_from_env(default: usize) -> usize {
     }
 }
 
-/// splitmix64: small, fast, and enough for drain delays.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-
-    /// `ELECTOR_ROLLOUT_SEED` (decimal or 0x-hex) if set, else the clock's
-    /// nanoseconds.
-    pub fn seed_from_env_or_clock() -> u64 {
-        if let Ok(s) = std::env::var("ELECTOR_ROLLOUT_SEED") {
-            let s = s.trim();
-            let parsed = match s.strip_prefix("0x") {
-                Some(hex) => u64::from_str_radix(hex, 16).ok(),
-                None => s.parse().ok(),
-            };
-            if let Some(seed) = parsed {
-                return seed;
-            }
+/// `ELECTOR_ROLLOUT_SEED` (decimal or 0x-hex) if set, else a random seed.
+fn seed() -> u64 {
+    let from_env = std::env::var("ELECTOR_ROLLOUT_SEED").ok().and_then(|s| {
+        let s = s.trim();
+        match s.strip_prefix("0x") {
+            Some(hex) => u64::from_str_radix(hex, 16).ok(),
+            None => s.parse().ok(),
         }
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1)
-    }
+    });
+    from_env.unwrap_or_else(|| fastrand::u64(..))
+}
 
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (n > 0).
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-
-    /// Uniform in `[0, max]`, to the microsecond.
-    pub fn up_to(&mut self, max: Duration) -> Duration {
-        Duration::from_micros(self.next_u64() % (max.as_micros() as u64 + 1))
-    }
+/// Uniform in `[0, max]`, to the microsecond.
+fn up_to(rng: &mut Rng, max: Duration) -> Duration {
+    Duration::from_micros(rng.u64(..=max.as_micros() as u64))
 }
 
 /// What one rollout showed. Times are from the probes unless named `log_`.
@@ -319,11 +291,11 @@ fn ms(d: Duration) -> f64 {
 /// returns them. Panics, with the sidecars' logs, when a step cannot complete
 /// (a replica not ready, an A not exiting, no single B leading at the end).
 pub fn simulate(pattern: Pattern, way: Way, runs: usize) -> Vec<RolloutFigures> {
-    let seed = Rng::seed_from_env_or_clock();
+    let seed = seed();
     println!(
         "rollout {pattern} x {way}: {runs} runs, seed {seed:#x} (ELECTOR_ROLLOUT_SEED to repeat)"
     );
-    let mut rng = Rng::new(seed);
+    let mut rng = Rng::with_seed(seed);
     let etcd = Etcd::start();
     (0..runs)
         .map(|run| {
@@ -340,17 +312,17 @@ pub fn print_table(figures: &[RolloutFigures]) {
     let Some(first) = figures.first() else {
         return;
     };
-    let mut changes: Vec<f64> = figures.iter().map(|f| f.leader_changes as f64).collect();
-    let mut leaderless: Vec<f64> = figures.iter().map(|f| ms(f.leaderless)).collect();
-    let mut log_leaderless: Vec<f64> = figures.iter().map(|f| ms(f.log_leaderless)).collect();
-    let mut requests: Vec<f64> = figures.iter().map(|f| f.etcd_requests as f64).collect();
+    let changes = spread(figures, |f| f.leader_changes as f64);
+    let leaderless = spread(figures, |f| ms(f.leaderless));
+    let log_leaderless = spread(figures, |f| ms(f.log_leaderless));
+    let requests = spread(figures, |f| f.etcd_requests as f64);
     let overlaps: usize = figures.iter().map(|f| f.overlaps.len()).sum();
     let within: usize = figures.iter().map(|f| f.handoffs_within_a_round).sum();
     let log_overlaps: usize = figures.iter().map(|f| f.log_overlaps).sum();
     let log_max = figures
         .iter()
         .filter_map(|f| f.log_max_overlap)
-        .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
+        .reduce(f64::max);
     let longest = figures
         .iter()
         .map(|f| f.longest_leaderless)
@@ -373,19 +345,10 @@ pub fn print_table(figures: &[RolloutFigures]) {
         first.pattern.to_string(),
         first.way.to_string(),
         figures.len(),
-        format!(
-            "{:.0}/{}/{:.0}",
-            min(&changes),
-            fmt_num(median(&mut changes)),
-            max(&changes)
-        ),
-        format!("{:.0}/{:.0}", median(&mut leaderless), max(&leaderless)),
-        format!(
-            "{:.1}/{:.1}",
-            median(&mut log_leaderless),
-            max(&log_leaderless)
-        ),
-        fmt_num(median(&mut requests)),
+        format!("{:.0}/{}/{:.0}", changes.0, changes.1, changes.2),
+        format!("{:.0}/{:.0}", leaderless.1, leaderless.2),
+        format!("{:.1}/{:.1}", log_leaderless.1, log_leaderless.2),
+        requests.1,
         overlaps,
         format!(
             "{log_overlaps} ({})",
@@ -398,34 +361,13 @@ pub fn print_table(figures: &[RolloutFigures]) {
     );
 }
 
-fn fmt_num(v: f64) -> String {
-    if v.fract() == 0.0 {
-        format!("{v:.0}")
-    } else {
-        format!("{v:.1}")
-    }
-}
-
-fn min(v: &[f64]) -> f64 {
-    v.iter().copied().fold(f64::INFINITY, f64::min)
-}
-
-fn max(v: &[f64]) -> f64 {
-    v.iter().copied().fold(f64::NEG_INFINITY, f64::max)
-}
-
-/// The median (the mean of the middle two for an even count).
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
+/// (min, median, max) of `of` over the runs (a median of the middle two's
+/// mean for an even count; whole or half figures print as they are).
+fn spread(figures: &[RolloutFigures], of: impl Fn(&RolloutFigures) -> f64) -> (f64, f64, f64) {
+    let mut v: Vec<f64> = figures.iter().map(of).collect();
+    v.sort_by(f64::total_cmp);
     let n = v.len();
-    if n == 0 {
-        return f64::NAN;
-    }
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
+    (v[0], (v[(n - 1) / 2] + v[n / 2]) / 2.0, v[n - 1])
 }
 
 /// One replica of the rollout.
@@ -627,10 +569,10 @@ fn one_at_a_time(
             .iter()
             .copied()
             .find(|&j| replicas[j].sidecar.is_leader());
-        let victim = leading.unwrap_or_else(|| running[rng.below(running.len())]);
+        let victim = leading.unwrap_or_else(|| running[rng.usize(..running.len())]);
 
         // The app container stops first; the elector gets SIGTERM after its drain.
-        thread::sleep(rng.up_to(MAX_DRAIN));
+        thread::sleep(up_to(rng, MAX_DRAIN));
         let a = &mut replicas[victim];
         a.sidecar.signal(Signal::SIGTERM);
         a.stopped = true;
@@ -657,7 +599,12 @@ fn all_at_once(
     let t0 = Instant::now();
     // `None` spawns the Bs; `Some(j)` stops A number j.
     let mut schedule: Vec<(Instant, Option<usize>)> = (0..first_b)
-        .map(|j| (t0 + rng.up_to(STOP_SPREAD) + rng.up_to(MAX_DRAIN), Some(j)))
+        .map(|j| {
+            (
+                t0 + up_to(rng, STOP_SPREAD) + up_to(rng, MAX_DRAIN),
+                Some(j),
+            )
+        })
         .collect();
     schedule.push((t0 + late, None));
     schedule.sort();
