@@ -41,7 +41,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use elector_testkit::observe::{
-    parse_rfc3339_micros, term_overlaps, terms, unix_micros, Probe, ProbeRecord, Prober, Term,
+    gaps, parse_rfc3339_micros, term_overlaps, terms, unix_micros, Probe, ProbeRecord, Prober, Term,
 };
 use elector_testkit::*;
 
@@ -226,28 +226,6 @@ fn all_terms(replicas: &[Replica], end: i64) -> Vec<Term> {
     }
     out.sort_by_key(|t| t.start);
     out
-}
-
-/// The longest part of [from, to] not covered by any of `windows`.
-fn longest_uncovered(from: Instant, to: Instant, windows: &[(Instant, Instant)]) -> Duration {
-    let mut covered: Vec<(Instant, Instant)> = windows
-        .iter()
-        .filter(|(a, b)| *b > from && *a < to)
-        .map(|(a, b)| ((*a).max(from), (*b).min(to)))
-        .collect();
-    covered.sort();
-    let mut longest = Duration::ZERO;
-    let mut cursor = from;
-    for (a, b) in covered {
-        if a > cursor {
-            longest = longest.max(a - cursor);
-        }
-        cursor = cursor.max(b);
-    }
-    if to > cursor {
-        longest = longest.max(to - cursor);
-    }
-    longest
 }
 
 #[test]
@@ -645,7 +623,11 @@ impl Outcome {
         let mut worst_at = self.started;
         for w in self.record.leader_answers().windows(2) {
             if w[1] - w[0] > Duration::from_millis(50) {
-                let uncovered = longest_uncovered(w[0], w[1], &windows);
+                let uncovered = gaps(w[0], w[1], windows.iter().copied())
+                    .iter()
+                    .map(|(a, b)| *b - *a)
+                    .max()
+                    .unwrap_or_default();
                 if uncovered > worst {
                     worst = uncovered;
                     worst_at = w[0];

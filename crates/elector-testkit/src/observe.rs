@@ -27,7 +27,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crate::http;
 
@@ -225,29 +225,15 @@ impl ProbeRecord {
     pub fn runs(&self) -> Vec<Run> {
         let mut runs = Vec::new();
         for (target, probes) in self.probes.iter().enumerate() {
-            let mut current: Option<Run> = None;
-            for p in probes {
-                match (&mut current, p.is_leader()) {
-                    (Some(run), true) if run.token == p.token => run.last = *p,
-                    (_, true) => {
-                        if let Some(run) = current.take() {
-                            runs.push(run);
-                        }
-                        current = Some(Run {
-                            target,
-                            token: p.token,
-                            first: *p,
-                            last: *p,
-                        });
-                    }
-                    (_, false) => {
-                        if let Some(run) = current.take() {
-                            runs.push(run);
-                        }
-                    }
-                }
-            }
-            runs.extend(current);
+            let same_claim =
+                |a: &Probe, b: &Probe| a.is_leader() && b.is_leader() && a.token == b.token;
+            let claims = probes.chunk_by(same_claim).filter(|c| c[0].is_leader());
+            runs.extend(claims.map(|c| Run {
+                target,
+                token: c[0].token,
+                first: c[0],
+                last: c[c.len() - 1],
+            }));
         }
         runs
     }
@@ -332,17 +318,10 @@ fn run_overlap(a: &Run, b: &Run, probes: &[Vec<Probe>]) -> Option<Instant> {
 /// write into their logs.
 pub fn unix_micros(t: Instant) -> i64 {
     static BASE: OnceLock<(Instant, i64)> = OnceLock::new();
-    let (base_instant, base_wall) = *BASE.get_or_init(|| {
-        let wall = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("the clock is after 1970");
-        (Instant::now(), wall.as_micros() as i64)
-    });
-    if t >= base_instant {
-        base_wall + (t - base_instant).as_micros() as i64
-    } else {
-        base_wall - (base_instant - t).as_micros() as i64
-    }
+    let (base, wall) =
+        *BASE.get_or_init(|| (Instant::now(), jiff::Timestamp::now().as_microsecond()));
+    wall + t.saturating_duration_since(base).as_micros() as i64
+        - base.saturating_duration_since(t).as_micros() as i64
 }
 
 /// `2026-01-02T03:04:05.123456Z` (any number of fraction digits, `Z` or an
@@ -423,24 +402,41 @@ pub fn terms(replica: &str, log: &str) -> Vec<Term> {
 }
 
 /// Pairs of terms of different replicas that overlap by more than
-/// `tolerance_us`, with the overlap in microseconds. Open terms must have been
-/// closed by the caller (e.g. at the time the process was killed).
-pub fn term_overlaps(terms: &[Term], tolerance_us: i64) -> Vec<(Term, Term, i64)> {
+/// `tolerance_us` (`i64::MIN`: every pair), earlier start first, with the
+/// overlap in microseconds (negative: the gap between them). Open terms must
+/// have been closed by the caller (e.g. at the time the process was killed).
+pub fn term_overlaps(terms: &[Term], tolerance_us: i64) -> Vec<(&Term, &Term, i64)> {
     let mut found = Vec::new();
     for (i, a) in terms.iter().enumerate() {
         for b in &terms[i + 1..] {
-            if a.replica == b.replica {
-                continue;
-            }
             let (Some(a_end), Some(b_end)) = (a.end, b.end) else {
                 continue;
             };
             let overlap = a_end.min(b_end) - a.start.max(b.start);
-            if overlap > tolerance_us {
+            if a.replica != b.replica && overlap > tolerance_us {
                 let (first, second) = if a.start <= b.start { (a, b) } else { (b, a) };
-                found.push((first.clone(), second.clone(), overlap));
+                found.push((first, second, overlap));
             }
         }
     }
     found
+}
+
+/// The parts of `from..to` that none of `spans` covers, in order. An empty
+/// span (an instant) splits a gap in two.
+pub fn gaps<T: Ord + Copy>(from: T, to: T, spans: impl IntoIterator<Item = (T, T)>) -> Vec<(T, T)> {
+    let mut spans: Vec<(T, T)> = spans.into_iter().filter(|(a, b)| a <= b).collect();
+    spans.sort();
+    let mut gaps = Vec::new();
+    let mut reach = from;
+    for (a, b) in spans {
+        if a > reach && reach < to {
+            gaps.push((reach, a.min(to)));
+        }
+        reach = reach.max(b);
+    }
+    if to > reach {
+        gaps.push((reach, to));
+    }
+    gaps
 }

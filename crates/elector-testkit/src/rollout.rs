@@ -63,10 +63,11 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use fastrand::Rng;
 
+use super::observe::{self, unix_micros};
 use super::{
     http, tail, unique_key, wait_until, ElectorArgs, Etcd, Sidecar, SidecarBuilder, Signal, SOON,
 };
@@ -460,7 +461,7 @@ fn run_once(
 
     let before = etcd_requests(etcd);
     let t_start = Instant::now();
-    let start_wall = wall_micros_now();
+    let start_wall = unix_micros(t_start);
     match pattern {
         Pattern::OneAtATime => one_at_a_time(etcd, &key, way, rng, &observer, &mut replicas),
         Pattern::AllAtOnce => all_at_once(
@@ -504,13 +505,34 @@ fn run_once(
 
     let names: Vec<String> = replicas.iter().map(|r| r.name().to_string()).collect();
     let probes = analyse(&rounds, &names, t_end);
-    let end_wall = wall_micros_now();
+    let end_wall = unix_micros(t_end);
     let mut terms = Vec::new();
-    for r in &replicas {
-        terms.extend(log_terms(r.name(), &r.sidecar.logs(), end_wall));
+    for r in replicas.iter_mut() {
+        let log = r.sidecar.logs();
+        // A term still open ends now, or at the last line of a process that exited.
+        let end = match r.sidecar.is_running() {
+            true => end_wall,
+            false => last_timestamp(&log).unwrap_or(end_wall),
+        };
+        terms.extend(observe::terms(r.name(), &log).into_iter().map(|mut t| {
+            t.end.get_or_insert(end);
+            t
+        }));
     }
-    let (log_overlaps, log_max_overlap) = term_overlaps(&terms);
-    let log_leaderless = uncovered(&terms, start_wall, end_wall);
+    // Every pair, to report the closest two came when none overlapped.
+    let pairs = observe::term_overlaps(&terms, i64::MIN);
+    let log_overlaps = pairs.iter().filter(|(_, _, us)| *us > 0).count();
+    let log_max_overlap = pairs
+        .iter()
+        .map(|(_, _, us)| *us as f64 / 1e3)
+        .reduce(f64::max);
+    let log_gaps = observe::gaps(
+        start_wall,
+        end_wall,
+        terms.iter().map(|t| (t.start, t.end.unwrap_or(end_wall))),
+    );
+    let log_leaderless =
+        Duration::from_micros(log_gaps.iter().map(|(a, b)| b - a).sum::<i64>() as u64);
 
     let mut by_method: Vec<(String, u64)> = after
         .iter()
@@ -980,110 +1002,10 @@ pub fn analyse(rounds: &[Round], names: &[String], end: Instant) -> ProbeFigures
     }
 }
 
-/// One term in a replica's JSON log: `became_leader` .. `stepped_down`, in
-/// microseconds since the Unix epoch.
-#[derive(Debug, Clone)]
-pub struct LogTerm {
-    pub replica: String,
-    pub start: i64,
-    pub end: i64,
-}
-
-/// The terms in `log`; one still open ends at the log's last timestamp if
-/// the process stopped logging after it, else at `now`.
-pub fn log_terms(replica: &str, log: &str, now: i64) -> Vec<LogTerm> {
-    let mut out = Vec::new();
-    let mut open: Option<i64> = None;
-    let mut last_stamp = None;
-    let mut exited = false;
-    for line in log.lines().filter(|l| l.starts_with('{')) {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        let Some(at) = v["timestamp"]
-            .as_str()
-            .and_then(crate::observe::parse_rfc3339_micros)
-        else {
-            continue;
-        };
-        last_stamp = Some(at);
-        if v["message"].as_str() == Some("stopped") {
-            exited = true;
-        }
-        match v["event"].as_str() {
-            Some("became_leader") if open.is_none() => open = Some(at),
-            // Only stepped_down ends a claim (as in observe.rs);
-            // lease_lost is followed by it when the replica led.
-            Some("stepped_down") => {
-                if let Some(start) = open.take() {
-                    out.push(LogTerm {
-                        replica: replica.to_string(),
-                        start,
-                        end: at,
-                    });
-                }
-            }
-            _ => {}
-        }
-    }
-    if let Some(start) = open {
-        let end = if exited {
-            last_stamp.unwrap_or(now)
-        } else {
-            now
-        };
-        out.push(LogTerm {
-            replica: replica.to_string(),
-            start,
-            end,
-        });
-    }
-    out
-}
-
-/// How many pairs of terms of different replicas overlap (by more than 0),
-/// and the largest overlap in ms (negative: the closest two came to it).
-pub fn term_overlaps(terms: &[LogTerm]) -> (usize, Option<f64>) {
-    let mut count = 0;
-    let mut largest: Option<i64> = None;
-    for (i, a) in terms.iter().enumerate() {
-        for b in &terms[i + 1..] {
-            if a.replica == b.replica {
-                continue;
-            }
-            let overlap = a.end.min(b.end) - a.start.max(b.start);
-            if overlap > 0 {
-                count += 1;
-            }
-            largest = Some(largest.map_or(overlap, |l| l.max(overlap)));
-        }
-    }
-    (count, largest.map(|us| us as f64 / 1e3))
-}
-
-/// How much of `from..to` (microseconds) no term covers.
-pub fn uncovered(terms: &[LogTerm], from: i64, to: i64) -> Duration {
-    let mut spans: Vec<(i64, i64)> = terms
-        .iter()
-        .map(|t| (t.start.max(from), t.end.min(to)))
-        .filter(|(a, b)| a < b)
-        .collect();
-    spans.sort();
-    let mut covered = 0;
-    let mut reach = from;
-    for (a, b) in spans {
-        let a = a.max(reach);
-        if b > a {
-            covered += b - a;
-            reach = b;
-        }
-    }
-    Duration::from_micros((to - from - covered).max(0) as u64)
-}
-
-fn wall_micros_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or_default()
+/// The timestamp of the last JSON line of `log`.
+fn last_timestamp(log: &str) -> Option<i64> {
+    log.lines().rev().find_map(|l| {
+        let line = serde_json::from_str::<serde_json::Value>(l).ok()?;
+        observe::parse_rfc3339_micros(line["timestamp"].as_str()?)
+    })
 }
