@@ -41,7 +41,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use elector_testkit::observe::{
-    gaps, parse_rfc3339_micros, term_overlaps, terms, unix_micros, Probe, ProbeRecord, Prober, Term,
+    gaps, leader_views, parse_rfc3339_micros, term_overlaps, terms, unix_micros, Probe,
+    ProbeRecord, Prober, Term,
 };
 use elector_testkit::*;
 
@@ -295,12 +296,11 @@ fn never_two_leaders_and_soon_a_leader_again_under_random_faults() {
     let seed = fastrand::u64(..);
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut world = World::start();
-    let targets: Vec<(String, SocketAddr)> = world
-        .replicas
-        .iter()
-        .map(|r| (r.id.clone(), r.addr))
-        .collect();
-    let prober = Prober::start(&targets, Duration::from_millis(5));
+    // Each replica keeps its address across restarts, so its probe thread carries on.
+    let prober = Prober::of(
+        world.replicas.iter().map(|r| &r.sidecar),
+        Duration::from_millis(5),
+    );
     let started = Instant::now();
     let mut failures = Vec::new();
     let faults = world.inject_faults(&mut rng, started + Duration::from_secs(secs), &mut failures);
@@ -383,13 +383,7 @@ impl World {
 
     /// What every replica's `/leader` says, for failure messages.
     fn view(&self) -> Vec<String> {
-        self.replicas
-            .iter()
-            .map(|r| match r.sidecar.try_get("/leader") {
-                Ok(resp) => format!("{}: {} {}", r.id, resp.status, resp.body),
-                Err(e) => format!("{}: no answer ({e})", r.id),
-            })
-            .collect()
+        leader_views(self.replicas.iter().map(|r| &r.sidecar))
     }
 
     /// Random faults, one after another, until `deadline` or the first failure.

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use elector_testkit::observe::{ProbeRecord, Prober};
+use elector_testkit::observe::Prober;
 use elector_testkit::*;
 
 const TTL: u64 = 3;
@@ -23,25 +23,8 @@ fn start(name: &str) -> (EtcdCluster, String, Vec<Sidecar>, Prober) {
     let ttl = TTL.to_string();
     let sidecars = replicas(&cluster.endpoints(), &key, 3, &["--ttl", &ttl]);
     wait_for_one_leader(&sidecars, SOON);
-    let targets: Vec<_> = sidecars
-        .iter()
-        .map(|s| (s.id().to_string(), s.addr()))
-        .collect();
-    let prober = Prober::start(&targets, Duration::from_millis(5));
+    let prober = Prober::of(&sidecars, Duration::from_millis(5));
     (cluster, key, sidecars, prober)
-}
-
-fn assert_no_overlap(record: &ProbeRecord, origin: Instant) {
-    let overlaps = record.overlaps();
-    assert!(
-        overlaps.is_empty(),
-        "two replicas claimed leadership at once:\n{}",
-        overlaps
-            .iter()
-            .map(|o| record.describe(o, origin))
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
 }
 
 /// Exactly one leader, and etcd (read through the surviving members) agrees.
@@ -90,8 +73,7 @@ fn one_leader_remains_when_each_member_is_killed_in_turn() {
         cluster.members[i].launch();
     }
     assert_one_leader_held(&cluster, &key, &sidecars);
-    let record = prober.stop();
-    assert_no_overlap(&record, origin);
+    prober.stop_checked(origin);
     println!("each member killed in turn: {}", report.join("; "));
 }
 
@@ -126,8 +108,7 @@ fn one_leader_remains_when_the_raft_leader_member_is_killed() {
     let elected = killed.elapsed();
     cluster.members[raft].launch();
     std::thread::sleep(Duration::from_millis(500));
-    let record = prober.stop();
-    assert_no_overlap(&record, origin);
+    prober.stop_checked(origin);
     println!(
         "raft leader {} killed: raft leader now {}; elector leader {} -> {} ({}); checked {} ms after the kill",
         cluster.members[raft].name(),
@@ -185,8 +166,7 @@ fn no_replica_claims_leadership_while_quorum_is_lost() {
     let back = regained.elapsed();
     let new_token = sidecars[after].fencing_token().expect("a token");
     std::thread::sleep(Duration::from_millis(500));
-    let record = prober.stop();
-    assert_no_overlap(&record, lost);
+    let record = prober.stop_checked(lost);
 
     let last_claim = record
         .probes

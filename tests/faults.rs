@@ -28,33 +28,6 @@ const PROBE_EVERY: Duration = Duration::from_millis(5);
 /// expiry check (every 500 ms), and generous slack for a loaded machine.
 const TAKEOVER: Duration = Duration::from_secs(TTL + 7);
 
-/// Starts probing every one of `sidecars`' `/leader`, in that order.
-fn probe<'a>(sidecars: impl IntoIterator<Item = &'a Sidecar>) -> Prober {
-    let targets: Vec<_> = sidecars
-        .into_iter()
-        .map(|s| (s.id().to_string(), s.addr()))
-        .collect();
-    Prober::start(&targets, PROBE_EVERY)
-}
-
-/// Stops `prober` and checks the one thing every fault here must keep: no
-/// two replicas ever claimed leadership at once (times shown from `origin`).
-fn stop_probing(prober: Prober, origin: Instant) -> ProbeRecord {
-    let record = prober.stop();
-    let overlaps = record.overlaps();
-    assert!(
-        overlaps.is_empty(),
-        "two replicas claimed leadership at once ({} probes):\n{}",
-        record.total(),
-        overlaps
-            .iter()
-            .map(|o| record.describe(o, origin))
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
-    record
-}
-
 /// When `target`'s first probe sent at or after `after` that was answered
 /// with `status` got its answer.
 fn first_answer(
@@ -122,7 +95,7 @@ fn a_frozen_leader_never_overlaps_its_successor() {
     let args = ["--ttl", &TTL.to_string()];
     let frozen = leading(&etcd.endpoint(), &key, "frozen", &args);
     let others = two_others(&etcd, &key, &args, "frozen");
-    let prober = probe([&frozen, &others[0], &others[1]]);
+    let prober = Prober::of([&frozen, &others[0], &others[1]], PROBE_EVERY);
     std::thread::sleep(Duration::from_millis(300));
 
     let stopped = Instant::now();
@@ -144,7 +117,7 @@ fn a_frozen_leader_never_overlaps_its_successor() {
 
     assert_follows(&frozen, others[next].id(), SOON, "after the thaw");
     std::thread::sleep(Duration::from_millis(500));
-    let record = stop_probing(prober, stopped);
+    let record = prober.stop_checked(stopped);
 
     // Requests it could read only after the thaw (an answer computed just
     // before the stop may still arrive after it: it was true when computed).
@@ -190,7 +163,7 @@ fn a_partitioned_leader_steps_down_a_margin_before_another_wins() {
     let proxy = TcpProxy::start(etcd.client_addr());
     let cut_off = leading(&proxy.endpoint(), &key, "cut-off", &args);
     let others = two_others(&etcd, &key, &args, "cut-off");
-    let prober = probe([&cut_off, &others[0], &others[1]]);
+    let prober = Prober::of([&cut_off, &others[0], &others[1]], PROBE_EVERY);
     std::thread::sleep(Duration::from_millis(300));
 
     let partitioned = Instant::now();
@@ -199,7 +172,7 @@ fn a_partitioned_leader_steps_down_a_margin_before_another_wins() {
     std::thread::sleep(Duration::from_millis(300));
     proxy.heal();
     assert_follows(&cut_off, others[next].id(), TAKEOVER, "after the heal");
-    let record = stop_probing(prober, partitioned);
+    let record = prober.stop_checked(partitioned);
 
     // From the probes: the old claim ended before its first 503 arrived; the
     // new one began after the new leader's last non-200 was sent.
@@ -270,7 +243,7 @@ fn a_partitioned_follower_leaves_the_leader_alone_and_catches_up() {
     let proxy = TcpProxy::start(etcd.client_addr());
     let away = following(&proxy.endpoint(), &key, "away", &args, "leader");
     let token = leader.fencing_token().expect("a token");
-    let prober = probe([&leader, &heir, &away]);
+    let prober = Prober::of([&leader, &heir, &away], PROBE_EVERY);
 
     let partitioned = Instant::now();
     proxy.partition();
@@ -288,7 +261,7 @@ fn a_partitioned_follower_leaves_the_leader_alone_and_catches_up() {
     proxy.heal();
     assert_follows(&away, "heir", TAKEOVER, "after the heal");
     std::thread::sleep(Duration::from_millis(500));
-    let record = stop_probing(prober, partitioned);
+    let record = prober.stop_checked(partitioned);
 
     let during: Vec<_> = record.probes[0]
         .iter()
@@ -325,7 +298,7 @@ fn a_leader_is_elected_again_after_etcd_loses_its_data() {
     let mut sidecars = replicas(&etcd.endpoint(), &key, 3, &args);
     wait_for_one_leader(&sidecars, SOON);
     let before = etcd.get(&key).expect("the leader's key");
-    let prober = probe(&sidecars);
+    let prober = Prober::of(&sidecars, PROBE_EVERY);
 
     let wiped = Instant::now();
     etcd.restart_empty();
@@ -354,7 +327,7 @@ fn a_leader_is_elected_again_after_etcd_loses_its_data() {
         kv.mod_revision,
         after.mod_revision
     );
-    stop_probing(prober, wiped);
+    prober.stop_checked(wiped);
     println!(
         "etcd data lost: token {} before the wipe, {} after (revisions restarted), {} after the next handoff; \
          leader again {} ms after the wipe",
@@ -374,7 +347,7 @@ fn a_follower_wins_within_the_ttl_when_the_leader_is_killed() {
     let key = unique_key("leader_killed");
     let args = ["--ttl", &TTL.to_string()];
     let mut sidecars = replicas(&etcd.endpoint(), &key, 4, &args);
-    let prober = probe(&sidecars);
+    let prober = Prober::of(&sidecars, PROBE_EVERY);
     let origin = Instant::now();
     let mut tokens = Vec::new();
     let mut takeovers = Vec::new();
@@ -415,7 +388,7 @@ fn a_follower_wins_within_the_ttl_when_the_leader_is_killed() {
     }
     let leader = wait_for_one_leader(&sidecars, SOON);
     tokens.push(sidecars[leader].fencing_token().expect("a token"));
-    stop_probing(prober, origin);
+    prober.stop_checked(origin);
     assert!(
         tokens.windows(2).all(|w| w[0] < w[1]),
         "fencing tokens strictly increase across terms: {tokens:?}"
@@ -440,7 +413,7 @@ fn a_slow_etcd_makes_the_leader_step_down_rather_than_overlap() {
     let slow = leading(&proxy.endpoint(), &key, "slow", &args);
     let others = two_others(&etcd, &key, &args, "slow");
     let token = slow.fencing_token().expect("a token");
-    let prober = probe([&slow, &others[0], &others[1]]);
+    let prober = Prober::of([&slow, &others[0], &others[1]], PROBE_EVERY);
     let origin = Instant::now();
 
     // 150 ms each way: keep-alive round trips of a few hundred ms, well
@@ -469,7 +442,7 @@ fn a_slow_etcd_makes_the_leader_step_down_rather_than_overlap() {
     proxy.set_latency(Duration::ZERO);
     let fast_again = Duration::from_secs(3 * SLOW_TTL);
     assert_follows(&slow, others[next].id(), fast_again, "etcd fast again");
-    let record = stop_probing(prober, origin);
+    let record = prober.stop_checked(origin);
     let steps = terms("slow", &slow.logs());
     let reason = steps.first().and_then(|t| t.end_reason.clone());
     assert!(
@@ -506,7 +479,7 @@ fn release_delay_orders_the_shutdown_503_then_revoke_then_exit() {
     ];
     let mut leader = leading(&etcd.endpoint(), &key, "draining", &args);
     let heir = following(&etcd.endpoint(), &key, "heir", &args, "draining");
-    let prober = probe([&leader, &heir]);
+    let prober = Prober::of([&leader, &heir], PROBE_EVERY);
     std::thread::sleep(Duration::from_millis(200));
 
     let signalled = Instant::now();
@@ -532,7 +505,7 @@ fn release_delay_orders_the_shutdown_503_then_revoke_then_exit() {
         "heir leads after the revoke"
     );
     std::thread::sleep(Duration::from_millis(200));
-    let record = stop_probing(prober, signalled);
+    let record = prober.stop_checked(signalled);
 
     let first_503 =
         first_answer(&record, 0, signalled, 503).expect("the leader answered 503 after SIGTERM");

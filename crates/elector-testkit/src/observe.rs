@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crate::http;
+use crate::{http, Sidecar};
 
 /// One `/leader` probe.
 #[derive(Debug, Clone, Copy)]
@@ -85,9 +85,13 @@ impl Prober {
         }
     }
 
-    /// Target `i`'s probes so far.
-    pub fn probes_of(&self, i: usize) -> Vec<Probe> {
-        self.records[i].lock().expect("probe record").clone()
+    /// Starts probing every one of `sidecars`, in that order, named by their ids.
+    pub fn of<'a>(sidecars: impl IntoIterator<Item = &'a Sidecar>, period: Duration) -> Prober {
+        let targets: Vec<_> = sidecars
+            .into_iter()
+            .map(|s| (s.id().to_string(), s.addr()))
+            .collect();
+        Prober::start(&targets, period)
     }
 
     /// The first probe of any target sent at or after `t` that answered 200:
@@ -119,6 +123,24 @@ impl Prober {
                 .map(|r| std::mem::take(&mut *r.lock().expect("probe record")))
                 .collect(),
         }
+    }
+
+    /// [`Prober::stop`], checking the one thing every fault must keep: no two
+    /// replicas ever claimed leadership at once (times shown from `origin`).
+    pub fn stop_checked(self, origin: Instant) -> ProbeRecord {
+        let record = self.stop();
+        let overlaps = record.overlaps();
+        assert!(
+            overlaps.is_empty(),
+            "two replicas claimed leadership at once ({} probes):\n{}",
+            record.total(),
+            overlaps
+                .iter()
+                .map(|o| record.describe(o, origin))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        record
     }
 }
 
@@ -312,6 +334,15 @@ fn run_overlap(a: &Run, b: &Run, probes: &[Vec<Probe>]) -> Option<Instant> {
         }
     }
     None
+}
+
+/// What each of `sidecars` answers on `/leader`, for failure messages.
+pub fn leader_views<'a>(sidecars: impl IntoIterator<Item = &'a Sidecar>) -> Vec<String> {
+    let view = |s: &Sidecar| match s.try_get("/leader") {
+        Ok(resp) => format!("{}: {} {}", s.id(), resp.status, resp.body),
+        Err(e) => format!("{}: no answer ({e})", s.id()),
+    };
+    sidecars.into_iter().map(view).collect()
 }
 
 /// Microseconds since the Unix epoch of `t`, on the wall clock the sidecars

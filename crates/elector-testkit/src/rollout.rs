@@ -67,7 +67,7 @@ use std::time::{Duration, Instant};
 
 use fastrand::Rng;
 
-use super::observe::{self, unix_micros};
+use super::observe::{self, leader_views, unix_micros};
 use super::{
     http, tail, unique_key, wait_until, ElectorArgs, Etcd, Sidecar, SidecarBuilder, Signal, SOON,
 };
@@ -456,7 +456,7 @@ fn run_once(
     assert!(
         wait_until(SOON, || observer.has_seen_leader()),
         "no A led within {SOON:?} of their start:\n{}",
-        views(&replicas)
+        leader_views(replicas.iter().map(|r| &r.sidecar)).join("\n")
     );
 
     let before = etcd_requests(etcd);
@@ -490,7 +490,7 @@ fn run_once(
     assert!(
         settled,
         "{pattern} x {way}: no single B leader within {SOON:?} after the last A left (leading: {leaders:?}):\n{}",
-        views(&replicas)
+        leader_views(replicas.iter().map(|r| &r.sidecar)).join("\n")
     );
     thread::sleep(SETTLE);
     let after = etcd_requests(etcd);
@@ -534,12 +534,7 @@ fn run_once(
     let log_leaderless =
         Duration::from_micros(log_gaps.iter().map(|(a, b)| b - a).sum::<i64>() as u64);
 
-    let mut by_method: Vec<(String, u64)> = after
-        .iter()
-        .map(|(m, v)| (m.clone(), v - before.get(m).copied().unwrap_or(0)))
-        .filter(|(_, d)| *d > 0)
-        .collect();
-    by_method.sort();
+    let (requests, by_method) = requests_between(&before, &after);
 
     RolloutFigures {
         pattern,
@@ -550,7 +545,7 @@ fn run_once(
         leaders: probes.leaders,
         leaderless: probes.leaderless,
         longest_leaderless: probes.longest_leaderless,
-        etcd_requests: by_method.iter().map(|(_, d)| d).sum(),
+        etcd_requests: requests,
         etcd_requests_by_method: by_method,
         overlaps: probes.overlaps,
         handoffs_within_a_round: probes.handoffs_within_a_round,
@@ -708,18 +703,6 @@ fn wait_registered(r: &Replica) {
     );
 }
 
-/// Every replica's `/leader`, for failure messages.
-fn views(replicas: &[Replica]) -> String {
-    replicas
-        .iter()
-        .map(|r| match r.sidecar.try_get("/leader") {
-            Ok(resp) => format!("{}: {} {}", r.name(), resp.status, resp.body),
-            Err(e) => format!("{}: no answer ({e})", r.name()),
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 /// etcd's `grpc_server_msg_received_total` per method, `LeaseKeepAlive` left
 /// out (one message per keep-alive on the stream: the steady cost, not the
 /// rollout's).
@@ -729,28 +712,34 @@ pub fn etcd_requests(etcd: &Etcd) -> HashMap<String, u64> {
         .unwrap_or_else(|e| panic!("scraping etcd's /metrics: {e}"));
     let mut out = HashMap::new();
     for line in body.lines() {
-        let Some(labels) = line.strip_prefix("grpc_server_msg_received_total{") else {
+        let series = line.strip_prefix("grpc_server_msg_received_total{");
+        let Some((labels, value)) = series.and_then(|l| l.rsplit_once("} ")) else {
             continue;
         };
-        let Some((labels, value)) = labels.rsplit_once(' ') else {
-            continue;
-        };
-        let Some(method) = label(labels, "grpc_method") else {
-            continue;
-        };
-        if method == "LeaseKeepAlive" {
-            continue;
+        let method = labels
+            .split(',')
+            .find_map(|l| l.strip_prefix("grpc_method=\"")?.strip_suffix('"'));
+        if let Some(method) = method.filter(|m| *m != "LeaseKeepAlive") {
+            *out.entry(method.to_string()).or_insert(0) +=
+                value.parse::<f64>().unwrap_or(0.0) as u64;
         }
-        let n = value.parse::<f64>().unwrap_or(0.0) as u64;
-        *out.entry(method).or_insert(0) += n;
     }
     out
 }
 
-fn label(labels: &str, key: &str) -> Option<String> {
-    let start = labels.find(&format!("{key}=\""))? + key.len() + 2;
-    let end = labels[start..].find('"')? + start;
-    Some(labels[start..end].to_string())
+/// What changed between two [`etcd_requests`] readings: the total and, per
+/// method, the difference (methods that did not change left out).
+pub fn requests_between(
+    before: &HashMap<String, u64>,
+    after: &HashMap<String, u64>,
+) -> (u64, Vec<(String, u64)>) {
+    let mut by_method: Vec<(String, u64)> = after
+        .iter()
+        .map(|(m, n)| (m.clone(), n - before.get(m).copied().unwrap_or(0)))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    by_method.sort();
+    (by_method.iter().map(|(_, n)| n).sum(), by_method)
 }
 
 /// One `/leader` probe.
