@@ -382,55 +382,66 @@ struct Replica {
     stopped: bool,
 }
 
-/// Whether [`Replica::launch`] waits for the replica to answer, or only starts its process.
-enum Start {
-    Ready,
-    Spawned,
-}
-
 impl Replica {
-    /// Start a replica of `revision` from `builder` and add it to the observer's targets.
-    fn launch(
-        builder: SidecarBuilder,
-        revision: char,
-        observer: &Observer,
-        start: Start,
-    ) -> Replica {
-        let sidecar = match start {
-            Start::Ready => builder.clone().start(),
-            Start::Spawned => builder.clone().spawn(),
-        };
-        let target = observer.add(sidecar.addr());
-        Replica {
-            sidecar,
-            builder,
-            revision,
-            target,
-            stopped: false,
-        }
-    }
-
     fn name(&self) -> &str {
         self.sidecar.id()
     }
 }
 
-fn builder(
-    etcd: &Etcd,
-    key: &str,
+/// Whether [`World::launch`] waits for the replica to answer, or only starts its process.
+enum Start {
+    Ready,
+    Spawned,
+}
+
+/// One run: its key, the replicas so far, and the observer probing them.
+struct World<'a> {
+    etcd: &'a Etcd,
+    key: String,
     pattern: Pattern,
     way: Way,
-    revision: char,
-    i: usize,
-) -> SidecarBuilder {
-    let id = format!("{}-{i}", revision.to_ascii_lowercase());
-    Sidecar::builder()
-        .endpoints(&etcd.endpoint())
-        .key(key)
-        .id(&id)
-        .args(&way.args(pattern))
-        // Which release the replica runs (the chart passes the pod-template-hash).
-        .env("ELECTOR_REVISION", &revision.to_string())
+    observer: Observer,
+    replicas: Vec<Replica>,
+}
+
+impl World<'_> {
+    /// Starts replica `i` of `revision` and adds it to the observer's targets.
+    fn launch(&mut self, revision: char, i: usize, start: Start) -> &Replica {
+        let builder = Sidecar::builder()
+            .endpoints(&self.etcd.endpoint())
+            .key(&self.key)
+            .id(&format!("{}-{i}", revision.to_ascii_lowercase()))
+            .args(&self.way.args(self.pattern))
+            // Which release the replica runs (the chart passes the pod-template-hash).
+            .env("ELECTOR_REVISION", &revision.to_string());
+        let sidecar = match start {
+            Start::Ready => builder.clone().start(),
+            Start::Spawned => builder.clone().spawn(),
+        };
+        let target = self.observer.add(sidecar.addr());
+        self.replicas.push(Replica {
+            sidecar,
+            builder,
+            revision,
+            target,
+            stopped: false,
+        });
+        self.replicas.last().expect("just pushed")
+    }
+
+    /// The Bs that answer 200.
+    fn leading_bs(&self) -> Vec<String> {
+        let leading = self.replicas.iter().filter(|r| r.sidecar.is_leader());
+        leading
+            .filter(|r| r.revision == 'B')
+            .map(|r| r.name().to_string())
+            .collect()
+    }
+
+    /// Every replica's `/leader`, for failure messages.
+    fn views(&self) -> String {
+        leader_views(self.replicas.iter().map(|r| &r.sidecar)).join("\n")
+    }
 }
 
 fn run_once(
@@ -441,73 +452,57 @@ fn run_once(
     seed: u64,
     run: usize,
 ) -> RolloutFigures {
-    let key = unique_key(&format!("rollout-{pattern}-{way}"));
-    let observer = Observer::start();
-    let mut replicas: Vec<Replica> = Vec::new();
-
+    let mut w = World {
+        etcd,
+        key: unique_key(&format!("rollout-{pattern}-{way}")),
+        pattern,
+        way,
+        observer: Observer::start(),
+        replicas: Vec::new(),
+    };
     // Revision A, settled: one leader, every replica registered.
     for i in 0..REPLICAS {
-        let builder = builder(etcd, &key, pattern, way, 'A', i);
-        replicas.push(Replica::launch(builder, 'A', &observer, Start::Ready));
+        w.launch('A', i, Start::Ready);
     }
-    for r in &replicas {
+    for r in &w.replicas {
         wait_registered(r);
     }
     assert!(
-        wait_until(SOON, || observer.has_seen_leader()),
+        wait_until(SOON, || w.observer.has_seen_leader()),
         "no A led within {SOON:?} of their start:\n{}",
-        leader_views(replicas.iter().map(|r| &r.sidecar)).join("\n")
+        w.views()
     );
 
     let before = etcd_requests(etcd);
     let t_start = Instant::now();
     let start_wall = unix_micros(t_start);
     match pattern {
-        Pattern::OneAtATime => one_at_a_time(etcd, &key, way, rng, &observer, &mut replicas),
-        Pattern::AllAtOnce => all_at_once(
-            etcd,
-            &key,
-            (way, Duration::ZERO),
-            rng,
-            &observer,
-            &mut replicas,
-        ),
-        Pattern::SlowStart => {
-            all_at_once(etcd, &key, (way, SLOW_START), rng, &observer, &mut replicas)
-        }
+        Pattern::OneAtATime => one_at_a_time(&mut w, rng),
+        Pattern::AllAtOnce | Pattern::SlowStart => all_at_once(&mut w, rng),
     }
 
     // Every A is gone: exactly one B must lead.
     let mut leaders = Vec::new();
     let settled = wait_until(SOON, || {
-        leaders = replicas
-            .iter()
-            .filter(|r| r.revision == 'B' && r.sidecar.is_leader())
-            .map(|r| r.name().to_string())
-            .collect();
+        leaders = w.leading_bs();
         leaders.len() == 1
     });
     assert!(
         settled,
         "{pattern} x {way}: no single B leader within {SOON:?} after the last A left (leading: {leaders:?}):\n{}",
-        leader_views(replicas.iter().map(|r| &r.sidecar)).join("\n")
+        w.views()
     );
     thread::sleep(SETTLE);
     let after = etcd_requests(etcd);
     let t_end = Instant::now();
-    let rounds = observer.stop();
+    let rounds = w.observer.stop();
+    let final_view = w.leading_bs();
 
-    let final_view: Vec<String> = replicas
-        .iter()
-        .filter(|r| r.revision == 'B' && r.sidecar.is_leader())
-        .map(|r| r.name().to_string())
-        .collect();
-
-    let names: Vec<String> = replicas.iter().map(|r| r.name().to_string()).collect();
+    let names: Vec<String> = w.replicas.iter().map(|r| r.name().to_string()).collect();
     let probes = analyse(&rounds, &names, t_end);
     let end_wall = unix_micros(t_end);
     let mut terms = Vec::new();
-    for r in replicas.iter_mut() {
+    for r in w.replicas.iter_mut() {
         let log = r.sidecar.logs();
         // A term still open ends now, or at the last line of a process that exited.
         let end = match r.sidecar.is_running() {
@@ -564,33 +559,23 @@ fn run_once(
 }
 
 /// Maxsurge 1, maxUnavailable 0: one B up and registered, then one A down.
-fn one_at_a_time(
-    etcd: &Etcd,
-    key: &str,
-    way: Way,
-    rng: &mut Rng,
-    observer: &Observer,
-    replicas: &mut Vec<Replica>,
-) {
+fn one_at_a_time(w: &mut World, rng: &mut Rng) {
     for i in 0..REPLICAS {
-        let builder = builder(etcd, key, Pattern::OneAtATime, way, 'B', i);
-        let b = Replica::launch(builder, 'B', observer, Start::Ready);
-        wait_registered(&b);
-        replicas.push(b);
+        wait_registered(w.launch('B', i, Start::Ready));
 
         // The A to stop: the leader if an A leads, else a random A.
-        let running: Vec<usize> = (0..replicas.len())
-            .filter(|&j| replicas[j].revision == 'A' && !replicas[j].stopped)
+        let running: Vec<usize> = (0..w.replicas.len())
+            .filter(|&j| w.replicas[j].revision == 'A' && !w.replicas[j].stopped)
             .collect();
         let leading = running
             .iter()
             .copied()
-            .find(|&j| replicas[j].sidecar.is_leader());
+            .find(|&j| w.replicas[j].sidecar.is_leader());
         let victim = leading.unwrap_or_else(|| running[rng.usize(..running.len())]);
 
         // The app container stops first; the elector gets SIGTERM after its drain.
         thread::sleep(up_to(rng, MAX_DRAIN));
-        let a = &mut replicas[victim];
+        let a = &mut w.replicas[victim];
         a.sidecar.signal(Signal::SIGTERM);
         a.stopped = true;
         a.sidecar.wait_exit(EXIT_TIMEOUT);
@@ -598,21 +583,14 @@ fn one_at_a_time(
 }
 
 /// maxUnavailable 100%: every A stopping within [`STOP_SPREAD`], each A's SIGTERM after
-/// its own drain, and every B spawned at once, `late` after the first A began to stop.
-fn all_at_once(
-    etcd: &Etcd,
-    key: &str,
-    (way, late): (Way, Duration),
-    rng: &mut Rng,
-    observer: &Observer,
-    replicas: &mut Vec<Replica>,
-) {
-    let pattern = if late.is_zero() {
-        Pattern::AllAtOnce
-    } else {
-        Pattern::SlowStart
+/// its own drain, and every B spawned at once ([`SLOW_START`] after the first A began to
+/// stop, in that pattern).
+fn all_at_once(w: &mut World, rng: &mut Rng) {
+    let late = match w.pattern {
+        Pattern::SlowStart => SLOW_START,
+        _ => Duration::ZERO,
     };
-    let first_b = replicas.len();
+    let first_b = w.replicas.len();
     let t0 = Instant::now();
     // `None` spawns the Bs; `Some(j)` stops A number j.
     let mut schedule: Vec<(Instant, Option<usize>)> = (0..first_b)
@@ -631,21 +609,20 @@ fn all_at_once(
         }
         match step {
             Some(j) => {
-                replicas[j].sidecar.signal(Signal::SIGTERM);
-                replicas[j].stopped = true;
+                w.replicas[j].sidecar.signal(Signal::SIGTERM);
+                w.replicas[j].stopped = true;
             }
             None => {
                 for i in 0..REPLICAS {
-                    let builder = builder(etcd, key, pattern, way, 'B', i);
-                    replicas.push(Replica::launch(builder, 'B', observer, Start::Spawned));
+                    w.launch('B', i, Start::Spawned);
                 }
             }
         }
     }
-    for b in replicas[first_b..].iter_mut() {
-        ensure_up(b, observer);
+    for b in w.replicas[first_b..].iter_mut() {
+        ensure_up(b, &w.observer);
     }
-    for a in replicas[..first_b].iter_mut() {
+    for a in w.replicas[..first_b].iter_mut() {
         a.sidecar.wait_exit(EXIT_TIMEOUT);
     }
 }
@@ -657,18 +634,17 @@ fn ensure_up(r: &mut Replica, observer: &Observer) {
     for _ in 0..3 {
         let s = &mut r.sidecar;
         let up = wait_until(SOON, || {
-            matches!(s.try_get("/healthz"), Ok(resp) if resp.status == 200) || !s.is_running()
+            s.try_get("/healthz").is_ok_and(|resp| resp.status == 200) || !s.is_running()
         });
-        if up && r.sidecar.is_running() {
+        if up && s.is_running() {
             return;
         }
-        if r.sidecar.logs().contains("Address already in use") {
-            eprintln!("{}: a port was taken, respawning on others", r.name());
-            r.sidecar = r.builder.clone().spawn();
-            observer.replace(r.target, r.sidecar.addr());
-            continue;
+        if !s.logs().contains("Address already in use") {
+            break;
         }
-        break;
+        eprintln!("{}: a port was taken, respawning on others", r.name());
+        r.sidecar = r.builder.clone().spawn();
+        observer.replace(r.target, r.sidecar.addr());
     }
     panic!(
         "{} not ready within {SOON:?}; log:\n{}",
@@ -681,19 +657,15 @@ fn ensure_up(r: &mut Replica, observer: &Observer) {
 /// election and takes part in it.
 fn wait_registered(r: &Replica) {
     let mut last = String::new();
-    let ok = wait_until(SOON, || match r.sidecar.try_get("/status") {
-        Ok(resp) => {
-            let state = serde_json::from_str::<serde_json::Value>(&resp.body)
+    let ok = wait_until(SOON, || {
+        last = match r.sidecar.try_get("/status") {
+            Ok(resp) => serde_json::from_str::<serde_json::Value>(&resp.body)
                 .ok()
                 .and_then(|v| v["state"].as_str().map(String::from))
-                .unwrap_or_default();
-            last = state.clone();
-            state == "follower" || state == "leader"
-        }
-        Err(e) => {
-            last = e.to_string();
-            false
-        }
+                .unwrap_or_default(),
+            Err(e) => e.to_string(),
+        };
+        last == "follower" || last == "leader"
     });
     assert!(
         ok,
@@ -815,7 +787,7 @@ impl Observer {
     }
 
     /// Stops the thread and returns its rounds.
-    pub fn stop(mut self) -> Vec<Round> {
+    pub fn stop(&mut self) -> Vec<Round> {
         self.stop.store(true, Ordering::SeqCst);
         self.thread
             .take()
