@@ -361,32 +361,13 @@ pub fn parse_rfc3339_micros(s: &str) -> Option<i64> {
     Some(s.parse::<jiff::Timestamp>().ok()?.as_microsecond())
 }
 
-/// One leadership transition from a sidecar's JSON log.
-#[derive(Debug, Clone)]
-pub struct Transition {
-    /// The line's timestamp, microseconds since the Unix epoch.
-    pub at: i64,
-    /// `became_leader`, `stepped_down`, `leader_observed` or `lease_lost`.
-    pub event: String,
-    pub fencing_token: Option<i64>,
-    pub reason: Option<String>,
-}
-
-/// The transitions in a JSON log, in order; other lines are skipped.
-pub fn transitions(log: &str) -> Vec<Transition> {
+/// The JSON lines of a sidecar's log with their timestamps (microseconds
+/// since the Unix epoch), in order; other lines are skipped.
+pub fn json_lines(log: &str) -> impl Iterator<Item = (i64, serde_json::Value)> + '_ {
     log.lines()
         .filter(|l| l.starts_with('{'))
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| {
-            let event = v.get("event")?.as_str()?.to_string();
-            Some(Transition {
-                at: parse_rfc3339_micros(v.get("timestamp")?.as_str()?)?,
-                event,
-                fencing_token: v.get("fencing_token").and_then(|t| t.as_i64()),
-                reason: v.get("reason").and_then(|r| r.as_str()).map(String::from),
-            })
-        })
-        .collect()
+        .filter_map(|v| Some((parse_rfc3339_micros(v["timestamp"].as_str()?)?, v)))
 }
 
 /// One term of one replica as its own log tells it.
@@ -405,23 +386,23 @@ pub struct Term {
 pub fn terms(replica: &str, log: &str) -> Vec<Term> {
     let mut out = Vec::new();
     let mut open: Option<Term> = None;
-    for t in transitions(log) {
-        match t.event.as_str() {
+    for (at, line) in json_lines(log) {
+        match line["event"].as_str() {
             // Two became_leader in a row cannot happen; if it ever does, the
             // first stays open so the check sees the longest claim.
-            "became_leader" if open.is_none() => {
+            Some("became_leader") if open.is_none() => {
                 open = Some(Term {
                     replica: replica.to_string(),
-                    fencing_token: t.fencing_token,
-                    start: t.at,
+                    fencing_token: line["fencing_token"].as_i64(),
+                    start: at,
                     end: None,
                     end_reason: None,
                 });
             }
-            "stepped_down" => {
+            Some("stepped_down") => {
                 if let Some(mut term) = open.take() {
-                    term.end = Some(t.at);
-                    term.end_reason = t.reason;
+                    term.end = Some(at);
+                    term.end_reason = line["reason"].as_str().map(String::from);
                     out.push(term);
                 }
             }

@@ -507,7 +507,9 @@ fn run_once(
         // A term still open ends now, or at the last line of a process that exited.
         let end = match r.sidecar.is_running() {
             true => end_wall,
-            false => last_timestamp(&log).unwrap_or(end_wall),
+            false => observe::json_lines(&log)
+                .last()
+                .map_or(end_wall, |(at, _)| at),
         };
         terms.extend(observe::terms(r.name(), &log).into_iter().map(|mut t| {
             t.end.get_or_insert(end);
@@ -842,28 +844,17 @@ fn observe(targets: &Mutex<Vec<SocketAddr>>, stop: &AtomicBool, seen: &AtomicBoo
 /// connection is retried once on a new one (the server may have closed it).
 fn probe(target: usize, addr: SocketAddr, conn: &mut Option<(SocketAddr, TcpStream)>) -> Answer {
     let sent = Instant::now();
-    if conn.as_ref().is_some_and(|(a, _)| *a != addr) {
-        *conn = None;
+    let (connect, io) = (Duration::from_millis(500), Duration::from_secs(2));
+    // The connection is kept per target address (a replaced replica gets a new one).
+    let mut stream = conn.take().filter(|(a, _)| *a == addr).map(|(_, s)| s);
+    let reused = stream.is_some();
+    let mut result = observe::probe_once(addr, &mut stream, connect, io);
+    if result.is_none() && reused {
+        stream = None;
+        result = observe::probe_once(addr, &mut stream, connect, io);
     }
-    let mut result = None;
-    for _ in 0..2 {
-        let reused = conn.is_some();
-        // The connection is kept per target address (a replaced replica gets a new one).
-        let mut stream = conn.take().map(|(_, stream)| stream);
-        result = crate::observe::probe_once(
-            addr,
-            &mut stream,
-            Duration::from_millis(500),
-            Duration::from_secs(2),
-        );
-        *conn = stream.map(|stream| (addr, stream));
-        if result.is_some() {
-            break;
-        }
-        *conn = None;
-        if !reused {
-            break;
-        }
+    if result.is_some() {
+        *conn = stream.map(|s| (addr, s));
     }
     let (status, token) = result.unwrap_or((None, None));
     Answer {
@@ -961,12 +952,4 @@ pub fn analyse(rounds: &[Round], names: &[String], end: Instant) -> ProbeFigures
         overlaps,
         handoffs_within_a_round: within,
     }
-}
-
-/// The timestamp of the last JSON line of `log`.
-fn last_timestamp(log: &str) -> Option<i64> {
-    log.lines().rev().find_map(|l| {
-        let line = serde_json::from_str::<serde_json::Value>(l).ok()?;
-        observe::parse_rfc3339_micros(line["timestamp"].as_str()?)
-    })
 }
