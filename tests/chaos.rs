@@ -109,6 +109,7 @@ fn millis(rng: &mut fastrand::Rng, lo: u64, hi: u64) -> Duration {
 }
 
 /// One process's life of a replica: its log, and what was done to it.
+#[derive(Clone)]
 struct Incarnation {
     name: String,
     log: String,
@@ -125,7 +126,7 @@ struct Replica {
     addr: SocketAddr,
     proxies: Vec<TcpProxy>,
     sidecar: Sidecar,
-    incarnation: usize,
+    /// The current process's freezes (a killed one's go into `past` with it).
     freezes: Vec<(i64, i64)>,
     past: Vec<Incarnation>,
 }
@@ -145,41 +146,32 @@ impl Replica {
             .start()
     }
 
-    /// SIGKILL, keep its log, start a new process under the same name.
-    fn kill(&mut self) -> i64 {
-        self.sidecar.kill();
-        let killed_at = unix_micros(Instant::now());
-        self.past.push(Incarnation {
-            name: format!("{}#{}", self.id, self.incarnation),
+    /// The current process as an [`Incarnation`], `#n` after `n` kills.
+    fn incarnation(&self, killed_at: Option<i64>) -> Incarnation {
+        Incarnation {
+            name: format!("{}#{}", self.id, self.past.len()),
             log: self.sidecar.logs(),
-            killed_at: Some(killed_at),
-            freezes: std::mem::take(&mut self.freezes),
-        });
-        killed_at
+            killed_at,
+            freezes: self.freezes.clone(),
+        }
     }
 
+    /// SIGKILL, keeping its log and what was done to it.
+    fn kill(&mut self) {
+        self.sidecar.kill();
+        let killed = self.incarnation(Some(unix_micros(Instant::now())));
+        self.past.push(killed);
+        self.freezes.clear();
+    }
+
+    /// A new process under the same name, after [`Replica::kill`].
     fn restart(&mut self, key: &str) {
-        self.incarnation += 1;
         self.sidecar = Replica::spawn(&self.id, self.addr, &self.proxies, key);
     }
 
     fn all_incarnations(&self) -> Vec<Incarnation> {
-        let mut all: Vec<Incarnation> = self
-            .past
-            .iter()
-            .map(|i| Incarnation {
-                name: i.name.clone(),
-                log: i.log.clone(),
-                killed_at: i.killed_at,
-                freezes: i.freezes.clone(),
-            })
-            .collect();
-        all.push(Incarnation {
-            name: format!("{}#{}", self.id, self.incarnation),
-            log: self.sidecar.logs(),
-            killed_at: None,
-            freezes: self.freezes.clone(),
-        });
+        let mut all = self.past.clone();
+        all.push(self.incarnation(None));
         all
     }
 }
@@ -313,12 +305,7 @@ fn never_two_leaders_and_soon_a_leader_again_under_random_faults() {
         failures,
         operator_overlaps: Vec::new(),
     };
-    for r in world.replicas.iter_mut() {
-        if let Some(status) = r.sidecar.try_wait() {
-            o.failures
-                .push(format!("{} exited on its own ({status})", r.id));
-        }
-    }
+    o.failures.extend(world.exited());
     let all = all_terms(&world.replicas, unix_micros(ended));
     o.check_probe_overlaps();
     o.check_log_overlaps(&all);
@@ -362,7 +349,6 @@ impl World {
                     addr,
                     proxies,
                     sidecar,
-                    incarnation: 0,
                     freezes: Vec::new(),
                     past: Vec::new(),
                 }
@@ -384,6 +370,21 @@ impl World {
     /// What every replica's `/leader` says, for failure messages.
     fn view(&self) -> Vec<String> {
         leader_views(self.replicas.iter().map(|r| &r.sidecar))
+    }
+
+    /// Replicas that exited without being killed, with their logs' tails.
+    fn exited(&mut self) -> Vec<String> {
+        let mut exited = Vec::new();
+        for r in self.replicas.iter_mut() {
+            if let Some(status) = r.sidecar.try_wait() {
+                let log = tail(&r.sidecar.logs(), 30);
+                exited.push(format!(
+                    "{} exited on its own ({status}); log:\n{log}",
+                    r.id
+                ));
+            }
+        }
+        exited
     }
 
     /// Random faults, one after another, until `deadline` or the first failure.
@@ -410,15 +411,7 @@ impl World {
                     self.view()
                 ));
             }
-            for r in self.replicas.iter_mut() {
-                if let Some(status) = r.sidecar.try_wait() {
-                    failures.push(format!(
-                        "{} exited on its own ({status}); log:\n{}",
-                        r.id,
-                        tail(&r.sidecar.logs(), 30)
-                    ));
-                }
-            }
+            failures.extend(self.exited());
             std::thread::sleep(millis(rng, 200, 1500));
         }
         faults
