@@ -36,47 +36,40 @@ fn run(pattern: Pattern, way: Way) -> Vec<RolloutFigures> {
 /// What every way must guarantee in every run.
 fn assert_safe(figures: &[RolloutFigures]) {
     for f in figures {
+        let run = f.label();
         assert!(
             f.overlaps.is_empty(),
-            "{} x {} run {} (seed {:#x}): two replicas led at once:\n{}",
-            f.pattern,
-            f.way,
-            f.run,
-            f.seed,
+            "{run}: two replicas led at once:\n{}",
             f.overlaps.join("\n")
         );
         assert_eq!(
             f.final_leaders, 1,
-            "{} x {} run {} (seed {:#x}): {} replicas answer 200 at the end",
-            f.pattern, f.way, f.run, f.seed, f.final_leaders
+            "{run}: {} replicas answer 200 at the end",
+            f.final_leaders
         );
         let leader = f.final_leader.as_deref().unwrap_or_default();
         assert!(
             leader.starts_with("b-"),
-            "{} x {} run {} (seed {:#x}): the final leader {leader:?} is not a B",
-            f.pattern,
-            f.way,
-            f.run,
-            f.seed
+            "{run}: the final leader {leader:?} is not a B"
         );
         assert!(
             f.leaders.last().map(String::as_str) == Some(leader),
-            "{} x {} run {} (seed {:#x}): the probes' last leader {:?} is not the final leader {leader:?}",
-            f.pattern,
-            f.way,
-            f.run,
-            f.seed,
+            "{run}: the probes' last leader {:?} is not the final leader {leader:?}",
             f.leaders.last()
         );
         assert!(
             f.leader_changes >= 1,
-            "{} x {} run {} (seed {:#x}): every A left, yet leadership never moved ({:?})",
-            f.pattern,
-            f.way,
-            f.run,
-            f.seed,
+            "{run}: every A left, yet leadership never moved ({:?})",
             f.leaders
         );
+    }
+}
+
+/// Direct succession's promise: leadership moved exactly once in every run.
+fn assert_moved_once(figures: &[RolloutFigures]) {
+    for f in figures {
+        let went = f.leaders.join(" > ");
+        assert_eq!(f.leader_changes, 1, "{}: leadership went {went}", f.label());
     }
 }
 
@@ -158,17 +151,7 @@ fn succession_moves_leadership_once() {
         .flat_map(|pattern| run(pattern, Way::Succession))
         .collect();
     assert_safe(&figures);
-    for f in &figures {
-        assert_eq!(
-            f.leader_changes,
-            1,
-            "{} x succession run {} (seed {:#x}): leadership went {}",
-            f.pattern,
-            f.run,
-            f.seed,
-            f.leaders.join(" > ")
-        );
-    }
+    assert_moved_once(&figures);
 }
 
 /// `--handoff-wait`'s trade-off, when the new pods start late: without it the leader hands
@@ -181,16 +164,5 @@ fn the_handoff_wait_trades_time_without_a_leader_for_fewer_leader_changes() {
     let not_waiting = run(Pattern::SlowStart, Way::SuccessionNoWait);
     assert_safe(&waiting);
     assert_safe(&not_waiting);
-    for f in &waiting {
-        assert_eq!(
-            f.leader_changes,
-            1,
-            "{} x {} run {} (seed {:#x}): leadership went {}",
-            f.pattern,
-            f.way,
-            f.run,
-            f.seed,
-            f.leaders.join(" > ")
-        );
-    }
+    assert_moved_once(&waiting);
 }

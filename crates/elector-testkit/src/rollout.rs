@@ -251,6 +251,14 @@ pub struct RolloutFigures {
 }
 
 impl RolloutFigures {
+    /// Which run this is, for failure messages: pattern, way, run and seed.
+    pub fn label(&self) -> String {
+        format!(
+            "{} x {} run {} (seed {:#x})",
+            self.pattern, self.way, self.run, self.seed
+        )
+    }
+
     /// The run's line in the printed table.
     pub fn line(&self) -> String {
         format!(
