@@ -15,9 +15,9 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use elector_testkit::observe::Probe;
 use elector_testkit::rollout::{
-    analyse, print_table, runs_from_env, simulate, Answer, Pattern, RolloutFigures, Round, Way,
-    TTL_SECS,
+    analyse, print_table, runs_from_env, simulate, Pattern, RolloutFigures, Round, Way, TTL_SECS,
 };
 
 /// Runs per case in CI.
@@ -79,38 +79,38 @@ fn assert_moved_once(figures: &[RolloutFigures]) {
 fn probe_rounds_prove_overlaps_not_handoffs() {
     let t0 = Instant::now();
     let at = |ms: u64| t0 + Duration::from_millis(ms);
-    let answer = |target, ms, status, token| Answer {
-        target,
+    let probe = |ms, status, token| Probe {
         sent: at(ms),
         answered: at(ms) + Duration::from_micros(300),
         status: Some(status),
         token: Some(token),
+        connected: false,
     };
     let names = vec!["a-0".to_string(), "b-0".to_string()];
     let rounds = vec![
         // a-0 leads.
         Round {
             start: at(0),
-            first: vec![answer(0, 0, 200, 1), answer(1, 1, 503, 1)],
-            confirm: vec![answer(0, 2, 200, 1)],
+            first: vec![probe(0, 200, 1), probe(1, 503, 1)],
+            confirm: vec![(0, probe(2, 200, 1))],
         },
         // A handoff inside the round: a-0 no longer leads when asked again.
         Round {
             start: at(10),
-            first: vec![answer(0, 10, 200, 1), answer(1, 11, 200, 2)],
-            confirm: vec![answer(0, 12, 503, 2), answer(1, 13, 200, 2)],
+            first: vec![probe(10, 200, 1), probe(11, 200, 2)],
+            confirm: vec![(0, probe(12, 503, 2)), (1, probe(13, 200, 2))],
         },
         // Nobody.
         Round {
             start: at(20),
-            first: vec![answer(0, 20, 503, 2), answer(1, 21, 503, 2)],
+            first: vec![probe(20, 503, 2), probe(21, 503, 2)],
             confirm: vec![],
         },
         // a-0 leads again and still does after b-0's 200: proven.
         Round {
             start: at(30),
-            first: vec![answer(0, 30, 200, 3), answer(1, 31, 200, 2)],
-            confirm: vec![answer(0, 32, 200, 3), answer(1, 33, 200, 2)],
+            first: vec![probe(30, 200, 3), probe(31, 200, 2)],
+            confirm: vec![(0, probe(32, 200, 3)), (1, probe(33, 200, 2))],
         },
     ];
     let f = analyse(&rounds, &names, at(40));

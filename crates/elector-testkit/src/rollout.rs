@@ -67,7 +67,7 @@ use std::time::{Duration, Instant};
 
 use fastrand::Rng;
 
-use super::observe::{self, leader_views, unix_micros};
+use super::observe::{self, leader_views, unix_micros, Probe};
 use super::{
     http, tail, unique_key, wait_until, ElectorArgs, Etcd, Sidecar, SidecarBuilder, Signal, SOON,
 };
@@ -724,29 +724,13 @@ pub fn requests_between(
     (by_method.iter().map(|(_, n)| n).sum(), by_method)
 }
 
-/// One `/leader` probe.
-#[derive(Debug, Clone, Copy)]
-pub struct Answer {
-    pub target: usize,
-    pub sent: Instant,
-    pub answered: Instant,
-    /// `None` when there was no answer.
-    pub status: Option<u16>,
-    pub token: Option<i64>,
-}
-
-impl Answer {
-    pub fn is_leader(&self) -> bool {
-        self.status == Some(200)
-    }
-}
-
-/// One round: every target once, then again those that answered 200.
+/// One round: every target once, in order (`first[i]` is target `i`), then
+/// again those that answered 200 (target, probe).
 #[derive(Debug, Clone)]
 pub struct Round {
     pub start: Instant,
-    pub first: Vec<Answer>,
-    pub confirm: Vec<Answer>,
+    pub first: Vec<Probe>,
+    pub confirm: Vec<(usize, Probe)>,
 }
 
 /// Polls every registered target's `/leader` in rounds from one thread that
@@ -821,13 +805,12 @@ fn observe(targets: &Mutex<Vec<SocketAddr>>, stop: &AtomicBool, seen: &AtomicBoo
         let addrs = targets.lock().expect("observer targets").clone();
         conns.resize_with(addrs.len(), || None);
         let start = Instant::now();
-        let first: Vec<Answer> = (0..addrs.len())
-            .map(|i| probe(i, addrs[i], &mut conns[i]))
+        let first: Vec<Probe> = (0..addrs.len())
+            .map(|i| probe(addrs[i], &mut conns[i]))
             .collect();
-        let confirm: Vec<Answer> = first
-            .iter()
-            .filter(|a| a.is_leader())
-            .map(|a| probe(a.target, addrs[a.target], &mut conns[a.target]))
+        let confirm: Vec<(usize, Probe)> = (0..addrs.len())
+            .filter(|&i| first[i].is_leader())
+            .map(|i| (i, probe(addrs[i], &mut conns[i])))
             .collect();
         if !confirm.is_empty() {
             seen.store(true, Ordering::SeqCst);
@@ -850,27 +833,27 @@ fn observe(targets: &Mutex<Vec<SocketAddr>>, stop: &AtomicBool, seen: &AtomicBoo
 
 /// `GET /leader` on the target's kept-alive connection; a failure on a reused
 /// connection is retried once on a new one (the server may have closed it).
-fn probe(target: usize, addr: SocketAddr, conn: &mut Option<(SocketAddr, TcpStream)>) -> Answer {
+fn probe(addr: SocketAddr, conn: &mut Option<(SocketAddr, TcpStream)>) -> Probe {
     let sent = Instant::now();
     let (connect, io) = (Duration::from_millis(500), Duration::from_secs(2));
     // The connection is kept per target address (a replaced replica gets a new one).
     let mut stream = conn.take().filter(|(a, _)| *a == addr).map(|(_, s)| s);
-    let reused = stream.is_some();
+    let mut connected = stream.is_none();
     let mut result = observe::probe_once(addr, &mut stream, connect, io);
-    if result.is_none() && reused {
-        stream = None;
+    if result.is_none() && !connected {
+        (stream, connected) = (None, true);
         result = observe::probe_once(addr, &mut stream, connect, io);
     }
     if result.is_some() {
         *conn = stream.map(|s| (addr, s));
     }
     let (status, token) = result.unwrap_or((None, None));
-    Answer {
-        target,
+    Probe {
         sent,
         answered: Instant::now(),
         status,
         token,
+        connected,
     }
 }
 
@@ -898,8 +881,9 @@ pub fn analyse(rounds: &[Round], names: &[String], end: Instant) -> ProbeFigures
     let at = |t: Instant| ms(t.saturating_duration_since(origin));
 
     for round in rounds {
-        let mut led: Vec<&Answer> = round.first.iter().filter(|a| a.is_leader()).collect();
-        led.sort_by_key(|a| a.answered);
+        let first = round.first.iter().enumerate();
+        let mut led: Vec<(usize, &Probe)> = first.filter(|(_, p)| p.is_leader()).collect();
+        led.sort_by_key(|(_, p)| p.answered);
         if led.is_empty() {
             if seen && gap_since.is_none() {
                 gap_since = Some(round.start);
@@ -912,31 +896,31 @@ pub fn analyse(rounds: &[Round], names: &[String], end: Instant) -> ProbeFigures
             leaderless += gap;
             longest = longest.max(gap);
         }
-        for a in &led {
-            let n = name(a.target);
+        for (target, _) in &led {
+            let n = name(*target);
             if leaders.last() != Some(&n) {
                 leaders.push(n);
             }
         }
         if led.len() >= 2 {
             let mut proven = false;
-            for (k, p) in led.iter().enumerate() {
+            for (k, &(pt, p)) in led.iter().enumerate() {
                 let confirmed = round
                     .confirm
                     .iter()
-                    .any(|c| c.target == p.target && c.is_leader() && c.token == p.token);
+                    .any(|&(ct, c)| ct == pt && c.is_leader() && c.token == p.token);
                 if !confirmed {
                     continue;
                 }
-                for q in &led[k + 1..] {
+                for &(qt, q) in &led[k + 1..] {
                     proven = true;
                     overlaps.push(format!(
                         "{} (token {:?}) led from its 200 at {:.1} ms through its confirming 200, \
                          and {} (token {:?}) answered 200 at {:.1}..{:.1} ms in between",
-                        name(p.target),
+                        name(pt),
                         p.token,
                         at(p.answered),
-                        name(q.target),
+                        name(qt),
                         q.token,
                         at(q.sent),
                         at(q.answered)
