@@ -625,7 +625,7 @@ impl Outcome {
             self.failures.push(format!(
                 "no leader for {} ms outside any fault (from {} ms into the run, after {}); bound {} ms",
                 worst.as_millis(),
-                worst_at.saturating_duration_since(self.started).as_millis(),
+                self.ms(worst_at),
                 self.cause(worst_at),
                 LEADERLESS_BOUND.as_millis()
             ));
@@ -651,67 +651,48 @@ impl Outcome {
             .iter()
             .rfind(|f| f.injected <= at + Duration::from_millis(10))
             .map_or("none".to_string(), |f| {
-                format!(
-                    "{} {} at {} ms",
-                    f.kind.name(),
-                    f.target,
-                    f.injected
-                        .saturating_duration_since(self.started)
-                        .as_millis()
-                )
+                let at = self.ms(f.injected);
+                format!("{} {} at {at} ms", f.kind.name(), f.target)
             })
     }
 
-    /// Per kind of fault: from each heal to the first 200 sent after it (and the fault's index).
-    fn recovery(&self) -> BTreeMap<Kind, Vec<(Duration, usize)>> {
-        let mut recovery: BTreeMap<Kind, Vec<(Duration, usize)>> = BTreeMap::new();
-        let mut leader_answers = self
+    /// Milliseconds into the run, for messages.
+    fn ms(&self, t: Instant) -> u128 {
+        t.saturating_duration_since(self.started).as_millis()
+    }
+
+    fn print_summary(&self, terms_count: usize, worst: Duration, worst_at: Instant) {
+        let mut leader_answers: Vec<(Instant, Instant)> = self
             .record
             .probes
             .iter()
             .flatten()
             .filter(|p| p.is_leader())
             .map(|p| (p.sent, p.answered))
-            .collect::<Vec<_>>();
+            .collect();
         leader_answers.sort();
-        for (i, f) in self.faults.iter().enumerate() {
-            let first = leader_answers
-                .iter()
-                .find(|(sent, _)| *sent >= f.healed)
-                .map(|(_, answered)| answered.saturating_duration_since(f.healed));
-            if let Some(d) = first {
-                recovery.entry(f.kind).or_default().push((d, i));
-            }
-        }
-        recovery
-    }
-
-    fn print_summary(&self, terms_count: usize, worst: Duration, worst_at: Instant) {
-        let mut per_kind: BTreeMap<Kind, usize> = BTreeMap::new();
+        // Per kind: how many, and from each heal to the first 200 sent after it.
+        let mut per_kind: BTreeMap<Kind, (usize, Vec<(Duration, &Fault)>)> = BTreeMap::new();
         for f in &self.faults {
-            *per_kind.entry(f.kind).or_default() += 1;
+            let (count, recovery) = per_kind.entry(f.kind).or_default();
+            *count += 1;
+            let first = leader_answers.iter().find(|(sent, _)| *sent >= f.healed);
+            recovery.extend(
+                first.map(|(_, answered)| (answered.saturating_duration_since(f.healed), f)),
+            );
         }
         let count = |kind: Kind| self.faults.iter().filter(|f| f.kind == kind).count();
-        let recovery = self.recovery();
         println!("  faults injected: {}", self.faults.len());
         println!(
             "    {:<26} {:>5}  {:>22}",
             "kind", "count", "leader after heal, ms"
         );
-        for (kind, n) in &per_kind {
-            let mut times = recovery.get(kind).cloned().unwrap_or_default();
-            times.sort();
+        for (kind, (n, times)) in &mut per_kind {
+            times.sort_by_key(|(d, _)| *d);
             let median = times.get(times.len() / 2).map_or(0, |(d, _)| d.as_millis());
-            let slowest = times.last().map_or(String::new(), |(d, i)| {
-                let f = &self.faults[*i];
-                format!(
-                    "max {:>5} ({} at {} ms)",
-                    d.as_millis(),
-                    f.target,
-                    f.injected
-                        .saturating_duration_since(self.started)
-                        .as_millis()
-                )
+            let slowest = times.last().map_or(String::new(), |(d, f)| {
+                let at = self.ms(f.injected);
+                format!("max {:>5} ({} at {at} ms)", d.as_millis(), f.target)
             });
             println!(
                 "    {:<26} {n:>5}  median {median:>5}, {slowest}",
@@ -742,9 +723,7 @@ impl Outcome {
             for f in &self.faults {
                 println!(
                     "    {:>7} ms {:<26} {} (healed +{} ms)",
-                    f.injected
-                        .saturating_duration_since(self.started)
-                        .as_millis(),
+                    self.ms(f.injected),
                     f.kind.name(),
                     f.target,
                     (f.healed - f.injected).as_millis()
