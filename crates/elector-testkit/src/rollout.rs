@@ -539,7 +539,12 @@ fn run_once(
     let log_leaderless =
         Duration::from_micros(log_gaps.iter().map(|(a, b)| b - a).sum::<i64>() as u64);
 
-    let (requests, by_method) = requests_between(&before, &after);
+    let mut by_method: Vec<(String, u64)> = after
+        .iter()
+        .map(|(m, v)| (m.clone(), v - before.get(m).copied().unwrap_or(0)))
+        .filter(|(_, d)| *d > 0)
+        .collect();
+    by_method.sort();
 
     RolloutFigures {
         pattern,
@@ -550,7 +555,7 @@ fn run_once(
         leaders: probes.leaders,
         leaderless: probes.leaderless,
         longest_leaderless: probes.longest_leaderless,
-        etcd_requests: requests,
+        etcd_requests: by_method.iter().map(|(_, d)| d).sum(),
         etcd_requests_by_method: by_method,
         overlaps: probes.overlaps,
         handoffs_within_a_round: probes.handoffs_within_a_round,
@@ -707,21 +712,6 @@ pub fn etcd_requests(etcd: &Etcd) -> HashMap<String, u64> {
         }
     }
     out
-}
-
-/// What changed between two [`etcd_requests`] readings: the total and, per
-/// method, the difference (methods that did not change left out).
-pub fn requests_between(
-    before: &HashMap<String, u64>,
-    after: &HashMap<String, u64>,
-) -> (u64, Vec<(String, u64)>) {
-    let mut by_method: Vec<(String, u64)> = after
-        .iter()
-        .map(|(m, n)| (m.clone(), n - before.get(m).copied().unwrap_or(0)))
-        .filter(|(_, n)| *n > 0)
-        .collect();
-    by_method.sort();
-    (by_method.iter().map(|(_, n)| n).sum(), by_method)
 }
 
 /// One round: every target once, in order (`first[i]` is target `i`), then
