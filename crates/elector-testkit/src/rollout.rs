@@ -144,24 +144,21 @@ pub enum Way {
     SuccessionNoWait,
 }
 
-/// The handoff wait the chart sets for each pattern's readiness mode: 3 s for leader-only
-/// readiness (every old pod stops while the new ones start), none for healthy readiness (a
-/// new pod is Ready, and registered, before an old one stops).
-pub fn handoff_wait(pattern: Pattern) -> &'static str {
-    match pattern {
-        Pattern::AllAtOnce | Pattern::SlowStart => "3",
-        Pattern::OneAtATime => "0",
-    }
-}
-
 impl Way {
     /// The sidecar's arguments for this way in this pattern (besides endpoints, key and id).
     pub fn args(self, pattern: Pattern) -> Vec<&'static str> {
+        // The handoff wait the chart sets for each pattern's readiness mode: 3 s for
+        // leader-only readiness (every old pod stops while the new ones start), none for
+        // healthy readiness (a new pod is Ready, and registered, before an old one stops).
+        let chart_wait = match pattern {
+            Pattern::AllAtOnce | Pattern::SlowStart => "3",
+            Pattern::OneAtATime => "0",
+        };
         let mut args = COMMON_ARGS.to_vec();
         match self {
             Way::Lock => args.push("--no-succession"),
             Way::Election => args.extend(["--protocol", "election"]),
-            Way::Succession => args.extend(["--handoff-wait", handoff_wait(pattern)]),
+            Way::Succession => args.extend(["--handoff-wait", chart_wait]),
             Way::SuccessionNoWait => args.extend(["--handoff-wait", "0"]),
         }
         args
