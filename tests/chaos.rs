@@ -156,16 +156,14 @@ impl Replica {
         }
     }
 
-    /// SIGKILL, keeping its log and what was done to it.
-    fn kill(&mut self) {
+    /// SIGKILL, keeping its log and what was done to it, and a new process
+    /// under the same name `pause` later.
+    fn kill_and_restart(&mut self, pause: Duration, key: &str) {
         self.sidecar.kill();
         let killed = self.incarnation(Some(unix_micros(Instant::now())));
         self.past.push(killed);
         self.freezes.clear();
-    }
-
-    /// A new process under the same name, after [`Replica::kill`].
-    fn restart(&mut self, key: &str) {
+        std::thread::sleep(pause);
         self.sidecar = Replica::spawn(&self.id, self.addr, &self.proxies, key);
     }
 
@@ -459,9 +457,7 @@ impl World {
             }
             Kind::KillReplica => {
                 let r = &mut self.replicas[target_replica];
-                r.kill();
-                std::thread::sleep(millis(rng, 300, 1500));
-                r.restart(&self.key);
+                r.kill_and_restart(millis(rng, 300, 1500), &self.key);
                 r.id.clone()
             }
             Kind::PartitionReplica => {
