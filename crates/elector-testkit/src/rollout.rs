@@ -858,10 +858,6 @@ pub struct ProbeFigures {
 pub fn analyse(rounds: &[Round], names: &[String], end: Instant) -> ProbeFigures {
     let name = |i: usize| names.get(i).cloned().unwrap_or_else(|| format!("#{i}"));
     let mut leaders: Vec<String> = Vec::new();
-    let mut leaderless = Duration::ZERO;
-    let mut longest = Duration::ZERO;
-    let mut gap_since: Option<Instant> = None;
-    let mut seen = false;
     let mut overlaps = Vec::new();
     let mut within = 0;
     let origin = rounds.first().map_or(end, |r| r.start);
@@ -871,18 +867,6 @@ pub fn analyse(rounds: &[Round], names: &[String], end: Instant) -> ProbeFigures
         let first = round.first.iter().enumerate();
         let mut led: Vec<(usize, &Probe)> = first.filter(|(_, p)| p.is_leader()).collect();
         led.sort_by_key(|(_, p)| p.answered);
-        if led.is_empty() {
-            if seen && gap_since.is_none() {
-                gap_since = Some(round.start);
-            }
-            continue;
-        }
-        seen = true;
-        if let Some(since) = gap_since.take() {
-            let gap = round.start - since;
-            leaderless += gap;
-            longest = longest.max(gap);
-        }
         for (target, _) in &led {
             let n = name(*target);
             if leaders.last() != Some(&n) {
@@ -919,15 +903,19 @@ pub fn analyse(rounds: &[Round], names: &[String], end: Instant) -> ProbeFigures
             }
         }
     }
-    if let Some(since) = gap_since {
-        let gap = end.saturating_duration_since(since);
-        leaderless += gap;
-        longest = longest.max(gap);
-    }
+    // A round with a leader covers the time until the next round starts.
+    let starts: Vec<Instant> = rounds.iter().map(|r| r.start).chain([end]).collect();
+    let led_rounds = (0..rounds.len()).filter(|&k| rounds[k].first.iter().any(Probe::is_leader));
+    let covered: Vec<(Instant, Instant)> = led_rounds.map(|k| (starts[k], starts[k + 1])).collect();
+    let from = covered.first().map_or(end, |(start, _)| *start);
+    let gaps: Vec<Duration> = observe::gaps(from, end, covered)
+        .iter()
+        .map(|(a, b)| *b - *a)
+        .collect();
     ProbeFigures {
         leaders,
-        leaderless,
-        longest_leaderless: longest,
+        leaderless: gaps.iter().sum(),
+        longest_leaderless: gaps.iter().max().copied().unwrap_or_default(),
         overlaps,
         handoffs_within_a_round: within,
     }
