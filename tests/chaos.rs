@@ -600,23 +600,18 @@ impl Outcome {
 
     /// 4. Time without a leader outside faults: the worst stretch and where it began.
     fn check_leaderless(&mut self) -> (Duration, Instant) {
-        let windows: Vec<(Instant, Instant)> =
-            self.faults.iter().map(|f| (f.injected, f.healed)).collect();
-        let mut worst = Duration::ZERO;
-        let mut worst_at = self.started;
-        for w in self.record.leader_answers().windows(2) {
-            if w[1] - w[0] > Duration::from_millis(50) {
-                let uncovered = gaps(w[0], w[1], windows.iter().copied())
-                    .iter()
-                    .map(|(a, b)| *b - *a)
-                    .max()
-                    .unwrap_or_default();
-                if uncovered > worst {
-                    worst = uncovered;
-                    worst_at = w[0];
-                }
-            }
-        }
+        // Every 200 (an instant) splits the run into stretches between two
+        // of them; the faults cover theirs.
+        let answers = self.record.leader_answers();
+        let from = answers.first().copied().unwrap_or(self.started);
+        let to = answers.last().copied().unwrap_or(from);
+        let covered = answers.iter().map(|a| (*a, *a));
+        let covered = covered.chain(self.faults.iter().map(|f| (f.injected, f.healed)));
+        let stretches = gaps(from, to, covered).into_iter();
+        let (worst, worst_at) = stretches
+            .map(|(a, b)| (b - a, a))
+            .max()
+            .unwrap_or((Duration::ZERO, self.started));
         if worst > LEADERLESS_BOUND {
             self.failures.push(format!(
                 "no leader for {} ms outside any fault (from {} ms into the run, after {}); bound {} ms",
