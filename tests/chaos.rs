@@ -287,7 +287,7 @@ fn never_two_leaders_and_soon_a_leader_again_under_random_faults() {
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut world = World::start();
     // Each replica keeps its address across restarts, so its probe thread carries on.
-    let prober = Prober::of(
+    let prober = Prober::start(
         world.replicas.iter().map(|r| &r.sidecar),
         Duration::from_millis(5),
     );

@@ -23,7 +23,7 @@ fn start(name: &str) -> (EtcdCluster, String, Vec<Sidecar>, Prober) {
     let ttl = TTL.to_string();
     let sidecars = replicas(&cluster.endpoints(), &key, 3, &["--ttl", &ttl]);
     wait_for_one_leader(&sidecars, SOON);
-    let prober = Prober::of(&sidecars, Duration::from_millis(5));
+    let prober = Prober::start(&sidecars, Duration::from_millis(5));
     (cluster, key, sidecars, prober)
 }
 

@@ -95,7 +95,7 @@ fn a_frozen_leader_never_overlaps_its_successor() {
     let args = ["--ttl", &TTL.to_string()];
     let frozen = leading(&etcd.endpoint(), &key, "frozen", &args);
     let others = two_others(&etcd, &key, &args, "frozen");
-    let prober = Prober::of([&frozen, &others[0], &others[1]], PROBE_EVERY);
+    let prober = Prober::start([&frozen, &others[0], &others[1]], PROBE_EVERY);
     std::thread::sleep(Duration::from_millis(300));
 
     let stopped = Instant::now();
@@ -163,7 +163,7 @@ fn a_partitioned_leader_steps_down_a_margin_before_another_wins() {
     let proxy = TcpProxy::start(etcd.client_addr());
     let cut_off = leading(&proxy.endpoint(), &key, "cut-off", &args);
     let others = two_others(&etcd, &key, &args, "cut-off");
-    let prober = Prober::of([&cut_off, &others[0], &others[1]], PROBE_EVERY);
+    let prober = Prober::start([&cut_off, &others[0], &others[1]], PROBE_EVERY);
     std::thread::sleep(Duration::from_millis(300));
 
     let partitioned = Instant::now();
@@ -243,7 +243,7 @@ fn a_partitioned_follower_leaves_the_leader_alone_and_catches_up() {
     let proxy = TcpProxy::start(etcd.client_addr());
     let away = following(&proxy.endpoint(), &key, "away", &args, "leader");
     let token = leader.fencing_token().expect("a token");
-    let prober = Prober::of([&leader, &heir, &away], PROBE_EVERY);
+    let prober = Prober::start([&leader, &heir, &away], PROBE_EVERY);
 
     let partitioned = Instant::now();
     proxy.partition();
@@ -298,7 +298,7 @@ fn a_leader_is_elected_again_after_etcd_loses_its_data() {
     let mut sidecars = replicas(&etcd.endpoint(), &key, 3, &args);
     wait_for_one_leader(&sidecars, SOON);
     let before = etcd.get(&key).expect("the leader's key");
-    let prober = Prober::of(&sidecars, PROBE_EVERY);
+    let prober = Prober::start(&sidecars, PROBE_EVERY);
 
     let wiped = Instant::now();
     etcd.restart_empty();
@@ -347,7 +347,7 @@ fn a_follower_wins_within_the_ttl_when_the_leader_is_killed() {
     let key = unique_key("leader_killed");
     let args = ["--ttl", &TTL.to_string()];
     let mut sidecars = replicas(&etcd.endpoint(), &key, 4, &args);
-    let prober = Prober::of(&sidecars, PROBE_EVERY);
+    let prober = Prober::start(&sidecars, PROBE_EVERY);
     let origin = Instant::now();
     let mut tokens = Vec::new();
     let mut takeovers = Vec::new();
@@ -413,7 +413,7 @@ fn a_slow_etcd_makes_the_leader_step_down_rather_than_overlap() {
     let slow = leading(&proxy.endpoint(), &key, "slow", &args);
     let others = two_others(&etcd, &key, &args, "slow");
     let token = slow.fencing_token().expect("a token");
-    let prober = Prober::of([&slow, &others[0], &others[1]], PROBE_EVERY);
+    let prober = Prober::start([&slow, &others[0], &others[1]], PROBE_EVERY);
     let origin = Instant::now();
 
     // 150 ms each way: keep-alive round trips of a few hundred ms, well
@@ -479,7 +479,7 @@ fn release_delay_orders_the_shutdown_503_then_revoke_then_exit() {
     ];
     let mut leader = leading(&etcd.endpoint(), &key, "draining", &args);
     let heir = following(&etcd.endpoint(), &key, "heir", &args, "draining");
-    let prober = Prober::of([&leader, &heir], PROBE_EVERY);
+    let prober = Prober::start([&leader, &heir], PROBE_EVERY);
     std::thread::sleep(Duration::from_millis(200));
 
     let signalled = Instant::now();

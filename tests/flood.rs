@@ -119,7 +119,7 @@ fn a_probe_flood_and_idle_connections_stall_neither_the_election_nor_the_probes(
 
     // The probes whose answers are measured: one every 5 ms on each replica,
     // on connections made before the flood (see `kubelet_probe` for new ones).
-    let prober = Prober::of([&leader, &heir], Duration::from_millis(5));
+    let prober = Prober::start([&leader, &heir], Duration::from_millis(5));
     thread::sleep(Duration::from_millis(100));
 
     let stop = Arc::new(AtomicBool::new(false));

@@ -59,39 +59,30 @@ pub struct Prober {
 }
 
 impl Prober {
-    /// Starts probing `targets` (name, address) every `period`.
-    pub fn start(targets: &[(String, SocketAddr)], period: Duration) -> Prober {
+    /// Starts probing every one of `sidecars` every `period`, in that order,
+    /// named by their ids.
+    pub fn start<'a>(sidecars: impl IntoIterator<Item = &'a Sidecar>, period: Duration) -> Prober {
         let stop = Arc::new(AtomicBool::new(false));
-        let mut records = Vec::new();
-        let mut threads = Vec::new();
-        for (name, addr) in targets {
+        let (mut names, mut records, mut threads) = (Vec::new(), Vec::new(), Vec::new());
+        for s in sidecars {
             let record = Arc::new(Mutex::new(Vec::new()));
-            records.push(record.clone());
-            let stop = stop.clone();
-            let addr = *addr;
+            let (addr, theirs, stop) = (s.addr(), record.clone(), stop.clone());
             let thread = thread::Builder::new()
-                .name(format!("probe-{name}"))
-                .spawn(move || probe_loop(addr, period, &stop, &record))
+                .name(format!("probe-{}", s.id()))
+                .spawn(move || probe_loop(addr, period, &stop, &theirs))
                 .expect("spawning a probe thread");
+            names.push(s.id().to_string());
+            records.push(record);
             threads.push(thread);
         }
         // Make sure the wall-clock base exists before anything is recorded.
         unix_micros(Instant::now());
         Prober {
-            names: targets.iter().map(|(n, _)| n.clone()).collect(),
+            names,
             records,
             stop,
             threads,
         }
-    }
-
-    /// Starts probing every one of `sidecars`, in that order, named by their ids.
-    pub fn of<'a>(sidecars: impl IntoIterator<Item = &'a Sidecar>, period: Duration) -> Prober {
-        let targets: Vec<_> = sidecars
-            .into_iter()
-            .map(|s| (s.id().to_string(), s.addr()))
-            .collect();
-        Prober::start(&targets, period)
     }
 
     /// The first probe of any target sent at or after `t` that answered 200:
