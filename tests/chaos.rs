@@ -195,11 +195,8 @@ fn all_terms(replicas: &[Replica], end: i64) -> Vec<Term> {
             for mut t in terms(&inc.name, &inc.log) {
                 if t.end.is_none() {
                     t.end = Some(inc.killed_at.unwrap_or(end));
-                    t.end_reason = Some(if inc.killed_at.is_some() {
-                        "killed".into()
-                    } else {
-                        "still leading".into()
-                    });
+                    let why = inc.killed_at.map_or("still leading", |_| "killed");
+                    t.end_reason = Some(why.into());
                 }
                 for &(f, thaw) in &inc.freezes {
                     let logged = t.end.expect("closed above");
@@ -602,9 +599,9 @@ impl Outcome {
     fn check_leaderless(&mut self) -> (Duration, Instant) {
         // Every 200 (an instant) splits the run into stretches between two
         // of them; the faults cover theirs.
-        let answers = self.record.leader_answers();
-        let from = answers.first().copied().unwrap_or(self.started);
-        let to = answers.last().copied().unwrap_or(from);
+        let answers: Vec<Instant> = self.record.leader_probes().map(|p| p.answered).collect();
+        let from = answers.iter().min().copied().unwrap_or(self.started);
+        let to = answers.iter().max().copied().unwrap_or(from);
         let covered = answers.iter().map(|a| (*a, *a));
         let covered = covered.chain(self.faults.iter().map(|f| (f.injected, f.healed)));
         let stretches = gaps(from, to, covered).into_iter();
@@ -653,24 +650,14 @@ impl Outcome {
     }
 
     fn print_summary(&self, terms_count: usize, worst: Duration, worst_at: Instant) {
-        let mut leader_answers: Vec<(Instant, Instant)> = self
-            .record
-            .probes
-            .iter()
-            .flatten()
-            .filter(|p| p.is_leader())
-            .map(|p| (p.sent, p.answered))
-            .collect();
-        leader_answers.sort();
-        // Per kind: how many, and from each heal to the first 200 sent after it.
+        // Per kind: how many, and from each heal to the first 200 to a probe sent after it.
         let mut per_kind: BTreeMap<Kind, (usize, Vec<(Duration, &Fault)>)> = BTreeMap::new();
         for f in &self.faults {
             let (count, recovery) = per_kind.entry(f.kind).or_default();
             *count += 1;
-            let first = leader_answers.iter().find(|(sent, _)| *sent >= f.healed);
-            recovery.extend(
-                first.map(|(_, answered)| (answered.saturating_duration_since(f.healed), f)),
-            );
+            let after = self.record.leader_probes().filter(|p| p.sent >= f.healed);
+            let first = after.map(|p| p.answered).min();
+            recovery.extend(first.map(|at| (at.saturating_duration_since(f.healed), f)));
         }
         let count = |kind: Kind| self.faults.iter().filter(|f| f.kind == kind).count();
         println!("  faults injected: {}", self.faults.len());

@@ -169,10 +169,8 @@ fn no_replica_claims_leadership_while_quorum_is_lost() {
     let record = prober.stop_checked(lost);
 
     let last_claim = record
-        .probes
-        .iter()
-        .flatten()
-        .filter(|p| p.is_leader() && p.sent < regained)
+        .leader_probes()
+        .filter(|p| p.sent < regained)
         .map(|p| p.answered)
         .max()
         .expect("there was a leader before");
@@ -183,11 +181,9 @@ fn no_replica_claims_leadership_while_quorum_is_lost() {
         (deadline - lost).as_millis()
     );
     assert!(
-        record
-            .probes
-            .iter()
-            .flatten()
-            .all(|p| !(p.is_leader() && p.sent >= quiet_from && p.answered <= regained)),
+        !record
+            .leader_probes()
+            .any(|p| p.sent >= quiet_from && p.answered <= regained),
         "no probe saw a leader while quorum was lost"
     );
     assert!(

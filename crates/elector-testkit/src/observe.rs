@@ -271,17 +271,9 @@ impl ProbeRecord {
         found
     }
 
-    /// Answer times of every 200, all targets, in order.
-    pub fn leader_answers(&self) -> Vec<Instant> {
-        let mut all: Vec<Instant> = self
-            .probes
-            .iter()
-            .flatten()
-            .filter(|p| p.is_leader())
-            .map(|p| p.answered)
-            .collect();
-        all.sort();
-        all
+    /// Every probe answered 200, all targets.
+    pub fn leader_probes(&self) -> impl Iterator<Item = &Probe> {
+        self.probes.iter().flatten().filter(|p| p.is_leader())
     }
 
     /// A readable account of an overlap, for a failure message.
