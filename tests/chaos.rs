@@ -243,7 +243,6 @@ fn the_overlap_checks_catch_two_leaders_and_accept_a_handoff() {
                     answered: t0 + Duration::from_millis(sent + 1),
                     status: Some(status),
                     token: (status == 200).then_some(token),
-                    connected: false,
                 })
                 .collect()
         };

@@ -84,7 +84,6 @@ fn probe_rounds_prove_overlaps_not_handoffs() {
         answered: at(ms) + Duration::from_micros(300),
         status: Some(status),
         token: Some(token),
-        connected: false,
     };
     let names = vec!["a-0".to_string(), "b-0".to_string()];
     let rounds = vec![

@@ -39,8 +39,6 @@ pub struct Probe {
     /// `None` when there was no answer (refused, reset, timed out).
     pub status: Option<u16>,
     pub token: Option<i64>,
-    /// Whether this probe had to open a new connection first.
-    pub connected: bool,
 }
 
 impl Probe {
@@ -145,7 +143,6 @@ fn probe_loop(addr: SocketAddr, period: Duration, stop: &AtomicBool, record: &Mu
     let mut conn: Option<TcpStream> = None;
     while !stop.load(Ordering::SeqCst) {
         let sent = Instant::now();
-        let connected = conn.is_none();
         let answer = probe_once(addr, &mut conn, Duration::from_secs(2), http::IO_TIMEOUT);
         let answered = Instant::now();
         if answer.is_none() {
@@ -157,7 +154,6 @@ fn probe_loop(addr: SocketAddr, period: Duration, stop: &AtomicBool, record: &Mu
             answered,
             status,
             token,
-            connected,
         });
         thread::sleep(period);
     }

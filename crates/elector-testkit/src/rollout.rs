@@ -825,10 +825,10 @@ fn probe(addr: SocketAddr, conn: &mut Option<(SocketAddr, TcpStream)>) -> Probe 
     let (connect, io) = (Duration::from_millis(500), Duration::from_secs(2));
     // The connection is kept per target address (a replaced replica gets a new one).
     let mut stream = conn.take().filter(|(a, _)| *a == addr).map(|(_, s)| s);
-    let mut connected = stream.is_none();
+    let reused = stream.is_some();
     let mut result = observe::probe_once(addr, &mut stream, connect, io);
-    if result.is_none() && !connected {
-        (stream, connected) = (None, true);
+    if result.is_none() && reused {
+        stream = None;
         result = observe::probe_once(addr, &mut stream, connect, io);
     }
     if result.is_some() {
@@ -840,7 +840,6 @@ fn probe(addr: SocketAddr, conn: &mut Option<(SocketAddr, TcpStream)>) -> Probe 
         answered: Instant::now(),
         status,
         token,
-        connected,
     }
 }
 
