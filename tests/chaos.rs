@@ -650,7 +650,7 @@ impl Outcome {
 
     fn print_summary(&self, terms_count: usize, worst: Duration, worst_at: Instant) {
         // Per kind: how many, and from each heal to the first 200 to a probe sent after it.
-        let mut per_kind: BTreeMap<Kind, (usize, Vec<(Duration, &Fault)>)> = BTreeMap::new();
+        let mut per_kind: BTreeMap<Kind, (usize, Vec<_>)> = BTreeMap::new();
         for f in &self.faults {
             let (count, recovery) = per_kind.entry(f.kind).or_default();
             *count += 1;

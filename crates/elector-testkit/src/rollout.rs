@@ -22,7 +22,7 @@
 //! the elector gets SIGTERM after the app's drain, a uniformly random
 //! 0..[`MAX_DRAIN`]. The signals are sent from the test thread at their
 //! scheduled times; every child is spawned from the test thread too (children
-//! die when the thread that spawned them ends, see `support/mod.rs`). The one
+//! die when the thread that spawned them ends, see the crate docs). The one
 //! helper thread, the [`Observer`], only does HTTP.
 //!
 //! The randomness comes from one `fastrand::Rng` per [`simulate`] call, seeded
