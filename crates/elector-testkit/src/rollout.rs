@@ -562,10 +562,9 @@ fn run_once(
         final_leaders: final_view.len(),
         final_leader: (final_view.len() == 1).then(|| final_view[0].clone()),
         rounds: rounds.len(),
-        observed: match (rounds.first(), rounds.last()) {
-            (Some(a), Some(b)) => b.start - a.start,
-            _ => Duration::ZERO,
-        },
+        observed: rounds
+            .last()
+            .map_or(Duration::ZERO, |r| r.start - rounds[0].start),
         duration: t_end - t_start,
     }
 }
