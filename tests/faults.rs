@@ -77,10 +77,6 @@ fn two_others(etcd: &Etcd, key: &str, args: &[&str], leader: &str) -> [Sidecar; 
     ["other-0", "other-1"].map(|id| following(&etcd.endpoint(), key, id, args, leader))
 }
 
-fn ms(d: Duration) -> u128 {
-    d.as_millis()
-}
-
 fn since(origin: Instant, t: Instant) -> u128 {
     t.saturating_duration_since(origin).as_millis()
 }
@@ -130,7 +126,7 @@ fn a_frozen_leader_never_overlaps_its_successor() {
         first.status,
         Some(503),
         "its first answer after the thaw (request sent {} ms before) is 503",
-        ms(thawed.saturating_duration_since(first.sent))
+        since(first.sent, thawed)
     );
     assert!(
         after_thaw.iter().all(|p| !p.is_leader()),
@@ -220,11 +216,11 @@ fn a_partitioned_leader_steps_down_a_margin_before_another_wins() {
         "partitioned leader (TTL {TTL} s, margin {} ms): last 200 at +{} ms, first 503 at +{} ms after the partition; \
          successor first 200 at +{} ms; gap between the claims >= {} ms by probes, {:.1} ms by logs; \
          step-down reason {}",
-        ms(MARGIN),
+        MARGIN.as_millis(),
         since(partitioned, last_200.answered),
         since(partitioned, old_first_503),
         since(partitioned, new_first_200.answered),
-        ms(probe_gap),
+        probe_gap.as_millis(),
         log_gap_ms,
         old_end.1
     );
@@ -282,7 +278,7 @@ fn a_partitioned_follower_leaves_the_leader_alone_and_catches_up() {
     assert_eq!(status["state"], "follower", "{status}");
     println!(
         "partitioned follower: leader kept token {token} for {} ms; caught up {} ms after the heal",
-        ms(undisturbed_until - partitioned),
+        since(partitioned, undisturbed_until),
         since(healed, Instant::now())
     );
 }
@@ -382,9 +378,9 @@ fn a_follower_wins_within_the_ttl_when_the_leader_is_killed() {
         assert!(
             took <= Duration::from_secs(TTL) + Duration::from_secs(2),
             "takeover in {} ms: more than TTL {TTL} s + 2 s",
-            ms(took)
+            took.as_millis()
         );
-        takeovers.push(ms(took));
+        takeovers.push(took.as_millis());
     }
     let leader = wait_for_one_leader(&sidecars, SOON);
     tokens.push(sidecars[leader].fencing_token().expect("a token"));
@@ -491,7 +487,7 @@ fn release_delay_orders_the_shutdown_503_then_revoke_then_exit() {
         assert!(
             matches!(&kv, Some(kv) if kv.value == "draining"),
             "the key is still held {} ms into the release delay: {kv:?}",
-            ms(signalled.elapsed())
+            signalled.elapsed().as_millis()
         );
         checks += 1;
         std::thread::sleep(Duration::from_millis(100));
@@ -513,29 +509,29 @@ fn release_delay_orders_the_shutdown_503_then_revoke_then_exit() {
     assert!(
         first_503 - signalled < Duration::from_millis(500),
         "503 at once: {} ms after SIGTERM",
-        ms(first_503 - signalled)
+        since(signalled, first_503)
     );
     assert!(
         heir_leads - signalled >= delay,
         "nobody leads during the release delay: heir led {} ms after SIGTERM",
-        ms(heir_leads - signalled)
+        since(signalled, heir_leads)
     );
     assert!(
         heir_leads - signalled < delay + Duration::from_secs(2),
         "the revoke right after the delay hands over in milliseconds, not a 30 s TTL: {} ms",
-        ms(heir_leads - signalled)
+        since(signalled, heir_leads)
     );
     assert!(
         exited - signalled < timeout + Duration::from_millis(500),
         "exit within the shutdown timeout: {} ms",
-        ms(exited - signalled)
+        since(signalled, exited)
     );
     let revoked = leader.logs().contains("lease revoked");
     assert!(revoked, "it revoked its lease before exiting");
     println!(
         "release delay 2 s: 503 after {} ms, heir led after {} ms, exit (status 0) after {} ms",
-        ms(first_503 - signalled),
-        ms(heir_leads - signalled),
-        ms(exited - signalled)
+        since(signalled, first_503),
+        since(signalled, heir_leads),
+        since(signalled, exited)
     );
 }
