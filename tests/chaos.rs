@@ -178,13 +178,6 @@ fn current_leader(replicas: &[Replica]) -> Option<usize> {
     (0..replicas.len()).find(|&i| replicas[i].sidecar.is_leader())
 }
 
-fn chaos_secs() -> u64 {
-    std::env::var("ELECTOR_CHAOS_SECS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(DEFAULT_SECS)
-}
-
 /// The log terms of every incarnation, closed and adjusted as the module docs
 /// say: a killed process's open term ends at the kill; a still-running one's
 /// at `end`; a leader frozen past its deadline stopped claiming at the freeze.
@@ -277,7 +270,10 @@ fn the_overlap_checks_catch_two_leaders_and_accept_a_handoff() {
 
 #[test]
 fn never_two_leaders_and_soon_a_leader_again_under_random_faults() {
-    let secs = chaos_secs();
+    let secs = std::env::var("ELECTOR_CHAOS_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_SECS);
     // Enough randomness for choosing faults; the seed is printed.
     let seed = fastrand::u64(..);
     let mut rng = fastrand::Rng::with_seed(seed);
