@@ -4,7 +4,7 @@
 //! a reason an operator can act on while it keeps retrying (never a crash,
 //! never leadership), survive its auth token expiring, and never show the
 //! password: not in logs, `/status`, `/metrics` or any other answer.
-//! Certificates are made per test with `openssl` (see `elector_testkit::tls`).
+//! Certificates are made per test (see `elector_testkit::tls`).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -114,7 +114,7 @@ fn assert_no_secret<'a>(sidecars: impl IntoIterator<Item = &'a Sidecar>, secret:
 /// certificates too when `mutual`.
 fn pki_and_etcd(mutual: bool) -> (Pki, Etcd) {
     let pki = Pki::new();
-    let etcd = tls_etcd(&pki, &pki.server_cert, &pki.server_key, mutual);
+    let etcd = tls_etcd(&pki, mutual);
     (pki, etcd)
 }
 
@@ -194,7 +194,7 @@ fn elects_through_mutual_tls() {
 fn a_wrong_ca_is_reported_clearly_and_retried_without_leadership() {
     let (pki, etcd) = pki_and_etcd(true);
     let key = unique_key("wrong_ca");
-    let mut s = presenting_client_cert(&pki, &pki.other_ca(), &etcd, &key)
+    let mut s = presenting_client_cert(&pki, &pki.other_ca, &etcd, &key)
         .id("distrustful")
         .ttl(3)
         .start();
