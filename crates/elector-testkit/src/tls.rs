@@ -11,8 +11,8 @@
 //!   subjectAltName alone (never the CN), so the server certificate names
 //!   `IP:127.0.0.1`; the CA must say `CA:TRUE`.
 //! - etcd (Go) checks that a client certificate allows `clientAuth`.
-//! - EC P-256 keys are generated in microseconds and both sides read them as
-//!   PKCS#8 (`BEGIN PRIVATE KEY`), rcgen's only key format.
+//! - EC P-256 keys (rcgen's default) are generated in microseconds, and both
+//!   sides read them as rcgen writes them: PKCS#8 (`BEGIN PRIVATE KEY`).
 //!
 //! [`auth_etcd`] starts a plain-HTTP etcd with authentication on: a root user,
 //! and a user whose role may only read and write one key prefix, with a short
