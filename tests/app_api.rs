@@ -31,8 +31,7 @@ struct Subscription {
 impl Subscription {
     /// Connects, sends the request and checks the response head.
     fn open(addr: SocketAddr) -> Subscription {
-        let mut stream =
-            TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connecting");
+        let mut stream = http::connect(addr).expect("connecting");
         stream
             .write_all(
                 format!(
@@ -41,33 +40,19 @@ impl Subscription {
                 .as_bytes(),
             )
             .expect("sending the request");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("read timeout");
-        let mut raw = Vec::new();
-        let mut chunk = [0u8; 4096];
-        let head_end = loop {
-            if let Some(pos) = find(&raw, b"\r\n\r\n") {
-                break pos + 4;
-            }
-            let n = stream.read(&mut chunk).expect("reading the response head");
-            assert!(n > 0, "connection closed before the response head");
-            raw.extend_from_slice(&chunk[..n]);
-        };
-        let head = String::from_utf8_lossy(&raw[..head_end]).to_lowercase();
+        let (head, raw) = http::read_head(&mut stream).expect("reading the response head");
+        assert_eq!(head.status, 200, "200 for the stream: {head:?}");
         assert!(
-            head.starts_with("http/1.1 200"),
-            "200 for the stream: {head}"
+            head.header("content-type")
+                .is_some_and(|t| t.starts_with("text/event-stream")),
+            "an event stream: {head:?}"
         );
+        // Chunked, which only HTTP/1.1 has.
         assert!(
-            head.contains("content-type: text/event-stream"),
-            "an event stream: {head}"
+            head.header("transfer-encoding")
+                .is_some_and(|t| t.eq_ignore_ascii_case("chunked")),
+            "chunked: {head:?}"
         );
-        assert!(
-            head.contains("transfer-encoding: chunked"),
-            "chunked: {head}"
-        );
-        raw.drain(..head_end);
         Subscription {
             stream,
             raw,
@@ -78,12 +63,19 @@ impl Subscription {
 
     /// The next `leader` event, or `None` if none arrives within `timeout`.
     fn next(&mut self, timeout: Duration) -> Option<Value> {
+        self.next_matching(timeout, |_| true)
+    }
+
+    /// The next event matching `pred` within `timeout`, skipping others.
+    fn next_matching(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
         let deadline = Instant::now() + timeout;
         let mut chunk = [0u8; 4096];
         loop {
             self.parse();
-            if let Some(event) = self.events.pop_front() {
-                return Some(event);
+            while let Some(event) = self.events.pop_front() {
+                if pred(&event) {
+                    return Some(event);
+                }
             }
             let left = deadline.checked_duration_since(Instant::now())?;
             self.stream
@@ -100,34 +92,12 @@ impl Subscription {
         }
     }
 
-    /// The next event matching `pred` within `timeout`, skipping others.
-    fn next_matching(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.checked_duration_since(Instant::now())?;
-            let event = self.next(left)?;
-            if pred(&event) {
-                return Some(event);
-            }
-        }
-    }
-
     fn parse(&mut self) {
-        // De-chunk: "<hex size>\r\n<data>\r\n" repeated.
-        while let Some(line_end) = find(&self.raw, b"\r\n") {
-            let size_text = String::from_utf8_lossy(&self.raw[..line_end]).into_owned();
-            let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
-                .unwrap_or_else(|_| panic!("bad chunk size line {size_text:?}"));
-            let need = line_end + 2 + size + 2;
-            if self.raw.len() < need {
-                break;
-            }
-            self.body
-                .extend_from_slice(&self.raw[line_end + 2..line_end + 2 + size]);
-            self.raw.drain(..need);
-        }
+        let (data, used) = http::dechunk(&self.raw);
+        self.body.extend(data);
+        self.raw.drain(..used);
         // Split into events at blank lines.
-        while let Some(end) = find(&self.body, b"\n\n") {
+        while let Some(end) = http::find(&self.body, b"\n\n") {
             let block = String::from_utf8_lossy(&self.body[..end]).into_owned();
             self.body.drain(..end + 2);
             let mut name = None;
@@ -148,10 +118,6 @@ impl Subscription {
     }
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
 /// A fresh etcd and `n` sidecars on one key named after `test`, started one
 /// after the other, each ready and campaigned (so with the election protocol
 /// they queue in this order).
@@ -164,7 +130,7 @@ fn queue(test: &str, n: usize, protocol: &str) -> (Etcd, Vec<Sidecar>) {
             let s = Sidecar::start(&etcd.endpoint(), &key, &format!("{protocol}-{i}"), &args);
             assert!(
                 wait_until(SOON, || {
-                    let state = s.get_json("/status").1["state"].clone();
+                    let state = s.status()["state"].clone();
                     state == "leader" || state == "follower"
                 }),
                 "{} campaigned",
@@ -176,11 +142,6 @@ fn queue(test: &str, n: usize, protocol: &str) -> (Etcd, Vec<Sidecar>) {
     (etcd, sidecars)
 }
 
-/// The `/leader` document of `s`, whatever its status.
-fn leader_doc(s: &Sidecar) -> Value {
-    s.get_json("/leader").1
-}
-
 /// Subscribes to `s`'s events: the first comes at once and is the current
 /// state. Returns the subscription and that first event.
 fn subscribe(s: &Sidecar) -> (Subscription, Value) {
@@ -188,7 +149,11 @@ fn subscribe(s: &Sidecar) -> (Subscription, Value) {
     let first = events
         .next(Duration::from_secs(1))
         .expect("the first event comes at once");
-    assert_eq!(first, leader_doc(s), "the first event is the current state");
+    assert_eq!(
+        first,
+        s.leader_view(),
+        "the first event is the current state"
+    );
     (events, first)
 }
 
@@ -293,10 +258,7 @@ fn two_hundred_subscribers_do_not_delay_leader_answers() {
     // carry on, and every subscriber finds the change waiting for it.
     let signalled = Instant::now();
     sidecars[0].signal(Signal::SIGTERM);
-    assert!(
-        wait_until(SOON, || sidecars[1].is_leader()),
-        "the follower takes over"
-    );
+    sidecars[1].wait_leading("the follower takes over");
     println!(
         "handoff with {SUBSCRIBERS} idle subscribers took {:?}",
         signalled.elapsed()
@@ -358,12 +320,8 @@ fn resign_hands_over_within_a_second(protocol: &str) {
         assert_eq!(new, leader + 1, "the next in line takes over");
     }
     assert_eq!(wait_for_one_leader(&sidecars, SOON), new);
-    let new_id = sidecars[new].id().to_string();
-    assert!(
-        wait_until(SOON, || leader_doc(old)["leader"] == new_id.as_str()),
-        "the resigned replica follows the new leader: {}",
-        leader_doc(old)
-    );
+    // The resigned replica follows the new leader.
+    old.wait_following(sidecars[new].id());
     if protocol == "election" {
         let keys = elector_testkit::job::keys_under(&etcd, &format!("{}/", old.key()));
         assert_eq!(
@@ -499,11 +457,11 @@ fn the_leader_file_always_parses_and_matches_leader_through_handoffs() {
         assert!(
             wait_until(SOON, || {
                 last = read_doc(p);
-                last.as_ref() == Some(&leader_doc(s))
+                last.as_ref() == Some(&s.leader_view())
             }),
             "{}'s leader file matches /leader: file {last:?}, /leader {}",
             s.id(),
-            leader_doc(s)
+            s.leader_view()
         );
     }
 }

@@ -181,10 +181,7 @@ fn flags_override_env_which_overrides_the_file() {
     let view = |s: &Sidecar| {
         let (status, v) = s.get_json("/leader");
         assert_eq!(status, 503, "no etcd, no leadership: {v}");
-        (
-            v["identity"].as_str().unwrap_or_default().to_string(),
-            v["key"].as_str().unwrap_or_default().to_string(),
-        )
+        [v["identity"].clone(), v["key"].clone()]
     };
 
     // File only (and its `listen`, since no --listen flag is given).
@@ -192,7 +189,7 @@ fn flags_override_env_which_overrides_the_file() {
         .args(&["--config", &path])
         .listen_elsewhere(file_listen.parse().unwrap())
         .start();
-    assert_eq!(view(&s), ("id-from-file".into(), "/from-file".into()));
+    assert_eq!(view(&s), ["id-from-file", "/from-file"]);
     drop(s);
 
     // Env over file, file still supplying what env does not.
@@ -200,7 +197,7 @@ fn flags_override_env_which_overrides_the_file() {
         .args(&["--config", &path])
         .env("ELECTOR_ID", "id-from-env")
         .start();
-    assert_eq!(view(&s), ("id-from-env".into(), "/from-file".into()));
+    assert_eq!(view(&s), ["id-from-env", "/from-file"]);
     drop(s);
 
     // Flag over env over file; the file named through ELECTOR_CONFIG.
@@ -210,7 +207,7 @@ fn flags_override_env_which_overrides_the_file() {
         .env("ELECTOR_KEY", "/from-env")
         .id("id-from-flag")
         .start();
-    assert_eq!(view(&s), ("id-from-flag".into(), "/from-env".into()));
+    assert_eq!(view(&s), ["id-from-flag", "/from-env"]);
     drop(s);
 
     // POD_NAME is the default id when nothing else sets it.
@@ -219,5 +216,5 @@ fn flags_override_env_which_overrides_the_file() {
         .key("/k")
         .env("POD_NAME", "pod-7")
         .start();
-    assert_eq!(view(&s).0, "pod-7");
+    assert_eq!(view(&s)[0], "pod-7");
 }

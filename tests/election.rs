@@ -8,9 +8,7 @@ use elector_testkit::*;
 
 #[test]
 fn exactly_one_of_three_replicas_leads() {
-    let etcd = Etcd::start();
-    let key = unique_key("exactly_one_of_three");
-    let sidecars = replicas(&etcd.endpoint(), &key, 3, &[]);
+    let (_etcd, _key, sidecars) = fresh_replicas("exactly_one_of_three", 3, &[]);
 
     let leader = wait_for_one_leader(&sidecars, SOON);
 
@@ -32,9 +30,7 @@ fn exactly_one_of_three_replicas_leads() {
 
 #[test]
 fn the_key_holds_the_leader_id_under_its_live_lease() {
-    let etcd = Etcd::start();
-    let key = unique_key("key_holds_leader_id");
-    let sidecars = replicas(&etcd.endpoint(), &key, 3, &[]);
+    let (etcd, key, sidecars) = fresh_replicas("key_holds_leader_id", 3, &[]);
     let leader = &sidecars[wait_for_one_leader(&sidecars, SOON)];
 
     let kv = etcd.get(&key).expect("the leader's key exists");
@@ -52,7 +48,7 @@ fn the_key_holds_the_leader_id_under_its_live_lease() {
     );
 
     // /status names that same lease (as a number or a hex/decimal string).
-    let (_, status) = leader.get_json("/status");
+    let status = leader.status();
     let lease_id = &status["lease_id"];
     let same = match lease_id {
         serde_json::Value::Number(n) => n.as_i64() == Some(kv.lease),
@@ -71,20 +67,13 @@ fn the_key_holds_the_leader_id_under_its_live_lease() {
 
 #[test]
 fn followers_report_the_leader_id() {
-    let etcd = Etcd::start();
-    let key = unique_key("followers_report_leader");
-    let sidecars = replicas(&etcd.endpoint(), &key, 3, &[]);
+    let (_etcd, key, sidecars) = fresh_replicas("followers_report_leader", 3, &[]);
     let leader = wait_for_one_leader(&sidecars, SOON);
     let leader_id = sidecars[leader].id().to_string();
 
-    for (i, follower) in sidecars.iter().enumerate().filter(|(i, _)| *i != leader) {
+    for follower in sidecars.iter().filter(|s| s.id() != leader_id) {
         // A follower learns the leader from its read or its watch; allow it a moment.
-        assert!(
-            wait_until(SOON, || follower.leader_view()["leader"]
-                == leader_id.as_str()),
-            "follower {i} reports leader {leader_id}: {}",
-            follower.leader_view()
-        );
+        follower.wait_following(&leader_id);
         let (status, view) = follower.get_json("/leader");
         assert_eq!(status, 503, "a follower answers 503");
         assert_eq!(view["is_leader"], false);
@@ -119,10 +108,7 @@ fn a_restarted_replica_does_not_adopt_its_old_key() {
     let key = unique_key("restarted_does_not_adopt");
     let ttl = 6;
     let mut first = Sidecar::start(&etcd.endpoint(), &key, "same-name", &["--ttl", "6"]);
-    assert!(
-        wait_until(SOON, || first.is_leader()),
-        "the only replica leads"
-    );
+    first.wait_leading("the only replica leads");
     let old = etcd.get(&key).expect("its key exists");
     first.kill(); // SIGKILL: no revoke, the old lease lives on for up to a TTL
 
@@ -150,10 +136,7 @@ fn a_restarted_replica_does_not_adopt_its_old_key() {
     );
 
     // Once the old lease is gone the restarted replica wins, under a new lease.
-    assert!(
-        wait_until(SOON, || second.is_leader()),
-        "the restarted replica leads"
-    );
+    second.wait_leading("the restarted replica leads");
     let kv = etcd.get(&key).expect("the key is held again");
     assert_eq!(kv.value, "same-name");
     assert_ne!(kv.lease, old.lease, "under a new lease");

@@ -44,10 +44,8 @@ fn assert_alive_and_not_leading(sidecars: &mut [Sidecar]) {
 
 #[test]
 fn replicas_stop_claiming_but_stay_alive_when_etcd_is_killed() {
-    let mut etcd = Etcd::start();
-    let key = unique_key("etcd_killed");
     let ttl = TTL.to_string();
-    let mut sidecars = replicas(&etcd.endpoint(), &key, 3, &["--ttl", &ttl]);
+    let (mut etcd, _key, mut sidecars) = fresh_replicas("etcd_killed", 3, &["--ttl", &ttl]);
     wait_for_one_leader(&sidecars, SOON);
 
     etcd.kill();
@@ -59,23 +57,21 @@ fn replicas_stop_claiming_but_stay_alive_when_etcd_is_killed() {
     );
     assert_alive_and_not_leading(&mut sidecars);
     // ... and that stays so for several more TTLs of retrying.
-    let until = Instant::now() + Duration::from_secs(3 * TTL);
-    while Instant::now() < until {
-        assert_alive_and_not_leading(&mut sidecars);
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    throughout(
+        Duration::from_secs(3 * TTL),
+        Duration::from_millis(100),
+        || assert_alive_and_not_leading(&mut sidecars),
+    );
     for s in &sidecars {
-        let (_, status) = s.get_json("/status");
+        let status = s.status();
         assert_ne!(status["state"], "leader", "{}: /status {status}", s.id());
     }
 }
 
 #[test]
 fn a_leader_is_elected_again_when_etcd_restarts_with_its_data() {
-    let mut etcd = Etcd::start();
-    let key = unique_key("etcd_restarted");
     let ttl = TTL.to_string();
-    let mut sidecars = replicas(&etcd.endpoint(), &key, 3, &["--ttl", &ttl]);
+    let (mut etcd, key, mut sidecars) = fresh_replicas("etcd_restarted", 3, &["--ttl", &ttl]);
     wait_for_one_leader(&sidecars, SOON);
 
     etcd.kill();
@@ -112,11 +108,9 @@ fn a_leader_is_elected_once_etcd_starts_late() {
     // Ready (healthz 200) with etcd absent: `replicas` waits for that.
     let mut sidecars = replicas(&etcd.endpoint(), &key, 3, &["--ttl", &ttl]);
 
-    let until = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < until {
-        assert_alive_and_not_leading(&mut sidecars);
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    throughout(Duration::from_secs(2), Duration::from_millis(100), || {
+        assert_alive_and_not_leading(&mut sidecars)
+    });
 
     etcd.launch();
 
@@ -135,20 +129,10 @@ fn a_partitioned_leader_stops_claiming_before_another_replica_wins() {
     let ttl = "3";
     let proxy = TcpProxy::start(etcd.client_addr());
     let cut_off = Sidecar::start(&proxy.endpoint(), &key, "cut-off", &["--ttl", ttl]);
-    assert!(
-        wait_until(SOON, || cut_off.is_leader()),
-        "the first replica leads"
-    );
-    let others = vec![
-        Sidecar::start(&etcd.endpoint(), &key, "other-0", &["--ttl", ttl]),
-        Sidecar::start(&etcd.endpoint(), &key, "other-1", &["--ttl", ttl]),
-    ];
+    cut_off.wait_leading("the first replica leads");
+    let others = replicas(&etcd.endpoint(), &key, 2, &["--ttl", ttl]);
     for s in &others {
-        assert!(
-            wait_until(SOON, || s.leader_view()["leader"] == "cut-off"),
-            "{} follows cut-off",
-            s.id()
-        );
+        s.wait_following("cut-off");
     }
 
     proxy.partition();
@@ -204,14 +188,8 @@ fn a_frozen_leader_answers_503_on_its_first_request_after_thawing() {
     let key = unique_key("frozen_leader");
     let ttl = "3";
     let frozen = Sidecar::start(&etcd.endpoint(), &key, "frozen", &["--ttl", ttl]);
-    assert!(
-        wait_until(SOON, || frozen.is_leader()),
-        "the first replica leads"
-    );
-    let others = vec![
-        Sidecar::start(&etcd.endpoint(), &key, "other-0", &["--ttl", ttl]),
-        Sidecar::start(&etcd.endpoint(), &key, "other-1", &["--ttl", ttl]),
-    ];
+    frozen.wait_leading("the first replica leads");
+    let others = replicas(&etcd.endpoint(), &key, 2, &["--ttl", ttl]);
 
     frozen.signal(Signal::SIGSTOP);
     // Its lease expires in etcd; a follower wins through its watch.
@@ -240,12 +218,8 @@ fn a_frozen_leader_answers_503_on_its_first_request_after_thawing() {
         );
     }
 
-    assert!(
-        wait_until(SOON, || frozen.leader_view()["leader"] == others[next].id()),
-        "the thawed replica follows {}: {}",
-        others[next].id(),
-        frozen.leader_view()
-    );
+    // The thawed replica follows the new leader.
+    frozen.wait_following(others[next].id());
     assert_eq!(wait_for_one_leader(&others, SOON), next);
     assert!(!frozen.is_leader());
 }
@@ -258,7 +232,7 @@ fn a_lease_abandoned_during_an_outage_is_revoked_once_etcd_is_back() {
     // the restart" (etcd renews every lease to its full TTL when it regains a
     // leader) are seconds apart.
     let mut sidecar = Sidecar::start(&etcd.endpoint(), &key, "old", &["--ttl", "10"]);
-    assert!(wait_until(SOON, || sidecar.is_leader()), "it leads");
+    sidecar.wait_leading("it leads");
     let old_lease = etcd.get(&key).expect("the leader's key").lease;
 
     etcd.kill();

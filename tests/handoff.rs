@@ -53,17 +53,13 @@ fn hand_off(etcd: &Etcd, key: &str, sidecars: &mut Vec<Sidecar>, sig: Signal) ->
 
 #[test]
 fn sigterm_to_the_leader_exits_0_and_a_follower_takes_over() {
-    let etcd = Etcd::start();
-    let key = unique_key("sigterm_handoff");
-    let mut sidecars = replicas(&etcd.endpoint(), &key, 3, &["--ttl", LONG_TTL]);
+    let (etcd, key, mut sidecars) = fresh_replicas("sigterm_handoff", 3, &["--ttl", LONG_TTL]);
     hand_off(&etcd, &key, &mut sidecars, Signal::SIGTERM);
 }
 
 #[test]
 fn sigint_hands_off_like_sigterm() {
-    let etcd = Etcd::start();
-    let key = unique_key("sigint_handoff");
-    let mut sidecars = replicas(&etcd.endpoint(), &key, 2, &["--ttl", LONG_TTL]);
+    let (etcd, key, mut sidecars) = fresh_replicas("sigint_handoff", 2, &["--ttl", LONG_TTL]);
     hand_off(&etcd, &key, &mut sidecars, Signal::SIGINT);
 }
 
@@ -73,23 +69,12 @@ fn leader_answers_503_while_shutting_down() {
     let key = unique_key("503_while_shutting_down");
     // --release-delay keeps the process (and the key) around after the
     // signal, long enough to observe what it answers meanwhile.
-    let mut leader = Sidecar::start(
-        &etcd.endpoint(),
-        &key,
-        "draining",
-        &[
-            "--ttl",
-            LONG_TTL,
-            "--release-delay",
-            "3",
-            "--shutdown-timeout",
-            "10",
-        ],
-    );
-    assert!(
-        wait_until(SOON, || leader.is_leader()),
-        "the only replica leads"
-    );
+    let mut leader = Sidecar::builder()
+        .on(&etcd.endpoint(), &key, "draining")
+        .args(&["--ttl", LONG_TTL, "--release-delay", "3"])
+        .args(&["--shutdown-timeout", "10"])
+        .start();
+    leader.wait_leading("the only replica leads");
 
     leader.signal(Signal::SIGTERM);
     let mut answer = None;
@@ -121,9 +106,7 @@ fn leader_answers_503_while_shutting_down() {
 
 #[test]
 fn fencing_token_grows_across_terms() {
-    let etcd = Etcd::start();
-    let key = unique_key("token_grows");
-    let mut sidecars = replicas(&etcd.endpoint(), &key, 3, &["--ttl", LONG_TTL]);
+    let (etcd, key, mut sidecars) = fresh_replicas("token_grows", 3, &["--ttl", LONG_TTL]);
 
     let mut tokens = Vec::new();
     for _ in 0..3 {

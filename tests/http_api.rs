@@ -4,24 +4,15 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::Duration;
 
 use elector_testkit::*;
 
 /// Two replicas of one key and the index of the leader.
 fn leader_and_follower(name: &str) -> (Etcd, String, Vec<Sidecar>, usize) {
-    let etcd = Etcd::start();
-    let key = unique_key(name);
-    let sidecars = replicas(&etcd.endpoint(), &key, 2, &[]);
+    let (etcd, key, sidecars) = fresh_replicas(name, 2, &[]);
     let leader = wait_for_one_leader(&sidecars, SOON);
-    let leader_id = sidecars[leader].id().to_string();
-    let follower = &sidecars[1 - leader];
-    assert!(
-        wait_until(SOON, || follower.leader_view()["leader"]
-            == leader_id.as_str()),
-        "the follower learns the leader: {}",
-        follower.leader_view()
-    );
+    // The follower learns the leader.
+    sidecars[1 - leader].wait_following(sidecars[leader].id());
     (etcd, key, sidecars, leader)
 }
 
@@ -96,10 +87,7 @@ fn bodies_without_any_leader() {
 
 /// Sends a raw request and returns everything the server sent until it closed.
 fn raw_exchange(addr: std::net::SocketAddr, request: &str) -> String {
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    let mut stream = http::connect(addr).expect("connect");
     stream.write_all(request.as_bytes()).expect("send");
     let mut all = Vec::new();
     stream.read_to_end(&mut all).expect("read until close");
@@ -163,13 +151,7 @@ fn an_oversize_header_is_rejected_and_the_server_keeps_serving() {
     // 64 KiB of header: far more than any probe sends, and below hyper's
     // own default limit (~400 KiB), so only a bound the sidecar sets rejects it.
     let big = "a".repeat(64 * 1024);
-    let mut stream = TcpStream::connect(s.addr()).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    stream
-        .set_write_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    let mut stream = http::connect(s.addr()).expect("connect");
     let head = format!("GET /leader HTTP/1.1\r\nHost: {}\r\nX-Big: ", s.addr());
     // The server may answer and close before we are done writing.
     let _ = stream
@@ -220,17 +202,6 @@ fn idle_and_half_sent_connections_do_not_delay_a_probe() {
     drop(held);
 }
 
-fn metric_value(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-        })
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 #[test]
 fn metrics_expose_the_election() {
     let (_etcd, _key, sidecars, leader) = leader_and_follower("metrics");
@@ -246,13 +217,10 @@ fn metrics_expose_the_election() {
     ] {
         assert!(text.contains(name), "/metrics has {name}:\n{text}");
     }
-    assert_eq!(
-        metric_value(&text, "elector_is_leader"),
-        Some(1.0),
-        "on the leader:\n{text}"
-    );
+    let l = &sidecars[leader];
+    assert_eq!(l.metric("elector_is_leader"), Some(1.0), "on the leader");
     assert!(
-        metric_value(&text, "elector_campaigns_total").is_some_and(|v| v >= 1.0),
+        l.campaigns() >= 1,
         "the leader campaigned at least once:\n{text}"
     );
     assert!(
@@ -260,13 +228,9 @@ fn metrics_expose_the_election() {
         "build info carries the version:\n{text}"
     );
 
-    let (status, text) = sidecars[1 - leader].get("/metrics");
-    assert_eq!(status, 200);
-    assert_eq!(
-        metric_value(&text, "elector_is_leader"),
-        Some(0.0),
-        "on the follower:\n{text}"
-    );
+    // (`metric` checks that /metrics answers 200.)
+    let on_the_follower = sidecars[1 - leader].metric("elector_is_leader");
+    assert_eq!(on_the_follower, Some(0.0), "on the follower");
 }
 
 #[test]
@@ -304,7 +268,7 @@ fn status_reports_state_lease_transitions_and_version() {
             s.id()
         );
     }
-    let (_, body) = sidecars[leader].get_json("/status");
+    let body = sidecars[leader].status();
     assert!(
         body["transitions"].as_u64() >= Some(1),
         "becoming leader is a transition: {body}"

@@ -45,9 +45,7 @@ fn wait_for_new_term(etcd: &Etcd, key: &str, sidecars: &[Sidecar], after_revisio
 
 #[test]
 fn deleting_the_key_elects_a_leader_again_with_a_larger_token() {
-    let etcd = Etcd::start();
-    let key = unique_key("delete_key");
-    let sidecars = replicas(&etcd.endpoint(), &key, 3, &["--ttl", LONG_TTL]);
+    let (etcd, key, sidecars) = fresh_replicas("delete_key", 3, &["--ttl", LONG_TTL]);
     let first = wait_for_one_leader(&sidecars, SOON);
     let before = etcd.get(&key).expect("the leader's key exists");
     let token = sidecars[first].fencing_token().expect("a token");
@@ -66,9 +64,7 @@ fn deleting_the_key_elects_a_leader_again_with_a_larger_token() {
 
 #[test]
 fn overwriting_the_key_makes_the_leader_step_down() {
-    let etcd = Etcd::start();
-    let key = unique_key("overwrite_key");
-    let sidecars = replicas(&etcd.endpoint(), &key, 3, &["--ttl", LONG_TTL]);
+    let (etcd, key, sidecars) = fresh_replicas("overwrite_key", 3, &["--ttl", LONG_TTL]);
     let leader = &sidecars[wait_for_one_leader(&sidecars, SOON)];
     let before = etcd.get(&key).expect("the leader's key exists");
 
@@ -82,12 +78,8 @@ fn overwriting_the_key_makes_the_leader_step_down() {
         leader.leader_view()
     );
     for s in &sidecars {
-        assert!(
-            wait_until(SOON, || s.leader_view()["leader"] == "intruder"),
-            "{} reports the key's new holder: {}",
-            s.id(),
-            s.leader_view()
-        );
+        // Each reports the key's new holder.
+        s.wait_following("intruder");
         assert!(
             !s.is_leader(),
             "{} does not lead a key it does not hold",
@@ -105,9 +97,7 @@ fn overwriting_the_key_makes_the_leader_step_down() {
 
 #[test]
 fn revoking_the_leader_lease_elects_a_leader_under_a_new_lease() {
-    let etcd = Etcd::start();
-    let key = unique_key("revoke_lease");
-    let sidecars = replicas(&etcd.endpoint(), &key, 3, &["--ttl", LONG_TTL]);
+    let (etcd, key, sidecars) = fresh_replicas("revoke_lease", 3, &["--ttl", LONG_TTL]);
     let first = wait_for_one_leader(&sidecars, SOON);
     let before = etcd.get(&key).expect("the leader's key exists");
     let token = sidecars[first].fencing_token().expect("a token");
@@ -165,12 +155,8 @@ fn a_replica_whose_id_is_on_a_key_it_does_not_hold_never_reports_itself_leader()
     etcd.ctl(&["put", "--lease", &lease, &key, "pod-0"]);
 
     let sidecar = Sidecar::start(&etcd.endpoint(), &key, "pod-0", &["--ttl", LONG_TTL]);
-    assert!(
-        wait_until(SOON, || sidecar.get_json("/status").1["state"]
-            == "follower"),
-        "the new pod-0 follows: {}",
-        sidecar.get_json("/status").1
-    );
+    // The new pod-0 follows.
+    sidecar.wait_state("follower");
 
     // The kubernetes/contrib contract: an app leads when name == its hostname.
     let (code, body) = sidecar.get_json("/");
@@ -179,7 +165,7 @@ fn a_replica_whose_id_is_on_a_key_it_does_not_hold_never_reports_itself_leader()
     assert_eq!(code, 503);
     assert_eq!(doc["is_leader"], false);
     assert_eq!(doc["leader"], serde_json::Value::Null, "{doc}");
-    let (_, status) = sidecar.get_json("/status");
+    let status = sidecar.status();
     assert_eq!(status["stale_holder"]["id"], "pod-0", "{status}");
     // etcdctl pads the hex id with zeros; compare the numbers.
     let hex = |v: &str| i64::from_str_radix(v, 16).expect("a hex lease id");
@@ -196,6 +182,6 @@ fn a_replica_whose_id_is_on_a_key_it_does_not_hold_never_reports_itself_leader()
 
     // Once the old lease is revoked, the new pod-0 leads under its own lease.
     etcd.ctl(&["lease", "revoke", &lease]);
-    assert!(wait_until(SOON, || sidecar.is_leader()), "pod-0 leads now");
+    sidecar.wait_leading("pod-0 leads now");
     assert_eq!(sidecar.get_json("/").1["name"], "pod-0");
 }

@@ -4,10 +4,10 @@
 //! a reason an operator can act on while it keeps retrying (never a crash,
 //! never leadership), survive its auth token expiring, and never show the
 //! password: not in logs, `/status`, `/metrics` or any other answer.
-//! Certificates are made per test with `openssl` (see `elector_testkit::tls`).
+//! Certificates are made per test (see `elector_testkit::tls`).
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use elector_testkit::tls::{auth_etcd, expired_tls_etcd, tls_etcd, AuthEtcd, Pki};
 use elector_testkit::*;
@@ -15,16 +15,6 @@ use elector_testkit::*;
 /// etcd's auth token lifetime in these tests: a token unused this long is
 /// invalid, so anything the sidecar does after a quiet spell needs a new one.
 const TOKEN_TTL: u64 = 2;
-
-/// Runs `check` every `every` for `period`: for what must hold all along,
-/// not just at the end.
-fn throughout(period: Duration, every: Duration, mut check: impl FnMut()) {
-    let until = Instant::now() + period;
-    while Instant::now() < until {
-        check();
-        std::thread::sleep(every);
-    }
-}
 
 /// Watches a replica that cannot reach etcd for `period`: it must keep
 /// running, keep its liveness probe green and never claim leadership.
@@ -43,11 +33,7 @@ fn assert_retrying_without_leadership(s: &mut Sidecar, period: Duration) {
 
 /// The value of `elector_etcd_errors_total{op="<op>"}`.
 fn etcd_errors(s: &Sidecar, op: &str) -> f64 {
-    let (_, text) = s.get("/metrics");
-    let prefix = format!("elector_etcd_errors_total{{op=\"{op}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|v| v.trim().parse().ok())
+    s.metric(&format!("elector_etcd_errors_total{{op=\"{op}\"}}"))
         .unwrap_or(0.0)
 }
 
@@ -76,7 +62,7 @@ fn assert_last_error(s: &Sidecar, reason: &str, within: Duration) {
     let mut status = serde_json::Value::Null;
     assert!(
         wait_until(within, || {
-            status = s.get_json("/status").1;
+            status = s.status();
             status["last_error"]
                 .as_str()
                 .is_some_and(|e| e.contains(reason))
@@ -114,7 +100,7 @@ fn assert_no_secret<'a>(sidecars: impl IntoIterator<Item = &'a Sidecar>, secret:
 /// certificates too when `mutual`.
 fn pki_and_etcd(mutual: bool) -> (Pki, Etcd) {
     let pki = Pki::new();
-    let etcd = tls_etcd(&pki, &pki.server_cert, &pki.server_key, mutual);
+    let etcd = tls_etcd(&pki, mutual);
     (pki, etcd)
 }
 
@@ -149,17 +135,6 @@ fn elected(etcd: &Etcd, key: &str, sidecars: &[Sidecar]) -> (usize, KeyValue) {
     (leader, kv)
 }
 
-/// Waits until `s` names `leader` in `/leader`: its watch works through the
-/// same TLS or authentication.
-fn assert_follows(s: &Sidecar, leader: &str) {
-    assert!(
-        wait_until(SOON, || s.leader_view()["leader"] == leader),
-        "{} names the leader {leader}: {}",
-        s.id(),
-        s.leader_view()
-    );
-}
-
 #[test]
 fn elects_through_tls_trusting_the_ca() {
     let (pki, etcd) = pki_and_etcd(false);
@@ -187,14 +162,14 @@ fn elects_through_mutual_tls() {
     ];
     let (leader, kv) = elected(&etcd, &key, &sidecars);
     // The follower knows who leads: its watch works through mTLS too.
-    assert_follows(&sidecars[1 - leader], &kv.value);
+    sidecars[1 - leader].wait_following(&kv.value);
 }
 
 #[test]
 fn a_wrong_ca_is_reported_clearly_and_retried_without_leadership() {
     let (pki, etcd) = pki_and_etcd(true);
     let key = unique_key("wrong_ca");
-    let mut s = presenting_client_cert(&pki, &pki.other_ca(), &etcd, &key)
+    let mut s = presenting_client_cert(&pki, &pki.other_ca, &etcd, &key)
         .id("distrustful")
         .ttl(3)
         .start();
@@ -326,7 +301,8 @@ fn elects_with_a_password_from_a_file_or_the_environment() {
         w.replica("by-env", pw, Password::Env).ttl(5).start(),
     ];
     let (leader, kv) = elected(&w.auth.etcd, &w.key, &sidecars);
-    assert_follows(&sidecars[1 - leader], &kv.value);
+    // Its watch works through authentication too.
+    sidecars[1 - leader].wait_following(&kv.value);
     assert_no_secret(&sidecars, pw);
 }
 
@@ -357,10 +333,7 @@ fn a_wrong_password_is_refused_with_a_clear_reason_and_retried() {
         .replica("right-pw", &w.auth.password, Password::Env)
         .ttl(3)
         .start();
-    assert!(
-        wait_until(SOON, || good.is_leader()),
-        "the right password elects"
-    );
+    good.wait_leading("the right password elects");
     assert!(s.is_running(), "the refused one is still retrying");
 }
 
@@ -437,10 +410,8 @@ fn leadership_survives_auth_token_expiry() {
     let mut old = sidecars.remove(leader);
     old.signal(Signal::SIGTERM);
     assert_eq!(old.wait_exit(SOON).code(), Some(0));
-    assert!(
-        wait_until(SOON, || sidecars[0].is_leader()),
-        "the revoke went through (not a 30 s expiry): the other replica leads"
-    );
+    sidecars[0]
+        .wait_leading("the revoke went through (not a 30 s expiry): the other replica leads");
     assert!(
         !old.logs().contains("lease revoke failed"),
         "the revoke after the quiet spell succeeded; log:\n{}",

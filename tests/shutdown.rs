@@ -22,26 +22,14 @@ fn sidecar_with_a_stuck_leader_file(
 ) -> (Sidecar, tempfile::TempDir) {
     let dir = test_tempdir("stuck-leader-file");
     let fifo = dir.path().join(".leader.json.tmp");
-    let made = std::process::Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .expect("running mkfifo");
-    assert!(made.success(), "mkfifo {}", fifo.display());
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+    let file = dir.path().join("leader.json").display().to_string();
     let sidecar = Sidecar::builder()
         .on(&etcd.endpoint(), key, "stuck")
         .args(&["--ttl", "30", "--shutdown-timeout", shutdown_timeout])
-        .arg("--leader-file")
-        .arg(
-            dir.path()
-                .join("leader.json")
-                .to_str()
-                .expect("a UTF-8 path"),
-        )
+        .args(&["--leader-file", &file])
         .start();
-    assert!(
-        wait_until(SOON, || sidecar.is_leader()),
-        "the sidecar leads"
-    );
+    sidecar.wait_leading("the sidecar leads");
     (sidecar, dir)
 }
 
@@ -76,7 +64,7 @@ fn a_second_signal_exits_at_once_even_with_stuck_blocking_work() {
         .args(&["--ttl", "30", "--shutdown-timeout", "20"])
         .args(&["--release-delay", "15"])
         .start();
-    assert!(wait_until(SOON, || sidecar.is_leader()), "it leads");
+    sidecar.wait_leading("it leads");
 
     sidecar.signal(Signal::SIGTERM);
     assert!(
@@ -117,14 +105,12 @@ fn a_second_signal_exits_at_once_while_a_blocking_write_hangs() {
 #[test]
 fn an_endpoint_name_that_does_not_resolve_cannot_hold_the_exit() {
     // `.invalid` never resolves (RFC 6761); the client keeps retrying it.
-    let mut sidecar = Sidecar::builder()
-        .on(
-            "http://etcd-elector-test.invalid:2379",
-            &unique_key("unresolvable"),
-            "lost",
-        )
-        .args(&["--ttl", "10", "--shutdown-timeout", "2"])
-        .start();
+    let unresolvable = |name: &str, shutdown_timeout: &str| {
+        let endpoint = "http://etcd-elector-test.invalid:2379";
+        let args = ["--ttl", "10", "--shutdown-timeout", shutdown_timeout];
+        Sidecar::start(endpoint, &unique_key(name), "lost", &args)
+    };
+    let mut sidecar = unresolvable("unresolvable", "2");
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(sidecar.get("/leader").0, 503, "no etcd, no leadership");
     let asked = Instant::now();
@@ -136,14 +122,7 @@ fn an_endpoint_name_that_does_not_resolve_cannot_hold_the_exit() {
         "the exit fits the 2 s shutdown timeout, took {took:?}"
     );
 
-    let mut sidecar = Sidecar::builder()
-        .on(
-            "http://etcd-elector-test.invalid:2379",
-            &unique_key("unresolvable_abort"),
-            "lost",
-        )
-        .args(&["--ttl", "10", "--shutdown-timeout", "20"])
-        .start();
+    let mut sidecar = unresolvable("unresolvable_abort", "20");
     sidecar.signal(Signal::SIGTERM);
     std::thread::sleep(Duration::from_millis(100));
     let asked = Instant::now();
@@ -160,19 +139,14 @@ fn an_endpoint_name_that_does_not_resolve_cannot_hold_the_exit() {
 fn the_release_delay_holds_only_the_leaders_key() {
     let etcd = Etcd::start();
     let name = unique_key("release_delay_follower");
-    let args = ["--protocol", "election", "--ttl", "30"];
-    let delay = ["--release-delay", "8", "--shutdown-timeout", "10"];
-    let leader = Sidecar::builder()
-        .on(&etcd.endpoint(), &name, "first")
-        .args(&args)
-        .args(&delay)
-        .start();
-    assert!(wait_until(SOON, || leader.is_leader()), "first leads");
-    let mut next = Sidecar::builder()
-        .on(&etcd.endpoint(), &name, "second")
-        .args(&args)
-        .args(&delay)
-        .start();
+    let args = [
+        ["--protocol", "election", "--ttl", "30"],
+        ["--release-delay", "8", "--shutdown-timeout", "10"],
+    ]
+    .concat();
+    let leader = Sidecar::start(&etcd.endpoint(), &name, "first", &args);
+    leader.wait_leading("first leads");
+    let mut next = Sidecar::start(&etcd.endpoint(), &name, "second", &args);
     let prefix = format!("{name}/");
     let candidates = || {
         etcd.ctl(&["get", "--prefix", &prefix, "--print-value-only"])
@@ -202,11 +176,9 @@ fn the_release_delay_holds_only_the_leaders_key() {
 fn the_exit_log_says_when_the_revoke_failed() {
     let mut etcd = Etcd::start();
     let key = unique_key("revoke_failed");
-    let mut sidecar = Sidecar::builder()
-        .on(&etcd.endpoint(), &key, "orphan")
-        .args(&["--ttl", "30", "--shutdown-timeout", "3"])
-        .start();
-    assert!(wait_until(SOON, || sidecar.is_leader()), "it leads");
+    let args = ["--ttl", "30", "--shutdown-timeout", "3"];
+    let mut sidecar = Sidecar::start(&etcd.endpoint(), &key, "orphan", &args);
+    sidecar.wait_leading("it leads");
     etcd.kill();
 
     sidecar.signal(Signal::SIGTERM);
@@ -238,7 +210,7 @@ fn the_exit_log_says_the_lease_was_revoked_after_a_clean_handoff() {
     let etcd = Etcd::start();
     let key = unique_key("revoke_ok");
     let mut sidecar = Sidecar::start(&etcd.endpoint(), &key, "clean", &["--ttl", "30"]);
-    assert!(wait_until(SOON, || sidecar.is_leader()), "it leads");
+    sidecar.wait_leading("it leads");
     sidecar.signal(Signal::SIGTERM);
     assert_eq!(sidecar.wait_exit(SOON).code(), Some(0));
     let logs = sidecar.logs();

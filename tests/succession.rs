@@ -17,6 +17,7 @@ fn replica(etcd: &Etcd, key: &str, id: &str, revision: &str, extra: &[&str]) -> 
     with_ttl(etcd, key, id, revision, LONG_TTL, extra)
 }
 
+/// A replica of release `revision`.
 fn with_ttl(
     etcd: &Etcd,
     key: &str,
@@ -25,25 +26,15 @@ fn with_ttl(
     ttl: &str,
     extra: &[&str],
 ) -> Sidecar {
-    Sidecar::builder()
-        .endpoints(&etcd.endpoint())
-        .key(key)
-        .id(id)
-        .args(&["--ttl", ttl, "--revision", revision])
-        .args(extra)
-        .start()
+    let args = [&["--ttl", ttl, "--revision", revision][..], extra].concat();
+    Sidecar::start(&etcd.endpoint(), key, id, &args)
 }
 
 /// Waits until `s` follows (it has campaigned and registered), and until the leader's watch
 /// of the registrations has delivered it: a watch that starts behind etcd's revision is
 /// caught up by etcd's sync loop, every 100 ms.
-fn wait_following(s: &Sidecar) {
-    assert!(
-        wait_until(SOON, || s.get_json("/status").1["state"] == "follower"),
-        "{} follows: {}",
-        s.id(),
-        s.get_json("/status").1
-    );
+fn wait_registered(s: &Sidecar) {
+    s.wait_state("follower");
     std::thread::sleep(Duration::from_millis(200));
 }
 
@@ -62,21 +53,14 @@ fn history(etcd: &Etcd, key: &str, revision: i64) -> Vec<(String, String)> {
     let _ = watch.kill();
     let out = watch.wait_with_output().expect("etcdctl watch output");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let lines: Vec<&str> = text.lines().collect();
+    let mut lines = text.lines();
     // Each event prints as: EVENT, key, value (a delete has no value line).
     let mut events = Vec::new();
-    let mut i = 0;
-    while i < lines.len() {
-        match lines[i] {
-            "PUT" => {
-                events.push(("PUT".into(), lines.get(i + 2).unwrap_or(&"").to_string()));
-                i += 3;
-            }
-            "DELETE" => {
-                events.push(("DELETE".into(), String::new()));
-                i += 2;
-            }
-            _ => i += 1,
+    while let Some(line) = lines.next() {
+        if line == "PUT" || line == "DELETE" {
+            let _key = lines.next();
+            let value = if line == "PUT" { lines.next() } else { None };
+            events.push((line.to_string(), value.unwrap_or_default().to_string()));
         }
     }
     events
@@ -87,12 +71,12 @@ fn sigterm_hands_the_key_to_a_follower_without_it_ever_being_absent() {
     let etcd = Etcd::start();
     let key = unique_key("succession_handoff");
     let first = replica(&etcd, &key, "first", "a", &[]);
-    assert!(wait_until(SOON, || first.is_leader()), "first leads");
+    first.wait_leading("first leads");
     let others = vec![
         replica(&etcd, &key, "second", "a", &[]),
         replica(&etcd, &key, "third", "a", &[]),
     ];
-    others.iter().for_each(wait_following);
+    others.iter().for_each(wait_registered);
     let before = etcd.get(&key).expect("the key");
     let campaigns_before: Vec<u64> = others.iter().map(Sidecar::campaigns).collect();
 
@@ -122,7 +106,7 @@ fn sigterm_hands_the_key_to_a_follower_without_it_ever_being_absent() {
         vec![("PUT".to_string(), "third".to_string())],
         "one write: the transfer, under the successor's lease"
     );
-    let successor_lease = others[next].get_json("/status").1["lease_id"]
+    let successor_lease = others[next].status()["lease_id"]
         .as_str()
         .and_then(|hex| i64::from_str_radix(hex, 16).ok());
     assert_eq!(
@@ -146,14 +130,14 @@ fn the_successor_is_of_another_release_when_one_is_registered() {
     let etcd = Etcd::start();
     let key = unique_key("succession_revision");
     let mut old = replica(&etcd, &key, "old-leader", "a", &[]);
-    assert!(wait_until(SOON, || old.is_leader()), "old-leader leads");
+    old.wait_leading("old-leader leads");
     // The new release registers before the last old replica: recency alone
     // would pick the old one.
     let others = vec![
         replica(&etcd, &key, "new", "b", &[]),
         replica(&etcd, &key, "old-follower", "a", &[]),
     ];
-    others.iter().for_each(wait_following);
+    others.iter().for_each(wait_registered);
 
     old.signal(Signal::SIGTERM);
     assert_eq!(old.wait_exit(SOON).code(), Some(0));
@@ -169,11 +153,11 @@ fn a_frozen_successor_holds_the_key_until_its_lease_expires_like_a_frozen_leader
     let etcd = Etcd::start();
     let key = unique_key("succession_frozen");
     let mut old = with_ttl(&etcd, &key, "old", "a", "3", &[]);
-    assert!(wait_until(SOON, || old.is_leader()), "old leads");
+    old.wait_leading("old leads");
     let spare = with_ttl(&etcd, &key, "spare", "a", "3", &[]);
     let frozen = with_ttl(&etcd, &key, "frozen", "b", "3", &[]);
-    wait_following(&spare);
-    wait_following(&frozen);
+    wait_registered(&spare);
+    wait_registered(&frozen);
     // Chosen (another release) but frozen.
     frozen.signal(Signal::SIGSTOP);
 
@@ -186,10 +170,7 @@ fn a_frozen_successor_holds_the_key_until_its_lease_expires_like_a_frozen_leader
         "handed to the frozen successor"
     );
     assert!(!spare.is_leader(), "nobody else claims meanwhile");
-    assert!(
-        wait_until(SOON, || spare.is_leader()),
-        "the spare leads once the frozen one's lease expired"
-    );
+    spare.wait_leading("the spare leads once the frozen one's lease expired");
     let took = asked.elapsed();
     assert!(
         took >= Duration::from_secs(2),
@@ -198,11 +179,7 @@ fn a_frozen_successor_holds_the_key_until_its_lease_expires_like_a_frozen_leader
 
     // Thawed, the frozen one finds its claim ran out and follows.
     frozen.signal(Signal::SIGCONT);
-    assert!(
-        wait_until(SOON, || frozen.leader_view()["leader"] == "spare"),
-        "the thawed successor follows the spare: {}",
-        frozen.leader_view()
-    );
+    frozen.wait_following("spare");
     assert!(spare.is_leader() && !frozen.is_leader());
     assert!(
         !frozen.logs().contains("\"became_leader\""),
@@ -216,9 +193,9 @@ fn a_leader_waits_for_a_new_release_to_register_before_handing_over() {
     let key = unique_key("succession_wait");
     let wait = ["--handoff-wait", "8", "--shutdown-timeout", "12"];
     let mut old = replica(&etcd, &key, "old", "a", &wait);
-    assert!(wait_until(SOON, || old.is_leader()), "old leads");
+    old.wait_leading("old leads");
     let old_follower = replica(&etcd, &key, "old-follower", "a", &wait);
-    wait_following(&old_follower);
+    wait_registered(&old_follower);
 
     old.signal(Signal::SIGTERM);
     assert!(
@@ -227,10 +204,7 @@ fn a_leader_waits_for_a_new_release_to_register_before_handing_over() {
     );
     std::thread::sleep(Duration::from_millis(500));
     let new = replica(&etcd, &key, "new", "b", &[]);
-    assert!(
-        wait_until(SOON, || new.is_leader()),
-        "the new release, registering during the wait, leads"
-    );
+    new.wait_leading("the new release, registering during the wait, leads");
     assert_eq!(old.wait_exit(SOON).code(), Some(0));
     assert!(
         !old_follower.logs().contains("\"became_leader\""),
@@ -240,13 +214,11 @@ fn a_leader_waits_for_a_new_release_to_register_before_handing_over() {
 
 #[test]
 fn resign_hands_the_key_over_and_the_old_leader_follows() {
-    let etcd = Etcd::start();
-    let key = unique_key("succession_resign");
-    let sidecars = replicas(&etcd.endpoint(), &key, 3, &["--ttl", LONG_TTL]);
+    let (etcd, key, sidecars) = fresh_replicas("succession_resign", 3, &["--ttl", LONG_TTL]);
     let leader = wait_for_one_leader(&sidecars, SOON);
     (0..sidecars.len())
         .filter(|&i| i != leader)
-        .for_each(|i| wait_following(&sidecars[i]));
+        .for_each(|i| wait_registered(&sidecars[i]));
     let before = etcd.get(&key).expect("the key");
     let resp = http::simple(sidecars[leader].admin_addr(), "POST", "/resign", b"")
         .expect("POST /resign answered");
@@ -265,18 +237,13 @@ fn resign_hands_the_key_over_and_the_old_leader_follows() {
         Some(before.create_revision),
         "handed over, not deleted"
     );
-    assert!(
-        wait_until(SOON, || sidecars[leader].leader_view()["leader"]
-            == sidecars[next].id()),
-        "the resigned leader follows the new one"
-    );
+    // The resigned leader follows the new one.
+    sidecars[leader].wait_following(sidecars[next].id());
 }
 
 #[test]
 fn a_go_client_never_gets_the_lock_during_transfers() {
-    let etcd = Etcd::start();
-    let key = unique_key("succession_go");
-    let sidecars = replicas(&etcd.endpoint(), &key, 3, &["--ttl", LONG_TTL]);
+    let (etcd, key, sidecars) = fresh_replicas("succession_go", 3, &["--ttl", LONG_TTL]);
     let c = resigns_under_contention(&etcd, &key, &sidecars, 20, {
         let (endpoint, key) = (etcd.endpoint(), key.clone());
         move || {
@@ -291,12 +258,7 @@ fn a_go_client_never_gets_the_lock_during_transfers() {
 
 /// A replica with a short TTL: a crash frees the key when its lease expires.
 fn short_lived(etcd: &Etcd, key: &str, id: &str) -> Sidecar {
-    Sidecar::builder()
-        .endpoints(&etcd.endpoint())
-        .key(key)
-        .id(id)
-        .args(&["--ttl", "3"])
-        .start()
+    Sidecar::start(&etcd.endpoint(), key, id, &["--ttl", "3"])
 }
 
 #[test]
@@ -305,9 +267,9 @@ fn after_a_crash_about_one_candidate_campaigns_however_many_wait() {
     let key = unique_key("succession_crash_order");
     let short = |id: &str| short_lived(&etcd, &key, id);
     let mut first = short("first");
-    assert!(wait_until(SOON, || first.is_leader()), "first leads");
+    first.wait_leading("first leads");
     let others: Vec<Sidecar> = (0..5).map(|i| short(&format!("w{i}"))).collect();
-    others.iter().for_each(wait_following);
+    others.iter().for_each(wait_registered);
     // Let every follower read the candidates (registered just now).
     std::thread::sleep(Duration::from_millis(300));
     let before: u64 = others.iter().map(Sidecar::campaigns).sum();
@@ -338,9 +300,9 @@ fn after_a_crash_a_frozen_best_candidate_does_not_stop_the_others() {
     let key = unique_key("succession_crash_frozen");
     let short = |id: &str| short_lived(&etcd, &key, id);
     let mut first = short("first");
-    assert!(wait_until(SOON, || first.is_leader()), "first leads");
+    first.wait_leading("first leads");
     let others: Vec<Sidecar> = (0..3).map(|i| short(&format!("w{i}"))).collect();
-    others.iter().for_each(wait_following);
+    others.iter().for_each(wait_registered);
     std::thread::sleep(Duration::from_millis(300));
     // The best-ranked (newest) candidate is frozen: registered, lease alive, but silent.
     others[2].signal(Signal::SIGSTOP);

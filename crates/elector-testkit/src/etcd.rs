@@ -19,19 +19,16 @@ use std::fs::{self, File};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine;
 
 use crate::process::Child;
-use crate::{free_port, http, random_suffix, test_tempdir};
+use crate::{free_port, http, random_suffix, test_tempdir, with_port_retries};
 
 /// How long a fresh or restarted member may take to answer `/health`: it
 /// starts in well under a second on /dev/shm; the bound only catches hangs.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(20);
-/// How often to retry a first start whose random ports turned out to be taken
-/// by a parallel test between our probe and etcd's bind.
-const PORT_RETRIES: usize = 3;
 
 /// The etcd binary: `$ETCD_BIN`, else `etcd` on PATH.
 pub fn etcd_bin() -> PathBuf {
@@ -137,7 +134,7 @@ impl Etcd {
     }
 
     fn start_with(security: Security, parent: Option<&Path>) -> Etcd {
-        for attempt in 1..=PORT_RETRIES {
+        with_port_retries(|| {
             let mut etcd = Etcd::not_started();
             etcd.security = security.clone();
             if let Some(parent) = parent {
@@ -146,17 +143,8 @@ impl Etcd {
                 fs::create_dir_all(&etcd.dir).expect("creating etcd's directory");
             }
             etcd.spawn();
-            match etcd.wait_healthy() {
-                Ok(()) => return etcd,
-                Err(e)
-                    if attempt < PORT_RETRIES && etcd.log().contains("address already in use") =>
-                {
-                    eprintln!("etcd: ports taken, retrying with others: {e}");
-                }
-                Err(e) => panic!("{e}"),
-            }
-        }
-        unreachable!("the last attempt either returns or panics")
+            etcd.wait_healthy().map(|()| etcd)
+        })
     }
 
     /// Replaces the global etcdctl flags, e.g. to add `--user root:...` once
@@ -168,38 +156,35 @@ impl Etcd {
     /// A single-member cluster with its ports and data directory chosen but not
     /// running yet: for "etcd absent at start". Call [`Etcd::launch`] later.
     pub fn not_started() -> Etcd {
-        let name = "m0".to_string();
-        let client_port = free_port();
-        let peer_port = free_port();
-        Etcd::member(
-            name.clone(),
-            client_port,
-            peer_port,
-            format!("{name}=http://127.0.0.1:{peer_port}"),
-            format!("elector-test-{}", random_suffix()),
-        )
+        Etcd::members(1).pop().expect("one member")
     }
 
-    fn member(
-        name: String,
-        client_port: u16,
-        peer_port: u16,
-        initial_cluster: String,
-        cluster_token: String,
-    ) -> Etcd {
-        let temp = test_tempdir("etcd");
-        Etcd {
-            name,
-            client_port,
-            peer_port,
-            initial_cluster,
-            cluster_token,
-            dir: temp.path().to_path_buf(),
-            _temp: Some(temp),
-            child: None,
-            launches: 0,
-            security: Security::default(),
-        }
+    /// The `n` members `m0`, `m1`, ... of a new cluster, not running yet.
+    fn members(n: usize) -> Vec<Etcd> {
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let initial_cluster = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let cluster_token = format!("elector-test-{}", random_suffix());
+        let member = |(i, (client_port, peer_port))| {
+            let temp = test_tempdir("etcd");
+            Etcd {
+                name: format!("m{i}"),
+                client_port,
+                peer_port,
+                initial_cluster: initial_cluster.clone(),
+                cluster_token: cluster_token.clone(),
+                dir: temp.path().to_path_buf(),
+                _temp: Some(temp),
+                child: None,
+                launches: 0,
+                security: Security::default(),
+            }
+        };
+        ports.into_iter().enumerate().map(member).collect()
     }
 
     /// Starts a member made by [`Etcd::not_started`] (or killed) and waits for `/health`.
@@ -210,9 +195,7 @@ impl Etcd {
             self.name
         );
         self.spawn();
-        if let Err(e) = self.wait_healthy() {
-            panic!("{e}");
-        }
+        self.wait_healthy().unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// The client URL, e.g. `http://127.0.0.1:41234` (`https://` with TLS).
@@ -355,38 +338,24 @@ impl Etcd {
     /// Polls `/health` until it says true; on failure kills the child and
     /// returns an error carrying the log tail.
     fn wait_healthy(&mut self) -> Result<(), String> {
-        let deadline = Instant::now() + HEALTH_TIMEOUT;
-        loop {
-            if self.security.client_tls {
-                if self.etcdctl(&["endpoint", "health"]).status.success() {
-                    return Ok(());
-                }
-            } else if let Ok(resp) = http::simple(self.client_addr(), "GET", "/health", b"") {
-                if resp.status == 200 && resp.body.contains("\"health\":\"true\"") {
-                    return Ok(());
-                }
+        let (endpoint, addr) = (self.endpoint(), self.client_addr());
+        let (tls, ctl_args) = (self.security.client_tls, self.security.ctl_args.clone());
+        let healthy = || {
+            if tls {
+                etcdctl_with(&endpoint, &ctl_args, &["endpoint", "health"])
+                    .status
+                    .success()
+            } else {
+                http::get(addr, "/health")
+                    .is_ok_and(|r| r.status == 200 && r.body.contains("\"health\":\"true\""))
             }
-            let child = self.child.as_mut().expect("spawned");
-            if let Some(status) = child.try_wait() {
-                let e = format!(
-                    "{} exited during start-up ({status})\n{}",
-                    child.name(),
-                    child.describe()
-                );
-                self.child = None;
-                return Err(e);
-            }
-            if Instant::now() > deadline {
-                let e = format!(
-                    "{} not healthy after {HEALTH_TIMEOUT:?}\n{}",
-                    child.name(),
-                    child.describe()
-                );
-                self.kill();
-                return Err(e);
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        };
+        let child = self.child.as_mut().expect("spawned");
+        let result = child.wait_ready(HEALTH_TIMEOUT, healthy);
+        if result.is_err() {
+            self.kill();
         }
+        result
     }
 }
 
@@ -400,34 +369,12 @@ impl EtcdCluster {
     /// Starts `n` members at once (they need each other for a quorum) and
     /// waits until every one is healthy.
     pub fn start(n: usize) -> EtcdCluster {
-        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
-        let initial_cluster = ports
-            .iter()
-            .enumerate()
-            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        let token = format!("elector-test-{}", random_suffix());
-        let mut members: Vec<Etcd> = ports
-            .iter()
-            .enumerate()
-            .map(|(i, (client, peer))| {
-                Etcd::member(
-                    format!("m{i}"),
-                    *client,
-                    *peer,
-                    initial_cluster.clone(),
-                    token.clone(),
-                )
-            })
-            .collect();
+        let mut members = Etcd::members(n);
         for m in &mut members {
             m.spawn();
         }
         for m in &mut members {
-            if let Err(e) = m.wait_healthy() {
-                panic!("{e}");
-            }
+            m.wait_healthy().unwrap_or_else(|e| panic!("{e}"));
         }
         EtcdCluster { members }
     }
@@ -445,17 +392,8 @@ impl EtcdCluster {
         etcdctl(&self.endpoints(), args)
     }
 
-    pub fn ctl(&self, args: &[&str]) -> String {
-        ctl_ok(&self.endpoints(), &[], args)
-    }
-
     pub fn get(&self, key: &str) -> Option<KeyValue> {
         get_key(&self.endpoints(), &[], key)
-    }
-
-    /// Seconds left on a lease, or `None` if it has expired or was revoked.
-    pub fn lease_ttl(&self, lease: i64) -> Option<i64> {
-        lease_ttl(&self.endpoints(), &[], lease)
     }
 
     /// The index in [`EtcdCluster::members`] of the raft leader, as the running
@@ -475,21 +413,13 @@ impl EtcdCluster {
         let out = etcdctl(&running.join(","), &["endpoint", "status", "-w", "json"]);
         let text = String::from_utf8_lossy(&out.stdout);
         let statuses: serde_json::Value = serde_json::from_str(text.trim()).ok()?;
-        let by_endpoint: Vec<(String, u64, u64)> = statuses
-            .as_array()?
-            .iter()
-            .filter_map(|s| {
-                let endpoint = s.get("Endpoint")?.as_str()?.to_string();
-                let status = s.get("Status")?;
-                let member = status.get("header")?.get("member_id")?.as_u64()?;
-                let leader = status.get("leader")?.as_u64()?;
-                Some((endpoint, member, leader))
-            })
-            .collect();
-        let (endpoint, _, _) = by_endpoint
-            .iter()
-            .find(|(_, member, leader)| *leader != 0 && member == leader)?;
-        self.members.iter().position(|m| &m.endpoint() == endpoint)
+        let leader = statuses.as_array()?.iter().find(|s| {
+            let id = |field| s.pointer(field).and_then(serde_json::Value::as_u64);
+            id("/Status/leader")
+                .is_some_and(|l| l != 0 && Some(l) == id("/Status/header/member_id"))
+        })?;
+        let endpoint = leader["Endpoint"].as_str()?;
+        self.members.iter().position(|m| m.endpoint() == endpoint)
     }
 }
 
@@ -525,11 +455,16 @@ fn ctl_ok(endpoints: &str, global: &[String], args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// [`ctl_ok`] with `-w json`, parsed.
+fn ctl_json(endpoints: &str, global: &[String], args: &[&str]) -> serde_json::Value {
+    let out = ctl_ok(endpoints, global, &[args, &["-w", "json"]].concat());
+    serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("etcdctl {args:?} -w json printed {out:?}: {e}"))
+}
+
 fn get_key(endpoints: &str, global: &[String], key: &str) -> Option<KeyValue> {
-    let out = ctl_ok(endpoints, global, &["get", key, "-w", "json"]);
-    let v: serde_json::Value = serde_json::from_str(&out)
-        .unwrap_or_else(|e| panic!("etcdctl get -w json printed {out:?}: {e}"));
-    Some(key_value(v.get("kvs")?.as_array()?.first()?).1)
+    let v = ctl_json(endpoints, global, &["get", key]);
+    Some(key_value(v["kvs"].get(0)?).1)
 }
 
 /// One entry of `kvs` in `etcdctl get -w json` (whose keys and values are base64).
@@ -552,14 +487,11 @@ pub(crate) fn key_value(kv: &serde_json::Value) -> (String, KeyValue) {
 }
 
 fn lease_ttl(endpoints: &str, global: &[String], lease: i64) -> Option<i64> {
-    let hex = format!("{lease:x}");
-    let out = ctl_ok(
+    let v = ctl_json(
         endpoints,
         global,
-        &["lease", "timetolive", &hex, "-w", "json"],
+        &["lease", "timetolive", &format!("{lease:x}")],
     );
-    let v: serde_json::Value = serde_json::from_str(&out)
-        .unwrap_or_else(|e| panic!("etcdctl lease timetolive -w json printed {out:?}: {e}"));
     // etcd answers ttl -1 for an expired or revoked lease.
-    v.get("ttl").and_then(|t| t.as_i64()).filter(|t| *t >= 0)
+    v["ttl"].as_i64().filter(|t| *t >= 0)
 }

@@ -49,12 +49,17 @@ impl Response {
 
 /// Sends `raw` as is to `addr` and reads one response.
 pub fn request(addr: SocketAddr, raw: &[u8]) -> io::Result<Response> {
-    let head_request = raw.starts_with(b"HEAD ");
-    let mut stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
+    let mut stream = connect(addr)?;
+    stream.write_all(raw)?;
+    read_response(&mut stream, raw.starts_with(b"HEAD "))
+}
+
+/// A connection to `addr` with the timeouts above.
+pub fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
+    let stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
-    stream.write_all(raw)?;
-    read_response(&mut stream, head_request)
+    Ok(stream)
 }
 
 /// One kept-alive connection that sends the same `GET path` again and again
@@ -66,10 +71,8 @@ pub struct Conn {
 
 impl Conn {
     pub fn connect(addr: SocketAddr, path: &str) -> io::Result<Conn> {
-        let stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
+        let stream = connect(addr)?;
         stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(IO_TIMEOUT))?;
-        stream.set_write_timeout(Some(IO_TIMEOUT))?;
         let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").into_bytes();
         Ok(Conn { stream, request })
     }
@@ -100,6 +103,39 @@ pub fn simple(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> io::Re
 /// Reads one response from `stream`: status line, headers, then a body framed
 /// by Content-Length, chunked encoding, or the end of the connection.
 pub fn read_response(stream: &mut TcpStream, head_request: bool) -> io::Result<Response> {
+    let (mut response, mut body) = read_head(stream)?;
+    let status = response.status;
+    let mut chunk = [0u8; 8192];
+    let mut read_more = |body: &mut Vec<u8>| -> io::Result<bool> {
+        let n = stream.read(&mut chunk)?;
+        body.extend_from_slice(&chunk[..n]);
+        Ok(n > 0)
+    };
+    let no_body = head_request || status / 100 == 1 || status == 204 || status == 304;
+    if no_body {
+        body.clear();
+    } else if let Some(len) = response
+        .header("content-length")
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        while body.len() < len && read_more(&mut body)? {}
+        body.truncate(len);
+    } else if response
+        .header("transfer-encoding")
+        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+    {
+        while !body.ends_with(b"0\r\n\r\n") && read_more(&mut body)? {}
+        body = dechunk(&body).0;
+    } else {
+        stream.read_to_end(&mut body)?;
+    }
+    response.body = String::from_utf8_lossy(&body).into_owned();
+    Ok(response)
+}
+
+/// Reads a response head from `stream`: the response with an empty body, and
+/// the bytes that came after the head.
+pub fn read_head(stream: &mut TcpStream) -> io::Result<(Response, Vec<u8>)> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
     let header_end = loop {
@@ -118,7 +154,6 @@ pub fn read_response(stream: &mut TcpStream, head_request: bool) -> io::Result<R
         }
         buf.extend_from_slice(&chunk[..n]);
     };
-
     let head = String::from_utf8_lossy(&buf[..header_end]).into_owned();
     let mut lines = head.split("\r\n");
     let status_line = lines.next().unwrap_or_default();
@@ -132,70 +167,39 @@ pub fn read_response(stream: &mut TcpStream, head_request: bool) -> io::Result<R
                 format!("bad status line {status_line:?}"),
             )
         })?;
-    let headers: Vec<(String, String)> = lines
-        .filter(|l| !l.is_empty())
+    let headers = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         .collect();
-    let header = |name: &str| {
-        headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.clone())
-    };
-
-    let mut body = buf[header_end..].to_vec();
-    let no_body = head_request || status / 100 == 1 || status == 204 || status == 304;
-    if no_body {
-        body.clear();
-    } else if let Some(len) = header("content-length").and_then(|v| v.parse::<usize>().ok()) {
-        while body.len() < len {
-            let n = stream.read(&mut chunk)?;
-            if n == 0 {
-                break;
-            }
-            body.extend_from_slice(&chunk[..n]);
-        }
-        body.truncate(len);
-    } else if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
-        while !body.ends_with(b"0\r\n\r\n") {
-            let n = stream.read(&mut chunk)?;
-            if n == 0 {
-                break;
-            }
-            body.extend_from_slice(&chunk[..n]);
-        }
-        body = dechunk(&body);
-    } else {
-        stream.read_to_end(&mut body)?;
-    }
-
-    Ok(Response {
+    let response = Response {
         status,
         headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    })
+        body: String::new(),
+    };
+    Ok((response, buf.split_off(header_end)))
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+/// The first position of `needle` in `haystack`.
+pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-fn dechunk(mut data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(line_end) = find(data, b"\r\n") {
-        let size_field = String::from_utf8_lossy(&data[..line_end]);
+/// Decodes the complete chunks at the start of a chunked body, up to the last
+/// (empty) one: their data, and how many bytes of `data` they took.
+pub fn dechunk(data: &[u8]) -> (Vec<u8>, usize) {
+    let (mut out, mut used) = (Vec::new(), 0);
+    while let Some(line_end) = find(&data[used..], b"\r\n") {
+        let size_field = String::from_utf8_lossy(&data[used..used + line_end]);
         let size_hex = size_field.split(';').next().unwrap_or("").trim();
         let Ok(size) = usize::from_str_radix(size_hex, 16) else {
             break;
         };
-        data = &data[line_end + 2..];
-        if size == 0 || data.len() < size {
-            out.extend_from_slice(&data[..size.min(data.len())]);
+        let start = used + line_end + 2;
+        if size == 0 || data.len() < start + size + 2 {
             break;
         }
-        out.extend_from_slice(&data[..size]);
-        data = data.get(size + 2..).unwrap_or_default();
+        out.extend_from_slice(&data[start..start + size]);
+        used = start + size + 2;
     }
-    out
+    (out, used)
 }

@@ -44,7 +44,8 @@ pub use locker::{resigns_under_contention, Contention, Locker};
 pub use process::Child;
 pub use proxy::TcpProxy;
 pub use sidecar::{
-    replicas, run_to_exit, wait_for_one_leader, ElectorArgs, Sidecar, SidecarBuilder,
+    fresh_replicas, replicas, run_to_exit, wait_for_one_leader, ElectorArgs, Sidecar,
+    SidecarBuilder,
 };
 
 pub use fastrand;
@@ -67,6 +68,16 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
             return false;
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs `check` every `every` for `period`: for what must hold all along,
+/// not just at the end.
+pub fn throughout(period: Duration, every: Duration, mut check: impl FnMut()) {
+    let until = Instant::now() + period;
+    while Instant::now() < until {
+        check();
+        std::thread::sleep(every);
     }
 }
 
@@ -121,6 +132,23 @@ pub fn free_port() -> u16 {
             return port;
         }
     }
+}
+
+/// Runs `start` (a process on ports from [`free_port`]) until it succeeds,
+/// retrying with fresh ports when its failure (which carries the log tail)
+/// says a port was taken between our probe and its bind, by another test's
+/// process or as the local port of an outgoing connection; a few times.
+pub(crate) fn with_port_retries<T>(mut start: impl FnMut() -> Result<T, String>) -> T {
+    for _ in 1..3 {
+        match start() {
+            Ok(started) => return started,
+            Err(e) if e.to_lowercase().contains("address already in use") => {
+                eprintln!("a port was taken, retrying with others: {e}");
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    start().unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A temporary directory for one fixture, on /dev/shm when there is one (etcd

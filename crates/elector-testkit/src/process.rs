@@ -117,6 +117,35 @@ impl Child {
         );
     }
 
+    /// Polls `ready` until it is true. If the child exits first, or `timeout`
+    /// passes (then it is killed), returns why, with the log tails.
+    pub fn wait_ready(
+        &mut self,
+        timeout: Duration,
+        mut ready: impl FnMut() -> bool,
+    ) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        while !ready() {
+            if let Some(status) = self.try_wait() {
+                let name = &self.name;
+                return Err(format!(
+                    "{name} exited while starting ({status})\n{}",
+                    self.describe()
+                ));
+            }
+            if Instant::now() > deadline {
+                self.kill();
+                let name = &self.name;
+                return Err(format!(
+                    "{name} not ready after {timeout:?}\n{}",
+                    self.describe()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        Ok(())
+    }
+
     /// Sends `sig`, unless the child was already reaped.
     pub fn signal(&self, sig: Signal) {
         if self.exit.is_none() {

@@ -123,7 +123,7 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                     .name("proxy-conn".into())
                     .spawn(move || connect(client, s));
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => thread::sleep(TICK),
+            // Nothing to accept yet (non-blocking), or a failed accept.
             Err(_) => thread::sleep(TICK),
         }
     }

@@ -10,18 +10,23 @@ use std::fs::File;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use serde_json::Value;
 
 use crate::process::Child;
-use crate::{elector_bin, free_port, http, tail, test_tempdir, wait_until};
+use crate::Etcd;
+use crate::{
+    elector_bin, free_port, http, tail, test_tempdir, wait_until, with_port_retries, SOON,
+};
 
 /// How long a sidecar may take to answer `/healthz` after spawn. It should be
 /// milliseconds; the bound only turns a hang into a failure.
-pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A command for the binary with the variables it reads removed from the
 /// inherited environment.
-pub fn clean_command() -> Command {
+fn clean_command() -> Command {
     let mut cmd = Command::new(elector_bin());
     for (name, _) in std::env::vars_os() {
         let n = name.to_string_lossy();
@@ -156,11 +161,11 @@ impl SidecarBuilder {
         // The pod-local admin server (POST /resign) defaults to a fixed port,
         // which parallel sidecars would fight over: give each its own.
         let admin_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let mut mode = vec!["--admin-listen".to_string(), admin_addr.to_string()];
+        let (admin, listen) = (admin_addr.to_string(), addr.to_string());
+        let mut mode = vec!["--admin-listen", &admin];
         if self.listen_elsewhere.is_none() {
-            mode.extend(["--listen".to_string(), addr.to_string()]);
+            mode.extend(["--listen", &listen]);
         }
-        let mode: Vec<&str> = mode.iter().map(String::as_str).collect();
         let mut cmd = self.common.command(&mode, dir.path(), &log, &log);
         let id = self.common.id();
         Sidecar {
@@ -173,32 +178,17 @@ impl SidecarBuilder {
         }
     }
 
-    /// Spawns and waits until `/healthz` answers 200. A start that failed
-    /// because a port chosen by [`free_port`] was taken meanwhile (by another
-    /// test's process, or as the local port of an outgoing connection) is
-    /// retried on other ports, as [`crate::Etcd::start`] does.
+    /// Spawns and waits until `/healthz` answers 200, on other ports if one
+    /// was taken meanwhile (as [`crate::Etcd::start`] does).
     pub fn start(self) -> Sidecar {
-        for _ in 1..PORT_RETRIES {
+        with_port_retries(|| {
             let mut s = self.clone().spawn();
-            match s.try_ready() {
-                Ok(()) => return s,
-                Err(e) if s.logs().contains("Address already in use") => {
-                    eprintln!(
-                        "sidecar {}: a port was taken, retrying with others: {e}",
-                        s.id
-                    );
-                }
-                Err(e) => panic!("{e}"),
-            }
-        }
-        let mut s = self.spawn();
-        s.wait_ready();
-        s
+            let addr = s.addr;
+            let healthy = || http::get(addr, "/healthz").is_ok_and(|r| r.status == 200);
+            s.child.wait_ready(READY_TIMEOUT, healthy).map(|()| s)
+        })
     }
 }
-
-/// How often [`SidecarBuilder::start`] tries with fresh ports.
-const PORT_RETRIES: usize = 3;
 
 pub struct Sidecar {
     child: Child,
@@ -243,57 +233,15 @@ impl Sidecar {
         self.child.log(0)
     }
 
-    /// Polls `/healthz` until 200; panics with the log if the process exits or
-    /// the bound passes.
-    pub fn wait_ready(&mut self) {
-        if let Err(e) = self.try_ready() {
-            panic!("{e}");
-        }
-    }
-
-    /// [`Sidecar::wait_ready`], returning the failure (with the log tail).
-    fn try_ready(&mut self) -> Result<(), String> {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Ok(r) = self.try_get("/healthz") {
-                if r.status == 200 {
-                    return Ok(());
-                }
-            }
-            if let Some(status) = self.try_wait() {
-                return Err(format!(
-                    "sidecar {} exited before it was ready ({status}); log:\n{}",
-                    self.id,
-                    tail(&self.logs(), 40)
-                ));
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "sidecar {} not ready on {} after {READY_TIMEOUT:?}; log:\n{}",
-                    self.id,
-                    self.addr,
-                    tail(&self.logs(), 40)
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-    }
-
-    /// A raw request; errors are returned, not panicked on.
-    pub fn try_request(&self, raw: &[u8]) -> std::io::Result<http::Response> {
-        http::request(self.addr, raw)
-    }
-
     pub fn try_get(&self, path: &str) -> std::io::Result<http::Response> {
-        http::simple(self.addr, "GET", path, b"")
+        http::get(self.addr, path)
     }
 
-    /// Sends `raw` and returns the parsed response; panics (with the log) if
-    /// the sidecar does not answer.
-    pub fn request(&self, raw: &[u8]) -> http::Response {
-        self.try_request(raw).unwrap_or_else(|e| {
+    /// `METHOD path`; panics (with the log) if the sidecar does not answer.
+    fn answer(&self, method: &str, path: &str, body: &str) -> http::Response {
+        http::simple(self.addr, method, path, body.as_bytes()).unwrap_or_else(|e| {
             panic!(
-                "sidecar {} did not answer a request: {e}; log:\n{}",
+                "sidecar {} did not answer {method} {path}: {e}; log:\n{}",
                 self.id,
                 tail(&self.logs(), 40)
             )
@@ -301,13 +249,7 @@ impl Sidecar {
     }
 
     pub fn get_response(&self, path: &str) -> http::Response {
-        self.try_get(path).unwrap_or_else(|e| {
-            panic!(
-                "sidecar {} did not answer GET {path}: {e}; log:\n{}",
-                self.id,
-                tail(&self.logs(), 40)
-            )
-        })
+        self.answer("GET", path, "")
     }
 
     /// `GET path` -> (status, body).
@@ -317,29 +259,17 @@ impl Sidecar {
     }
 
     /// `GET path` with the body parsed as JSON.
-    pub fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
+    pub fn get_json(&self, path: &str) -> (u16, Value) {
         let r = self.get_response(path);
         (r.status, r.json())
     }
 
     pub fn head(&self, path: &str) -> http::Response {
-        self.request(
-            format!(
-                "HEAD {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-                self.addr
-            )
-            .as_bytes(),
-        )
+        self.answer("HEAD", path, "")
     }
 
     pub fn post(&self, path: &str, body: &str) -> http::Response {
-        http::simple(self.addr, "POST", path, body.as_bytes()).unwrap_or_else(|e| {
-            panic!(
-                "sidecar {} did not answer POST {path}: {e}; log:\n{}",
-                self.id,
-                tail(&self.logs(), 40)
-            )
-        })
+        self.answer("POST", path, body)
     }
 
     /// True when `/leader` answers 200; false on 503 or no answer at all.
@@ -348,8 +278,45 @@ impl Sidecar {
     }
 
     /// The `/leader` body.
-    pub fn leader_view(&self) -> serde_json::Value {
+    pub fn leader_view(&self) -> Value {
         self.get_json("/leader").1
+    }
+
+    /// The `/status` body.
+    pub fn status(&self) -> Value {
+        self.get_json("/status").1
+    }
+
+    /// Waits until `/leader` answers 200; panics with `why` (what leading
+    /// means in the test), `/status` and the log tail if it does not soon.
+    pub fn wait_leading(&self, why: &str) {
+        self.wait_soon(why, Sidecar::is_leader);
+    }
+
+    /// Waits until `/leader` names `leader`; panics if it does not soon.
+    pub fn wait_following(&self, leader: &str) {
+        let why = format!("{} names the leader {leader}", self.id);
+        self.wait_soon(&why, |s| s.leader_view()["leader"] == leader);
+    }
+
+    /// Waits until `/status` says `state`; panics if it does not soon.
+    pub fn wait_state(&self, state: &str) {
+        let why = format!("{} is {state}", self.id);
+        self.wait_soon(&why, |s| s.status()["state"] == state);
+    }
+
+    fn wait_soon(&self, why: &str, cond: impl Fn(&Sidecar) -> bool) {
+        let show = |path| {
+            self.try_get(path)
+                .map_or_else(|e| e.to_string(), |r| r.body)
+        };
+        assert!(
+            wait_until(SOON, || cond(self)),
+            "{why} (within {SOON:?}); /leader {}; /status {}; log:\n{}",
+            show("/leader"),
+            show("/status"),
+            tail(&self.logs(), 20)
+        );
     }
 
     /// The fencing token this sidecar reports, if any.
@@ -412,6 +379,7 @@ pub fn run_to_exit(args: &[&str], envs: &[(&str, &str)], timeout: Duration) -> O
         stderr: std::fs::read(&logs[1]).unwrap_or_default(),
     }
 }
+
 /// Polls until exactly one of `sidecars` answers 200 on `/leader` in one
 /// round, and returns its index. Panics with every log if that does not
 /// happen within `timeout`.
@@ -439,6 +407,14 @@ pub fn wait_for_one_leader(sidecars: &[Sidecar], timeout: Duration) -> usize {
         );
     }
     found.expect("set when ok")
+}
+
+/// A fresh etcd, a key named after `test`, and `n` [`replicas`] of it.
+pub fn fresh_replicas(test: &str, n: usize, extra_args: &[&str]) -> (Etcd, String, Vec<Sidecar>) {
+    let etcd = Etcd::start();
+    let key = crate::unique_key(test);
+    let sidecars = replicas(&etcd.endpoint(), &key, n, extra_args);
+    (etcd, key, sidecars)
 }
 
 /// `n` replicas of one key, ids `replica-0`.., all started and ready.

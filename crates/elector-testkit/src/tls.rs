@@ -1,18 +1,18 @@
 //! Certificates and secured etcd servers for the TLS and auth tests.
 //!
-//! Certificates are made per test with the `openssl` command-line tool (from
-//! Debian's `openssl` package) in a temporary directory: a CA, a server
-//! certificate for `127.0.0.1` and `localhost` signed by it, a client
-//! certificate for mutual TLS, and on request an unrelated CA or an expired
-//! server certificate. What each side insists on:
+//! Certificates are made per test, in process, with `rcgen`, and written to a
+//! temporary directory: a CA, a server certificate for `127.0.0.1` and
+//! `localhost` signed by it, a client certificate for mutual TLS, and on
+//! request an unrelated CA or an expired server certificate. What each side
+//! insists on:
 //!
 //! - rustls (the sidecar's TLS, through tonic) accepts only X.509 v3
-//!   certificates and checks the host against the subjectAltName alone (never
-//!   the CN), so the server certificate names `IP:127.0.0.1`; the CA must say
-//!   `CA:TRUE`.
+//!   certificates (rcgen writes no other) and checks the host against the
+//!   subjectAltName alone (never the CN), so the server certificate names
+//!   `IP:127.0.0.1`; the CA must say `CA:TRUE`.
 //! - etcd (Go) checks that a client certificate allows `clientAuth`.
-//! - EC P-256 keys are generated in milliseconds and both sides read them as
-//!   PKCS#8 (`BEGIN PRIVATE KEY`).
+//! - EC P-256 keys (rcgen's default) are generated in microseconds, and both
+//!   sides read them as rcgen writes them: PKCS#8 (`BEGIN PRIVATE KEY`).
 //!
 //! [`auth_etcd`] starts a plain-HTTP etcd with authentication on: a root user,
 //! and a user whose role may only read and write one key prefix, with a short
@@ -20,246 +20,147 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use crate::etcd::{Etcd, Security};
+use rcgen::{
+    date_time_ymd, BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
+};
+
+use crate::etcd::{etcdctl, Etcd, Security};
 use crate::{random_suffix, test_tempdir};
-
-/// Certificate lifetime for the valid ones: the test is over long before.
-const VALID_DAYS: &str = "2";
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("running openssl (install it with `apt-get install openssl`): {e}")
-        });
-    assert!(
-        out.status.success(),
-        "openssl {args:?} failed ({}): {}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// A test CA and the certificates it signed. The files live as long as this.
 pub struct Pki {
-    dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
     /// The CA certificate (PEM): `--etcd-cacert`, and etcd's `--trusted-ca-file`.
     pub ca: PathBuf,
     pub server_cert: PathBuf,
     pub server_key: PathBuf,
     pub client_cert: PathBuf,
     pub client_key: PathBuf,
+    /// The CA certificate of another, unrelated CA: trusting it instead of
+    /// ours is the "wrong CA" mistake.
+    pub other_ca: PathBuf,
+    /// A server certificate from our CA for the same names and key as
+    /// [`Pki::server_cert`], valid only on 1 and 2 January 2020.
+    expired_server_cert: PathBuf,
 }
 
-const SERVER_EXT: &str = "basicConstraints=critical,CA:FALSE\n\
-keyUsage=critical,digitalSignature,keyEncipherment\n\
-extendedKeyUsage=serverAuth\n\
-subjectAltName=IP:127.0.0.1,DNS:localhost\n";
-
-const CLIENT_EXT: &str = "basicConstraints=critical,CA:FALSE\n\
-keyUsage=critical,digitalSignature\n\
-extendedKeyUsage=clientAuth\n";
-
 impl Pki {
-    /// A fresh CA with a server and a client certificate.
+    /// A fresh CA with a server and a client certificate (and the mistakes above).
     #[expect(
         clippy::new_without_default,
-        reason = "running openssl is no default value"
+        reason = "making certificates is no default value"
     )]
     pub fn new() -> Pki {
         let dir = test_tempdir("pki");
         let d = dir.path();
-        make_ca(d, "ca", "elector-test-ca");
-        fs::write(d.join("server.ext"), SERVER_EXT).expect("writing server.ext");
-        fs::write(d.join("client.ext"), CLIENT_EXT).expect("writing client.ext");
-        make_csr(d, "server", "etcd-server");
-        sign(d, "server", "server.ext");
-        make_csr(d, "client", "etcd-elector");
-        sign(d, "client", "client.ext");
+        let (ca, ca_signer) = make_ca(d, "ca", "elector-test-ca");
+        let (other_ca, _) = make_ca(d, "other-ca", "some-other-ca");
+        let sign = |name: &str, params: &CertificateParams, key: &KeyPair| {
+            let cert = params.signed_by(key, &ca_signer).expect("signing");
+            write(d, &format!("{name}.pem"), &cert.pem())
+        };
+
+        let mut server = cert_params("etcd-server", &["127.0.0.1", "localhost"]);
+        server.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let server_key = key_pair();
+        let server_cert = sign("server", &server, &server_key);
+        server.not_before = date_time_ymd(2020, 1, 1);
+        server.not_after = date_time_ymd(2020, 1, 2);
+        let expired_server_cert = sign("expired", &server, &server_key);
+
+        let mut client = cert_params("etcd-elector", &[]);
+        client.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let client_key = key_pair();
+        let client_cert = sign("client", &client, &client_key);
         Pki {
-            ca: d.join("ca.pem"),
-            server_cert: d.join("server.pem"),
-            server_key: d.join("server.key"),
-            client_cert: d.join("client.pem"),
-            client_key: d.join("client.key"),
-            dir,
+            ca,
+            server_cert,
+            server_key: write(d, "server.key", &server_key.serialize_pem()),
+            client_cert,
+            client_key: write(d, "client.key", &client_key.serialize_pem()),
+            other_ca,
+            expired_server_cert,
+            _dir: dir,
         }
-    }
-
-    /// The CA certificate of another, unrelated CA: trusting it instead of
-    /// ours is the "wrong CA" mistake.
-    pub fn other_ca(&self) -> PathBuf {
-        let d = self.dir.path();
-        if !d.join("other-ca.pem").exists() {
-            make_ca(d, "other-ca", "some-other-ca");
-        }
-        d.join("other-ca.pem")
-    }
-
-    /// A server certificate from our CA for the same names and key as
-    /// [`Pki::server_cert`], valid only on 1 and 2 January 2020.
-    pub fn expired_server_cert(&self) -> PathBuf {
-        let d = self.dir.path();
-        let out = d.join("expired.pem");
-        if out.exists() {
-            return out;
-        }
-        // `openssl x509 -req` (3.0) cannot back-date; `openssl ca` can, with a
-        // throw-away database.
-        fs::create_dir_all(d.join("ca-db")).expect("creating ca-db");
-        fs::write(d.join("ca-db/index.txt"), "").expect("writing index.txt");
-        fs::write(d.join("ca-db/serial"), "1000\n").expect("writing serial");
-        fs::write(
-            d.join("ca.cnf"),
-            "[ca]\ndefault_ca = test\n\
-             [test]\ndatabase = ca-db/index.txt\nserial = ca-db/serial\n\
-             new_certs_dir = ca-db\ndefault_md = sha256\npolicy = any\n\
-             unique_subject = no\n\
-             [any]\ncommonName = supplied\n",
-        )
-        .expect("writing ca.cnf");
-        openssl(
-            d,
-            &[
-                "ca",
-                "-batch",
-                "-config",
-                "ca.cnf",
-                "-cert",
-                "ca.pem",
-                "-keyfile",
-                "ca.key",
-                "-in",
-                "server.csr",
-                "-out",
-                "expired.pem",
-                "-startdate",
-                "20200101000000Z",
-                "-enddate",
-                "20200102000000Z",
-                "-extfile",
-                "server.ext",
-                "-notext",
-            ],
-        );
-        out
     }
 
     /// Global etcdctl flags for a client of a TLS etcd made from this PKI.
     pub fn ctl_args(&self) -> Vec<String> {
-        [
+        flags(&[
             ("--cacert", &self.ca),
             ("--cert", &self.client_cert),
             ("--key", &self.client_key),
-        ]
-        .iter()
-        .flat_map(|(flag, path)| [flag.to_string(), path.display().to_string()])
-        .collect()
+        ])
     }
 
     /// The sidecar's flags for mutual TLS with this PKI, trusting `ca`.
     pub fn sidecar_args(&self, ca: &Path) -> Vec<String> {
-        vec![
-            "--etcd-cacert".into(),
-            ca.display().to_string(),
-            "--etcd-cert".into(),
-            self.client_cert.display().to_string(),
-            "--etcd-key".into(),
-            self.client_key.display().to_string(),
-        ]
+        flags(&[
+            ("--etcd-cacert", ca),
+            ("--etcd-cert", &self.client_cert),
+            ("--etcd-key", &self.client_key),
+        ])
     }
 }
 
-/// A new EC P-256 key `name.key` and, with `out_args`, a self-signed CA
-/// certificate or a signing request for `/CN=cn`.
-fn new_key_req(dir: &Path, name: &str, cn: &str, out_args: &[&str]) {
-    let key = format!("{name}.key");
-    let subject = format!("/CN={cn}");
-    let mut args = vec![
-        "req",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-    ];
-    args.extend(["-nodes", "-keyout", &key, "-subj", &subject]);
-    args.extend_from_slice(out_args);
-    openssl(dir, &args);
+/// `flag path` pairs as arguments.
+fn flags(pairs: &[(&str, &Path)]) -> Vec<String> {
+    pairs
+        .iter()
+        .flat_map(|(flag, path)| [flag.to_string(), path.display().to_string()])
+        .collect()
 }
 
-fn make_ca(dir: &Path, name: &str, cn: &str) {
-    let pem = format!("{name}.pem");
-    new_key_req(
-        dir,
-        name,
-        cn,
-        &[
-            "-x509",
-            "-out",
-            &pem,
-            "-days",
-            VALID_DAYS,
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ],
-    );
+/// Writes `pem` to `dir/name`; returns the path.
+fn write(dir: &Path, name: &str, pem: &str) -> PathBuf {
+    let path = dir.join(name);
+    fs::write(&path, pem).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    path
 }
 
-fn make_csr(dir: &Path, name: &str, cn: &str) {
-    new_key_req(dir, name, cn, &["-out", &format!("{name}.csr")]);
+/// A new P-256 key pair.
+fn key_pair() -> KeyPair {
+    KeyPair::generate().expect("generating a P-256 key")
 }
 
-fn sign(dir: &Path, name: &str, ext: &str) {
-    let csr = format!("{name}.csr");
-    let pem = format!("{name}.pem");
-    let serial = format!("0x{}", random_suffix());
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-set_serial",
-            &serial,
-            "-out",
-            &pem,
-            "-days",
-            VALID_DAYS,
-            "-extfile",
-            ext,
-        ],
-    );
+/// Parameters for `/CN=cn` and the subjectAltNames `names` (IPs or DNS names).
+fn cert_params(cn: &str, names: &[&str]) -> CertificateParams {
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let mut params = CertificateParams::new(names).expect("valid subjectAltNames");
+    params.distinguished_name.push(DnType::CommonName, cn);
+    params
 }
 
-/// An etcd serving clients over TLS with `cert` and `key`; with `mutual`, it
-/// also demands a client certificate signed by the PKI's CA.
-pub fn tls_etcd(pki: &Pki, cert: &Path, key: &Path, mutual: bool) -> Etcd {
-    let mut server_args = vec![
+/// A self-signed CA `name.pem` for `/CN=cn` in `dir`: its path and its signer.
+fn make_ca(dir: &Path, name: &str, cn: &str) -> (PathBuf, Issuer<'static, KeyPair>) {
+    let mut params = cert_params(cn, &[]);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let key = key_pair();
+    let cert = params.self_signed(&key).expect("self-signing a CA");
+    let path = write(dir, &format!("{name}.pem"), &cert.pem());
+    (path, Issuer::new(params, key))
+}
+
+/// An etcd serving clients over TLS with the PKI's server certificate; with
+/// `mutual`, it also demands a client certificate signed by the PKI's CA.
+pub fn tls_etcd(pki: &Pki, mutual: bool) -> Etcd {
+    let mut server_args = flags(&[
         // The server's certificate and key for client connections.
-        "--cert-file".to_string(),
-        cert.display().to_string(),
-        "--key-file".to_string(),
-        key.display().to_string(),
-    ];
+        ("--cert-file", &pki.server_cert),
+        ("--key-file", &pki.server_key),
+    ]);
     if mutual {
         // Refuse clients without a certificate signed by our CA.
-        server_args.extend([
-            "--client-cert-auth".to_string(),
-            "--trusted-ca-file".to_string(),
-            pki.ca.display().to_string(),
-        ]);
+        server_args.push("--client-cert-auth".to_string());
+        server_args.extend(flags(&[("--trusted-ca-file", &pki.ca)]));
     }
     Etcd::start_secured(Security {
         client_tls: true,
@@ -268,21 +169,19 @@ pub fn tls_etcd(pki: &Pki, cert: &Path, key: &Path, mutual: bool) -> Etcd {
     })
 }
 
-/// An etcd serving clients over TLS with [`Pki::expired_server_cert`]. Its
-/// health is checked with `--insecure-skip-tls-verify`, since etcdctl too
-/// refuses the certificate.
+/// An etcd serving clients over TLS with a server certificate that expired in
+/// 2020. Its health is checked with `--insecure-skip-tls-verify`, since
+/// etcdctl too refuses the certificate.
 pub fn expired_tls_etcd(pki: &Pki) -> Etcd {
     let mut ctl_args = pki.ctl_args();
     ctl_args.push("--insecure-skip-tls-verify".into());
     Etcd::start_secured(Security {
         client_tls: true,
-        server_args: vec![
-            // An expired certificate for client connections.
-            "--cert-file".to_string(),
-            pki.expired_server_cert().display().to_string(),
-            "--key-file".to_string(),
-            pki.server_key.display().to_string(),
-        ],
+        // An expired certificate for client connections.
+        server_args: flags(&[
+            ("--cert-file", &pki.expired_server_cert),
+            ("--key-file", &pki.server_key),
+        ]),
         ctl_args,
     })
 }
@@ -334,14 +233,8 @@ pub fn auth_etcd(token_ttl_secs: u64) -> AuthEtcd {
     let _ = etcd.etcdctl(&["auth", "enable"]);
     etcd.set_ctl_args(&["--user", &format!("root:{root_password}")]);
     etcd.ctl(&["user", "list"]);
-    let refused = Command::new(crate::etcd::etcdctl_bin())
-        .env("ETCDCTL_API", "3")
-        .args(["--endpoints", &etcd.endpoint(), "get", "/"])
-        .args(["--command-timeout", "5s", "--dial-timeout", "3s"])
-        .output()
-        .expect("running etcdctl");
     assert!(
-        !refused.status.success(),
+        !etcdctl(&etcd.endpoint(), &["get", "/"]).status.success(),
         "auth is enabled: an anonymous read is refused"
     );
     AuthEtcd {
