@@ -6,7 +6,7 @@
 #   scripts/deps.sh build   # a C toolchain (Rust links with cc) and protoc with the
 #                           # well-known types (etcd-client's build script runs protoc)
 #   scripts/deps.sh demo    # build + etcd, etcdctl, curl and python3 (scripts/demo.sh)
-#   scripts/deps.sh test    # build + etcd, etcdctl, curl, openssl, Go with etcd's client
+#   scripts/deps.sh test    # build + etcd, etcdctl, curl, Go with etcd's client
 #                           # sources (interop test), python3-venv (etcd 3.5 and etcd3gw
 #                           # from PyPI, the chart tests), promtool (the chart's alert rules)
 #   scripts/deps.sh bench   # build + etcd, etcdctl, curl and wrk (cargo bench --bench elector)
@@ -25,7 +25,7 @@ case $mode in build | demo | test | bench) ;; *)
 esac
 
 if [ "${ELECTOR_DEPS_NO_CARGO:-0}" != 1 ] && ! cargo --version >/dev/null 2>&1; then
-  echo "etcd-elector: Rust is needed (cargo 1.85 or newer): install it with rustup (https://rustup.rs), then run this again" >&2
+  echo "etcd-elector: Rust is needed (cargo 1.88 or newer): install it with rustup (https://rustup.rs), then run this again" >&2
   exit 1
 fi
 
@@ -59,7 +59,6 @@ if [ "$mode" = demo ]; then
   runs python3 -c 'import socket' || need+=(python3)
 fi
 if [ "$mode" = test ]; then
-  runs openssl version || need+=(openssl)
   runs go version || need+=(golang-go)
   [ -d /usr/share/gocode/src/go.etcd.io/etcd ] || need+=(golang-etcd-server-dev)
   runs python3 -c 'import venv, ensurepip' || need+=(python3-venv)
