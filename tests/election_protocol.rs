@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use elector_testkit::job::{keys_under, write_file, Etcdctl};
+use elector_testkit::job::{keys_under, write_file, Etcdctl, Workdir};
 use elector_testkit::*;
 
 /// Long enough that every takeover in these tests comes from a release, never
@@ -173,7 +173,7 @@ fn sidecars_and_etcdctl_clients_take_turns_in_create_revision_order_one_at_a_tim
     let sidecar = |id: &str| Candidate::Sidecar(candidate(&etcd, &name, id, LONG_TTL));
     join(&mut queue, elect("ctl-elect-1"));
     join(&mut queue, sidecar("sc-1"));
-    join(&mut queue, Candidate::Lock(Etcdctl::lock(&ep, &name, &[])));
+    join(&mut queue, Candidate::Lock(Etcdctl::lock(&ep, &name)));
     join(&mut queue, sidecar("sc-2"));
     join(&mut queue, elect("ctl-elect-2"));
     join(&mut queue, sidecar("sc-3"));
@@ -280,11 +280,8 @@ fn etcdctl_lock_waits_while_a_sidecar_leads() {
     assert!(leader.is_leader());
     let token = leader.fencing_token().expect("the leader's token");
 
-    let mut ctl = Etcdctl::lock(
-        &etcd.endpoint(),
-        &name,
-        &["sh", "-c", &write_file("rev", "echo \"$ETCD_LOCK_REV\"")],
-    );
+    let rev_script = write_file("rev", "echo \"$ETCD_LOCK_REV\"");
+    let mut ctl = Etcdctl::lock_sh(&etcd.endpoint(), &name, &rev_script);
     wait_queued(&etcd, &prefix, 2);
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(
@@ -295,16 +292,8 @@ fn etcdctl_lock_waits_while_a_sidecar_leads() {
     assert!(leader.is_leader());
 
     stop_cleanly(&mut leader, Signal::SIGTERM);
-    assert!(
-        wait_until(SOON, || ctl.read("rev").is_some()),
-        "etcdctl lock runs its command once the sidecar has gone; stderr: {}",
-        ctl.stderr()
-    );
-    let rev: i64 = ctl
-        .read("rev")
-        .unwrap_or_default()
-        .parse()
-        .expect("a revision");
+    // etcdctl lock runs its command once the sidecar has gone.
+    let rev: i64 = ctl.wait_for_number("rev", SOON);
     assert!(rev > token, "etcdctl's turn comes later: {rev} > {token}");
     assert!(ctl.wait_exit(SOON).success());
 }
@@ -312,7 +301,7 @@ fn etcdctl_lock_waits_while_a_sidecar_leads() {
 #[test]
 fn a_sidecar_waits_while_etcdctl_lock_holds() {
     let (etcd, name, prefix) = election("sidecar_waits");
-    let mut ctl = Etcdctl::lock(&etcd.endpoint(), &name, &[]);
+    let mut ctl = Etcdctl::lock(&etcd.endpoint(), &name);
     let printed = ctl.wait_lines(1, SOON);
     let keys = wait_queued(&etcd, &prefix, 1);
     assert_eq!(printed[0], keys[0].0, "etcdctl holds {}", keys[0].0);

@@ -6,7 +6,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use elector_testkit::job::children_of;
+use elector_testkit::job::{children_of, process_state};
 use elector_testkit::*;
 use nix::sys::signal::kill;
 use nix::unistd::Pid;
@@ -35,11 +35,6 @@ fn spawn_as_pid1(args: &[&str], log: &std::path::Path) -> (Child, i32) {
         "unshare started no child"
     );
     (child, inner)
-}
-
-/// The state letter of `pid` (`Z` for a zombie), from /proc.
-fn state_of(pid: i32) -> Option<char> {
-    Some(procfs::process::Process::new(pid).ok()?.stat().ok()?.state)
 }
 
 #[test]
@@ -123,7 +118,7 @@ fn run_as_pid1_reaps_orphans_of_its_command() {
     std::thread::sleep(Duration::from_millis(1500));
     let zombies: Vec<i32> = children_of(pid)
         .into_iter()
-        .filter(|c| state_of(*c) == Some('Z'))
+        .filter(|c| process_state(*c) == Some('Z'))
         .collect();
     assert!(
         zombies.is_empty(),

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use elector_testkit::job::{
     children_of, keys_under, process_alive, process_exists, process_group, stamp, unix_nanos,
-    write_file, Etcdctl, Job, JobBuilder, WAIT_FOR_RELEASE,
+    write_file, Etcdctl, Job, JobBuilder, Workdir, WAIT_FOR_RELEASE,
 };
 use elector_testkit::tls::auth_etcd;
 use elector_testkit::*;
@@ -45,7 +45,7 @@ fn recorded_env(job: &mut Job) -> Vec<(String, String)> {
 /// Creates `release` for a command waiting on [`WAIT_FOR_RELEASE`]; its run exits 0.
 fn release(job: &mut Job) {
     job.touch("release");
-    assert_eq!(job.exit_code(SOON), 0, "{}", job.describe());
+    job.assert_exit(0, SOON, "released");
 }
 
 /// A command with a grandchild: it writes the grandchild's pid to `gc`, its own to `pid`,
@@ -75,8 +75,8 @@ fn with_grace(endpoint: &str, key: &str, id: &str, ttl: u64, grace: &str) -> Job
 /// pids it writes: (run, command, grandchild).
 fn spawn_family(builder: JobBuilder, command: String) -> (Job, i32, i32) {
     let mut job = builder.shell(&command).spawn();
-    let pid = job.wait_for_number("pid", SOON) as i32;
-    let gc = job.wait_for_number("gc", SOON) as i32;
+    let pid = job.wait_for_number("pid", SOON);
+    let gc = job.wait_for_number("gc", SOON);
     (job, pid, gc)
 }
 
@@ -112,13 +112,15 @@ fn holder(etcd: &Etcd, key: &str, id: &str) -> Job {
     job
 }
 
-/// A run that waits for the key (serving `/leader`, so the test can see it
-/// waiting) and records when its command starts.
-fn waiter(etcd: &Etcd, key: &str, id: &str, then: &str) -> Job {
-    run_on(etcd, key, id)
+/// A run that waits for the key behind the run `holder` (serving `/leader`, so
+/// the test sees it waiting) and records when its command starts.
+fn waiter(etcd: &Etcd, key: &str, id: &str, then: &str, holder: &str) -> Job {
+    let job = run_on(etcd, key, id)
         .listen()
         .shell(&format!("{}; {then}", stamp("started")))
-        .spawn()
+        .spawn();
+    wait_following(&job, holder);
+    job
 }
 
 /// A run whose command stamps `term_at` when SIGTERM reaches it, then exits
@@ -145,8 +147,8 @@ fn nanos_between(from: i128, to: i128) -> Duration {
 /// Checks that `second`'s command stamped `started` after `first`'s stamp `name`,
 /// which marks `what`.
 fn started_after(second: &mut Job, first: &mut Job, name: &str, what: &str) {
-    let before = first.wait_for_number(name, SOON);
-    let started = second.wait_for_number("started", SOON);
+    let before: i128 = first.wait_for_number(name, SOON);
+    let started: i128 = second.wait_for_number("started", SOON);
     assert!(
         started > before,
         "the second command started {} ms after {what}",
@@ -176,12 +178,7 @@ fn try_run(endpoint: &str, key: &str, id: &str) -> JobBuilder {
 fn held_off(tried: JobBuilder, code: i32, holder: &str) {
     let started = Instant::now();
     let mut tried = tried.spawn();
-    assert_eq!(
-        tried.exit_code(SOON),
-        code,
-        "--try exits with the held exit code {code}\n{}",
-        tried.describe()
-    );
+    tried.assert_exit(code, SOON, "--try exits with the held exit code");
     let took = started.elapsed();
     assert!(
         took < Duration::from_secs(3),
@@ -246,16 +243,10 @@ fn try_against_a_plain_client_exits_with_the_held_code_and_runs_once_it_is_gone(
     );
 
     assert!(go.release().success());
-    let mut ran = Job::builder()
-        .on(&etcd.endpoint(), &key, "job-try")
-        .try_once()
+    let mut ran = try_run(&etcd.endpoint(), &key, "job-try")
         .shell("touch ran; exit 4")
         .spawn();
-    assert_eq!(
-        ran.exit_code(SOON),
-        4,
-        "with the key free, --try runs the command"
-    );
+    ran.assert_exit(4, SOON, "with the key free, --try runs the command");
     assert!(ran.has("ran"));
     assert_eq!(etcd.get(&key), None, "and releases the key on exit");
 }
@@ -273,19 +264,13 @@ fn waits_for_the_holder_then_runs_passes_the_exit_code_through_and_releases() {
     first.wait_for_file("holding", SOON);
     let first_kv = etcd.get(&key).expect("the first run holds the key");
 
-    let mut second = waiter(&etcd, &key, "job-second", "exit 9");
-    wait_following(&second, "job-first");
+    let mut second = waiter(&etcd, &key, "job-second", "exit 9", "job-first");
     // Waiting is not polling: nothing changes until the holder lets go.
     std::thread::sleep(Duration::from_millis(1500));
     assert!(!second.has("started"), "the command waits for the holder");
 
     first.touch("release");
-    assert_eq!(
-        first.exit_code(SOON),
-        7,
-        "the command's exit code passes through\n{}",
-        first.describe()
-    );
+    first.assert_exit(7, SOON, "the command's exit code passes through");
     // Right after the exit the old lease no longer holds the key.
     if let Some(kv) = etcd.get(&key) {
         assert_ne!(
@@ -295,7 +280,7 @@ fn waits_for_the_holder_then_runs_passes_the_exit_code_through_and_releases() {
         assert_eq!(kv.value, "job-second");
     }
     started_after(&mut second, &mut first, "done", "the first finished");
-    assert_eq!(second.exit_code(SOON), 9, "{}", second.describe());
+    second.assert_exit(9, SOON, "the second command's code");
     assert_eq!(etcd.get(&key), None, "the key is gone right after the exit");
 }
 
@@ -317,8 +302,7 @@ fn a_finished_run_hands_the_lock_to_a_waiting_run_once_its_group_is_dead() {
         .spawn();
     first.wait_for_file("env", SOON);
     let held = etcd.get(&key).expect("the first run holds the key");
-    let mut second = waiter(&etcd, &key, "job-second", &env_then_release());
-    wait_following(&second, "job-first");
+    let mut second = waiter(&etcd, &key, "job-second", &env_then_release(), "job-first");
 
     release(&mut first);
     let env = recorded_env(&mut second);
@@ -349,15 +333,14 @@ fn a_finished_run_hands_the_lock_to_a_waiting_run_once_its_group_is_dead() {
 fn the_command_runs_in_its_own_process_group_with_stdio_passed_through() {
     let etcd = Etcd::start();
     let key = unique_key("stdio");
-    let mut job = Job::builder()
-        .on(&etcd.endpoint(), &key, "job-stdio")
+    let mut job = run_on(&etcd, &key, "job-stdio")
         .stdin("hello from stdin\n")
         .shell(&format!(
             "read line; echo \"stdout got: $line\"; echo 'to stderr' >&2; {}; {WAIT_FOR_RELEASE}",
             write_file("pid", "echo $$")
         ))
         .spawn();
-    let pid = job.wait_for_number("pid", SOON) as i32;
+    let pid = job.wait_for_number("pid", SOON);
     let run_pid = job.pid().as_raw();
     assert_eq!(
         process_group(pid),
@@ -385,11 +368,10 @@ fn the_command_runs_in_its_own_process_group_with_stdio_passed_through() {
 fn the_command_starts_with_no_signal_blocked() {
     let etcd = Etcd::start();
     let key = unique_key("sigmask");
-    let mut job = Job::builder()
-        .on(&etcd.endpoint(), &key, "job-sigmask")
+    let mut job = run_on(&etcd, &key, "job-sigmask")
         .command(&["cat", "/proc/self/status"])
         .spawn();
-    assert_eq!(job.exit_code(SOON), 0, "{}", job.describe());
+    job.assert_exit(0, SOON, "cat exits 0");
     let status = job.stdout();
     let mask = |name: &str| {
         status
@@ -410,11 +392,10 @@ fn the_command_starts_with_no_signal_blocked() {
 fn a_command_killed_by_a_signal_exits_128_plus_its_number() {
     let etcd = Etcd::start();
     let key = unique_key("signalled");
-    let mut job = Job::builder()
-        .on(&etcd.endpoint(), &key, "job-killed")
+    let mut job = run_on(&etcd, &key, "job-killed")
         .shell("kill -KILL $$")
         .spawn();
-    assert_eq!(job.exit_code(SOON), 128 + 9, "{}", job.describe());
+    job.assert_exit(128 + 9, SOON, "the command died by SIGKILL");
     assert_eq!(etcd.get(&key), None, "the key is gone right after the exit");
 }
 
@@ -422,15 +403,14 @@ fn a_command_killed_by_a_signal_exits_128_plus_its_number() {
 fn a_grandchild_left_behind_dies_before_the_lock_is_released() {
     let etcd = Etcd::start();
     let key = unique_key("leftover");
-    let mut job = Job::builder()
-        .on(&etcd.endpoint(), &key, "job-leftover")
+    let mut job = run_on(&etcd, &key, "job-leftover")
         .shell(&format!(
             "sleep 300 & {}; exit 3",
             write_file("gc", "echo $!")
         ))
         .spawn();
-    assert_eq!(job.exit_code(SOON), 3, "{}", job.describe());
-    let gc = job.wait_for_number("gc", SOON) as i32;
+    job.assert_exit(3, SOON, "the command's code");
+    let gc: i32 = job.wait_for_number("gc", SOON);
     assert!(
         !process_alive(gc),
         "the grandchild {gc} was killed with its group"
@@ -466,12 +446,7 @@ fn lock_lost_by(intrusion: Intrusion) -> Option<KeyValue> {
         after < Duration::from_secs(1),
         "{intrusion:?}: the command got SIGTERM within a second: {after:?}"
     );
-    assert_eq!(
-        job.exit_code(SOON),
-        LOST,
-        "a lost lock exits with --lost-exit-code\n{}",
-        job.describe()
-    );
+    job.assert_exit(LOST, SOON, "a lost lock exits with --lost-exit-code");
     let lost = job.log_events().into_iter().find(|e| {
         e["level"] == "WARN"
             && e["reason"].is_string()
@@ -536,7 +511,7 @@ fn a_command_ignoring_sigterm_and_its_grandchild_are_killed_after_the_grace_peri
         took >= grace - Duration::from_millis(200),
         "SIGKILL waited for the grace period: {took:?}"
     );
-    assert_eq!(job.exit_code(SOON), LOST, "{}", job.describe());
+    job.assert_exit(LOST, SOON, "the lock was lost");
 }
 
 #[test]
@@ -603,7 +578,7 @@ fn a_silent_partition_kills_the_command_before_another_run_starts_its_own() {
         Some(false) => println!("run exited before its grandchild was seen reaped"),
         None => panic!("the orphaned grandchild {gc} is still a zombie a second after the kill"),
     }
-    let started = second.wait_for_number("started", SOON);
+    let started: i128 = second.wait_for_number("started", SOON);
     let margin_ms = (started - dead_at) as f64 / 1e6;
     println!(
         "partition: first command group dead {dead_after:?} after the partition; \
@@ -614,13 +589,8 @@ fn a_silent_partition_kills_the_command_before_another_run_starts_its_own() {
         "the first command group was dead before the second command started \
          (margin {margin_ms:.0} ms)"
     );
-    assert_eq!(
-        first.exit_code(Duration::from_secs(15)),
-        LOST,
-        "{}",
-        first.describe()
-    );
-    assert_eq!(second.exit_code(SOON), 0, "{}", second.describe());
+    first.assert_exit(LOST, Duration::from_secs(15), "the lock was lost");
+    second.assert_exit(0, SOON, "the second command's code");
 }
 
 #[test]
@@ -628,17 +598,11 @@ fn sigterm_to_run_is_forwarded_and_a_waiting_run_starts_within_a_second() {
     let etcd = Etcd::start();
     let key = unique_key("sigterm_run");
     let (mut first, lease) = term_stamper(&etcd, &key, "job-first", 42);
-    let mut second = waiter(&etcd, &key, "job-second", "exit 0");
-    wait_following(&second, "job-first");
+    let mut second = waiter(&etcd, &key, "job-second", "exit 0", "job-first");
 
     let signalled = unix_nanos();
     first.signal(Signal::SIGTERM);
-    assert_eq!(
-        first.exit_code(SOON),
-        42,
-        "run exits with the command's code\n{}",
-        first.describe()
-    );
+    first.assert_exit(42, SOON, "run exits with the command's code");
     assert!(first.has("term_at"), "the command got the SIGTERM");
     assert_eq!(etcd.lease_ttl(lease), None, "the lease was revoked");
     let after = nanos_between(signalled, second.wait_for_number("started", SOON));
@@ -647,7 +611,7 @@ fn sigterm_to_run_is_forwarded_and_a_waiting_run_starts_within_a_second() {
         after < Duration::from_secs(1),
         "the waiting run starts within a second: {after:?}"
     );
-    assert_eq!(second.exit_code(SOON), 0);
+    second.assert_exit(0, SOON, "the second command's code");
 }
 
 #[test]
@@ -669,7 +633,7 @@ fn a_second_signal_kills_the_group_at_once() {
         "the second signal kills the group at once\n{}",
         job.describe()
     );
-    assert_eq!(job.exit_code(SOON), 128 + 9, "the command died by SIGKILL");
+    job.assert_exit(128 + 9, SOON, "the command died by SIGKILL");
     println!(
         "group killed {:?} after the second signal",
         second.elapsed()
@@ -682,11 +646,10 @@ fn sigterm_before_the_command_starts_exits_143_without_running_it() {
     let etcd = Etcd::start();
     let key = unique_key("early_sigterm");
     let mut holder = holder(&etcd, &key, "job-holder");
-    let mut waiting = waiter(&etcd, &key, "job-waiting", "exit 0");
-    wait_following(&waiting, "job-holder");
+    let mut waiting = waiter(&etcd, &key, "job-waiting", "exit 0", "job-holder");
 
     waiting.signal(Signal::SIGTERM);
-    assert_eq!(waiting.exit_code(SOON), 143, "{}", waiting.describe());
+    waiting.assert_exit(143, SOON, "128 + SIGTERM");
     assert!(!waiting.has("started"), "the command never ran");
     assert_eq!(
         etcd.get(&key).map(|kv| kv.value).as_deref(),
@@ -828,31 +791,20 @@ fn with_the_election_protocol_run_queues_with_etcdctl_lock() {
         "<name>/<lease hex>"
     );
 
-    let mut ctl = Etcdctl::lock(
-        &etcd.endpoint(),
-        &name,
-        &["sh", "-c", &write_file("got", "echo \"$ETCD_LOCK_REV\"")],
-    );
+    let rev_script = write_file("rev", "echo \"$ETCD_LOCK_REV\"");
+    let mut ctl = Etcdctl::lock_sh(&etcd.endpoint(), &name, &rev_script);
     let tried = try_run(&etcd.endpoint(), &name, "job-try").args(&["--protocol", "election"]);
     held_off(tried, 0, "job-elected");
 
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(
-        ctl.read("got"),
+        ctl.read("rev"),
         None,
         "etcdctl lock waits while run holds the election"
     );
     release(&mut job);
-    assert!(
-        wait_until(SOON, || ctl.read("got").is_some()),
-        "etcdctl lock runs its command once run is done; stderr: {}",
-        ctl.stderr()
-    );
-    let rev: i64 = ctl
-        .read("got")
-        .unwrap_or_default()
-        .parse()
-        .expect("a revision");
+    // etcdctl lock runs its command once run is done.
+    let rev: i64 = ctl.wait_for_number("rev", SOON);
     assert!(
         rev > kv.create_revision,
         "etcdctl's turn is later: {rev} > {}",
@@ -872,20 +824,9 @@ fn with_the_election_protocol_etcd_lock_key_names_the_candidate_key_as_etcdctl_l
     let name = unique_key("run_election_env");
     let prefix = format!("{name}/");
     // What `etcdctl lock` gives its command, for comparison.
-    let mut ctl = Etcdctl::lock(
-        &etcd.endpoint(),
-        &name,
-        &["sh", "-c", &write_file("env", "env")],
-    );
+    let mut ctl = Etcdctl::lock_sh(&etcd.endpoint(), &name, &write_file("env", "env"));
     assert!(ctl.wait_exit(SOON).success(), "stderr: {}", ctl.stderr());
-    let ctl_env: Vec<(String, String)> = ctl
-        .read("env")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let ctl_key = var(&ctl_env, "ETCD_LOCK_KEY");
+    let ctl_key = var(&ctl.read_env("env"), "ETCD_LOCK_KEY");
     assert!(
         ctl_key.starts_with(&prefix),
         "etcdctl exports its own key: {ctl_key}"
@@ -916,7 +857,7 @@ fn resign_is_refused_while_run_holds_the_lock_and_changes_nothing() {
             write_file("pid", "echo $$")
         ))
         .spawn();
-    let pid = job.wait_for_number("pid", SOON) as i32;
+    let pid = job.wait_for_number("pid", SOON);
     let held = etcd.get(&key).expect("run holds the key");
 
     let resp = http::simple(job.admin_addr(), "POST", "/resign", b"").expect("POST /resign");
@@ -1006,12 +947,7 @@ fn a_run_frozen_past_its_termination_time_still_kills_the_group_by_the_claim_dea
         "the group is dead by the claim deadline, not {late:?} after it\n{}",
         job.describe()
     );
-    assert_eq!(
-        job.exit_code(Duration::from_secs(30)),
-        LOST,
-        "{}",
-        job.describe()
-    );
+    job.assert_exit(LOST, Duration::from_secs(30), "the lock was lost");
 }
 
 #[test]
@@ -1084,12 +1020,8 @@ fn try_gives_up_with_exit_69_when_etcd_does_not_answer_within_the_try_timeout() 
             .args(&["--ttl", ttl, "--grace-period", "1"])
             .args(extra)
             .spawn();
-        assert_eq!(
-            job.exit_code(Duration::from_secs(20)),
-            TRY_TIMED_OUT,
-            "--try against a dead endpoint ({extra:?}, TTL {ttl})\n{}",
-            job.describe()
-        );
+        let what = format!("--try against a dead endpoint ({extra:?}, TTL {ttl})");
+        job.assert_exit(TRY_TIMED_OUT, Duration::from_secs(20), &what);
         println!(
             "extra args {extra:?} (TTL {ttl}): gave up after {:?}",
             started.elapsed()
@@ -1129,7 +1061,7 @@ fn the_etcd_password_never_reaches_the_command() {
             .env(name, value)
             .shell(&write_file("env", "env"))
             .spawn();
-        assert_eq!(job.exit_code(SOON), 0, "{name}: {}", job.describe());
+        job.assert_exit(0, SOON, name);
         let env = job
             .read("env")
             .expect("the command recorded its environment");
@@ -1171,12 +1103,8 @@ fn record_lock_as_etcdctl_sees_it(etcd: &Etcd) -> String {
 
 /// What [`record_lock_as_etcdctl_sees_it`] recorded: (ETCD_LOCK_REV, own create revision).
 fn etcdctl_lock_record(ctl: &mut Etcdctl) -> (i64, i64) {
+    let rev = ctl.wait_for_number("rev", SOON);
     assert!(ctl.wait_exit(SOON).success(), "stderr: {}", ctl.stderr());
-    let rev: i64 = ctl
-        .read("rev")
-        .unwrap_or_default()
-        .parse()
-        .expect("a revision");
     let kv: serde_json::Value =
         serde_json::from_str(&ctl.read("kv").unwrap_or_default()).expect("etcdctl's JSON");
     let created = kv["kvs"][0]["create_revision"]
@@ -1192,7 +1120,7 @@ fn etcd_lock_rev_is_the_create_revision_where_etcdctl_exports_the_revision_it_sa
 
     // A free lock: etcdctl exports its transaction's revision, which created its key.
     let script = record_lock_as_etcdctl_sees_it(&etcd);
-    let mut ctl = Etcdctl::lock(&etcd.endpoint(), &name, &["sh", "-c", &script]);
+    let mut ctl = Etcdctl::lock_sh(&etcd.endpoint(), &name, &script);
     let (rev, created) = etcdctl_lock_record(&mut ctl);
     assert_eq!(
         rev, created,
@@ -1203,7 +1131,7 @@ fn etcd_lock_rev_is_the_create_revision_where_etcdctl_exports_the_revision_it_sa
     // later than its own key's creation.
     let mut job = election_run(&etcd, &name, "job-first");
     job.wait_for_file("env", SOON);
-    let mut ctl = Etcdctl::lock(&etcd.endpoint(), &name, &["sh", "-c", &script]);
+    let mut ctl = Etcdctl::lock_sh(&etcd.endpoint(), &name, &script);
     assert!(
         wait_until(SOON, || keys_under(&etcd, &format!("{name}/")).len() == 2),
         "etcdctl queues behind run"
@@ -1216,7 +1144,7 @@ fn etcd_lock_rev_is_the_create_revision_where_etcdctl_exports_the_revision_it_sa
     );
 
     // run, having waited the same way, exports its key's create revision: the fencing token.
-    let mut holder = Etcdctl::lock(&etcd.endpoint(), &name, &[]);
+    let mut holder = Etcdctl::lock(&etcd.endpoint(), &name);
     holder.wait_lines(1, SOON);
     let mut job = election_run(&etcd, &name, "job-waited");
     assert!(
