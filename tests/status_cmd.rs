@@ -9,19 +9,15 @@ use elector_testkit::app::App;
 use elector_testkit::*;
 
 fn replica(etcd: &Etcd, key: &str, id: &str, revision: &str, app: &App) -> Sidecar {
-    Sidecar::builder()
-        .endpoints(&etcd.endpoint())
-        .key(key)
-        .id(id)
-        .args(&[
-            "--ttl",
-            "30",
-            "--revision",
-            revision,
-            "--app-health",
-            &app.url(),
-        ])
-        .start()
+    let args = [
+        "--ttl",
+        "30",
+        "--revision",
+        revision,
+        "--app-health",
+        &app.url(),
+    ];
+    Sidecar::start(&etcd.endpoint(), key, id, &args)
 }
 
 fn status(etcd: &Etcd, key: &str, extra: &[&str]) -> (Option<i32>, String, String) {

@@ -28,7 +28,7 @@ use procfs::process::Process;
 use crate::etcd::{etcdctl_bin, key_value, KeyValue};
 use crate::process::Child;
 use crate::sidecar::{CommonArgs, ElectorArgs};
-use crate::{free_port, http, test_tempdir, wait_until, Etcd};
+use crate::{free_port, http, test_tempdir, wait_until, Etcd, SOON};
 
 /// A shell loop that waits (at most a minute) until the test creates the file
 /// `release` in the job's directory.
@@ -140,14 +140,14 @@ impl JobBuilder {
         let logs = [dir.path().join("run.stderr"), dir.path().join("run.stdout")];
         let port = |on: bool| on.then(|| SocketAddr::from(([127, 0, 0, 1], free_port())));
         let (addr, admin_addr) = (port(self.listen), port(self.admin));
-        let mut mode = vec!["run".to_string()];
+        let mut cmd = self
+            .common
+            .command(&["run"], dir.path(), &logs[1], &logs[0]);
         for (flag, a) in [("--listen", addr), ("--admin-listen", admin_addr)] {
             if let Some(a) = a {
-                mode.extend([flag.to_string(), a.to_string()]);
+                cmd.args([flag, &a.to_string()]);
             }
         }
-        let mode: Vec<&str> = mode.iter().map(String::as_str).collect();
-        let mut cmd = self.common.command(&mode, dir.path(), &logs[1], &logs[0]);
         cmd.arg("--").args(&self.command);
         if let Some(text) = &self.stdin {
             let path = dir.path().join("run.stdin");
@@ -462,5 +462,18 @@ pub fn keys_under(etcd: &Etcd, prefix: &str) -> Vec<(String, KeyValue)> {
         .map(|kvs| kvs.iter().map(key_value).collect())
         .unwrap_or_default();
     keys.sort_by_key(|(_, kv)| kv.create_revision);
+    keys
+}
+
+/// Waits until `n` keys are queued under `prefix`; returns them, oldest first.
+pub fn wait_queued(etcd: &Etcd, prefix: &str, n: usize) -> Vec<(String, KeyValue)> {
+    let mut keys = Vec::new();
+    assert!(
+        wait_until(SOON, || {
+            keys = keys_under(etcd, prefix);
+            keys.len() == n
+        }),
+        "{n} candidates queued under {prefix}; found {keys:?}"
+    );
     keys
 }
