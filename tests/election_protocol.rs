@@ -6,10 +6,11 @@
 //! campaign however many wait; the others learn the new leader (and a
 //! Proclaim) from their watch, at no request.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use elector_testkit::job::{keys_under, write_file, Etcdctl, Workdir};
+use elector_testkit::job::{keys_under, wait_queued, write_file, Etcdctl, Workdir};
+use elector_testkit::locker::assert_none_leads;
 use elector_testkit::*;
 
 /// Long enough that every takeover in these tests comes from a release, never
@@ -33,31 +34,15 @@ fn candidate(etcd: &Etcd, name: &str, id: &str, ttl: &str) -> Sidecar {
         id,
         &["--protocol", "election", "--ttl", ttl],
     );
-    let mut state = String::new();
+    let mut state = serde_json::Value::Null;
     assert!(
         wait_until(SOON, || {
-            state = s.get_json("/status").1["state"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
+            state = s.get_json("/status").1["state"].take();
             state == "leader" || state == "follower"
         }),
         "{id} campaigned; state {state}"
     );
     s
-}
-
-/// Waits until `n` keys are queued under `prefix`; returns them, oldest first.
-fn wait_queued(etcd: &Etcd, prefix: &str, n: usize) -> Vec<(String, KeyValue)> {
-    let mut keys = Vec::new();
-    assert!(
-        wait_until(SOON, || {
-            keys = keys_under(etcd, prefix);
-            keys.len() == n
-        }),
-        "{n} candidates queued under {prefix}; found {keys:?}"
-    );
-    keys
 }
 
 /// Starts `ids` one after the other behind the `ahead` candidates queued on
@@ -315,14 +300,12 @@ fn a_sidecar_waits_while_etcdctl_lock_holds() {
         "a mutex holder's value is empty: {view}"
     );
     assert_eq!(view["fencing_token"], lock_rev, "{view}");
-    let until = Instant::now() + Duration::from_millis(1500);
-    while Instant::now() < until {
-        assert!(
-            !sidecar.is_leader(),
-            "the sidecar leads while etcdctl holds the lock"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let alone = std::slice::from_ref(&sidecar);
+    assert_none_leads(
+        alone,
+        Duration::from_millis(1500),
+        "while etcdctl holds the lock",
+    );
 
     let released = Instant::now();
     ctl.signal(Signal::SIGINT);
@@ -349,41 +332,23 @@ fn etcd_metrics(etcd: &Etcd) -> String {
 /// gRPC messages etcd received, per method, keep-alives left out: one per
 /// unary request, one per message on a stream (a watch's create request). The
 /// same count as the bench's "etcd requests per handoff" (docs/PERFORMANCE.md).
-fn etcd_requests(etcd: &Etcd) -> HashMap<String, u64> {
-    let mut out = HashMap::new();
+fn etcd_requests(etcd: &Etcd) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
     for line in etcd_metrics(etcd).lines() {
-        let Some(labels) = line.strip_prefix("grpc_server_msg_received_total{") else {
-            continue;
-        };
-        let Some((labels, value)) = labels.rsplit_once("} ") else {
+        let sample = line.strip_prefix("grpc_server_msg_received_total{");
+        let Some((labels, value)) = sample.and_then(|l| l.rsplit_once("} ")) else {
             continue;
         };
         let method = labels
             .split(',')
-            .find_map(|l| l.strip_prefix("grpc_method=\""))
-            .map(|m| m.trim_end_matches('"').to_string())
-            .unwrap_or_default();
+            .find_map(|l| l.strip_prefix("grpc_method=\""));
+        let method = method.unwrap_or_default().trim_end_matches('"');
         let n = value.trim().parse::<f64>().unwrap_or(0.0) as u64;
         if method != "LeaseKeepAlive" && n > 0 {
-            *out.entry(method).or_insert(0) += n;
+            *out.entry(method.to_string()).or_insert(0) += n;
         }
     }
     out
-}
-
-/// What changed between two [`etcd_requests`] readings: the total and, per
-/// method, the difference (for the failure message).
-fn requests_between(
-    before: &HashMap<String, u64>,
-    after: &HashMap<String, u64>,
-) -> (u64, Vec<(String, u64)>) {
-    let mut by_method: Vec<(String, u64)> = after
-        .iter()
-        .map(|(m, n)| (m.clone(), n - before.get(m).copied().unwrap_or(0)))
-        .filter(|(_, n)| *n > 0)
-        .collect();
-    by_method.sort();
-    (by_method.iter().map(|(_, n)| n).sum(), by_method)
 }
 
 /// Waits until every sidecar in `followers` answers 503 and names `leader`
@@ -467,7 +432,7 @@ fn every_follower_names_the_current_leader_after_handoffs_and_a_proclaim() {
 /// Requests etcd receives for one graceful handoff among `n` queued sidecars,
 /// counted from the SIGTERM until every follower names the new leader, plus a
 /// moment for stragglers. Returns the total and the per-method breakdown.
-fn requests_for_one_handoff(n: usize) -> (u64, Vec<(String, u64)>) {
+fn requests_for_one_handoff(n: usize) -> (u64, BTreeMap<String, u64>) {
     let (etcd, name, _) = election(&format!("requests_{n}"));
     let ids: Vec<String> = (0..n).map(|i| format!("sc-{i}")).collect();
     let mut sidecars = join_queue(&etcd, &name, 0, &ids);
@@ -478,7 +443,12 @@ fn requests_for_one_handoff(n: usize) -> (u64, Vec<(String, u64)>) {
     assert_all_follow(&sidecars[1..], "sc-1", &format!("n={n}, after the handoff"));
     // Anything a follower would still send after updating its answer.
     std::thread::sleep(Duration::from_millis(500));
-    requests_between(&before, &etcd_requests(&etcd))
+    let mut by_method = etcd_requests(&etcd);
+    by_method.retain(|m, n| {
+        *n -= before.get(m).copied().unwrap_or(0);
+        *n > 0
+    });
+    (by_method.values().sum(), by_method)
 }
 
 #[test]

@@ -7,7 +7,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -116,13 +116,8 @@ pub fn sidecars_wait_for(etcd: &Etcd, key: &str, holder: Locker, value: &str) {
         );
     }
     // Several of the sidecars' own keep-alive periods pass: still nobody else.
-    let until = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < until {
-        for s in &sidecars {
-            assert!(!s.is_leader(), "{} leads a key {name} holds", s.id());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let why = format!("while {name} holds the key");
+    assert_none_leads(&sidecars, Duration::from_secs(2), &why);
 
     assert!(holder.release().success(), "{name} releases and exits 0");
     let leader = wait_for_one_leader(&sidecars, SOON);
@@ -134,6 +129,17 @@ pub fn sidecars_wait_for(etcd: &Etcd, key: &str, holder: Locker, value: &str) {
         kv.create_revision
     );
     assert_eq!(sidecars[leader].fencing_token(), Some(kv.create_revision));
+}
+
+/// Checks, every 50 ms for `period`, that none of `sidecars` leads (`why` says why not).
+pub fn assert_none_leads(sidecars: &[Sidecar], period: Duration, why: &str) {
+    let until = Instant::now() + period;
+    while Instant::now() < until {
+        for s in sidecars {
+            assert!(!s.is_leader(), "{} leads {why}", s.id());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// What a contender saw while the sidecars handed leadership over.
@@ -176,17 +182,15 @@ pub fn resigns_under_contention(
         assert!(wait_until(SOON, || s.get_json("/status").1["state"] != "campaigning"));
     }
     let stop = Arc::new(AtomicBool::new(false));
-    let attempts = Arc::new(AtomicUsize::new(0));
-    let held = Arc::new(AtomicUsize::new(0));
     let contender = {
-        let (stop, attempts, held) = (stop.clone(), attempts.clone(), held.clone());
+        let stop = stop.clone();
         std::thread::spawn(move || {
+            let (mut attempts, mut held) = (0, 0);
             while !stop.load(Ordering::Relaxed) {
-                attempts.fetch_add(1, Ordering::Relaxed);
-                if attempt() {
-                    held.fetch_add(1, Ordering::Relaxed);
-                }
+                attempts += 1;
+                held += usize::from(attempt());
             }
+            (attempts, held)
         })
     };
     let created = etcd.get(key).expect("the key").create_revision;
@@ -218,10 +222,10 @@ pub fn resigns_under_contention(
         );
     }
     stop.store(true, Ordering::Relaxed);
-    contender.join().expect("the contender thread");
+    let (attempts, held) = contender.join().expect("the contender thread");
     Contention {
         handoffs: rounds,
-        attempts: attempts.load(Ordering::Relaxed),
-        held: held.load(Ordering::Relaxed),
+        attempts,
+        held,
     }
 }
