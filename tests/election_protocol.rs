@@ -87,27 +87,24 @@ fn hand_over(queue: &mut Vec<Sidecar>) -> Sidecar {
 /// A member of a mixed queue.
 enum Candidate {
     Sidecar(Sidecar),
-    /// `etcdctl elect NAME PROPOSAL`, with its proposal.
-    Elect(Etcdctl, String),
-    /// `etcdctl lock NAME` without a command: holds until signalled.
-    Lock(Etcdctl),
+    /// `etcdctl elect NAME PROPOSAL` with its proposal, or `etcdctl lock NAME`
+    /// (no command: it holds until signalled) with "", what a mutex's key holds.
+    Etcdctl(Etcdctl, String),
 }
 
 impl Candidate {
     fn label(&self) -> String {
         match self {
             Candidate::Sidecar(s) => format!("sidecar {}", s.id()),
-            Candidate::Elect(_, p) => format!("etcdctl elect {p}"),
-            Candidate::Lock(_) => "etcdctl lock".to_string(),
+            Candidate::Etcdctl(c, _) => c.name().to_string(),
         }
     }
 
-    /// What its key holds: the id, the proposal, or nothing (a mutex).
+    /// What its key holds.
     fn value(&self) -> &str {
         match self {
             Candidate::Sidecar(s) => s.id(),
-            Candidate::Elect(_, p) => p,
-            Candidate::Lock(_) => "",
+            Candidate::Etcdctl(_, value) => value,
         }
     }
 
@@ -116,7 +113,7 @@ impl Candidate {
     fn leads(&self) -> bool {
         match self {
             Candidate::Sidecar(s) => s.is_leader(),
-            Candidate::Elect(c, _) | Candidate::Lock(c) => c.has_printed(),
+            Candidate::Etcdctl(c, _) => c.has_printed(),
         }
     }
 
@@ -125,7 +122,7 @@ impl Candidate {
         let signalled = Instant::now();
         match self {
             Candidate::Sidecar(s) => stop_cleanly(s, sig),
-            Candidate::Elect(c, _) | Candidate::Lock(c) => stop_cleanly(c, sig),
+            Candidate::Etcdctl(c, _) => stop_cleanly(c, sig),
         }
         signalled
     }
@@ -154,11 +151,14 @@ fn sidecars_and_etcdctl_clients_take_turns_in_create_revision_order_one_at_a_tim
         queue.push(c);
         wait_queued(&etcd, &prefix, queue.len());
     };
-    let elect = |p: &str| Candidate::Elect(Etcdctl::elect(&ep, &name, p), p.into());
+    let elect = |p: &str| Candidate::Etcdctl(Etcdctl::elect(&ep, &name, p), p.into());
     let sidecar = |id: &str| Candidate::Sidecar(candidate(&etcd, &name, id, LONG_TTL));
     join(&mut queue, elect("ctl-elect-1"));
     join(&mut queue, sidecar("sc-1"));
-    join(&mut queue, Candidate::Lock(Etcdctl::lock(&ep, &name)));
+    join(
+        &mut queue,
+        Candidate::Etcdctl(Etcdctl::lock(&ep, &name), "".into()),
+    );
     join(&mut queue, sidecar("sc-2"));
     join(&mut queue, elect("ctl-elect-2"));
     join(&mut queue, sidecar("sc-3"));

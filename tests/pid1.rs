@@ -11,15 +11,16 @@ use elector_testkit::*;
 use nix::sys::signal::kill;
 use nix::unistd::Pid;
 
-/// Start `etcd-elector ARGS` as PID 1 of a new PID namespace; returns the `unshare` child
-/// and the host pid of etcd-elector.
-fn spawn_as_pid1(args: &[&str], log: &std::path::Path) -> (Child, i32) {
+/// Start `etcd-elector FLAGS COMMAND` (`flags` split at spaces) as PID 1 of a new PID
+/// namespace; returns the `unshare` child and the host pid of etcd-elector.
+fn spawn_as_pid1(flags: &str, command: &[&str], log: &std::path::Path) -> (Child, i32) {
     let out = std::fs::File::create(log).expect("log file");
     let err = out.try_clone().expect("log file");
     let mut cmd = Command::new("unshare");
     cmd.args(["--fork", "--pid", "--kill-child"])
         .arg(env!("CARGO_BIN_EXE_etcd-elector"))
-        .args(args)
+        .args(flags.split(' '))
+        .args(command)
         .env_remove("POD_NAME")
         .stdin(Stdio::null())
         .stdout(out)
@@ -43,25 +44,12 @@ fn sidecar_as_pid1_hands_over_and_exits_0_on_sigterm() {
     let key = unique_key("pid1_sidecar");
     let dir = test_tempdir("pid1");
     let log = dir.path().join("elector.log");
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let (mut unshare, pid) = spawn_as_pid1(
-        &[
-            "--endpoints",
-            &etcd.endpoint(),
-            "--key",
-            &key,
-            "--id",
-            "pid-one",
-            "--ttl",
-            "30",
-            "--listen",
-            &listen,
-            "--admin-listen",
-            "off",
-        ],
-        &log,
+    let flags = format!(
+        "--endpoints {} --key {key} --id pid-one --ttl 30 --listen 127.0.0.1:{} --admin-listen off",
+        etcd.endpoint(),
+        free_port()
     );
+    let (mut unshare, pid) = spawn_as_pid1(&flags, &[], &log);
     assert!(
         wait_until(SOON, || etcd
             .get(&key)
@@ -96,24 +84,11 @@ fn run_as_pid1_reaps_orphans_of_its_command() {
     // The subshell starts a sleeper in a session of its own and exits at once: the sleeper is
     // orphaned, re-parented to PID 1, and exits 0.3 s later while the command still runs.
     let script = "(setsid sleep 0.3 &); sleep 3";
-    let (mut unshare, pid) = spawn_as_pid1(
-        &[
-            "run",
-            "--endpoints",
-            &etcd.endpoint(),
-            "--key",
-            &key,
-            "--ttl",
-            "10",
-            "--grace-period",
-            "1",
-            "--",
-            "sh",
-            "-c",
-            script,
-        ],
-        &log,
+    let flags = format!(
+        "run --endpoints {} --key {key} --ttl 10 --grace-period 1",
+        etcd.endpoint()
     );
+    let (mut unshare, pid) = spawn_as_pid1(&flags, &["--", "sh", "-c", script], &log);
     // Wait until the orphan has been re-parented to us and has had time to exit.
     std::thread::sleep(Duration::from_millis(1500));
     let zombies: Vec<i32> = children_of(pid)

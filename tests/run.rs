@@ -17,6 +17,7 @@ use elector_testkit::job::{
 };
 use elector_testkit::tls::auth_etcd;
 use elector_testkit::*;
+use procfs::{process::Status, FromRead};
 
 /// Long enough that a takeover inside a test's bounds can only come from a
 /// revoke or a deletion, never from a lease expiring.
@@ -68,7 +69,7 @@ fn with_grace(endpoint: &str, key: &str, id: &str, ttl: u64, grace: &str) -> Job
     Job::builder()
         .on(endpoint, key, id)
         .ttl(ttl)
-        .grace_period(grace)
+        .args(&["--grace-period", grace])
 }
 
 /// Spawns a run of `command` (a [`family`] or [`stubborn`] one) and waits for the
@@ -118,9 +119,7 @@ fn first_sigterm(job: &mut Job, pid: i32, gc: i32) {
 /// A run that takes the free key and holds it until the test creates its
 /// `release` file; its command records its environment first.
 fn holder(etcd: &Etcd, key: &str, id: &str) -> Job {
-    let mut job = run_on(etcd, key, id)
-        .shell(&format!("{}; {}", env_then_release(), stamp("done")))
-        .spawn();
+    let mut job = run_on(etcd, key, id).shell(&env_then_release()).spawn();
     job.wait_for_file("env", SOON);
     job
 }
@@ -182,7 +181,7 @@ fn election_run(etcd: &Etcd, name: &str, id: &str) -> Job {
 fn try_run(endpoint: &str, key: &str, id: &str) -> JobBuilder {
     Job::builder()
         .on(endpoint, key, id)
-        .try_once()
+        .arg("--try")
         .shell("touch ran")
 }
 
@@ -379,20 +378,11 @@ fn the_command_starts_with_no_signal_blocked() {
         .command(&["cat", "/proc/self/status"])
         .spawn();
     job.assert_exit(0, SOON, "cat exits 0");
-    let status = job.stdout();
-    let mask = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(str::trim)
-            .unwrap_or_else(|| panic!("{name} in {status}"))
-            .to_string()
-    };
-    assert_eq!(mask("SigBlk:"), "0000000000000000", "nothing blocked");
+    let status = Status::from_read(job.stdout().as_bytes()).expect("cat printed a status");
+    assert_eq!(status.sigblk, 0, "nothing blocked");
     // Dispositions come from whoever started the test (`nohup` ignores SIGHUP
     // on purpose), but SIGTERM, the one `run` stops the command with, is live.
-    let ignored = u64::from_str_radix(&mask("SigIgn:"), 16).expect("a hex mask");
-    assert_eq!(ignored & (1 << (15 - 1)), 0, "SIGTERM is not ignored");
+    assert_eq!(status.sigign & (1 << (15 - 1)), 0, "SIGTERM is not ignored");
 }
 
 #[test]
@@ -938,16 +928,9 @@ fn a_killed_run_takes_its_command_and_grandchild_with_it_within_a_second() {
 
     job.signal(Signal::SIGKILL);
     let killed = Instant::now();
-    let mut left = Vec::new();
-    let gone = wait_until(Duration::from_secs(1), || {
-        left = [pid, gc]
-            .iter()
-            .chain(&helpers)
-            .copied()
-            .filter(|&p| process_alive(p))
-            .collect();
-        left.is_empty()
-    });
+    let all = [&[pid, gc][..], &helpers].concat();
+    let gone = wait_until(Duration::from_secs(1), || all_dead(&all));
+    let left: Vec<i32> = all.into_iter().filter(|&p| process_alive(p)).collect();
     println!(
         "command {pid}, grandchild {gc} and helpers {helpers:?} dead {:?} after run's SIGKILL",
         killed.elapsed()

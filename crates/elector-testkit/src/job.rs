@@ -102,13 +102,6 @@ impl ElectorArgs for JobBuilder {
 }
 
 impl JobBuilder {
-    pub fn grace_period(self, secs: &str) -> Self {
-        self.args(&["--grace-period", secs])
-    }
-    /// `--try`: one attempt.
-    pub fn try_once(self) -> Self {
-        self.arg("--try")
-    }
     /// Serve the public HTTP routes on a free loopback port (off by default in `run`).
     pub fn listen(mut self) -> Self {
         self.listen = true;
