@@ -113,7 +113,7 @@ impl Candidate {
     fn leads(&self) -> bool {
         match self {
             Candidate::Sidecar(s) => s.is_leader(),
-            Candidate::Etcdctl(c, _) => c.has_printed(),
+            Candidate::Etcdctl(c, _) => !c.lines().is_empty(),
         }
     }
 

@@ -12,7 +12,7 @@
 use std::time::{Duration, Instant};
 
 use elector_testkit::job::{
-    children_of, keys_under, process_alive, process_exists, process_group, stamp, unix_nanos,
+    children_of, keys_under, process_alive, process_group, process_state, stamp, unix_nanos,
     wait_queued, write_file, Etcdctl, Job, JobBuilder, Workdir, WAIT_FOR_RELEASE,
 };
 use elector_testkit::tls::auth_etcd;
@@ -26,6 +26,11 @@ const LONG_TTL: u64 = 30;
 /// The default `--lost-exit-code`.
 const LOST: i32 = 75;
 
+/// A fresh etcd, and a key (or election name) for the test `test`.
+fn etcd_and_key(test: &str) -> (Etcd, String) {
+    (Etcd::start(), unique_key(test))
+}
+
 /// A run of `id` on `key` with [`LONG_TTL`]: it loses the lock only when a test takes it.
 fn run_on(etcd: &Etcd, key: &str, id: &str) -> JobBuilder {
     Job::builder().on(&etcd.endpoint(), key, id).ttl(LONG_TTL)
@@ -38,7 +43,7 @@ fn env_then_release() -> String {
 }
 
 /// What an [`env_then_release`] command recorded, once it has.
-fn recorded_env(job: &mut Job) -> Vec<(String, String)> {
+fn recorded_env(job: &mut impl Workdir) -> Vec<(String, String)> {
     job.wait_for_file("env", SOON);
     job.read_env("env")
 }
@@ -214,16 +219,15 @@ fn wait_following(job: &Job, leader: &str) {
                 .and_then(|b| serde_json::from_str::<serde_json::Value>(b).ok())
                 .is_some_and(|v| v["leader"] == leader && v["is_leader"] == false)
         }),
-        "run {} waits behind {leader}; last /leader: {last:?}\n{}",
-        job.id(),
+        "{} waits behind {leader}; last /leader: {last:?}\n{}",
+        job.name(),
         job.describe()
     );
 }
 
 #[test]
 fn try_against_another_run_exits_with_the_held_code_and_names_it() {
-    let etcd = Etcd::start();
-    let key = unique_key("try_vs_run");
+    let (etcd, key) = etcd_and_key("try_vs_run");
     let mut holder = holder(&etcd, &key, "job-holder");
 
     for (extra, code) in [(&[][..], 0), (&["--held-exit-code", "3"][..], 3)] {
@@ -237,8 +241,7 @@ fn try_against_another_run_exits_with_the_held_code_and_names_it() {
 
 #[test]
 fn try_against_a_plain_client_exits_with_the_held_code_and_runs_once_it_is_gone() {
-    let etcd = Etcd::start();
-    let key = unique_key("try_vs_go");
+    let (etcd, key) = etcd_and_key("try_vs_go");
     // The classic transaction, from etcd's own Go client.
     let go = GoLocker::run(&etcd.endpoint(), &key, "go-holder", LONG_TTL);
     assert!(go.held(), "the Go client takes the free key: {}", go.result);
@@ -259,8 +262,7 @@ fn try_against_a_plain_client_exits_with_the_held_code_and_runs_once_it_is_gone(
 
 #[test]
 fn waits_for_the_holder_then_runs_passes_the_exit_code_through_and_releases() {
-    let etcd = Etcd::start();
-    let key = unique_key("waits");
+    let (etcd, key) = etcd_and_key("waits");
     let mut first = run_on(&etcd, &key, "job-first")
         .shell(&format!(
             "touch holding; {WAIT_FOR_RELEASE}; {}; exit 7",
@@ -297,8 +299,7 @@ fn waits_for_the_holder_then_runs_passes_the_exit_code_through_and_releases() {
 /// die after its SIGTERM.
 #[test]
 fn a_finished_run_hands_the_lock_to_a_waiting_run_once_its_group_is_dead() {
-    let etcd = Etcd::start();
-    let key = unique_key("run_handoff");
+    let (etcd, key) = etcd_and_key("run_handoff");
     let slow_grandchild = format!(
         "(trap 'sleep 0.5; {}; exit 0' TERM; sleep 300 & wait) &",
         stamp("gc_dead")
@@ -337,8 +338,7 @@ fn a_finished_run_hands_the_lock_to_a_waiting_run_once_its_group_is_dead() {
 
 #[test]
 fn the_command_runs_in_its_own_process_group_with_stdio_passed_through() {
-    let etcd = Etcd::start();
-    let key = unique_key("stdio");
+    let (etcd, key) = etcd_and_key("stdio");
     let mut job = run_on(&etcd, &key, "job-stdio")
         .stdin("hello from stdin\n")
         .shell(&format!(
@@ -372,8 +372,7 @@ fn the_command_runs_in_its_own_process_group_with_stdio_passed_through() {
 /// period, and a shell's `wait` with SIGCHLD blocked never returns.
 #[test]
 fn the_command_starts_with_no_signal_blocked() {
-    let etcd = Etcd::start();
-    let key = unique_key("sigmask");
+    let (etcd, key) = etcd_and_key("sigmask");
     let mut job = run_on(&etcd, &key, "job-sigmask")
         .command(&["cat", "/proc/self/status"])
         .spawn();
@@ -387,8 +386,7 @@ fn the_command_starts_with_no_signal_blocked() {
 
 #[test]
 fn a_command_killed_by_a_signal_exits_128_plus_its_number() {
-    let etcd = Etcd::start();
-    let key = unique_key("signalled");
+    let (etcd, key) = etcd_and_key("signalled");
     let mut job = run_on(&etcd, &key, "job-killed")
         .shell("kill -KILL $$")
         .spawn();
@@ -398,8 +396,7 @@ fn a_command_killed_by_a_signal_exits_128_plus_its_number() {
 
 #[test]
 fn a_grandchild_left_behind_dies_before_the_lock_is_released() {
-    let etcd = Etcd::start();
-    let key = unique_key("leftover");
+    let (etcd, key) = etcd_and_key("leftover");
     let mut job = run_on(&etcd, &key, "job-leftover")
         .shell(&format!(
             "sleep 300 & {}; exit 3",
@@ -427,8 +424,7 @@ enum Intrusion {
 /// and checks the command gets SIGTERM within a second and run exits with
 /// `--lost-exit-code` and a log line saying why. Returns the key afterwards.
 fn lock_lost_by(intrusion: Intrusion) -> Option<KeyValue> {
-    let etcd = Etcd::start();
-    let key = unique_key(&format!("{intrusion:?}").to_lowercase());
+    let (etcd, key) = etcd_and_key(&format!("{intrusion:?}").to_lowercase());
     let (mut job, lease) = term_stamper(&etcd, &key, "job-intruded", 0);
 
     let intruded_at = unix_nanos();
@@ -479,8 +475,7 @@ fn revoking_the_lease_sends_sigterm_to_the_command_within_a_second() {
 
 #[test]
 fn a_command_ignoring_sigterm_and_its_grandchild_are_killed_after_the_grace_period() {
-    let etcd = Etcd::start();
-    let key = unique_key("stubborn");
+    let (etcd, key) = etcd_and_key("stubborn");
     let grace = Duration::from_secs(2);
     // grace 2 + keep-alive 2 + margin 0.6 < TTL 6.
     // SIG_IGN is inherited: the background sleep ignores SIGTERM too.
@@ -513,8 +508,7 @@ fn a_command_ignoring_sigterm_and_its_grandchild_are_killed_after_the_grace_peri
 
 #[test]
 fn a_silent_partition_kills_the_command_before_another_run_starts_its_own() {
-    let etcd = Etcd::start();
-    let key = unique_key("partition");
+    let (etcd, key) = etcd_and_key("partition");
     let proxy = TcpProxy::start(etcd.client_addr());
     // TTL 6: keep-alive every 2 s, margin 0.6 s; grace 1 s (the rule needs < 3.4 s).
     // The command ignores SIGTERM, so only the SIGKILL at the end of the grace
@@ -545,7 +539,7 @@ fn a_silent_partition_kills_the_command_before_another_run_starts_its_own() {
     let mut run_alive = false;
     let reaped = wait_until(Duration::from_secs(1), || {
         run_alive = first.is_running();
-        !process_exists(gc)
+        process_state(gc).is_none()
     });
     assert!(
         reaped,
@@ -571,8 +565,7 @@ fn a_silent_partition_kills_the_command_before_another_run_starts_its_own() {
 
 #[test]
 fn sigterm_to_run_is_forwarded_and_a_waiting_run_starts_within_a_second() {
-    let etcd = Etcd::start();
-    let key = unique_key("sigterm_run");
+    let (etcd, key) = etcd_and_key("sigterm_run");
     let (mut first, lease) = term_stamper(&etcd, &key, "job-first", 42);
     let mut second = waiter(&etcd, &key, "job-second", "exit 0", "job-first");
 
@@ -592,8 +585,7 @@ fn sigterm_to_run_is_forwarded_and_a_waiting_run_starts_within_a_second() {
 
 #[test]
 fn a_second_signal_kills_the_group_at_once() {
-    let etcd = Etcd::start();
-    let key = unique_key("second_signal");
+    let (etcd, key) = etcd_and_key("second_signal");
     // A long grace period (20 s + keep-alive 20 s + margin 5 s < TTL 60) that
     // only the second signal can cut short.
     let (mut job, pid, gc) = spawn_family(
@@ -619,8 +611,7 @@ fn a_second_signal_kills_the_group_at_once() {
 
 #[test]
 fn sigterm_before_the_command_starts_exits_143_without_running_it() {
-    let etcd = Etcd::start();
-    let key = unique_key("early_sigterm");
+    let (etcd, key) = etcd_and_key("early_sigterm");
     let mut holder = holder(&etcd, &key, "job-holder");
     let mut waiting = waiter(&etcd, &key, "job-waiting", "exit 0", "job-holder");
 
@@ -649,8 +640,7 @@ fn fencing_token(env: &[(String, String)]) -> i64 {
 
 #[test]
 fn the_fencing_token_is_the_revision_a_run_got_the_key_at_and_grows_from_holder_to_holder() {
-    let etcd = Etcd::start();
-    let key = unique_key("fencing");
+    let (etcd, key) = etcd_and_key("fencing");
     let mut tokens = Vec::new();
     let mut previous: Option<Job> = None;
     for id in ["job-a", "job-b", "job-c"] {
@@ -742,8 +732,7 @@ fn an_unknown_option_is_refused() {
 
 #[test]
 fn with_the_election_protocol_run_queues_with_etcdctl_lock() {
-    let etcd = Etcd::start();
-    let name = unique_key("run_election");
+    let (etcd, name) = etcd_and_key("run_election");
     let prefix = format!("{name}/");
     let mut job = election_run(&etcd, &name, "job-elected");
     let env = recorded_env(&mut job);
@@ -793,8 +782,7 @@ fn with_the_election_protocol_run_queues_with_etcdctl_lock() {
 
 #[test]
 fn with_the_election_protocol_etcd_lock_key_names_the_candidate_key_as_etcdctl_lock_does() {
-    let etcd = Etcd::start();
-    let name = unique_key("run_election_env");
+    let (etcd, name) = etcd_and_key("run_election_env");
     let prefix = format!("{name}/");
     // What `etcdctl lock` gives its command, for comparison.
     let mut ctl = Etcdctl::lock_sh(&etcd.endpoint(), &name, &write_file("env", "env"));
@@ -821,8 +809,7 @@ fn with_the_election_protocol_etcd_lock_key_names_the_candidate_key_as_etcdctl_l
 
 #[test]
 fn resign_is_refused_while_run_holds_the_lock_and_changes_nothing() {
-    let etcd = Etcd::start();
-    let key = unique_key("run_resign");
+    let (etcd, key) = etcd_and_key("run_resign");
     let mut job = run_on(&etcd, &key, "job-resign")
         .admin()
         .shell(&format!(
@@ -874,8 +861,7 @@ fn claim_deadline(job: &Job) -> Option<Instant> {
 
 #[test]
 fn a_run_frozen_past_its_termination_time_still_kills_the_group_by_the_claim_deadline() {
-    let etcd = Etcd::start();
-    let key = unique_key("frozen_run");
+    let (etcd, key) = etcd_and_key("frozen_run");
     let proxy = TcpProxy::start(etcd.client_addr());
     // TTL 15: claim 13.5 s after a keep-alive's send time, keep-alive every 5 s;
     // grace 8 s (8 + 5 + 1.5 < 15). The command ignores SIGTERM, so only the
@@ -917,8 +903,7 @@ fn a_run_frozen_past_its_termination_time_still_kills_the_group_by_the_claim_dea
 
 #[test]
 fn a_killed_run_takes_its_command_and_grandchild_with_it_within_a_second() {
-    let etcd = Etcd::start();
-    let key = unique_key("run_killed");
+    let (etcd, key) = etcd_and_key("run_killed");
     // Not PID 1: nothing but run itself can see to its command when it dies.
     let (job, pid, gc) = spawn_family(run_on(&etcd, &key, "job-killed-run"), family());
     let run_pid = job.pid().as_raw();
@@ -945,8 +930,7 @@ fn a_killed_run_takes_its_command_and_grandchild_with_it_within_a_second() {
 
 #[test]
 fn a_second_signal_exits_at_once_even_while_etcd_does_not_answer() {
-    let etcd = Etcd::start();
-    let key = unique_key("second_signal_partitioned");
+    let (etcd, key) = etcd_and_key("second_signal_partitioned");
     let proxy = TcpProxy::start(etcd.client_addr());
     // A long grace period and shutdown timeout that only the second signal can cut short.
     let (mut job, pid, gc) = spawn_family(
@@ -1038,44 +1022,26 @@ fn the_etcd_password_never_reaches_the_command() {
     }
 }
 
-/// A shell command for `etcdctl lock` that records, while it holds the lock, what
-/// etcdctl exported (`rev`) and its own key's create revision (`kv`, etcdctl's JSON).
-fn record_lock_as_etcdctl_sees_it(etcd: &Etcd) -> String {
-    let etcdctl = elector_testkit::etcd::etcdctl_bin().display().to_string();
-    format!(
-        "{}; {}",
-        write_file("rev", "echo \"$ETCD_LOCK_REV\""),
-        write_file(
-            "kv",
-            &format!(
-                "{etcdctl} --endpoints {} get \"$ETCD_LOCK_KEY\" -w json",
-                etcd.endpoint()
-            )
-        )
-    )
-}
-
-/// What [`record_lock_as_etcdctl_sees_it`] recorded: (ETCD_LOCK_REV, own create revision).
-fn etcdctl_lock_record(ctl: &mut Etcdctl) -> (i64, i64) {
-    let rev = ctl.wait_for_number("rev", SOON);
+/// What `etcdctl lock` running [`env_then_release`] exported, and the create revision
+/// of the key it holds (read while it does): then it lets go.
+fn etcdctl_lock_record(etcd: &Etcd, ctl: &mut Etcdctl) -> (i64, i64) {
+    let env = recorded_env(ctl);
+    let held = etcd
+        .get(&var(&env, "ETCD_LOCK_KEY"))
+        .expect("etcdctl's key");
+    ctl.touch("release");
     assert!(ctl.wait_exit(SOON).success(), "stderr: {}", ctl.stderr());
-    let kv: serde_json::Value =
-        serde_json::from_str(&ctl.read("kv").unwrap_or_default()).expect("etcdctl's JSON");
-    let created = kv["kvs"][0]["create_revision"]
-        .as_i64()
-        .expect("the lock key's create revision");
-    (rev, created)
+    let rev = var(&env, "ETCD_LOCK_REV").parse().expect("a revision");
+    (rev, held.create_revision)
 }
 
 #[test]
 fn etcd_lock_rev_is_the_create_revision_where_etcdctl_exports_the_revision_it_saw_the_lock_free() {
-    let etcd = Etcd::start();
-    let name = unique_key("lock_rev");
+    let (etcd, name) = etcd_and_key("lock_rev");
 
     // A free lock: etcdctl exports its transaction's revision, which created its key.
-    let script = record_lock_as_etcdctl_sees_it(&etcd);
-    let mut ctl = Etcdctl::lock_sh(&etcd.endpoint(), &name, &script);
-    let (rev, created) = etcdctl_lock_record(&mut ctl);
+    let mut ctl = Etcdctl::lock_sh(&etcd.endpoint(), &name, &env_then_release());
+    let (rev, created) = etcdctl_lock_record(&etcd, &mut ctl);
     assert_eq!(
         rev, created,
         "uncontested, etcdctl's ETCD_LOCK_REV is its key's"
@@ -1085,10 +1051,10 @@ fn etcd_lock_rev_is_the_create_revision_where_etcdctl_exports_the_revision_it_sa
     // later than its own key's creation.
     let mut job = election_run(&etcd, &name, "job-first");
     job.wait_for_file("env", SOON);
-    let mut ctl = Etcdctl::lock_sh(&etcd.endpoint(), &name, &script);
+    let mut ctl = Etcdctl::lock_sh(&etcd.endpoint(), &name, &env_then_release());
     wait_queued(&etcd, &format!("{name}/"), 2); // etcdctl queues behind run
     release(&mut job);
-    let (rev, created) = etcdctl_lock_record(&mut ctl);
+    let (rev, created) = etcdctl_lock_record(&etcd, &mut ctl);
     assert!(
         rev > created,
         "after waiting, etcdctl's ETCD_LOCK_REV ({rev}) is later than its key's creation ({created})"

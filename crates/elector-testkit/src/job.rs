@@ -51,7 +51,8 @@ pub fn unix_nanos() -> i128 {
     jiff::Timestamp::now().as_nanosecond()
 }
 
-/// The state letter of `pid` (`Z` for a zombie), while it has a process table entry.
+/// The state letter of `pid` (`Z` for a zombie), while it has a process table
+/// entry (a zombie's included: `None` once it has been reaped).
 pub fn process_state(pid: i32) -> Option<char> {
     Some(Process::new(pid).ok()?.stat().ok()?.state)
 }
@@ -60,12 +61,6 @@ pub fn process_state(pid: i32) -> Option<char> {
 /// reaped) counts as dead, since it runs no code and holds nothing.
 pub fn process_alive(pid: i32) -> bool {
     process_state(pid).is_some_and(|s| !matches!(s, 'Z' | 'X'))
-}
-
-/// True while `pid` has a process table entry, a zombie included: false once
-/// it has been reaped.
-pub fn process_exists(pid: i32) -> bool {
-    Process::new(pid).is_ok()
 }
 
 /// The children of `pid` (of every thread of it), from /proc.
@@ -147,10 +142,9 @@ impl JobBuilder {
             fs::write(&path, text).expect("writing run.stdin");
             cmd.stdin(File::open(&path).expect("opening run.stdin"));
         }
-        let id = self.common.id();
+        let name = format!("run {}", self.common.id());
         Job {
-            child: Child::spawn(&mut cmd, &format!("run {id}"), &logs),
-            id,
+            child: Child::spawn(&mut cmd, &name, &logs),
             addr,
             admin_addr,
             dir,
@@ -177,6 +171,11 @@ pub trait Workdir: DerefMut<Target = Child> {
 
     fn has(&self, name: &str) -> bool {
         self.path(name).exists()
+    }
+
+    /// Creates the file `name` (e.g. `release`, which [`WAIT_FOR_RELEASE`] waits for).
+    fn touch(&self, name: &str) {
+        fs::write(self.path(name), b"").expect("creating a file in its directory");
     }
 
     /// `KEY=VALUE` lines (as `env` prints them) from the file `name`.
@@ -228,7 +227,6 @@ pub trait Workdir: DerefMut<Target = Child> {
 /// One `etcd-elector run` process. See the module docs.
 pub struct Job {
     child: Child,
-    id: String,
     addr: Option<SocketAddr>,
     admin_addr: Option<SocketAddr>,
     dir: tempfile::TempDir,
@@ -239,9 +237,6 @@ impl Job {
         JobBuilder::default()
     }
 
-    pub fn id(&self) -> &str {
-        &self.id
-    }
     /// The public HTTP address, when built with [`JobBuilder::listen`].
     pub fn addr(&self) -> SocketAddr {
         self.addr.expect("the job was built without .listen()")
@@ -254,11 +249,6 @@ impl Job {
     /// `GET path` on the public port; errors are returned.
     pub fn try_get(&self, path: &str) -> std::io::Result<http::Response> {
         http::simple(self.addr(), "GET", path, b"")
-    }
-
-    /// Creates the file `name` (e.g. `release`, which [`WAIT_FOR_RELEASE`] waits for).
-    pub fn touch(&self, name: &str) {
-        fs::write(self.path(name), b"").expect("creating a file in the job's directory");
     }
 
     /// The run's stderr: its JSON log.
@@ -288,8 +278,8 @@ impl Job {
         assert_eq!(
             status.code(),
             Some(code),
-            "run {} exited ({status}): {what}\n{described}",
-            self.id
+            "{} exited ({status}): {what}\n{described}",
+            self.name()
         );
     }
 
@@ -383,12 +373,6 @@ impl Etcdctl {
             .split_inclusive('\n')
             .filter_map(|l| l.strip_suffix('\n'));
         complete.map(str::to_string).collect()
-    }
-
-    /// True once it printed something: for `elect` and `lock` without a command, that it
-    /// leads or holds the lock.
-    pub fn has_printed(&self) -> bool {
-        !self.lines().is_empty()
     }
 
     /// Waits until it printed at least `n` lines and returns all of them; panics with its
