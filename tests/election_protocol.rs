@@ -155,10 +155,8 @@ fn sidecars_and_etcdctl_clients_take_turns_in_create_revision_order_one_at_a_tim
     let sidecar = |id: &str| Candidate::Sidecar(candidate(&etcd, &name, id, LONG_TTL));
     join(&mut queue, elect("ctl-elect-1"));
     join(&mut queue, sidecar("sc-1"));
-    join(
-        &mut queue,
-        Candidate::Etcdctl(Etcdctl::lock(&ep, &name), "".into()),
-    );
+    let lock = Candidate::Etcdctl(Etcdctl::lock(&ep, &name), String::new());
+    join(&mut queue, lock);
     join(&mut queue, sidecar("sc-2"));
     join(&mut queue, elect("ctl-elect-2"));
     join(&mut queue, sidecar("sc-3"));
@@ -462,11 +460,12 @@ fn informing_every_follower_of_a_handoff_costs_the_same_requests_at_3_and_10() {
     );
 }
 
-/// A counter from etcd's own `/metrics`.
-fn etcd_counter(etcd: &Etcd, name: &str) -> u64 {
+/// The watch events etcd sent so far, from its own `/metrics`.
+fn watch_events(etcd: &Etcd) -> u64 {
+    let name = "etcd_debugging_mvcc_events_total ";
     etcd_metrics(etcd)
         .lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .find_map(|l| l.strip_prefix(name))
         .and_then(|v| v.trim().parse::<f64>().ok())
         .unwrap_or_else(|| panic!("no {name} in etcd's metrics")) as u64
 }
@@ -491,11 +490,11 @@ fn a_handoff_among_50_queued_sidecars_makes_one_candidate_campaign() {
         .collect();
     // Every waiting candidate watches the prefix, so each join was an event
     // for all before it: let the last ones be delivered before counting.
-    let mut events_before = etcd_counter(&etcd, "etcd_debugging_mvcc_events_total");
+    let mut events_before = watch_events(&etcd);
     assert!(
         wait_until(SOON, || {
             std::thread::sleep(Duration::from_millis(200));
-            let now = etcd_counter(&etcd, "etcd_debugging_mvcc_events_total");
+            let now = watch_events(&etcd);
             std::mem::replace(&mut events_before, now) == now
         }),
         "etcd's watch events settle before the handoff"
@@ -513,7 +512,7 @@ fn a_handoff_among_50_queued_sidecars_makes_one_candidate_campaign() {
         .filter(|(_, n)| *n > 0)
         .collect();
     let total: u64 = woken.iter().map(|(_, n)| n).sum();
-    let events = etcd_counter(&etcd, "etcd_debugging_mvcc_events_total") - events_before;
+    let events = watch_events(&etcd) - events_before;
     println!(
         "one handoff among {CANDIDATES}: {total} campaign(s) by {woken:?}, {events} watch event(s) sent by etcd"
     );

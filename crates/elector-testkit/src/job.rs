@@ -400,33 +400,24 @@ impl Workdir for Etcdctl {
     }
 }
 
-/// The process: `pid`, `signal`, `try_wait`, `wait_exit`.
-impl std::ops::Deref for Etcdctl {
-    type Target = Child;
-    fn deref(&self) -> &Child {
-        &self.child
-    }
+/// The process under a [`Job`] or an [`Etcdctl`]: `pid`, `signal`, `try_wait`,
+/// `wait_exit` (a job's `kill` is its own).
+macro_rules! deref_to_child {
+    ($($t:ty),*) => {$(
+        impl std::ops::Deref for $t {
+            type Target = Child;
+            fn deref(&self) -> &Child {
+                &self.child
+            }
+        }
+        impl std::ops::DerefMut for $t {
+            fn deref_mut(&mut self) -> &mut Child {
+                &mut self.child
+            }
+        }
+    )*};
 }
-
-impl std::ops::DerefMut for Etcdctl {
-    fn deref_mut(&mut self) -> &mut Child {
-        &mut self.child
-    }
-}
-
-/// The process: `pid`, `signal`, `try_wait`, `wait_exit` (`kill` is the job's own).
-impl std::ops::Deref for Job {
-    type Target = Child;
-    fn deref(&self) -> &Child {
-        &self.child
-    }
-}
-
-impl std::ops::DerefMut for Job {
-    fn deref_mut(&mut self) -> &mut Child {
-        &mut self.child
-    }
-}
+deref_to_child!(Job, Etcdctl);
 
 /// Every key under `prefix` with what etcd stores, oldest create revision first:
 /// the queue of an etcd election or lock named `prefix` without its trailing `/`.
