@@ -28,12 +28,8 @@ fn election(test: &str) -> (Etcd, String, String) {
 /// A sidecar on `name` with the election protocol, ready and campaigned (its
 /// key exists), so that candidates started one after the other queue in order.
 fn candidate(etcd: &Etcd, name: &str, id: &str, ttl: &str) -> Sidecar {
-    let s = Sidecar::start(
-        &etcd.endpoint(),
-        name,
-        id,
-        &["--protocol", "election", "--ttl", ttl],
-    );
+    let args = ["--protocol", "election", "--ttl", ttl];
+    let s = Sidecar::start(&etcd.endpoint(), name, id, &args);
     let mut state = serde_json::Value::Null;
     assert!(
         wait_until(SOON, || {
