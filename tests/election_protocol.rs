@@ -6,10 +6,11 @@
 //! campaign however many wait; the others learn the new leader (and a
 //! Proclaim) from their watch, at no request.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use elector_testkit::job::{keys_under, write_file, Etcdctl};
+use elector_testkit::job::{keys_under, wait_queued, write_file, Etcdctl, Workdir};
+use elector_testkit::locker::assert_none_leads;
 use elector_testkit::*;
 
 /// Long enough that every takeover in these tests comes from a release, never
@@ -27,37 +28,17 @@ fn election(test: &str) -> (Etcd, String, String) {
 /// A sidecar on `name` with the election protocol, ready and campaigned (its
 /// key exists), so that candidates started one after the other queue in order.
 fn candidate(etcd: &Etcd, name: &str, id: &str, ttl: &str) -> Sidecar {
-    let s = Sidecar::start(
-        &etcd.endpoint(),
-        name,
-        id,
-        &["--protocol", "election", "--ttl", ttl],
-    );
-    let mut state = String::new();
+    let args = ["--protocol", "election", "--ttl", ttl];
+    let s = Sidecar::start(&etcd.endpoint(), name, id, &args);
+    let mut state = serde_json::Value::Null;
     assert!(
         wait_until(SOON, || {
-            state = s.get_json("/status").1["state"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
+            state = s.get_json("/status").1["state"].take();
             state == "leader" || state == "follower"
         }),
         "{id} campaigned; state {state}"
     );
     s
-}
-
-/// Waits until `n` keys are queued under `prefix`; returns them, oldest first.
-fn wait_queued(etcd: &Etcd, prefix: &str, n: usize) -> Vec<(String, KeyValue)> {
-    let mut keys = Vec::new();
-    assert!(
-        wait_until(SOON, || {
-            keys = keys_under(etcd, prefix);
-            keys.len() == n
-        }),
-        "{n} candidates queued under {prefix}; found {keys:?}"
-    );
-    keys
 }
 
 /// Starts `ids` one after the other behind the `ahead` candidates queued on
@@ -102,27 +83,24 @@ fn hand_over(queue: &mut Vec<Sidecar>) -> Sidecar {
 /// A member of a mixed queue.
 enum Candidate {
     Sidecar(Sidecar),
-    /// `etcdctl elect NAME PROPOSAL`, with its proposal.
-    Elect(Etcdctl, String),
-    /// `etcdctl lock NAME` without a command: holds until signalled.
-    Lock(Etcdctl),
+    /// `etcdctl elect NAME PROPOSAL` with its proposal, or `etcdctl lock NAME`
+    /// (no command: it holds until signalled) with "", what a mutex's key holds.
+    Etcdctl(Etcdctl, String),
 }
 
 impl Candidate {
     fn label(&self) -> String {
         match self {
             Candidate::Sidecar(s) => format!("sidecar {}", s.id()),
-            Candidate::Elect(_, p) => format!("etcdctl elect {p}"),
-            Candidate::Lock(_) => "etcdctl lock".to_string(),
+            Candidate::Etcdctl(c, _) => c.name().to_string(),
         }
     }
 
-    /// What its key holds: the id, the proposal, or nothing (a mutex).
+    /// What its key holds.
     fn value(&self) -> &str {
         match self {
             Candidate::Sidecar(s) => s.id(),
-            Candidate::Elect(_, p) => p,
-            Candidate::Lock(_) => "",
+            Candidate::Etcdctl(_, value) => value,
         }
     }
 
@@ -131,7 +109,7 @@ impl Candidate {
     fn leads(&self) -> bool {
         match self {
             Candidate::Sidecar(s) => s.is_leader(),
-            Candidate::Elect(c, _) | Candidate::Lock(c) => c.has_printed(),
+            Candidate::Etcdctl(c, _) => !c.lines().is_empty(),
         }
     }
 
@@ -140,7 +118,7 @@ impl Candidate {
         let signalled = Instant::now();
         match self {
             Candidate::Sidecar(s) => stop_cleanly(s, sig),
-            Candidate::Elect(c, _) | Candidate::Lock(c) => stop_cleanly(c, sig),
+            Candidate::Etcdctl(c, _) => stop_cleanly(c, sig),
         }
         signalled
     }
@@ -169,11 +147,12 @@ fn sidecars_and_etcdctl_clients_take_turns_in_create_revision_order_one_at_a_tim
         queue.push(c);
         wait_queued(&etcd, &prefix, queue.len());
     };
-    let elect = |p: &str| Candidate::Elect(Etcdctl::elect(&ep, &name, p), p.into());
+    let elect = |p: &str| Candidate::Etcdctl(Etcdctl::elect(&ep, &name, p), p.into());
     let sidecar = |id: &str| Candidate::Sidecar(candidate(&etcd, &name, id, LONG_TTL));
     join(&mut queue, elect("ctl-elect-1"));
     join(&mut queue, sidecar("sc-1"));
-    join(&mut queue, Candidate::Lock(Etcdctl::lock(&ep, &name, &[])));
+    let lock = Candidate::Etcdctl(Etcdctl::lock(&ep, &name), String::new());
+    join(&mut queue, lock);
     join(&mut queue, sidecar("sc-2"));
     join(&mut queue, elect("ctl-elect-2"));
     join(&mut queue, sidecar("sc-3"));
@@ -280,31 +259,19 @@ fn etcdctl_lock_waits_while_a_sidecar_leads() {
     assert!(leader.is_leader());
     let token = leader.fencing_token().expect("the leader's token");
 
-    let mut ctl = Etcdctl::lock(
-        &etcd.endpoint(),
-        &name,
-        &["sh", "-c", &write_file("rev", "echo \"$ETCD_LOCK_REV\"")],
-    );
+    let rev_script = write_file("rev", "echo \"$ETCD_LOCK_REV\"");
+    let mut ctl = Etcdctl::lock_sh(&etcd.endpoint(), &name, &rev_script);
     wait_queued(&etcd, &prefix, 2);
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(
-        ctl.read("rev"),
-        None,
+    assert!(
+        !ctl.has("rev"),
         "etcdctl lock waits while the sidecar leads"
     );
     assert!(leader.is_leader());
 
     stop_cleanly(&mut leader, Signal::SIGTERM);
-    assert!(
-        wait_until(SOON, || ctl.read("rev").is_some()),
-        "etcdctl lock runs its command once the sidecar has gone; stderr: {}",
-        ctl.stderr()
-    );
-    let rev: i64 = ctl
-        .read("rev")
-        .unwrap_or_default()
-        .parse()
-        .expect("a revision");
+    // etcdctl lock runs its command once the sidecar has gone.
+    let rev: i64 = ctl.wait_for_number("rev", SOON);
     assert!(rev > token, "etcdctl's turn comes later: {rev} > {token}");
     assert!(ctl.wait_exit(SOON).success());
 }
@@ -312,7 +279,7 @@ fn etcdctl_lock_waits_while_a_sidecar_leads() {
 #[test]
 fn a_sidecar_waits_while_etcdctl_lock_holds() {
     let (etcd, name, prefix) = election("sidecar_waits");
-    let mut ctl = Etcdctl::lock(&etcd.endpoint(), &name, &[]);
+    let mut ctl = Etcdctl::lock(&etcd.endpoint(), &name);
     let printed = ctl.wait_lines(1, SOON);
     let keys = wait_queued(&etcd, &prefix, 1);
     assert_eq!(printed[0], keys[0].0, "etcdctl holds {}", keys[0].0);
@@ -326,14 +293,9 @@ fn a_sidecar_waits_while_etcdctl_lock_holds() {
         "a mutex holder's value is empty: {view}"
     );
     assert_eq!(view["fencing_token"], lock_rev, "{view}");
-    let until = Instant::now() + Duration::from_millis(1500);
-    while Instant::now() < until {
-        assert!(
-            !sidecar.is_leader(),
-            "the sidecar leads while etcdctl holds the lock"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let alone = std::slice::from_ref(&sidecar);
+    let ctl_holds = "while etcdctl holds the lock";
+    assert_none_leads(alone, Duration::from_millis(1500), ctl_holds);
 
     let released = Instant::now();
     ctl.signal(Signal::SIGINT);
@@ -360,41 +322,23 @@ fn etcd_metrics(etcd: &Etcd) -> String {
 /// gRPC messages etcd received, per method, keep-alives left out: one per
 /// unary request, one per message on a stream (a watch's create request). The
 /// same count as the bench's "etcd requests per handoff" (docs/PERFORMANCE.md).
-fn etcd_requests(etcd: &Etcd) -> HashMap<String, u64> {
-    let mut out = HashMap::new();
+fn etcd_requests(etcd: &Etcd) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
     for line in etcd_metrics(etcd).lines() {
-        let Some(labels) = line.strip_prefix("grpc_server_msg_received_total{") else {
-            continue;
-        };
-        let Some((labels, value)) = labels.rsplit_once("} ") else {
+        let sample = line.strip_prefix("grpc_server_msg_received_total{");
+        let Some((labels, value)) = sample.and_then(|l| l.rsplit_once("} ")) else {
             continue;
         };
         let method = labels
             .split(',')
-            .find_map(|l| l.strip_prefix("grpc_method=\""))
-            .map(|m| m.trim_end_matches('"').to_string())
-            .unwrap_or_default();
+            .find_map(|l| l.strip_prefix("grpc_method=\""));
+        let method = method.unwrap_or_default().trim_end_matches('"');
         let n = value.trim().parse::<f64>().unwrap_or(0.0) as u64;
         if method != "LeaseKeepAlive" && n > 0 {
-            *out.entry(method).or_insert(0) += n;
+            *out.entry(method.to_string()).or_insert(0) += n;
         }
     }
     out
-}
-
-/// What changed between two [`etcd_requests`] readings: the total and, per
-/// method, the difference (for the failure message).
-fn requests_between(
-    before: &HashMap<String, u64>,
-    after: &HashMap<String, u64>,
-) -> (u64, Vec<(String, u64)>) {
-    let mut by_method: Vec<(String, u64)> = after
-        .iter()
-        .map(|(m, n)| (m.clone(), n - before.get(m).copied().unwrap_or(0)))
-        .filter(|(_, n)| *n > 0)
-        .collect();
-    by_method.sort();
-    (by_method.iter().map(|(_, n)| n).sum(), by_method)
 }
 
 /// Waits until every sidecar in `followers` answers 503 and names `leader`
@@ -478,7 +422,7 @@ fn every_follower_names_the_current_leader_after_handoffs_and_a_proclaim() {
 /// Requests etcd receives for one graceful handoff among `n` queued sidecars,
 /// counted from the SIGTERM until every follower names the new leader, plus a
 /// moment for stragglers. Returns the total and the per-method breakdown.
-fn requests_for_one_handoff(n: usize) -> (u64, Vec<(String, u64)>) {
+fn requests_for_one_handoff(n: usize) -> (u64, BTreeMap<String, u64>) {
     let (etcd, name, _) = election(&format!("requests_{n}"));
     let ids: Vec<String> = (0..n).map(|i| format!("sc-{i}")).collect();
     let mut sidecars = join_queue(&etcd, &name, 0, &ids);
@@ -489,7 +433,12 @@ fn requests_for_one_handoff(n: usize) -> (u64, Vec<(String, u64)>) {
     assert_all_follow(&sidecars[1..], "sc-1", &format!("n={n}, after the handoff"));
     // Anything a follower would still send after updating its answer.
     std::thread::sleep(Duration::from_millis(500));
-    requests_between(&before, &etcd_requests(&etcd))
+    let mut by_method = etcd_requests(&etcd);
+    by_method.retain(|m, n| {
+        *n -= before.get(m).copied().unwrap_or(0);
+        *n > 0
+    });
+    (by_method.values().sum(), by_method)
 }
 
 #[test]
@@ -507,11 +456,12 @@ fn informing_every_follower_of_a_handoff_costs_the_same_requests_at_3_and_10() {
     );
 }
 
-/// A counter from etcd's own `/metrics`.
-fn etcd_counter(etcd: &Etcd, name: &str) -> u64 {
+/// The watch events etcd sent so far, from its own `/metrics`.
+fn watch_events(etcd: &Etcd) -> u64 {
+    let name = "etcd_debugging_mvcc_events_total ";
     etcd_metrics(etcd)
         .lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .find_map(|l| l.strip_prefix(name))
         .and_then(|v| v.trim().parse::<f64>().ok())
         .unwrap_or_else(|| panic!("no {name} in etcd's metrics")) as u64
 }
@@ -536,11 +486,11 @@ fn a_handoff_among_50_queued_sidecars_makes_one_candidate_campaign() {
         .collect();
     // Every waiting candidate watches the prefix, so each join was an event
     // for all before it: let the last ones be delivered before counting.
-    let mut events_before = etcd_counter(&etcd, "etcd_debugging_mvcc_events_total");
+    let mut events_before = watch_events(&etcd);
     assert!(
         wait_until(SOON, || {
             std::thread::sleep(Duration::from_millis(200));
-            let now = etcd_counter(&etcd, "etcd_debugging_mvcc_events_total");
+            let now = watch_events(&etcd);
             std::mem::replace(&mut events_before, now) == now
         }),
         "etcd's watch events settle before the handoff"
@@ -558,7 +508,7 @@ fn a_handoff_among_50_queued_sidecars_makes_one_candidate_campaign() {
         .filter(|(_, n)| *n > 0)
         .collect();
     let total: u64 = woken.iter().map(|(_, n)| n).sum();
-    let events = etcd_counter(&etcd, "etcd_debugging_mvcc_events_total") - events_before;
+    let events = watch_events(&etcd) - events_before;
     println!(
         "one handoff among {CANDIDATES}: {total} campaign(s) by {woken:?}, {events} watch event(s) sent by etcd"
     );

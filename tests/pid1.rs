@@ -6,25 +6,29 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use elector_testkit::job::children_of;
+use elector_testkit::job::{children_of, process_state};
 use elector_testkit::*;
 use nix::sys::signal::kill;
 use nix::unistd::Pid;
 
-/// Start `etcd-elector ARGS` as PID 1 of a new PID namespace; returns the `unshare` child
-/// and the host pid of etcd-elector.
-fn spawn_as_pid1(args: &[&str], log: &std::path::Path) -> (Child, i32) {
-    let out = std::fs::File::create(log).expect("log file");
+/// Start `etcd-elector FLAGS COMMAND` (`flags` split at spaces) as PID 1 of a new PID
+/// namespace; returns the `unshare` child (its log is etcd-elector's output), the host pid
+/// of etcd-elector, and the directory of the log.
+fn spawn_as_pid1(flags: &str, command: &[&str]) -> (Child, i32, tempfile::TempDir) {
+    let dir = test_tempdir("pid1");
+    let log = dir.path().join("elector.log");
+    let out = std::fs::File::create(&log).expect("log file");
     let err = out.try_clone().expect("log file");
     let mut cmd = Command::new("unshare");
     cmd.args(["--fork", "--pid", "--kill-child"])
         .arg(env!("CARGO_BIN_EXE_etcd-elector"))
-        .args(args)
+        .args(flags.split(' '))
+        .args(command)
         .env_remove("POD_NAME")
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err);
-    let child = Child::spawn(&mut cmd, "unshare (util-linux)", &[log.to_path_buf()]);
+    let child = Child::spawn(&mut cmd, "unshare (util-linux)", &[log]);
     let unshare_pid = child.pid().as_raw();
     let mut inner = 0;
     assert!(
@@ -34,58 +38,30 @@ fn spawn_as_pid1(args: &[&str], log: &std::path::Path) -> (Child, i32) {
         }),
         "unshare started no child"
     );
-    (child, inner)
-}
-
-/// The state letter of `pid` (`Z` for a zombie), from /proc.
-fn state_of(pid: i32) -> Option<char> {
-    Some(procfs::process::Process::new(pid).ok()?.stat().ok()?.state)
+    (child, inner, dir)
 }
 
 #[test]
 fn sidecar_as_pid1_hands_over_and_exits_0_on_sigterm() {
     let etcd = Etcd::start();
     let key = unique_key("pid1_sidecar");
-    let dir = test_tempdir("pid1");
-    let log = dir.path().join("elector.log");
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let (mut unshare, pid) = spawn_as_pid1(
-        &[
-            "--endpoints",
-            &etcd.endpoint(),
-            "--key",
-            &key,
-            "--id",
-            "pid-one",
-            "--ttl",
-            "30",
-            "--listen",
-            &listen,
-            "--admin-listen",
-            "off",
-        ],
-        &log,
+    let flags = format!(
+        "--endpoints {} --key {key} --id pid-one --ttl 30 --listen 127.0.0.1:{} --admin-listen off",
+        etcd.endpoint(),
+        free_port()
     );
+    let (mut unshare, pid, _dir) = spawn_as_pid1(&flags, &[]);
     assert!(
         wait_until(SOON, || etcd
             .get(&key)
             .is_some_and(|kv| kv.value == "pid-one")),
         "PID 1 never took the key; log:\n{}",
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
-    kill(Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM).expect("signal PID 1");
-    let status = unshare.wait_exit_within(SOON);
-    assert!(
-        status.is_some(),
-        "PID 1 ignored SIGTERM; log:\n{}",
         unshare.log(0)
     );
-    assert_eq!(
-        status.and_then(|s| s.code()),
-        Some(0),
-        "exit status of PID 1"
-    );
+    kill(Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM).expect("signal PID 1");
+    // PID 1 heeds SIGTERM: it exits (`wait_exit` panics with its log if not), with 0.
+    let status = unshare.wait_exit(SOON);
+    assert_eq!(status.code(), Some(0), "exit status of PID 1");
     assert!(
         etcd.get(&key).is_none(),
         "the lease was revoked, so the key is gone"
@@ -96,45 +72,25 @@ fn sidecar_as_pid1_hands_over_and_exits_0_on_sigterm() {
 fn run_as_pid1_reaps_orphans_of_its_command() {
     let etcd = Etcd::start();
     let key = unique_key("pid1_run");
-    let dir = test_tempdir("pid1-run");
-    let log = dir.path().join("run.log");
     // The subshell starts a sleeper in a session of its own and exits at once: the sleeper is
     // orphaned, re-parented to PID 1, and exits 0.3 s later while the command still runs.
     let script = "(setsid sleep 0.3 &); sleep 3";
-    let (mut unshare, pid) = spawn_as_pid1(
-        &[
-            "run",
-            "--endpoints",
-            &etcd.endpoint(),
-            "--key",
-            &key,
-            "--ttl",
-            "10",
-            "--grace-period",
-            "1",
-            "--",
-            "sh",
-            "-c",
-            script,
-        ],
-        &log,
+    let flags = format!(
+        "run --endpoints {} --key {key} --ttl 10 --grace-period 1",
+        etcd.endpoint()
     );
+    let (mut unshare, pid, _dir) = spawn_as_pid1(&flags, &["--", "sh", "-c", script]);
     // Wait until the orphan has been re-parented to us and has had time to exit.
     std::thread::sleep(Duration::from_millis(1500));
     let zombies: Vec<i32> = children_of(pid)
         .into_iter()
-        .filter(|c| state_of(*c) == Some('Z'))
+        .filter(|c| process_state(*c) == Some('Z'))
         .collect();
     assert!(
         zombies.is_empty(),
         "PID 1 left zombies {zombies:?}; log:\n{}",
-        std::fs::read_to_string(&log).unwrap_or_default()
+        unshare.log(0)
     );
-    let status = unshare.wait_exit_within(SOON);
-    assert!(status.is_some(), "run did not finish");
-    assert_eq!(
-        status.and_then(|s| s.code()),
-        Some(0),
-        "the command's exit code"
-    );
+    let status = unshare.wait_exit(SOON);
+    assert_eq!(status.code(), Some(0), "the command's exit code");
 }

@@ -12,11 +12,12 @@
 use std::time::{Duration, Instant};
 
 use elector_testkit::job::{
-    children_of, keys_under, process_alive, process_exists, process_group, stamp, unix_nanos,
-    write_file, Etcdctl, Job, JobBuilder, WAIT_FOR_RELEASE,
+    children_of, keys_under, process_alive, process_group, process_state, stamp, unix_nanos,
+    wait_queued, write_file, Etcdctl, Job, JobBuilder, Workdir, WAIT_FOR_RELEASE,
 };
 use elector_testkit::tls::auth_etcd;
 use elector_testkit::*;
+use procfs::{process::Status, FromRead};
 
 /// Long enough that a takeover inside a test's bounds can only come from a
 /// revoke or a deletion, never from a lease expiring.
@@ -24,6 +25,11 @@ const LONG_TTL: u64 = 30;
 
 /// The default `--lost-exit-code`.
 const LOST: i32 = 75;
+
+/// A fresh etcd, and a key (or election name) for the test `test`.
+fn etcd_and_key(test: &str) -> (Etcd, String) {
+    (Etcd::start(), unique_key(test))
+}
 
 /// A run of `id` on `key` with [`LONG_TTL`]: it loses the lock only when a test takes it.
 fn run_on(etcd: &Etcd, key: &str, id: &str) -> JobBuilder {
@@ -37,7 +43,7 @@ fn env_then_release() -> String {
 }
 
 /// What an [`env_then_release`] command recorded, once it has.
-fn recorded_env(job: &mut Job) -> Vec<(String, String)> {
+fn recorded_env(job: &mut impl Workdir) -> Vec<(String, String)> {
     job.wait_for_file("env", SOON);
     job.read_env("env")
 }
@@ -45,7 +51,7 @@ fn recorded_env(job: &mut Job) -> Vec<(String, String)> {
 /// Creates `release` for a command waiting on [`WAIT_FOR_RELEASE`]; its run exits 0.
 fn release(job: &mut Job) {
     job.touch("release");
-    assert_eq!(job.exit_code(SOON), 0, "{}", job.describe());
+    job.assert_exit(0, SOON, "released");
 }
 
 /// A command with a grandchild: it writes the grandchild's pid to `gc`, its own to `pid`,
@@ -68,15 +74,15 @@ fn with_grace(endpoint: &str, key: &str, id: &str, ttl: u64, grace: &str) -> Job
     Job::builder()
         .on(endpoint, key, id)
         .ttl(ttl)
-        .grace_period(grace)
+        .args(&["--grace-period", grace])
 }
 
 /// Spawns a run of `command` (a [`family`] or [`stubborn`] one) and waits for the
 /// pids it writes: (run, command, grandchild).
 fn spawn_family(builder: JobBuilder, command: String) -> (Job, i32, i32) {
     let mut job = builder.shell(&command).spawn();
-    let pid = job.wait_for_number("pid", SOON) as i32;
-    let gc = job.wait_for_number("gc", SOON) as i32;
+    let pid = job.wait_for_number("pid", SOON);
+    let gc = job.wait_for_number("gc", SOON);
     (job, pid, gc)
 }
 
@@ -88,6 +94,19 @@ fn all_alive(pids: &[i32]) -> bool {
 /// True once none of `pids` is alive: killed, and at most a zombie.
 fn all_dead(pids: &[i32]) -> bool {
     !pids.iter().any(|&p| process_alive(p))
+}
+
+/// Polls (every 5 ms) until none of `pids` is alive; returns when that was
+/// first seen, as an `Instant` and in [`unix_nanos`], or `None` after `timeout`.
+fn seen_dead(pids: &[i32], timeout: Duration) -> Option<(Instant, i128)> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if all_dead(pids) {
+            return Some((Instant::now(), unix_nanos()));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    None
 }
 
 /// The first SIGTERM to a run of a [`stubborn`] command: half a second later the
@@ -105,20 +124,20 @@ fn first_sigterm(job: &mut Job, pid: i32, gc: i32) {
 /// A run that takes the free key and holds it until the test creates its
 /// `release` file; its command records its environment first.
 fn holder(etcd: &Etcd, key: &str, id: &str) -> Job {
-    let mut job = run_on(etcd, key, id)
-        .shell(&format!("{}; {}", env_then_release(), stamp("done")))
-        .spawn();
+    let mut job = run_on(etcd, key, id).shell(&env_then_release()).spawn();
     job.wait_for_file("env", SOON);
     job
 }
 
-/// A run that waits for the key (serving `/leader`, so the test can see it
-/// waiting) and records when its command starts.
-fn waiter(etcd: &Etcd, key: &str, id: &str, then: &str) -> Job {
-    run_on(etcd, key, id)
+/// A run that waits for the key behind the run `holder` (serving `/leader`, so
+/// the test sees it waiting) and records when its command starts.
+fn waiter(etcd: &Etcd, key: &str, id: &str, then: &str, holder: &str) -> Job {
+    let job = run_on(etcd, key, id)
         .listen()
         .shell(&format!("{}; {then}", stamp("started")))
-        .spawn()
+        .spawn();
+    wait_following(&job, holder);
+    job
 }
 
 /// A run whose command stamps `term_at` when SIGTERM reaches it, then exits
@@ -145,8 +164,8 @@ fn nanos_between(from: i128, to: i128) -> Duration {
 /// Checks that `second`'s command stamped `started` after `first`'s stamp `name`,
 /// which marks `what`.
 fn started_after(second: &mut Job, first: &mut Job, name: &str, what: &str) {
-    let before = first.wait_for_number(name, SOON);
-    let started = second.wait_for_number("started", SOON);
+    let before: i128 = first.wait_for_number(name, SOON);
+    let started: i128 = second.wait_for_number("started", SOON);
     assert!(
         started > before,
         "the second command started {} ms after {what}",
@@ -167,7 +186,7 @@ fn election_run(etcd: &Etcd, name: &str, id: &str) -> Job {
 fn try_run(endpoint: &str, key: &str, id: &str) -> JobBuilder {
     Job::builder()
         .on(endpoint, key, id)
-        .try_once()
+        .arg("--try")
         .shell("touch ran")
 }
 
@@ -176,12 +195,7 @@ fn try_run(endpoint: &str, key: &str, id: &str) -> JobBuilder {
 fn held_off(tried: JobBuilder, code: i32, holder: &str) {
     let started = Instant::now();
     let mut tried = tried.spawn();
-    assert_eq!(
-        tried.exit_code(SOON),
-        code,
-        "--try exits with the held exit code {code}\n{}",
-        tried.describe()
-    );
+    tried.assert_exit(code, SOON, "--try exits with the held exit code");
     let took = started.elapsed();
     assert!(
         took < Duration::from_secs(3),
@@ -205,16 +219,15 @@ fn wait_following(job: &Job, leader: &str) {
                 .and_then(|b| serde_json::from_str::<serde_json::Value>(b).ok())
                 .is_some_and(|v| v["leader"] == leader && v["is_leader"] == false)
         }),
-        "run {} waits behind {leader}; last /leader: {last:?}\n{}",
-        job.id(),
+        "{} waits behind {leader}; last /leader: {last:?}\n{}",
+        job.name(),
         job.describe()
     );
 }
 
 #[test]
 fn try_against_another_run_exits_with_the_held_code_and_names_it() {
-    let etcd = Etcd::start();
-    let key = unique_key("try_vs_run");
+    let (etcd, key) = etcd_and_key("try_vs_run");
     let mut holder = holder(&etcd, &key, "job-holder");
 
     for (extra, code) in [(&[][..], 0), (&["--held-exit-code", "3"][..], 3)] {
@@ -222,48 +235,34 @@ fn try_against_another_run_exits_with_the_held_code_and_names_it() {
         held_off(tried, code, "job-holder");
     }
     assert!(holder.is_running(), "the holder is undisturbed");
-    assert_eq!(
-        etcd.get(&key).map(|kv| kv.value).as_deref(),
-        Some("job-holder")
-    );
+    assert_eq!(etcd.get(&key).expect("held").value, "job-holder");
     release(&mut holder);
 }
 
 #[test]
 fn try_against_a_plain_client_exits_with_the_held_code_and_runs_once_it_is_gone() {
-    let etcd = Etcd::start();
-    let key = unique_key("try_vs_go");
+    let (etcd, key) = etcd_and_key("try_vs_go");
     // The classic transaction, from etcd's own Go client.
     let go = GoLocker::run(&etcd.endpoint(), &key, "go-holder", LONG_TTL);
     assert!(go.held(), "the Go client takes the free key: {}", go.result);
 
     let tried = try_run(&etcd.endpoint(), &key, "job-try").args(&["--held-exit-code", "1"]);
     held_off(tried, 1, "go-holder");
-    assert_eq!(
-        etcd.get(&key).map(|kv| kv.value).as_deref(),
-        Some("go-holder"),
-        "the Go client still holds the key"
-    );
+    let kv = etcd.get(&key).expect("the Go client still holds the key");
+    assert_eq!(kv.value, "go-holder", "the Go client still holds the key");
 
     assert!(go.release().success());
-    let mut ran = Job::builder()
-        .on(&etcd.endpoint(), &key, "job-try")
-        .try_once()
+    let mut ran = try_run(&etcd.endpoint(), &key, "job-try")
         .shell("touch ran; exit 4")
         .spawn();
-    assert_eq!(
-        ran.exit_code(SOON),
-        4,
-        "with the key free, --try runs the command"
-    );
+    ran.assert_exit(4, SOON, "with the key free, --try runs the command");
     assert!(ran.has("ran"));
     assert_eq!(etcd.get(&key), None, "and releases the key on exit");
 }
 
 #[test]
 fn waits_for_the_holder_then_runs_passes_the_exit_code_through_and_releases() {
-    let etcd = Etcd::start();
-    let key = unique_key("waits");
+    let (etcd, key) = etcd_and_key("waits");
     let mut first = run_on(&etcd, &key, "job-first")
         .shell(&format!(
             "touch holding; {WAIT_FOR_RELEASE}; {}; exit 7",
@@ -273,19 +272,13 @@ fn waits_for_the_holder_then_runs_passes_the_exit_code_through_and_releases() {
     first.wait_for_file("holding", SOON);
     let first_kv = etcd.get(&key).expect("the first run holds the key");
 
-    let mut second = waiter(&etcd, &key, "job-second", "exit 9");
-    wait_following(&second, "job-first");
+    let mut second = waiter(&etcd, &key, "job-second", "exit 9", "job-first");
     // Waiting is not polling: nothing changes until the holder lets go.
     std::thread::sleep(Duration::from_millis(1500));
     assert!(!second.has("started"), "the command waits for the holder");
 
     first.touch("release");
-    assert_eq!(
-        first.exit_code(SOON),
-        7,
-        "the command's exit code passes through\n{}",
-        first.describe()
-    );
+    first.assert_exit(7, SOON, "the command's exit code passes through");
     // Right after the exit the old lease no longer holds the key.
     if let Some(kv) = etcd.get(&key) {
         assert_ne!(
@@ -295,7 +288,7 @@ fn waits_for_the_holder_then_runs_passes_the_exit_code_through_and_releases() {
         assert_eq!(kv.value, "job-second");
     }
     started_after(&mut second, &mut first, "done", "the first finished");
-    assert_eq!(second.exit_code(SOON), 9, "{}", second.describe());
+    second.assert_exit(9, SOON, "the second command's code");
     assert_eq!(etcd.get(&key), None, "the key is gone right after the exit");
 }
 
@@ -306,8 +299,7 @@ fn waits_for_the_holder_then_runs_passes_the_exit_code_through_and_releases() {
 /// die after its SIGTERM.
 #[test]
 fn a_finished_run_hands_the_lock_to_a_waiting_run_once_its_group_is_dead() {
-    let etcd = Etcd::start();
-    let key = unique_key("run_handoff");
+    let (etcd, key) = etcd_and_key("run_handoff");
     let slow_grandchild = format!(
         "(trap 'sleep 0.5; {}; exit 0' TERM; sleep 300 & wait) &",
         stamp("gc_dead")
@@ -317,8 +309,7 @@ fn a_finished_run_hands_the_lock_to_a_waiting_run_once_its_group_is_dead() {
         .spawn();
     first.wait_for_file("env", SOON);
     let held = etcd.get(&key).expect("the first run holds the key");
-    let mut second = waiter(&etcd, &key, "job-second", &env_then_release());
-    wait_following(&second, "job-first");
+    let mut second = waiter(&etcd, &key, "job-second", &env_then_release(), "job-first");
 
     release(&mut first);
     let env = recorded_env(&mut second);
@@ -347,17 +338,15 @@ fn a_finished_run_hands_the_lock_to_a_waiting_run_once_its_group_is_dead() {
 
 #[test]
 fn the_command_runs_in_its_own_process_group_with_stdio_passed_through() {
-    let etcd = Etcd::start();
-    let key = unique_key("stdio");
-    let mut job = Job::builder()
-        .on(&etcd.endpoint(), &key, "job-stdio")
+    let (etcd, key) = etcd_and_key("stdio");
+    let mut job = run_on(&etcd, &key, "job-stdio")
         .stdin("hello from stdin\n")
         .shell(&format!(
             "read line; echo \"stdout got: $line\"; echo 'to stderr' >&2; {}; {WAIT_FOR_RELEASE}",
             write_file("pid", "echo $$")
         ))
         .spawn();
-    let pid = job.wait_for_number("pid", SOON) as i32;
+    let pid = job.wait_for_number("pid", SOON);
     let run_pid = job.pid().as_raw();
     assert_eq!(
         process_group(pid),
@@ -383,54 +372,39 @@ fn the_command_runs_in_its_own_process_group_with_stdio_passed_through() {
 /// period, and a shell's `wait` with SIGCHLD blocked never returns.
 #[test]
 fn the_command_starts_with_no_signal_blocked() {
-    let etcd = Etcd::start();
-    let key = unique_key("sigmask");
-    let mut job = Job::builder()
-        .on(&etcd.endpoint(), &key, "job-sigmask")
+    let (etcd, key) = etcd_and_key("sigmask");
+    let mut job = run_on(&etcd, &key, "job-sigmask")
         .command(&["cat", "/proc/self/status"])
         .spawn();
-    assert_eq!(job.exit_code(SOON), 0, "{}", job.describe());
-    let status = job.stdout();
-    let mask = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(str::trim)
-            .unwrap_or_else(|| panic!("{name} in {status}"))
-            .to_string()
-    };
-    assert_eq!(mask("SigBlk:"), "0000000000000000", "nothing blocked");
+    job.assert_exit(0, SOON, "cat exits 0");
+    let status = Status::from_read(job.stdout().as_bytes()).expect("cat printed a status");
+    assert_eq!(status.sigblk, 0, "nothing blocked");
     // Dispositions come from whoever started the test (`nohup` ignores SIGHUP
     // on purpose), but SIGTERM, the one `run` stops the command with, is live.
-    let ignored = u64::from_str_radix(&mask("SigIgn:"), 16).expect("a hex mask");
-    assert_eq!(ignored & (1 << (15 - 1)), 0, "SIGTERM is not ignored");
+    assert_eq!(status.sigign & (1 << (15 - 1)), 0, "SIGTERM is not ignored");
 }
 
 #[test]
 fn a_command_killed_by_a_signal_exits_128_plus_its_number() {
-    let etcd = Etcd::start();
-    let key = unique_key("signalled");
-    let mut job = Job::builder()
-        .on(&etcd.endpoint(), &key, "job-killed")
+    let (etcd, key) = etcd_and_key("signalled");
+    let mut job = run_on(&etcd, &key, "job-killed")
         .shell("kill -KILL $$")
         .spawn();
-    assert_eq!(job.exit_code(SOON), 128 + 9, "{}", job.describe());
+    job.assert_exit(128 + 9, SOON, "the command died by SIGKILL");
     assert_eq!(etcd.get(&key), None, "the key is gone right after the exit");
 }
 
 #[test]
 fn a_grandchild_left_behind_dies_before_the_lock_is_released() {
-    let etcd = Etcd::start();
-    let key = unique_key("leftover");
-    let mut job = Job::builder()
-        .on(&etcd.endpoint(), &key, "job-leftover")
+    let (etcd, key) = etcd_and_key("leftover");
+    let mut job = run_on(&etcd, &key, "job-leftover")
         .shell(&format!(
             "sleep 300 & {}; exit 3",
             write_file("gc", "echo $!")
         ))
         .spawn();
-    assert_eq!(job.exit_code(SOON), 3, "{}", job.describe());
-    let gc = job.wait_for_number("gc", SOON) as i32;
+    job.assert_exit(3, SOON, "the command's code");
+    let gc: i32 = job.wait_for_number("gc", SOON);
     assert!(
         !process_alive(gc),
         "the grandchild {gc} was killed with its group"
@@ -450,8 +424,7 @@ enum Intrusion {
 /// and checks the command gets SIGTERM within a second and run exits with
 /// `--lost-exit-code` and a log line saying why. Returns the key afterwards.
 fn lock_lost_by(intrusion: Intrusion) -> Option<KeyValue> {
-    let etcd = Etcd::start();
-    let key = unique_key(&format!("{intrusion:?}").to_lowercase());
+    let (etcd, key) = etcd_and_key(&format!("{intrusion:?}").to_lowercase());
     let (mut job, lease) = term_stamper(&etcd, &key, "job-intruded", 0);
 
     let intruded_at = unix_nanos();
@@ -466,12 +439,7 @@ fn lock_lost_by(intrusion: Intrusion) -> Option<KeyValue> {
         after < Duration::from_secs(1),
         "{intrusion:?}: the command got SIGTERM within a second: {after:?}"
     );
-    assert_eq!(
-        job.exit_code(SOON),
-        LOST,
-        "a lost lock exits with --lost-exit-code\n{}",
-        job.describe()
-    );
+    job.assert_exit(LOST, SOON, "a lost lock exits with --lost-exit-code");
     let lost = job.log_events().into_iter().find(|e| {
         e["level"] == "WARN"
             && e["reason"].is_string()
@@ -507,8 +475,7 @@ fn revoking_the_lease_sends_sigterm_to_the_command_within_a_second() {
 
 #[test]
 fn a_command_ignoring_sigterm_and_its_grandchild_are_killed_after_the_grace_period() {
-    let etcd = Etcd::start();
-    let key = unique_key("stubborn");
+    let (etcd, key) = etcd_and_key("stubborn");
     let grace = Duration::from_secs(2);
     // grace 2 + keep-alive 2 + margin 0.6 < TTL 6.
     // SIG_IGN is inherited: the background sleep ignores SIGTERM too.
@@ -536,13 +503,12 @@ fn a_command_ignoring_sigterm_and_its_grandchild_are_killed_after_the_grace_peri
         took >= grace - Duration::from_millis(200),
         "SIGKILL waited for the grace period: {took:?}"
     );
-    assert_eq!(job.exit_code(SOON), LOST, "{}", job.describe());
+    job.assert_exit(LOST, SOON, "the lock was lost");
 }
 
 #[test]
 fn a_silent_partition_kills_the_command_before_another_run_starts_its_own() {
-    let etcd = Etcd::start();
-    let key = unique_key("partition");
+    let (etcd, key) = etcd_and_key("partition");
     let proxy = TcpProxy::start(etcd.client_addr());
     // TTL 6: keep-alive every 2 s, margin 0.6 s; grace 1 s (the rule needs < 3.4 s).
     // The command ignores SIGTERM, so only the SIGKILL at the end of the grace
@@ -559,86 +525,53 @@ fn a_silent_partition_kills_the_command_before_another_run_starts_its_own() {
 
     let partitioned = Instant::now();
     proxy.partition();
-    let mut first_dead: Option<(i128, Duration)> = None;
-    let mut second_started_seen = false;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if first_dead.is_none() && all_dead(&[pid, gc]) {
-            first_dead = Some((unix_nanos(), partitioned.elapsed()));
-        }
-        if second.has("started") {
-            second_started_seen = true;
-            if first_dead.is_some() {
-                break;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    assert!(
-        second_started_seen,
-        "the second run takes over once the first lease expires\n{}\n{}",
-        first.describe(),
-        second.describe()
-    );
-    let (dead_at, dead_after) = first_dead.unwrap_or_else(|| {
+    let (dead, dead_at) = seen_dead(&[pid, gc], Duration::from_secs(20)).unwrap_or_else(|| {
         panic!(
             "the partitioned command is still alive 20 s into the partition\n{}",
             first.describe()
         )
     });
+    // The second run takes over once the first lease expires.
+    let started: i128 = second.wait_for_number("started", SOON);
     // The orphaned grandchild is reaped by run itself (a child subreaper, as
     // PID 1 would be), not left a zombie, while run is still giving up its
     // lease through the partition.
-    let mut run_alive_when_reaped = None;
-    wait_until(Duration::from_secs(1), || {
-        let alive = first.is_running();
-        let reaped = !process_exists(gc);
-        if reaped {
-            run_alive_when_reaped = Some(alive);
-        }
-        reaped
+    let mut run_alive = false;
+    let reaped = wait_until(Duration::from_secs(1), || {
+        run_alive = first.is_running();
+        process_state(gc).is_none()
     });
-    match run_alive_when_reaped {
-        Some(true) => {}
-        Some(false) => println!("run exited before its grandchild was seen reaped"),
-        None => panic!("the orphaned grandchild {gc} is still a zombie a second after the kill"),
+    assert!(
+        reaped,
+        "the orphaned grandchild {gc} is still a zombie a second after the kill"
+    );
+    if !run_alive {
+        println!("run exited before its grandchild was seen reaped");
     }
-    let started = second.wait_for_number("started", SOON);
     let margin_ms = (started - dead_at) as f64 / 1e6;
     println!(
-        "partition: first command group dead {dead_after:?} after the partition; \
-         second command started {margin_ms:.0} ms after that"
+        "partition: first command group dead {:?} after the partition; \
+         second command started {margin_ms:.0} ms after that",
+        dead - partitioned
     );
     assert!(
         started > dead_at,
         "the first command group was dead before the second command started \
          (margin {margin_ms:.0} ms)"
     );
-    assert_eq!(
-        first.exit_code(Duration::from_secs(15)),
-        LOST,
-        "{}",
-        first.describe()
-    );
-    assert_eq!(second.exit_code(SOON), 0, "{}", second.describe());
+    first.assert_exit(LOST, Duration::from_secs(15), "the lock was lost");
+    second.assert_exit(0, SOON, "the second command's code");
 }
 
 #[test]
 fn sigterm_to_run_is_forwarded_and_a_waiting_run_starts_within_a_second() {
-    let etcd = Etcd::start();
-    let key = unique_key("sigterm_run");
+    let (etcd, key) = etcd_and_key("sigterm_run");
     let (mut first, lease) = term_stamper(&etcd, &key, "job-first", 42);
-    let mut second = waiter(&etcd, &key, "job-second", "exit 0");
-    wait_following(&second, "job-first");
+    let mut second = waiter(&etcd, &key, "job-second", "exit 0", "job-first");
 
     let signalled = unix_nanos();
     first.signal(Signal::SIGTERM);
-    assert_eq!(
-        first.exit_code(SOON),
-        42,
-        "run exits with the command's code\n{}",
-        first.describe()
-    );
+    first.assert_exit(42, SOON, "run exits with the command's code");
     assert!(first.has("term_at"), "the command got the SIGTERM");
     assert_eq!(etcd.lease_ttl(lease), None, "the lease was revoked");
     let after = nanos_between(signalled, second.wait_for_number("started", SOON));
@@ -647,13 +580,12 @@ fn sigterm_to_run_is_forwarded_and_a_waiting_run_starts_within_a_second() {
         after < Duration::from_secs(1),
         "the waiting run starts within a second: {after:?}"
     );
-    assert_eq!(second.exit_code(SOON), 0);
+    second.assert_exit(0, SOON, "the second command's code");
 }
 
 #[test]
 fn a_second_signal_kills_the_group_at_once() {
-    let etcd = Etcd::start();
-    let key = unique_key("second_signal");
+    let (etcd, key) = etcd_and_key("second_signal");
     // A long grace period (20 s + keep-alive 20 s + margin 5 s < TTL 60) that
     // only the second signal can cut short.
     let (mut job, pid, gc) = spawn_family(
@@ -669,7 +601,7 @@ fn a_second_signal_kills_the_group_at_once() {
         "the second signal kills the group at once\n{}",
         job.describe()
     );
-    assert_eq!(job.exit_code(SOON), 128 + 9, "the command died by SIGKILL");
+    job.assert_exit(128 + 9, SOON, "the command died by SIGKILL");
     println!(
         "group killed {:?} after the second signal",
         second.elapsed()
@@ -679,19 +611,14 @@ fn a_second_signal_kills_the_group_at_once() {
 
 #[test]
 fn sigterm_before_the_command_starts_exits_143_without_running_it() {
-    let etcd = Etcd::start();
-    let key = unique_key("early_sigterm");
+    let (etcd, key) = etcd_and_key("early_sigterm");
     let mut holder = holder(&etcd, &key, "job-holder");
-    let mut waiting = waiter(&etcd, &key, "job-waiting", "exit 0");
-    wait_following(&waiting, "job-holder");
+    let mut waiting = waiter(&etcd, &key, "job-waiting", "exit 0", "job-holder");
 
     waiting.signal(Signal::SIGTERM);
-    assert_eq!(waiting.exit_code(SOON), 143, "{}", waiting.describe());
+    waiting.assert_exit(143, SOON, "128 + SIGTERM");
     assert!(!waiting.has("started"), "the command never ran");
-    assert_eq!(
-        etcd.get(&key).map(|kv| kv.value).as_deref(),
-        Some("job-holder")
-    );
+    assert_eq!(etcd.get(&key).expect("held").value, "job-holder");
     release(&mut holder);
 }
 
@@ -713,8 +640,7 @@ fn fencing_token(env: &[(String, String)]) -> i64 {
 
 #[test]
 fn the_fencing_token_is_the_revision_a_run_got_the_key_at_and_grows_from_holder_to_holder() {
-    let etcd = Etcd::start();
-    let key = unique_key("fencing");
+    let (etcd, key) = etcd_and_key("fencing");
     let mut tokens = Vec::new();
     let mut previous: Option<Job> = None;
     for id in ["job-a", "job-b", "job-c"] {
@@ -806,8 +732,7 @@ fn an_unknown_option_is_refused() {
 
 #[test]
 fn with_the_election_protocol_run_queues_with_etcdctl_lock() {
-    let etcd = Etcd::start();
-    let name = unique_key("run_election");
+    let (etcd, name) = etcd_and_key("run_election");
     let prefix = format!("{name}/");
     let mut job = election_run(&etcd, &name, "job-elected");
     let env = recorded_env(&mut job);
@@ -828,31 +753,19 @@ fn with_the_election_protocol_run_queues_with_etcdctl_lock() {
         "<name>/<lease hex>"
     );
 
-    let mut ctl = Etcdctl::lock(
-        &etcd.endpoint(),
-        &name,
-        &["sh", "-c", &write_file("got", "echo \"$ETCD_LOCK_REV\"")],
-    );
+    let rev_script = write_file("rev", "echo \"$ETCD_LOCK_REV\"");
+    let mut ctl = Etcdctl::lock_sh(&etcd.endpoint(), &name, &rev_script);
     let tried = try_run(&etcd.endpoint(), &name, "job-try").args(&["--protocol", "election"]);
     held_off(tried, 0, "job-elected");
 
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(
-        ctl.read("got"),
-        None,
+    assert!(
+        !ctl.has("rev"),
         "etcdctl lock waits while run holds the election"
     );
     release(&mut job);
-    assert!(
-        wait_until(SOON, || ctl.read("got").is_some()),
-        "etcdctl lock runs its command once run is done; stderr: {}",
-        ctl.stderr()
-    );
-    let rev: i64 = ctl
-        .read("got")
-        .unwrap_or_default()
-        .parse()
-        .expect("a revision");
+    // etcdctl lock runs its command once run is done.
+    let rev: i64 = ctl.wait_for_number("rev", SOON);
     assert!(
         rev > kv.create_revision,
         "etcdctl's turn is later: {rev} > {}",
@@ -868,24 +781,12 @@ fn with_the_election_protocol_run_queues_with_etcdctl_lock() {
 
 #[test]
 fn with_the_election_protocol_etcd_lock_key_names_the_candidate_key_as_etcdctl_lock_does() {
-    let etcd = Etcd::start();
-    let name = unique_key("run_election_env");
+    let (etcd, name) = etcd_and_key("run_election_env");
     let prefix = format!("{name}/");
     // What `etcdctl lock` gives its command, for comparison.
-    let mut ctl = Etcdctl::lock(
-        &etcd.endpoint(),
-        &name,
-        &["sh", "-c", &write_file("env", "env")],
-    );
+    let mut ctl = Etcdctl::lock_sh(&etcd.endpoint(), &name, &write_file("env", "env"));
     assert!(ctl.wait_exit(SOON).success(), "stderr: {}", ctl.stderr());
-    let ctl_env: Vec<(String, String)> = ctl
-        .read("env")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let ctl_key = var(&ctl_env, "ETCD_LOCK_KEY");
+    let ctl_key = var(&ctl.read_env("env"), "ETCD_LOCK_KEY");
     assert!(
         ctl_key.starts_with(&prefix),
         "etcdctl exports its own key: {ctl_key}"
@@ -907,8 +808,7 @@ fn with_the_election_protocol_etcd_lock_key_names_the_candidate_key_as_etcdctl_l
 
 #[test]
 fn resign_is_refused_while_run_holds_the_lock_and_changes_nothing() {
-    let etcd = Etcd::start();
-    let key = unique_key("run_resign");
+    let (etcd, key) = etcd_and_key("run_resign");
     let mut job = run_on(&etcd, &key, "job-resign")
         .admin()
         .shell(&format!(
@@ -916,7 +816,7 @@ fn resign_is_refused_while_run_holds_the_lock_and_changes_nothing() {
             write_file("pid", "echo $$")
         ))
         .spawn();
-    let pid = job.wait_for_number("pid", SOON) as i32;
+    let pid = job.wait_for_number("pid", SOON);
     let held = etcd.get(&key).expect("run holds the key");
 
     let resp = http::simple(job.admin_addr(), "POST", "/resign", b"").expect("POST /resign");
@@ -960,8 +860,7 @@ fn claim_deadline(job: &Job) -> Option<Instant> {
 
 #[test]
 fn a_run_frozen_past_its_termination_time_still_kills_the_group_by_the_claim_deadline() {
-    let etcd = Etcd::start();
-    let key = unique_key("frozen_run");
+    let (etcd, key) = etcd_and_key("frozen_run");
     let proxy = TcpProxy::start(etcd.client_addr());
     // TTL 15: claim 13.5 s after a keep-alive's send time, keep-alive every 5 s;
     // grace 8 s (8 + 5 + 1.5 < 15). The command ignores SIGTERM, so only the
@@ -981,15 +880,7 @@ fn a_run_frozen_past_its_termination_time_still_kills_the_group_by_the_claim_dea
     let resume_at = claim - grace / 2;
     std::thread::sleep(resume_at.saturating_duration_since(Instant::now()));
     job.signal(Signal::SIGCONT);
-    let mut dead_at = None;
-    wait_until(Duration::from_secs(30), || {
-        let dead = all_dead(&[pid, gc]);
-        if dead {
-            dead_at = Some(Instant::now());
-        }
-        dead
-    });
-    let dead_at = dead_at.unwrap_or_else(|| {
+    let (dead_at, _) = seen_dead(&[pid, gc], Duration::from_secs(30)).unwrap_or_else(|| {
         panic!(
             "the command group is still alive 30 s after the run resumed\n{}",
             job.describe()
@@ -1006,18 +897,12 @@ fn a_run_frozen_past_its_termination_time_still_kills_the_group_by_the_claim_dea
         "the group is dead by the claim deadline, not {late:?} after it\n{}",
         job.describe()
     );
-    assert_eq!(
-        job.exit_code(Duration::from_secs(30)),
-        LOST,
-        "{}",
-        job.describe()
-    );
+    job.assert_exit(LOST, Duration::from_secs(30), "the lock was lost");
 }
 
 #[test]
 fn a_killed_run_takes_its_command_and_grandchild_with_it_within_a_second() {
-    let etcd = Etcd::start();
-    let key = unique_key("run_killed");
+    let (etcd, key) = etcd_and_key("run_killed");
     // Not PID 1: nothing but run itself can see to its command when it dies.
     let (job, pid, gc) = spawn_family(run_on(&etcd, &key, "job-killed-run"), family());
     let run_pid = job.pid().as_raw();
@@ -1027,16 +912,9 @@ fn a_killed_run_takes_its_command_and_grandchild_with_it_within_a_second() {
 
     job.signal(Signal::SIGKILL);
     let killed = Instant::now();
-    let mut left = Vec::new();
-    let gone = wait_until(Duration::from_secs(1), || {
-        left = [pid, gc]
-            .iter()
-            .chain(&helpers)
-            .copied()
-            .filter(|&p| process_alive(p))
-            .collect();
-        left.is_empty()
-    });
+    let all = [&[pid, gc][..], &helpers].concat();
+    let gone = wait_until(Duration::from_secs(1), || all_dead(&all));
+    let left: Vec<i32> = all.into_iter().filter(|&p| process_alive(p)).collect();
     println!(
         "command {pid}, grandchild {gc} and helpers {helpers:?} dead {:?} after run's SIGKILL",
         killed.elapsed()
@@ -1051,8 +929,7 @@ fn a_killed_run_takes_its_command_and_grandchild_with_it_within_a_second() {
 
 #[test]
 fn a_second_signal_exits_at_once_even_while_etcd_does_not_answer() {
-    let etcd = Etcd::start();
-    let key = unique_key("second_signal_partitioned");
+    let (etcd, key) = etcd_and_key("second_signal_partitioned");
     let proxy = TcpProxy::start(etcd.client_addr());
     // A long grace period and shutdown timeout that only the second signal can cut short.
     let (mut job, pid, gc) = spawn_family(
@@ -1084,12 +961,8 @@ fn try_gives_up_with_exit_69_when_etcd_does_not_answer_within_the_try_timeout() 
             .args(&["--ttl", ttl, "--grace-period", "1"])
             .args(extra)
             .spawn();
-        assert_eq!(
-            job.exit_code(Duration::from_secs(20)),
-            TRY_TIMED_OUT,
-            "--try against a dead endpoint ({extra:?}, TTL {ttl})\n{}",
-            job.describe()
-        );
+        let what = format!("--try against a dead endpoint ({extra:?}, TTL {ttl})");
+        job.assert_exit(TRY_TIMED_OUT, Duration::from_secs(20), &what);
         println!(
             "extra args {extra:?} (TTL {ttl}): gave up after {:?}",
             started.elapsed()
@@ -1129,16 +1002,12 @@ fn the_etcd_password_never_reaches_the_command() {
             .env(name, value)
             .shell(&write_file("env", "env"))
             .spawn();
-        assert_eq!(job.exit_code(SOON), 0, "{name}: {}", job.describe());
+        job.assert_exit(0, SOON, name);
+        // The command ran under the lock.
+        fencing_token(&job.read_env("env"));
         let env = job
             .read("env")
             .expect("the command recorded its environment");
-        assert!(
-            var(&job.read_env("env"), "ELECTOR_FENCING_TOKEN")
-                .parse::<i64>()
-                .is_ok(),
-            "{name}: the command ran under the lock"
-        );
         assert!(
             !env.contains(&auth.password),
             "{name}: the password is not in the command's environment"
@@ -1152,48 +1021,26 @@ fn the_etcd_password_never_reaches_the_command() {
     }
 }
 
-/// A shell command for `etcdctl lock` that records, while it holds the lock, what
-/// etcdctl exported (`rev`) and its own key's create revision (`kv`, etcdctl's JSON).
-fn record_lock_as_etcdctl_sees_it(etcd: &Etcd) -> String {
-    let etcdctl = elector_testkit::etcd::etcdctl_bin().display().to_string();
-    format!(
-        "{}; {}",
-        write_file("rev", "echo \"$ETCD_LOCK_REV\""),
-        write_file(
-            "kv",
-            &format!(
-                "{etcdctl} --endpoints {} get \"$ETCD_LOCK_KEY\" -w json",
-                etcd.endpoint()
-            )
-        )
-    )
-}
-
-/// What [`record_lock_as_etcdctl_sees_it`] recorded: (ETCD_LOCK_REV, own create revision).
-fn etcdctl_lock_record(ctl: &mut Etcdctl) -> (i64, i64) {
+/// What `etcdctl lock` running [`env_then_release`] exported, and the create revision
+/// of the key it holds (read while it does): then it lets go.
+fn etcdctl_lock_record(etcd: &Etcd, ctl: &mut Etcdctl) -> (i64, i64) {
+    let env = recorded_env(ctl);
+    let held = etcd
+        .get(&var(&env, "ETCD_LOCK_KEY"))
+        .expect("etcdctl's key");
+    ctl.touch("release");
     assert!(ctl.wait_exit(SOON).success(), "stderr: {}", ctl.stderr());
-    let rev: i64 = ctl
-        .read("rev")
-        .unwrap_or_default()
-        .parse()
-        .expect("a revision");
-    let kv: serde_json::Value =
-        serde_json::from_str(&ctl.read("kv").unwrap_or_default()).expect("etcdctl's JSON");
-    let created = kv["kvs"][0]["create_revision"]
-        .as_i64()
-        .expect("the lock key's create revision");
-    (rev, created)
+    let rev = var(&env, "ETCD_LOCK_REV").parse().expect("a revision");
+    (rev, held.create_revision)
 }
 
 #[test]
 fn etcd_lock_rev_is_the_create_revision_where_etcdctl_exports_the_revision_it_saw_the_lock_free() {
-    let etcd = Etcd::start();
-    let name = unique_key("lock_rev");
+    let (etcd, name) = etcd_and_key("lock_rev");
 
     // A free lock: etcdctl exports its transaction's revision, which created its key.
-    let script = record_lock_as_etcdctl_sees_it(&etcd);
-    let mut ctl = Etcdctl::lock(&etcd.endpoint(), &name, &["sh", "-c", &script]);
-    let (rev, created) = etcdctl_lock_record(&mut ctl);
+    let mut ctl = Etcdctl::lock_sh(&etcd.endpoint(), &name, &env_then_release());
+    let (rev, created) = etcdctl_lock_record(&etcd, &mut ctl);
     assert_eq!(
         rev, created,
         "uncontested, etcdctl's ETCD_LOCK_REV is its key's"
@@ -1203,27 +1050,20 @@ fn etcd_lock_rev_is_the_create_revision_where_etcdctl_exports_the_revision_it_sa
     // later than its own key's creation.
     let mut job = election_run(&etcd, &name, "job-first");
     job.wait_for_file("env", SOON);
-    let mut ctl = Etcdctl::lock(&etcd.endpoint(), &name, &["sh", "-c", &script]);
-    assert!(
-        wait_until(SOON, || keys_under(&etcd, &format!("{name}/")).len() == 2),
-        "etcdctl queues behind run"
-    );
+    let mut ctl = Etcdctl::lock_sh(&etcd.endpoint(), &name, &env_then_release());
+    wait_queued(&etcd, &format!("{name}/"), 2); // etcdctl queues behind run
     release(&mut job);
-    let (rev, created) = etcdctl_lock_record(&mut ctl);
+    let (rev, created) = etcdctl_lock_record(&etcd, &mut ctl);
     assert!(
         rev > created,
         "after waiting, etcdctl's ETCD_LOCK_REV ({rev}) is later than its key's creation ({created})"
     );
 
     // run, having waited the same way, exports its key's create revision: the fencing token.
-    let mut holder = Etcdctl::lock(&etcd.endpoint(), &name, &[]);
+    let mut holder = Etcdctl::lock(&etcd.endpoint(), &name);
     holder.wait_lines(1, SOON);
     let mut job = election_run(&etcd, &name, "job-waited");
-    assert!(
-        wait_until(SOON, || keys_under(&etcd, &format!("{name}/")).len() == 2),
-        "run queues behind etcdctl"
-    );
-    let queued = keys_under(&etcd, &format!("{name}/"));
+    let queued = wait_queued(&etcd, &format!("{name}/"), 2); // run queues behind etcdctl
     let own_created = queued[1].1.create_revision;
     holder.signal(Signal::SIGTERM);
     holder.wait_exit(SOON);

@@ -10,25 +10,16 @@ use elector_testkit::*;
 
 fn replica(etcd: &Etcd, key: &str, id: &str, revision: &str, app: &App) -> Sidecar {
     Sidecar::builder()
-        .endpoints(&etcd.endpoint())
-        .key(key)
-        .id(id)
-        .args(&[
-            "--ttl",
-            "30",
-            "--revision",
-            revision,
-            "--app-health",
-            &app.url(),
-        ])
+        .on(&etcd.endpoint(), key, id)
+        .ttl(30)
+        .args(&["--revision", revision, "--app-health", &app.url()])
         .start()
 }
 
-fn status(etcd: &Etcd, key: &str, extra: &[&str]) -> (Option<i32>, String, String) {
-    let endpoint = etcd.endpoint();
-    let mut args = vec!["status", "--endpoints", &endpoint, "--key", key];
+fn status(endpoint: &str, key: &str, extra: &[&str]) -> (Option<i32>, String, String) {
+    let mut args = vec!["status", "--endpoints", endpoint, "--key", key];
     args.extend_from_slice(extra);
-    let out = run_to_exit(&args, &[], Duration::from_secs(20));
+    let out = run_to_exit(&args, &[], Duration::from_secs(30));
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -54,7 +45,7 @@ fn status_shows_the_holder_and_every_candidate_as_text_and_json() {
     let (mut code, mut text, mut stderr) = (None, String::new(), String::new());
     assert!(
         wait_until(SOON, || {
-            (code, text, stderr) = status(&etcd, &key, &[]);
+            (code, text, stderr) = status(&etcd.endpoint(), &key, &[]);
             text.lines()
                 .any(|l| l.trim_start().starts_with("new-0") && l.contains(" healthy"))
         }),
@@ -81,7 +72,7 @@ fn status_shows_the_holder_and_every_candidate_as_text_and_json() {
     assert!(line("new-1").contains("unhealthy"), "{}", line("new-1"));
     assert!(line("new-1").contains(" s ago"), "{}", line("new-1"));
 
-    let (code, json, stderr) = status(&etcd, &key, &["--json"]);
+    let (code, json, stderr) = status(&etcd.endpoint(), &key, &["--json"]);
     assert_eq!(code, Some(0), "{stderr}");
     let doc: serde_json::Value = serde_json::from_str(&json).expect("a JSON document");
     assert_eq!(doc["protocol"], "lock");
@@ -117,7 +108,7 @@ fn status_shows_the_holder_and_every_candidate_as_text_and_json() {
 fn status_of_a_free_key_and_of_an_unreachable_etcd() {
     let etcd = Etcd::start();
     let key = unique_key("status_free");
-    let (code, text, _) = status(&etcd, &key, &[]);
+    let (code, text, _) = status(&etcd.endpoint(), &key, &[]);
     assert_eq!(code, Some(0));
     assert!(
         text.contains("holder:     none (the key is free)"),
@@ -126,13 +117,8 @@ fn status_of_a_free_key_and_of_an_unreachable_etcd() {
     assert!(text.contains("candidates: 0"), "{text}");
 
     let dead = format!("http://127.0.0.1:{}", free_port());
-    let out = run_to_exit(
-        &["status", "--endpoints", &dead, "--key", &key],
-        &[],
-        Duration::from_secs(30),
-    );
-    assert_eq!(out.status.code(), Some(1), "etcd unreachable: exit 1");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (code, _, stderr) = status(&dead, &key, &[]);
+    assert_eq!(code, Some(1), "etcd unreachable: exit 1");
     assert!(
         stderr.lines().last().is_some_and(|l| l.contains("etcd")),
         "one line naming etcd: {stderr}"

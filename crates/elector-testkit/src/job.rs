@@ -12,13 +12,14 @@
 //! pid from the run's own "command started" log line, checked to still lead
 //! its group), so a failed test leaves no command behind.
 
+use std::fmt::Display;
 use std::fs::{self, File};
-use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::ops::DerefMut;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::str::FromStr;
+use std::time::Duration;
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
@@ -27,7 +28,7 @@ use procfs::process::Process;
 use crate::etcd::{etcdctl_bin, key_value, KeyValue};
 use crate::process::Child;
 use crate::sidecar::{CommonArgs, ElectorArgs};
-use crate::{free_port, http, test_tempdir, wait_until, Etcd};
+use crate::{free_port, http, test_tempdir, wait_until, Etcd, SOON};
 
 /// A shell loop that waits (at most a minute) until the test creates the file
 /// `release` in the job's directory.
@@ -47,24 +48,19 @@ pub fn stamp(name: &str) -> String {
 
 /// Nanoseconds since the Unix epoch, comparable with [`stamp`] files.
 pub fn unix_nanos() -> i128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i128)
-        .unwrap_or_default()
+    jiff::Timestamp::now().as_nanosecond()
+}
+
+/// The state letter of `pid` (`Z` for a zombie), while it has a process table
+/// entry (a zombie's included: `None` once it has been reaped).
+pub fn process_state(pid: i32) -> Option<char> {
+    Some(Process::new(pid).ok()?.stat().ok()?.state)
 }
 
 /// True while `pid` exists and has not exited: a zombie (exited, not yet
 /// reaped) counts as dead, since it runs no code and holds nothing.
 pub fn process_alive(pid: i32) -> bool {
-    Process::new(pid)
-        .and_then(|p| p.stat())
-        .is_ok_and(|s| !matches!(s.state, 'Z' | 'X'))
-}
-
-/// True while `pid` has a process table entry, a zombie included: false once
-/// it has been reaped.
-pub fn process_exists(pid: i32) -> bool {
-    PathBuf::from(format!("/proc/{pid}")).exists()
+    process_state(pid).is_some_and(|s| !matches!(s, 'Z' | 'X'))
 }
 
 /// The children of `pid` (of every thread of it), from /proc.
@@ -101,13 +97,6 @@ impl ElectorArgs for JobBuilder {
 }
 
 impl JobBuilder {
-    pub fn grace_period(self, secs: &str) -> Self {
-        self.args(&["--grace-period", secs])
-    }
-    /// `--try`: one attempt.
-    pub fn try_once(self) -> Self {
-        self.arg("--try")
-    }
     /// Serve the public HTTP routes on a free loopback port (off by default in `run`).
     pub fn listen(mut self) -> Self {
         self.listen = true;
@@ -139,25 +128,23 @@ impl JobBuilder {
         let logs = [dir.path().join("run.stderr"), dir.path().join("run.stdout")];
         let port = |on: bool| on.then(|| SocketAddr::from(([127, 0, 0, 1], free_port())));
         let (addr, admin_addr) = (port(self.listen), port(self.admin));
-        let mut mode = vec!["run".to_string()];
+        let mut cmd = self
+            .common
+            .command(&["run"], dir.path(), &logs[1], &logs[0]);
         for (flag, a) in [("--listen", addr), ("--admin-listen", admin_addr)] {
             if let Some(a) = a {
-                mode.extend([flag.to_string(), a.to_string()]);
+                cmd.args([flag, &a.to_string()]);
             }
         }
-        let mode: Vec<&str> = mode.iter().map(String::as_str).collect();
-        let mut cmd = self.common.command(&mode, dir.path(), &logs[1], &logs[0]);
         cmd.arg("--").args(&self.command);
         if let Some(text) = &self.stdin {
             let path = dir.path().join("run.stdin");
             fs::write(&path, text).expect("writing run.stdin");
             cmd.stdin(File::open(&path).expect("opening run.stdin"));
         }
-        let id = self.common.id();
+        let name = format!("run {}", self.common.id());
         Job {
-            child: Child::spawn(&mut cmd, &format!("run {id}"), &logs),
-            id,
-            key: self.common.key(),
+            child: Child::spawn(&mut cmd, &name, &logs),
             addr,
             admin_addr,
             dir,
@@ -165,11 +152,81 @@ impl JobBuilder {
     }
 }
 
+/// What [`Job`] and [`Etcdctl`] share: a process (`pid`, `signal`, `try_wait`,
+/// `wait_exit`, `describe`, through `Deref`) that runs in a directory of its
+/// own, where its command leaves files.
+pub trait Workdir: DerefMut<Target = Child> {
+    fn dir(&self) -> &Path;
+
+    /// A file in its directory.
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir().join(name)
+    }
+
+    /// The file's contents, trimmed, if it exists.
+    fn read(&self, name: &str) -> Option<String> {
+        let text = fs::read_to_string(self.path(name)).ok()?;
+        Some(text.trim().to_string())
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.path(name).exists()
+    }
+
+    /// Creates the file `name` (e.g. `release`, which [`WAIT_FOR_RELEASE`] waits for).
+    fn touch(&self, name: &str) {
+        fs::write(self.path(name), b"").expect("creating a file in its directory");
+    }
+
+    /// `KEY=VALUE` lines (as `env` prints them) from the file `name`.
+    fn read_env(&self, name: &str) -> Vec<(String, String)> {
+        self.read(name)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// Waits until the command writes `name` and returns its trimmed contents;
+    /// panics with the logs if the process exits first or `timeout` passes.
+    fn wait_for_file(&mut self, name: &str, timeout: Duration) -> String {
+        let mut exited = None;
+        wait_until(timeout, || {
+            exited = self.try_wait();
+            exited.is_some() || self.has(name)
+        });
+        // Read after the exit was seen: the command may have written it just before.
+        if let Some(text) = self.read(name) {
+            return text;
+        }
+        let what = match exited {
+            Some(status) => format!("exited ({status})"),
+            None => format!("still runs after {timeout:?}"),
+        };
+        panic!(
+            "{} {what} and its command did not write {name}\n{}",
+            self.name(),
+            self.describe()
+        )
+    }
+
+    /// A number the command wrote to `name` (a pid, a timestamp, a revision).
+    fn wait_for_number<T: FromStr<Err: Display>>(&mut self, name: &str, timeout: Duration) -> T {
+        let text = self.wait_for_file(name, timeout);
+        text.parse().unwrap_or_else(|e| {
+            panic!(
+                "{}: {name} holds {text:?}, not a number: {e}\n{}",
+                self.name(),
+                self.describe()
+            )
+        })
+    }
+}
+
 /// One `etcd-elector run` process. See the module docs.
 pub struct Job {
     child: Child,
-    id: String,
-    key: String,
     addr: Option<SocketAddr>,
     admin_addr: Option<SocketAddr>,
     dir: tempfile::TempDir,
@@ -180,12 +237,6 @@ impl Job {
         JobBuilder::default()
     }
 
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-    pub fn key(&self) -> &str {
-        &self.key
-    }
     /// The public HTTP address, when built with [`JobBuilder::listen`].
     pub fn addr(&self) -> SocketAddr {
         self.addr.expect("the job was built without .listen()")
@@ -198,77 +249,6 @@ impl Job {
     /// `GET path` on the public port; errors are returned.
     pub fn try_get(&self, path: &str) -> std::io::Result<http::Response> {
         http::simple(self.addr(), "GET", path, b"")
-    }
-
-    /// A file in the job's (and its command's) directory.
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// The file's contents, trimmed, if it exists.
-    pub fn read(&self, name: &str) -> Option<String> {
-        read_trimmed(self.path(name))
-    }
-
-    pub fn has(&self, name: &str) -> bool {
-        self.path(name).exists()
-    }
-
-    /// Creates the file `name` (e.g. `release`, which [`WAIT_FOR_RELEASE`] waits for).
-    pub fn touch(&self, name: &str) {
-        fs::write(self.path(name), b"").expect("creating a file in the job's directory");
-    }
-
-    /// Waits until the command writes `name` and returns its trimmed contents;
-    /// panics with the logs if the run exits first or `timeout` passes.
-    pub fn wait_for_file(&mut self, name: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(text) = self.read(name) {
-                return text;
-            }
-            if let Some(status) = self.try_wait() {
-                // The command may have written it just before the run exited.
-                if let Some(text) = self.read(name) {
-                    return text;
-                }
-                panic!(
-                    "run {} exited ({status}) without its command writing {name}\n{}",
-                    self.id,
-                    self.describe()
-                );
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "run {}: its command did not write {name} within {timeout:?}\n{}",
-                    self.id,
-                    self.describe()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// A number the command wrote to `name` (a pid, a timestamp, a revision).
-    pub fn wait_for_number(&mut self, name: &str, timeout: Duration) -> i128 {
-        let text = self.wait_for_file(name, timeout);
-        text.parse().unwrap_or_else(|e| {
-            panic!(
-                "run {}: {name} holds {text:?}, not a number: {e}\n{}",
-                self.id,
-                self.describe()
-            )
-        })
-    }
-
-    /// `KEY=VALUE` lines (as `env` prints them) from the file `name`.
-    pub fn read_env(&self, name: &str) -> Vec<(String, String)> {
-        self.read(name)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
     }
 
     /// The run's stderr: its JSON log.
@@ -290,41 +270,39 @@ impl Job {
             .collect()
     }
 
-    /// The pid of the command, from the run's "command started" log line.
-    pub fn command_pid(&self) -> Option<i32> {
-        self.log_events()
-            .iter()
-            .find(|e| e["fencing_token"].is_string() && e["pid"].is_i64())
-            .and_then(|e| e["pid"].as_i64())
-            .map(|p| p as i32)
-    }
-
-    /// The log tails, for failure messages.
-    pub fn describe(&self) -> String {
-        self.child.describe()
-    }
-
-    /// Waits for the exit and returns the exit code; panics if a signal killed the run itself.
-    pub fn exit_code(&mut self, timeout: Duration) -> i32 {
+    /// Waits for the exit and asserts that it is with `code` (`what` says why);
+    /// panics with the logs otherwise, also when a signal killed the run itself.
+    pub fn assert_exit(&mut self, code: i32, timeout: Duration, what: &str) {
         let status = self.wait_exit(timeout);
-        status.code().unwrap_or_else(|| {
-            panic!(
-                "run {} was killed by a signal ({status}), it should exit with a code\n{}",
-                self.id,
-                self.describe()
-            )
-        })
+        let described = self.describe();
+        assert_eq!(
+            status.code(),
+            Some(code),
+            "{} exited ({status}): {what}\n{described}",
+            self.name()
+        );
     }
 
     /// SIGKILL the run and whatever is left of its command's group.
     pub fn kill(&mut self) {
         self.child.kill();
-        if let Some(pid) = self.command_pid() {
+        // The command's pid, from the run's "command started" log line.
+        let events = self.log_events();
+        let started = events
+            .iter()
+            .find(|e| e["fencing_token"].is_string() && e["pid"].is_i64());
+        if let Some(pid) = started.and_then(|e| e["pid"].as_i64()).map(|p| p as i32) {
             // Only while that pid still leads its own group: the group is ours.
             if process_alive(pid) && process_group(pid) == Some(pid) {
                 let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
             }
         }
+    }
+}
+
+impl Workdir for Job {
+    fn dir(&self) -> &Path {
+        self.dir.path()
     }
 }
 
@@ -336,13 +314,12 @@ impl Drop for Job {
 }
 
 /// A running `etcdctl elect`, `etcdctl elect -l` or `etcdctl lock` against one
-/// etcd. Its stdout lines are collected by a thread (etcdctl prints the key and
-/// the value once it leads or holds the lock, and `elect -l` prints every
-/// leader change without exiting). It runs in a directory of its own, where a
-/// command given to `etcdctl lock` can leave files. Dropping it kills it.
+/// etcd, with its stdout in a file (etcdctl prints the key and the value once
+/// it leads or holds the lock, and `elect -l` prints every leader change
+/// without exiting). It runs in a directory of its own, where a command given
+/// to `etcdctl lock` can leave files. Dropping it kills it.
 pub struct Etcdctl {
     child: Child,
-    lines: Arc<Mutex<Vec<(Instant, String)>>>,
     dir: tempfile::TempDir,
 }
 
@@ -357,22 +334,22 @@ impl Etcdctl {
         Etcdctl::spawn(endpoints, &["elect", "-l", name])
     }
 
-    /// `etcdctl lock NAME [COMMAND...]`: without a command it prints the key once it holds
-    /// the lock and holds it until signalled; with one it runs it under the lock and exits.
-    pub fn lock(endpoints: &str, name: &str, command: &[&str]) -> Etcdctl {
-        let mut args = vec!["lock", name];
-        if !command.is_empty() {
-            // So that etcdctl does not read the command's options as its own.
-            args.push("--");
-            args.extend_from_slice(command);
-        }
-        Etcdctl::spawn(endpoints, &args)
+    /// `etcdctl lock NAME`: prints the key once it holds the lock, and holds it until signalled.
+    pub fn lock(endpoints: &str, name: &str) -> Etcdctl {
+        Etcdctl::spawn(endpoints, &["lock", name])
+    }
+
+    /// `etcdctl lock NAME -- sh -c SCRIPT`: runs the script under the lock, in
+    /// its directory, and exits. (`--`: etcdctl does not read the script's
+    /// options as its own.)
+    pub fn lock_sh(endpoints: &str, name: &str, script: &str) -> Etcdctl {
+        Etcdctl::spawn(endpoints, &["lock", name, "--", "sh", "-c", script])
     }
 
     fn spawn(endpoints: &str, args: &[&str]) -> Etcdctl {
         let dir = test_tempdir("etcdctl");
         let logs = [dir.path().join("stdout"), dir.path().join("stderr")];
-        let stderr = File::create(&logs[1]).expect("creating etcdctl's stderr");
+        let log = |i: usize| File::create(&logs[i]).expect("creating etcdctl's log");
         let mut cmd = Command::new(etcdctl_bin());
         cmd.env("ETCDCTL_API", "3")
             .env_remove("ETCDCTL_ENDPOINTS")
@@ -380,47 +357,22 @@ impl Etcdctl {
             .args(args)
             .current_dir(dir.path())
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr);
-        let mut child = Child::spawn(&mut cmd, &format!("`etcdctl {}`", args.join(" ")), &logs);
-        let stdout = child.take_stdout().expect("piped stdout");
-        let mut copy = File::create(&logs[0]).expect("creating etcdctl's stdout");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let at = Instant::now();
-                let _ = writeln!(copy, "{line}");
-                sink.lock().expect("lines lock").push((at, line));
-            }
-        });
-        Etcdctl { child, lines, dir }
+            .stdout(log(0))
+            .stderr(log(1));
+        let name = format!("`etcdctl {}`", args.join(" "));
+        Etcdctl {
+            child: Child::spawn(&mut cmd, &name, &logs),
+            dir,
+        }
     }
 
-    /// What it printed so far.
+    /// The lines it printed so far (Go writes each unbuffered, at once).
     pub fn lines(&self) -> Vec<String> {
-        self.lines
-            .lock()
-            .expect("lines lock")
-            .iter()
-            .map(|(_, l)| l.clone())
-            .collect()
-    }
-
-    /// When it printed its first line, if it has.
-    pub fn first_line_at(&self) -> Option<Instant> {
-        self.lines
-            .lock()
-            .expect("lines lock")
-            .first()
-            .map(|(at, _)| *at)
-    }
-
-    /// True once it printed something: for `elect` and `lock` without a command, that it
-    /// leads or holds the lock.
-    pub fn has_printed(&self) -> bool {
-        !self.lines.lock().expect("lines lock").is_empty()
+        let out = self.log(0);
+        let complete = out
+            .split_inclusive('\n')
+            .filter_map(|l| l.strip_suffix('\n'));
+        complete.map(str::to_string).collect()
     }
 
     /// Waits until it printed at least `n` lines and returns all of them; panics with its
@@ -429,60 +381,43 @@ impl Etcdctl {
         if !wait_until(timeout, || self.lines().len() >= n) {
             panic!(
                 "{} printed {:?}, not {n} lines, within {timeout:?}\n{}",
-                self.child.name(),
+                self.name(),
                 self.lines(),
-                self.child.describe()
+                self.describe()
             );
         }
         self.lines()
     }
 
-    /// A file in its directory (the working directory of a command given to `lock`).
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    pub fn read(&self, name: &str) -> Option<String> {
-        read_trimmed(self.path(name))
-    }
-
     pub fn stderr(&self) -> String {
-        self.child.log(1)
+        self.log(1)
     }
 }
 
-/// The process: `pid`, `signal`, `try_wait`, `wait_exit`.
-impl std::ops::Deref for Etcdctl {
-    type Target = Child;
-    fn deref(&self) -> &Child {
-        &self.child
+impl Workdir for Etcdctl {
+    fn dir(&self) -> &Path {
+        self.dir.path()
     }
 }
 
-impl std::ops::DerefMut for Etcdctl {
-    fn deref_mut(&mut self) -> &mut Child {
-        &mut self.child
-    }
+/// The process under a [`Job`] or an [`Etcdctl`]: `pid`, `signal`, `try_wait`,
+/// `wait_exit` (a job's `kill` is its own).
+macro_rules! deref_to_child {
+    ($($t:ty),*) => {$(
+        impl std::ops::Deref for $t {
+            type Target = Child;
+            fn deref(&self) -> &Child {
+                &self.child
+            }
+        }
+        impl std::ops::DerefMut for $t {
+            fn deref_mut(&mut self) -> &mut Child {
+                &mut self.child
+            }
+        }
+    )*};
 }
-
-/// The process: `pid`, `signal`, `try_wait`, `wait_exit` (`kill` is the job's own).
-impl std::ops::Deref for Job {
-    type Target = Child;
-    fn deref(&self) -> &Child {
-        &self.child
-    }
-}
-
-impl std::ops::DerefMut for Job {
-    fn deref_mut(&mut self) -> &mut Child {
-        &mut self.child
-    }
-}
-
-/// A file's contents, trimmed, if it exists.
-fn read_trimmed(path: PathBuf) -> Option<String> {
-    fs::read_to_string(path).ok().map(|s| s.trim().to_string())
-}
+deref_to_child!(Job, Etcdctl);
 
 /// Every key under `prefix` with what etcd stores, oldest create revision first:
 /// the queue of an etcd election or lock named `prefix` without its trailing `/`.
@@ -495,5 +430,18 @@ pub fn keys_under(etcd: &Etcd, prefix: &str) -> Vec<(String, KeyValue)> {
         .map(|kvs| kvs.iter().map(key_value).collect())
         .unwrap_or_default();
     keys.sort_by_key(|(_, kv)| kv.create_revision);
+    keys
+}
+
+/// Waits until `n` keys are queued under `prefix`; returns them, oldest first.
+pub fn wait_queued(etcd: &Etcd, prefix: &str, n: usize) -> Vec<(String, KeyValue)> {
+    let mut keys = Vec::new();
+    assert!(
+        wait_until(SOON, || {
+            keys = keys_under(etcd, prefix);
+            keys.len() == n
+        }),
+        "{n} candidates queued under {prefix}; found {keys:?}"
+    );
     keys
 }

@@ -1,20 +1,21 @@
 //! Other etcd clients that take the same key, run as children: the Go program on etcd's
 //! `clientv3` ([`crate::golocker`]) and etcd3gw's Python `Lock` ([`crate::etcd3gw`]). Each tries
 //! the lock once, prints one JSON verdict line, holds the lock (when it got it) until released
-//! by SIGTERM, and exits. [`resigns_under_contention`] runs one of them in a loop while the
-//! sidecars hand leadership over.
+//! by SIGTERM, and exits. [`loses_to_a_sidecar`] and [`sidecars_wait_for`] are the two sides
+//! of one key shared with a sidecar; [`resigns_under_contention`] runs one of them in a loop
+//! while the sidecars hand leadership over.
 
 use std::io::{BufRead, BufReader};
 use std::process::{ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
 use crate::process::Child;
 use crate::sidecar::Sidecar;
-use crate::{http, wait_for_one_leader, wait_until, Etcd, SOON};
+use crate::{http, replicas, wait_for_one_leader, wait_until, Etcd, SOON};
 
 /// A running lock client. Dropping it kills it (SIGKILL: a key it holds stays until its
 /// lease expires).
@@ -64,6 +65,83 @@ impl Locker {
     }
 }
 
+/// Checks that the one attempt of another client (`attempt`, on `key`) against
+/// a sidecar that leads `key` ends with `verdict` and changes nothing.
+pub fn loses_to_a_sidecar(
+    etcd: &Etcd,
+    key: &str,
+    verdict: serde_json::Value,
+    attempt: impl FnOnce() -> Locker,
+) {
+    let sidecar = Sidecar::start(&etcd.endpoint(), key, "rust-sidecar", &[]);
+    assert!(
+        wait_until(SOON, || sidecar.is_leader()),
+        "the sidecar leads"
+    );
+    let created = etcd.get(key).expect("the sidecar's key").create_revision;
+    let other = attempt();
+    let name = other.child.name().to_string();
+    assert_eq!(other.result, verdict, "{name} loses to the sidecar");
+    assert!(other.release().success(), "{name} exits 0");
+    assert!(sidecar.is_leader(), "the sidecar still leads");
+    let kv = etcd.get(key).expect("the sidecar's key");
+    assert_eq!(
+        (kv.value.as_str(), kv.create_revision),
+        ("rust-sidecar", created),
+        "the same term"
+    );
+}
+
+/// Checks that sidecars wait while `holder` (another client that took the free
+/// `key` and wrote `value` to it) holds it, and that one of them takes over, in
+/// a later term, once it lets go.
+pub fn sidecars_wait_for(etcd: &Etcd, key: &str, holder: Locker, value: &str) {
+    let name = holder.child.name().to_string();
+    assert!(
+        holder.held(),
+        "{name} takes the free key: {}",
+        holder.result
+    );
+    let rev = holder.result["rev"].as_i64().expect("rev is an integer");
+    let kv = etcd.get(key).expect("the key");
+    assert_eq!((kv.create_revision, kv.value.as_str()), (rev, value));
+
+    let sidecars = replicas(&etcd.endpoint(), key, 2, &["--ttl", "3"]);
+    for s in &sidecars {
+        assert!(
+            wait_until(SOON, || s.leader_view()["leader"] == value),
+            "{} reports {name} as leader: {}",
+            s.id(),
+            s.leader_view()
+        );
+    }
+    // Several of the sidecars' own keep-alive periods pass: still nobody else.
+    let why = format!("while {name} holds the key");
+    assert_none_leads(&sidecars, Duration::from_secs(2), &why);
+
+    assert!(holder.release().success(), "{name} releases and exits 0");
+    let leader = wait_for_one_leader(&sidecars, SOON);
+    let kv = etcd.get(key).expect("a sidecar holds the key");
+    assert_eq!(kv.value, sidecars[leader].id());
+    assert!(
+        kv.create_revision > rev,
+        "a later term: {} > {rev}",
+        kv.create_revision
+    );
+    assert_eq!(sidecars[leader].fencing_token(), Some(kv.create_revision));
+}
+
+/// Checks, every 50 ms for `period`, that none of `sidecars` leads (`why` says why not).
+pub fn assert_none_leads(sidecars: &[Sidecar], period: Duration, why: &str) {
+    let until = Instant::now() + period;
+    while Instant::now() < until {
+        for s in sidecars {
+            assert!(!s.is_leader(), "{} leads {why}", s.id());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// What a contender saw while the sidecars handed leadership over.
 #[derive(Debug)]
 pub struct Contention {
@@ -104,17 +182,15 @@ pub fn resigns_under_contention(
         assert!(wait_until(SOON, || s.get_json("/status").1["state"] != "campaigning"));
     }
     let stop = Arc::new(AtomicBool::new(false));
-    let attempts = Arc::new(AtomicUsize::new(0));
-    let held = Arc::new(AtomicUsize::new(0));
     let contender = {
-        let (stop, attempts, held) = (stop.clone(), attempts.clone(), held.clone());
+        let stop = stop.clone();
         std::thread::spawn(move || {
+            let (mut attempts, mut held) = (0, 0);
             while !stop.load(Ordering::Relaxed) {
-                attempts.fetch_add(1, Ordering::Relaxed);
-                if attempt() {
-                    held.fetch_add(1, Ordering::Relaxed);
-                }
+                attempts += 1;
+                held += usize::from(attempt());
             }
+            (attempts, held)
         })
     };
     let created = etcd.get(key).expect("the key").create_revision;
@@ -146,10 +222,10 @@ pub fn resigns_under_contention(
         );
     }
     stop.store(true, Ordering::Relaxed);
-    contender.join().expect("the contender thread");
+    let (attempts, held) = contender.join().expect("the contender thread");
     Contention {
         handoffs: rounds,
-        attempts: attempts.load(Ordering::Relaxed),
-        held: held.load(Ordering::Relaxed),
+        attempts,
+        held,
     }
 }
