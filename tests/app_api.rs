@@ -438,7 +438,9 @@ fn the_leader_file_always_parses_and_matches_leader_through_handoffs() {
 
     let mut leaders = Vec::new();
     for _ in 0..6 {
-        let leader = wait_for_one_leader(&sidecars, SOON);
+        // Hand over, never drop and race: three quick resigns would otherwise outrun the
+        // first resigner's hold-off, and the third could find nobody to hand to.
+        let leader = wait_for_successors(&sidecars);
         leaders.push(sidecars[leader].id().to_string());
         resign(&sidecars, leader, SOON);
     }

@@ -30,14 +30,6 @@ fn with_ttl(
     Sidecar::start(&etcd.endpoint(), key, id, &args)
 }
 
-/// Waits until `s` follows (it has campaigned and registered), and until the leader's watch
-/// of the registrations has delivered it: a watch that starts behind etcd's revision is
-/// caught up by etcd's sync loop, every 100 ms.
-fn wait_registered(s: &Sidecar) {
-    s.wait_state("follower");
-    std::thread::sleep(Duration::from_millis(200));
-}
-
 /// Every event of `key` after `revision`, as `etcdctl watch --rev` replays
 /// them: ("PUT" or "DELETE", value).
 fn history(etcd: &Etcd, key: &str, revision: i64) -> Vec<(String, String)> {
@@ -76,7 +68,7 @@ fn sigterm_hands_the_key_to_a_follower_without_it_ever_being_absent() {
         replica(&etcd, &key, "second", "a", &[]),
         replica(&etcd, &key, "third", "a", &[]),
     ];
-    others.iter().for_each(wait_registered);
+    wait_registered(&others);
     let before = etcd.get(&key).expect("the key");
     let campaigns_before: Vec<u64> = others.iter().map(Sidecar::campaigns).collect();
 
@@ -137,7 +129,7 @@ fn the_successor_is_of_another_release_when_one_is_registered() {
         replica(&etcd, &key, "new", "b", &[]),
         replica(&etcd, &key, "old-follower", "a", &[]),
     ];
-    others.iter().for_each(wait_registered);
+    wait_registered(&others);
 
     old.signal(Signal::SIGTERM);
     assert_eq!(old.wait_exit(SOON).code(), Some(0));
@@ -156,8 +148,7 @@ fn a_frozen_successor_holds_the_key_until_its_lease_expires_like_a_frozen_leader
     old.wait_leading("old leads");
     let spare = with_ttl(&etcd, &key, "spare", "a", "3", &[]);
     let frozen = with_ttl(&etcd, &key, "frozen", "b", "3", &[]);
-    wait_registered(&spare);
-    wait_registered(&frozen);
+    wait_registered([&spare, &frozen]);
     // Chosen (another release) but frozen.
     frozen.signal(Signal::SIGSTOP);
 
@@ -195,7 +186,7 @@ fn a_leader_waits_for_a_new_release_to_register_before_handing_over() {
     let mut old = replica(&etcd, &key, "old", "a", &wait);
     old.wait_leading("old leads");
     let old_follower = replica(&etcd, &key, "old-follower", "a", &wait);
-    wait_registered(&old_follower);
+    wait_registered([&old_follower]);
 
     old.signal(Signal::SIGTERM);
     assert!(
@@ -215,10 +206,7 @@ fn a_leader_waits_for_a_new_release_to_register_before_handing_over() {
 #[test]
 fn resign_hands_the_key_over_and_the_old_leader_follows() {
     let (etcd, key, sidecars) = fresh_replicas("succession_resign", 3, &["--ttl", LONG_TTL]);
-    let leader = wait_for_one_leader(&sidecars, SOON);
-    (0..sidecars.len())
-        .filter(|&i| i != leader)
-        .for_each(|i| wait_registered(&sidecars[i]));
+    let leader = wait_for_successors(&sidecars);
     let before = etcd.get(&key).expect("the key");
     let resp = http::simple(sidecars[leader].admin_addr(), "POST", "/resign", b"")
         .expect("POST /resign answered");
@@ -269,7 +257,7 @@ fn after_a_crash_about_one_candidate_campaigns_however_many_wait() {
     let mut first = short("first");
     first.wait_leading("first leads");
     let others: Vec<Sidecar> = (0..5).map(|i| short(&format!("w{i}"))).collect();
-    others.iter().for_each(wait_registered);
+    wait_registered(&others);
     // Let every follower read the candidates (registered just now).
     std::thread::sleep(Duration::from_millis(300));
     let before: u64 = others.iter().map(Sidecar::campaigns).sum();
@@ -302,7 +290,7 @@ fn after_a_crash_a_frozen_best_candidate_does_not_stop_the_others() {
     let mut first = short("first");
     first.wait_leading("first leads");
     let others: Vec<Sidecar> = (0..3).map(|i| short(&format!("w{i}"))).collect();
-    others.iter().for_each(wait_registered);
+    wait_registered(&others);
     std::thread::sleep(Duration::from_millis(300));
     // The best-ranked (newest) candidate is frozen: registered, lease alive, but silent.
     others[2].signal(Signal::SIGSTOP);

@@ -15,7 +15,7 @@ use nix::sys::signal::Signal;
 
 use crate::process::Child;
 use crate::sidecar::Sidecar;
-use crate::{http, replicas, wait_for_one_leader, wait_until, Etcd, SOON};
+use crate::{http, replicas, wait_for_one_leader, wait_for_successors, wait_until, Etcd, SOON};
 
 /// A running lock client. Dropping it kills it (SIGKILL: a key it holds stays until its
 /// lease expires).
@@ -195,18 +195,7 @@ pub fn resigns_under_contention(
     };
     let created = etcd.get(key).expect("the key").create_revision;
     for handoff in 1..=rounds {
-        // A handoff needs a registered successor that follows: wait until the others do
-        // (a replica that resigned registers anew after its hold-off), and until the
-        // leader's watch of the registrations has caught up (etcd syncs a watch that
-        // starts behind every 100 ms).
-        let leader = wait_for_one_leader(sidecars, SOON);
-        for (i, s) in sidecars.iter().enumerate().filter(|&(i, _)| i != leader) {
-            assert!(
-                wait_until(SOON, || s.get_json("/status").1["state"] == "follower"),
-                "replica {i} follows"
-            );
-        }
-        std::thread::sleep(Duration::from_millis(150));
+        let leader = wait_for_successors(sidecars);
         let resp = http::simple(sidecars[leader].admin_addr(), "POST", "/resign", b"")
             .expect("POST /resign answered");
         assert_eq!(resp.status, 200, "{resp:?}");

@@ -380,6 +380,30 @@ pub fn run_to_exit(args: &[&str], envs: &[(&str, &str)], timeout: Duration) -> O
     }
 }
 
+/// Waits until each of `followers` follows (it has campaigned and registered as a
+/// candidate), then until a leader's watch of the registrations has delivered them: a watch
+/// that starts behind etcd's revision is caught up by etcd's sync loop, every 100 ms. A
+/// resign hands over only to a registered successor, and a replica that resigned registers
+/// anew only after its hold-off.
+pub fn wait_registered<'a>(followers: impl IntoIterator<Item = &'a Sidecar>) {
+    followers.into_iter().for_each(|s| s.wait_state("follower"));
+    std::thread::sleep(Duration::from_millis(200));
+}
+
+/// One leader among `sidecars`, once every other one is registered behind it (see
+/// [`wait_registered`]): what a resign needs to hand the key over. Returns its index.
+pub fn wait_for_successors(sidecars: &[Sidecar]) -> usize {
+    let leader = wait_for_one_leader(sidecars, SOON);
+    wait_registered(
+        sidecars
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| i != leader)
+            .map(|(_, s)| s),
+    );
+    leader
+}
+
 /// Polls until exactly one of `sidecars` answers 200 on `/leader` in one
 /// round, and returns its index. Panics with every log if that does not
 /// happen within `timeout`.
