@@ -122,8 +122,7 @@ impl Subscription {
 /// after the other, each ready and campaigned (so with the election protocol
 /// they queue in this order).
 fn queue(test: &str, n: usize, protocol: &str) -> (Etcd, Vec<Sidecar>) {
-    let etcd = Etcd::start();
-    let key = unique_key(test);
+    let (etcd, key) = etcd_and_key(test);
     let sidecars = (0..n)
         .map(|i| {
             let args = ["--protocol", protocol, "--ttl", LONG_TTL];
@@ -406,8 +405,7 @@ fn read_doc(path: &Path) -> Option<Value> {
 
 #[test]
 fn the_leader_file_always_parses_and_matches_leader_through_handoffs() {
-    let etcd = Etcd::start();
-    let key = unique_key("leader_file");
+    let (etcd, key) = etcd_and_key("leader_file");
     let dir = test_tempdir("leader-file");
     let paths: Vec<PathBuf> = (0..3)
         .map(|i| dir.path().join(format!("leader-{i}.json")))

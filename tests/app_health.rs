@@ -18,8 +18,7 @@ fn replica(etcd: &Etcd, key: &str, id: &str, app: &App) -> Sidecar {
 
 #[test]
 fn a_replica_whose_app_is_unhealthy_stands_by_and_leads_once_it_is_healthy() {
-    let etcd = Etcd::start();
-    let key = unique_key("app_standby");
+    let (etcd, key) = etcd_and_key("app_standby");
     let app = App::start(false);
     let s = replica(&etcd, &key, "only", &app);
     s.wait_state("standby");
@@ -37,8 +36,7 @@ fn a_replica_whose_app_is_unhealthy_stands_by_and_leads_once_it_is_healthy() {
 
 #[test]
 fn a_leader_whose_app_stays_unhealthy_hands_over_and_goes_to_the_back_of_the_line() {
-    let etcd = Etcd::start();
-    let key = unique_key("app_handover");
+    let (etcd, key) = etcd_and_key("app_handover");
     let (app_a, app_b) = (App::start(true), App::start(true));
     let a = replica(&etcd, &key, "a", &app_a);
     a.wait_leading("a leads");
@@ -72,8 +70,7 @@ fn a_leader_whose_app_stays_unhealthy_hands_over_and_goes_to_the_back_of_the_lin
 
 #[test]
 fn with_no_healthy_replica_the_leader_keeps_the_lock_and_says_so() {
-    let etcd = Etcd::start();
-    let key = unique_key("app_no_successor");
+    let (etcd, key) = etcd_and_key("app_no_successor");
     let (app_a, app_b) = (App::start(true), App::start(false));
     let a = replica(&etcd, &key, "a", &app_a);
     a.wait_leading("a leads");

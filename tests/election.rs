@@ -84,8 +84,7 @@ fn followers_report_the_leader_id() {
 
 #[test]
 fn fencing_token_is_the_create_revision_of_the_key() {
-    let etcd = Etcd::start();
-    let key = unique_key("fencing_token_is_create_rev");
+    let (etcd, key) = etcd_and_key("fencing_token_is_create_rev");
     // Another key written first, so the create revision is not a trivial 2.
     etcd.ctl(&["put", &format!("{key}-unrelated"), "x"]);
     let sidecars = replicas(&etcd.endpoint(), &key, 3, &[]);
@@ -104,8 +103,7 @@ fn fencing_token_is_the_create_revision_of_the_key() {
 /// id is no evidence of leadership, only its own lease is.
 #[test]
 fn a_restarted_replica_does_not_adopt_its_old_key() {
-    let etcd = Etcd::start();
-    let key = unique_key("restarted_does_not_adopt");
+    let (etcd, key) = etcd_and_key("restarted_does_not_adopt");
     let ttl = 6;
     let mut first = Sidecar::start(&etcd.endpoint(), &key, "same-name", &["--ttl", "6"]);
     first.wait_leading("the only replica leads");

@@ -124,8 +124,7 @@ fn a_leader_is_elected_once_etcd_starts_late() {
 /// and follow the new leader once the partition heals.
 #[test]
 fn a_partitioned_leader_stops_claiming_before_another_replica_wins() {
-    let etcd = Etcd::start();
-    let key = unique_key("partitioned_leader");
+    let (etcd, key) = etcd_and_key("partitioned_leader");
     let ttl = "3";
     let proxy = TcpProxy::start(etcd.client_addr());
     let cut_off = Sidecar::start(&proxy.endpoint(), &key, "cut-off", &["--ttl", ttl]);
@@ -184,8 +183,7 @@ fn a_partitioned_leader_stops_claiming_before_another_replica_wins() {
 /// after it thaws is 503, even though no task has yet noticed anything.
 #[test]
 fn a_frozen_leader_answers_503_on_its_first_request_after_thawing() {
-    let etcd = Etcd::start();
-    let key = unique_key("frozen_leader");
+    let (etcd, key) = etcd_and_key("frozen_leader");
     let ttl = "3";
     let frozen = Sidecar::start(&etcd.endpoint(), &key, "frozen", &["--ttl", ttl]);
     frozen.wait_leading("the first replica leads");
@@ -226,8 +224,7 @@ fn a_frozen_leader_answers_503_on_its_first_request_after_thawing() {
 
 #[test]
 fn a_lease_abandoned_during_an_outage_is_revoked_once_etcd_is_back() {
-    let mut etcd = Etcd::start();
-    let key = unique_key("abandoned_revoke");
+    let (mut etcd, key) = etcd_and_key("abandoned_revoke");
     // A TTL long enough that "revoked after the restart" and "expired after
     // the restart" (etcd renews every lease to its full TTL when it regains a
     // leader) are seconds apart.

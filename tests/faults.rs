@@ -86,8 +86,7 @@ fn since(origin: Instant, t: Instant) -> u128 {
 /// 200.
 #[test]
 fn a_frozen_leader_never_overlaps_its_successor() {
-    let etcd = Etcd::start();
-    let key = unique_key("frozen_no_overlap");
+    let (etcd, key) = etcd_and_key("frozen_no_overlap");
     let args = ["--ttl", &TTL.to_string()];
     let frozen = leading(&etcd.endpoint(), &key, "frozen", &args);
     let others = two_others(&etcd, &key, &args, "frozen");
@@ -153,8 +152,7 @@ fn a_frozen_leader_never_overlaps_its_successor() {
 /// replica follows.
 #[test]
 fn a_partitioned_leader_steps_down_a_margin_before_another_wins() {
-    let etcd = Etcd::start();
-    let key = unique_key("partition_margin");
+    let (etcd, key) = etcd_and_key("partition_margin");
     let args = ["--ttl", &TTL.to_string()];
     let proxy = TcpProxy::start(etcd.client_addr());
     let cut_off = leading(&proxy.endpoint(), &key, "cut-off", &args);
@@ -231,8 +229,7 @@ fn a_partitioned_leader_steps_down_a_margin_before_another_wins() {
 /// though the leader changed while it was away.
 #[test]
 fn a_partitioned_follower_leaves_the_leader_alone_and_catches_up() {
-    let etcd = Etcd::start();
-    let key = unique_key("partitioned_follower");
+    let (etcd, key) = etcd_and_key("partitioned_follower");
     let args = ["--ttl", &TTL.to_string()];
     let mut leader = leading(&etcd.endpoint(), &key, "leader", &args);
     let heir = following(&etcd.endpoint(), &key, "heir", &args, "leader");
@@ -288,8 +285,7 @@ fn a_partitioned_follower_leaves_the_leader_alone_and_catches_up() {
 /// lease; fencing tokens grow again from there on.
 #[test]
 fn a_leader_is_elected_again_after_etcd_loses_its_data() {
-    let mut etcd = Etcd::start();
-    let key = unique_key("data_lost");
+    let (mut etcd, key) = etcd_and_key("data_lost");
     let args = ["--ttl", &TTL.to_string()];
     let mut sidecars = replicas(&etcd.endpoint(), &key, 3, &args);
     wait_for_one_leader(&sidecars, SOON);
@@ -339,8 +335,7 @@ fn a_leader_is_elected_again_after_etcd_loses_its_data() {
 /// across the terms.
 #[test]
 fn a_follower_wins_within_the_ttl_when_the_leader_is_killed() {
-    let etcd = Etcd::start();
-    let key = unique_key("leader_killed");
+    let (etcd, key) = etcd_and_key("leader_killed");
     let args = ["--ttl", &TTL.to_string()];
     let mut sidecars = replicas(&etcd.endpoint(), &key, 4, &args);
     let prober = Prober::start(&sidecars, PROBE_EVERY);
@@ -401,8 +396,7 @@ fn a_slow_etcd_makes_the_leader_step_down_rather_than_overlap() {
     // Twice the others' TTL: a request timeout of TTL/3 = 2 s, so that the
     // moderate phase measures latency, not a busy test machine's scheduling.
     const SLOW_TTL: u64 = 6;
-    let etcd = Etcd::start();
-    let key = unique_key("slow_etcd");
+    let (etcd, key) = etcd_and_key("slow_etcd");
     let ttl = SLOW_TTL.to_string();
     let args = ["--ttl", ttl.as_str()];
     let proxy = TcpProxy::start(etcd.client_addr());
@@ -461,8 +455,7 @@ fn a_slow_etcd_makes_the_leader_step_down_rather_than_overlap() {
 /// and exits 0 within the shutdown timeout.
 #[test]
 fn release_delay_orders_the_shutdown_503_then_revoke_then_exit() {
-    let etcd = Etcd::start();
-    let key = unique_key("release_delay_order");
+    let (etcd, key) = etcd_and_key("release_delay_order");
     let delay = Duration::from_secs(2);
     let timeout = Duration::from_secs(5);
     let args = [

@@ -107,8 +107,7 @@ fn hold_idle(addr: SocketAddr, n: usize, stop: Arc<AtomicBool>) {
 
 #[test]
 fn a_probe_flood_and_idle_connections_stall_neither_the_election_nor_the_probes() {
-    let etcd = Etcd::start();
-    let key = unique_key("flood");
+    let (etcd, key) = etcd_and_key("flood");
     let ttl = TTL.to_string();
     let mut leader = Sidecar::start(&etcd.endpoint(), &key, "flooded", &["--ttl", &ttl]);
     assert!(wait_until(SOON, || leader.is_leader()), "flooded leads");
@@ -269,8 +268,7 @@ fn a_probe_flood_and_idle_connections_stall_neither_the_election_nor_the_probes(
 /// `Recv-Q 129 / Send-Q 128` on the sidecar's listener in `ss -ltn`.
 #[test]
 fn a_connection_burst_does_not_delay_a_new_probe() {
-    let etcd = Etcd::start();
-    let key = unique_key("connection_burst");
+    let (etcd, key) = etcd_and_key("connection_burst");
     let s = Sidecar::start(&etcd.endpoint(), &key, "burst", &["--ttl", "10"]);
     assert!(wait_until(SOON, || s.is_leader()), "it leads");
     let addr = s.addr();

@@ -65,8 +65,7 @@ fn sigint_hands_off_like_sigterm() {
 
 #[test]
 fn leader_answers_503_while_shutting_down() {
-    let etcd = Etcd::start();
-    let key = unique_key("503_while_shutting_down");
+    let (etcd, key) = etcd_and_key("503_while_shutting_down");
     // --release-delay keeps the process (and the key) around after the
     // signal, long enough to observe what it answers meanwhile.
     let mut leader = Sidecar::builder()

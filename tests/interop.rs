@@ -7,8 +7,7 @@ use elector_testkit::*;
 
 #[test]
 fn etcdctl_get_shows_the_leader_id() {
-    let etcd = Etcd::start();
-    let key = unique_key("etcdctl_get");
+    let (etcd, key) = etcd_and_key("etcdctl_get");
     let sidecars = replicas(&etcd.endpoint(), &key, 2, &[]);
     let leader = wait_for_one_leader(&sidecars, SOON);
 
@@ -20,8 +19,7 @@ fn etcdctl_get_shows_the_leader_id() {
 
 #[test]
 fn a_go_client_sees_the_sidecar_as_the_holder() {
-    let etcd = Etcd::start();
-    let key = unique_key("go_sees_sidecar");
+    let (etcd, key) = etcd_and_key("go_sees_sidecar");
     let verdict = serde_json::json!({ "held": false, "holder": "rust-sidecar" });
     loses_to_a_sidecar(&etcd, &key, verdict, || {
         GoLocker::run(&etcd.endpoint(), &key, "go-client", 5)
@@ -30,8 +28,7 @@ fn a_go_client_sees_the_sidecar_as_the_holder() {
 
 #[test]
 fn sidecars_wait_while_a_go_client_holds_the_key() {
-    let etcd = Etcd::start();
-    let key = unique_key("go_holds_first");
+    let (etcd, key) = etcd_and_key("go_holds_first");
     // A long TTL: the sidecars can only win through the Go client's revoke.
     let go = GoLocker::run(&etcd.endpoint(), &key, "go-holder", 30);
     sidecars_wait_for(&etcd, &key, go, "go-holder");

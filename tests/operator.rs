@@ -122,8 +122,7 @@ fn revoking_the_leader_lease_elects_a_leader_under_a_new_lease() {
 
 #[test]
 fn revoking_the_only_replica_lease_makes_it_lead_again_under_a_new_lease() {
-    let etcd = Etcd::start();
-    let key = unique_key("revoke_only_lease");
+    let (etcd, key) = etcd_and_key("revoke_only_lease");
     // A TTL of 6 s: keep-alives every 2 s, so a replica that learns of the
     // revoke only from its next keep-alive still recovers well inside SOON.
     let sidecars = replicas(&etcd.endpoint(), &key, 1, &["--ttl", "6"]);
@@ -142,8 +141,7 @@ fn revoking_the_only_replica_lease_makes_it_lead_again_under_a_new_lease() {
 
 #[test]
 fn a_replica_whose_id_is_on_a_key_it_does_not_hold_never_reports_itself_leader() {
-    let etcd = Etcd::start();
-    let key = unique_key("stale_holder");
+    let (etcd, key) = etcd_and_key("stale_holder");
     // A StatefulSet recreated pod-0 while the old pod-0, cut off, still holds
     // the key under its own live lease.
     let granted = etcd.ctl(&["lease", "grant", "60"]);

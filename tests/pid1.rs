@@ -43,8 +43,7 @@ fn spawn_as_pid1(flags: &str, command: &[&str]) -> (Child, i32, tempfile::TempDi
 
 #[test]
 fn sidecar_as_pid1_hands_over_and_exits_0_on_sigterm() {
-    let etcd = Etcd::start();
-    let key = unique_key("pid1_sidecar");
+    let (etcd, key) = etcd_and_key("pid1_sidecar");
     let flags = format!(
         "--endpoints {} --key {key} --id pid-one --ttl 30 --listen 127.0.0.1:{} --admin-listen off",
         etcd.endpoint(),
@@ -70,8 +69,7 @@ fn sidecar_as_pid1_hands_over_and_exits_0_on_sigterm() {
 
 #[test]
 fn run_as_pid1_reaps_orphans_of_its_command() {
-    let etcd = Etcd::start();
-    let key = unique_key("pid1_run");
+    let (etcd, key) = etcd_and_key("pid1_run");
     // The subshell starts a sleeper in a session of its own and exits at once: the sleeper is
     // orphaned, re-parented to PID 1, and exits 0.3 s later while the command still runs.
     let script = "(setsid sleep 0.3 &); sleep 3";

@@ -26,11 +26,6 @@ const LONG_TTL: u64 = 30;
 /// The default `--lost-exit-code`.
 const LOST: i32 = 75;
 
-/// A fresh etcd, and a key (or election name) for the test `test`.
-fn etcd_and_key(test: &str) -> (Etcd, String) {
-    (Etcd::start(), unique_key(test))
-}
-
 /// A run of `id` on `key` with [`LONG_TTL`]: it loses the lock only when a test takes it.
 fn run_on(etcd: &Etcd, key: &str, id: &str) -> JobBuilder {
     Job::builder().on(&etcd.endpoint(), key, id).ttl(LONG_TTL)

@@ -35,8 +35,7 @@ fn sidecar_with_a_stuck_leader_file(
 
 #[test]
 fn a_stuck_blocking_write_cannot_hold_the_exit_past_the_shutdown_timeout() {
-    let etcd = Etcd::start();
-    let key = unique_key("stuck_exit");
+    let (etcd, key) = etcd_and_key("stuck_exit");
     let (mut sidecar, _dir) = sidecar_with_a_stuck_leader_file(&etcd, &key, "2");
 
     let asked = Instant::now();
@@ -56,8 +55,7 @@ fn a_stuck_blocking_write_cannot_hold_the_exit_past_the_shutdown_timeout() {
 
 #[test]
 fn a_second_signal_exits_at_once_even_with_stuck_blocking_work() {
-    let etcd = Etcd::start();
-    let key = unique_key("stuck_second_signal");
+    let (etcd, key) = etcd_and_key("stuck_second_signal");
     // A long release delay keeps the first signal's handoff busy.
     let mut sidecar = Sidecar::builder()
         .on(&etcd.endpoint(), &key, "slow")
@@ -84,8 +82,7 @@ fn a_second_signal_exits_at_once_even_with_stuck_blocking_work() {
 
 #[test]
 fn a_second_signal_exits_at_once_while_a_blocking_write_hangs() {
-    let etcd = Etcd::start();
-    let key = unique_key("stuck_abort");
+    let (etcd, key) = etcd_and_key("stuck_abort");
     let (mut sidecar, _dir) = sidecar_with_a_stuck_leader_file(&etcd, &key, "20");
     sidecar.signal(Signal::SIGTERM);
     std::thread::sleep(Duration::from_millis(200));
@@ -174,8 +171,7 @@ fn the_release_delay_holds_only_the_leaders_key() {
 
 #[test]
 fn the_exit_log_says_when_the_revoke_failed() {
-    let mut etcd = Etcd::start();
-    let key = unique_key("revoke_failed");
+    let (mut etcd, key) = etcd_and_key("revoke_failed");
     let args = ["--ttl", "30", "--shutdown-timeout", "3"];
     let mut sidecar = Sidecar::start(&etcd.endpoint(), &key, "orphan", &args);
     sidecar.wait_leading("it leads");
@@ -207,8 +203,7 @@ fn the_exit_log_says_when_the_revoke_failed() {
 
 #[test]
 fn the_exit_log_says_the_lease_was_revoked_after_a_clean_handoff() {
-    let etcd = Etcd::start();
-    let key = unique_key("revoke_ok");
+    let (etcd, key) = etcd_and_key("revoke_ok");
     let mut sidecar = Sidecar::start(&etcd.endpoint(), &key, "clean", &["--ttl", "30"]);
     sidecar.wait_leading("it leads");
     sidecar.signal(Signal::SIGTERM);

@@ -29,8 +29,7 @@ fn status(endpoint: &str, key: &str, extra: &[&str]) -> (Option<i32>, String, St
 
 #[test]
 fn status_shows_the_holder_and_every_candidate_as_text_and_json() {
-    let etcd = Etcd::start();
-    let key = unique_key("status");
+    let (etcd, key) = etcd_and_key("status");
     let (app_old, app_new, app_sick) = (App::start(true), App::start(true), App::start(false));
     let old = replica(&etcd, &key, "old-0", "rev-a", &app_old);
     assert!(wait_until(SOON, || old.is_leader()), "old-0 leads");
@@ -106,8 +105,7 @@ fn status_shows_the_holder_and_every_candidate_as_text_and_json() {
 
 #[test]
 fn status_of_a_free_key_and_of_an_unreachable_etcd() {
-    let etcd = Etcd::start();
-    let key = unique_key("status_free");
+    let (etcd, key) = etcd_and_key("status_free");
     let (code, text, _) = status(&etcd.endpoint(), &key, &[]);
     assert_eq!(code, Some(0));
     assert!(

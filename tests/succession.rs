@@ -60,8 +60,7 @@ fn history(etcd: &Etcd, key: &str, revision: i64) -> Vec<(String, String)> {
 
 #[test]
 fn sigterm_hands_the_key_to_a_follower_without_it_ever_being_absent() {
-    let etcd = Etcd::start();
-    let key = unique_key("succession_handoff");
+    let (etcd, key) = etcd_and_key("succession_handoff");
     let first = replica(&etcd, &key, "first", "a", &[]);
     first.wait_leading("first leads");
     let others = vec![
@@ -119,8 +118,7 @@ fn sigterm_hands_the_key_to_a_follower_without_it_ever_being_absent() {
 
 #[test]
 fn the_successor_is_of_another_release_when_one_is_registered() {
-    let etcd = Etcd::start();
-    let key = unique_key("succession_revision");
+    let (etcd, key) = etcd_and_key("succession_revision");
     let mut old = replica(&etcd, &key, "old-leader", "a", &[]);
     old.wait_leading("old-leader leads");
     // The new release registers before the last old replica: recency alone
@@ -142,8 +140,7 @@ fn the_successor_is_of_another_release_when_one_is_registered() {
 /// (the crash-failover bound), while the frozen one, thawed, never claims.
 #[test]
 fn a_frozen_successor_holds_the_key_until_its_lease_expires_like_a_frozen_leader() {
-    let etcd = Etcd::start();
-    let key = unique_key("succession_frozen");
+    let (etcd, key) = etcd_and_key("succession_frozen");
     let mut old = with_ttl(&etcd, &key, "old", "a", "3", &[]);
     old.wait_leading("old leads");
     let spare = with_ttl(&etcd, &key, "spare", "a", "3", &[]);
@@ -180,8 +177,7 @@ fn a_frozen_successor_holds_the_key_until_its_lease_expires_like_a_frozen_leader
 
 #[test]
 fn a_leader_waits_for_a_new_release_to_register_before_handing_over() {
-    let etcd = Etcd::start();
-    let key = unique_key("succession_wait");
+    let (etcd, key) = etcd_and_key("succession_wait");
     let wait = ["--handoff-wait", "8", "--shutdown-timeout", "12"];
     let mut old = replica(&etcd, &key, "old", "a", &wait);
     old.wait_leading("old leads");
@@ -251,8 +247,7 @@ fn short_lived(etcd: &Etcd, key: &str, id: &str) -> Sidecar {
 
 #[test]
 fn after_a_crash_about_one_candidate_campaigns_however_many_wait() {
-    let etcd = Etcd::start();
-    let key = unique_key("succession_crash_order");
+    let (etcd, key) = etcd_and_key("succession_crash_order");
     let short = |id: &str| short_lived(&etcd, &key, id);
     let mut first = short("first");
     first.wait_leading("first leads");
@@ -284,8 +279,7 @@ fn after_a_crash_about_one_candidate_campaigns_however_many_wait() {
 
 #[test]
 fn after_a_crash_a_frozen_best_candidate_does_not_stop_the_others() {
-    let etcd = Etcd::start();
-    let key = unique_key("succession_crash_frozen");
+    let (etcd, key) = etcd_and_key("succession_crash_frozen");
     let short = |id: &str| short_lived(&etcd, &key, id);
     let mut first = short("first");
     first.wait_leading("first leads");
@@ -320,8 +314,7 @@ fn the_registration_etcd_keeps_is_the_newest_written() {
     use etcd_elector::election::succession::{registration_key, Registration};
 
     const WRITES: u64 = 200;
-    let etcd = Etcd::start();
-    let key = unique_key("registrar");
+    let (etcd, key) = etcd_and_key("registrar");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -91,6 +91,11 @@ pub fn unique_key(test_name: &str) -> String {
     format!("/elector-test/{test_name}-{}", random_suffix())
 }
 
+/// A fresh etcd and a [`unique_key`] for `test`: how most tests begin.
+pub fn etcd_and_key(test: &str) -> (Etcd, String) {
+    (Etcd::start(), unique_key(test))
+}
+
 /// The `etcd-elector` binary cargo built beside this test or bench
 /// executable (`target/<profile>/deps/<test>-<hash>` runs, the binary is
 /// `target/<profile>/etcd-elector`): integration tests and benches of the

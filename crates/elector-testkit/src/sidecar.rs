@@ -435,8 +435,7 @@ pub fn wait_for_one_leader(sidecars: &[Sidecar], timeout: Duration) -> usize {
 
 /// A fresh etcd, a key named after `test`, and `n` [`replicas`] of it.
 pub fn fresh_replicas(test: &str, n: usize, extra_args: &[&str]) -> (Etcd, String, Vec<Sidecar>) {
-    let etcd = Etcd::start();
-    let key = crate::unique_key(test);
+    let (etcd, key) = crate::etcd_and_key(test);
     let sidecars = replicas(&etcd.endpoint(), &key, n, extra_args);
     (etcd, key, sidecars)
 }
