@@ -282,28 +282,6 @@ fn post_resign(addr: SocketAddr) -> http::Response {
     http::simple(addr, "POST", "/resign", b"").expect("POST /resign answered")
 }
 
-/// `POST /resign` on the leader `old`'s admin port, which it accepts and stops
-/// claiming at once; waits up to `within` for another replica to lead, and
-/// returns it.
-fn resign(sidecars: &[Sidecar], old: usize, within: Duration) -> usize {
-    let resp = post_resign(sidecars[old].admin_addr());
-    assert_eq!(resp.status, 200, "{resp:?}");
-    assert_eq!(resp.json()["resigned"], true, "{resp:?}");
-    assert!(
-        !sidecars[old].is_leader(),
-        "the resigned leader stops claiming at once"
-    );
-    let mut new = None;
-    assert!(
-        wait_until(within, || {
-            new = (0..sidecars.len()).find(|&i| i != old && sidecars[i].is_leader());
-            new.is_some()
-        }),
-        "another replica leads within {within:?} of the resign"
-    );
-    new.expect("set above")
-}
-
 fn resign_hands_over_within_a_second(protocol: &str) {
     let (etcd, sidecars) = queue(&format!("resign_{protocol}"), 3, protocol);
     let leader = wait_for_one_leader(&sidecars, SOON);

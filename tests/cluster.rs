@@ -83,26 +83,12 @@ fn one_leader_remains_when_the_raft_leader_member_is_killed() {
     let origin = Instant::now();
     let before = assert_one_leader_held(&cluster, &key, &sidecars);
     let token = sidecars[before].fencing_token();
-    let mut raft = None;
-    assert!(
-        wait_until(SOON, || {
-            raft = cluster.raft_leader();
-            raft.is_some()
-        }),
-        "the cluster has a raft leader"
-    );
-    let raft = raft.expect("set when found");
+    let raft = wait_for(SOON, || cluster.raft_leader()).expect("the cluster has a raft leader");
     let killed = Instant::now();
     cluster.members[raft].kill();
 
-    let mut successor = None;
-    assert!(
-        wait_until(RECOVERY, || {
-            successor = cluster.raft_leader();
-            successor.is_some_and(|s| s != raft)
-        }),
-        "the two survivors elect a new raft leader"
-    );
+    let successor = wait_for(RECOVERY, || cluster.raft_leader().filter(|&s| s != raft))
+        .expect("the two survivors elect a new raft leader");
     std::thread::sleep(Duration::from_secs(TTL));
     let after = assert_one_leader_held(&cluster, &key, &sidecars);
     let elected = killed.elapsed();
@@ -112,7 +98,7 @@ fn one_leader_remains_when_the_raft_leader_member_is_killed() {
     println!(
         "raft leader {} killed: raft leader now {}; elector leader {} -> {} ({}); checked {} ms after the kill",
         cluster.members[raft].name(),
-        cluster.members[successor.expect("checked")].name(),
+        cluster.members[successor].name(),
         sidecars[before].id(),
         sidecars[after].id(),
         if after == before && sidecars[after].fencing_token() == token {

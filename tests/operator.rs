@@ -12,35 +12,27 @@ const LONG_TTL: &str = "30";
 /// Waits until etcd and the replicas agree on one leader whose key was created
 /// after `after_revision`; returns its index.
 fn wait_for_new_term(etcd: &Etcd, key: &str, sidecars: &[Sidecar], after_revision: i64) -> usize {
-    let mut found = None;
-    let ok = wait_until(SOON, || {
-        let Some(kv) = etcd.get(key) else {
-            return false;
-        };
-        if kv.create_revision <= after_revision {
-            return false;
-        }
+    let found = wait_for(SOON, || {
+        let kv = etcd
+            .get(key)
+            .filter(|kv| kv.create_revision > after_revision)?;
         let leaders: Vec<usize> = (0..sidecars.len())
             .filter(|&i| sidecars[i].is_leader())
             .collect();
-        if let [i] = leaders[..] {
-            let view = sidecars[i].leader_view();
-            if sidecars[i].id() == kv.value && view["fencing_token"] == kv.create_revision {
-                found = Some(i);
-            }
-        }
-        found.is_some()
+        let [i] = leaders[..] else { return None };
+        let view = sidecars[i].leader_view();
+        (sidecars[i].id() == kv.value && view["fencing_token"] == kv.create_revision).then_some(i)
     });
-    assert!(
-        ok,
-        "a new term after revision {after_revision}: key now {:?}, views {:?}",
-        etcd.get(key),
-        sidecars
-            .iter()
-            .map(|s| s.try_get("/leader").map(|r| r.body).unwrap_or_default())
-            .collect::<Vec<_>>()
-    );
-    found.expect("set when ok")
+    found.unwrap_or_else(|| {
+        panic!(
+            "a new term after revision {after_revision}: key now {:?}, views {:?}",
+            etcd.get(key),
+            sidecars
+                .iter()
+                .map(|s| s.try_get("/leader").map(|r| r.body).unwrap_or_default())
+                .collect::<Vec<_>>()
+        )
+    })
 }
 
 #[test]

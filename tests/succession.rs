@@ -204,18 +204,7 @@ fn resign_hands_the_key_over_and_the_old_leader_follows() {
     let (etcd, key, sidecars) = fresh_replicas("succession_resign", 3, &["--ttl", LONG_TTL]);
     let leader = wait_for_successors(&sidecars);
     let before = etcd.get(&key).expect("the key");
-    let resp = http::simple(sidecars[leader].admin_addr(), "POST", "/resign", b"")
-        .expect("POST /resign answered");
-    assert_eq!(resp.status, 200, "{resp:?}");
-    let mut next = None;
-    assert!(
-        wait_until(SOON, || {
-            next = (0..sidecars.len()).find(|&i| i != leader && sidecars[i].is_leader());
-            next.is_some()
-        }),
-        "another replica leads"
-    );
-    let next = next.expect("set");
+    let next = resign(&sidecars, leader, SOON);
     assert_eq!(
         etcd.get(&key).map(|kv| kv.create_revision),
         Some(before.create_revision),

@@ -44,7 +44,7 @@ pub use locker::{resigns_under_contention, Contention, Locker};
 pub use process::Child;
 pub use proxy::TcpProxy;
 pub use sidecar::{
-    fresh_replicas, replicas, run_to_exit, wait_for_one_leader, wait_for_successors,
+    fresh_replicas, replicas, resign, run_to_exit, wait_for_one_leader, wait_for_successors,
     wait_registered, ElectorArgs, Sidecar, SidecarBuilder,
 };
 
@@ -69,6 +69,17 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Polls `f` like [`wait_until`] until it returns a value, and returns it (`None` if
+/// `timeout` passed first).
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let mut found = None;
+    wait_until(timeout, || {
+        found = f();
+        found.is_some()
+    });
+    found
 }
 
 /// Runs `check` every `every` for `period`: for what must hold all along,

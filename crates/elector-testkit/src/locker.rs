@@ -15,7 +15,7 @@ use nix::sys::signal::Signal;
 
 use crate::process::Child;
 use crate::sidecar::Sidecar;
-use crate::{http, replicas, wait_for_one_leader, wait_for_successors, wait_until, Etcd, SOON};
+use crate::{replicas, resign, wait_for_one_leader, wait_for_successors, wait_until, Etcd, SOON};
 
 /// A running lock client. Dropping it kills it (SIGKILL: a key it holds stays until its
 /// lease expires).
@@ -195,15 +195,7 @@ pub fn resigns_under_contention(
     };
     let created = etcd.get(key).expect("the key").create_revision;
     for handoff in 1..=rounds {
-        let leader = wait_for_successors(sidecars);
-        let resp = http::simple(sidecars[leader].admin_addr(), "POST", "/resign", b"")
-            .expect("POST /resign answered");
-        assert_eq!(resp.status, 200, "{resp:?}");
-        assert!(
-            wait_until(SOON, || (0..sidecars.len())
-                .any(|i| i != leader && sidecars[i].is_leader())),
-            "another replica leads"
-        );
+        resign(sidecars, wait_for_successors(sidecars), SOON);
         assert_eq!(
             etcd.get(key).map(|kv| kv.create_revision),
             Some(created),

@@ -408,15 +408,13 @@ pub fn wait_for_successors(sidecars: &[Sidecar]) -> usize {
 /// round, and returns its index. Panics with every log if that does not
 /// happen within `timeout`.
 pub fn wait_for_one_leader(sidecars: &[Sidecar], timeout: Duration) -> usize {
-    let mut found = None;
-    let ok = wait_until(timeout, || {
+    let found = crate::wait_for(timeout, || {
         let leaders: Vec<usize> = (0..sidecars.len())
             .filter(|&i| sidecars[i].is_leader())
             .collect();
-        found = (leaders.len() == 1).then(|| leaders[0]);
-        found.is_some()
+        (leaders.len() == 1).then(|| leaders[0])
     });
-    if !ok {
+    if found.is_none() {
         let views: Vec<String> = sidecars
             .iter()
             .map(|s| match s.try_get("/leader") {
@@ -431,6 +429,22 @@ pub fn wait_for_one_leader(sidecars: &[Sidecar], timeout: Duration) -> usize {
         );
     }
     found.expect("set when ok")
+}
+
+/// `POST /resign` on the leader `old`'s admin port, which it accepts and stops claiming at
+/// once; waits up to `within` for another replica to lead, and returns it.
+pub fn resign(sidecars: &[Sidecar], old: usize, within: Duration) -> usize {
+    let resp = http::simple(sidecars[old].admin_addr(), "POST", "/resign", b"")
+        .expect("POST /resign answered");
+    assert_eq!(resp.status, 200, "{resp:?}");
+    assert_eq!(resp.json()["resigned"], true, "{resp:?}");
+    assert!(
+        !sidecars[old].is_leader(),
+        "the resigned leader stops claiming at once"
+    );
+    let others = || (0..sidecars.len()).find(|&i| i != old && sidecars[i].is_leader());
+    crate::wait_for(within, others)
+        .unwrap_or_else(|| panic!("another replica leads within {within:?} of the resign"))
 }
 
 /// A fresh etcd, a key named after `test`, and `n` [`replicas`] of it.
