@@ -57,9 +57,13 @@ impl Locker {
         self.result["held"].as_bool().expect("\"held\" is a bool")
     }
 
-    /// Releases (SIGTERM: the client lets go and revokes its lease) and waits for exit.
+    /// Releases (SIGTERM: the client lets go and revokes its lease) and waits for exit. One
+    /// that lost exits by itself: a SIGTERM could land in its interpreter's shutdown, after
+    /// Python has put the default action back, and kill it.
     pub fn release(mut self) -> ExitStatus {
-        self.child.signal(Signal::SIGTERM);
+        if self.held() {
+            self.child.signal(Signal::SIGTERM);
+        }
         self.stdin.take();
         self.child.wait_exit(Duration::from_secs(10))
     }
