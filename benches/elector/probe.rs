@@ -184,17 +184,11 @@ fn max_rate(ctx: &mut Ctx, duration: Duration) {
             &p,
             &[("max rate, one core", "req/s", &[rate], &note)],
         );
-        let lat = parse_latency(&text);
-        if !lat.is_empty() {
-            let get = |q: &str| {
-                lat.iter()
-                    .find(|(k, _)| k == q)
-                    .map(|(_, v)| *v)
-                    .unwrap_or(f64::NAN)
-            };
-            // wrk's percentiles, not samples: no n, min or max.
-            let mut s = Summary::of("probe", "latency at max rate (closed loop)", &p, "us", &[]);
-            (s.p50, s.p90, s.p99) = (get("50%"), get("90%"), get("99%"));
+        // wrk's own percentiles, not samples: no n, min or max.
+        let q = |label| wrk_field(&text, label).and_then(wrk_us).unwrap_or(f64::NAN);
+        let mut s = Summary::of("probe", "latency at max rate (closed loop)", &p, "us", &[]);
+        (s.p50, s.p90, s.p99) = (q("50%"), q("90%"), q("99%"));
+        if s.p50.is_finite() {
             ctx.report.add(s.note(
                 "wrk's own percentiles (50/90/99); queueing at saturation, not service time",
             ));
@@ -209,37 +203,10 @@ fn wrk_field<'t>(text: &'t str, label: &str) -> Option<&'t str> {
         .map(str::trim)
 }
 
-/// wrk's "Latency Distribution" lines, in microseconds.
-fn parse_latency(text: &str) -> Vec<(String, f64)> {
-    let mut out = Vec::new();
-    let mut inside = false;
-    for line in text.lines() {
-        if line.contains("Latency Distribution") {
-            inside = true;
-            continue;
-        }
-        if !inside {
-            continue;
-        }
-        let mut it = line.split_whitespace();
-        let (Some(q), Some(v)) = (it.next(), it.next()) else {
-            break;
-        };
-        if !q.ends_with('%') {
-            break;
-        }
-        let (num, mult) = if let Some(n) = v.strip_suffix("us") {
-            (n, 1.0)
-        } else if let Some(n) = v.strip_suffix("ms") {
-            (n, 1e3)
-        } else if let Some(n) = v.strip_suffix('s') {
-            (n, 1e6)
-        } else {
-            break;
-        };
-        if let Ok(x) = num.parse::<f64>() {
-            out.push((q.to_string(), x * mult));
-        }
-    }
-    out
+/// A duration as wrk prints it (`131.00us`, `5.31ms`, `1.02s`), in microseconds.
+fn wrk_us(v: &str) -> Option<f64> {
+    let (num, scale) = [("us", 1.0), ("ms", 1e3), ("s", 1e6)]
+        .into_iter()
+        .find_map(|(unit, scale)| Some((v.strip_suffix(unit)?, scale)))?;
+    Some(num.parse::<f64>().ok()? * scale)
 }

@@ -144,30 +144,17 @@ impl Report {
         out.push_str("| scenario | metric | params | unit | n | min | p50 | p90 | p99 | max |\n");
         out.push_str("|---|---|---|---|---:|---:|---:|---:|---:|---:|\n");
         for s in &self.figures {
-            if s.n == 1 {
-                out.push_str(&format!(
-                    "| {} | {} | {} | {} | 1 | | {} | | | |\n",
-                    s.scenario,
-                    s.metric,
-                    s.params,
-                    s.unit,
-                    fmt(s.p50)
-                ));
+            // A figure that is one value shows it as its p50 alone.
+            let stats = if s.n == 1 {
+                format!("1 | | {} | | |", fmt(s.p50))
             } else {
-                out.push_str(&format!(
-                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
-                    s.scenario,
-                    s.metric,
-                    s.params,
-                    s.unit,
-                    s.n,
-                    fmt(s.min),
-                    fmt(s.p50),
-                    fmt(s.p90),
-                    fmt(s.p99),
-                    fmt(s.max)
-                ));
-            }
+                let values = [s.min, s.p50, s.p90, s.p99, s.max].map(fmt);
+                format!("{} | {}", s.n, values.join(" | "))
+            };
+            out.push_str(&format!(
+                "| {} | {} | {} | {} | {stats} |\n",
+                s.scenario, s.metric, s.params, s.unit
+            ));
         }
         if !self.comparisons.is_empty() {
             out.push_str(
