@@ -142,19 +142,19 @@ fn idle(ctx: &mut Ctx, window: Duration) {
     }
     // Both replicas send the same thing when idle (one keep-alive per ttl/3 on their own
     // lease); etcd counts for the pair, so a replica is half of it.
-    let (total, keepalive) = (w.grpc.total(), w.grpc.keepalive());
+    let (total, keepalive) = (w.etcd.total(), w.etcd.keepalive());
     let other = total - keepalive;
     let per_replica = |v: f64| [v / 2.0 * per_min];
     let methods = format!(
         "grpc_server_msg_received_total over the window, leader+follower: {}",
-        w.grpc.by_method()
+        w.etcd.by_method()
     );
     let r = &mut ctx.report;
     r.rows("footprint", &p, &[
         ("etcd requests per replica", "req/min", &per_replica(total), &methods),
         ("etcd requests other than keep-alives per replica", "req/min", &per_replica(other),
          "polling would show here"),
-        ("gRPC bytes to+from etcd per replica", "B/min", &per_replica(w.bytes),
+        ("gRPC bytes to+from etcd per replica", "B/min", &per_replica(w.etcd.bytes),
          "etcd_network_client_grpc_{received,sent}_bytes_total; HTTP/2 pings and TCP not included"),
     ]);
     let allowed = 60.0 / (IDLE_TTL as f64 / 3.0);

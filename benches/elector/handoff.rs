@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use crate::procs::{etcd_metrics, grpc_delta, EtcdMetrics, Etcdctl, Line, Sidecar, SidecarSpec};
+use crate::procs::{EtcdCounts, Etcdctl, Line, Sidecar, SidecarSpec};
 use crate::stats::{ms, Comparison, Report, Summary};
 use crate::watch::{Ctl, KeyWatch, Kind};
 use crate::Ctx;
@@ -230,7 +230,7 @@ pub fn ours(ctx: &mut Ctx, n: usize, reps: usize, way: Way) -> Vec<f64> {
         // Let the losers' transactions land before counting (they settle within ~80 ms at
         // 100 candidates), then count everything but keep-alives.
         std::thread::sleep(Duration::from_millis(150));
-        let delta = grpc_delta(&m0, &etcd_metrics(&ctx.etcd));
+        let delta = EtcdCounts::scrape(&ctx.etcd).since(&m0);
         s.requests.push(delta.total() - delta.keepalive());
         group.respawn(old);
         if !group.wait_settled(Duration::from_secs(30)) {
@@ -288,14 +288,14 @@ fn hand_over(
     way: Way,
     rep: usize,
     s: &mut Samples,
-) -> Result<(usize, EtcdMetrics), String> {
+) -> Result<(usize, EtcdCounts), String> {
     let key = &group.spec.key;
     let holder_id = holder(&ctx.ctl, key, way).ok_or("no leader key")?;
     let old = group
         .slot_of(&holder_id)
         .ok_or_else(|| format!("unknown holder {holder_id}"))?;
     watch.drain();
-    let m0 = etcd_metrics(&ctx.etcd);
+    let m0 = EtcdCounts::scrape(&ctx.etcd);
     let t0 = Instant::now();
     group.slots[old].proc.signal(Signal::SIGTERM);
     // The first key event: the revoke's delete, or (succession) the transfer's put.

@@ -6,7 +6,7 @@
 //! the *thread* that forked the child, so children are only ever spawned from the bench's main
 //! thread. Only children the bench started are ever signalled, by pid.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -153,105 +153,76 @@ pub fn status(pid: i32) -> Option<Status> {
     Process::new(pid).ok()?.status().ok()
 }
 
-/// etcd's own Prometheus counters, by series (`name{labels}` -> value).
-pub fn etcd_metrics(etcd: &Etcd) -> EtcdMetrics {
-    let body = http::get(etcd.client_addr(), "/metrics")
-        .map(|r| r.body)
-        .unwrap_or_default();
-    let series = body
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            Some((name.to_string(), value.parse::<f64>().ok()?))
-        })
-        .collect();
-    EtcdMetrics { series }
-}
-
-/// A scrape of etcd's `/metrics`.
+/// What etcd's `/metrics` counts of its clients: gRPC messages received per method (one per
+/// unary request, one per message on a stream: each keep-alive on the LeaseKeepAlive stream
+/// counts once), and gRPC bytes received and sent (HTTP/2 pings and TCP not included).
 #[derive(Debug, Clone, Default)]
-pub struct EtcdMetrics {
-    pub series: HashMap<String, f64>,
+pub struct EtcdCounts {
+    pub by_method: BTreeMap<String, f64>,
+    pub bytes: f64,
 }
 
-impl EtcdMetrics {
-    /// gRPC messages received, per method: one per unary request, one per message on a stream
-    /// (each keep-alive on the LeaseKeepAlive stream counts once).
-    pub fn grpc_received(&self) -> HashMap<String, f64> {
-        let mut out = HashMap::new();
-        for (name, v) in &self.series {
-            if let Some(labels) = name.strip_prefix("grpc_server_msg_received_total{") {
-                if let Some(method) = label(labels, "grpc_method") {
-                    *out.entry(method).or_insert(0.0) += v;
+impl EtcdCounts {
+    /// A scrape of etcd's `/metrics`.
+    pub fn scrape(etcd: &Etcd) -> EtcdCounts {
+        let body = http::get(etcd.client_addr(), "/metrics")
+            .map(|r| r.body)
+            .unwrap_or_default();
+        let mut counts = EtcdCounts::default();
+        for line in body.lines().filter(|l| !l.starts_with('#')) {
+            let parsed = line
+                .rsplit_once(' ')
+                .map(|(series, v)| (series, v.parse::<f64>()));
+            let Some((series, Ok(value))) = parsed else {
+                continue;
+            };
+            let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+            match name {
+                "grpc_server_msg_received_total" => {
+                    let method = labels.split_once("grpc_method=\"").map(|(_, rest)| rest);
+                    if let Some((method, _)) = method.and_then(|rest| rest.split_once('"')) {
+                        *counts.by_method.entry(method.to_string()).or_default() += value;
+                    }
                 }
+                "etcd_network_client_grpc_received_bytes_total"
+                | "etcd_network_client_grpc_sent_bytes_total" => counts.bytes += value,
+                _ => {}
             }
         }
-        out
+        counts
     }
 
-    /// The sum of all series called exactly `name` (any labels).
-    pub fn sum(&self, name: &str) -> f64 {
-        self.series
+    /// What was counted from `before` to this scrape; methods without any are left out.
+    pub fn since(&self, before: &EtcdCounts) -> EtcdCounts {
+        let by_method = self
+            .by_method
             .iter()
-            .filter(|(k, _)| *k == name || k.starts_with(&format!("{name}{{")))
-            .map(|(_, v)| v)
-            .sum()
+            .map(|(m, v)| (m.clone(), v - before.by_method.get(m).unwrap_or(&0.0)))
+            .filter(|(_, d)| *d > 0.0)
+            .collect();
+        EtcdCounts {
+            by_method,
+            bytes: self.bytes - before.bytes,
+        }
     }
 
-    /// gRPC bytes etcd received from and sent to its clients (HTTP/2 pings and TCP not included).
-    pub fn grpc_bytes(&self) -> f64 {
-        self.sum("etcd_network_client_grpc_received_bytes_total")
-            + self.sum("etcd_network_client_grpc_sent_bytes_total")
-    }
-}
-
-fn label(labels: &str, key: &str) -> Option<String> {
-    let start = labels.find(&format!("{key}=\""))? + key.len() + 2;
-    let end = labels[start..].find('"')? + start;
-    Some(labels[start..end].to_string())
-}
-
-/// Per-method difference between two [`EtcdMetrics::grpc_received`] maps.
-pub fn grpc_delta(before: &EtcdMetrics, after: &EtcdMetrics) -> GrpcDelta {
-    let b = before.grpc_received();
-    let mut out: Vec<(String, f64)> = after
-        .grpc_received()
-        .into_iter()
-        .map(|(m, v)| {
-            let d = v - b.get(&m).copied().unwrap_or(0.0);
-            (m, d)
-        })
-        .filter(|(_, d)| *d > 0.0)
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    GrpcDelta(out)
-}
-
-/// gRPC messages etcd received over a window, per method, in method order.
-pub struct GrpcDelta(pub Vec<(String, f64)>);
-
-impl GrpcDelta {
     pub fn total(&self) -> f64 {
-        self.0.iter().map(|(_, v)| v).sum()
+        self.by_method.values().sum()
     }
 
     /// The messages on the LeaseKeepAlive stream.
     pub fn keepalive(&self) -> f64 {
-        self.0
-            .iter()
-            .filter(|(m, _)| m == "LeaseKeepAlive")
-            .map(|(_, v)| v)
-            .sum()
+        self.by_method.get("LeaseKeepAlive").copied().unwrap_or(0.0)
     }
 
     /// `Method=count, ...`, for a note.
     pub fn by_method(&self) -> String {
-        self.0
+        let methods: Vec<String> = self
+            .by_method
             .iter()
             .map(|(m, v)| format!("{m}={v}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+            .collect();
+        methods.join(", ")
     }
 }
 
@@ -261,25 +232,22 @@ pub struct Window {
     pub secs: f64,
     /// CPU used by each of the processes, in the order given.
     pub cpu: Vec<Duration>,
-    pub grpc: GrpcDelta,
-    /// gRPC bytes to and from etcd ([`EtcdMetrics::grpc_bytes`]).
-    pub bytes: f64,
+    pub etcd: EtcdCounts,
 }
 
 impl Window {
     /// Watch `pids` and etcd for `length` (this thread sleeps through it).
     pub fn measure(etcd: &Etcd, pids: &[i32], length: Duration) -> Window {
-        let m0 = etcd_metrics(etcd);
+        let m0 = EtcdCounts::scrape(etcd);
         let cpu0: Vec<CpuMark> = pids.iter().map(|&p| CpuMark::of(p)).collect();
         let t0 = Instant::now();
         std::thread::sleep(length);
         let cpu1: Vec<CpuMark> = pids.iter().map(|&p| CpuMark::of(p)).collect();
-        let m1 = etcd_metrics(etcd);
+        let m1 = EtcdCounts::scrape(etcd);
         Window {
             secs: t0.elapsed().as_secs_f64(),
             cpu: cpu0.iter().zip(cpu1).map(|(a, b)| a.since(b)).collect(),
-            grpc: grpc_delta(&m0, &m1),
-            bytes: m1.grpc_bytes() - m0.grpc_bytes(),
+            etcd: m1.since(&m0),
         }
     }
 }

@@ -343,13 +343,13 @@ fn idle_window(ctx: &mut Ctx, p: &str, count: usize, window: Duration, phase: In
     let etcd_pid = ctx.etcd.child().expect("etcd runs").pid().as_raw();
     let w = Window::measure(&ctx.etcd, &[me, etcd_pid], window);
     let (secs, elections) = (w.secs, count as f64);
-    let (requests, bytes) = (w.grpc.total() / secs, w.bytes / secs);
+    let (requests, bytes) = (w.etcd.total() / secs, w.etcd.bytes / secs);
     let core_share = |cpu: Duration| cpu.as_secs_f64() / secs * 100.0;
     let rss = status(etcd_pid).and_then(|s| s.vmrss).unwrap_or(0) as f64 / 1024.0;
     let requests_note = format!(
         "{:.3} req/s per election; {}",
         requests / elections,
-        w.grpc.by_method()
+        w.etcd.by_method()
     );
     let keepalive_note = format!(
         "expected 3 candidates x 3/ttl = {:.2}/s per election",
@@ -371,7 +371,7 @@ fn idle_window(ctx: &mut Ctx, p: &str, count: usize, window: Duration, phase: In
             (
                 "keep-alives, idle",
                 "msg/s",
-                &[w.grpc.keepalive() / secs],
+                &[w.etcd.keepalive() / secs],
                 &keepalive_note,
             ),
             (
