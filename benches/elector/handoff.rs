@@ -15,14 +15,14 @@
 //! bench reads the line the next peer prints once elected (its stdout is a pipe read by a
 //! dedicated thread).
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use elector_testkit::job::Etcdctl;
+use elector_testkit::wait_until;
 use nix::sys::signal::Signal;
 
-use crate::procs::{EtcdCounts, Etcdctl, Line, Sidecar, SidecarSpec};
+use crate::procs::{EtcdCounts, Sidecar, SidecarSpec};
 use crate::stats::{ms, Comparison, Report, Summary};
 use crate::watch::{Ctl, KeyWatch, Kind};
 use crate::Ctx;
@@ -357,65 +357,37 @@ fn hand_over(
 /// The same handoff by `etcdctl elect` peers. Returns the end-to-end samples (ms).
 pub fn peer(ctx: &mut Ctx, n: usize, reps: usize) -> Vec<f64> {
     let election = format!("/bench/elect-{n}-{}", elector_testkit::random_suffix());
-    let (endpoint, dir) = (ctx.etcd.endpoint(), ctx.dir.clone());
-    let (tx, lines) = mpsc::channel::<Line>();
+    let endpoint = ctx.etcd.endpoint();
     // The peer in `slot`, its `generation`th process; the proposal names both.
-    let spawn = |slot: usize, generation: u64| {
-        let proposal = format!("p{n}-{slot}g{generation}");
-        Etcdctl::spawn(
-            &endpoint,
-            &election,
-            &proposal,
-            slot,
-            generation,
-            &dir,
-            tx.clone(),
-        )
+    let spawn = |slot: usize, generation: usize| {
+        Etcdctl::elect(&endpoint, &election, &format!("p{n}-{slot}g{generation}"))
     };
-    let mut generations = vec![0u64; n];
     let mut peers: Vec<Etcdctl> = (0..n).map(|i| spawn(i, 0)).collect();
     // Each peer prints its election key then its proposal once elected: the first line of a
-    // process is the moment it knew.
-    let mut elected_seen: HashSet<(usize, u64)> = HashSet::new();
-    let mut first_line = |lines: &mpsc::Receiver<Line>,
-                          generations: &[u64],
-                          not: Option<usize>,
-                          timeout: Duration|
-     -> Option<(usize, Instant)> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.checked_duration_since(Instant::now())?;
-            let line = lines.recv_timeout(left).ok()?;
-            if line.text.trim().is_empty() || generations[line.slot] != line.generation {
-                continue;
-            }
-            if !elected_seen.insert((line.slot, line.generation)) {
-                continue;
-            }
-            if Some(line.slot) == not {
-                continue;
-            }
-            return Some((line.slot, line.at));
-        }
+    // process is the moment it knew. Every peer that led is replaced by a new process, so the
+    // one that printed, other than the leader being stopped, is the next.
+    let elected = |peers: &[Etcdctl], not: Option<usize>, timeout: Duration| {
+        let mut found = None;
+        wait_until(timeout, || {
+            found = (0..n)
+                .filter(|&i| Some(i) != not)
+                .find_map(|i| Some((i, peers[i].first_line_at()?)));
+            found.is_some()
+        });
+        found
     };
     let prefix = format!("{election}/");
-    let Some((mut leader, _)) = first_line(&lines, &generations, None, Duration::from_secs(30))
-    else {
+    let queued = |ctl: &Ctl| {
+        wait_until(Duration::from_secs(60), || {
+            ctl.count_prefix(&prefix) == n as i64
+        })
+    };
+    let Some((mut leader, _)) = elected(&peers, None, Duration::from_secs(30)) else {
         ctx.report
             .anomaly(format!("peer n={n}: no etcdctl elect was elected"));
         return Vec::new();
     };
-    let queued = |ctl: &Ctl, want: usize| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if ctl.count_prefix(&prefix) == want as i64 {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        false
-    };
-    if !queued(&ctx.ctl, n) {
+    if !queued(&ctx.ctl) {
         ctx.report.anomaly(format!(
             "peer n={n}: not every etcdctl elect joined the queue"
         ));
@@ -427,9 +399,9 @@ pub fn peer(ctx: &mut Ctx, n: usize, reps: usize) -> Vec<f64> {
         std::thread::sleep(settle());
         watch.drain();
         let t0 = Instant::now();
-        peers[leader].proc.signal(Signal::SIGTERM);
+        peers[leader].signal(Signal::SIGTERM);
         let del = watch.next(Kind::Delete, SOON);
-        let next = first_line(&lines, &generations, Some(leader), SOON);
+        let next = elected(&peers, Some(leader), SOON);
         let (Some(del), Some((next, t_print))) = (del, next) else {
             ctx.report.anomaly(format!(
                 "peer n={n} rep {rep}: no resign or no next elected within {SOON:?}"
@@ -437,14 +409,13 @@ pub fn peer(ctx: &mut Ctx, n: usize, reps: usize) -> Vec<f64> {
             break;
         };
         s.stamp(t0, del.at, None, t_print);
-        if peers[leader].proc.wait_exit_within(SOON).is_none() {
+        if peers[leader].wait_exit_within(SOON).is_none() {
             ctx.report
                 .anomaly(format!("peer n={n} rep {rep}: old etcdctl did not exit"));
         }
-        generations[leader] += 1;
-        peers[leader] = spawn(leader, generations[leader]);
+        peers[leader] = spawn(leader, rep + 1);
         leader = next;
-        if !queued(&ctx.ctl, n) {
+        if !queued(&ctx.ctl) {
             ctx.report.anomaly(format!(
                 "peer n={n} rep {rep}: replacement did not join the queue"
             ));

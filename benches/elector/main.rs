@@ -24,9 +24,9 @@
 //! * `ELECTOR_BENCH_SETTLE_MS=300`: pause between handoffs (see `handoff::settle`).
 //! * `ELECTOR_BENCH_NO_NICE=1`: run the bench's observers at the replicas' priority.
 //! * `ELECTOR_BENCH_OUT=PATH`: where the JSON goes (a `.md` copy of the tables beside it).
-//! * `ELECTOR_BENCH_KEEP=1`: keep the run directory (logs of every process) after the run; it
-//!   is also kept when something went wrong or a goal was missed. `ELECTOR_BENCH_DEBUG=1` prints each handoff's
-//!   wall-clock stamps, to lay beside those logs.
+//! * `ELECTOR_BENCH_KEEP=1`: keep the run directory (logs of etcd and every replica) after the
+//!   run; it is also kept when something went wrong or a goal was missed.
+//!   `ELECTOR_BENCH_DEBUG=1` prints each handoff's wall-clock stamps, to lay beside those logs.
 //!
 //! The process exits 1 when a scenario could not be measured (an anomaly), never because a
 //! goal was missed: goals depend on the machine.
@@ -44,6 +44,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use elector_testkit::etcd::{etcd_bin, etcdctl_bin};
 use elector_testkit::{process::set_thread_nice, test_tempdir, Etcd};
 use procs::SidecarSpec;
 use stats::{Goal, Report, Summary};
@@ -122,7 +123,7 @@ fn env_flag(name: &str) -> bool {
     std::env::var(name).is_ok_and(|v| !v.is_empty() && v != "0")
 }
 
-fn first_line_of(cmd: &str, args: &[&str]) -> String {
+fn first_line_of(cmd: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> String {
     std::process::Command::new(cmd)
         .args(args)
         .output()
@@ -153,8 +154,8 @@ fn machine(dir: &std::path::Path) -> Vec<(String, String)> {
         ("CPU".into(), format!("{nproc} x {model}")),
         ("memory".into(), mem),
         ("kernel".into(), first_line_of("uname", &["-r"])),
-        ("etcd".into(), first_line_of("etcd", &["--version"])),
-        ("etcdctl".into(), first_line_of("etcdctl", &["version"])),
+        ("etcd".into(), first_line_of(etcd_bin(), &["--version"])),
+        ("etcdctl".into(), first_line_of(etcdctl_bin(), &["version"])),
         (
             "wrk".into(),
             first_line_of("wrk", &["--version"])

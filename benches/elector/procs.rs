@@ -1,5 +1,5 @@
-//! The processes the bench runs: its own etcd, `etcd-elector` replicas and `etcdctl elect`
-//! peers, plus what `/proc` and etcd's `/metrics` say about them.
+//! The `etcd-elector` replicas the bench runs (its etcd and the `etcdctl elect` peers are the
+//! test kit's), and what `/proc` and etcd's `/metrics` say about them.
 //!
 //! Every child is the test kit's [`Child`]: killed (SIGKILL) when dropped, with SIGKILL as its
 //! parent-death signal, so an interrupted bench leaves nothing running. That signal follows
@@ -8,11 +8,9 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use elector_testkit::{free_port, http, Child, Etcd};
@@ -342,59 +340,5 @@ impl Sidecar {
                 .unwrap_or(false),
             Err(_) => false,
         }
-    }
-}
-
-/// A line an `etcdctl elect` wrote, when the bench read it.
-pub struct Line {
-    pub at: Instant,
-    pub slot: usize,
-    pub generation: u64,
-    pub text: String,
-}
-
-/// One `etcdctl elect NAME PROPOSAL` peer. Its stdout is read by a thread that timestamps
-/// each line; the first line it prints is the election key, printed once it is elected.
-pub struct Etcdctl {
-    pub proc: Child,
-}
-
-impl Etcdctl {
-    pub fn spawn(
-        endpoint: &str,
-        election: &str,
-        proposal: &str,
-        slot: usize,
-        generation: u64,
-        log_dir: &Path,
-        lines: mpsc::Sender<Line>,
-    ) -> Etcdctl {
-        let log_path = log_dir.join(format!("{proposal}.log"));
-        let log = File::create(&log_path).expect("etcdctl log");
-        let mut cmd = Command::new("etcdctl");
-        cmd.env_clear()
-            .env("ETCDCTL_API", "3")
-            .args(["--endpoints", endpoint])
-            .args(["elect", election, proposal])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log);
-        let mut proc = Child::spawn(&mut cmd, proposal, &[log_path]);
-        let stdout = proc.take_stdout().expect("piped stdout");
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(text) = line else { break };
-                let line = Line {
-                    at: Instant::now(),
-                    slot,
-                    generation,
-                    text,
-                };
-                if lines.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Etcdctl { proc }
     }
 }
