@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use crate::handoff::Group;
+use crate::handoff::{Group, Way};
 use crate::procs::{elector_bin, status, Window};
 use crate::stats::{ms, Goal};
 use crate::Ctx;
@@ -37,32 +37,12 @@ fn startup(ctx: &mut Ctx, starts: usize) {
         std::thread::sleep(Duration::from_millis(20));
         let t0 = Instant::now();
         let mut sc = spec.spawn(&format!("start{i}"));
-        let deadline = t0 + Duration::from_secs(10);
-        let mut answered = None;
-        let mut led = None;
-        while Instant::now() < deadline && led.is_none() {
-            match sc.leader() {
-                Ok(r) => {
-                    let now = Instant::now();
-                    answered.get_or_insert(now);
-                    if r.status == 200 {
-                        led = Some(now);
-                    }
-                }
-                Err(_) => {
-                    if sc.proc.try_wait().is_some() {
-                        break;
-                    }
-                }
+        match sc.until_200(Duration::from_secs(10)) {
+            Some((answered, led, _)) => {
+                first_answer.push(ms(answered - t0));
+                leadership.push(ms(led - t0));
             }
-            std::thread::sleep(Duration::from_micros(100));
-        }
-        match (answered, led) {
-            (Some(a), Some(l)) => {
-                first_answer.push(ms(a - t0));
-                leadership.push(ms(l - t0));
-            }
-            _ => ctx.report.anomaly(format!(
+            None => ctx.report.anomaly(format!(
                 "startup {i}: no answer or no leadership within 10 s"
             )),
         }
@@ -84,16 +64,13 @@ fn startup(ctx: &mut Ctx, starts: usize) {
 fn idle(ctx: &mut Ctx, window: Duration) {
     let key = format!("/bench/idle-{}", elector_testkit::random_suffix());
     let spec = ctx.spec(key, IDLE_TTL);
-    let failure = "idle: replicas did not settle";
-    let timeout = Duration::from_secs(30);
-    let Some(group) = Group::start_settled(&mut ctx.report, spec, 2, timeout, failure) else {
+    let Some(group) = Group::start(ctx, spec, 2, "idle: replicas did not settle") else {
         return;
     };
-    let Some(holder) = ctx.ctl.get(&group.spec.key) else {
-        ctx.report.anomaly("idle: no leader");
-        return;
+    let leader = match group.holder_slot(&ctx.ctl, Way::Succession) {
+        Ok(slot) => slot,
+        Err(e) => return ctx.report.anomaly(format!("idle: {e}")),
     };
-    let leader = group.slot_of(&holder).unwrap_or(0);
     let follower = 1 - leader;
     let pids = [
         group.slots[leader].proc.pid().as_raw(),

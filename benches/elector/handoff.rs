@@ -23,7 +23,7 @@ use elector_testkit::wait_until;
 use nix::sys::signal::Signal;
 
 use crate::procs::{EtcdCounts, Sidecar, SidecarSpec};
-use crate::stats::{ms, Comparison, Report, Summary};
+use crate::stats::{ms, Comparison, Summary};
 use crate::watch::{Ctl, KeyWatch, Kind};
 use crate::Ctx;
 
@@ -49,14 +49,8 @@ pub struct Group {
 
 impl Group {
     /// Start `n` replicas of `spec` and wait until they all know the leader; none, and the
-    /// anomaly `failure`, if that takes longer than `timeout`.
-    pub fn start_settled(
-        report: &mut Report,
-        spec: SidecarSpec,
-        n: usize,
-        timeout: Duration,
-        failure: &str,
-    ) -> Option<Group> {
+    /// anomaly `failure`, if that takes more than a minute.
+    pub fn start(ctx: &mut Ctx, spec: SidecarSpec, n: usize, failure: &str) -> Option<Group> {
         static GROUPS: AtomicU32 = AtomicU32::new(0);
         let tag = format!("r{}-", GROUPS.fetch_add(1, Ordering::Relaxed));
         let slots = (0..n)
@@ -68,16 +62,23 @@ impl Group {
             generation: 0,
             tag,
         };
-        if group.wait_settled(timeout) {
+        if group.wait_settled(Duration::from_secs(60)) {
             Some(group)
         } else {
-            report.anomaly(failure);
+            ctx.report.anomaly(failure);
             None
         }
     }
 
     pub fn slot_of(&self, id: &str) -> Option<usize> {
         self.slots.iter().position(|s| s.id == id)
+    }
+
+    /// The slot of the replica that holds the key, handing over the `way` given.
+    pub fn holder_slot(&self, ctl: &Ctl, way: Way) -> Result<usize, String> {
+        let id = holder(ctl, &self.spec.key, way).ok_or("no leader key")?;
+        self.slot_of(&id)
+            .ok_or_else(|| format!("unknown holder {id}"))
     }
 
     /// Replace the replica in `slot` by a new process.
@@ -90,44 +91,17 @@ impl Group {
     /// Wait until every replica knows the leader. A replica that died meanwhile (its port
     /// was taken, say) is replaced. False if that does not happen within `timeout`.
     pub fn wait_settled(&mut self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
         let mut pending: Vec<usize> = (0..self.slots.len()).collect();
-        while Instant::now() < deadline {
-            let mut still = Vec::new();
-            for slot in pending {
+        wait_until(timeout, || {
+            pending.retain(|&slot| {
                 if self.slots[slot].proc.try_wait().is_some() {
                     self.respawn(slot);
-                    still.push(slot);
-                } else if !self.slots[slot].settled() {
-                    still.push(slot);
+                    return true;
                 }
-            }
-            if still.is_empty() {
-                return true;
-            }
-            pending = still;
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        false
-    }
-}
-
-/// Ask `sidecar` for `/leader` until it answers 200; the instant it did and how many requests
-/// that took.
-fn until_200(sidecar: &Sidecar, timeout: Duration) -> Option<(Instant, usize)> {
-    let deadline = Instant::now() + timeout;
-    let mut polls = 0;
-    loop {
-        polls += 1;
-        if let Ok(r) = sidecar.leader() {
-            if r.status == 200 {
-                return Some((Instant::now(), polls));
-            }
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_micros(100));
+                !self.slots[slot].settled()
+            });
+            pending.is_empty()
+        })
     }
 }
 
@@ -201,8 +175,7 @@ pub fn ours(ctx: &mut Ctx, n: usize, reps: usize, way: Way) -> Vec<f64> {
         Way::Succession => "lock protocol, direct succession",
     };
     let failure = format!("handoff n={n} {tag}: replicas did not settle at start");
-    let timeout = Duration::from_secs(60);
-    let Some(mut group) = Group::start_settled(&mut ctx.report, spec, n, timeout, &failure) else {
+    let Some(mut group) = Group::start(ctx, spec, n, &failure) else {
         return Vec::new();
     };
     let watch = match way {
@@ -289,11 +262,7 @@ fn hand_over(
     rep: usize,
     s: &mut Samples,
 ) -> Result<(usize, EtcdCounts), String> {
-    let key = &group.spec.key;
-    let holder_id = holder(&ctx.ctl, key, way).ok_or("no leader key")?;
-    let old = group
-        .slot_of(&holder_id)
-        .ok_or_else(|| format!("unknown holder {holder_id}"))?;
+    let old = group.holder_slot(&ctx.ctl, way)?;
     watch.drain();
     let m0 = EtcdCounts::scrape(&ctx.etcd);
     let t0 = Instant::now();
@@ -315,7 +284,7 @@ fn hand_over(
         Way::Revoke => watch.next(Kind::Put, SOON),
     };
     let next_id = match way {
-        Way::Election => holder(&ctx.ctl, key, way),
+        Way::Election => holder(&ctx.ctl, &group.spec.key, way),
         Way::Succession => Some(del.value.clone()),
         Way::Revoke => put.as_ref().map(|p| p.value.clone()),
     };
@@ -323,20 +292,14 @@ fn hand_over(
         .as_deref()
         .and_then(|id| group.slot_of(id))
         .ok_or_else(|| format!("no known successor ({next_id:?})"))?;
-    let (t200, polls) =
-        until_200(&group.slots[new], SOON).ok_or("new leader never answered 200")?;
+    let (_, t200, polls) = group.slots[new]
+        .until_200(SOON)
+        .ok_or("new leader never answered 200")?;
     s.polls.push(polls as f64);
     // Wall-clock stamps, to lay beside the replicas' JSON logs (kept with
     // ELECTOR_BENCH_KEEP=1) when looking for where a slow handoff spent its time.
     if std::env::var_os("ELECTOR_BENCH_DEBUG").is_some() {
-        let wall = std::time::SystemTime::now();
-        let now = Instant::now();
-        let w = |i: Instant| {
-            (wall - (now - i))
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_micros())
-                .unwrap_or(0)
-        };
+        let w = elector_testkit::observe::unix_micros;
         eprintln!(
             "debug rep={rep} old={} new={} t0={} del={} put={} t200={}",
             group.slots[old].id,
@@ -451,9 +414,8 @@ pub fn crash(ctx: &mut Ctx, ttl_secs: u64, reps: usize) -> Vec<f64> {
     let key = format!("/bench/crash-{}", elector_testkit::random_suffix());
     let ttl = Duration::from_secs(ttl_secs);
     let spec = ctx.spec(key.clone(), ttl_secs);
-    let failure = "crash: replicas did not settle at start";
-    let timeout = Duration::from_secs(30);
-    let Some(mut group) = Group::start_settled(&mut ctx.report, spec, 3, timeout, failure) else {
+    let Some(mut group) = Group::start(ctx, spec, 3, "crash: replicas did not settle at start")
+    else {
         return Vec::new();
     };
     let watch = ctx.ctl.watch(&key, false);
@@ -498,10 +460,7 @@ fn fail_over(
     ttl: Duration,
     s: &mut Samples,
 ) -> Result<usize, String> {
-    let holder_id = ctx.ctl.get(&group.spec.key).ok_or("no key")?;
-    let old = group
-        .slot_of(&holder_id)
-        .ok_or_else(|| format!("unknown holder {holder_id}"))?;
+    let old = group.holder_slot(&ctx.ctl, Way::Succession)?;
     // The leader's own view of when etcd may expire its lease at the earliest.
     let expiry = elector_testkit::http::get(group.slots[old].addr(), "/status")
         .ok()
@@ -519,7 +478,9 @@ fn fail_over(
     let new = group
         .slot_of(&put.value)
         .ok_or_else(|| format!("put by unknown {}", put.value))?;
-    let (t200, _) = until_200(&group.slots[new], SOON).ok_or("new leader never answered 200")?;
+    let (_, t200, _) = group.slots[new]
+        .until_200(SOON)
+        .ok_or("new leader never answered 200")?;
     s.stamp(t0, del.at, Some(put.at), t200);
     if let Some(expiry) = expiry {
         // Signed: negative would mean etcd expired the lease before the leader's own

@@ -24,9 +24,7 @@ pub fn run(ctx: &mut Ctx, duration: Duration) {
         format!("/bench/probe-{}", elector_testkit::random_suffix()),
         10,
     );
-    let failure = "probe: replica did not become leader";
-    let timeout = Duration::from_secs(30);
-    let Some(group) = Group::start_settled(&mut ctx.report, spec, 1, timeout, failure) else {
+    let Some(group) = Group::start(ctx, spec, 1, "probe: replica did not become leader") else {
         return;
     };
     let addr = group.slots[0].addr();
@@ -140,8 +138,7 @@ fn max_rate(ctx: &mut Ctx, duration: Duration) {
         ..ctx.spec(key, 10)
     };
     let failure = "probe: pinned replica did not become leader";
-    let timeout = Duration::from_secs(30);
-    let Some(group) = Group::start_settled(&mut ctx.report, spec, 1, timeout, failure) else {
+    let Some(group) = Group::start(ctx, spec, 1, failure) else {
         return;
     };
     let url = format!("http://{}/leader", group.slots[0].addr());

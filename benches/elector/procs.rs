@@ -332,6 +332,28 @@ impl Sidecar {
         http::get(self.addr(), "/leader")
     }
 
+    /// Asks `/leader` on fresh connections every 0.1 ms until it answers 200: when it first
+    /// answered at all, when it answered 200, and after how many requests; `None` if not within
+    /// `timeout`.
+    pub fn until_200(&self, timeout: Duration) -> Option<(Instant, Instant, usize)> {
+        let deadline = Instant::now() + timeout;
+        let (mut first, mut polls) = (None, 0);
+        loop {
+            polls += 1;
+            if let Ok(r) = self.leader() {
+                let now = Instant::now();
+                let first = *first.get_or_insert(now);
+                if r.status == 200 {
+                    return Some((first, now, polls));
+                }
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
+    }
+
     /// True once this replica knows a leader (itself, or the holder it follows).
     pub fn settled(&self) -> bool {
         match self.leader() {
