@@ -14,9 +14,9 @@ use etcd_elector::election::machine::Role;
 use etcd_elector::election::{etcd::ConnectError, Election, Release};
 use etcd_elector::leadership::Receiver;
 use etcd_elector::metrics::Metrics;
+use futures_util::future::try_join_all;
 use tokio::runtime::Runtime;
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -34,18 +34,19 @@ struct Candidate {
     task: JoinHandle<Result<Release, ConnectError>>,
 }
 
-async fn candidate(endpoint: String, key: String, id: String) -> Candidate {
+/// A candidate of `key` running on the current runtime.
+fn candidate(endpoint: &str, key: &str, id: &str) -> Candidate {
     // Through the sidecar's own parser, so the simulated candidates get exactly the defaults
     // (shutdown timeout, release delay, key protocol) the binary would.
     let ttl = TTL.as_secs().to_string();
     let args = [
         "etcd-elector",
         "--endpoints",
-        &endpoint,
+        endpoint,
         "--key",
-        &key,
+        key,
         "--id",
-        &id,
+        id,
         "--ttl",
         &ttl,
     ];
@@ -65,63 +66,37 @@ fn is_leader(rx: &Receiver) -> bool {
     rx.borrow().is_leader_at(Instant::now())
 }
 
-/// The snapshots of every candidate but `old`.
-fn others(cands: &[Candidate], old: usize) -> Vec<Receiver> {
-    cands
+/// Cancels the leader of `cands`: its slot, and the snapshots of the others to wait on.
+fn cancel_leader(cands: &[Candidate]) -> Option<(usize, Vec<Receiver>)> {
+    let old = cands.iter().position(|c| is_leader(&c.rx))?;
+    let others = cands
         .iter()
         .enumerate()
         .filter(|(i, _)| *i != old)
         .map(|(_, c)| c.rx.clone())
-        .collect()
-}
-
-/// The first of `rxs` to claim leadership, and when; `None` after `timeout`.
-async fn first_leader(rxs: Vec<Receiver>, timeout: Duration) -> Option<(usize, Instant)> {
-    let (tx, mut rx) = mpsc::channel(rxs.len().max(1));
-    let tasks: Vec<JoinHandle<()>> = rxs
-        .into_iter()
-        .enumerate()
-        .map(|(i, mut r)| {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                loop {
-                    let leads = r.borrow_and_update().is_leader_at(Instant::now());
-                    if leads {
-                        let _ = tx.send((i, Instant::now())).await;
-                        return;
-                    }
-                    if r.changed().await.is_err() {
-                        return;
-                    }
-                }
-            })
-        })
         .collect();
-    drop(tx);
-    let got = tokio::time::timeout(timeout, rx.recv())
-        .await
-        .ok()
-        .flatten();
-    for t in tasks {
-        t.abort();
-    }
-    got
+    cands[old].token.cancel();
+    Some((old, others))
 }
 
-/// Wait until `rx` follows a leader.
-async fn following(rx: &mut Receiver, timeout: Duration) -> bool {
-    tokio::time::timeout(timeout, async {
-        loop {
-            if rx.borrow_and_update().view.role == Role::Follower {
-                return;
-            }
-            if rx.changed().await.is_err() {
-                return;
+/// When the first of `rxs` claimed leadership; `None` after `timeout`.
+async fn first_leader(rxs: Vec<Receiver>, timeout: Duration) -> Option<Instant> {
+    let mut waiting = JoinSet::new();
+    for mut rx in rxs {
+        waiting.spawn(async move {
+            rx.wait_for(|s| s.is_leader_at(Instant::now())).await.ok()?;
+            Some(Instant::now())
+        });
+    }
+    let first = async {
+        while let Some(done) = waiting.join_next().await {
+            if let Ok(Some(at)) = done {
+                return Some(at);
             }
         }
-    })
-    .await
-    .is_ok()
+        None
+    };
+    tokio::time::timeout(timeout, first).await.ok().flatten()
 }
 
 pub fn run(ctx: &mut Ctx, counts: &[usize], window: Duration, handoffs: usize) {
@@ -147,25 +122,14 @@ fn one(ctx: &mut Ctx, count: usize, window: Duration, handoffs: usize) {
     let p = format!("elections={count} x3, ttl={}s", TTL.as_secs());
     let started = Instant::now();
     let mut elections: Vec<Vec<Candidate>> = rt.block_on(async {
-        let handles: Vec<JoinHandle<Vec<Candidate>>> = (0..count)
-            .map(|e| {
-                let (endpoint, key) = (endpoint.clone(), key(e));
-                tokio::spawn(async move {
-                    let mut v = Vec::with_capacity(3);
-                    for c in 0..3 {
-                        v.push(
-                            candidate(endpoint.clone(), key.clone(), format!("e{e}c{c}g0")).await,
-                        );
-                    }
-                    v
-                })
+        let handles = (0..count).map(|e| {
+            let (endpoint, key) = (endpoint.clone(), key(e));
+            tokio::spawn(async move {
+                let id = |c: usize| format!("e{e}c{c}g0");
+                (0..3).map(|c| candidate(&endpoint, &key, &id(c))).collect()
             })
-            .collect();
-        let mut out = Vec::with_capacity(count);
-        for h in handles {
-            out.push(h.await.expect("candidate start"));
-        }
-        out
+        });
+        try_join_all(handles).await.expect("candidate start")
     });
     // Every election led, and every other candidate following.
     let all_led = rt.block_on(async {
@@ -215,32 +179,26 @@ fn one(ctx: &mut Ctx, count: usize, window: Duration, handoffs: usize) {
     for rep in 0..handoffs {
         let e = rng.usize(..count);
         let cands = &mut elections[e];
-        let Some(old) = cands.iter().position(|c| is_leader(&c.rx)) else {
+        let t0 = Instant::now();
+        let Some((old, others)) = cancel_leader(cands) else {
             ctx.report.anomaly(format!(
                 "scale {count} rep {rep}: election {e} without a leader"
             ));
             continue;
         };
-        let others = others(cands, old);
-        let t0 = Instant::now();
-        cands[old].token.cancel();
-        let got = rt.block_on(first_leader(others, SOON));
-        match got {
-            Some((_, at)) => seq.push(ms(at - t0)),
+        match rt.block_on(first_leader(others, SOON)) {
+            Some(at) => seq.push(ms(at - t0)),
             None => ctx.report.anomaly(format!(
                 "scale {count} rep {rep}: no new leader in {SOON:?}"
             )),
         }
         generation += 1;
-        let endpoint = endpoint.clone();
-        let k = key(e);
         let ok = rt.block_on(async {
-            let old_task = std::mem::replace(
-                &mut cands[old],
-                candidate(endpoint, k, format!("e{e}c{old}g{generation}")).await,
-            );
+            let id = format!("e{e}c{old}g{generation}");
+            let old_task = std::mem::replace(&mut cands[old], candidate(&endpoint, &key(e), &id));
             let _ = tokio::time::timeout(SOON, old_task.task).await;
-            following(&mut cands[old].rx, SOON).await
+            let follows = cands[old].rx.wait_for(|s| s.view.role == Role::Follower);
+            matches!(tokio::time::timeout(SOON, follows).await, Ok(Ok(_)))
         });
         if !ok {
             ctx.report.anomaly(format!(
@@ -268,18 +226,13 @@ fn one(ctx: &mut Ctx, count: usize, window: Duration, handoffs: usize) {
     let etcd_cpu0 = CpuMark::of(etcd_pid);
     let mut waiters = Vec::new();
     let t0 = Instant::now();
-    for cands in &elections {
-        let Some(old) = cands.iter().position(|c| is_leader(&c.rx)) else {
-            continue;
-        };
-        let others = others(cands, old);
-        cands[old].token.cancel();
+    for (_, others) in elections.iter().filter_map(|cands| cancel_leader(cands)) {
         waiters.push(rt.spawn(first_leader(others, SOON * 3)));
     }
     let mass: Vec<f64> = rt.block_on(async {
         let mut out = Vec::new();
         for w in waiters {
-            if let Ok(Some((_, at))) = w.await {
+            if let Ok(Some(at)) = w.await {
                 out.push(ms(at - t0));
             }
         }
