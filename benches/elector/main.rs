@@ -84,28 +84,6 @@ impl<'rt> Ctx<'rt> {
             extra: Vec::new(),
         }
     }
-
-    /// Record how much CPU something other than this bench used during `scenario`: the bench
-    /// cannot keep other work off the machine, but it can say when there was some.
-    pub fn foreign_load(&mut self, scenario: &str, since: procs::LoadMark) {
-        let share = since.foreign_since(procs::LoadMark::now());
-        self.report.rows(
-            "machine",
-            scenario,
-            &[(
-                "CPU used by other processes during the scenario",
-                "% of a core",
-                &[share * 100.0],
-                "/proc/stat busy time minus this bench and its children; 0 on a quiet machine",
-            )],
-        );
-        if share > 0.1 {
-            eprintln!(
-                "bench: warning: other processes used {:.0} % of a core during {scenario}; its figures are disturbed",
-                share * 100.0
-            );
-        }
-    }
 }
 
 fn env_list(name: &str, default: &[usize]) -> Vec<usize> {
@@ -135,40 +113,6 @@ fn first_line_of(cmd: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> String {
                 .map(str::to_string)
         })
         .unwrap_or_else(|| "unknown".into())
-}
-
-fn machine(dir: &std::path::Path) -> Vec<(String, String)> {
-    use procfs::{CpuInfo, Current, Meminfo};
-    let cpu = CpuInfo::current().ok();
-    let model = cpu
-        .as_ref()
-        .and_then(|c| c.model_name(0))
-        .unwrap_or("unknown");
-    let nproc = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    let mem = Meminfo::current()
-        .map(|m| format!("{:.1} GiB", m.mem_total as f64 / (1u64 << 30) as f64))
-        .unwrap_or_default();
-    vec![
-        ("CPU".into(), format!("{nproc} x {model}")),
-        ("memory".into(), mem),
-        ("kernel".into(), first_line_of("uname", &["-r"])),
-        ("etcd".into(), first_line_of(etcd_bin(), &["--version"])),
-        ("etcdctl".into(), first_line_of(etcdctl_bin(), &["version"])),
-        (
-            "wrk".into(),
-            first_line_of("wrk", &["--version"])
-                .split(" [")
-                .next()
-                .unwrap_or("")
-                .to_string(),
-        ),
-        (
-            "etcd data".into(),
-            format!("{} ({})", dir.display(), procs::fs_type(dir)),
-        ),
-    ]
 }
 
 /// What to run and how much of it, from the environment (see the module docs).
@@ -250,36 +194,68 @@ fn raise_observer_priority() -> i32 {
 
 /// The machine and the settings, at the head of the report.
 fn describe_run(report: &mut Report, dir: &Path, plan: &Plan, observer_nice: i32) {
-    report.machine = machine(dir);
-    report
-        .machine
-        .push(("etcd-elector binary".into(), procs::elector_bin()));
-    report.machine.push((
-        "bench observer priority".into(),
-        format!("nice {observer_nice} (replicas, etcd, etcdctl at 0)"),
-    ));
+    use procfs::{CpuInfo, Current, Meminfo};
+    let cpu = CpuInfo::current().ok();
+    let model = cpu.as_ref().and_then(|c| c.model_name(0));
+    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = Meminfo::current()
+        .map(|m| format!("{:.1} GiB", m.mem_total as f64 / (1u64 << 30) as f64))
+        .unwrap_or_default();
+    let wrk = first_line_of("wrk", &["--version"]);
+    report.machine = vec![
+        ("CPU", format!("{nproc} x {}", model.unwrap_or("unknown"))),
+        ("memory", mem),
+        ("kernel", first_line_of("uname", &["-r"])),
+        ("etcd", first_line_of(etcd_bin(), &["--version"])),
+        ("etcdctl", first_line_of(etcdctl_bin(), &["version"])),
+        ("wrk", wrk.split(" [").next().unwrap_or("").to_string()),
+        (
+            "etcd data",
+            format!("{} ({})", dir.display(), procs::fs_type(dir)),
+        ),
+        ("etcd-elector binary", procs::elector_bin()),
+        (
+            "bench observer priority",
+            format!("nice {observer_nice} (replicas, etcd, etcdctl at 0)"),
+        ),
+    ];
     let (mode, prefix) = if plan.quick {
         ("quick (ELECTOR_BENCH_QUICK=1)", "ELECTOR_BENCH_QUICK=1 ")
     } else {
         ("full", "")
     };
     report.settings = vec![
-        ("mode".into(), mode.into()),
-        (
-            "command".into(),
-            format!("{prefix}cargo bench --bench elector"),
-        ),
+        ("mode", mode.into()),
+        ("command", format!("{prefix}cargo bench --bench elector")),
     ];
 }
 
-/// Runs `scenario` on a fresh etcd (unless it makes its own) and records the foreign load.
+/// Runs `scenario` on a fresh etcd (unless it makes its own) and records how much CPU
+/// something other than this bench used meanwhile: the bench cannot keep other work off the
+/// machine, but it can say when there was some.
 fn scenario(ctx: &mut Ctx, name: &str, fresh: bool, run: impl FnOnce(&mut Ctx)) {
     let load = procs::LoadMark::now();
     if fresh {
         ctx.fresh_etcd();
     }
     run(ctx);
-    ctx.foreign_load(name, load);
+    let share = load.foreign_since(procs::LoadMark::now());
+    ctx.report.rows(
+        "machine",
+        name,
+        &[(
+            "CPU used by other processes during the scenario",
+            "% of a core",
+            &[share * 100.0],
+            "/proc/stat busy time minus this bench and its children; 0 on a quiet machine",
+        )],
+    );
+    if share > 0.1 {
+        eprintln!(
+            "bench: warning: other processes used {:.0} % of a core during {name}; its figures are disturbed",
+            share * 100.0
+        );
+    }
 }
 
 /// Announces one run of the handoff scenario and gives it a fresh etcd.
@@ -441,7 +417,7 @@ fn main() -> ExitCode {
     }
 
     ctx.report.settings.push((
-        "duration".into(),
+        "duration",
         format!("{:.0} s", began.elapsed().as_secs_f64()),
     ));
     write_report(&ctx.report);

@@ -103,9 +103,9 @@ pub struct Comparison {
 #[derive(Debug, Default, Serialize)]
 pub struct Report {
     #[serde(serialize_with = "as_object")]
-    pub machine: Vec<(String, String)>,
+    pub machine: Vec<(&'static str, String)>,
     #[serde(serialize_with = "as_object")]
-    pub settings: Vec<(String, String)>,
+    pub settings: Vec<(&'static str, String)>,
     pub figures: Vec<Summary>,
     pub comparisons: Vec<Comparison>,
     pub goals: Vec<Goal>,
@@ -198,7 +198,7 @@ impl Report {
 }
 
 /// Name-value pairs as a JSON object (kept as a list in memory for the table's order).
-fn as_object<S: serde::Serializer>(pairs: &[(String, String)], s: S) -> Result<S::Ok, S::Error> {
+fn as_object<S: serde::Serializer>(pairs: &[(&str, String)], s: S) -> Result<S::Ok, S::Error> {
     use serde::ser::SerializeMap;
     let mut map = s.serialize_map(Some(pairs.len()))?;
     for (k, v) in pairs {
