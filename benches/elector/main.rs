@@ -102,17 +102,13 @@ fn env_flag(name: &str) -> bool {
 }
 
 fn first_line_of(cmd: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> String {
-    std::process::Command::new(cmd)
-        .args(args)
-        .output()
-        .ok()
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .next()
-                .map(str::to_string)
-        })
-        .unwrap_or_else(|| "unknown".into())
+    let out = std::process::Command::new(cmd).args(args).output();
+    let stdout = out.map(|o| o.stdout).unwrap_or_default();
+    let first = String::from_utf8_lossy(&stdout)
+        .lines()
+        .next()
+        .map(str::to_string);
+    first.unwrap_or_else(|| "unknown".into())
 }
 
 /// What to run and how much of it, from the environment (see the module docs).
@@ -135,17 +131,13 @@ struct Plan {
 impl Plan {
     fn from_env() -> Plan {
         let quick = env_flag("ELECTOR_BENCH_QUICK");
-        let mut only: HashSet<String> = std::env::args()
+        let only_env = std::env::var("ELECTOR_BENCH_ONLY").unwrap_or_default();
+        let only = std::env::args()
             .skip(1)
             .filter(|a| !a.starts_with('-'))
+            .chain(only_env.split(',').map(|s| s.trim().to_string()))
+            .filter(|s| !s.is_empty())
             .collect();
-        if let Ok(v) = std::env::var("ELECTOR_BENCH_ONLY") {
-            only.extend(
-                v.split(',')
-                    .map(|s| s.trim().to_string())
-                    .filter(|s| !s.is_empty()),
-            );
-        }
         let reps_override = env_num("ELECTOR_BENCH_REPS").map(|n| n as usize);
         let pick = |quick_value: u64, full: u64| if quick { quick_value } else { full };
         Plan {
