@@ -64,6 +64,7 @@ pub fn run(ctx: &mut Ctx, duration: Duration) {
 }
 
 /// Samples of [`fixed_rate`], in microseconds.
+#[derive(Default)]
 struct Timed {
     /// From when the request could have been sent (due, or the previous answer if later).
     latency: Vec<f64>,
@@ -84,11 +85,7 @@ fn fixed_rate(addr: std::net::SocketAddr, n: usize, period: Duration, keepalive:
                 } else {
                     None
                 };
-                let mut t = Timed {
-                    latency: Vec::with_capacity(n),
-                    service: Vec::with_capacity(n),
-                    sender_late: Vec::with_capacity(n),
-                };
+                let mut t = Timed::default();
                 let start = Instant::now() + Duration::from_millis(10);
                 let mut previous_done = start;
                 for i in 0..n {

@@ -65,7 +65,7 @@ fn cpu_time_fine(pid: i32) -> Option<Duration> {
 
 /// CPU time of a process: the finer of the two sources unless threads ended meanwhile (then
 /// the ticks, which count them, are larger).
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct CpuMark {
     ticks: Duration,
     fine: Duration,
@@ -95,9 +95,9 @@ impl CpuMark {
 
 /// CPU used on the whole machine and by this bench's process tree, to tell how much of a
 /// scenario's machine was taken by something else (other builds and tests share these cores).
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct LoadMark {
-    at: Option<Instant>,
+    at: Instant,
     /// Time all CPUs spent in processes (user, nice, system), from /proc/stat.
     busy: Duration,
     /// This process, its reaped children, and its live children.
@@ -116,7 +116,7 @@ impl LoadMark {
             own += cpu_time(child).unwrap_or_default();
         }
         LoadMark {
-            at: Some(Instant::now()),
+            at: Instant::now(),
             busy: ticks(busy),
             own,
         }
@@ -124,18 +124,15 @@ impl LoadMark {
 
     /// Share of one core used by processes outside this bench between `self` and `later`.
     pub fn foreign_since(self, later: LoadMark) -> f64 {
-        let (Some(a), Some(b)) = (self.at, later.at) else {
-            return f64::NAN;
-        };
         let busy = later.busy.saturating_sub(self.busy);
         let own = later.own.saturating_sub(self.own);
         if std::env::var_os("ELECTOR_BENCH_DEBUG").is_some() {
             eprintln!(
                 "load: busy {busy:?} own {own:?} over {:?}; {self:?} -> {later:?}",
-                b - a
+                later.at - self.at
             );
         }
-        busy.saturating_sub(own).as_secs_f64() / (b - a).as_secs_f64()
+        busy.saturating_sub(own).as_secs_f64() / (later.at - self.at).as_secs_f64()
     }
 }
 
