@@ -18,9 +18,9 @@
 //!   `ELECTOR_BENCH_CRASH_TTL=2` (seconds), `ELECTOR_BENCH_IDLE_SECS=60`.
 //! * `ELECTOR_BENCH_BIN=PATH`: measure another build of the sidecar (a proposed change)
 //!   instead of the one cargo built for this bench.
-//! * `ELECTOR_BENCH_NO_PEER=1`, `ELECTOR_BENCH_NO_LOCK=1`, `ELECTOR_BENCH_NO_ELECTION=1`: leave
-//!   out the `etcdctl elect` runs, or etcd-elector's default (`lock`) or `--protocol election`
-//!   runs, of the handoff scenario.
+//! * `ELECTOR_BENCH_NO_PEER=1`, `ELECTOR_BENCH_NO_LOCK=1`, `ELECTOR_BENCH_NO_ELECTION=1`,
+//!   `ELECTOR_BENCH_NO_REVOKE=1`: leave out the `etcdctl elect` runs, or etcd-elector's default
+//!   (`lock`), `--protocol election` or `--no-succession` runs, of the handoff scenario.
 //! * `ELECTOR_BENCH_SETTLE_MS=300`: pause between handoffs (see `handoff::settle`).
 //! * `ELECTOR_BENCH_NO_NICE=1`: run the bench's observers at the replicas' priority.
 //! * `ELECTOR_BENCH_OUT=PATH`: where the JSON goes (a `.md` copy of the tables beside it).
