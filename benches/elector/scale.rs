@@ -14,7 +14,7 @@ use etcd_elector::election::machine::Role;
 use etcd_elector::election::{etcd::ConnectError, Election, Release};
 use etcd_elector::leadership::Receiver;
 use etcd_elector::metrics::Metrics;
-use futures_util::future::try_join_all;
+use futures_util::future::{join_all, try_join_all};
 use tokio::runtime::Runtime;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
@@ -132,25 +132,23 @@ fn one(ctx: &mut Ctx, count: usize, window: Duration, handoffs: usize) {
         try_join_all(handles).await.expect("candidate start")
     });
     // Every election led, and every other candidate following.
-    let all_led = rt.block_on(async {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let done = elections.iter().all(|cands| {
-                cands.iter().filter(|c| is_leader(&c.rx)).count() == 1
-                    && cands.iter().all(|c| {
-                        let r = c.rx.borrow().view.role;
-                        r == Role::Leader || r == Role::Follower
-                    })
-            });
-            if done {
-                return Some(started.elapsed());
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let all_led = loop {
+        let done = elections.iter().all(|cands| {
+            cands.iter().filter(|c| is_leader(&c.rx)).count() == 1
+                && cands.iter().all(|c| {
+                    let r = c.rx.borrow().view.role;
+                    r == Role::Leader || r == Role::Follower
+                })
+        });
+        if done {
+            break Some(started.elapsed());
         }
-    });
+        if Instant::now() >= deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
     let Some(all_led) = all_led else {
         ctx.report.anomaly(format!(
             "scale {count}: not every election got a leader in 60 s"
@@ -224,20 +222,15 @@ fn one(ctx: &mut Ctx, count: usize, window: Duration, handoffs: usize) {
     let watch = ctx.ctl.watch(&format!("/bench/scale-{suffix}/"), true);
     let etcd_pid = ctx.etcd.child().expect("etcd runs").pid().as_raw();
     let etcd_cpu0 = CpuMark::of(etcd_pid);
-    let mut waiters = Vec::new();
     let t0 = Instant::now();
-    for (_, others) in elections.iter().filter_map(|cands| cancel_leader(cands)) {
-        waiters.push(rt.spawn(first_leader(others, SOON * 3)));
-    }
-    let mass: Vec<f64> = rt.block_on(async {
-        let mut out = Vec::new();
-        for w in waiters {
-            if let Ok(Some(at)) = w.await {
-                out.push(ms(at - t0));
-            }
-        }
-        out
-    });
+    let waiters: Vec<_> = elections
+        .iter()
+        .filter_map(|cands| cancel_leader(cands))
+        .map(|(_, others)| rt.spawn(first_leader(others, SOON * 3)))
+        .collect();
+    // Each waiter's new leader, if it found one: a failed task or a timeout is none.
+    let led = rt.block_on(join_all(waiters)).into_iter().flatten();
+    let mass: Vec<f64> = led.flatten().map(|at| ms(at - t0)).collect();
     let etcd_cpu = etcd_cpu0.since(CpuMark::of(etcd_pid));
     if mass.len() < count {
         ctx.report.anomaly(format!(
@@ -278,7 +271,6 @@ fn one(ctx: &mut Ctx, count: usize, window: Duration, handoffs: usize) {
         ("all at once: etcd CPU per handoff", "ms", &[ms(etcd_cpu) / count as f64], &cpu_note),
     ]);
     shutdown(&rt, elections);
-    drop(rt);
 }
 
 /// etcd's and this process's load while every election idles.
@@ -346,14 +338,13 @@ fn idle_window(ctx: &mut Ctx, p: &str, count: usize, window: Duration, phase: In
 }
 
 fn shutdown(rt: &Runtime, elections: Vec<Vec<Candidate>>) {
-    rt.block_on(async {
-        let mut tasks = Vec::new();
-        for c in elections.into_iter().flatten() {
-            c.token.cancel();
-            tasks.push(c.task);
-        }
-        for t in tasks {
-            let _ = tokio::time::timeout(SOON, t).await;
-        }
-    });
+    let candidates: Vec<Candidate> = elections.into_iter().flatten().collect();
+    for c in &candidates {
+        c.token.cancel();
+    }
+    let ended = candidates
+        .into_iter()
+        .map(|c| tokio::time::timeout(SOON, c.task));
+    // The timeouts need the runtime's clock: they are made inside it.
+    rt.block_on(async { join_all(ended).await });
 }
