@@ -169,12 +169,7 @@ pub fn ours(ctx: &mut Ctx, n: usize, reps: usize, way: Way) -> Vec<f64> {
         extra,
         ..ctx.spec(key.clone(), 10)
     };
-    let tag = match way {
-        Way::Election => "election protocol",
-        Way::Revoke => "lock protocol, --no-succession",
-        Way::Succession => "lock protocol, direct succession",
-    };
-    let failure = format!("handoff n={n} {tag}: replicas did not settle at start");
+    let failure = format!("handoff n={n} {way:?}: replicas did not settle at start");
     let Some(mut group) = Group::start(ctx, spec, n, &failure) else {
         return Vec::new();
     };
@@ -185,7 +180,7 @@ pub fn ours(ctx: &mut Ctx, n: usize, reps: usize, way: Way) -> Vec<f64> {
     let mut s = Samples::default();
     for rep in 0..reps {
         std::thread::sleep(settle());
-        let at = format!("handoff n={n} {tag} rep {rep}");
+        let at = format!("handoff n={n} {way:?} rep {rep}");
         let (old, m0) = match hand_over(ctx, &group, &watch, way, rep, &mut s) {
             Ok(handed) => handed,
             Err(e) => {
@@ -485,12 +480,9 @@ fn fail_over(
     if let Some(expiry) = expiry {
         // Signed: negative would mean etcd expired the lease before the leader's own
         // estimate, which the send-time rule says cannot happen.
-        let beyond = if t200 >= expiry {
-            ms(t200 - expiry)
-        } else {
-            -ms(expiry - t200)
-        };
-        s.beyond_expiry.push(beyond);
+        let late = ms(t200.saturating_duration_since(expiry));
+        s.beyond_expiry
+            .push(late - ms(expiry.saturating_duration_since(t200)));
     }
     Ok(old)
 }

@@ -53,10 +53,7 @@ pub fn run(ctx: &mut Ctx, duration: Duration) {
     ctx.report.goals.push(Goal {
         goal: "/leader p99 at 1,000 req/s".into(),
         target: "< 1 ms".into(),
-        measured: format!(
-            "{:.0} us (worst of kept-alive and new-connection runs)",
-            p99_worst
-        ),
+        measured: format!("{p99_worst:.0} us (worst of kept-alive and new-connection runs)"),
         met: p99_worst < 1000.0,
     });
     drop(group);
@@ -76,48 +73,42 @@ struct Timed {
 
 /// `n` requests, one due every `period`.
 fn fixed_rate(addr: std::net::SocketAddr, n: usize, period: Duration, keepalive: bool) -> Timed {
-    std::thread::scope(|scope| {
-        scope
-            .spawn(move || {
-                let _ = nix::sys::prctl::set_timerslack(1);
-                let mut conn = if keepalive {
-                    Conn::connect(addr, "/leader").ok()
-                } else {
-                    None
-                };
-                let mut t = Timed::default();
-                let start = Instant::now() + Duration::from_millis(10);
-                let mut previous_done = start;
-                for i in 0..n {
-                    let due = start + period * i as u32;
-                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                        std::thread::sleep(wait);
-                    }
-                    let could_send = due.max(previous_done);
-                    let sent = Instant::now();
-                    let ok = if let Some(c) = conn.as_mut() {
-                        c.get().map(|r| r.status == 200).unwrap_or(false)
-                    } else {
-                        get_once(addr, "/leader")
-                            .map(|r| r.status == 200)
-                            .unwrap_or(false)
-                    };
-                    let done = Instant::now();
-                    previous_done = done;
-                    if ok {
-                        let late = sent.saturating_duration_since(could_send);
-                        t.latency.push(us(done - could_send - late));
-                        t.service.push(us(done - sent));
-                        t.sender_late.push(us(late));
-                    } else if keepalive {
-                        conn = Conn::connect(addr, "/leader").ok();
-                    }
-                }
-                t
-            })
-            .join()
-            .expect("load thread")
-    })
+    let load = std::thread::spawn(move || {
+        let _ = nix::sys::prctl::set_timerslack(1);
+        let mut conn = if keepalive {
+            Conn::connect(addr, "/leader").ok()
+        } else {
+            None
+        };
+        let mut t = Timed::default();
+        let start = Instant::now() + Duration::from_millis(10);
+        let mut previous_done = start;
+        for i in 0..n {
+            let due = start + period * i as u32;
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            let could_send = due.max(previous_done);
+            let sent = Instant::now();
+            let answer = match conn.as_mut() {
+                Some(c) => c.get(),
+                None => get_once(addr, "/leader"),
+            };
+            let ok = answer.is_ok_and(|r| r.status == 200);
+            let done = Instant::now();
+            previous_done = done;
+            if ok {
+                let late = sent.saturating_duration_since(could_send);
+                t.latency.push(us(done - could_send - late));
+                t.service.push(us(done - sent));
+                t.sender_late.push(us(late));
+            } else if keepalive {
+                conn = Conn::connect(addr, "/leader").ok();
+            }
+        }
+        t
+    });
+    load.join().expect("load thread")
 }
 
 /// `wrk` against a replica pinned to one CPU.
