@@ -222,10 +222,13 @@ fn describe_run(report: &mut Report, dir: &Path, plan: &Plan, observer_nice: i32
     ];
 }
 
-/// Runs `scenario` on a fresh etcd (unless it makes its own) and records how much CPU
-/// something other than this bench used meanwhile: the bench cannot keep other work off the
-/// machine, but it can say when there was some.
-fn scenario(ctx: &mut Ctx, name: &str, fresh: bool, run: impl FnOnce(&mut Ctx)) {
+/// Runs `scenario`, if the plan wants it, on a fresh etcd (unless it makes its own) and records
+/// how much CPU something other than this bench used meanwhile: the bench cannot keep other
+/// work off the machine, but it can say when there was some.
+fn scenario(ctx: &mut Ctx, plan: &Plan, name: &str, fresh: bool, run: impl FnOnce(&mut Ctx)) {
+    if !plan.want(name) {
+        return;
+    }
     let load = procs::LoadMark::now();
     if fresh {
         ctx.fresh_etcd();
@@ -373,40 +376,27 @@ fn main() -> ExitCode {
     describe_run(&mut ctx.report, &dir, &plan, observer_nice);
     let began = Instant::now();
 
-    if plan.want("footprint") {
+    scenario(&mut ctx, &plan, "footprint", true, |ctx| {
         eprintln!("bench: footprint ({}s idle window)", plan.idle.as_secs());
-        scenario(&mut ctx, "footprint", true, |ctx| {
-            footprint::run(ctx, plan.starts, plan.idle)
-        });
-    }
-    if plan.want("probe") {
+        footprint::run(ctx, plan.starts, plan.idle)
+    });
+    scenario(&mut ctx, &plan, "probe", true, |ctx| {
         eprintln!("bench: probe serving");
-        scenario(&mut ctx, "probe", true, |ctx| {
-            probe::run(ctx, plan.probe_secs)
-        });
-    }
-    if plan.want("handoff") {
-        scenario(&mut ctx, "handoff", false, |ctx| handoffs(ctx, &plan));
-    }
-    if plan.want("crash") {
+        probe::run(ctx, plan.probe_secs)
+    });
+    scenario(&mut ctx, &plan, "handoff", false, |ctx| {
+        handoffs(ctx, &plan)
+    });
+    scenario(&mut ctx, &plan, "crash", true, |ctx| {
         let (ttl, reps) = (plan.crash_ttl, plan.crash_reps);
         eprintln!("bench: crash failover, ttl {ttl}s, {reps} reps");
-        scenario(&mut ctx, "crash", true, |ctx| crash(ctx, ttl, reps));
-    }
-    if plan.want("scale") {
-        eprintln!(
-            "bench: scale simulation {:?} elections x3",
-            plan.scale_counts
-        );
-        scenario(&mut ctx, "scale", false, |ctx| {
-            scale::run(
-                ctx,
-                &plan.scale_counts,
-                plan.scale_window,
-                plan.scale_handoffs,
-            )
-        });
-    }
+        crash(ctx, ttl, reps)
+    });
+    scenario(&mut ctx, &plan, "scale", false, |ctx| {
+        let counts = &plan.scale_counts;
+        eprintln!("bench: scale simulation {counts:?} elections x3");
+        scale::run(ctx, counts, plan.scale_window, plan.scale_handoffs)
+    });
 
     ctx.report.settings.push((
         "duration",
@@ -420,9 +410,5 @@ fn main() -> ExitCode {
         let kept = run_dir.keep();
         eprintln!("bench: logs kept in {}", kept.display());
     }
-    if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    }
+    ExitCode::from(u8::from(failed))
 }

@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::handoff::Group;
-use crate::procs::{cpu_time, SidecarSpec};
+use crate::procs::{CpuMark, SidecarSpec};
 use crate::stats::{us, Goal, Summary};
 use crate::Ctx;
 use elector_testkit::http::{get as get_once, Conn};
@@ -135,7 +135,7 @@ fn max_rate(ctx: &mut Ctx, duration: Duration) {
         ("kept-alive connections", None),
         ("Connection: close", Some("Connection: close")),
     ] {
-        let cpu0 = cpu_time(pid).unwrap_or_default();
+        let cpu0 = CpuMark::of(pid);
         let mut cmd = Command::new("taskset");
         cmd.args(["-c", "1", "wrk", "-t1", "-c16", "--latency"])
             .arg(format!("-d{secs}s"));
@@ -150,8 +150,7 @@ fn max_rate(ctx: &mut Ctx, duration: Duration) {
                 return;
             }
         };
-        let cpu = (cpu_time(pid).unwrap_or_default().saturating_sub(cpu0)).as_secs_f64()
-            / t0.elapsed().as_secs_f64();
+        let cpu = cpu0.since(CpuMark::of(pid)).as_secs_f64() / t0.elapsed().as_secs_f64();
         let text = String::from_utf8_lossy(&out.stdout);
         let Some(rate) = wrk_field(&text, "Requests/sec:").and_then(|v| v.parse().ok()) else {
             ctx.report
@@ -174,7 +173,7 @@ fn max_rate(ctx: &mut Ctx, duration: Duration) {
         let mut s = Summary::of("probe", "latency at max rate (closed loop)", &p, "us", &[]);
         (s.p50, s.p90, s.p99) = (q("50%"), q("90%"), q("99%"));
         if s.p50.is_finite() {
-            ctx.report.add(s.note(
+            ctx.report.figures.push(s.note(
                 "wrk's own percentiles (50/90/99); queueing at saturation, not service time",
             ));
         }

@@ -40,7 +40,7 @@ pub fn fs_type(path: &Path) -> String {
 pub const OBSERVER_NICE: i32 = -5;
 
 /// CPU time (user + system, all threads, including ended ones) from /proc/PID/stat.
-pub fn cpu_time(pid: i32) -> Option<Duration> {
+fn cpu_time(pid: i32) -> Option<Duration> {
     let stat = Process::new(pid).ok()?.stat().ok()?;
     Some(ticks(stat.utime + stat.stime))
 }
@@ -353,11 +353,7 @@ impl Sidecar {
 
     /// True once this replica knows a leader (itself, or the holder it follows).
     pub fn settled(&self) -> bool {
-        match self.leader() {
-            Ok(r) => serde_json::from_str::<serde_json::Value>(&r.body)
-                .map(|v| v["leader"].is_string())
-                .unwrap_or(false),
-            Err(_) => false,
-        }
+        let body = self.leader().map(|r| r.body).unwrap_or_default();
+        serde_json::from_str::<serde_json::Value>(&body).is_ok_and(|v| v["leader"].is_string())
     }
 }

@@ -115,15 +115,12 @@ pub struct Report {
 }
 
 impl Report {
-    pub fn add(&mut self, s: Summary) {
-        self.figures.push(s);
-    }
-
     /// One figure per `(metric, unit, samples, note)` of `scenario` with `params`; an empty
     /// note is none, and `&[value]` is a figure that is one value (binary size, a rate).
     pub fn rows(&mut self, scenario: &str, params: &str, rows: &[(&str, &str, &[f64], &str)]) {
         for (metric, unit, samples, note) in rows {
-            self.add(Summary::of(scenario, metric, params, unit, samples).note(*note));
+            let s = Summary::of(scenario, metric, params, unit, samples);
+            self.figures.push(s.note(*note));
         }
     }
 

@@ -85,38 +85,34 @@ impl<'rt> Ctl<'rt> {
     /// Watch `key` (or every key under it when `prefix`) from the next revision on. Returns
     /// once etcd has confirmed the watch.
     pub fn watch(&self, key: &str, prefix: bool) -> KeyWatch {
-        let (tx, rx) = mpsc::channel();
-        let key = key.to_string();
-        let endpoint = self.endpoint.clone();
-        let (ready_tx, ready_rx) = mpsc::channel();
         // Its own connection, so that reads on the shared client never queue behind events.
-        let task = self.rt.spawn(async move {
-            let mut client = match Client::connect([endpoint], None).await {
-                Ok(c) => c,
-                Err(e) => panic!("bench watch: connect: {e}"),
-            };
+        let create = async {
+            let mut client = Client::connect([self.endpoint.as_str()], None).await?;
             let rev = client
-                .get(key.as_str(), None)
-                .await
-                .ok()
-                .and_then(|r| r.header().map(|h| h.revision()))
-                .unwrap_or(0);
+                .get(key, None)
+                .await?
+                .header()
+                .map_or(0, |h| h.revision());
             let mut opts = WatchOptions::new().with_start_revision(rev + 1);
             if prefix {
                 opts = opts.with_prefix();
             }
-            let mut stream = client
-                .watch(key.as_str(), Some(opts))
-                .await
-                .expect("bench watch: create");
-            let mut ready = Some(ready_tx);
+            let mut stream = client.watch(key, Some(opts)).await?;
+            // etcd's confirmation, a response of its own without events.
+            stream.message().await?;
+            Ok::<_, etcd_client::Error>((client, stream))
+        };
+        let created = async { tokio::time::timeout(Duration::from_secs(10), create).await };
+        let (client, mut stream) = self
+            .rt
+            .block_on(created)
+            .expect("bench watch was not created within 10 s")
+            .expect("bench watch");
+        let (tx, rx) = mpsc::channel();
+        let task = self.rt.spawn(async move {
+            let _client = client;
             while let Ok(Some(resp)) = stream.message().await {
                 let at = Instant::now();
-                if resp.created() {
-                    if let Some(r) = ready.take() {
-                        let _ = r.send(());
-                    }
-                }
                 for ev in resp.events() {
                     let Some(kv) = ev.kv() else { continue };
                     let kind = match ev.event_type() {
@@ -133,9 +129,6 @@ impl<'rt> Ctl<'rt> {
                 }
             }
         });
-        ready_rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("bench watch was not created within 10 s");
         KeyWatch { rx, task }
     }
 }
