@@ -14,10 +14,8 @@ use crate::Ctx;
 const IDLE_TTL: u64 = 10;
 
 pub fn run(ctx: &mut Ctx, starts: usize, window: Duration) {
-    let size = std::fs::metadata(elector_bin())
-        .map(|m| m.len())
-        .unwrap_or(0);
-    let (mib, bin) = (size as f64 / 1048576.0, elector_bin());
+    let bin = elector_bin();
+    let mib = std::fs::metadata(&bin).map_or(0, |m| m.len()) as f64 / 1048576.0;
     ctx.report.rows(
         "footprint",
         "release, stripped",
@@ -71,11 +69,7 @@ fn idle(ctx: &mut Ctx, window: Duration) {
         Ok(slot) => slot,
         Err(e) => return ctx.report.anomaly(format!("idle: {e}")),
     };
-    let follower = 1 - leader;
-    let pids = [
-        group.slots[leader].proc.pid().as_raw(),
-        group.slots[follower].proc.pid().as_raw(),
-    ];
+    let pids = [leader, 1 - leader].map(|slot| group.slots[slot].proc.pid().as_raw());
     // Let start-up allocations and the first keep-alives pass.
     std::thread::sleep(Duration::from_secs(2));
     let w = Window::measure(&ctx.etcd, &pids, window);

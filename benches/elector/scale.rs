@@ -38,19 +38,9 @@ struct Candidate {
 fn candidate(endpoint: &str, key: &str, id: &str) -> Candidate {
     // Through the sidecar's own parser, so the simulated candidates get exactly the defaults
     // (shutdown timeout, release delay, key protocol) the binary would.
-    let ttl = TTL.as_secs().to_string();
-    let args = [
-        "etcd-elector",
-        "--endpoints",
-        endpoint,
-        "--key",
-        key,
-        "--id",
-        id,
-        "--ttl",
-        &ttl,
-    ];
-    let cfg = match etcd_elector::config::parse(args) {
+    let ttl = TTL.as_secs();
+    let args = format!("etcd-elector --endpoints {endpoint} --key {key} --id {id} --ttl {ttl}");
+    let cfg = match etcd_elector::config::parse(args.split_whitespace()) {
         Ok(Parsed::Sidecar(cfg)) => *cfg,
         Ok(_) => panic!("simulated candidate: the parser printed instead of configuring"),
         Err(e) => panic!("simulated candidate: {e}"),
