@@ -126,10 +126,9 @@ fn one(ctx: &mut Ctx, count: usize, window: Duration, handoffs: usize) {
     let all_led = loop {
         let done = elections.iter().all(|cands| {
             cands.iter().filter(|c| is_leader(&c.rx)).count() == 1
-                && cands.iter().all(|c| {
-                    let r = c.rx.borrow().view.role;
-                    r == Role::Leader || r == Role::Follower
-                })
+                && cands
+                    .iter()
+                    .all(|c| matches!(c.rx.borrow().view.role, Role::Leader | Role::Follower))
         });
         if done {
             break Some(started.elapsed());
@@ -163,7 +162,6 @@ fn one(ctx: &mut Ctx, count: usize, window: Duration, handoffs: usize) {
     // One handoff at a time, on elections in turn: does the fleet's idle load slow it?
     let mut rng = elector_testkit::fastrand::Rng::new();
     let mut seq = Vec::new();
-    let mut generation = 0u64;
     for rep in 0..handoffs {
         let e = rng.usize(..count);
         let cands = &mut elections[e];
@@ -180,9 +178,8 @@ fn one(ctx: &mut Ctx, count: usize, window: Duration, handoffs: usize) {
                 "scale {count} rep {rep}: no new leader in {SOON:?}"
             )),
         }
-        generation += 1;
         let ok = rt.block_on(async {
-            let id = format!("e{e}c{old}g{generation}");
+            let id = format!("e{e}c{old}g{}", rep + 1);
             let old_task = std::mem::replace(&mut cands[old], candidate(&endpoint, &key(e), &id));
             let _ = tokio::time::timeout(SOON, old_task.task).await;
             let follows = cands[old].rx.wait_for(|s| s.view.role == Role::Follower);

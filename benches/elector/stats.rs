@@ -35,12 +35,9 @@ impl Summary {
     pub fn of(scenario: &str, metric: &str, params: &str, unit: &str, samples: &[f64]) -> Self {
         let mut sorted: Vec<f64> = samples.iter().copied().filter(|v| v.is_finite()).collect();
         sorted.sort_by(f64::total_cmp);
-        let pick = |p: f64| -> f64 {
-            if sorted.is_empty() {
-                return f64::NAN;
-            }
+        let pick = |p: f64| {
             let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-            sorted[rank.clamp(1, sorted.len()) - 1]
+            sorted.get(rank.max(1) - 1).copied().unwrap_or(f64::NAN)
         };
         Summary {
             scenario: scenario.into(),
@@ -48,11 +45,11 @@ impl Summary {
             params: params.into(),
             unit: unit.into(),
             n: sorted.len(),
-            min: sorted.first().copied().unwrap_or(f64::NAN),
+            min: pick(0.0),
             p50: pick(50.0),
             p90: pick(90.0),
             p99: pick(99.0),
-            max: sorted.last().copied().unwrap_or(f64::NAN),
+            max: pick(100.0),
             note: String::new(),
         }
     }
