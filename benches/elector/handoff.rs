@@ -18,11 +18,10 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use elector_testkit::job::Etcdctl;
 use elector_testkit::wait_until;
 use nix::sys::signal::Signal;
 
-use crate::procs::{EtcdCounts, Sidecar, SidecarSpec};
+use crate::procs::{EtcdCounts, Etcdctl, Sidecar, SidecarSpec};
 use crate::stats::{ms, Comparison, Summary};
 use crate::watch::{Ctl, KeyWatch, Kind};
 use crate::Ctx;
@@ -315,21 +314,21 @@ fn hand_over(
 /// The same handoff by `etcdctl elect` peers. Returns the end-to-end samples (ms).
 pub fn peer(ctx: &mut Ctx, n: usize, reps: usize) -> Vec<f64> {
     let election = format!("/bench/elect-{n}-{}", elector_testkit::random_suffix());
-    let endpoint = ctx.etcd.endpoint();
+    let (endpoint, dir) = (ctx.etcd.endpoint(), ctx.dir.clone());
     // The peer in `slot`, its `generation`th process; the proposal names both.
     let spawn = |slot: usize, generation: usize| {
-        Etcdctl::elect(&endpoint, &election, &format!("p{n}-{slot}g{generation}"))
+        let proposal = format!("p{n}-{slot}g{generation}");
+        Etcdctl::spawn(&endpoint, &election, &proposal, &dir)
     };
     let mut peers: Vec<Etcdctl> = (0..n).map(|i| spawn(i, 0)).collect();
-    // Each peer prints its election key then its proposal once elected: the first line of a
-    // process is the moment it knew. Every peer that led is replaced by a new process, so the
-    // one that printed, other than the leader being stopped, is the next.
+    // Every peer that led is replaced by a new process, so the one elected, other than the
+    // leader being stopped, is the next.
     let elected = |peers: &[Etcdctl], not: Option<usize>, timeout: Duration| {
         let mut found = None;
         wait_until(timeout, || {
             found = (0..n)
                 .filter(|&i| Some(i) != not)
-                .find_map(|i| Some((i, peers[i].first_line_at()?)));
+                .find_map(|i| Some((i, peers[i].elected_at()?)));
             found.is_some()
         });
         found
@@ -357,7 +356,7 @@ pub fn peer(ctx: &mut Ctx, n: usize, reps: usize) -> Vec<f64> {
         std::thread::sleep(settle());
         watch.drain();
         let t0 = Instant::now();
-        peers[leader].signal(Signal::SIGTERM);
+        peers[leader].proc.signal(Signal::SIGTERM);
         let del = watch.next(Kind::Delete, SOON);
         let next = elected(&peers, Some(leader), SOON);
         let (Some(del), Some((next, t_print))) = (del, next) else {
@@ -367,7 +366,7 @@ pub fn peer(ctx: &mut Ctx, n: usize, reps: usize) -> Vec<f64> {
             break;
         };
         s.stamp(t0, del.at, None, t_print);
-        if peers[leader].wait_exit_within(SOON).is_none() {
+        if peers[leader].proc.wait_exit_within(SOON).is_none() {
             ctx.report
                 .anomaly(format!("peer n={n} rep {rep}: old etcdctl did not exit"));
         }

@@ -24,8 +24,8 @@
 //! * `ELECTOR_BENCH_SETTLE_MS=300`: pause between handoffs (see `handoff::settle`).
 //! * `ELECTOR_BENCH_NO_NICE=1`: run the bench's observers at the replicas' priority.
 //! * `ELECTOR_BENCH_OUT=PATH`: where the JSON goes (a `.md` copy of the tables beside it).
-//! * `ELECTOR_BENCH_KEEP=1`: keep the run directory (logs of etcd and every replica) after the
-//!   run; it is also kept when something went wrong or a goal was missed.
+//! * `ELECTOR_BENCH_KEEP=1`: keep the run directory (logs of every process) after the run; it
+//!   is also kept when something went wrong or a goal was missed.
 //!   `ELECTOR_BENCH_DEBUG=1` prints each handoff's wall-clock stamps, to lay beside those logs.
 //!
 //! The process exits 1 when a scenario could not be measured (an anomaly), never because a

@@ -1,5 +1,5 @@
-//! The `etcd-elector` replicas the bench runs (its etcd and the `etcdctl elect` peers are the
-//! test kit's), and what `/proc` and etcd's `/metrics` say about them.
+//! The processes the bench runs besides the kit's etcd: `etcd-elector` replicas and
+//! `etcdctl elect` peers, plus what `/proc` and etcd's `/metrics` say about them.
 //!
 //! Every child is the test kit's [`Child`]: killed (SIGKILL) when dropped, with SIGKILL as its
 //! parent-death signal, so an interrupted bench leaves nothing running. That signal follows
@@ -8,11 +8,14 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use elector_testkit::etcd::etcdctl_bin;
 use elector_testkit::{free_port, http, Child, Etcd};
 use procfs::process::{Process, Status};
 use procfs::{CurrentSI, KernelStats};
@@ -355,5 +358,45 @@ impl Sidecar {
     pub fn settled(&self) -> bool {
         let body = self.leader().map(|r| r.body).unwrap_or_default();
         serde_json::from_str::<serde_json::Value>(&body).is_ok_and(|v| v["leader"].is_string())
+    }
+}
+
+/// One `etcdctl elect NAME PROPOSAL` peer, logging to `log_dir`. A thread of its own reads
+/// its stdout and stamps the first line, which etcdctl prints once elected: the moment it
+/// knew. (The kit's `job::Etcdctl` keeps stdout in a file, without the moment of each line.)
+pub struct Etcdctl {
+    pub proc: Child,
+    elected: Arc<OnceLock<Instant>>,
+}
+
+impl Etcdctl {
+    pub fn spawn(endpoint: &str, election: &str, proposal: &str, log_dir: &Path) -> Etcdctl {
+        let log_path = log_dir.join(format!("{proposal}.log"));
+        let log = File::create(&log_path).expect("etcdctl log");
+        let mut cmd = Command::new(etcdctl_bin());
+        cmd.env_clear()
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", endpoint])
+            .args(["elect", election, proposal])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log);
+        let mut proc = Child::spawn(&mut cmd, proposal, &[log_path]);
+        let stdout = proc.take_stdout().expect("piped stdout");
+        let elected = Arc::new(OnceLock::new());
+        let stamp = elected.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if !line.trim().is_empty() {
+                    let _ = stamp.set(Instant::now());
+                }
+            }
+        });
+        Etcdctl { proc, elected }
+    }
+
+    /// When it printed that it was elected, if it has.
+    pub fn elected_at(&self) -> Option<Instant> {
+        self.elected.get().copied()
     }
 }
