@@ -180,7 +180,8 @@ pub fn ours(ctx: &mut Ctx, n: usize, reps: usize, way: Way) -> Vec<f64> {
     for rep in 0..reps {
         std::thread::sleep(settle());
         let at = format!("handoff n={n} {way:?} rep {rep}");
-        let (old, m0) = match hand_over(ctx, &group, &watch, way, rep, &mut s) {
+        let handed = hand_over(ctx, &group, &watch, way, Signal::SIGTERM, rep, &mut s);
+        let (old, m0) = match handed {
             Ok(handed) => handed,
             Err(e) => {
                 ctx.report.anomaly(format!("{at}: {e}"));
@@ -246,29 +247,41 @@ pub fn ours(ctx: &mut Ctx, n: usize, reps: usize, way: Way) -> Vec<f64> {
     s.total
 }
 
-/// One timed handoff of [`ours`], recorded in `s`: the old leader's slot and etcd's counters
-/// just before the signal. An error is the anomaly that ends the scenario.
+/// One timed handoff of [`ours`] or [`crash`], recorded in `s`: the old leader's slot and
+/// etcd's counters just before the signal. After SIGKILL (a crash, handed over as a revoke is)
+/// the key goes when the lease expires, which is also measured against the leader's own
+/// estimate of that moment. An error is the anomaly that ends the scenario.
 fn hand_over(
     ctx: &Ctx,
     group: &Group,
     watch: &KeyWatch,
     way: Way,
+    signal: Signal,
     rep: usize,
     s: &mut Samples,
 ) -> Result<(usize, EtcdCounts), String> {
     let old = group.holder_slot(&ctx.ctl, way)?;
+    // The leader's own view of when etcd may expire its lease at the earliest.
+    let expiry = (signal == Signal::SIGKILL)
+        .then(|| elector_testkit::http::get(group.slots[old].addr(), "/status").ok())
+        .flatten()
+        .and_then(|r| serde_json::from_str::<serde_json::Value>(&r.body).ok())
+        .and_then(|v| v["lease_seconds_left"].as_f64())
+        .map(|left| Instant::now() + Duration::from_secs_f64(left));
     watch.drain();
     let m0 = EtcdCounts::scrape(&ctx.etcd);
     let t0 = Instant::now();
-    group.slots[old].proc.signal(Signal::SIGTERM);
-    // The first key event: the revoke's delete, or (succession) the transfer's put.
+    group.slots[old].proc.signal(signal);
+    // The first key event: the revoke's delete, or (succession) the transfer's put; a lease
+    // may have to expire first.
     let first = match way {
         Way::Succession => Kind::Put,
         Way::Revoke | Way::Election => Kind::Delete,
     };
+    let bound = SOON + Duration::from_secs(group.spec.ttl_secs);
     let del = watch
-        .next(first, SOON)
-        .ok_or_else(|| format!("no transfer or delete within {SOON:?}"))?;
+        .next(first, bound)
+        .ok_or_else(|| format!("no transfer or delete within {bound:?}"))?;
     // Who should answer 200 next: the lock's new holder as the watch shows its put; in
     // the election protocol nothing is written, so read the oldest key (one more round
     // trip for the bench, which can only make our figure later).
@@ -307,6 +320,13 @@ fn hand_over(
     s.stamp(t0, del.at, put.as_ref().map(|p| p.at), t200);
     if let Some(put) = put {
         s.revision_gap.push((put.revision - del.revision) as f64);
+    }
+    if let Some(expiry) = expiry {
+        // Signed: negative would mean etcd expired the lease before the leader's own
+        // estimate, which the send-time rule says cannot happen.
+        let late = ms(t200.saturating_duration_since(expiry));
+        s.beyond_expiry
+            .push(late - ms(expiry.saturating_duration_since(t200)));
     }
     Ok((old, m0))
 }
@@ -418,8 +438,17 @@ pub fn crash(ctx: &mut Ctx, ttl_secs: u64, reps: usize) -> Vec<f64> {
     for rep in 0..reps {
         // A random phase in the keep-alive cycle (ttl/3), so the kill is not locked to it.
         std::thread::sleep(settle() + (ttl / 3).mul_f64(rng.f64()));
-        let old = match fail_over(ctx, &group, &watch, ttl, &mut s) {
-            Ok(old) => old,
+        let crashed = hand_over(
+            ctx,
+            &group,
+            &watch,
+            Way::Revoke,
+            Signal::SIGKILL,
+            rep,
+            &mut s,
+        );
+        let old = match crashed {
+            Ok((old, _)) => old,
             Err(e) => {
                 ctx.report.anomaly(format!("crash rep {rep}: {e}"));
                 break;
@@ -443,45 +472,4 @@ pub fn crash(ctx: &mut Ctx, ttl_secs: u64, reps: usize) -> Vec<f64> {
          "what etcd-elector adds beyond the lease: etcd's expiry scan + watch + campaign"),
     ]);
     s.total
-}
-
-/// One timed crash of [`crash`], recorded in `s`: the killed leader's slot. An error is the
-/// anomaly that ends the scenario.
-fn fail_over(
-    ctx: &Ctx,
-    group: &Group,
-    watch: &KeyWatch,
-    ttl: Duration,
-    s: &mut Samples,
-) -> Result<usize, String> {
-    let old = group.holder_slot(&ctx.ctl, Way::Succession)?;
-    // The leader's own view of when etcd may expire its lease at the earliest.
-    let expiry = elector_testkit::http::get(group.slots[old].addr(), "/status")
-        .ok()
-        .and_then(|r| serde_json::from_str::<serde_json::Value>(&r.body).ok())
-        .and_then(|v| v["lease_seconds_left"].as_f64())
-        .map(|left| Instant::now() + Duration::from_secs_f64(left));
-    watch.drain();
-    let t0 = Instant::now();
-    group.slots[old].proc.signal(Signal::SIGKILL);
-    let del = watch.next(Kind::Delete, ttl + SOON);
-    let put = watch.next(Kind::Put, SOON);
-    let (Some(del), Some(put)) = (del, put) else {
-        return Err("no expiry/put in time".into());
-    };
-    let new = group
-        .slot_of(&put.value)
-        .ok_or_else(|| format!("put by unknown {}", put.value))?;
-    let (_, t200, _) = group.slots[new]
-        .until_200(SOON)
-        .ok_or("new leader never answered 200")?;
-    s.stamp(t0, del.at, Some(put.at), t200);
-    if let Some(expiry) = expiry {
-        // Signed: negative would mean etcd expired the lease before the leader's own
-        // estimate, which the send-time rule says cannot happen.
-        let late = ms(t200.saturating_duration_since(expiry));
-        s.beyond_expiry
-            .push(late - ms(expiry.saturating_duration_since(t200)));
-    }
-    Ok(old)
 }
