@@ -263,7 +263,7 @@ fn hand_over(
     let old = group.holder_slot(&ctx.ctl, way)?;
     // The leader's own view of when etcd may expire its lease at the earliest.
     let expiry = (signal == Signal::SIGKILL)
-        .then(|| elector_testkit::http::get(group.slots[old].addr(), "/status").ok())
+        .then(|| elector_testkit::http::get(group.slots[old].addr, "/status").ok())
         .flatten()
         .and_then(|r| serde_json::from_str::<serde_json::Value>(&r.body).ok())
         .and_then(|v| v["lease_seconds_left"].as_f64())

@@ -254,7 +254,7 @@ impl Window {
 pub struct Sidecar {
     pub proc: Child,
     pub id: String,
-    pub port: u16,
+    pub addr: SocketAddr,
 }
 
 /// How to start replicas of one election.
@@ -272,7 +272,7 @@ pub struct SidecarSpec {
 
 impl SidecarSpec {
     pub fn spawn(&self, id: &str) -> Sidecar {
-        let port = free_port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut cmd = match &self.cpus {
             Some(cpus) => {
                 let mut c = Command::new("taskset");
@@ -292,7 +292,7 @@ impl SidecarSpec {
             .args(["--key", &self.key])
             .args(["--id", id])
             .args(["--ttl", &self.ttl_secs.to_string()])
-            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--listen", &addr.to_string()])
             .args(["--log-format", "json"])
             .args(&self.extra)
             .stdin(Stdio::null())
@@ -301,7 +301,7 @@ impl SidecarSpec {
         Sidecar {
             proc: Child::spawn(&mut cmd, id, &[log_path]),
             id: id.to_string(),
-            port,
+            addr,
         }
     }
 }
@@ -311,25 +311,20 @@ pub fn has_flag(flag: &str) -> bool {
     Command::new(elector_bin())
         .arg("--help")
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains(flag))
-        .unwrap_or(false)
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(flag))
 }
 
 /// Whether this build has `--admin-listen` (a fixed default port, which replicas on one host
 /// would fight over).
 fn admin_flag() -> bool {
-    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    static HAS: OnceLock<bool> = OnceLock::new();
     *HAS.get_or_init(|| has_flag("--admin-listen"))
 }
 
 impl Sidecar {
-    pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
-    }
-
     /// `GET /leader` on a fresh connection.
     pub fn leader(&self) -> std::io::Result<http::Response> {
-        http::get(self.addr(), "/leader")
+        http::get(self.addr, "/leader")
     }
 
     /// Asks `/leader` on fresh connections every 0.1 ms until it answers 200: when it first
