@@ -129,10 +129,9 @@ impl Report {
 
     /// The report as markdown: machine, figures, comparison with the peer, goals.
     pub fn markdown(&self) -> String {
-        let mut out = String::new();
-        out.push_str("| | |\n|---|---|\n");
+        let mut out = String::from("| | |\n|---|---|\n");
         for (k, v) in self.machine.iter().chain(self.settings.iter()) {
-            out.push_str(&format!("| {k} | {v} |\n"));
+            out += &row(&[k, v]);
         }
         out.push('\n');
         out.push_str("| scenario | metric | params | unit | n | min | p50 | p90 | p99 | max |\n");
@@ -145,10 +144,7 @@ impl Report {
                 let values = [s.min, s.p50, s.p90, s.p99, s.max].map(fmt);
                 format!("{} | {}", s.n, values.join(" | "))
             };
-            out.push_str(&format!(
-                "| {} | {} | {} | {} | {stats} |\n",
-                s.scenario, s.metric, s.params, s.unit
-            ));
+            out += &row(&[&s.scenario, &s.metric, &s.params, &s.unit, &stats]);
         }
         if !self.comparisons.is_empty() {
             out.push_str(
@@ -172,13 +168,8 @@ impl Report {
         if !self.goals.is_empty() {
             out.push_str("\n| goal | target | measured | met |\n|---|---|---|---|\n");
             for g in &self.goals {
-                out.push_str(&format!(
-                    "| {} | {} | {} | {} |\n",
-                    g.goal,
-                    g.target,
-                    g.measured,
-                    if g.met { "yes" } else { "**no**" }
-                ));
+                let met = if g.met { "yes" } else { "**no**" };
+                out += &row(&[&g.goal, &g.target, &g.measured, met]);
             }
         }
         if !self.anomalies.is_empty() {
@@ -189,6 +180,11 @@ impl Report {
         }
         out
     }
+}
+
+/// One row of a markdown table.
+fn row(cells: &[&str]) -> String {
+    format!("| {} |\n", cells.join(" | "))
 }
 
 /// Name-value pairs as a JSON object (kept as a list in memory for the table's order).
