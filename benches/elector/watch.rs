@@ -5,16 +5,12 @@
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, EventType, GetOptions, SortOrder, SortTarget, WatchOptions};
+use etcd_client::{Client, GetOptions, SortOrder, SortTarget, WatchOptions};
 use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
 
-/// What happened to a key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Put,
-    Delete,
-}
+/// What happened to a key: etcd-client's own `Put` or `Delete`.
+pub use etcd_client::EventType as Kind;
 
 /// One watch event and when the bench received it.
 #[derive(Debug, Clone)]
@@ -115,13 +111,9 @@ impl<'rt> Ctl<'rt> {
                 let at = Instant::now();
                 for ev in resp.events() {
                     let Some(kv) = ev.kv() else { continue };
-                    let kind = match ev.event_type() {
-                        EventType::Put => Kind::Put,
-                        EventType::Delete => Kind::Delete,
-                    };
                     let _ = tx.send(WatchEv {
                         at,
-                        kind,
+                        kind: ev.event_type(),
                         key: String::from_utf8_lossy(kv.key()).into_owned(),
                         value: String::from_utf8_lossy(kv.value()).into_owned(),
                         revision: kv.mod_revision(),
