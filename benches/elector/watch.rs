@@ -68,14 +68,11 @@ impl<'rt> Ctl<'rt> {
 
     /// How many keys start with `prefix`.
     pub fn count_prefix(&self, prefix: &str) -> i64 {
+        let opts = GetOptions::new().with_prefix().with_count_only();
         let mut c = self.client.clone();
         self.rt
-            .block_on(c.get(
-                prefix,
-                Some(GetOptions::new().with_prefix().with_count_only()),
-            ))
-            .map(|r| r.count())
-            .unwrap_or(-1)
+            .block_on(c.get(prefix, Some(opts)))
+            .map_or(-1, |r| r.count())
     }
 
     /// Watch `key` (or every key under it when `prefix`) from the next revision on. Returns
