@@ -344,12 +344,11 @@ fn write_report(report: &Report) {
     if let Some(parent) = out.parent() {
         let _ = std::fs::create_dir_all(parent);
     }
-    match serde_json::to_string_pretty(report) {
-        Ok(json) => match std::fs::write(&out, json) {
-            Ok(()) => eprintln!("bench: wrote {}", out.display()),
-            Err(e) => eprintln!("bench: cannot write {}: {e}", out.display()),
-        },
-        Err(e) => eprintln!("bench: encoding the report: {e}"),
+    // Plain data: serde_json writes even a NaN (as null).
+    let json = serde_json::to_string_pretty(report).expect("encoding the report");
+    match std::fs::write(&out, json) {
+        Ok(()) => eprintln!("bench: wrote {}", out.display()),
+        Err(e) => eprintln!("bench: cannot write {}: {e}", out.display()),
     }
     let _ = std::fs::write(out.with_extension("md"), &md);
 }
