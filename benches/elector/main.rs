@@ -64,11 +64,10 @@ impl<'rt> Ctx<'rt> {
     /// Replace etcd by a fresh one, so a scenario never pays for the leases, watchers and
     /// revisions another one left behind.
     pub fn fresh_etcd(&mut self) {
-        let etcd = Etcd::start_in(&self.dir);
-        self.ctl = Ctl::connect(self.rt, &etcd.endpoint());
-        let old = std::mem::replace(&mut self.etcd, etcd);
-        let data = old.data_dir();
-        drop(old);
+        let data = self.etcd.data_dir();
+        // The new one starts before the old one is dropped (killed) and its data removed.
+        self.etcd = Etcd::start_in(&self.dir);
+        self.ctl = Ctl::connect(self.rt, &self.etcd.endpoint());
         let _ = std::fs::remove_dir_all(data);
     }
 

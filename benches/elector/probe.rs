@@ -20,10 +20,8 @@ use crate::Ctx;
 use elector_testkit::http::{get as get_once, Conn};
 
 pub fn run(ctx: &mut Ctx, duration: Duration) {
-    let spec = ctx.spec(
-        format!("/bench/probe-{}", elector_testkit::random_suffix()),
-        10,
-    );
+    let key = format!("/bench/probe-{}", elector_testkit::random_suffix());
+    let spec = ctx.spec(key, 10);
     let Some(group) = Group::start(ctx, spec, 1, "probe: replica did not become leader") else {
         return;
     };
