@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use crate::handoff::Group;
+use crate::handoff::{Group, Way};
 use crate::procs::{elector_bin, status, Window};
 use crate::stats::{ms, Goal};
 use crate::Ctx;
@@ -14,10 +14,8 @@ use crate::Ctx;
 const IDLE_TTL: u64 = 10;
 
 pub fn run(ctx: &mut Ctx, starts: usize, window: Duration) {
-    let size = std::fs::metadata(elector_bin())
-        .map(|m| m.len())
-        .unwrap_or(0);
-    let (mib, bin) = (size as f64 / 1048576.0, elector_bin());
+    let bin = elector_bin();
+    let mib = std::fs::metadata(&bin).map_or(0, |m| m.len()) as f64 / 1048576.0;
     ctx.report.rows(
         "footprint",
         "release, stripped",
@@ -37,32 +35,12 @@ fn startup(ctx: &mut Ctx, starts: usize) {
         std::thread::sleep(Duration::from_millis(20));
         let t0 = Instant::now();
         let mut sc = spec.spawn(&format!("start{i}"));
-        let deadline = t0 + Duration::from_secs(10);
-        let mut answered = None;
-        let mut led = None;
-        while Instant::now() < deadline && led.is_none() {
-            match sc.leader() {
-                Ok(r) => {
-                    let now = Instant::now();
-                    answered.get_or_insert(now);
-                    if r.status == 200 {
-                        led = Some(now);
-                    }
-                }
-                Err(_) => {
-                    if sc.proc.try_wait().is_some() {
-                        break;
-                    }
-                }
+        match sc.until_200(Duration::from_secs(10)) {
+            Some((answered, led, _)) => {
+                first_answer.push(ms(answered - t0));
+                leadership.push(ms(led - t0));
             }
-            std::thread::sleep(Duration::from_micros(100));
-        }
-        match (answered, led) {
-            (Some(a), Some(l)) => {
-                first_answer.push(ms(a - t0));
-                leadership.push(ms(l - t0));
-            }
-            _ => ctx.report.anomaly(format!(
+            None => ctx.report.anomaly(format!(
                 "startup {i}: no answer or no leadership within 10 s"
             )),
         }
@@ -84,21 +62,14 @@ fn startup(ctx: &mut Ctx, starts: usize) {
 fn idle(ctx: &mut Ctx, window: Duration) {
     let key = format!("/bench/idle-{}", elector_testkit::random_suffix());
     let spec = ctx.spec(key, IDLE_TTL);
-    let failure = "idle: replicas did not settle";
-    let timeout = Duration::from_secs(30);
-    let Some(group) = Group::start_settled(&mut ctx.report, spec, 2, timeout, failure) else {
+    let Some(group) = Group::start(ctx, spec, 2, "idle: replicas did not settle") else {
         return;
     };
-    let Some(holder) = ctx.ctl.get(&group.spec.key) else {
-        ctx.report.anomaly("idle: no leader");
-        return;
+    let leader = match group.holder_slot(&ctx.ctl, Way::Succession) {
+        Ok(slot) => slot,
+        Err(e) => return ctx.report.anomaly(format!("idle: {e}")),
     };
-    let leader = group.slot_of(&holder).unwrap_or(0);
-    let follower = 1 - leader;
-    let pids = [
-        group.slots[leader].proc.pid().as_raw(),
-        group.slots[follower].proc.pid().as_raw(),
-    ];
+    let pids = [leader, 1 - leader].map(|slot| group.slots[slot].proc.pid().as_raw());
     // Let start-up allocations and the first keep-alives pass.
     std::thread::sleep(Duration::from_secs(2));
     let w = Window::measure(&ctx.etcd, &pids, window);
@@ -142,19 +113,19 @@ fn idle(ctx: &mut Ctx, window: Duration) {
     }
     // Both replicas send the same thing when idle (one keep-alive per ttl/3 on their own
     // lease); etcd counts for the pair, so a replica is half of it.
-    let (total, keepalive) = (w.grpc.total(), w.grpc.keepalive());
+    let (total, keepalive) = (w.etcd.total(), w.etcd.keepalive());
     let other = total - keepalive;
     let per_replica = |v: f64| [v / 2.0 * per_min];
     let methods = format!(
         "grpc_server_msg_received_total over the window, leader+follower: {}",
-        w.grpc.by_method()
+        w.etcd.by_method()
     );
     let r = &mut ctx.report;
     r.rows("footprint", &p, &[
         ("etcd requests per replica", "req/min", &per_replica(total), &methods),
         ("etcd requests other than keep-alives per replica", "req/min", &per_replica(other),
          "polling would show here"),
-        ("gRPC bytes to+from etcd per replica", "B/min", &per_replica(w.bytes),
+        ("gRPC bytes to+from etcd per replica", "B/min", &per_replica(w.etcd.bytes),
          "etcd_network_client_grpc_{received,sent}_bytes_total; HTTP/2 pings and TCP not included"),
     ]);
     let allowed = 60.0 / (IDLE_TTL as f64 / 3.0);

@@ -15,15 +15,14 @@
 //! bench reads the line the next peer prints once elected (its stdout is a pipe read by a
 //! dedicated thread).
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use elector_testkit::wait_until;
 use nix::sys::signal::Signal;
 
-use crate::procs::{etcd_metrics, grpc_delta, EtcdMetrics, Etcdctl, Line, Sidecar, SidecarSpec};
-use crate::stats::{ms, Comparison, Report, Summary};
+use crate::procs::{EtcdCounts, Etcdctl, Sidecar, SidecarSpec};
+use crate::stats::{ms, Comparison, Summary};
 use crate::watch::{Ctl, KeyWatch, Kind};
 use crate::Ctx;
 
@@ -49,14 +48,8 @@ pub struct Group {
 
 impl Group {
     /// Start `n` replicas of `spec` and wait until they all know the leader; none, and the
-    /// anomaly `failure`, if that takes longer than `timeout`.
-    pub fn start_settled(
-        report: &mut Report,
-        spec: SidecarSpec,
-        n: usize,
-        timeout: Duration,
-        failure: &str,
-    ) -> Option<Group> {
+    /// anomaly `failure`, if that takes more than a minute.
+    pub fn start(ctx: &mut Ctx, spec: SidecarSpec, n: usize, failure: &str) -> Option<Group> {
         static GROUPS: AtomicU32 = AtomicU32::new(0);
         let tag = format!("r{}-", GROUPS.fetch_add(1, Ordering::Relaxed));
         let slots = (0..n)
@@ -68,16 +61,23 @@ impl Group {
             generation: 0,
             tag,
         };
-        if group.wait_settled(timeout) {
+        if group.wait_settled(Duration::from_secs(60)) {
             Some(group)
         } else {
-            report.anomaly(failure);
+            ctx.report.anomaly(failure);
             None
         }
     }
 
     pub fn slot_of(&self, id: &str) -> Option<usize> {
         self.slots.iter().position(|s| s.id == id)
+    }
+
+    /// The slot of the replica that holds the key, handing over the `way` given.
+    pub fn holder_slot(&self, ctl: &Ctl, way: Way) -> Result<usize, String> {
+        let id = holder(ctl, &self.spec.key, way).ok_or("no leader key")?;
+        self.slot_of(&id)
+            .ok_or_else(|| format!("unknown holder {id}"))
     }
 
     /// Replace the replica in `slot` by a new process.
@@ -90,44 +90,17 @@ impl Group {
     /// Wait until every replica knows the leader. A replica that died meanwhile (its port
     /// was taken, say) is replaced. False if that does not happen within `timeout`.
     pub fn wait_settled(&mut self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
         let mut pending: Vec<usize> = (0..self.slots.len()).collect();
-        while Instant::now() < deadline {
-            let mut still = Vec::new();
-            for slot in pending {
+        wait_until(timeout, || {
+            pending.retain(|&slot| {
                 if self.slots[slot].proc.try_wait().is_some() {
                     self.respawn(slot);
-                    still.push(slot);
-                } else if !self.slots[slot].settled() {
-                    still.push(slot);
+                    return true;
                 }
-            }
-            if still.is_empty() {
-                return true;
-            }
-            pending = still;
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        false
-    }
-}
-
-/// Ask `sidecar` for `/leader` until it answers 200; the instant it did and how many requests
-/// that took.
-fn until_200(sidecar: &Sidecar, timeout: Duration) -> Option<(Instant, usize)> {
-    let deadline = Instant::now() + timeout;
-    let mut polls = 0;
-    loop {
-        polls += 1;
-        if let Ok(r) = sidecar.leader() {
-            if r.status == 200 {
-                return Some((Instant::now(), polls));
-            }
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_micros(100));
+                !self.slots[slot].settled()
+            });
+            pending.is_empty()
+        })
     }
 }
 
@@ -195,14 +168,8 @@ pub fn ours(ctx: &mut Ctx, n: usize, reps: usize, way: Way) -> Vec<f64> {
         extra,
         ..ctx.spec(key.clone(), 10)
     };
-    let tag = match way {
-        Way::Election => "election protocol",
-        Way::Revoke => "lock protocol, --no-succession",
-        Way::Succession => "lock protocol, direct succession",
-    };
-    let failure = format!("handoff n={n} {tag}: replicas did not settle at start");
-    let timeout = Duration::from_secs(60);
-    let Some(mut group) = Group::start_settled(&mut ctx.report, spec, n, timeout, &failure) else {
+    let failure = format!("handoff n={n} {way:?}: replicas did not settle at start");
+    let Some(mut group) = Group::start(ctx, spec, n, &failure) else {
         return Vec::new();
     };
     let watch = match way {
@@ -212,8 +179,9 @@ pub fn ours(ctx: &mut Ctx, n: usize, reps: usize, way: Way) -> Vec<f64> {
     let mut s = Samples::default();
     for rep in 0..reps {
         std::thread::sleep(settle());
-        let at = format!("handoff n={n} {tag} rep {rep}");
-        let (old, m0) = match hand_over(ctx, &group, &watch, way, rep, &mut s) {
+        let at = format!("handoff n={n} {way:?} rep {rep}");
+        let handed = hand_over(ctx, &group, &watch, way, Signal::SIGTERM, rep, &mut s);
+        let (old, m0) = match handed {
             Ok(handed) => handed,
             Err(e) => {
                 ctx.report.anomaly(format!("{at}: {e}"));
@@ -230,7 +198,7 @@ pub fn ours(ctx: &mut Ctx, n: usize, reps: usize, way: Way) -> Vec<f64> {
         // Let the losers' transactions land before counting (they settle within ~80 ms at
         // 100 candidates), then count everything but keep-alives.
         std::thread::sleep(Duration::from_millis(150));
-        let delta = grpc_delta(&m0, &etcd_metrics(&ctx.etcd));
+        let delta = EtcdCounts::scrape(&ctx.etcd).since(&m0);
         s.requests.push(delta.total() - delta.keepalive());
         group.respawn(old);
         if !group.wait_settled(Duration::from_secs(30)) {
@@ -279,33 +247,41 @@ pub fn ours(ctx: &mut Ctx, n: usize, reps: usize, way: Way) -> Vec<f64> {
     s.total
 }
 
-/// One timed handoff of [`ours`], recorded in `s`: the old leader's slot and etcd's counters
-/// just before the signal. An error is the anomaly that ends the scenario.
+/// One timed handoff of [`ours`] or [`crash`], recorded in `s`: the old leader's slot and
+/// etcd's counters just before the signal. After SIGKILL (a crash, handed over as a revoke is)
+/// the key goes when the lease expires, which is also measured against the leader's own
+/// estimate of that moment. An error is the anomaly that ends the scenario.
 fn hand_over(
     ctx: &Ctx,
     group: &Group,
     watch: &KeyWatch,
     way: Way,
+    signal: Signal,
     rep: usize,
     s: &mut Samples,
-) -> Result<(usize, EtcdMetrics), String> {
-    let key = &group.spec.key;
-    let holder_id = holder(&ctx.ctl, key, way).ok_or("no leader key")?;
-    let old = group
-        .slot_of(&holder_id)
-        .ok_or_else(|| format!("unknown holder {holder_id}"))?;
+) -> Result<(usize, EtcdCounts), String> {
+    let old = group.holder_slot(&ctx.ctl, way)?;
+    // The leader's own view of when etcd may expire its lease at the earliest.
+    let expiry = (signal == Signal::SIGKILL)
+        .then(|| elector_testkit::http::get(group.slots[old].addr, "/status").ok())
+        .flatten()
+        .and_then(|r| serde_json::from_str::<serde_json::Value>(&r.body).ok())
+        .and_then(|v| v["lease_seconds_left"].as_f64())
+        .map(|left| Instant::now() + Duration::from_secs_f64(left));
     watch.drain();
-    let m0 = etcd_metrics(&ctx.etcd);
+    let m0 = EtcdCounts::scrape(&ctx.etcd);
     let t0 = Instant::now();
-    group.slots[old].proc.signal(Signal::SIGTERM);
-    // The first key event: the revoke's delete, or (succession) the transfer's put.
+    group.slots[old].proc.signal(signal);
+    // The first key event: the revoke's delete, or (succession) the transfer's put; a lease
+    // may have to expire first.
     let first = match way {
         Way::Succession => Kind::Put,
         Way::Revoke | Way::Election => Kind::Delete,
     };
+    let bound = SOON + Duration::from_secs(group.spec.ttl_secs);
     let del = watch
-        .next(first, SOON)
-        .ok_or_else(|| format!("no transfer or delete within {SOON:?}"))?;
+        .next(first, bound)
+        .ok_or_else(|| format!("no transfer or delete within {bound:?}"))?;
     // Who should answer 200 next: the lock's new holder as the watch shows its put; in
     // the election protocol nothing is written, so read the oldest key (one more round
     // trip for the bench, which can only make our figure later).
@@ -315,7 +291,7 @@ fn hand_over(
         Way::Revoke => watch.next(Kind::Put, SOON),
     };
     let next_id = match way {
-        Way::Election => holder(&ctx.ctl, key, way),
+        Way::Election => holder(&ctx.ctl, &group.spec.key, way),
         Way::Succession => Some(del.value.clone()),
         Way::Revoke => put.as_ref().map(|p| p.value.clone()),
     };
@@ -323,20 +299,14 @@ fn hand_over(
         .as_deref()
         .and_then(|id| group.slot_of(id))
         .ok_or_else(|| format!("no known successor ({next_id:?})"))?;
-    let (t200, polls) =
-        until_200(&group.slots[new], SOON).ok_or("new leader never answered 200")?;
+    let (_, t200, polls) = group.slots[new]
+        .until_200(SOON)
+        .ok_or("new leader never answered 200")?;
     s.polls.push(polls as f64);
     // Wall-clock stamps, to lay beside the replicas' JSON logs (kept with
     // ELECTOR_BENCH_KEEP=1) when looking for where a slow handoff spent its time.
     if std::env::var_os("ELECTOR_BENCH_DEBUG").is_some() {
-        let wall = std::time::SystemTime::now();
-        let now = Instant::now();
-        let w = |i: Instant| {
-            (wall - (now - i))
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_micros())
-                .unwrap_or(0)
-        };
+        let w = elector_testkit::observe::unix_micros;
         eprintln!(
             "debug rep={rep} old={} new={} t0={} del={} put={} t200={}",
             group.slots[old].id,
@@ -351,6 +321,13 @@ fn hand_over(
     if let Some(put) = put {
         s.revision_gap.push((put.revision - del.revision) as f64);
     }
+    if let Some(expiry) = expiry {
+        // Signed: negative would mean etcd expired the lease before the leader's own
+        // estimate, which the send-time rule says cannot happen.
+        let late = ms(t200.saturating_duration_since(expiry));
+        s.beyond_expiry
+            .push(late - ms(expiry.saturating_duration_since(t200)));
+    }
     Ok((old, m0))
 }
 
@@ -358,64 +335,36 @@ fn hand_over(
 pub fn peer(ctx: &mut Ctx, n: usize, reps: usize) -> Vec<f64> {
     let election = format!("/bench/elect-{n}-{}", elector_testkit::random_suffix());
     let (endpoint, dir) = (ctx.etcd.endpoint(), ctx.dir.clone());
-    let (tx, lines) = mpsc::channel::<Line>();
     // The peer in `slot`, its `generation`th process; the proposal names both.
-    let spawn = |slot: usize, generation: u64| {
+    let spawn = |slot: usize, generation: usize| {
         let proposal = format!("p{n}-{slot}g{generation}");
-        Etcdctl::spawn(
-            &endpoint,
-            &election,
-            &proposal,
-            slot,
-            generation,
-            &dir,
-            tx.clone(),
-        )
+        Etcdctl::spawn(&endpoint, &election, &proposal, &dir)
     };
-    let mut generations = vec![0u64; n];
     let mut peers: Vec<Etcdctl> = (0..n).map(|i| spawn(i, 0)).collect();
-    // Each peer prints its election key then its proposal once elected: the first line of a
-    // process is the moment it knew.
-    let mut elected_seen: HashSet<(usize, u64)> = HashSet::new();
-    let mut first_line = |lines: &mpsc::Receiver<Line>,
-                          generations: &[u64],
-                          not: Option<usize>,
-                          timeout: Duration|
-     -> Option<(usize, Instant)> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.checked_duration_since(Instant::now())?;
-            let line = lines.recv_timeout(left).ok()?;
-            if line.text.trim().is_empty() || generations[line.slot] != line.generation {
-                continue;
-            }
-            if !elected_seen.insert((line.slot, line.generation)) {
-                continue;
-            }
-            if Some(line.slot) == not {
-                continue;
-            }
-            return Some((line.slot, line.at));
-        }
+    // Every peer that led is replaced by a new process, so the one elected, other than the
+    // leader being stopped, is the next.
+    let elected = |peers: &[Etcdctl], not: Option<usize>, timeout: Duration| {
+        let mut found = None;
+        wait_until(timeout, || {
+            found = (0..n)
+                .filter(|&i| Some(i) != not)
+                .find_map(|i| Some((i, peers[i].elected_at()?)));
+            found.is_some()
+        });
+        found
     };
     let prefix = format!("{election}/");
-    let Some((mut leader, _)) = first_line(&lines, &generations, None, Duration::from_secs(30))
-    else {
+    let queued = |ctl: &Ctl| {
+        wait_until(Duration::from_secs(60), || {
+            ctl.count_prefix(&prefix) == n as i64
+        })
+    };
+    let Some((mut leader, _)) = elected(&peers, None, Duration::from_secs(30)) else {
         ctx.report
             .anomaly(format!("peer n={n}: no etcdctl elect was elected"));
         return Vec::new();
     };
-    let queued = |ctl: &Ctl, want: usize| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if ctl.count_prefix(&prefix) == want as i64 {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        false
-    };
-    if !queued(&ctx.ctl, n) {
+    if !queued(&ctx.ctl) {
         ctx.report.anomaly(format!(
             "peer n={n}: not every etcdctl elect joined the queue"
         ));
@@ -429,7 +378,7 @@ pub fn peer(ctx: &mut Ctx, n: usize, reps: usize) -> Vec<f64> {
         let t0 = Instant::now();
         peers[leader].proc.signal(Signal::SIGTERM);
         let del = watch.next(Kind::Delete, SOON);
-        let next = first_line(&lines, &generations, Some(leader), SOON);
+        let next = elected(&peers, Some(leader), SOON);
         let (Some(del), Some((next, t_print))) = (del, next) else {
             ctx.report.anomaly(format!(
                 "peer n={n} rep {rep}: no resign or no next elected within {SOON:?}"
@@ -441,10 +390,9 @@ pub fn peer(ctx: &mut Ctx, n: usize, reps: usize) -> Vec<f64> {
             ctx.report
                 .anomaly(format!("peer n={n} rep {rep}: old etcdctl did not exit"));
         }
-        generations[leader] += 1;
-        peers[leader] = spawn(leader, generations[leader]);
+        peers[leader] = spawn(leader, rep + 1);
         leader = next;
-        if !queued(&ctx.ctl, n) {
+        if !queued(&ctx.ctl) {
             ctx.report.anomaly(format!(
                 "peer n={n} rep {rep}: replacement did not join the queue"
             ));
@@ -480,9 +428,8 @@ pub fn crash(ctx: &mut Ctx, ttl_secs: u64, reps: usize) -> Vec<f64> {
     let key = format!("/bench/crash-{}", elector_testkit::random_suffix());
     let ttl = Duration::from_secs(ttl_secs);
     let spec = ctx.spec(key.clone(), ttl_secs);
-    let failure = "crash: replicas did not settle at start";
-    let timeout = Duration::from_secs(30);
-    let Some(mut group) = Group::start_settled(&mut ctx.report, spec, 3, timeout, failure) else {
+    let Some(mut group) = Group::start(ctx, spec, 3, "crash: replicas did not settle at start")
+    else {
         return Vec::new();
     };
     let watch = ctx.ctl.watch(&key, false);
@@ -491,8 +438,17 @@ pub fn crash(ctx: &mut Ctx, ttl_secs: u64, reps: usize) -> Vec<f64> {
     for rep in 0..reps {
         // A random phase in the keep-alive cycle (ttl/3), so the kill is not locked to it.
         std::thread::sleep(settle() + (ttl / 3).mul_f64(rng.f64()));
-        let old = match fail_over(ctx, &group, &watch, ttl, &mut s) {
-            Ok(old) => old,
+        let crashed = hand_over(
+            ctx,
+            &group,
+            &watch,
+            Way::Revoke,
+            Signal::SIGKILL,
+            rep,
+            &mut s,
+        );
+        let old = match crashed {
+            Ok((old, _)) => old,
             Err(e) => {
                 ctx.report.anomaly(format!("crash rep {rep}: {e}"));
                 break;
@@ -516,49 +472,4 @@ pub fn crash(ctx: &mut Ctx, ttl_secs: u64, reps: usize) -> Vec<f64> {
          "what etcd-elector adds beyond the lease: etcd's expiry scan + watch + campaign"),
     ]);
     s.total
-}
-
-/// One timed crash of [`crash`], recorded in `s`: the killed leader's slot. An error is the
-/// anomaly that ends the scenario.
-fn fail_over(
-    ctx: &Ctx,
-    group: &Group,
-    watch: &KeyWatch,
-    ttl: Duration,
-    s: &mut Samples,
-) -> Result<usize, String> {
-    let holder_id = ctx.ctl.get(&group.spec.key).ok_or("no key")?;
-    let old = group
-        .slot_of(&holder_id)
-        .ok_or_else(|| format!("unknown holder {holder_id}"))?;
-    // The leader's own view of when etcd may expire its lease at the earliest.
-    let expiry = elector_testkit::http::get(group.slots[old].addr(), "/status")
-        .ok()
-        .and_then(|r| serde_json::from_str::<serde_json::Value>(&r.body).ok())
-        .and_then(|v| v["lease_seconds_left"].as_f64())
-        .map(|left| Instant::now() + Duration::from_secs_f64(left));
-    watch.drain();
-    let t0 = Instant::now();
-    group.slots[old].proc.signal(Signal::SIGKILL);
-    let del = watch.next(Kind::Delete, ttl + SOON);
-    let put = watch.next(Kind::Put, SOON);
-    let (Some(del), Some(put)) = (del, put) else {
-        return Err("no expiry/put in time".into());
-    };
-    let new = group
-        .slot_of(&put.value)
-        .ok_or_else(|| format!("put by unknown {}", put.value))?;
-    let (t200, _) = until_200(&group.slots[new], SOON).ok_or("new leader never answered 200")?;
-    s.stamp(t0, del.at, Some(put.at), t200);
-    if let Some(expiry) = expiry {
-        // Signed: negative would mean etcd expired the lease before the leader's own
-        // estimate, which the send-time rule says cannot happen.
-        let beyond = if t200 >= expiry {
-            ms(t200 - expiry)
-        } else {
-            -ms(expiry - t200)
-        };
-        s.beyond_expiry.push(beyond);
-    }
-    Ok(old)
 }

@@ -18,15 +18,15 @@
 //!   `ELECTOR_BENCH_CRASH_TTL=2` (seconds), `ELECTOR_BENCH_IDLE_SECS=60`.
 //! * `ELECTOR_BENCH_BIN=PATH`: measure another build of the sidecar (a proposed change)
 //!   instead of the one cargo built for this bench.
-//! * `ELECTOR_BENCH_NO_PEER=1`, `ELECTOR_BENCH_NO_LOCK=1`, `ELECTOR_BENCH_NO_ELECTION=1`: leave
-//!   out the `etcdctl elect` runs, or etcd-elector's default (`lock`) or `--protocol election`
-//!   runs, of the handoff scenario.
+//! * `ELECTOR_BENCH_NO_PEER=1`, `ELECTOR_BENCH_NO_LOCK=1`, `ELECTOR_BENCH_NO_ELECTION=1`,
+//!   `ELECTOR_BENCH_NO_REVOKE=1`: leave out the `etcdctl elect` runs, or etcd-elector's default
+//!   (`lock`), `--protocol election` or `--no-succession` runs, of the handoff scenario.
 //! * `ELECTOR_BENCH_SETTLE_MS=300`: pause between handoffs (see `handoff::settle`).
 //! * `ELECTOR_BENCH_NO_NICE=1`: run the bench's observers at the replicas' priority.
 //! * `ELECTOR_BENCH_OUT=PATH`: where the JSON goes (a `.md` copy of the tables beside it).
 //! * `ELECTOR_BENCH_KEEP=1`: keep the run directory (logs of every process) after the run; it
-//!   is also kept when something went wrong or a goal was missed. `ELECTOR_BENCH_DEBUG=1` prints each handoff's
-//!   wall-clock stamps, to lay beside those logs.
+//!   is also kept when something went wrong or a goal was missed.
+//!   `ELECTOR_BENCH_DEBUG=1` prints each handoff's wall-clock stamps, to lay beside those logs.
 //!
 //! The process exits 1 when a scenario could not be measured (an anomaly), never because a
 //! goal was missed: goals depend on the machine.
@@ -44,6 +44,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use elector_testkit::etcd::{etcd_bin, etcdctl_bin};
 use elector_testkit::{process::set_thread_nice, test_tempdir, Etcd};
 use procs::SidecarSpec;
 use stats::{Goal, Report, Summary};
@@ -63,11 +64,10 @@ impl<'rt> Ctx<'rt> {
     /// Replace etcd by a fresh one, so a scenario never pays for the leases, watchers and
     /// revisions another one left behind.
     pub fn fresh_etcd(&mut self) {
-        let etcd = Etcd::start_in(&self.dir);
-        self.ctl = Ctl::connect(self.rt, &etcd.endpoint());
-        let old = std::mem::replace(&mut self.etcd, etcd);
-        let data = old.data_dir();
-        drop(old);
+        let data = self.etcd.data_dir();
+        // The new one starts before the old one is dropped (killed) and its data removed.
+        self.etcd = Etcd::start_in(&self.dir);
+        self.ctl = Ctl::connect(self.rt, &self.etcd.endpoint());
         let _ = std::fs::remove_dir_all(data);
     }
 
@@ -81,28 +81,6 @@ impl<'rt> Ctx<'rt> {
             log_dir: self.dir.clone(),
             cpus: None,
             extra: Vec::new(),
-        }
-    }
-
-    /// Record how much CPU something other than this bench used during `scenario`: the bench
-    /// cannot keep other work off the machine, but it can say when there was some.
-    pub fn foreign_load(&mut self, scenario: &str, since: procs::LoadMark) {
-        let share = since.foreign_since(procs::LoadMark::now());
-        self.report.rows(
-            "machine",
-            scenario,
-            &[(
-                "CPU used by other processes during the scenario",
-                "% of a core",
-                &[share * 100.0],
-                "/proc/stat busy time minus this bench and its children; 0 on a quiet machine",
-            )],
-        );
-        if share > 0.1 {
-            eprintln!(
-                "bench: warning: other processes used {:.0} % of a core during {scenario}; its figures are disturbed",
-                share * 100.0
-            );
         }
     }
 }
@@ -122,52 +100,14 @@ fn env_flag(name: &str) -> bool {
     std::env::var(name).is_ok_and(|v| !v.is_empty() && v != "0")
 }
 
-fn first_line_of(cmd: &str, args: &[&str]) -> String {
-    std::process::Command::new(cmd)
-        .args(args)
-        .output()
-        .ok()
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .next()
-                .map(str::to_string)
-        })
-        .unwrap_or_else(|| "unknown".into())
-}
-
-fn machine(dir: &std::path::Path) -> Vec<(String, String)> {
-    use procfs::{CpuInfo, Current, Meminfo};
-    let cpu = CpuInfo::current().ok();
-    let model = cpu
-        .as_ref()
-        .and_then(|c| c.model_name(0))
-        .unwrap_or("unknown");
-    let nproc = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    let mem = Meminfo::current()
-        .map(|m| format!("{:.1} GiB", m.mem_total as f64 / (1u64 << 30) as f64))
-        .unwrap_or_default();
-    vec![
-        ("CPU".into(), format!("{nproc} x {model}")),
-        ("memory".into(), mem),
-        ("kernel".into(), first_line_of("uname", &["-r"])),
-        ("etcd".into(), first_line_of("etcd", &["--version"])),
-        ("etcdctl".into(), first_line_of("etcdctl", &["version"])),
-        (
-            "wrk".into(),
-            first_line_of("wrk", &["--version"])
-                .split(" [")
-                .next()
-                .unwrap_or("")
-                .to_string(),
-        ),
-        (
-            "etcd data".into(),
-            format!("{} ({})", dir.display(), procs::fs_type(dir)),
-        ),
-    ]
+fn first_line_of(cmd: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> String {
+    let out = std::process::Command::new(cmd).args(args).output();
+    let stdout = out.map(|o| o.stdout).unwrap_or_default();
+    let first = String::from_utf8_lossy(&stdout)
+        .lines()
+        .next()
+        .map(str::to_string);
+    first.unwrap_or_else(|| "unknown".into())
 }
 
 /// What to run and how much of it, from the environment (see the module docs).
@@ -190,17 +130,13 @@ struct Plan {
 impl Plan {
     fn from_env() -> Plan {
         let quick = env_flag("ELECTOR_BENCH_QUICK");
-        let mut only: HashSet<String> = std::env::args()
+        let only_env = std::env::var("ELECTOR_BENCH_ONLY").unwrap_or_default();
+        let only = std::env::args()
             .skip(1)
             .filter(|a| !a.starts_with('-'))
+            .chain(only_env.split(',').map(|s| s.trim().to_string()))
+            .filter(|s| !s.is_empty())
             .collect();
-        if let Ok(v) = std::env::var("ELECTOR_BENCH_ONLY") {
-            only.extend(
-                v.split(',')
-                    .map(|s| s.trim().to_string())
-                    .filter(|s| !s.is_empty()),
-            );
-        }
         let reps_override = env_num("ELECTOR_BENCH_REPS").map(|n| n as usize);
         let pick = |quick_value: u64, full: u64| if quick { quick_value } else { full };
         Plan {
@@ -249,36 +185,71 @@ fn raise_observer_priority() -> i32 {
 
 /// The machine and the settings, at the head of the report.
 fn describe_run(report: &mut Report, dir: &Path, plan: &Plan, observer_nice: i32) {
-    report.machine = machine(dir);
-    report
-        .machine
-        .push(("etcd-elector binary".into(), procs::elector_bin()));
-    report.machine.push((
-        "bench observer priority".into(),
-        format!("nice {observer_nice} (replicas, etcd, etcdctl at 0)"),
-    ));
+    use procfs::{CpuInfo, Current, Meminfo};
+    let cpu = CpuInfo::current().ok();
+    let model = cpu.as_ref().and_then(|c| c.model_name(0));
+    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = Meminfo::current()
+        .map(|m| format!("{:.1} GiB", m.mem_total as f64 / (1u64 << 30) as f64))
+        .unwrap_or_default();
+    let wrk = first_line_of("wrk", &["--version"]);
+    report.machine = vec![
+        ("CPU", format!("{nproc} x {}", model.unwrap_or("unknown"))),
+        ("memory", mem),
+        ("kernel", first_line_of("uname", &["-r"])),
+        ("etcd", first_line_of(etcd_bin(), &["--version"])),
+        ("etcdctl", first_line_of(etcdctl_bin(), &["version"])),
+        ("wrk", wrk.split(" [").next().unwrap_or("").to_string()),
+        (
+            "etcd data",
+            format!("{} ({})", dir.display(), procs::fs_type(dir)),
+        ),
+        ("etcd-elector binary", procs::elector_bin()),
+        (
+            "bench observer priority",
+            format!("nice {observer_nice} (replicas, etcd, etcdctl at 0)"),
+        ),
+    ];
     let (mode, prefix) = if plan.quick {
         ("quick (ELECTOR_BENCH_QUICK=1)", "ELECTOR_BENCH_QUICK=1 ")
     } else {
         ("full", "")
     };
     report.settings = vec![
-        ("mode".into(), mode.into()),
-        (
-            "command".into(),
-            format!("{prefix}cargo bench --bench elector"),
-        ),
+        ("mode", mode.into()),
+        ("command", format!("{prefix}cargo bench --bench elector")),
     ];
 }
 
-/// Runs `scenario` on a fresh etcd (unless it makes its own) and records the foreign load.
-fn scenario(ctx: &mut Ctx, name: &str, fresh: bool, run: impl FnOnce(&mut Ctx)) {
+/// Runs `scenario`, if the plan wants it, on a fresh etcd (unless it makes its own) and records
+/// how much CPU something other than this bench used meanwhile: the bench cannot keep other
+/// work off the machine, but it can say when there was some.
+fn scenario(ctx: &mut Ctx, plan: &Plan, name: &str, fresh: bool, run: impl FnOnce(&mut Ctx)) {
+    if !plan.want(name) {
+        return;
+    }
     let load = procs::LoadMark::now();
     if fresh {
         ctx.fresh_etcd();
     }
     run(ctx);
-    ctx.foreign_load(name, load);
+    let share = load.foreign_since(procs::LoadMark::now());
+    ctx.report.rows(
+        "machine",
+        name,
+        &[(
+            "CPU used by other processes during the scenario",
+            "% of a core",
+            &[share * 100.0],
+            "/proc/stat busy time minus this bench and its children; 0 on a quiet machine",
+        )],
+    );
+    if share > 0.1 {
+        eprintln!(
+            "bench: warning: other processes used {:.0} % of a core during {name}; its figures are disturbed",
+            share * 100.0
+        );
+    }
 }
 
 /// Announces one run of the handoff scenario and gives it a fresh etcd.
@@ -372,12 +343,11 @@ fn write_report(report: &Report) {
     if let Some(parent) = out.parent() {
         let _ = std::fs::create_dir_all(parent);
     }
-    match serde_json::to_string_pretty(report) {
-        Ok(json) => match std::fs::write(&out, json) {
-            Ok(()) => eprintln!("bench: wrote {}", out.display()),
-            Err(e) => eprintln!("bench: cannot write {}: {e}", out.display()),
-        },
-        Err(e) => eprintln!("bench: encoding the report: {e}"),
+    // Plain data: serde_json writes even a NaN (as null).
+    let json = serde_json::to_string_pretty(report).expect("encoding the report");
+    match std::fs::write(&out, json) {
+        Ok(()) => eprintln!("bench: wrote {}", out.display()),
+        Err(e) => eprintln!("bench: cannot write {}: {e}", out.display()),
     }
     let _ = std::fs::write(out.with_extension("md"), &md);
 }
@@ -404,43 +374,30 @@ fn main() -> ExitCode {
     describe_run(&mut ctx.report, &dir, &plan, observer_nice);
     let began = Instant::now();
 
-    if plan.want("footprint") {
+    scenario(&mut ctx, &plan, "footprint", true, |ctx| {
         eprintln!("bench: footprint ({}s idle window)", plan.idle.as_secs());
-        scenario(&mut ctx, "footprint", true, |ctx| {
-            footprint::run(ctx, plan.starts, plan.idle)
-        });
-    }
-    if plan.want("probe") {
+        footprint::run(ctx, plan.starts, plan.idle)
+    });
+    scenario(&mut ctx, &plan, "probe", true, |ctx| {
         eprintln!("bench: probe serving");
-        scenario(&mut ctx, "probe", true, |ctx| {
-            probe::run(ctx, plan.probe_secs)
-        });
-    }
-    if plan.want("handoff") {
-        scenario(&mut ctx, "handoff", false, |ctx| handoffs(ctx, &plan));
-    }
-    if plan.want("crash") {
+        probe::run(ctx, plan.probe_secs)
+    });
+    scenario(&mut ctx, &plan, "handoff", false, |ctx| {
+        handoffs(ctx, &plan)
+    });
+    scenario(&mut ctx, &plan, "crash", true, |ctx| {
         let (ttl, reps) = (plan.crash_ttl, plan.crash_reps);
         eprintln!("bench: crash failover, ttl {ttl}s, {reps} reps");
-        scenario(&mut ctx, "crash", true, |ctx| crash(ctx, ttl, reps));
-    }
-    if plan.want("scale") {
-        eprintln!(
-            "bench: scale simulation {:?} elections x3",
-            plan.scale_counts
-        );
-        scenario(&mut ctx, "scale", false, |ctx| {
-            scale::run(
-                ctx,
-                &plan.scale_counts,
-                plan.scale_window,
-                plan.scale_handoffs,
-            )
-        });
-    }
+        crash(ctx, ttl, reps)
+    });
+    scenario(&mut ctx, &plan, "scale", false, |ctx| {
+        let counts = &plan.scale_counts;
+        eprintln!("bench: scale simulation {counts:?} elections x3");
+        scale::run(ctx, counts, plan.scale_window, plan.scale_handoffs)
+    });
 
     ctx.report.settings.push((
-        "duration".into(),
+        "duration",
         format!("{:.0} s", began.elapsed().as_secs_f64()),
     ));
     write_report(&ctx.report);
@@ -451,9 +408,5 @@ fn main() -> ExitCode {
         let kept = run_dir.keep();
         eprintln!("bench: logs kept in {}", kept.display());
     }
-    if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    }
+    ExitCode::from(u8::from(failed))
 }

@@ -14,22 +14,18 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::handoff::Group;
-use crate::procs::{cpu_time, SidecarSpec};
+use crate::procs::{CpuMark, SidecarSpec};
 use crate::stats::{us, Goal, Summary};
 use crate::Ctx;
 use elector_testkit::http::{get as get_once, Conn};
 
 pub fn run(ctx: &mut Ctx, duration: Duration) {
-    let spec = ctx.spec(
-        format!("/bench/probe-{}", elector_testkit::random_suffix()),
-        10,
-    );
-    let failure = "probe: replica did not become leader";
-    let timeout = Duration::from_secs(30);
-    let Some(group) = Group::start_settled(&mut ctx.report, spec, 1, timeout, failure) else {
+    let key = format!("/bench/probe-{}", elector_testkit::random_suffix());
+    let spec = ctx.spec(key, 10);
+    let Some(group) = Group::start(ctx, spec, 1, "probe: replica did not become leader") else {
         return;
     };
-    let addr = group.slots[0].addr();
+    let addr = group.slots[0].addr;
     let n = duration.as_millis() as usize;
     let mut p99_worst = 0.0f64;
     for (mode, keepalive) in [
@@ -55,10 +51,7 @@ pub fn run(ctx: &mut Ctx, duration: Duration) {
     ctx.report.goals.push(Goal {
         goal: "/leader p99 at 1,000 req/s".into(),
         target: "< 1 ms".into(),
-        measured: format!(
-            "{:.0} us (worst of kept-alive and new-connection runs)",
-            p99_worst
-        ),
+        measured: format!("{p99_worst:.0} us (worst of kept-alive and new-connection runs)"),
         met: p99_worst < 1000.0,
     });
     drop(group);
@@ -66,6 +59,7 @@ pub fn run(ctx: &mut Ctx, duration: Duration) {
 }
 
 /// Samples of [`fixed_rate`], in microseconds.
+#[derive(Default)]
 struct Timed {
     /// From when the request could have been sent (due, or the previous answer if later).
     latency: Vec<f64>,
@@ -77,52 +71,42 @@ struct Timed {
 
 /// `n` requests, one due every `period`.
 fn fixed_rate(addr: std::net::SocketAddr, n: usize, period: Duration, keepalive: bool) -> Timed {
-    std::thread::scope(|scope| {
-        scope
-            .spawn(move || {
-                let _ = nix::sys::prctl::set_timerslack(1);
-                let mut conn = if keepalive {
-                    Conn::connect(addr, "/leader").ok()
-                } else {
-                    None
-                };
-                let mut t = Timed {
-                    latency: Vec::with_capacity(n),
-                    service: Vec::with_capacity(n),
-                    sender_late: Vec::with_capacity(n),
-                };
-                let start = Instant::now() + Duration::from_millis(10);
-                let mut previous_done = start;
-                for i in 0..n {
-                    let due = start + period * i as u32;
-                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                        std::thread::sleep(wait);
-                    }
-                    let could_send = due.max(previous_done);
-                    let sent = Instant::now();
-                    let ok = if let Some(c) = conn.as_mut() {
-                        c.get().map(|r| r.status == 200).unwrap_or(false)
-                    } else {
-                        get_once(addr, "/leader")
-                            .map(|r| r.status == 200)
-                            .unwrap_or(false)
-                    };
-                    let done = Instant::now();
-                    previous_done = done;
-                    if ok {
-                        let late = sent.saturating_duration_since(could_send);
-                        t.latency.push(us(done - could_send - late));
-                        t.service.push(us(done - sent));
-                        t.sender_late.push(us(late));
-                    } else if keepalive {
-                        conn = Conn::connect(addr, "/leader").ok();
-                    }
-                }
-                t
-            })
-            .join()
-            .expect("load thread")
-    })
+    let load = std::thread::spawn(move || {
+        let _ = nix::sys::prctl::set_timerslack(1);
+        let mut conn = if keepalive {
+            Conn::connect(addr, "/leader").ok()
+        } else {
+            None
+        };
+        let mut t = Timed::default();
+        let start = Instant::now() + Duration::from_millis(10);
+        let mut previous_done = start;
+        for i in 0..n {
+            let due = start + period * i as u32;
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            let could_send = due.max(previous_done);
+            let sent = Instant::now();
+            let answer = match conn.as_mut() {
+                Some(c) => c.get(),
+                None => get_once(addr, "/leader"),
+            };
+            let ok = answer.is_ok_and(|r| r.status == 200);
+            let done = Instant::now();
+            previous_done = done;
+            if ok {
+                let late = sent.saturating_duration_since(could_send);
+                t.latency.push(us(done - could_send - late));
+                t.service.push(us(done - sent));
+                t.sender_late.push(us(late));
+            } else if keepalive {
+                conn = Conn::connect(addr, "/leader").ok();
+            }
+        }
+        t
+    });
+    load.join().expect("load thread")
 }
 
 /// `wrk` against a replica pinned to one CPU.
@@ -140,17 +124,16 @@ fn max_rate(ctx: &mut Ctx, duration: Duration) {
         ..ctx.spec(key, 10)
     };
     let failure = "probe: pinned replica did not become leader";
-    let timeout = Duration::from_secs(30);
-    let Some(group) = Group::start_settled(&mut ctx.report, spec, 1, timeout, failure) else {
+    let Some(group) = Group::start(ctx, spec, 1, failure) else {
         return;
     };
-    let url = format!("http://{}/leader", group.slots[0].addr());
+    let url = format!("http://{}/leader", group.slots[0].addr);
     let pid = group.slots[0].proc.pid().as_raw();
     for (mode, extra) in [
         ("kept-alive connections", None),
         ("Connection: close", Some("Connection: close")),
     ] {
-        let cpu0 = cpu_time(pid).unwrap_or_default();
+        let cpu0 = CpuMark::of(pid);
         let mut cmd = Command::new("taskset");
         cmd.args(["-c", "1", "wrk", "-t1", "-c16", "--latency"])
             .arg(format!("-d{secs}s"));
@@ -165,8 +148,7 @@ fn max_rate(ctx: &mut Ctx, duration: Duration) {
                 return;
             }
         };
-        let cpu = (cpu_time(pid).unwrap_or_default().saturating_sub(cpu0)).as_secs_f64()
-            / t0.elapsed().as_secs_f64();
+        let cpu = cpu0.since(CpuMark::of(pid)).as_secs_f64() / t0.elapsed().as_secs_f64();
         let text = String::from_utf8_lossy(&out.stdout);
         let Some(rate) = wrk_field(&text, "Requests/sec:").and_then(|v| v.parse().ok()) else {
             ctx.report
@@ -184,18 +166,12 @@ fn max_rate(ctx: &mut Ctx, duration: Duration) {
             &p,
             &[("max rate, one core", "req/s", &[rate], &note)],
         );
-        let lat = parse_latency(&text);
-        if !lat.is_empty() {
-            let get = |q: &str| {
-                lat.iter()
-                    .find(|(k, _)| k == q)
-                    .map(|(_, v)| *v)
-                    .unwrap_or(f64::NAN)
-            };
-            // wrk's percentiles, not samples: no n, min or max.
-            let mut s = Summary::of("probe", "latency at max rate (closed loop)", &p, "us", &[]);
-            (s.p50, s.p90, s.p99) = (get("50%"), get("90%"), get("99%"));
-            ctx.report.add(s.note(
+        // wrk's own percentiles, not samples: no n, min or max.
+        let q = |label| wrk_field(&text, label).and_then(wrk_us).unwrap_or(f64::NAN);
+        let mut s = Summary::of("probe", "latency at max rate (closed loop)", &p, "us", &[]);
+        (s.p50, s.p90, s.p99) = (q("50%"), q("90%"), q("99%"));
+        if s.p50.is_finite() {
+            ctx.report.figures.push(s.note(
                 "wrk's own percentiles (50/90/99); queueing at saturation, not service time",
             ));
         }
@@ -209,37 +185,10 @@ fn wrk_field<'t>(text: &'t str, label: &str) -> Option<&'t str> {
         .map(str::trim)
 }
 
-/// wrk's "Latency Distribution" lines, in microseconds.
-fn parse_latency(text: &str) -> Vec<(String, f64)> {
-    let mut out = Vec::new();
-    let mut inside = false;
-    for line in text.lines() {
-        if line.contains("Latency Distribution") {
-            inside = true;
-            continue;
-        }
-        if !inside {
-            continue;
-        }
-        let mut it = line.split_whitespace();
-        let (Some(q), Some(v)) = (it.next(), it.next()) else {
-            break;
-        };
-        if !q.ends_with('%') {
-            break;
-        }
-        let (num, mult) = if let Some(n) = v.strip_suffix("us") {
-            (n, 1.0)
-        } else if let Some(n) = v.strip_suffix("ms") {
-            (n, 1e3)
-        } else if let Some(n) = v.strip_suffix('s') {
-            (n, 1e6)
-        } else {
-            break;
-        };
-        if let Ok(x) = num.parse::<f64>() {
-            out.push((q.to_string(), x * mult));
-        }
-    }
-    out
+/// A duration as wrk prints it (`131.00us`, `5.31ms`, `1.02s`), in microseconds.
+fn wrk_us(v: &str) -> Option<f64> {
+    let (num, scale) = [("us", 1.0), ("ms", 1e3), ("s", 1e6)]
+        .into_iter()
+        .find_map(|(unit, scale)| Some((v.strip_suffix(unit)?, scale)))?;
+    Some(num.parse::<f64>().ok()? * scale)
 }

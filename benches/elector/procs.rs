@@ -1,20 +1,21 @@
-//! The processes the bench runs: its own etcd, `etcd-elector` replicas and `etcdctl elect`
-//! peers, plus what `/proc` and etcd's `/metrics` say about them.
+//! The processes the bench runs besides the kit's etcd: `etcd-elector` replicas and
+//! `etcdctl elect` peers, plus what `/proc` and etcd's `/metrics` say about them.
 //!
 //! Every child is the test kit's [`Child`]: killed (SIGKILL) when dropped, with SIGKILL as its
 //! parent-death signal, so an interrupted bench leaves nothing running. That signal follows
 //! the *thread* that forked the child, so children are only ever spawned from the bench's main
 //! thread. Only children the bench started are ever signalled, by pid.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use elector_testkit::etcd::etcdctl_bin;
 use elector_testkit::{free_port, http, Child, Etcd};
 use procfs::process::{Process, Status};
 use procfs::{CurrentSI, KernelStats};
@@ -42,7 +43,7 @@ pub fn fs_type(path: &Path) -> String {
 pub const OBSERVER_NICE: i32 = -5;
 
 /// CPU time (user + system, all threads, including ended ones) from /proc/PID/stat.
-pub fn cpu_time(pid: i32) -> Option<Duration> {
+fn cpu_time(pid: i32) -> Option<Duration> {
     let stat = Process::new(pid).ok()?.stat().ok()?;
     Some(ticks(stat.utime + stat.stime))
 }
@@ -67,7 +68,7 @@ fn cpu_time_fine(pid: i32) -> Option<Duration> {
 
 /// CPU time of a process: the finer of the two sources unless threads ended meanwhile (then
 /// the ticks, which count them, are larger).
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct CpuMark {
     ticks: Duration,
     fine: Duration,
@@ -97,9 +98,9 @@ impl CpuMark {
 
 /// CPU used on the whole machine and by this bench's process tree, to tell how much of a
 /// scenario's machine was taken by something else (other builds and tests share these cores).
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct LoadMark {
-    at: Option<Instant>,
+    at: Instant,
     /// Time all CPUs spent in processes (user, nice, system), from /proc/stat.
     busy: Duration,
     /// This process, its reaped children, and its live children.
@@ -118,7 +119,7 @@ impl LoadMark {
             own += cpu_time(child).unwrap_or_default();
         }
         LoadMark {
-            at: Some(Instant::now()),
+            at: Instant::now(),
             busy: ticks(busy),
             own,
         }
@@ -126,18 +127,15 @@ impl LoadMark {
 
     /// Share of one core used by processes outside this bench between `self` and `later`.
     pub fn foreign_since(self, later: LoadMark) -> f64 {
-        let (Some(a), Some(b)) = (self.at, later.at) else {
-            return f64::NAN;
-        };
         let busy = later.busy.saturating_sub(self.busy);
         let own = later.own.saturating_sub(self.own);
         if std::env::var_os("ELECTOR_BENCH_DEBUG").is_some() {
             eprintln!(
                 "load: busy {busy:?} own {own:?} over {:?}; {self:?} -> {later:?}",
-                b - a
+                later.at - self.at
             );
         }
-        busy.saturating_sub(own).as_secs_f64() / (b - a).as_secs_f64()
+        busy.saturating_sub(own).as_secs_f64() / (later.at - self.at).as_secs_f64()
     }
 }
 
@@ -153,105 +151,76 @@ pub fn status(pid: i32) -> Option<Status> {
     Process::new(pid).ok()?.status().ok()
 }
 
-/// etcd's own Prometheus counters, by series (`name{labels}` -> value).
-pub fn etcd_metrics(etcd: &Etcd) -> EtcdMetrics {
-    let body = http::get(etcd.client_addr(), "/metrics")
-        .map(|r| r.body)
-        .unwrap_or_default();
-    let series = body
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            Some((name.to_string(), value.parse::<f64>().ok()?))
-        })
-        .collect();
-    EtcdMetrics { series }
-}
-
-/// A scrape of etcd's `/metrics`.
+/// What etcd's `/metrics` counts of its clients: gRPC messages received per method (one per
+/// unary request, one per message on a stream: each keep-alive on the LeaseKeepAlive stream
+/// counts once), and gRPC bytes received and sent (HTTP/2 pings and TCP not included).
 #[derive(Debug, Clone, Default)]
-pub struct EtcdMetrics {
-    pub series: HashMap<String, f64>,
+pub struct EtcdCounts {
+    pub by_method: BTreeMap<String, f64>,
+    pub bytes: f64,
 }
 
-impl EtcdMetrics {
-    /// gRPC messages received, per method: one per unary request, one per message on a stream
-    /// (each keep-alive on the LeaseKeepAlive stream counts once).
-    pub fn grpc_received(&self) -> HashMap<String, f64> {
-        let mut out = HashMap::new();
-        for (name, v) in &self.series {
-            if let Some(labels) = name.strip_prefix("grpc_server_msg_received_total{") {
-                if let Some(method) = label(labels, "grpc_method") {
-                    *out.entry(method).or_insert(0.0) += v;
+impl EtcdCounts {
+    /// A scrape of etcd's `/metrics`.
+    pub fn scrape(etcd: &Etcd) -> EtcdCounts {
+        let body = http::get(etcd.client_addr(), "/metrics")
+            .map(|r| r.body)
+            .unwrap_or_default();
+        let mut counts = EtcdCounts::default();
+        for line in body.lines().filter(|l| !l.starts_with('#')) {
+            let parsed = line
+                .rsplit_once(' ')
+                .map(|(series, v)| (series, v.parse::<f64>()));
+            let Some((series, Ok(value))) = parsed else {
+                continue;
+            };
+            let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+            match name {
+                "grpc_server_msg_received_total" => {
+                    let method = labels.split_once("grpc_method=\"").map(|(_, rest)| rest);
+                    if let Some((method, _)) = method.and_then(|rest| rest.split_once('"')) {
+                        *counts.by_method.entry(method.to_string()).or_default() += value;
+                    }
                 }
+                "etcd_network_client_grpc_received_bytes_total"
+                | "etcd_network_client_grpc_sent_bytes_total" => counts.bytes += value,
+                _ => {}
             }
         }
-        out
+        counts
     }
 
-    /// The sum of all series called exactly `name` (any labels).
-    pub fn sum(&self, name: &str) -> f64 {
-        self.series
+    /// What was counted from `before` to this scrape; methods without any are left out.
+    pub fn since(&self, before: &EtcdCounts) -> EtcdCounts {
+        let by_method = self
+            .by_method
             .iter()
-            .filter(|(k, _)| *k == name || k.starts_with(&format!("{name}{{")))
-            .map(|(_, v)| v)
-            .sum()
+            .map(|(m, v)| (m.clone(), v - before.by_method.get(m).unwrap_or(&0.0)))
+            .filter(|(_, d)| *d > 0.0)
+            .collect();
+        EtcdCounts {
+            by_method,
+            bytes: self.bytes - before.bytes,
+        }
     }
 
-    /// gRPC bytes etcd received from and sent to its clients (HTTP/2 pings and TCP not included).
-    pub fn grpc_bytes(&self) -> f64 {
-        self.sum("etcd_network_client_grpc_received_bytes_total")
-            + self.sum("etcd_network_client_grpc_sent_bytes_total")
-    }
-}
-
-fn label(labels: &str, key: &str) -> Option<String> {
-    let start = labels.find(&format!("{key}=\""))? + key.len() + 2;
-    let end = labels[start..].find('"')? + start;
-    Some(labels[start..end].to_string())
-}
-
-/// Per-method difference between two [`EtcdMetrics::grpc_received`] maps.
-pub fn grpc_delta(before: &EtcdMetrics, after: &EtcdMetrics) -> GrpcDelta {
-    let b = before.grpc_received();
-    let mut out: Vec<(String, f64)> = after
-        .grpc_received()
-        .into_iter()
-        .map(|(m, v)| {
-            let d = v - b.get(&m).copied().unwrap_or(0.0);
-            (m, d)
-        })
-        .filter(|(_, d)| *d > 0.0)
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    GrpcDelta(out)
-}
-
-/// gRPC messages etcd received over a window, per method, in method order.
-pub struct GrpcDelta(pub Vec<(String, f64)>);
-
-impl GrpcDelta {
     pub fn total(&self) -> f64 {
-        self.0.iter().map(|(_, v)| v).sum()
+        self.by_method.values().sum()
     }
 
     /// The messages on the LeaseKeepAlive stream.
     pub fn keepalive(&self) -> f64 {
-        self.0
-            .iter()
-            .filter(|(m, _)| m == "LeaseKeepAlive")
-            .map(|(_, v)| v)
-            .sum()
+        self.by_method.get("LeaseKeepAlive").copied().unwrap_or(0.0)
     }
 
     /// `Method=count, ...`, for a note.
     pub fn by_method(&self) -> String {
-        self.0
+        let methods: Vec<String> = self
+            .by_method
             .iter()
             .map(|(m, v)| format!("{m}={v}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+            .collect();
+        methods.join(", ")
     }
 }
 
@@ -261,25 +230,22 @@ pub struct Window {
     pub secs: f64,
     /// CPU used by each of the processes, in the order given.
     pub cpu: Vec<Duration>,
-    pub grpc: GrpcDelta,
-    /// gRPC bytes to and from etcd ([`EtcdMetrics::grpc_bytes`]).
-    pub bytes: f64,
+    pub etcd: EtcdCounts,
 }
 
 impl Window {
     /// Watch `pids` and etcd for `length` (this thread sleeps through it).
     pub fn measure(etcd: &Etcd, pids: &[i32], length: Duration) -> Window {
-        let m0 = etcd_metrics(etcd);
+        let m0 = EtcdCounts::scrape(etcd);
         let cpu0: Vec<CpuMark> = pids.iter().map(|&p| CpuMark::of(p)).collect();
         let t0 = Instant::now();
         std::thread::sleep(length);
         let cpu1: Vec<CpuMark> = pids.iter().map(|&p| CpuMark::of(p)).collect();
-        let m1 = etcd_metrics(etcd);
+        let m1 = EtcdCounts::scrape(etcd);
         Window {
             secs: t0.elapsed().as_secs_f64(),
             cpu: cpu0.iter().zip(cpu1).map(|(a, b)| a.since(b)).collect(),
-            grpc: grpc_delta(&m0, &m1),
-            bytes: m1.grpc_bytes() - m0.grpc_bytes(),
+            etcd: m1.since(&m0),
         }
     }
 }
@@ -288,7 +254,7 @@ impl Window {
 pub struct Sidecar {
     pub proc: Child,
     pub id: String,
-    pub port: u16,
+    pub addr: SocketAddr,
 }
 
 /// How to start replicas of one election.
@@ -306,7 +272,7 @@ pub struct SidecarSpec {
 
 impl SidecarSpec {
     pub fn spawn(&self, id: &str) -> Sidecar {
-        let port = free_port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut cmd = match &self.cpus {
             Some(cpus) => {
                 let mut c = Command::new("taskset");
@@ -326,7 +292,7 @@ impl SidecarSpec {
             .args(["--key", &self.key])
             .args(["--id", id])
             .args(["--ttl", &self.ttl_secs.to_string()])
-            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--listen", &addr.to_string()])
             .args(["--log-format", "json"])
             .args(&self.extra)
             .stdin(Stdio::null())
@@ -335,7 +301,7 @@ impl SidecarSpec {
         Sidecar {
             proc: Child::spawn(&mut cmd, id, &[log_path]),
             id: id.to_string(),
-            port,
+            addr,
         }
     }
 }
@@ -345,65 +311,64 @@ pub fn has_flag(flag: &str) -> bool {
     Command::new(elector_bin())
         .arg("--help")
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains(flag))
-        .unwrap_or(false)
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(flag))
 }
 
 /// Whether this build has `--admin-listen` (a fixed default port, which replicas on one host
 /// would fight over).
 fn admin_flag() -> bool {
-    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    static HAS: OnceLock<bool> = OnceLock::new();
     *HAS.get_or_init(|| has_flag("--admin-listen"))
 }
 
 impl Sidecar {
-    pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
-    }
-
     /// `GET /leader` on a fresh connection.
     pub fn leader(&self) -> std::io::Result<http::Response> {
-        http::get(self.addr(), "/leader")
+        http::get(self.addr, "/leader")
+    }
+
+    /// Asks `/leader` on fresh connections every 0.1 ms until it answers 200: when it first
+    /// answered at all, when it answered 200, and after how many requests; `None` if not within
+    /// `timeout`.
+    pub fn until_200(&self, timeout: Duration) -> Option<(Instant, Instant, usize)> {
+        let deadline = Instant::now() + timeout;
+        let (mut first, mut polls) = (None, 0);
+        loop {
+            polls += 1;
+            if let Ok(r) = self.leader() {
+                let now = Instant::now();
+                let first = *first.get_or_insert(now);
+                if r.status == 200 {
+                    return Some((first, now, polls));
+                }
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
     }
 
     /// True once this replica knows a leader (itself, or the holder it follows).
     pub fn settled(&self) -> bool {
-        match self.leader() {
-            Ok(r) => serde_json::from_str::<serde_json::Value>(&r.body)
-                .map(|v| v["leader"].is_string())
-                .unwrap_or(false),
-            Err(_) => false,
-        }
+        let body = self.leader().map(|r| r.body).unwrap_or_default();
+        serde_json::from_str::<serde_json::Value>(&body).is_ok_and(|v| v["leader"].is_string())
     }
 }
 
-/// A line an `etcdctl elect` wrote, when the bench read it.
-pub struct Line {
-    pub at: Instant,
-    pub slot: usize,
-    pub generation: u64,
-    pub text: String,
-}
-
-/// One `etcdctl elect NAME PROPOSAL` peer. Its stdout is read by a thread that timestamps
-/// each line; the first line it prints is the election key, printed once it is elected.
+/// One `etcdctl elect NAME PROPOSAL` peer, logging to `log_dir`. A thread of its own reads
+/// its stdout and stamps the first line, which etcdctl prints once elected: the moment it
+/// knew. (The kit's `job::Etcdctl` keeps stdout in a file, without the moment of each line.)
 pub struct Etcdctl {
     pub proc: Child,
+    elected: Arc<OnceLock<Instant>>,
 }
 
 impl Etcdctl {
-    pub fn spawn(
-        endpoint: &str,
-        election: &str,
-        proposal: &str,
-        slot: usize,
-        generation: u64,
-        log_dir: &Path,
-        lines: mpsc::Sender<Line>,
-    ) -> Etcdctl {
+    pub fn spawn(endpoint: &str, election: &str, proposal: &str, log_dir: &Path) -> Etcdctl {
         let log_path = log_dir.join(format!("{proposal}.log"));
         let log = File::create(&log_path).expect("etcdctl log");
-        let mut cmd = Command::new("etcdctl");
+        let mut cmd = Command::new(etcdctl_bin());
         cmd.env_clear()
             .env("ETCDCTL_API", "3")
             .args(["--endpoints", endpoint])
@@ -413,20 +378,20 @@ impl Etcdctl {
             .stderr(log);
         let mut proc = Child::spawn(&mut cmd, proposal, &[log_path]);
         let stdout = proc.take_stdout().expect("piped stdout");
+        let elected = Arc::new(OnceLock::new());
+        let stamp = elected.clone();
         std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(text) = line else { break };
-                let line = Line {
-                    at: Instant::now(),
-                    slot,
-                    generation,
-                    text,
-                };
-                if lines.send(line).is_err() {
-                    break;
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if !line.trim().is_empty() {
+                    let _ = stamp.set(Instant::now());
                 }
             }
         });
-        Etcdctl { proc }
+        Etcdctl { proc, elected }
+    }
+
+    /// When it printed that it was elected, if it has.
+    pub fn elected_at(&self) -> Option<Instant> {
+        self.elected.get().copied()
     }
 }

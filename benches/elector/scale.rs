@@ -14,9 +14,9 @@ use etcd_elector::election::machine::Role;
 use etcd_elector::election::{etcd::ConnectError, Election, Release};
 use etcd_elector::leadership::Receiver;
 use etcd_elector::metrics::Metrics;
+use futures_util::future::{join_all, try_join_all};
 use tokio::runtime::Runtime;
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -34,22 +34,13 @@ struct Candidate {
     task: JoinHandle<Result<Release, ConnectError>>,
 }
 
-async fn candidate(endpoint: String, key: String, id: String) -> Candidate {
+/// A candidate of `key` running on the current runtime.
+fn candidate(endpoint: &str, key: &str, id: &str) -> Candidate {
     // Through the sidecar's own parser, so the simulated candidates get exactly the defaults
     // (shutdown timeout, release delay, key protocol) the binary would.
-    let ttl = TTL.as_secs().to_string();
-    let args = [
-        "etcd-elector",
-        "--endpoints",
-        &endpoint,
-        "--key",
-        &key,
-        "--id",
-        &id,
-        "--ttl",
-        &ttl,
-    ];
-    let cfg = match etcd_elector::config::parse(args) {
+    let ttl = TTL.as_secs();
+    let args = format!("etcd-elector --endpoints {endpoint} --key {key} --id {id} --ttl {ttl}");
+    let cfg = match etcd_elector::config::parse(args.split_whitespace()) {
         Ok(Parsed::Sidecar(cfg)) => *cfg,
         Ok(_) => panic!("simulated candidate: the parser printed instead of configuring"),
         Err(e) => panic!("simulated candidate: {e}"),
@@ -65,63 +56,37 @@ fn is_leader(rx: &Receiver) -> bool {
     rx.borrow().is_leader_at(Instant::now())
 }
 
-/// The snapshots of every candidate but `old`.
-fn others(cands: &[Candidate], old: usize) -> Vec<Receiver> {
-    cands
+/// Cancels the leader of `cands`: its slot, and the snapshots of the others to wait on.
+fn cancel_leader(cands: &[Candidate]) -> Option<(usize, Vec<Receiver>)> {
+    let old = cands.iter().position(|c| is_leader(&c.rx))?;
+    let others = cands
         .iter()
         .enumerate()
         .filter(|(i, _)| *i != old)
         .map(|(_, c)| c.rx.clone())
-        .collect()
-}
-
-/// The first of `rxs` to claim leadership, and when; `None` after `timeout`.
-async fn first_leader(rxs: Vec<Receiver>, timeout: Duration) -> Option<(usize, Instant)> {
-    let (tx, mut rx) = mpsc::channel(rxs.len().max(1));
-    let tasks: Vec<JoinHandle<()>> = rxs
-        .into_iter()
-        .enumerate()
-        .map(|(i, mut r)| {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                loop {
-                    let leads = r.borrow_and_update().is_leader_at(Instant::now());
-                    if leads {
-                        let _ = tx.send((i, Instant::now())).await;
-                        return;
-                    }
-                    if r.changed().await.is_err() {
-                        return;
-                    }
-                }
-            })
-        })
         .collect();
-    drop(tx);
-    let got = tokio::time::timeout(timeout, rx.recv())
-        .await
-        .ok()
-        .flatten();
-    for t in tasks {
-        t.abort();
-    }
-    got
+    cands[old].token.cancel();
+    Some((old, others))
 }
 
-/// Wait until `rx` follows a leader.
-async fn following(rx: &mut Receiver, timeout: Duration) -> bool {
-    tokio::time::timeout(timeout, async {
-        loop {
-            if rx.borrow_and_update().view.role == Role::Follower {
-                return;
-            }
-            if rx.changed().await.is_err() {
-                return;
+/// When the first of `rxs` claimed leadership; `None` after `timeout`.
+async fn first_leader(rxs: Vec<Receiver>, timeout: Duration) -> Option<Instant> {
+    let mut waiting = JoinSet::new();
+    for mut rx in rxs {
+        waiting.spawn(async move {
+            rx.wait_for(|s| s.is_leader_at(Instant::now())).await.ok()?;
+            Some(Instant::now())
+        });
+    }
+    let first = async {
+        while let Some(done) = waiting.join_next().await {
+            if let Ok(Some(at)) = done {
+                return Some(at);
             }
         }
-    })
-    .await
-    .is_ok()
+        None
+    };
+    tokio::time::timeout(timeout, first).await.ok().flatten()
 }
 
 pub fn run(ctx: &mut Ctx, counts: &[usize], window: Duration, handoffs: usize) {
@@ -147,46 +112,32 @@ fn one(ctx: &mut Ctx, count: usize, window: Duration, handoffs: usize) {
     let p = format!("elections={count} x3, ttl={}s", TTL.as_secs());
     let started = Instant::now();
     let mut elections: Vec<Vec<Candidate>> = rt.block_on(async {
-        let handles: Vec<JoinHandle<Vec<Candidate>>> = (0..count)
-            .map(|e| {
-                let (endpoint, key) = (endpoint.clone(), key(e));
-                tokio::spawn(async move {
-                    let mut v = Vec::with_capacity(3);
-                    for c in 0..3 {
-                        v.push(
-                            candidate(endpoint.clone(), key.clone(), format!("e{e}c{c}g0")).await,
-                        );
-                    }
-                    v
-                })
+        let handles = (0..count).map(|e| {
+            let (endpoint, key) = (endpoint.clone(), key(e));
+            tokio::spawn(async move {
+                let id = |c: usize| format!("e{e}c{c}g0");
+                (0..3).map(|c| candidate(&endpoint, &key, &id(c))).collect()
             })
-            .collect();
-        let mut out = Vec::with_capacity(count);
-        for h in handles {
-            out.push(h.await.expect("candidate start"));
-        }
-        out
+        });
+        try_join_all(handles).await.expect("candidate start")
     });
     // Every election led, and every other candidate following.
-    let all_led = rt.block_on(async {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let done = elections.iter().all(|cands| {
-                cands.iter().filter(|c| is_leader(&c.rx)).count() == 1
-                    && cands.iter().all(|c| {
-                        let r = c.rx.borrow().view.role;
-                        r == Role::Leader || r == Role::Follower
-                    })
-            });
-            if done {
-                return Some(started.elapsed());
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let all_led = loop {
+        let done = elections.iter().all(|cands| {
+            cands.iter().filter(|c| is_leader(&c.rx)).count() == 1
+                && cands
+                    .iter()
+                    .all(|c| matches!(c.rx.borrow().view.role, Role::Leader | Role::Follower))
+        });
+        if done {
+            break Some(started.elapsed());
         }
-    });
+        if Instant::now() >= deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
     let Some(all_led) = all_led else {
         ctx.report.anomaly(format!(
             "scale {count}: not every election got a leader in 60 s"
@@ -211,36 +162,28 @@ fn one(ctx: &mut Ctx, count: usize, window: Duration, handoffs: usize) {
     // One handoff at a time, on elections in turn: does the fleet's idle load slow it?
     let mut rng = elector_testkit::fastrand::Rng::new();
     let mut seq = Vec::new();
-    let mut generation = 0u64;
     for rep in 0..handoffs {
         let e = rng.usize(..count);
         let cands = &mut elections[e];
-        let Some(old) = cands.iter().position(|c| is_leader(&c.rx)) else {
+        let t0 = Instant::now();
+        let Some((old, others)) = cancel_leader(cands) else {
             ctx.report.anomaly(format!(
                 "scale {count} rep {rep}: election {e} without a leader"
             ));
             continue;
         };
-        let others = others(cands, old);
-        let t0 = Instant::now();
-        cands[old].token.cancel();
-        let got = rt.block_on(first_leader(others, SOON));
-        match got {
-            Some((_, at)) => seq.push(ms(at - t0)),
+        match rt.block_on(first_leader(others, SOON)) {
+            Some(at) => seq.push(ms(at - t0)),
             None => ctx.report.anomaly(format!(
                 "scale {count} rep {rep}: no new leader in {SOON:?}"
             )),
         }
-        generation += 1;
-        let endpoint = endpoint.clone();
-        let k = key(e);
         let ok = rt.block_on(async {
-            let old_task = std::mem::replace(
-                &mut cands[old],
-                candidate(endpoint, k, format!("e{e}c{old}g{generation}")).await,
-            );
+            let id = format!("e{e}c{old}g{}", rep + 1);
+            let old_task = std::mem::replace(&mut cands[old], candidate(&endpoint, &key(e), &id));
             let _ = tokio::time::timeout(SOON, old_task.task).await;
-            following(&mut cands[old].rx, SOON).await
+            let follows = cands[old].rx.wait_for(|s| s.view.role == Role::Follower);
+            matches!(tokio::time::timeout(SOON, follows).await, Ok(Ok(_)))
         });
         if !ok {
             ctx.report.anomaly(format!(
@@ -266,25 +209,15 @@ fn one(ctx: &mut Ctx, count: usize, window: Duration, handoffs: usize) {
     let watch = ctx.ctl.watch(&format!("/bench/scale-{suffix}/"), true);
     let etcd_pid = ctx.etcd.child().expect("etcd runs").pid().as_raw();
     let etcd_cpu0 = CpuMark::of(etcd_pid);
-    let mut waiters = Vec::new();
     let t0 = Instant::now();
-    for cands in &elections {
-        let Some(old) = cands.iter().position(|c| is_leader(&c.rx)) else {
-            continue;
-        };
-        let others = others(cands, old);
-        cands[old].token.cancel();
-        waiters.push(rt.spawn(first_leader(others, SOON * 3)));
-    }
-    let mass: Vec<f64> = rt.block_on(async {
-        let mut out = Vec::new();
-        for w in waiters {
-            if let Ok(Some((_, at))) = w.await {
-                out.push(ms(at - t0));
-            }
-        }
-        out
-    });
+    let waiters: Vec<_> = elections
+        .iter()
+        .filter_map(|cands| cancel_leader(cands))
+        .map(|(_, others)| rt.spawn(first_leader(others, SOON * 3)))
+        .collect();
+    // Each waiter's new leader, if it found one: a failed task or a timeout is none.
+    let led = rt.block_on(join_all(waiters)).into_iter().flatten();
+    let mass: Vec<f64> = led.flatten().map(|at| ms(at - t0)).collect();
     let etcd_cpu = etcd_cpu0.since(CpuMark::of(etcd_pid));
     if mass.len() < count {
         ctx.report.anomaly(format!(
@@ -325,7 +258,6 @@ fn one(ctx: &mut Ctx, count: usize, window: Duration, handoffs: usize) {
         ("all at once: etcd CPU per handoff", "ms", &[ms(etcd_cpu) / count as f64], &cpu_note),
     ]);
     shutdown(&rt, elections);
-    drop(rt);
 }
 
 /// etcd's and this process's load while every election idles.
@@ -343,13 +275,13 @@ fn idle_window(ctx: &mut Ctx, p: &str, count: usize, window: Duration, phase: In
     let etcd_pid = ctx.etcd.child().expect("etcd runs").pid().as_raw();
     let w = Window::measure(&ctx.etcd, &[me, etcd_pid], window);
     let (secs, elections) = (w.secs, count as f64);
-    let (requests, bytes) = (w.grpc.total() / secs, w.bytes / secs);
+    let (requests, bytes) = (w.etcd.total() / secs, w.etcd.bytes / secs);
     let core_share = |cpu: Duration| cpu.as_secs_f64() / secs * 100.0;
     let rss = status(etcd_pid).and_then(|s| s.vmrss).unwrap_or(0) as f64 / 1024.0;
     let requests_note = format!(
         "{:.3} req/s per election; {}",
         requests / elections,
-        w.grpc.by_method()
+        w.etcd.by_method()
     );
     let keepalive_note = format!(
         "expected 3 candidates x 3/ttl = {:.2}/s per election",
@@ -371,7 +303,7 @@ fn idle_window(ctx: &mut Ctx, p: &str, count: usize, window: Duration, phase: In
             (
                 "keep-alives, idle",
                 "msg/s",
-                &[w.grpc.keepalive() / secs],
+                &[w.etcd.keepalive() / secs],
                 &keepalive_note,
             ),
             (
@@ -393,14 +325,13 @@ fn idle_window(ctx: &mut Ctx, p: &str, count: usize, window: Duration, phase: In
 }
 
 fn shutdown(rt: &Runtime, elections: Vec<Vec<Candidate>>) {
-    rt.block_on(async {
-        let mut tasks = Vec::new();
-        for c in elections.into_iter().flatten() {
-            c.token.cancel();
-            tasks.push(c.task);
-        }
-        for t in tasks {
-            let _ = tokio::time::timeout(SOON, t).await;
-        }
-    });
+    let candidates: Vec<Candidate> = elections.into_iter().flatten().collect();
+    for c in &candidates {
+        c.token.cancel();
+    }
+    let ended = candidates
+        .into_iter()
+        .map(|c| tokio::time::timeout(SOON, c.task));
+    // The timeouts need the runtime's clock: they are made inside it.
+    rt.block_on(async { join_all(ended).await });
 }

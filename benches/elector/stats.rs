@@ -35,12 +35,9 @@ impl Summary {
     pub fn of(scenario: &str, metric: &str, params: &str, unit: &str, samples: &[f64]) -> Self {
         let mut sorted: Vec<f64> = samples.iter().copied().filter(|v| v.is_finite()).collect();
         sorted.sort_by(f64::total_cmp);
-        let pick = |p: f64| -> f64 {
-            if sorted.is_empty() {
-                return f64::NAN;
-            }
+        let pick = |p: f64| {
             let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-            sorted[rank.clamp(1, sorted.len()) - 1]
+            sorted.get(rank.max(1) - 1).copied().unwrap_or(f64::NAN)
         };
         Summary {
             scenario: scenario.into(),
@@ -48,11 +45,11 @@ impl Summary {
             params: params.into(),
             unit: unit.into(),
             n: sorted.len(),
-            min: sorted.first().copied().unwrap_or(f64::NAN),
+            min: pick(0.0),
             p50: pick(50.0),
             p90: pick(90.0),
             p99: pick(99.0),
-            max: sorted.last().copied().unwrap_or(f64::NAN),
+            max: pick(100.0),
             note: String::new(),
         }
     }
@@ -103,9 +100,9 @@ pub struct Comparison {
 #[derive(Debug, Default, Serialize)]
 pub struct Report {
     #[serde(serialize_with = "as_object")]
-    pub machine: Vec<(String, String)>,
+    pub machine: Vec<(&'static str, String)>,
     #[serde(serialize_with = "as_object")]
-    pub settings: Vec<(String, String)>,
+    pub settings: Vec<(&'static str, String)>,
     pub figures: Vec<Summary>,
     pub comparisons: Vec<Comparison>,
     pub goals: Vec<Goal>,
@@ -115,15 +112,12 @@ pub struct Report {
 }
 
 impl Report {
-    pub fn add(&mut self, s: Summary) {
-        self.figures.push(s);
-    }
-
     /// One figure per `(metric, unit, samples, note)` of `scenario` with `params`; an empty
     /// note is none, and `&[value]` is a figure that is one value (binary size, a rate).
     pub fn rows(&mut self, scenario: &str, params: &str, rows: &[(&str, &str, &[f64], &str)]) {
         for (metric, unit, samples, note) in rows {
-            self.add(Summary::of(scenario, metric, params, unit, samples).note(*note));
+            let s = Summary::of(scenario, metric, params, unit, samples);
+            self.figures.push(s.note(*note));
         }
     }
 
@@ -135,39 +129,22 @@ impl Report {
 
     /// The report as markdown: machine, figures, comparison with the peer, goals.
     pub fn markdown(&self) -> String {
-        let mut out = String::new();
-        out.push_str("| | |\n|---|---|\n");
+        let mut out = String::from("| | |\n|---|---|\n");
         for (k, v) in self.machine.iter().chain(self.settings.iter()) {
-            out.push_str(&format!("| {k} | {v} |\n"));
+            out += &row(&[k, v]);
         }
         out.push('\n');
         out.push_str("| scenario | metric | params | unit | n | min | p50 | p90 | p99 | max |\n");
         out.push_str("|---|---|---|---|---:|---:|---:|---:|---:|---:|\n");
         for s in &self.figures {
-            if s.n == 1 {
-                out.push_str(&format!(
-                    "| {} | {} | {} | {} | 1 | | {} | | | |\n",
-                    s.scenario,
-                    s.metric,
-                    s.params,
-                    s.unit,
-                    fmt(s.p50)
-                ));
+            // A figure that is one value shows it as its p50 alone.
+            let stats = if s.n == 1 {
+                format!("1 | | {} | | |", fmt(s.p50))
             } else {
-                out.push_str(&format!(
-                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
-                    s.scenario,
-                    s.metric,
-                    s.params,
-                    s.unit,
-                    s.n,
-                    fmt(s.min),
-                    fmt(s.p50),
-                    fmt(s.p90),
-                    fmt(s.p99),
-                    fmt(s.max)
-                ));
-            }
+                let values = [s.min, s.p50, s.p90, s.p99, s.max].map(fmt);
+                format!("{} | {}", s.n, values.join(" | "))
+            };
+            out += &row(&[&s.scenario, &s.metric, &s.params, &s.unit, &stats]);
         }
         if !self.comparisons.is_empty() {
             out.push_str(
@@ -191,13 +168,8 @@ impl Report {
         if !self.goals.is_empty() {
             out.push_str("\n| goal | target | measured | met |\n|---|---|---|---|\n");
             for g in &self.goals {
-                out.push_str(&format!(
-                    "| {} | {} | {} | {} |\n",
-                    g.goal,
-                    g.target,
-                    g.measured,
-                    if g.met { "yes" } else { "**no**" }
-                ));
+                let met = if g.met { "yes" } else { "**no**" };
+                out += &row(&[&g.goal, &g.target, &g.measured, met]);
             }
         }
         if !self.anomalies.is_empty() {
@@ -210,8 +182,13 @@ impl Report {
     }
 }
 
+/// One row of a markdown table.
+fn row(cells: &[&str]) -> String {
+    format!("| {} |\n", cells.join(" | "))
+}
+
 /// Name-value pairs as a JSON object (kept as a list in memory for the table's order).
-fn as_object<S: serde::Serializer>(pairs: &[(String, String)], s: S) -> Result<S::Ok, S::Error> {
+fn as_object<S: serde::Serializer>(pairs: &[(&str, String)], s: S) -> Result<S::Ok, S::Error> {
     use serde::ser::SerializeMap;
     let mut map = s.serialize_map(Some(pairs.len()))?;
     for (k, v) in pairs {
@@ -225,16 +202,12 @@ pub fn fmt(v: f64) -> String {
     if !v.is_finite() {
         return "-".into();
     }
-    let a = v.abs();
-    if a >= 1000.0 || a == 0.0 {
-        format!("{v:.0}")
-    } else if a >= 100.0 {
-        format!("{v:.1}")
-    } else if a >= 10.0 {
-        format!("{v:.2}")
-    } else if a >= 1.0 {
-        format!("{v:.3}")
-    } else {
-        format!("{v:.4}")
-    }
+    let decimals = match v.abs() {
+        a if a >= 1000.0 || a == 0.0 => 0,
+        a if a >= 100.0 => 1,
+        a if a >= 10.0 => 2,
+        a if a >= 1.0 => 3,
+        _ => 4,
+    };
+    format!("{v:.decimals$}")
 }

@@ -5,16 +5,12 @@
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, EventType, GetOptions, SortOrder, SortTarget, WatchOptions};
+use etcd_client::{Client, GetOptions, SortOrder, SortTarget, WatchOptions};
 use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
 
-/// What happened to a key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Put,
-    Delete,
-}
+/// What happened to a key: etcd-client's own `Put` or `Delete`.
+pub use etcd_client::EventType as Kind;
 
 /// One watch event and when the bench received it.
 #[derive(Debug, Clone)]
@@ -72,60 +68,49 @@ impl<'rt> Ctl<'rt> {
 
     /// How many keys start with `prefix`.
     pub fn count_prefix(&self, prefix: &str) -> i64 {
+        let opts = GetOptions::new().with_prefix().with_count_only();
         let mut c = self.client.clone();
         self.rt
-            .block_on(c.get(
-                prefix,
-                Some(GetOptions::new().with_prefix().with_count_only()),
-            ))
-            .map(|r| r.count())
-            .unwrap_or(-1)
+            .block_on(c.get(prefix, Some(opts)))
+            .map_or(-1, |r| r.count())
     }
 
     /// Watch `key` (or every key under it when `prefix`) from the next revision on. Returns
     /// once etcd has confirmed the watch.
     pub fn watch(&self, key: &str, prefix: bool) -> KeyWatch {
-        let (tx, rx) = mpsc::channel();
-        let key = key.to_string();
-        let endpoint = self.endpoint.clone();
-        let (ready_tx, ready_rx) = mpsc::channel();
         // Its own connection, so that reads on the shared client never queue behind events.
-        let task = self.rt.spawn(async move {
-            let mut client = match Client::connect([endpoint], None).await {
-                Ok(c) => c,
-                Err(e) => panic!("bench watch: connect: {e}"),
-            };
+        let create = async {
+            let mut client = Client::connect([self.endpoint.as_str()], None).await?;
             let rev = client
-                .get(key.as_str(), None)
-                .await
-                .ok()
-                .and_then(|r| r.header().map(|h| h.revision()))
-                .unwrap_or(0);
+                .get(key, None)
+                .await?
+                .header()
+                .map_or(0, |h| h.revision());
             let mut opts = WatchOptions::new().with_start_revision(rev + 1);
             if prefix {
                 opts = opts.with_prefix();
             }
-            let mut stream = client
-                .watch(key.as_str(), Some(opts))
-                .await
-                .expect("bench watch: create");
-            let mut ready = Some(ready_tx);
+            let mut stream = client.watch(key, Some(opts)).await?;
+            // etcd's confirmation, a response of its own without events.
+            stream.message().await?;
+            Ok::<_, etcd_client::Error>((client, stream))
+        };
+        let created = async { tokio::time::timeout(Duration::from_secs(10), create).await };
+        let (client, mut stream) = self
+            .rt
+            .block_on(created)
+            .expect("bench watch was not created within 10 s")
+            .expect("bench watch");
+        let (tx, rx) = mpsc::channel();
+        let task = self.rt.spawn(async move {
+            let _client = client;
             while let Ok(Some(resp)) = stream.message().await {
                 let at = Instant::now();
-                if resp.created() {
-                    if let Some(r) = ready.take() {
-                        let _ = r.send(());
-                    }
-                }
                 for ev in resp.events() {
                     let Some(kv) = ev.kv() else { continue };
-                    let kind = match ev.event_type() {
-                        EventType::Put => Kind::Put,
-                        EventType::Delete => Kind::Delete,
-                    };
                     let _ = tx.send(WatchEv {
                         at,
-                        kind,
+                        kind: ev.event_type(),
                         key: String::from_utf8_lossy(kv.key()).into_owned(),
                         value: String::from_utf8_lossy(kv.value()).into_owned(),
                         revision: kv.mod_revision(),
@@ -133,9 +118,6 @@ impl<'rt> Ctl<'rt> {
                 }
             }
         });
-        ready_rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("bench watch was not created within 10 s");
         KeyWatch { rx, task }
     }
 }
