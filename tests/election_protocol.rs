@@ -312,35 +312,6 @@ fn a_sidecar_waits_while_etcdctl_lock_holds() {
     assert!(token > lock_rev, "{token} > {lock_rev}");
 }
 
-/// etcd's own `/metrics` text.
-fn etcd_metrics(etcd: &Etcd) -> String {
-    http::simple(etcd.client_addr(), "GET", "/metrics", b"")
-        .expect("etcd /metrics")
-        .body
-}
-
-/// gRPC messages etcd received, per method, keep-alives left out: one per
-/// unary request, one per message on a stream (a watch's create request). The
-/// same count as the bench's "etcd requests per handoff" (docs/PERFORMANCE.md).
-fn etcd_requests(etcd: &Etcd) -> BTreeMap<String, u64> {
-    let mut out = BTreeMap::new();
-    for line in etcd_metrics(etcd).lines() {
-        let sample = line.strip_prefix("grpc_server_msg_received_total{");
-        let Some((labels, value)) = sample.and_then(|l| l.rsplit_once("} ")) else {
-            continue;
-        };
-        let method = labels
-            .split(',')
-            .find_map(|l| l.strip_prefix("grpc_method=\""));
-        let method = method.unwrap_or_default().trim_end_matches('"');
-        let n = value.trim().parse::<f64>().unwrap_or(0.0) as u64;
-        if method != "LeaseKeepAlive" && n > 0 {
-            *out.entry(method.to_string()).or_insert(0) += n;
-        }
-    }
-    out
-}
-
 /// Waits until every sidecar in `followers` answers 503 and names `leader`
 /// in `/leader` and `/` (the SSE stream and the leader file publish the same
 /// snapshot); panics naming those that do not.
@@ -428,16 +399,12 @@ fn requests_for_one_handoff(n: usize) -> (u64, BTreeMap<String, u64>) {
     let mut sidecars = join_queue(&etcd, &name, 0, &ids);
     assert_all_follow(&sidecars[1..], "sc-0", &format!("n={n}, at the start"));
 
-    let before = etcd_requests(&etcd);
+    let before = EtcdCounts::scrape(&etcd);
     let _old = hand_over(&mut sidecars);
     assert_all_follow(&sidecars[1..], "sc-1", &format!("n={n}, after the handoff"));
     // Anything a follower would still send after updating its answer.
     std::thread::sleep(Duration::from_millis(500));
-    let mut by_method = etcd_requests(&etcd);
-    by_method.retain(|m, n| {
-        *n -= before.get(m).copied().unwrap_or(0);
-        *n > 0
-    });
+    let by_method = EtcdCounts::scrape(&etcd).since(&before).requests();
     (by_method.values().sum(), by_method)
 }
 
@@ -459,7 +426,9 @@ fn informing_every_follower_of_a_handoff_costs_the_same_requests_at_3_and_10() {
 /// The watch events etcd sent so far, from its own `/metrics`.
 fn watch_events(etcd: &Etcd) -> u64 {
     let name = "etcd_debugging_mvcc_events_total ";
-    etcd_metrics(etcd)
+    let metrics = http::get(etcd.client_addr(), "/metrics").expect("etcd /metrics");
+    metrics
+        .body
         .lines()
         .find_map(|l| l.strip_prefix(name))
         .and_then(|v| v.trim().parse::<f64>().ok())

@@ -18,10 +18,10 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use elector_testkit::wait_until;
+use elector_testkit::{wait_until, EtcdCounts};
 use nix::sys::signal::Signal;
 
-use crate::procs::{EtcdCounts, Etcdctl, Sidecar, SidecarSpec};
+use crate::procs::{Etcdctl, Sidecar, SidecarSpec};
 use crate::stats::{ms, Comparison, Summary};
 use crate::watch::{Ctl, KeyWatch, Kind};
 use crate::Ctx;

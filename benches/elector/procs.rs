@@ -6,7 +6,6 @@
 //! the *thread* that forked the child, so children are only ever spawned from the bench's main
 //! thread. Only children the bench started are ever signalled, by pid.
 
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -16,7 +15,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use elector_testkit::etcd::etcdctl_bin;
-use elector_testkit::{free_port, http, Child, Etcd};
+use elector_testkit::{free_port, http, Child, Etcd, EtcdCounts};
 use procfs::process::{Process, Status};
 use procfs::{CurrentSI, KernelStats};
 
@@ -149,79 +148,6 @@ fn self_and_reaped(pid: i32) -> Option<Duration> {
 /// /proc/PID/status (VmRSS, VmHWM in kB; Threads).
 pub fn status(pid: i32) -> Option<Status> {
     Process::new(pid).ok()?.status().ok()
-}
-
-/// What etcd's `/metrics` counts of its clients: gRPC messages received per method (one per
-/// unary request, one per message on a stream: each keep-alive on the LeaseKeepAlive stream
-/// counts once), and gRPC bytes received and sent (HTTP/2 pings and TCP not included).
-#[derive(Debug, Clone, Default)]
-pub struct EtcdCounts {
-    pub by_method: BTreeMap<String, f64>,
-    pub bytes: f64,
-}
-
-impl EtcdCounts {
-    /// A scrape of etcd's `/metrics`.
-    pub fn scrape(etcd: &Etcd) -> EtcdCounts {
-        let body = http::get(etcd.client_addr(), "/metrics")
-            .map(|r| r.body)
-            .unwrap_or_default();
-        let mut counts = EtcdCounts::default();
-        for line in body.lines().filter(|l| !l.starts_with('#')) {
-            let parsed = line
-                .rsplit_once(' ')
-                .map(|(series, v)| (series, v.parse::<f64>()));
-            let Some((series, Ok(value))) = parsed else {
-                continue;
-            };
-            let (name, labels) = series.split_once('{').unwrap_or((series, ""));
-            match name {
-                "grpc_server_msg_received_total" => {
-                    let method = labels.split_once("grpc_method=\"").map(|(_, rest)| rest);
-                    if let Some((method, _)) = method.and_then(|rest| rest.split_once('"')) {
-                        *counts.by_method.entry(method.to_string()).or_default() += value;
-                    }
-                }
-                "etcd_network_client_grpc_received_bytes_total"
-                | "etcd_network_client_grpc_sent_bytes_total" => counts.bytes += value,
-                _ => {}
-            }
-        }
-        counts
-    }
-
-    /// What was counted from `before` to this scrape; methods without any are left out.
-    pub fn since(&self, before: &EtcdCounts) -> EtcdCounts {
-        let by_method = self
-            .by_method
-            .iter()
-            .map(|(m, v)| (m.clone(), v - before.by_method.get(m).unwrap_or(&0.0)))
-            .filter(|(_, d)| *d > 0.0)
-            .collect();
-        EtcdCounts {
-            by_method,
-            bytes: self.bytes - before.bytes,
-        }
-    }
-
-    pub fn total(&self) -> f64 {
-        self.by_method.values().sum()
-    }
-
-    /// The messages on the LeaseKeepAlive stream.
-    pub fn keepalive(&self) -> f64 {
-        self.by_method.get("LeaseKeepAlive").copied().unwrap_or(0.0)
-    }
-
-    /// `Method=count, ...`, for a note.
-    pub fn by_method(&self) -> String {
-        let methods: Vec<String> = self
-            .by_method
-            .iter()
-            .map(|(m, v)| format!("{m}={v}"))
-            .collect();
-        methods.join(", ")
-    }
 }
 
 /// What etcd and some processes did over an idle window, read the same way by every scenario

@@ -36,7 +36,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
-pub use etcd::{Etcd, EtcdCluster, KeyValue};
+pub use etcd::{Etcd, EtcdCluster, EtcdCounts, KeyValue};
 pub use etcd3gw::{etcd3gw_python, gw_lock_key, GwLocker, GW_LOCK_PREFIX};
 pub use golocker::{go_locker, GoLocker};
 pub use http::Response;

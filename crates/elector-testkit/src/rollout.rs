@@ -54,10 +54,9 @@
 //!   asserted.
 //! * etcd requests: `grpc_server_msg_received_total` summed over every method
 //!   except `LeaseKeepAlive`, scraped from etcd's `/metrics` before the first
-//!   B starts and after the settle time (the logic of
-//!   `benches/elector/procs.rs`, reduced).
+//!   B starts and after the settle time ([`EtcdCounts::requests`], as the
+//!   bench counts them).
 
-use std::collections::HashMap;
 use std::fmt;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -69,7 +68,8 @@ use fastrand::Rng;
 
 use super::observe::{self, leader_views, unix_micros, Probe};
 use super::{
-    http, tail, unique_key, wait_until, ElectorArgs, Etcd, Sidecar, SidecarBuilder, Signal, SOON,
+    tail, unique_key, wait_until, ElectorArgs, Etcd, EtcdCounts, Sidecar, SidecarBuilder, Signal,
+    SOON,
 };
 
 /// Replicas per revision.
@@ -478,7 +478,7 @@ fn run_once(
         w.views()
     );
 
-    let before = etcd_requests(etcd);
+    let before = EtcdCounts::scrape(etcd);
     let t_start = Instant::now();
     let start_wall = unix_micros(t_start);
     match pattern {
@@ -498,7 +498,7 @@ fn run_once(
         w.views()
     );
     thread::sleep(SETTLE);
-    let after = etcd_requests(etcd);
+    let after = EtcdCounts::scrape(etcd);
     let t_end = Instant::now();
     let rounds = w.observer.stop();
     let final_view = w.leading_bs();
@@ -536,12 +536,7 @@ fn run_once(
     let log_leaderless =
         Duration::from_micros(log_gaps.iter().map(|(a, b)| b - a).sum::<i64>() as u64);
 
-    let mut by_method: Vec<(String, u64)> = after
-        .iter()
-        .map(|(m, v)| (m.clone(), v - before.get(m).copied().unwrap_or(0)))
-        .filter(|(_, d)| *d > 0)
-        .collect();
-    by_method.sort();
+    let by_method: Vec<(String, u64)> = after.since(&before).requests().into_iter().collect();
 
     RolloutFigures {
         pattern,
@@ -684,30 +679,6 @@ fn wait_registered(r: &Replica) {
         r.name(),
         tail(&r.sidecar.logs(), 40)
     );
-}
-
-/// etcd's `grpc_server_msg_received_total` per method, `LeaseKeepAlive` left
-/// out (one message per keep-alive on the stream: the steady cost, not the
-/// rollout's).
-pub fn etcd_requests(etcd: &Etcd) -> HashMap<String, u64> {
-    let body = http::simple(etcd.client_addr(), "GET", "/metrics", b"")
-        .map(|r| r.body)
-        .unwrap_or_else(|e| panic!("scraping etcd's /metrics: {e}"));
-    let mut out = HashMap::new();
-    for line in body.lines() {
-        let series = line.strip_prefix("grpc_server_msg_received_total{");
-        let Some((labels, value)) = series.and_then(|l| l.rsplit_once("} ")) else {
-            continue;
-        };
-        let method = labels
-            .split(',')
-            .find_map(|l| l.strip_prefix("grpc_method=\"")?.strip_suffix('"'));
-        if let Some(method) = method.filter(|m| *m != "LeaseKeepAlive") {
-            *out.entry(method.to_string()).or_insert(0) +=
-                value.parse::<f64>().unwrap_or(0.0) as u64;
-        }
-    }
-    out
 }
 
 /// One round: every target once, in order (`first[i]` is target `i`), then

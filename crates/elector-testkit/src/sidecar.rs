@@ -4,7 +4,8 @@
 //! environment without `ELECTOR_*`/`POD_NAME` (so the developer's shell cannot
 //! change a test), and a log file that is printed (its tail) when the test
 //! panics. It is SIGKILLed on drop; tests that want a clean exit send a
-//! signal and call [`Sidecar::wait_exit`].
+//! signal and call [`Child::wait_exit`](crate::Child::wait_exit) (a `Sidecar`
+//! derefs to its `Child`).
 
 use std::fs::File;
 use std::net::SocketAddr;
