@@ -698,10 +698,6 @@ fn refused(args: &[&str], with_command: bool, must_name: &[&str]) {
     assert!(!dir.path().join("ran").exists(), "the command never ran");
 }
 
-fn dead_endpoint() -> String {
-    format!("http://127.0.0.1:{}", free_port())
-}
-
 #[test]
 fn no_command_after_the_separator_is_refused() {
     refused(&["--"], false, &["command"]);

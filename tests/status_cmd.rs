@@ -114,8 +114,7 @@ fn status_of_a_free_key_and_of_an_unreachable_etcd() {
     );
     assert!(text.contains("candidates: 0"), "{text}");
 
-    let dead = format!("http://127.0.0.1:{}", free_port());
-    let (code, _, stderr) = status(&dead, &key, &[]);
+    let (code, _, stderr) = status(&dead_endpoint(), &key, &[]);
     assert_eq!(code, Some(1), "etcd unreachable: exit 1");
     assert!(
         stderr.lines().last().is_some_and(|l| l.contains("etcd")),

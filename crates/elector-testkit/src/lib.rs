@@ -167,6 +167,11 @@ pub(crate) fn with_port_retries<T>(mut start: impl FnMut() -> Result<T, String>)
     start().unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// An etcd endpoint on a free loopback port that nothing listens on: etcd down.
+pub fn dead_endpoint() -> String {
+    format!("http://127.0.0.1:{}", free_port())
+}
+
 /// A temporary directory for one fixture, on /dev/shm when there is one (etcd
 /// fsyncs its WAL on every write; tmpfs makes that free).
 pub fn test_tempdir(what: &str) -> tempfile::TempDir {
