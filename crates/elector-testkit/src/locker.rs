@@ -9,13 +9,15 @@ use std::io::{BufRead, BufReader};
 use std::process::{ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
 use crate::process::Child;
 use crate::sidecar::Sidecar;
-use crate::{replicas, resign, wait_for_one_leader, wait_for_successors, wait_until, Etcd, SOON};
+use crate::{
+    replicas, resign, throughout, wait_for_one_leader, wait_for_successors, wait_until, Etcd, SOON,
+};
 
 /// A running lock client. Dropping it kills it (SIGKILL: a key it holds stays until its
 /// lease expires).
@@ -78,10 +80,7 @@ pub fn loses_to_a_sidecar(
     attempt: impl FnOnce() -> Locker,
 ) {
     let sidecar = Sidecar::start(&etcd.endpoint(), key, "rust-sidecar", &[]);
-    assert!(
-        wait_until(SOON, || sidecar.is_leader()),
-        "the sidecar leads"
-    );
+    sidecar.wait_leading("the sidecar leads");
     let created = etcd.get(key).expect("the sidecar's key").create_revision;
     let other = attempt();
     let name = other.child.name().to_string();
@@ -111,14 +110,7 @@ pub fn sidecars_wait_for(etcd: &Etcd, key: &str, holder: Locker, value: &str) {
     assert_eq!((kv.create_revision, kv.value.as_str()), (rev, value));
 
     let sidecars = replicas(&etcd.endpoint(), key, 2, &["--ttl", "3"]);
-    for s in &sidecars {
-        assert!(
-            wait_until(SOON, || s.leader_view()["leader"] == value),
-            "{} reports {name} as leader: {}",
-            s.id(),
-            s.leader_view()
-        );
-    }
+    sidecars.iter().for_each(|s| s.wait_following(value));
     // Several of the sidecars' own keep-alive periods pass: still nobody else.
     let why = format!("while {name} holds the key");
     assert_none_leads(&sidecars, Duration::from_secs(2), &why);
@@ -137,13 +129,11 @@ pub fn sidecars_wait_for(etcd: &Etcd, key: &str, holder: Locker, value: &str) {
 
 /// Checks, every 50 ms for `period`, that none of `sidecars` leads (`why` says why not).
 pub fn assert_none_leads(sidecars: &[Sidecar], period: Duration, why: &str) {
-    let until = Instant::now() + period;
-    while Instant::now() < until {
+    throughout(period, Duration::from_millis(50), || {
         for s in sidecars {
             assert!(!s.is_leader(), "{} leads {why}", s.id());
         }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    });
 }
 
 /// What a contender saw while the sidecars handed leadership over.
