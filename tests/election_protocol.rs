@@ -71,12 +71,12 @@ fn stop_cleanly(c: &mut Child, sig: Signal) {
 fn hand_over(queue: &mut Vec<Sidecar>) -> Sidecar {
     let mut old = queue.remove(0);
     stop_cleanly(&mut old, Signal::SIGTERM);
-    assert!(
-        wait_until(SOON, || queue[0].is_leader()),
+    let why = format!(
         "the next in line ({}) takes over from {}",
         queue[0].id(),
         old.id()
     );
+    queue[0].wait_leading(&why);
     old
 }
 
@@ -249,7 +249,7 @@ fn etcdctl_elect_listen_shows_the_sidecar_leader() {
     );
     // etcdctl sees the key order change; the sidecar claims once its own
     // watch has told it, a moment later.
-    assert!(wait_until(SOON, || second.is_leader()), "sc-second leads");
+    second.wait_leading("sc-second leads");
 }
 
 #[test]
@@ -299,10 +299,7 @@ fn a_sidecar_waits_while_etcdctl_lock_holds() {
 
     let released = Instant::now();
     ctl.signal(Signal::SIGINT);
-    assert!(
-        wait_until(SOON, || sidecar.is_leader()),
-        "the sidecar leads once etcdctl unlocks"
-    );
+    sidecar.wait_leading("the sidecar leads once etcdctl unlocks");
     println!(
         "the sidecar led {:?} after etcdctl was told to unlock",
         released.elapsed()
@@ -372,7 +369,7 @@ fn every_follower_names_the_current_leader_after_handoffs_and_a_proclaim() {
 
     // A handoff from the etcdctl client to sc-2: sc-3.. learn it too.
     stop_cleanly(&mut ctl, Signal::SIGINT);
-    assert!(wait_until(SOON, || back[0].is_leader()), "sc-2 leads");
+    back[0].wait_leading("sc-2 leads");
     let rest = &back[1..];
     assert_all_follow(rest, "sc-2", "after etcdctl handed over to sc-2");
     let token = back[0].fencing_token();

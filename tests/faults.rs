@@ -46,7 +46,7 @@ fn first_answer(
 /// leads: the replica each fault is done to.
 fn leading(endpoint: &str, key: &str, id: &str, args: &[&str]) -> Sidecar {
     let s = Sidecar::start(endpoint, key, id, args);
-    assert!(wait_until(SOON, || s.is_leader()), "{id} leads first");
+    s.wait_leading(&format!("{id} leads first"));
     s
 }
 
@@ -243,7 +243,7 @@ fn a_partitioned_follower_leaves_the_leader_alone_and_catches_up() {
     // The leader changes while the follower is away.
     leader.signal(Signal::SIGTERM);
     assert_eq!(leader.wait_exit(SOON).code(), Some(0));
-    assert!(wait_until(SOON, || heir.is_leader()), "heir takes over");
+    heir.wait_leading("heir takes over");
     std::thread::sleep(Duration::from_secs(1));
     let healed = Instant::now();
     proxy.heal();
@@ -484,10 +484,7 @@ fn release_delay_orders_the_shutdown_503_then_revoke_then_exit() {
     let status = leader.wait_exit(timeout + Duration::from_secs(2));
     let exited = Instant::now();
     assert_eq!(status.code(), Some(0), "exit 0: {status}");
-    assert!(
-        wait_until(SOON, || heir.is_leader()),
-        "heir leads after the revoke"
-    );
+    heir.wait_leading("heir leads after the revoke");
     std::thread::sleep(Duration::from_millis(200));
     let record = prober.stop_checked(signalled);
 

@@ -110,9 +110,9 @@ fn a_probe_flood_and_idle_connections_stall_neither_the_election_nor_the_probes(
     let (etcd, key) = etcd_and_key("flood");
     let ttl = TTL.to_string();
     let mut leader = Sidecar::start(&etcd.endpoint(), &key, "flooded", &["--ttl", &ttl]);
-    assert!(wait_until(SOON, || leader.is_leader()), "flooded leads");
+    leader.wait_leading("flooded leads");
     let heir = Sidecar::start(&etcd.endpoint(), &key, "heir", &["--ttl", &ttl]);
-    assert!(wait_until(SOON, || heir.leader_view()["leader"] == "flooded"));
+    heir.wait_following("flooded");
     let token = leader.fencing_token().expect("a token");
     let held = etcd.get(&key).expect("the key");
 
