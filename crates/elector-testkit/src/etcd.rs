@@ -25,7 +25,7 @@ use std::time::Duration;
 use base64::Engine;
 
 use crate::process::Child;
-use crate::{free_port, http, random_suffix, test_tempdir, with_port_retries};
+use crate::{free_port, http, metric_samples, random_suffix, test_tempdir, with_port_retries};
 
 /// How long a fresh or restarted member may take to answer `/health`: it
 /// starts in well under a second on /dev/shm; the bound only catches hangs.
@@ -273,6 +273,18 @@ impl Etcd {
         lease_ttl(&self.endpoint(), &self.security.ctl_args, lease)
     }
 
+    /// Its `/metrics` text; panics if it does not answer.
+    pub fn metrics(&self) -> String {
+        let metrics = http::get(self.client_addr(), "/metrics").map(|r| r.body);
+        metrics.unwrap_or_else(|e| panic!("scraping etcd's /metrics: {e}"))
+    }
+
+    /// The value of the unlabelled series `name` in its `/metrics`; panics if there is none.
+    pub fn metric(&self, name: &str) -> f64 {
+        let value = crate::metric(&self.metrics(), name);
+        value.unwrap_or_else(|| panic!("no {name} in etcd's metrics"))
+    }
+
     /// The current log of this member (the last launch).
     pub fn log(&self) -> String {
         fs::read_to_string(self.log_path()).unwrap_or_default()
@@ -509,18 +521,9 @@ pub struct EtcdCounts {
 impl EtcdCounts {
     /// A scrape of etcd's `/metrics`.
     pub fn scrape(etcd: &Etcd) -> EtcdCounts {
-        let body = http::get(etcd.client_addr(), "/metrics")
-            .map(|r| r.body)
-            .unwrap_or_else(|e| panic!("scraping etcd's /metrics: {e}"));
+        let body = etcd.metrics();
         let mut counts = EtcdCounts::default();
-        for line in body.lines().filter(|l| !l.starts_with('#')) {
-            let parsed = line
-                .rsplit_once(' ')
-                .map(|(series, v)| (series, v.parse::<f64>()));
-            let Some((series, Ok(value))) = parsed else {
-                continue;
-            };
-            let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+        for (name, labels, value) in metric_samples(&body) {
             match name {
                 "grpc_server_msg_received_total" => {
                     let method = labels.split_once("grpc_method=\"").map(|(_, rest)| rest);

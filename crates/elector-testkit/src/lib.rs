@@ -187,6 +187,22 @@ pub fn test_tempdir(what: &str) -> tempfile::TempDir {
     builder.tempdir().expect("creating a temporary directory")
 }
 
+/// The samples of a Prometheus text exposition, as (name, labels, value): the counters and
+/// gauges the tests read (a parser crate would bring regex and chrono for these few lines).
+pub fn metric_samples(text: &str) -> impl Iterator<Item = (&str, &str, f64)> {
+    let samples = text.lines().filter(|l| !l.starts_with('#'));
+    samples.filter_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+        Some((name, labels, value.parse().ok()?))
+    })
+}
+
+/// The value of the unlabelled series `name` in a Prometheus text exposition.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    metric_samples(text).find_map(|(n, labels, v)| (n == name && labels.is_empty()).then_some(v))
+}
+
 /// The last `lines` lines of `text`.
 pub fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();

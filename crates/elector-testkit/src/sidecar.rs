@@ -329,9 +329,7 @@ impl Sidecar {
     pub fn metric(&self, name: &str) -> Option<f64> {
         let (status, text) = self.get("/metrics");
         assert_eq!(status, 200, "{}'s /metrics", self.id());
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-            .and_then(|v| v.trim().parse().ok())
+        crate::metric(&text, name)
     }
 
     /// `elector_campaigns_total`: campaign transactions sent since start.
