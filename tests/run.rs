@@ -1,9 +1,9 @@
 //! `etcd-elector run -- COMMAND`: the command runs only while this process
 //! holds the lock, in its own process group, and is dead before anyone else
 //! can hold the lock: when it exits the lock goes to a waiting run (or the
-//! lease is revoked) once its group is dead, and when the
-//! lock is lost (deleted, or etcd silent) the whole group gets SIGTERM, then
-//! SIGKILL after the grace period, early enough to beat the lease's expiry.
+//! lease is revoked) once its group is dead, and when the lock is lost (deleted,
+//! or etcd silent) the whole group gets SIGTERM, then SIGKILL after the grace
+//! period, early enough to beat the lease's expiry.
 //!
 //! The commands are small shell scripts that leave evidence in their working
 //! directory (their pid, their environment, a wall-clock timestamp) and wait
@@ -91,18 +91,6 @@ fn seen_dead(pids: &[i32], timeout: Duration) -> Option<(Instant, i128)> {
     wait_for(timeout, || {
         all_dead(pids).then(|| (Instant::now(), unix_nanos()))
     })
-}
-
-/// The first SIGTERM to a run of a [`stubborn`] command: half a second later the
-/// run, its command and the grandchild all live on, in the grace period.
-fn first_sigterm(job: &mut Job, pid: i32, gc: i32) {
-    job.signal(Signal::SIGTERM);
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(
-        job.is_running() && all_alive(&[pid, gc]),
-        "in the grace period\n{}",
-        job.describe()
-    );
 }
 
 /// A run that holds the free key until the test releases it.
@@ -269,11 +257,9 @@ fn waits_for_the_holder_then_runs_passes_the_exit_code_through_and_releases() {
     assert_eq!(etcd.get(&key), None, "the key is gone right after the exit");
 }
 
-/// A run whose command finishes hands the lock to a waiting run in one
-/// transaction: the key is never absent (its create revision stays), the next
-/// command gets a larger fencing token, and it starts only after the whole
-/// group of the first is dead, here a grandchild that takes half a second to
-/// die after its SIGTERM.
+/// One transaction hands the lock on: the key is never absent (its create revision
+/// stays), and the next command gets a larger fencing token and starts only once the
+/// whole group of the first is dead (here a grandchild that dies 0.5 s after its SIGTERM).
 #[test]
 fn a_finished_run_hands_the_lock_to_a_waiting_run_once_its_group_is_dead() {
     let (etcd, key) = etcd_and_key("run_handoff");
@@ -549,29 +535,48 @@ fn sigterm_to_run_is_forwarded_and_a_waiting_run_starts_within_a_second() {
 }
 
 #[test]
-fn a_second_signal_kills_the_group_at_once() {
-    let (etcd, key) = etcd_and_key("second_signal");
-    // A long grace period (20 s + keep-alive 20 s + margin 5 s < TTL 60) that
-    // only the second signal can cut short.
-    let (mut job, pid, gc) = spawn_family(
-        with_grace(&etcd.endpoint(), &key, "job-impatient", 60, "20"),
-        stubborn(),
-    );
-
-    first_sigterm(&mut job, pid, gc);
-    let second = Instant::now();
-    job.signal(Signal::SIGINT);
-    assert!(
-        wait_until(Duration::from_secs(1), || all_dead(&[pid, gc])),
-        "the second signal kills the group at once\n{}",
-        job.describe()
-    );
-    job.assert_exit(128 + 9, SOON, "the command died by SIGKILL");
-    println!(
-        "group killed {:?} after the second signal",
-        second.elapsed()
-    );
-    assert_eq!(etcd.get(&key), None, "the lease was still given back");
+fn a_second_signal_kills_the_group_and_exits_at_once_even_while_etcd_does_not_answer() {
+    for (second, partitioned) in [(Signal::SIGINT, false), (Signal::SIGTERM, true)] {
+        let case = format!("{second:?}, etcd partitioned: {partitioned}");
+        let (etcd, key) = etcd_and_key("second_signal");
+        let proxy = TcpProxy::start(etcd.client_addr());
+        // A long grace period (20 s + keep-alive 20 s + margin 5 s < TTL 60) and shutdown
+        // timeout that only the second signal can cut short.
+        let (mut job, pid, gc) = spawn_family(
+            with_grace(&proxy.endpoint(), &key, "job-impatient", 60, "20")
+                .args(&["--shutdown-timeout", "30"]),
+            stubborn(),
+        );
+        if partitioned {
+            // etcd stops answering: giving the lease back could take the whole shutdown timeout.
+            proxy.partition();
+        }
+        // Half a second after the first SIGTERM all live on, in the grace period.
+        job.signal(Signal::SIGTERM);
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(
+            job.is_running() && all_alive(&[pid, gc]),
+            "{case}: in the grace period\n{}",
+            job.describe()
+        );
+        let signalled = Instant::now();
+        job.signal(second);
+        assert!(
+            wait_until(Duration::from_secs(1), || all_dead(&[pid, gc])),
+            "{case}: the second signal kills the group at once\n{}",
+            job.describe()
+        );
+        // Generous against scheduling, far below the 20 s grace and 30 s shutdown timeout.
+        let what = format!("{case}: the command died by SIGKILL");
+        job.assert_exit(128 + 9, Duration::from_secs(3), &what);
+        println!(
+            "{case}: run exited {:?} after the second signal",
+            signalled.elapsed()
+        );
+        if !partitioned {
+            assert_eq!(etcd.get(&key), None, "the lease was still given back");
+        }
+    }
 }
 
 #[test]
@@ -879,28 +884,6 @@ fn a_killed_run_takes_its_command_and_grandchild_with_it_within_a_second() {
          {helpers:?} are dead; still alive: {left:?}\n{}",
         job.describe()
     );
-}
-
-#[test]
-fn a_second_signal_exits_at_once_even_while_etcd_does_not_answer() {
-    let (etcd, key) = etcd_and_key("second_signal_partitioned");
-    let proxy = TcpProxy::start(etcd.client_addr());
-    // A long grace period and shutdown timeout that only the second signal can cut short.
-    let (mut job, pid, gc) = spawn_family(
-        with_grace(&proxy.endpoint(), &key, "job-impatient", 60, "20")
-            .args(&["--shutdown-timeout", "30"]),
-        stubborn(),
-    );
-    // etcd stops answering: giving the lease back could take the whole shutdown timeout.
-    proxy.partition();
-    first_sigterm(&mut job, pid, gc);
-    let second = Instant::now();
-    job.signal(Signal::SIGTERM);
-    // Generous against scheduling, far below the 20 s grace and 30 s shutdown timeout.
-    let status = job.wait_exit(Duration::from_secs(3));
-    println!("run exited {:?} after the second signal", second.elapsed());
-    assert!(all_dead(&[pid, gc]), "the group is dead when run exits");
-    assert_eq!(status.code(), Some(128 + 9), "the command died by SIGKILL");
 }
 
 /// The documented exit code of `--try` when etcd gives no verdict within `--try-timeout`.
