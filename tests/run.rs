@@ -36,11 +36,6 @@ fn env_then_release() -> String {
     format!("{}; {WAIT_FOR_RELEASE}", write_file("env", "env"))
 }
 
-fn recorded_env(job: &mut impl Workdir) -> Vec<(String, String)> {
-    job.wait_for_file("env", SOON);
-    job.read_env("env")
-}
-
 /// Lets a command waiting on [`WAIT_FOR_RELEASE`] finish; its run exits 0.
 fn release(job: &mut Job) {
     job.touch("release");
@@ -279,7 +274,7 @@ fn a_finished_run_hands_the_lock_to_a_waiting_run_once_its_group_is_dead() {
     );
 
     release(&mut first);
-    let env = recorded_env(&mut second);
+    let env = second.wait_for_env("env");
     started_after(
         &mut second,
         &mut first,
@@ -621,7 +616,7 @@ fn the_fencing_token_is_the_revision_a_run_got_the_key_at_and_grows_from_holder_
             assert!(!job.has("env"), "{id} waits for the holder");
             release(&mut prev);
         }
-        let env = recorded_env(&mut job);
+        let env = job.wait_for_env("env");
         let kv = etcd.get(&key).expect("the running job's key");
         assert_eq!(kv.value, id);
         let token = fencing_token(&env);
@@ -700,7 +695,7 @@ fn with_the_election_protocol_run_queues_with_etcdctl_lock() {
     let (etcd, name) = etcd_and_key("run_election");
     let prefix = format!("{name}/");
     let mut job = election_run(&etcd, &name, "job-elected");
-    let env = recorded_env(&mut job);
+    let env = job.wait_for_env("env");
     let keys = keys_under(&etcd, &prefix);
     assert_eq!(keys.len(), 1, "one candidate key under {prefix}: {keys:?}");
     let (own_key, kv) = &keys[0];
@@ -751,14 +746,14 @@ fn with_the_election_protocol_etcd_lock_key_names_the_candidate_key_as_etcdctl_l
     // What `etcdctl lock` gives its command, for comparison.
     let mut ctl = Etcdctl::lock_sh(&etcd.endpoint(), &name, &write_file("env", "env"));
     assert!(ctl.wait_exit(SOON).success(), "stderr: {}", ctl.stderr());
-    let ctl_key = var(&ctl.read_env("env"), "ETCD_LOCK_KEY");
+    let ctl_key = var(&ctl.wait_for_env("env"), "ETCD_LOCK_KEY");
     assert!(
         ctl_key.starts_with(&prefix),
         "etcdctl exports its own key: {ctl_key}"
     );
 
     let mut job = election_run(&etcd, &name, "job-elected");
-    let env = recorded_env(&mut job);
+    let env = job.wait_for_env("env");
     let keys = keys_under(&etcd, &prefix);
     let (own_key, kv) = keys.first().expect("run's candidate key");
     assert_eq!(var(&env, "ETCD_LOCK_REV"), kv.create_revision.to_string());
@@ -935,7 +930,7 @@ fn the_etcd_password_never_reaches_the_command() {
             .spawn();
         job.assert_exit(0, SOON, name);
         // The command ran under the lock.
-        fencing_token(&job.read_env("env"));
+        fencing_token(&job.wait_for_env("env"));
         let env = job
             .read("env")
             .expect("the command recorded its environment");
@@ -955,7 +950,7 @@ fn the_etcd_password_never_reaches_the_command() {
 /// What `etcdctl lock` running [`env_then_release`] exported, and the create revision
 /// of the key it holds (read while it does): then it lets go.
 fn etcdctl_lock_record(etcd: &Etcd, ctl: &mut Etcdctl) -> (i64, i64) {
-    let env = recorded_env(ctl);
+    let env = ctl.wait_for_env("env");
     let held = etcd
         .get(&var(&env, "ETCD_LOCK_KEY"))
         .expect("etcdctl's key");
@@ -998,7 +993,7 @@ fn etcd_lock_rev_is_the_create_revision_where_etcdctl_exports_the_revision_it_sa
     let own_created = queued[1].1.create_revision;
     holder.signal(Signal::SIGTERM);
     holder.wait_exit(SOON);
-    let env = recorded_env(&mut job);
+    let env = job.wait_for_env("env");
     assert_eq!(
         var(&env, "ETCD_LOCK_REV"),
         own_created.to_string(),

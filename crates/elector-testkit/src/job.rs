@@ -168,11 +168,11 @@ pub trait Workdir: DerefMut<Target = Child> {
         fs::write(self.path(name), b"").expect("creating a file in its directory");
     }
 
-    /// `KEY=VALUE` lines (as `env` prints them) from the file `name`.
-    fn read_env(&self, name: &str) -> Vec<(String, String)> {
-        self.read(name)
-            .unwrap_or_default()
-            .lines()
+    /// `KEY=VALUE` lines (as `env` prints them) the command writes to `name`, once
+    /// it has (within [`SOON`]).
+    fn wait_for_env(&mut self, name: &str) -> Vec<(String, String)> {
+        let text = self.wait_for_file(name, SOON);
+        text.lines()
             .filter_map(|l| l.split_once('='))
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
