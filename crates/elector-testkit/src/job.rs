@@ -181,24 +181,13 @@ pub trait Workdir: DerefMut<Target = Child> {
     /// Waits until the command writes `name` and returns its trimmed contents;
     /// panics with the logs if the process exits first or `timeout` passes.
     fn wait_for_file(&mut self, name: &str, timeout: Duration) -> String {
-        let mut exited = None;
-        wait_until(timeout, || {
-            exited = self.try_wait();
-            exited.is_some() || self.has(name)
-        });
-        // Read after the exit was seen: the command may have written it just before.
-        if let Some(text) = self.read(name) {
-            return text;
-        }
-        let what = match exited {
-            Some(status) => format!("exited ({status})"),
-            None => format!("still runs after {timeout:?}"),
-        };
-        panic!(
-            "{} {what} and its command did not write {name}\n{}",
-            self.name(),
-            self.describe()
-        )
+        let path = self.path(name);
+        let waited = self.wait_ready(timeout, || path.exists());
+        // Read even after an exit: the command may have written it just before.
+        self.read(name).unwrap_or_else(|| {
+            let why = waited.err().unwrap_or_default();
+            panic!("{}'s command did not write {name}: {why}", self.name())
+        })
     }
 
     /// A number the command wrote (a pid, a timestamp, a revision).
