@@ -30,15 +30,8 @@ fn spawn_as_pid1(flags: &str, command: &[&str]) -> (Child, i32, tempfile::TempDi
         .stderr(err);
     let child = Child::spawn(&mut cmd, "unshare (util-linux)", &[log]);
     let unshare_pid = child.pid().as_raw();
-    let mut inner = 0;
-    assert!(
-        wait_until(SOON, || {
-            inner = children_of(unshare_pid).first().copied().unwrap_or(0);
-            inner != 0
-        }),
-        "unshare started no child"
-    );
-    (child, inner, dir)
+    let inner = wait_for(SOON, || children_of(unshare_pid).first().copied());
+    (child, inner.expect("unshare starts a child"), dir)
 }
 
 #[test]
@@ -57,7 +50,7 @@ fn sidecar_as_pid1_hands_over_and_exits_0_on_sigterm() {
         "PID 1 never took the key; log:\n{}",
         unshare.log(0)
     );
-    kill(Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM).expect("signal PID 1");
+    kill(Pid::from_raw(pid), Signal::SIGTERM).expect("signal PID 1");
     // PID 1 heeds SIGTERM: it exits (`wait_exit` panics with its log if not), with 0.
     let status = unshare.wait_exit(SOON);
     assert_eq!(status.code(), Some(0), "exit status of PID 1");

@@ -1,9 +1,9 @@
 //! `etcd-elector run -- COMMAND`: the command runs only while this process
 //! holds the lock, in its own process group, and is dead before anyone else
 //! can hold the lock: when it exits the lock goes to a waiting run (or the
-//! lease is revoked) once its group is dead, and when the
-//! lock is lost (deleted, or etcd silent) the whole group gets SIGTERM, then
-//! SIGKILL after the grace period, early enough to beat the lease's expiry.
+//! lease is revoked) once its group is dead, and when the lock is lost (deleted,
+//! or etcd silent) the whole group gets SIGTERM, then SIGKILL after the grace
+//! period, early enough to beat the lease's expiry.
 //!
 //! The commands are small shell scripts that leave evidence in their working
 //! directory (their pid, their environment, a wall-clock timestamp) and wait
@@ -26,31 +26,23 @@ const LONG_TTL: u64 = 30;
 /// The default `--lost-exit-code`.
 const LOST: i32 = 75;
 
-/// A run of `id` on `key` with [`LONG_TTL`]: it loses the lock only when a test takes it.
+/// A run that loses the lock only when a test takes it.
 fn run_on(etcd: &Etcd, key: &str, id: &str) -> JobBuilder {
     Job::builder().on(&etcd.endpoint(), key, id).ttl(LONG_TTL)
 }
 
-/// A command that records its environment in `env`, then holds on until the
-/// test creates `release`.
+/// A command that records its environment in `env`, then waits for `release`.
 fn env_then_release() -> String {
     format!("{}; {WAIT_FOR_RELEASE}", write_file("env", "env"))
 }
 
-/// What an [`env_then_release`] command recorded, once it has.
-fn recorded_env(job: &mut impl Workdir) -> Vec<(String, String)> {
-    job.wait_for_file("env", SOON);
-    job.read_env("env")
-}
-
-/// Creates `release` for a command waiting on [`WAIT_FOR_RELEASE`]; its run exits 0.
+/// Lets a command waiting on [`WAIT_FOR_RELEASE`] finish; its run exits 0.
 fn release(job: &mut Job) {
     job.touch("release");
     job.assert_exit(0, SOON, "released");
 }
 
-/// A command with a grandchild: it writes the grandchild's pid to `gc`, its own to `pid`,
-/// and waits.
+/// A command with a grandchild, which write their pids to `pid` and `gc` and wait.
 fn family() -> String {
     format!(
         "sleep 300 & {}; {}; wait",
@@ -72,8 +64,7 @@ fn with_grace(endpoint: &str, key: &str, id: &str, ttl: u64, grace: &str) -> Job
         .args(&["--grace-period", grace])
 }
 
-/// Spawns a run of `command` (a [`family`] or [`stubborn`] one) and waits for the
-/// pids it writes: (run, command, grandchild).
+/// A run of a [`family`] or [`stubborn`] command, once it runs: (run, command, grandchild).
 fn spawn_family(builder: JobBuilder, command: String) -> (Job, i32, i32) {
     let mut job = builder.shell(&command).spawn();
     let pid = job.wait_for_number("pid", SOON);
@@ -81,57 +72,48 @@ fn spawn_family(builder: JobBuilder, command: String) -> (Job, i32, i32) {
     (job, pid, gc)
 }
 
-/// True while every one of `pids` is alive (see [`process_alive`]).
 fn all_alive(pids: &[i32]) -> bool {
     pids.iter().all(|&p| process_alive(p))
 }
 
-/// True once none of `pids` is alive: killed, and at most a zombie.
+/// None of `pids` is alive: killed, and at most a zombie.
 fn all_dead(pids: &[i32]) -> bool {
     !pids.iter().any(|&p| process_alive(p))
 }
 
-/// Polls (every 5 ms) until none of `pids` is alive; returns when that was
-/// first seen, as an `Instant` and in [`unix_nanos`], or `None` after `timeout`.
+/// When none of `pids` was first seen alive, as an `Instant` and in [`unix_nanos`].
 fn seen_dead(pids: &[i32], timeout: Duration) -> Option<(Instant, i128)> {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if all_dead(pids) {
-            return Some((Instant::now(), unix_nanos()));
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    None
+    wait_for(timeout, || {
+        all_dead(pids).then(|| (Instant::now(), unix_nanos()))
+    })
 }
 
-/// The first SIGTERM to a run of a [`stubborn`] command: half a second later the
-/// run, its command and the grandchild all live on, in the grace period.
-fn first_sigterm(job: &mut Job, pid: i32, gc: i32) {
-    job.signal(Signal::SIGTERM);
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(
-        job.is_running() && all_alive(&[pid, gc]),
-        "in the grace period\n{}",
-        job.describe()
-    );
-}
-
-/// A run that takes the free key and holds it until the test creates its
-/// `release` file; its command records its environment first.
+/// A run that holds the free key until the test releases it.
 fn holder(etcd: &Etcd, key: &str, id: &str) -> Job {
     let mut job = run_on(etcd, key, id).shell(&env_then_release()).spawn();
     job.wait_for_file("env", SOON);
     job
 }
 
-/// A run that waits for the key behind the run `holder` (serving `/leader`, so
-/// the test sees it waiting) and records when its command starts.
-fn waiter(etcd: &Etcd, key: &str, id: &str, then: &str, holder: &str) -> Job {
-    let job = run_on(etcd, key, id)
+/// A run waiting behind `holder` (seen on its `/leader`) whose command stamps
+/// `started`, then runs `then`.
+fn waiter(builder: JobBuilder, then: &str, holder: &str) -> Job {
+    let job = builder
         .listen()
         .shell(&format!("{}; {then}", stamp("started")))
         .spawn();
-    wait_following(&job, holder);
+    let mut last = None;
+    assert!(
+        wait_until(SOON, || {
+            last = job.try_get("/leader").ok().map(|r| r.body);
+            last.as_deref()
+                .and_then(|b| serde_json::from_str::<serde_json::Value>(b).ok())
+                .is_some_and(|v| v["leader"] == holder && v["is_leader"] == false)
+        }),
+        "{} waits behind {holder}; last /leader: {last:?}\n{}",
+        job.name(),
+        job.describe()
+    );
     job
 }
 
@@ -156,8 +138,7 @@ fn nanos_between(from: i128, to: i128) -> Duration {
     Duration::from_nanos((to - from).max(0) as u64)
 }
 
-/// Checks that `second`'s command stamped `started` after `first`'s stamp `name`,
-/// which marks `what`.
+/// Checks that `second`'s command started after `first` stamped `name`, marking `what`.
 fn started_after(second: &mut Job, first: &mut Job, name: &str, what: &str) {
     let before: i128 = first.wait_for_number(name, SOON);
     let started: i128 = second.wait_for_number("started", SOON);
@@ -168,8 +149,8 @@ fn started_after(second: &mut Job, first: &mut Job, name: &str, what: &str) {
     );
 }
 
-/// A run with `--protocol election` (a queue of keys under `name/`, as `etcdctl
-/// lock` keeps) and an [`env_then_release`] command.
+/// An [`env_then_release`] run with `--protocol election` (a queue of keys
+/// under `name/`, as `etcdctl lock` keeps).
 fn election_run(etcd: &Etcd, name: &str, id: &str) -> Job {
     run_on(etcd, name, id)
         .args(&["--protocol", "election"])
@@ -201,22 +182,6 @@ fn held_off(tried: JobBuilder, code: i32, holder: &str) {
         tried.log_events().iter().any(|e| e["holder"] == holder),
         "a log line names the holder {holder}\n{}",
         tried.describe()
-    );
-}
-
-/// Waits until `job` (built with `.listen()`) reports `leader` as the holder.
-fn wait_following(job: &Job, leader: &str) {
-    let mut last = None;
-    assert!(
-        wait_until(SOON, || {
-            last = job.try_get("/leader").ok().map(|r| r.body);
-            last.as_deref()
-                .and_then(|b| serde_json::from_str::<serde_json::Value>(b).ok())
-                .is_some_and(|v| v["leader"] == leader && v["is_leader"] == false)
-        }),
-        "{} waits behind {leader}; last /leader: {last:?}\n{}",
-        job.name(),
-        job.describe()
     );
 }
 
@@ -267,7 +232,7 @@ fn waits_for_the_holder_then_runs_passes_the_exit_code_through_and_releases() {
     first.wait_for_file("holding", SOON);
     let first_kv = etcd.get(&key).expect("the first run holds the key");
 
-    let mut second = waiter(&etcd, &key, "job-second", "exit 9", "job-first");
+    let mut second = waiter(run_on(&etcd, &key, "job-second"), "exit 9", "job-first");
     // Waiting is not polling: nothing changes until the holder lets go.
     std::thread::sleep(Duration::from_millis(1500));
     assert!(!second.has("started"), "the command waits for the holder");
@@ -287,11 +252,9 @@ fn waits_for_the_holder_then_runs_passes_the_exit_code_through_and_releases() {
     assert_eq!(etcd.get(&key), None, "the key is gone right after the exit");
 }
 
-/// A run whose command finishes hands the lock to a waiting run in one
-/// transaction: the key is never absent (its create revision stays), the next
-/// command gets a larger fencing token, and it starts only after the whole
-/// group of the first is dead, here a grandchild that takes half a second to
-/// die after its SIGTERM.
+/// One transaction hands the lock on: the key is never absent (its create revision
+/// stays), and the next command gets a larger fencing token and starts only once the
+/// whole group of the first is dead (here a grandchild that dies 0.5 s after its SIGTERM).
 #[test]
 fn a_finished_run_hands_the_lock_to_a_waiting_run_once_its_group_is_dead() {
     let (etcd, key) = etcd_and_key("run_handoff");
@@ -304,10 +267,14 @@ fn a_finished_run_hands_the_lock_to_a_waiting_run_once_its_group_is_dead() {
         .spawn();
     first.wait_for_file("env", SOON);
     let held = etcd.get(&key).expect("the first run holds the key");
-    let mut second = waiter(&etcd, &key, "job-second", &env_then_release(), "job-first");
+    let mut second = waiter(
+        run_on(&etcd, &key, "job-second"),
+        &env_then_release(),
+        "job-first",
+    );
 
     release(&mut first);
-    let env = recorded_env(&mut second);
+    let env = second.wait_for_env("env");
     started_after(
         &mut second,
         &mut first,
@@ -407,65 +374,52 @@ fn a_grandchild_left_behind_dies_before_the_lock_is_released() {
     assert_eq!(etcd.get(&key), None, "the key is gone right after the exit");
 }
 
-/// What an operator can do to a held lock from outside.
-#[derive(Debug, Clone, Copy)]
-enum Intrusion {
-    DeleteKey,
-    OverwriteKey,
-    RevokeLease,
-}
-
-/// Runs a command under the lock, does `intrusion` to the lock with etcdctl,
-/// and checks the command gets SIGTERM within a second and run exits with
-/// `--lost-exit-code` and a log line saying why. Returns the key afterwards.
-fn lock_lost_by(intrusion: Intrusion) -> Option<KeyValue> {
-    let (etcd, key) = etcd_and_key(&format!("{intrusion:?}").to_lowercase());
-    let (mut job, lease) = term_stamper(&etcd, &key, "job-intruded", 0);
-
-    let intruded_at = unix_nanos();
-    match intrusion {
-        Intrusion::DeleteKey => etcd.ctl(&["del", &key]),
-        Intrusion::OverwriteKey => etcd.ctl(&["put", &key, "intruder"]),
-        Intrusion::RevokeLease => etcd.ctl(&["lease", "revoke", &format!("{lease:x}")]),
-    };
-    let after = nanos_between(intruded_at, job.wait_for_number("term_at", SOON));
-    println!("{intrusion:?}: SIGTERM reached the command {after:?} later");
-    assert!(
-        after < Duration::from_secs(1),
-        "{intrusion:?}: the command got SIGTERM within a second: {after:?}"
-    );
-    job.assert_exit(LOST, SOON, "a lost lock exits with --lost-exit-code");
-    let lost = job.log_events().into_iter().find(|e| {
-        e["level"] == "WARN"
-            && e["reason"].is_string()
-            && e["message"].as_str().is_some_and(|m| m.contains("lost"))
-    });
-    assert!(lost.is_some(), "a log line says why\n{}", job.describe());
-    etcd.get(&key)
-}
-
+/// What an operator can do to a held lock from outside: each sends the command
+/// SIGTERM within a second, and run exits with `--lost-exit-code`, saying why.
 #[test]
-fn deleting_the_key_sends_sigterm_to_the_command_within_a_second() {
-    assert_eq!(
-        lock_lost_by(Intrusion::DeleteKey),
-        None,
-        "nothing is left holding the key"
-    );
-}
-
-#[test]
-fn overwriting_the_key_sends_sigterm_to_the_command_within_a_second() {
-    let kv = lock_lost_by(Intrusion::OverwriteKey);
-    assert_eq!(
-        kv.map(|kv| kv.value).as_deref(),
-        Some("intruder"),
-        "run leaves the key it no longer holds alone"
-    );
-}
-
-#[test]
-fn revoking_the_lease_sends_sigterm_to_the_command_within_a_second() {
-    assert_eq!(lock_lost_by(Intrusion::RevokeLease), None);
+fn deleting_overwriting_or_revoking_the_lock_sends_sigterm_to_the_command_within_a_second() {
+    let etcd = Etcd::start();
+    // Each intrusion, and the value left under the key: run leaves a key it no longer holds alone.
+    for (intrusion, left) in [
+        ("delete", None),
+        ("overwrite", Some("intruder")),
+        ("revoke", None),
+    ] {
+        let key = unique_key(intrusion);
+        let (mut job, lease) = term_stamper(&etcd, &key, "job-intruded", 0);
+        let intruded_at = unix_nanos();
+        match intrusion {
+            "delete" => etcd.ctl(&["del", &key]),
+            "overwrite" => etcd.ctl(&["put", &key, "intruder"]),
+            _ => etcd.ctl(&["lease", "revoke", &format!("{lease:x}")]),
+        };
+        let after = nanos_between(intruded_at, job.wait_for_number("term_at", SOON));
+        println!("{intrusion}: SIGTERM reached the command {after:?} later");
+        assert!(
+            after < Duration::from_secs(1),
+            "{intrusion}: the command got SIGTERM within a second: {after:?}"
+        );
+        job.assert_exit(
+            LOST,
+            SOON,
+            &format!("{intrusion}: a lost lock exits with --lost-exit-code"),
+        );
+        let lost = job.log_events().into_iter().find(|e| {
+            e["level"] == "WARN"
+                && e["reason"].is_string()
+                && e["message"].as_str().is_some_and(|m| m.contains("lost"))
+        });
+        assert!(
+            lost.is_some(),
+            "{intrusion}: a log line says why\n{}",
+            job.describe()
+        );
+        assert_eq!(
+            etcd.get(&key).map(|kv| kv.value).as_deref(),
+            left,
+            "{intrusion}: what is left under the key"
+        );
+    }
 }
 
 #[test]
@@ -512,11 +466,8 @@ fn a_silent_partition_kills_the_command_before_another_run_starts_its_own() {
         with_grace(&proxy.endpoint(), &key, "job-partitioned", 6, "1"),
         stubborn(),
     );
-    let mut second = with_grace(&etcd.endpoint(), &key, "job-next", 6, "1")
-        .listen()
-        .shell(&stamp("started"))
-        .spawn();
-    wait_following(&second, "job-partitioned");
+    let next = with_grace(&etcd.endpoint(), &key, "job-next", 6, "1");
+    let mut second = waiter(next, "true", "job-partitioned");
 
     let partitioned = Instant::now();
     proxy.partition();
@@ -562,7 +513,7 @@ fn a_silent_partition_kills_the_command_before_another_run_starts_its_own() {
 fn sigterm_to_run_is_forwarded_and_a_waiting_run_starts_within_a_second() {
     let (etcd, key) = etcd_and_key("sigterm_run");
     let (mut first, lease) = term_stamper(&etcd, &key, "job-first", 42);
-    let mut second = waiter(&etcd, &key, "job-second", "exit 0", "job-first");
+    let mut second = waiter(run_on(&etcd, &key, "job-second"), "exit 0", "job-first");
 
     let signalled = unix_nanos();
     first.signal(Signal::SIGTERM);
@@ -579,36 +530,55 @@ fn sigterm_to_run_is_forwarded_and_a_waiting_run_starts_within_a_second() {
 }
 
 #[test]
-fn a_second_signal_kills_the_group_at_once() {
-    let (etcd, key) = etcd_and_key("second_signal");
-    // A long grace period (20 s + keep-alive 20 s + margin 5 s < TTL 60) that
-    // only the second signal can cut short.
-    let (mut job, pid, gc) = spawn_family(
-        with_grace(&etcd.endpoint(), &key, "job-impatient", 60, "20"),
-        stubborn(),
-    );
-
-    first_sigterm(&mut job, pid, gc);
-    let second = Instant::now();
-    job.signal(Signal::SIGINT);
-    assert!(
-        wait_until(Duration::from_secs(1), || all_dead(&[pid, gc])),
-        "the second signal kills the group at once\n{}",
-        job.describe()
-    );
-    job.assert_exit(128 + 9, SOON, "the command died by SIGKILL");
-    println!(
-        "group killed {:?} after the second signal",
-        second.elapsed()
-    );
-    assert_eq!(etcd.get(&key), None, "the lease was still given back");
+fn a_second_signal_kills_the_group_and_exits_at_once_even_while_etcd_does_not_answer() {
+    for (second, partitioned) in [(Signal::SIGINT, false), (Signal::SIGTERM, true)] {
+        let case = format!("{second:?}, etcd partitioned: {partitioned}");
+        let (etcd, key) = etcd_and_key("second_signal");
+        let proxy = TcpProxy::start(etcd.client_addr());
+        // A long grace period (20 s + keep-alive 20 s + margin 5 s < TTL 60) and shutdown
+        // timeout that only the second signal can cut short.
+        let (mut job, pid, gc) = spawn_family(
+            with_grace(&proxy.endpoint(), &key, "job-impatient", 60, "20")
+                .args(&["--shutdown-timeout", "30"]),
+            stubborn(),
+        );
+        if partitioned {
+            // etcd stops answering: giving the lease back could take the whole shutdown timeout.
+            proxy.partition();
+        }
+        // Half a second after the first SIGTERM all live on, in the grace period.
+        job.signal(Signal::SIGTERM);
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(
+            job.is_running() && all_alive(&[pid, gc]),
+            "{case}: in the grace period\n{}",
+            job.describe()
+        );
+        let signalled = Instant::now();
+        job.signal(second);
+        assert!(
+            wait_until(Duration::from_secs(1), || all_dead(&[pid, gc])),
+            "{case}: the second signal kills the group at once\n{}",
+            job.describe()
+        );
+        // Generous against scheduling, far below the 20 s grace and 30 s shutdown timeout.
+        let what = format!("{case}: the command died by SIGKILL");
+        job.assert_exit(128 + 9, Duration::from_secs(3), &what);
+        println!(
+            "{case}: run exited {:?} after the second signal",
+            signalled.elapsed()
+        );
+        if !partitioned {
+            assert_eq!(etcd.get(&key), None, "the lease was still given back");
+        }
+    }
 }
 
 #[test]
 fn sigterm_before_the_command_starts_exits_143_without_running_it() {
     let (etcd, key) = etcd_and_key("early_sigterm");
     let mut holder = holder(&etcd, &key, "job-holder");
-    let mut waiting = waiter(&etcd, &key, "job-waiting", "exit 0", "job-holder");
+    let mut waiting = waiter(run_on(&etcd, &key, "job-waiting"), "exit 0", "job-holder");
 
     waiting.signal(Signal::SIGTERM);
     waiting.assert_exit(143, SOON, "128 + SIGTERM");
@@ -646,7 +616,7 @@ fn the_fencing_token_is_the_revision_a_run_got_the_key_at_and_grows_from_holder_
             assert!(!job.has("env"), "{id} waits for the holder");
             release(&mut prev);
         }
-        let env = recorded_env(&mut job);
+        let env = job.wait_for_env("env");
         let kv = etcd.get(&key).expect("the running job's key");
         assert_eq!(kv.value, id);
         let token = fencing_token(&env);
@@ -670,55 +640,54 @@ fn the_fencing_token_is_the_revision_a_run_got_the_key_at_and_grows_from_holder_
     );
 }
 
-/// `run --endpoints <nothing listening> --key /k ARGS` with bad `args`: exit 2, one
-/// line on stderr naming the problem, and the command (when `with_command`, one
-/// appended after `args`) never runs.
-fn refused(args: &[&str], with_command: bool, must_name: &[&str]) {
+/// `run --endpoints <nothing listening> --key /k ARGS` with bad arguments: exit 2,
+/// one line on stderr naming the problem, and the command never runs.
+#[test]
+fn bad_arguments_are_refused_with_exit_2_and_one_line_naming_the_problem() {
     let dir = test_tempdir("refused");
     let marker = dir.path().join("ran");
     let marker = marker.to_string_lossy();
     let endpoint = dead_endpoint();
-    let mut all = vec!["run", "--endpoints", &endpoint, "--key", "/k"];
-    all.extend_from_slice(args);
-    if with_command {
-        all.extend(["--", "touch", &marker]);
-    }
-    let out = run_to_exit(&all, &[], Duration::from_secs(5));
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let context = format!("args {all:?}\nstderr:\n{stderr}");
-    assert_eq!(out.status.code(), Some(2), "exit code 2; {context}");
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "exactly one line; {context}");
-    for needle in must_name {
+    // The arguments, whether a command follows them, and what the line must name.
+    let cases: [(&[&str], bool, &[&str]); 7] = [
+        // No command after the separator, or no separator at all.
+        (&["--"], false, &["command"]),
+        (&[], false, &["command"]),
+        // A grace period without room inside the TTL: 5 + 2 (keep-alive) + 0.6 (margin) >= 6.
+        (
+            &["--ttl", "6", "--grace-period", "5"],
+            true,
+            &["--grace-period", "ttl"],
+        ),
+        // The default grace period (5 s) does not fit the smallest TTLs either.
+        (&["--ttl", "2"], true, &["--grace-period"]),
+        (&["--bogus"], true, &["--bogus"]),
+        (&["--try-timeout", "3"], true, &["--try-timeout", "--try"]),
+        (&["--try", "--try-timeout", "0"], true, &["--try-timeout"]),
+    ];
+    for (args, with_command, must_name) in cases {
+        let mut all = vec!["run", "--endpoints", &endpoint, "--key", "/k"];
+        all.extend_from_slice(args);
+        if with_command {
+            all.extend(["--", "touch", &marker]);
+        }
+        let out = run_to_exit(&all, &[], Duration::from_secs(5));
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let context = format!("args {all:?}\nstderr:\n{stderr}");
+        assert_eq!(out.status.code(), Some(2), "exit code 2; {context}");
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "exactly one line; {context}");
+        for needle in must_name {
+            assert!(
+                lines[0].to_lowercase().contains(&needle.to_lowercase()),
+                "the line names {needle:?}; {context}"
+            );
+        }
         assert!(
-            lines[0].to_lowercase().contains(&needle.to_lowercase()),
-            "the line names {needle:?}; {context}"
+            !dir.path().join("ran").exists(),
+            "the command never ran; {context}"
         );
     }
-    assert!(!dir.path().join("ran").exists(), "the command never ran");
-}
-
-#[test]
-fn no_command_after_the_separator_is_refused() {
-    refused(&["--"], false, &["command"]);
-    refused(&[], false, &["command"]);
-}
-
-#[test]
-fn a_grace_period_without_room_inside_the_ttl_is_refused() {
-    // 5 + 2 (keep-alive) + 0.6 (margin) >= 6.
-    refused(
-        &["--ttl", "6", "--grace-period", "5"],
-        true,
-        &["--grace-period", "ttl"],
-    );
-    // The default grace period (5 s) does not fit the smallest TTLs either.
-    refused(&["--ttl", "2"], true, &["--grace-period"]);
-}
-
-#[test]
-fn an_unknown_option_is_refused() {
-    refused(&["--bogus"], true, &["--bogus"]);
 }
 
 #[test]
@@ -726,7 +695,7 @@ fn with_the_election_protocol_run_queues_with_etcdctl_lock() {
     let (etcd, name) = etcd_and_key("run_election");
     let prefix = format!("{name}/");
     let mut job = election_run(&etcd, &name, "job-elected");
-    let env = recorded_env(&mut job);
+    let env = job.wait_for_env("env");
     let keys = keys_under(&etcd, &prefix);
     assert_eq!(keys.len(), 1, "one candidate key under {prefix}: {keys:?}");
     let (own_key, kv) = &keys[0];
@@ -777,14 +746,14 @@ fn with_the_election_protocol_etcd_lock_key_names_the_candidate_key_as_etcdctl_l
     // What `etcdctl lock` gives its command, for comparison.
     let mut ctl = Etcdctl::lock_sh(&etcd.endpoint(), &name, &write_file("env", "env"));
     assert!(ctl.wait_exit(SOON).success(), "stderr: {}", ctl.stderr());
-    let ctl_key = var(&ctl.read_env("env"), "ETCD_LOCK_KEY");
+    let ctl_key = var(&ctl.wait_for_env("env"), "ETCD_LOCK_KEY");
     assert!(
         ctl_key.starts_with(&prefix),
         "etcdctl exports its own key: {ctl_key}"
     );
 
     let mut job = election_run(&etcd, &name, "job-elected");
-    let env = recorded_env(&mut job);
+    let env = job.wait_for_env("env");
     let keys = keys_under(&etcd, &prefix);
     let (own_key, kv) = keys.first().expect("run's candidate key");
     assert_eq!(var(&env, "ETCD_LOCK_REV"), kv.create_revision.to_string());
@@ -836,19 +805,6 @@ fn resign_is_refused_while_run_holds_the_lock_and_changes_nothing() {
     release(&mut job);
 }
 
-/// The claim deadline `job` (built with `.listen()`) reports now, as an `Instant`:
-/// the latest of a few `/status` reads (each `now + claim_seconds_left`).
-fn claim_deadline(job: &Job) -> Option<Instant> {
-    (0..5)
-        .filter_map(|_| {
-            let status = job.try_get("/status").ok()?.json();
-            let left = status["claim_seconds_left"].as_f64()?;
-            std::thread::sleep(Duration::from_millis(20));
-            Some(Instant::now() + Duration::from_secs_f64(left.max(0.0)))
-        })
-        .max()
-}
-
 #[test]
 fn a_run_frozen_past_its_termination_time_still_kills_the_group_by_the_claim_deadline() {
     let (etcd, key) = etcd_and_key("frozen_run");
@@ -863,7 +819,14 @@ fn a_run_frozen_past_its_termination_time_still_kills_the_group_by_the_claim_dea
     );
     // No renewal reaches etcd from now on: the claim the run holds is its last.
     proxy.partition();
-    let claim = claim_deadline(&job)
+    // The claim deadline run reports: the latest of a few `now + claim_seconds_left`.
+    let claim = (0..5)
+        .filter_map(|_| {
+            let left = job.try_get("/status").ok()?.json()["claim_seconds_left"].as_f64()?;
+            std::thread::sleep(Duration::from_millis(20));
+            Some(Instant::now() + Duration::from_secs_f64(left.max(0.0)))
+        })
+        .max()
         .unwrap_or_else(|| panic!("run reports its claim in /status\n{}", job.describe()));
     // Frozen (a stalled VM, a throttled container) until it is too late to give
     // the command its whole grace period before the claim ends.
@@ -918,28 +881,6 @@ fn a_killed_run_takes_its_command_and_grandchild_with_it_within_a_second() {
     );
 }
 
-#[test]
-fn a_second_signal_exits_at_once_even_while_etcd_does_not_answer() {
-    let (etcd, key) = etcd_and_key("second_signal_partitioned");
-    let proxy = TcpProxy::start(etcd.client_addr());
-    // A long grace period and shutdown timeout that only the second signal can cut short.
-    let (mut job, pid, gc) = spawn_family(
-        with_grace(&proxy.endpoint(), &key, "job-impatient", 60, "20")
-            .args(&["--shutdown-timeout", "30"]),
-        stubborn(),
-    );
-    // etcd stops answering: giving the lease back could take the whole shutdown timeout.
-    proxy.partition();
-    first_sigterm(&mut job, pid, gc);
-    let second = Instant::now();
-    job.signal(Signal::SIGTERM);
-    // Generous against scheduling, far below the 20 s grace and 30 s shutdown timeout.
-    let status = job.wait_exit(Duration::from_secs(3));
-    println!("run exited {:?} after the second signal", second.elapsed());
-    assert!(all_dead(&[pid, gc]), "the group is dead when run exits");
-    assert_eq!(status.code(), Some(128 + 9), "the command died by SIGKILL");
-}
-
 /// The documented exit code of `--try` when etcd gives no verdict within `--try-timeout`.
 const TRY_TIMED_OUT: i32 = 69;
 
@@ -970,12 +911,6 @@ fn try_gives_up_with_exit_69_when_etcd_does_not_answer_within_the_try_timeout() 
 }
 
 #[test]
-fn a_try_timeout_without_try_is_refused() {
-    refused(&["--try-timeout", "3"], true, &["--try-timeout", "--try"]);
-    refused(&["--try", "--try-timeout", "0"], true, &["--try-timeout"]);
-}
-
-#[test]
 fn the_etcd_password_never_reaches_the_command() {
     let auth = auth_etcd(60);
     let dir = test_tempdir("run_password");
@@ -995,7 +930,7 @@ fn the_etcd_password_never_reaches_the_command() {
             .spawn();
         job.assert_exit(0, SOON, name);
         // The command ran under the lock.
-        fencing_token(&job.read_env("env"));
+        fencing_token(&job.wait_for_env("env"));
         let env = job
             .read("env")
             .expect("the command recorded its environment");
@@ -1015,7 +950,7 @@ fn the_etcd_password_never_reaches_the_command() {
 /// What `etcdctl lock` running [`env_then_release`] exported, and the create revision
 /// of the key it holds (read while it does): then it lets go.
 fn etcdctl_lock_record(etcd: &Etcd, ctl: &mut Etcdctl) -> (i64, i64) {
-    let env = recorded_env(ctl);
+    let env = ctl.wait_for_env("env");
     let held = etcd
         .get(&var(&env, "ETCD_LOCK_KEY"))
         .expect("etcdctl's key");
@@ -1058,7 +993,7 @@ fn etcd_lock_rev_is_the_create_revision_where_etcdctl_exports_the_revision_it_sa
     let own_created = queued[1].1.create_revision;
     holder.signal(Signal::SIGTERM);
     holder.wait_exit(SOON);
-    let env = recorded_env(&mut job);
+    let env = job.wait_for_env("env");
     assert_eq!(
         var(&env, "ETCD_LOCK_REV"),
         own_created.to_string(),

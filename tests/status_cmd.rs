@@ -32,11 +32,11 @@ fn status_shows_the_holder_and_every_candidate_as_text_and_json() {
     let (etcd, key) = etcd_and_key("status");
     let (app_old, app_new, app_sick) = (App::start(true), App::start(true), App::start(false));
     let old = replica(&etcd, &key, "old-0", "rev-a", &app_old);
-    assert!(wait_until(SOON, || old.is_leader()), "old-0 leads");
+    old.wait_leading("old-0 leads");
     let new = replica(&etcd, &key, "new-0", "rev-b", &app_new);
     let sick = replica(&etcd, &key, "new-1", "rev-b", &app_sick);
-    assert!(wait_until(SOON, || new.get_json("/status").1["state"] == "follower"));
-    assert!(wait_until(SOON, || sick.get_json("/status").1["state"] == "standby"));
+    new.wait_state("follower");
+    sick.wait_state("standby");
     let before = etcd.get(&key).expect("the key");
 
     // A replica registers as unhealthy until its application's first good answer, then again

@@ -1,16 +1,11 @@
 //! Fixtures for `etcd-elector run` (the command-under-the-lock mode), and for
 //! etcd's own clients of the same election: `etcdctl lock` and `etcdctl elect`.
 //!
-//! A [`Job`] is one `etcd-elector run ... -- COMMAND` process. It runs in a
-//! directory of its own, which is also its command's working directory, so a
-//! test's shell command leaves evidence there (its pid, its environment, a
-//! timestamp) and waits for files the test creates (`release`). The run's
-//! stdout (the command's, passed through) and stderr (the JSON log) go to
-//! files in that directory; their tails are printed when a test panics.
-//!
-//! Dropping a `Job` SIGKILLs the run and then the command's process group (the
-//! pid from the run's own "command started" log line, checked to still lead
-//! its group), so a failed test leaves no command behind.
+//! A [`Job`] is one `etcd-elector run ... -- COMMAND` in a directory of its own,
+//! its command's working directory: a test's shell command leaves evidence there
+//! (its pid, its environment, a timestamp) and waits for files the test creates.
+//! Dropping a `Job` SIGKILLs the run and its command's process group, so a
+//! failed test leaves no command behind.
 
 use std::fmt::Display;
 use std::fs::{self, File};
@@ -51,19 +46,17 @@ pub fn unix_nanos() -> i128 {
     jiff::Timestamp::now().as_nanosecond()
 }
 
-/// The state letter of `pid` (`Z` for a zombie), while it has a process table
-/// entry (a zombie's included: `None` once it has been reaped).
+/// The state letter of `pid` (`Z` for a zombie); `None` once it has been reaped.
 pub fn process_state(pid: i32) -> Option<char> {
     Some(Process::new(pid).ok()?.stat().ok()?.state)
 }
 
-/// True while `pid` exists and has not exited: a zombie (exited, not yet
-/// reaped) counts as dead, since it runs no code and holds nothing.
+/// True while `pid` has not exited: a zombie runs no code and holds nothing.
 pub fn process_alive(pid: i32) -> bool {
     process_state(pid).is_some_and(|s| !matches!(s, 'Z' | 'X'))
 }
 
-/// The children of `pid` (of every thread of it), from /proc.
+/// The children of every thread of `pid`.
 pub fn children_of(pid: i32) -> Vec<i32> {
     let Ok(tasks) = Process::new(pid).and_then(|p| p.tasks()) else {
         return Vec::new();
@@ -75,7 +68,6 @@ pub fn children_of(pid: i32) -> Vec<i32> {
         .collect()
 }
 
-/// The process group of `pid`, if it exists.
 pub fn process_group(pid: i32) -> Option<i32> {
     Some(Process::new(pid).ok()?.stat().ok()?.pgrp)
 }
@@ -152,18 +144,16 @@ impl JobBuilder {
     }
 }
 
-/// What [`Job`] and [`Etcdctl`] share: a process (`pid`, `signal`, `try_wait`,
-/// `wait_exit`, `describe`, through `Deref`) that runs in a directory of its
-/// own, where its command leaves files.
+/// What [`Job`] and [`Etcdctl`] share: a process (through `Deref`) that runs in
+/// a directory of its own, where its command leaves files.
 pub trait Workdir: DerefMut<Target = Child> {
     fn dir(&self) -> &Path;
 
-    /// A file in its directory.
     fn path(&self, name: &str) -> PathBuf {
         self.dir().join(name)
     }
 
-    /// The file's contents, trimmed, if it exists.
+    /// The file's trimmed contents, if it exists.
     fn read(&self, name: &str) -> Option<String> {
         let text = fs::read_to_string(self.path(name)).ok()?;
         Some(text.trim().to_string())
@@ -178,11 +168,11 @@ pub trait Workdir: DerefMut<Target = Child> {
         fs::write(self.path(name), b"").expect("creating a file in its directory");
     }
 
-    /// `KEY=VALUE` lines (as `env` prints them) from the file `name`.
-    fn read_env(&self, name: &str) -> Vec<(String, String)> {
-        self.read(name)
-            .unwrap_or_default()
-            .lines()
+    /// `KEY=VALUE` lines (as `env` prints them) the command writes to `name`, once
+    /// it has (within [`SOON`]).
+    fn wait_for_env(&mut self, name: &str) -> Vec<(String, String)> {
+        let text = self.wait_for_file(name, SOON);
+        text.lines()
             .filter_map(|l| l.split_once('='))
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
@@ -191,27 +181,16 @@ pub trait Workdir: DerefMut<Target = Child> {
     /// Waits until the command writes `name` and returns its trimmed contents;
     /// panics with the logs if the process exits first or `timeout` passes.
     fn wait_for_file(&mut self, name: &str, timeout: Duration) -> String {
-        let mut exited = None;
-        wait_until(timeout, || {
-            exited = self.try_wait();
-            exited.is_some() || self.has(name)
-        });
-        // Read after the exit was seen: the command may have written it just before.
-        if let Some(text) = self.read(name) {
-            return text;
-        }
-        let what = match exited {
-            Some(status) => format!("exited ({status})"),
-            None => format!("still runs after {timeout:?}"),
-        };
-        panic!(
-            "{} {what} and its command did not write {name}\n{}",
-            self.name(),
-            self.describe()
-        )
+        let path = self.path(name);
+        let waited = self.wait_ready(timeout, || path.exists());
+        // Read even after an exit: the command may have written it just before.
+        self.read(name).unwrap_or_else(|| {
+            let why = waited.err().unwrap_or_default();
+            panic!("{}'s command did not write {name}: {why}", self.name())
+        })
     }
 
-    /// A number the command wrote to `name` (a pid, a timestamp, a revision).
+    /// A number the command wrote (a pid, a timestamp, a revision).
     fn wait_for_number<T: FromStr<Err: Display>>(&mut self, name: &str, timeout: Duration) -> T {
         let text = self.wait_for_file(name, timeout);
         text.parse().unwrap_or_else(|e| {
@@ -224,7 +203,7 @@ pub trait Workdir: DerefMut<Target = Child> {
     }
 }
 
-/// One `etcd-elector run` process. See the module docs.
+/// One `etcd-elector run` process.
 pub struct Job {
     child: Child,
     addr: Option<SocketAddr>,
@@ -237,10 +216,6 @@ impl Job {
         JobBuilder::default()
     }
 
-    /// The public HTTP address, when built with [`JobBuilder::listen`].
-    pub fn addr(&self) -> SocketAddr {
-        self.addr.expect("the job was built without .listen()")
-    }
     /// The admin address, when built with [`JobBuilder::admin`].
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr.expect("the job was built without .admin()")
@@ -248,7 +223,8 @@ impl Job {
 
     /// `GET path` on the public port; errors are returned.
     pub fn try_get(&self, path: &str) -> std::io::Result<http::Response> {
-        http::simple(self.addr(), "GET", path, b"")
+        let addr = self.addr.expect("the job was built without .listen()");
+        http::simple(addr, "GET", path, b"")
     }
 
     /// The run's stderr: its JSON log.
@@ -270,8 +246,8 @@ impl Job {
             .collect()
     }
 
-    /// Waits for the exit and asserts that it is with `code` (`what` says why);
-    /// panics with the logs otherwise, also when a signal killed the run itself.
+    /// Waits for the exit with `code` (`what` says why); panics with the logs
+    /// otherwise, also when a signal killed the run itself.
     pub fn assert_exit(&mut self, code: i32, timeout: Duration, what: &str) {
         let status = self.wait_exit(timeout);
         let described = self.describe();
@@ -313,11 +289,9 @@ impl Drop for Job {
     }
 }
 
-/// A running `etcdctl elect`, `etcdctl elect -l` or `etcdctl lock` against one
-/// etcd, with its stdout in a file (etcdctl prints the key and the value once
-/// it leads or holds the lock, and `elect -l` prints every leader change
-/// without exiting). It runs in a directory of its own, where a command given
-/// to `etcdctl lock` can leave files. Dropping it kills it.
+/// A running `etcdctl elect`, `elect -l` or `lock`, with its stdout in a file,
+/// in a directory of its own where a command given to `etcdctl lock` can leave
+/// files. Dropping it kills it.
 pub struct Etcdctl {
     child: Child,
     dir: tempfile::TempDir,
@@ -339,9 +313,8 @@ impl Etcdctl {
         Etcdctl::spawn(endpoints, &["lock", name])
     }
 
-    /// `etcdctl lock NAME -- sh -c SCRIPT`: runs the script under the lock, in
-    /// its directory, and exits. (`--`: etcdctl does not read the script's
-    /// options as its own.)
+    /// `etcdctl lock NAME -- sh -c SCRIPT`: runs the script under the lock, in its
+    /// directory, and exits (`--`: etcdctl does not read the script's options).
     pub fn lock_sh(endpoints: &str, name: &str, script: &str) -> Etcdctl {
         Etcdctl::spawn(endpoints, &["lock", name, "--", "sh", "-c", script])
     }
@@ -375,8 +348,7 @@ impl Etcdctl {
         complete.map(str::to_string).collect()
     }
 
-    /// Waits until it printed at least `n` lines and returns all of them; panics with its
-    /// logs after `timeout`.
+    /// Waits until it printed at least `n` lines and returns all of them.
     pub fn wait_lines(&mut self, n: usize, timeout: Duration) -> Vec<String> {
         if !wait_until(timeout, || self.lines().len() >= n) {
             panic!(
@@ -400,8 +372,7 @@ impl Workdir for Etcdctl {
     }
 }
 
-/// The process under a [`Job`] or an [`Etcdctl`]: `pid`, `signal`, `try_wait`,
-/// `wait_exit` (a job's `kill` is its own).
+/// The process under a [`Job`] or an [`Etcdctl`] (a job's `kill` is its own).
 macro_rules! deref_to_child {
     ($($t:ty),*) => {$(
         impl std::ops::Deref for $t {
@@ -419,8 +390,8 @@ macro_rules! deref_to_child {
 }
 deref_to_child!(Job, Etcdctl);
 
-/// Every key under `prefix` with what etcd stores, oldest create revision first:
-/// the queue of an etcd election or lock named `prefix` without its trailing `/`.
+/// Every key under `prefix`, oldest create revision first: the queue of an etcd
+/// election or lock named `prefix` without its trailing `/`.
 pub fn keys_under(etcd: &Etcd, prefix: &str) -> Vec<(String, KeyValue)> {
     let out = etcd.ctl(&["get", prefix, "--prefix", "-w", "json"]);
     let v: serde_json::Value = serde_json::from_str(&out)
