@@ -96,14 +96,6 @@ fn assert_no_secret<'a>(sidecars: impl IntoIterator<Item = &'a Sidecar>, secret:
     }
 }
 
-/// A fresh PKI and an etcd serving its server certificate, requiring client
-/// certificates too when `mutual`.
-fn pki_and_etcd(mutual: bool) -> (Pki, Etcd) {
-    let pki = Pki::new();
-    let etcd = tls_etcd(&pki, mutual);
-    (pki, etcd)
-}
-
 /// A replica of `key` that presents `pki`'s client certificate and trusts `ca`.
 fn presenting_client_cert(pki: &Pki, ca: &Path, etcd: &Etcd, key: &str) -> SidecarBuilder {
     let args = pki.sidecar_args(ca);
@@ -118,12 +110,8 @@ fn presenting_client_cert(pki: &Pki, ca: &Path, etcd: &Etcd, key: &str) -> Sidec
 /// client certificate.
 fn trusting_ca(pki: &Pki, etcd: &Etcd, key: &str, id: &str) -> Sidecar {
     let ca = pki.ca.display().to_string();
-    Sidecar::start(
-        &etcd.endpoint(),
-        key,
-        id,
-        &["--ttl", "3", "--etcd-cacert", &ca],
-    )
+    let args = ["--ttl", "3", "--etcd-cacert", &ca];
+    Sidecar::start(&etcd.endpoint(), key, id, &args)
 }
 
 /// The one leader among `sidecars` once etcd's `key` (read as root or over
@@ -137,23 +125,21 @@ fn elected(etcd: &Etcd, key: &str, sidecars: &[Sidecar]) -> (usize, KeyValue) {
 
 #[test]
 fn elects_through_tls_trusting_the_ca() {
-    let (pki, etcd) = pki_and_etcd(false);
+    let pki = Pki::new();
+    let etcd = tls_etcd(&pki, false);
     assert!(etcd.endpoint().starts_with("https://"));
     let key = unique_key("tls");
     let ca = pki.ca.display().to_string();
-    let sidecars = replicas(
-        &etcd.endpoint(),
-        &key,
-        2,
-        &["--ttl", "5", "--etcd-cacert", &ca],
-    );
+    let args = ["--ttl", "5", "--etcd-cacert", &ca];
+    let sidecars = replicas(&etcd.endpoint(), &key, 2, &args);
     let (leader, kv) = elected(&etcd, &key, &sidecars);
     assert_eq!(sidecars[leader].fencing_token(), Some(kv.create_revision));
 }
 
 #[test]
 fn elects_through_mutual_tls() {
-    let (pki, etcd) = pki_and_etcd(true);
+    let pki = Pki::new();
+    let etcd = tls_etcd(&pki, true);
     let key = unique_key("mtls");
     let builder = presenting_client_cert(&pki, &pki.ca, &etcd, &key).ttl(5);
     let sidecars = vec![
@@ -167,7 +153,8 @@ fn elects_through_mutual_tls() {
 
 #[test]
 fn a_wrong_ca_is_reported_clearly_and_retried_without_leadership() {
-    let (pki, etcd) = pki_and_etcd(true);
+    let pki = Pki::new();
+    let etcd = tls_etcd(&pki, true);
     let key = unique_key("wrong_ca");
     let mut s = presenting_client_cert(&pki, &pki.other_ca, &etcd, &key)
         .id("distrustful")
@@ -202,7 +189,8 @@ fn a_wrong_ca_is_reported_clearly_and_retried_without_leadership() {
 
 #[test]
 fn mutual_tls_without_a_client_certificate_names_the_missing_certificate() {
-    let (pki, etcd) = pki_and_etcd(true);
+    let pki = Pki::new();
+    let etcd = tls_etcd(&pki, true);
     let key = unique_key("no_client_cert");
     // Trusts the right CA but has no --etcd-cert/--etcd-key: etcd closes the
     // connection after the handshake, and rustls only says "connection closed".
