@@ -86,7 +86,7 @@ impl Subscription {
         self.body.extend(data);
         self.raw.drain(..used);
         // Split into events at blank lines.
-        while let Some(end) = http::find(&self.body, b"\n\n") {
+        while let Some(end) = self.body.windows(2).position(|w| w == b"\n\n") {
             let block = String::from_utf8_lossy(&self.body[..end]).into_owned();
             self.body.drain(..end + 2);
             let mut name = None;

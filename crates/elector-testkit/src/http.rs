@@ -44,13 +44,6 @@ impl Response {
     }
 }
 
-/// Sends `raw` as is to `addr` and reads one response.
-pub fn request(addr: SocketAddr, raw: &[u8]) -> io::Result<Response> {
-    let mut stream = connect(addr)?;
-    stream.write_all(raw)?;
-    read_response(&mut stream, raw.starts_with(b"HEAD "))
-}
-
 /// A connection to `addr` with the timeouts above.
 pub fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
     let stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
@@ -94,7 +87,9 @@ pub fn simple(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> io::Re
     )
     .into_bytes();
     raw.extend_from_slice(body);
-    request(addr, &raw)
+    let mut stream = connect(addr)?;
+    stream.write_all(&raw)?;
+    read_response(&mut stream, method == "HEAD")
 }
 
 /// Reads one response from `stream`: the head, then a body framed by
@@ -161,11 +156,6 @@ pub fn read_head(stream: &mut TcpStream) -> io::Result<(Response, Vec<u8>)> {
         }
         buf.extend_from_slice(&chunk[..n]);
     }
-}
-
-/// The first position of `needle` in `haystack`.
-pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// Decodes the complete chunks at the start of a chunked body, up to the last
