@@ -2,7 +2,6 @@
 //! Server-Sent Events stream, `POST /resign` on the pod-local admin port
 //! (never on the public one), and the `--leader-file` mirror of `/leader`.
 
-use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -25,7 +24,6 @@ struct Subscription {
     raw: Vec<u8>,
     /// De-chunked body not yet split into events.
     body: Vec<u8>,
-    events: VecDeque<Value>,
 }
 
 impl Subscription {
@@ -47,12 +45,8 @@ impl Subscription {
                 .is_some_and(|t| t.eq_ignore_ascii_case("chunked")),
             "chunked: {head:?}"
         );
-        Subscription {
-            stream,
-            raw,
-            body: Vec::new(),
-            events: VecDeque::new(),
-        }
+        let body = Vec::new();
+        Subscription { stream, raw, body }
     }
 
     /// The next `leader` event matching `pred` within `timeout`, skipping others.
@@ -60,9 +54,14 @@ impl Subscription {
         let deadline = Instant::now() + timeout;
         let mut chunk = [0u8; 4096];
         loop {
-            self.parse();
-            while let Some(event) = self.events.pop_front() {
-                if pred(&event) {
+            let (data, used) = http::dechunk(&self.raw);
+            self.body.extend(data);
+            self.raw.drain(..used);
+            // Split into events at blank lines.
+            while let Some(end) = self.body.windows(2).position(|w| w == b"\n\n") {
+                let block: Vec<u8> = self.body.drain(..end + 2).collect();
+                let event = leader_event(&String::from_utf8_lossy(&block));
+                if let Some(event) = event.filter(&pred) {
                     return Some(event);
                 }
             }
@@ -80,31 +79,24 @@ impl Subscription {
             }
         }
     }
+}
 
-    fn parse(&mut self) {
-        let (data, used) = http::dechunk(&self.raw);
-        self.body.extend(data);
-        self.raw.drain(..used);
-        // Split into events at blank lines.
-        while let Some(end) = self.body.windows(2).position(|w| w == b"\n\n") {
-            let block = String::from_utf8_lossy(&self.body[..end]).into_owned();
-            self.body.drain(..end + 2);
-            let mut name = None;
-            let mut data = String::new();
-            for line in block.lines() {
-                if let Some(v) = line.strip_prefix("event:") {
-                    name = Some(v.trim().to_string());
-                } else if let Some(v) = line.strip_prefix("data:") {
-                    data.push_str(v.trim_start());
-                }
-            }
-            if name.as_deref() == Some("leader") {
-                let doc = serde_json::from_str(&data)
-                    .unwrap_or_else(|e| panic!("event data is not JSON ({e}): {data:?}"));
-                self.events.push_back(doc);
-            }
+/// The JSON data of an SSE block if it is a `leader` event.
+fn leader_event(block: &str) -> Option<Value> {
+    let mut name = None;
+    let mut data = String::new();
+    for line in block.lines() {
+        if let Some(v) = line.strip_prefix("event:") {
+            name = Some(v.trim());
+        } else if let Some(v) = line.strip_prefix("data:") {
+            data.push_str(v.trim_start());
         }
     }
+    if name != Some("leader") {
+        return None;
+    }
+    let event = serde_json::from_str(&data);
+    Some(event.unwrap_or_else(|e| panic!("event data is not JSON ({e}): {data:?}")))
 }
 
 /// A fresh etcd and `n` sidecars on one key named after `test`, started one
