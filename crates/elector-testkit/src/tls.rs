@@ -62,7 +62,7 @@ impl Pki {
             KeyUsagePurpose::KeyEncipherment,
         ];
         server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let server_key = key_pair();
+        let server_key = KeyPair::generate().expect("generating a P-256 key");
         let server_cert = sign("server", &server, &server_key);
         server.not_before = date_time_ymd(2020, 1, 1);
         server.not_after = date_time_ymd(2020, 1, 2);
@@ -71,7 +71,7 @@ impl Pki {
         let mut client = cert_params("etcd-elector", &[]);
         client.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let client_key = key_pair();
+        let client_key = KeyPair::generate().expect("generating a P-256 key");
         let client_cert = sign("client", &client, &client_key);
         Pki {
             ca,
@@ -119,11 +119,6 @@ fn write(dir: &Path, name: &str, pem: &str) -> PathBuf {
     path
 }
 
-/// A new P-256 key pair.
-fn key_pair() -> KeyPair {
-    KeyPair::generate().expect("generating a P-256 key")
-}
-
 /// Parameters for `/CN=cn` and the subjectAltNames `names` (IPs or DNS names).
 fn cert_params(cn: &str, names: &[&str]) -> CertificateParams {
     let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
@@ -137,7 +132,7 @@ fn make_ca(dir: &Path, name: &str, cn: &str) -> (PathBuf, Issuer<'static, KeyPai
     let mut params = cert_params(cn, &[]);
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let key = key_pair();
+    let key = KeyPair::generate().expect("generating a P-256 key");
     let cert = params.self_signed(&key).expect("self-signing a CA");
     let path = write(dir, &format!("{name}.pem"), &cert.pem());
     (path, Issuer::new(params, key))
