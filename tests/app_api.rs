@@ -4,7 +4,7 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -318,20 +318,15 @@ fn resign_is_404_on_the_public_port_and_409_on_a_follower() {
 /// Reads `path` as fast as it can until `stop`; returns (successful reads,
 /// failures described). Before the first write the file may be missing;
 /// after that it must always exist and always parse.
-fn read_tight(
-    path: PathBuf,
-    stop: Arc<AtomicBool>,
-    identity: String,
-    key: String,
-) -> (u64, Vec<String>) {
+fn read_tight(path: &Path, stop: &AtomicBool, identity: &str, key: &str) -> (u64, Vec<String>) {
     let mut reads = 0u64;
     let mut failures = Vec::new();
     while !stop.load(Ordering::Relaxed) {
-        match std::fs::read_to_string(&path) {
+        match std::fs::read_to_string(path) {
             Ok(text) => match serde_json::from_str::<Value>(&text) {
                 Ok(doc) => {
                     reads += 1;
-                    if doc["identity"] != identity.as_str() || doc["key"] != key.as_str() {
+                    if doc["identity"] != identity || doc["key"] != key {
                         failures.push(format!("wrong document: {text:?}"));
                     }
                 }
@@ -356,12 +351,8 @@ fn the_leader_file_always_parses_and_matches_leader_through_handoffs() {
         .collect();
     let sidecars: Vec<Sidecar> = (0..3)
         .map(|i| {
-            let args = [
-                "--ttl",
-                LONG_TTL,
-                "--leader-file",
-                &paths[i].to_string_lossy(),
-            ];
+            let path = paths[i].to_string_lossy();
+            let args = ["--ttl", LONG_TTL, "--leader-file", &path];
             Sidecar::start(&etcd.endpoint(), &key, &format!("file-{i}"), &args)
         })
         .collect();
@@ -373,7 +364,7 @@ fn the_leader_file_always_parses_and_matches_leader_through_handoffs() {
         .enumerate()
         .map(|(i, p)| {
             let (p, stop, id, key) = (p.clone(), stop.clone(), format!("file-{i}"), key.clone());
-            std::thread::spawn(move || read_tight(p, stop, id, key))
+            std::thread::spawn(move || read_tight(&p, &stop, &id, &key))
         })
         .collect();
 
