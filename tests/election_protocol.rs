@@ -69,12 +69,8 @@ fn stop_cleanly(c: &mut Child, sig: Signal) {
 fn hand_over(queue: &mut Vec<Sidecar>) -> Sidecar {
     let mut old = queue.remove(0);
     stop_cleanly(&mut old, Signal::SIGTERM);
-    let why = format!(
-        "the next in line ({}) takes over from {}",
-        queue[0].id(),
-        old.id()
-    );
-    queue[0].wait_leading(&why);
+    let (next, was) = (queue[0].id(), old.id());
+    queue[0].wait_leading(&format!("the next in line ({next}) takes over from {was}"));
     old
 }
 
