@@ -2,7 +2,6 @@
 //! Server-Sent Events stream, `POST /resign` on the pod-local admin port
 //! (never on the public one), and the `--leader-file` mirror of `/leader`.
 
-use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -25,21 +24,14 @@ struct Subscription {
     raw: Vec<u8>,
     /// De-chunked body not yet split into events.
     body: Vec<u8>,
-    events: VecDeque<Value>,
 }
 
 impl Subscription {
     /// Connects, sends the request and checks the response head.
     fn open(addr: SocketAddr) -> Subscription {
         let mut stream = http::connect(addr).expect("connecting");
-        stream
-            .write_all(
-                format!(
-                    "GET /leader/events HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n"
-                )
-                .as_bytes(),
-            )
-            .expect("sending the request");
+        let request = "GET /leader/events HTTP/1.1\r\nAccept: text/event-stream\r\n";
+        write!(stream, "{request}Host: {addr}\r\n\r\n").expect("sending the request");
         let (head, raw) = http::read_head(&mut stream).expect("reading the response head");
         assert_eq!(head.status, 200, "200 for the stream: {head:?}");
         assert!(
@@ -53,27 +45,23 @@ impl Subscription {
                 .is_some_and(|t| t.eq_ignore_ascii_case("chunked")),
             "chunked: {head:?}"
         );
-        Subscription {
-            stream,
-            raw,
-            body: Vec::new(),
-            events: VecDeque::new(),
-        }
+        let body = Vec::new();
+        Subscription { stream, raw, body }
     }
 
-    /// The next `leader` event, or `None` if none arrives within `timeout`.
-    fn next(&mut self, timeout: Duration) -> Option<Value> {
-        self.next_matching(timeout, |_| true)
-    }
-
-    /// The next event matching `pred` within `timeout`, skipping others.
-    fn next_matching(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+    /// The next `leader` event matching `pred` within `timeout`, skipping others.
+    fn next(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
         let deadline = Instant::now() + timeout;
         let mut chunk = [0u8; 4096];
         loop {
-            self.parse();
-            while let Some(event) = self.events.pop_front() {
-                if pred(&event) {
+            let (data, used) = http::dechunk(&self.raw);
+            self.body.extend(data);
+            self.raw.drain(..used);
+            // Split into events at blank lines.
+            while let Some(end) = self.body.windows(2).position(|w| w == b"\n\n") {
+                let block: Vec<u8> = self.body.drain(..end + 2).collect();
+                let event = leader_event(&String::from_utf8_lossy(&block));
+                if let Some(event) = event.filter(&pred) {
                     return Some(event);
                 }
             }
@@ -91,31 +79,24 @@ impl Subscription {
             }
         }
     }
+}
 
-    fn parse(&mut self) {
-        let (data, used) = http::dechunk(&self.raw);
-        self.body.extend(data);
-        self.raw.drain(..used);
-        // Split into events at blank lines.
-        while let Some(end) = http::find(&self.body, b"\n\n") {
-            let block = String::from_utf8_lossy(&self.body[..end]).into_owned();
-            self.body.drain(..end + 2);
-            let mut name = None;
-            let mut data = String::new();
-            for line in block.lines() {
-                if let Some(v) = line.strip_prefix("event:") {
-                    name = Some(v.trim().to_string());
-                } else if let Some(v) = line.strip_prefix("data:") {
-                    data.push_str(v.trim_start());
-                }
-            }
-            if name.as_deref() == Some("leader") {
-                let doc = serde_json::from_str(&data)
-                    .unwrap_or_else(|e| panic!("event data is not JSON ({e}): {data:?}"));
-                self.events.push_back(doc);
-            }
+/// The JSON data of an SSE block if it is a `leader` event.
+fn leader_event(block: &str) -> Option<Value> {
+    let mut name = None;
+    let mut data = String::new();
+    for line in block.lines() {
+        if let Some(v) = line.strip_prefix("event:") {
+            name = Some(v.trim());
+        } else if let Some(v) = line.strip_prefix("data:") {
+            data.push_str(v.trim_start());
         }
     }
+    if name != Some("leader") {
+        return None;
+    }
+    let event = serde_json::from_str(&data);
+    Some(event.unwrap_or_else(|e| panic!("event data is not JSON ({e}): {data:?}")))
 }
 
 /// A fresh etcd and `n` sidecars on one key named after `test`, started one
@@ -127,14 +108,8 @@ fn queue(test: &str, n: usize, protocol: &str) -> (Etcd, Vec<Sidecar>) {
         .map(|i| {
             let args = ["--protocol", protocol, "--ttl", LONG_TTL];
             let s = Sidecar::start(&etcd.endpoint(), &key, &format!("{protocol}-{i}"), &args);
-            assert!(
-                wait_until(SOON, || {
-                    let state = s.status()["state"].clone();
-                    state == "leader" || state == "follower"
-                }),
-                "{} campaigned",
-                s.id()
-            );
+            let campaigned = || matches!(s.status()["state"].as_str(), Some("leader" | "follower"));
+            assert!(wait_until(SOON, campaigned), "{} campaigned", s.id());
             s
         })
         .collect();
@@ -146,7 +121,7 @@ fn queue(test: &str, n: usize, protocol: &str) -> (Etcd, Vec<Sidecar>) {
 fn subscribe(s: &Sidecar) -> (Subscription, Value) {
     let mut events = Subscription::open(s.addr());
     let first = events
-        .next(Duration::from_secs(1))
+        .next(Duration::from_secs(1), |_| true)
         .expect("the first event comes at once");
     assert_eq!(
         first,
@@ -171,7 +146,7 @@ fn a_followers_event_stream_starts_with_the_current_state_and_shows_a_new_leader
     let signalled = Instant::now();
     sidecars[leader].signal(Signal::SIGTERM);
     let new = events
-        .next_matching(Duration::from_secs(1), |e| {
+        .next(Duration::from_secs(1), |e| {
             e["leader"].is_string() && e["leader"] != old.as_str()
         })
         .unwrap_or_else(|| panic!("the follower's stream named a new leader within a second"));
@@ -202,7 +177,7 @@ fn with_the_election_protocol_the_next_in_line_sees_itself_lead_within_a_second(
     let signalled = Instant::now();
     sidecars[0].signal(Signal::SIGTERM);
     let led = events
-        .next_matching(Duration::from_secs(1), |e| e["is_leader"] == true)
+        .next(Duration::from_secs(1), |e| e["is_leader"] == true)
         .expect("the next in line's stream shows it leading within a second");
     println!(
         "the next in line led {:?} after the SIGTERM",
@@ -240,7 +215,7 @@ fn two_hundred_subscribers_do_not_delay_leader_answers() {
         .collect();
     for (i, sub) in subs.iter_mut().enumerate() {
         let first = sub
-            .next(Duration::from_secs(5))
+            .next(Duration::from_secs(5), |_| true)
             .unwrap_or_else(|| panic!("subscriber {i} got the current state"));
         assert_eq!(first["leader"], "lock-0");
     }
@@ -269,17 +244,11 @@ fn two_hundred_subscribers_do_not_delay_leader_answers() {
     );
     for (i, sub) in subs.iter_mut().enumerate() {
         assert!(
-            sub.next_matching(SOON, |e| e["is_leader"] == true)
-                .is_some(),
+            sub.next(SOON, |e| e["is_leader"] == true).is_some(),
             "subscriber {i} sees the follower lead"
         );
     }
     assert!(sidecars[0].wait_exit(SOON).success());
-}
-
-/// `POST /resign` on `addr`.
-fn post_resign(addr: SocketAddr) -> http::Response {
-    http::simple(addr, "POST", "/resign", b"").expect("POST /resign answered")
 }
 
 fn resign_hands_over_within_a_second(protocol: &str) {
@@ -324,19 +293,20 @@ fn resign_is_404_on_the_public_port_and_409_on_a_follower() {
     let (_etcd, sidecars) = queue("resign_refused", 2, "lock");
     let leader = wait_for_one_leader(&sidecars, SOON);
     let token = sidecars[leader].fencing_token();
-    let follower = &sidecars[1 - leader];
+    let (l, f) = (&sidecars[leader], &sidecars[1 - leader]);
+    let ask = |addr, method, path| http::simple(addr, method, path, b"").expect("an answer");
 
-    let public = post_resign(sidecars[leader].addr());
+    let public = ask(l.addr(), "POST", "/resign");
     assert_eq!(
         public.status, 404,
         "admin routes are not on the public port"
     );
-    let resp = post_resign(follower.admin_addr());
+    let resp = ask(f.admin_addr(), "POST", "/resign");
     assert_eq!(resp.status, 409, "{resp:?}");
     assert_eq!(resp.json()["resigned"], false);
-    let get = http::simple(sidecars[leader].admin_addr(), "GET", "/resign", b"").expect("answer");
+    let get = ask(l.admin_addr(), "GET", "/resign");
     assert_eq!(get.status, 405, "resign is POST only");
-    let other = http::simple(sidecars[leader].admin_addr(), "GET", "/leader", b"").expect("answer");
+    let other = ask(l.admin_addr(), "GET", "/leader");
     assert_eq!(other.status, 404, "the admin port serves only /resign");
 
     // Nothing changed hands.
@@ -348,20 +318,15 @@ fn resign_is_404_on_the_public_port_and_409_on_a_follower() {
 /// Reads `path` as fast as it can until `stop`; returns (successful reads,
 /// failures described). Before the first write the file may be missing;
 /// after that it must always exist and always parse.
-fn read_tight(
-    path: PathBuf,
-    stop: Arc<AtomicBool>,
-    identity: String,
-    key: String,
-) -> (u64, Vec<String>) {
+fn read_tight(path: &Path, stop: &AtomicBool, identity: &str, key: &str) -> (u64, Vec<String>) {
     let mut reads = 0u64;
     let mut failures = Vec::new();
     while !stop.load(Ordering::Relaxed) {
-        match std::fs::read_to_string(&path) {
+        match std::fs::read_to_string(path) {
             Ok(text) => match serde_json::from_str::<Value>(&text) {
                 Ok(doc) => {
                     reads += 1;
-                    if doc["identity"] != identity.as_str() || doc["key"] != key.as_str() {
+                    if doc["identity"] != identity || doc["key"] != key {
                         failures.push(format!("wrong document: {text:?}"));
                     }
                 }
@@ -377,10 +342,6 @@ fn read_tight(
     (reads, failures)
 }
 
-fn read_doc(path: &Path) -> Option<Value> {
-    serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
-}
-
 #[test]
 fn the_leader_file_always_parses_and_matches_leader_through_handoffs() {
     let (etcd, key) = etcd_and_key("leader_file");
@@ -388,16 +349,11 @@ fn the_leader_file_always_parses_and_matches_leader_through_handoffs() {
     let paths: Vec<PathBuf> = (0..3)
         .map(|i| dir.path().join(format!("leader-{i}.json")))
         .collect();
-    let sidecars: Vec<Sidecar> = paths
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            Sidecar::start(
-                &etcd.endpoint(),
-                &key,
-                &format!("file-{i}"),
-                &["--ttl", LONG_TTL, "--leader-file", &p.to_string_lossy()],
-            )
+    let sidecars: Vec<Sidecar> = (0..3)
+        .map(|i| {
+            let path = paths[i].to_string_lossy();
+            let args = ["--ttl", LONG_TTL, "--leader-file", &path];
+            Sidecar::start(&etcd.endpoint(), &key, &format!("file-{i}"), &args)
         })
         .collect();
     wait_for_one_leader(&sidecars, SOON);
@@ -408,7 +364,7 @@ fn the_leader_file_always_parses_and_matches_leader_through_handoffs() {
         .enumerate()
         .map(|(i, p)| {
             let (p, stop, id, key) = (p.clone(), stop.clone(), format!("file-{i}"), key.clone());
-            std::thread::spawn(move || read_tight(p, stop, id, key))
+            std::thread::spawn(move || read_tight(&p, &stop, &id, &key))
         })
         .collect();
 
@@ -434,7 +390,9 @@ fn the_leader_file_always_parses_and_matches_leader_through_handoffs() {
         let mut last = None;
         assert!(
             wait_until(SOON, || {
-                last = read_doc(p);
+                last = std::fs::read_to_string(p)
+                    .ok()
+                    .and_then(|text| serde_json::from_str(&text).ok());
                 last.as_ref() == Some(&s.leader_view())
             }),
             "{}'s leader file matches /leader: file {last:?}, /leader {}",

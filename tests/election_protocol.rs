@@ -31,13 +31,11 @@ fn candidate(etcd: &Etcd, name: &str, id: &str, ttl: &str) -> Sidecar {
     let args = ["--protocol", "election", "--ttl", ttl];
     let s = Sidecar::start(&etcd.endpoint(), name, id, &args);
     let mut state = serde_json::Value::Null;
-    assert!(
-        wait_until(SOON, || {
-            state = s.get_json("/status").1["state"].take();
-            state == "leader" || state == "follower"
-        }),
-        "{id} campaigned; state {state}"
-    );
+    let campaigned = wait_until(SOON, || {
+        state = s.status()["state"].take();
+        state == "leader" || state == "follower"
+    });
+    assert!(campaigned, "{id} campaigned; state {state}");
     s
 }
 
@@ -71,12 +69,8 @@ fn stop_cleanly(c: &mut Child, sig: Signal) {
 fn hand_over(queue: &mut Vec<Sidecar>) -> Sidecar {
     let mut old = queue.remove(0);
     stop_cleanly(&mut old, Signal::SIGTERM);
-    let why = format!(
-        "the next in line ({}) takes over from {}",
-        queue[0].id(),
-        old.id()
-    );
-    queue[0].wait_leading(&why);
+    let (next, was) = (queue[0].id(), old.id());
+    queue[0].wait_leading(&format!("the next in line ({next}) takes over from {was}"));
     old
 }
 
@@ -229,10 +223,8 @@ fn etcdctl_elect_listen_shows_the_sidecar_leader() {
     let mut first = candidate(&etcd, &name, "sc-first", LONG_TTL);
     let second = candidate(&etcd, &name, "sc-second", LONG_TTL);
     assert!(first.is_leader());
-    let lease = first.get_json("/status").1["lease_id"]
-        .as_str()
-        .expect("the leader's lease")
-        .to_string();
+    let lease = first.status()["lease_id"].take();
+    let lease = lease.as_str().expect("the leader's lease");
 
     let mut observer = Etcdctl::observe(&etcd.endpoint(), &name);
     let lines = observer.wait_lines(2, SOON);

@@ -71,59 +71,39 @@ fn assert_last_error(s: &Sidecar, reason: &str, within: Duration) {
     );
 }
 
-/// Every answer and log line a replica gives, for a secret grep.
-fn everything_shown(s: &Sidecar) -> String {
-    let mut all = s.logs();
-    for path in ["/leader", "/", "/status", "/metrics", "/healthz"] {
-        if let Ok(r) = s.try_get(path) {
-            all.push_str(&r.body);
-            for (k, v) in &r.headers {
-                all.push_str(&format!("\n{k}: {v}"));
-            }
-        }
-    }
-    all
-}
-
-/// Checks that none of `sidecars` shows `secret` in [`everything_shown`].
+/// Checks that none of `sidecars` shows `secret` in its log or any answer.
 fn assert_no_secret<'a>(sidecars: impl IntoIterator<Item = &'a Sidecar>, secret: &str) {
     for s in sidecars {
+        let mut shown = s.logs();
+        for path in ["/leader", "/", "/status", "/metrics", "/healthz"] {
+            if let Ok(r) = s.try_get(path) {
+                shown.push_str(&r.body);
+                for (k, v) in &r.headers {
+                    shown.push_str(&format!("\n{k}: {v}"));
+                }
+            }
+        }
         assert!(
-            !everything_shown(s).contains(secret),
+            !shown.contains(secret),
             "{} shows the password somewhere in its logs or answers",
             s.id()
         );
     }
 }
 
-/// A fresh PKI and an etcd serving its server certificate, requiring client
-/// certificates too when `mutual`.
-fn pki_and_etcd(mutual: bool) -> (Pki, Etcd) {
-    let pki = Pki::new();
-    let etcd = tls_etcd(&pki, mutual);
-    (pki, etcd)
+/// A replica of `key` that trusts `pki`'s CA and has no client certificate.
+fn trusting_ca(pki: &Pki, etcd: &Etcd, key: &str) -> SidecarBuilder {
+    let ca = pki.ca.display().to_string();
+    let builder = Sidecar::builder().endpoints(&etcd.endpoint()).key(key);
+    builder.args(&["--etcd-cacert", &ca])
 }
 
 /// A replica of `key` that presents `pki`'s client certificate and trusts `ca`.
 fn presenting_client_cert(pki: &Pki, ca: &Path, etcd: &Etcd, key: &str) -> SidecarBuilder {
-    let args = pki.sidecar_args(ca);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Sidecar::builder()
-        .endpoints(&etcd.endpoint())
-        .key(key)
-        .args(&args)
-}
-
-/// A started replica of `key` (TTL 3 s) that trusts `pki`'s CA and has no
-/// client certificate.
-fn trusting_ca(pki: &Pki, etcd: &Etcd, key: &str, id: &str) -> Sidecar {
-    let ca = pki.ca.display().to_string();
-    Sidecar::start(
-        &etcd.endpoint(),
-        key,
-        id,
-        &["--ttl", "3", "--etcd-cacert", &ca],
-    )
+    let builder = Sidecar::builder().endpoints(&etcd.endpoint()).key(key);
+    pki.sidecar_args(ca)
+        .iter()
+        .fold(builder, |b, arg| b.arg(arg))
 }
 
 /// The one leader among `sidecars` once etcd's `key` (read as root or over
@@ -136,38 +116,31 @@ fn elected(etcd: &Etcd, key: &str, sidecars: &[Sidecar]) -> (usize, KeyValue) {
 }
 
 #[test]
-fn elects_through_tls_trusting_the_ca() {
-    let (pki, etcd) = pki_and_etcd(false);
-    assert!(etcd.endpoint().starts_with("https://"));
-    let key = unique_key("tls");
-    let ca = pki.ca.display().to_string();
-    let sidecars = replicas(
-        &etcd.endpoint(),
-        &key,
-        2,
-        &["--ttl", "5", "--etcd-cacert", &ca],
-    );
-    let (leader, kv) = elected(&etcd, &key, &sidecars);
-    assert_eq!(sidecars[leader].fencing_token(), Some(kv.create_revision));
-}
-
-#[test]
-fn elects_through_mutual_tls() {
-    let (pki, etcd) = pki_and_etcd(true);
-    let key = unique_key("mtls");
-    let builder = presenting_client_cert(&pki, &pki.ca, &etcd, &key).ttl(5);
-    let sidecars = vec![
-        builder.clone().id("mtls-0").start(),
-        builder.id("mtls-1").start(),
-    ];
-    let (leader, kv) = elected(&etcd, &key, &sidecars);
-    // The follower knows who leads: its watch works through mTLS too.
-    sidecars[1 - leader].wait_following(&kv.value);
+fn elects_through_tls_trusting_the_ca_and_through_mutual_tls() {
+    for (case, mutual) in [("tls", false), ("mtls", true)] {
+        let pki = Pki::new();
+        let etcd = tls_etcd(&pki, mutual);
+        assert!(etcd.endpoint().starts_with("https://"), "{case}");
+        let key = unique_key(case);
+        let builder = match mutual {
+            false => trusting_ca(&pki, &etcd, &key),
+            true => presenting_client_cert(&pki, &pki.ca, &etcd, &key),
+        };
+        let sidecars: Vec<Sidecar> = (0..2)
+            .map(|i| builder.clone().id(&format!("{case}-{i}")).ttl(5).start())
+            .collect();
+        let (leader, kv) = elected(&etcd, &key, &sidecars);
+        let token = sidecars[leader].fencing_token();
+        assert_eq!(token, Some(kv.create_revision), "{case}");
+        // The follower knows who leads: its watch works through TLS too.
+        sidecars[1 - leader].wait_following(&kv.value);
+    }
 }
 
 #[test]
 fn a_wrong_ca_is_reported_clearly_and_retried_without_leadership() {
-    let (pki, etcd) = pki_and_etcd(true);
+    let pki = Pki::new();
+    let etcd = tls_etcd(&pki, true);
     let key = unique_key("wrong_ca");
     let mut s = presenting_client_cert(&pki, &pki.other_ca, &etcd, &key)
         .id("distrustful")
@@ -202,11 +175,12 @@ fn a_wrong_ca_is_reported_clearly_and_retried_without_leadership() {
 
 #[test]
 fn mutual_tls_without_a_client_certificate_names_the_missing_certificate() {
-    let (pki, etcd) = pki_and_etcd(true);
+    let pki = Pki::new();
+    let etcd = tls_etcd(&pki, true);
     let key = unique_key("no_client_cert");
     // Trusts the right CA but has no --etcd-cert/--etcd-key: etcd closes the
     // connection after the handshake, and rustls only says "connection closed".
-    let mut s = trusting_ca(&pki, &etcd, &key, "certless");
+    let mut s = trusting_ca(&pki, &etcd, &key).id("certless").ttl(3).start();
 
     assert_retrying_without_leadership(&mut s, Duration::from_secs(5));
     let logs = s.logs();
@@ -234,7 +208,7 @@ fn an_expired_server_certificate_is_reported_clearly_and_retried() {
     let pki = Pki::new();
     let etcd = expired_tls_etcd(&pki);
     let key = unique_key("expired_cert");
-    let mut s = trusting_ca(&pki, &etcd, &key, "expired");
+    let mut s = trusting_ca(&pki, &etcd, &key).id("expired").ttl(3).start();
 
     assert_retrying_without_leadership(&mut s, Duration::from_secs(3));
     let logs = s.logs();

@@ -22,10 +22,8 @@ pub fn gw_lock_key(test_name: &str) -> String {
     format!("/locks{}", crate::unique_key(test_name))
 }
 
-/// The python of the etcd3gw virtualenv: `ELECTOR_ETCD3GW_PYTHON`, else
-/// `target/etcd3gw-venv/bin/python` of this checkout (where
-/// `scripts/etcd3gw.sh` puts it). Checked once per process that it imports
-/// etcd3gw; panics with the install command if not.
+/// The python of the etcd3gw virtualenv (`ELECTOR_ETCD3GW_PYTHON`, else where
+/// `scripts/etcd3gw.sh` puts it), checked once per process to import etcd3gw.
 pub fn etcd3gw_python() -> PathBuf {
     static PYTHON: OnceLock<PathBuf> = OnceLock::new();
     PYTHON.get_or_init(find_python).clone()
@@ -60,10 +58,8 @@ fn find_python() -> PathBuf {
 pub struct GwLocker;
 
 impl GwLocker {
-    /// Runs one `etcd3gw.lock.Lock(name, ttl).acquire()` on `key` (which must
-    /// be `/locks/<name>`) against `endpoint` and waits (bounded) for its
-    /// verdict line. If it took the lock it holds it (refreshing the lease)
-    /// until [`Locker::release`].
+    /// Runs one `etcd3gw.lock.Lock(name, ttl).acquire()` on `key` (`/locks/<name>`); if it
+    /// took the lock it holds it (refreshing the lease) until [`Locker::release`].
     pub fn run(endpoint: &str, key: &str, ttl_secs: u64) -> Locker {
         assert!(
             key.starts_with(GW_LOCK_PREFIX),

@@ -1,25 +1,22 @@
 //! A tiny blocking HTTP/1.1 client over `std::net::TcpStream`.
 //!
 //! The tests talk to the sidecar the way a kubelet probe or a shell script
-//! does: one request per connection, `Connection: close`. Doing it by hand
-//! (instead of pulling in an HTTP client crate) also lets a test send bytes no
+//! does: one request per connection, `Connection: close`. Writing the request
+//! by hand (`httparse` reads the answer) also lets a test send bytes no
 //! well-behaved client would: oversize headers, half-sent requests, odd
-//! methods. It must never block for ever: every connect, read and write has a
-//! timeout, so a hung server fails the test instead of hanging it.
+//! methods. Every connect, read and write has a timeout, so a hung server
+//! fails the test instead of hanging it.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-/// Connect timeout: loopback connects are instant unless the accept queue is
-/// full, which is exactly what a test about a pile of idle connections must
-/// notice, so keep it bounded but generous.
+/// Loopback connects are instant unless the accept queue is full, which is
+/// exactly what a test about a pile of idle connections must notice.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Read/write timeout for one request; a probe answer that takes longer than
-/// this is a failure of the contract ("a probe is always answered").
+/// A probe answer slower than this breaks "a probe is always answered".
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A parsed HTTP response.
 #[derive(Debug, Clone)]
 pub struct Response {
     pub status: u16,
@@ -45,13 +42,6 @@ impl Response {
             )
         })
     }
-}
-
-/// Sends `raw` as is to `addr` and reads one response.
-pub fn request(addr: SocketAddr, raw: &[u8]) -> io::Result<Response> {
-    let mut stream = connect(addr)?;
-    stream.write_all(raw)?;
-    read_response(&mut stream, raw.starts_with(b"HEAD "))
 }
 
 /// A connection to `addr` with the timeouts above.
@@ -97,11 +87,13 @@ pub fn simple(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> io::Re
     )
     .into_bytes();
     raw.extend_from_slice(body);
-    request(addr, &raw)
+    let mut stream = connect(addr)?;
+    stream.write_all(&raw)?;
+    read_response(&mut stream, method == "HEAD")
 }
 
-/// Reads one response from `stream`: status line, headers, then a body framed
-/// by Content-Length, chunked encoding, or the end of the connection.
+/// Reads one response from `stream`: the head, then a body framed by
+/// Content-Length, chunked encoding, or the end of the connection.
 pub fn read_response(stream: &mut TcpStream, head_request: bool) -> io::Result<Response> {
     let (mut response, mut body) = read_head(stream)?;
     let status = response.status;
@@ -138,63 +130,42 @@ pub fn read_response(stream: &mut TcpStream, head_request: bool) -> io::Result<R
 pub fn read_head(stream: &mut TcpStream) -> io::Result<(Response, Vec<u8>)> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
-    let header_end = loop {
-        if let Some(pos) = find(&buf, b"\r\n\r\n") {
-            break pos + 4;
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut head = httparse::Response::new(&mut headers);
+        let got = |what: &str| format!("{what} (got {:?})", String::from_utf8_lossy(&buf));
+        let parsed = head.parse(&buf);
+        let parsed =
+            parsed.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, got(&e.to_string())))?;
+        if let httparse::Status::Complete(len) = parsed {
+            let headers = head.headers.iter().map(|h| {
+                let value = String::from_utf8_lossy(h.value).trim().to_string();
+                (h.name.to_string(), value)
+            });
+            let response = Response {
+                status: head.code.unwrap_or_default(),
+                headers: headers.collect(),
+                body: String::new(),
+            };
+            return Ok((response, buf.split_off(len)));
         }
         let n = stream.read(&mut chunk)?;
         if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!(
-                    "connection closed before a complete response head (got {:?})",
-                    String::from_utf8_lossy(&buf)
-                ),
-            ));
+            let what = "connection closed before a complete response head";
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, got(what)));
         }
         buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..header_end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let status = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse::<u16>().ok())
-        .ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("bad status line {status_line:?}"),
-            )
-        })?;
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
-    let response = Response {
-        status,
-        headers,
-        body: String::new(),
-    };
-    Ok((response, buf.split_off(header_end)))
-}
-
-/// The first position of `needle` in `haystack`.
-pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+    }
 }
 
 /// Decodes the complete chunks at the start of a chunked body, up to the last
 /// (empty) one: their data, and how many bytes of `data` they took.
 pub fn dechunk(data: &[u8]) -> (Vec<u8>, usize) {
     let (mut out, mut used) = (Vec::new(), 0);
-    while let Some(line_end) = find(&data[used..], b"\r\n") {
-        let size_field = String::from_utf8_lossy(&data[used..used + line_end]);
-        let size_hex = size_field.split(';').next().unwrap_or("").trim();
-        let Ok(size) = usize::from_str_radix(size_hex, 16) else {
-            break;
-        };
-        let start = used + line_end + 2;
+    while let Ok(httparse::Status::Complete((start, size))) =
+        httparse::parse_chunk_size(&data[used..])
+    {
+        let (start, size) = (used + start, size as usize);
         if size == 0 || data.len() < start + size + 2 {
             break;
         }

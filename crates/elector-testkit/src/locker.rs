@@ -15,9 +15,7 @@ use nix::sys::signal::Signal;
 
 use crate::process::Child;
 use crate::sidecar::Sidecar;
-use crate::{
-    replicas, resign, throughout, wait_for_one_leader, wait_for_successors, wait_until, Etcd, SOON,
-};
+use crate::{replicas, resign, throughout, wait_for_one_leader, wait_for_successors, Etcd, SOON};
 
 /// A running lock client. Dropping it kills it (SIGKILL: a key it holds stays until its
 /// lease expires).
@@ -171,10 +169,8 @@ pub fn resigns_under_contention(
     rounds: usize,
     attempt: impl Fn() -> bool + Send + 'static,
 ) -> Contention {
-    wait_for_one_leader(sidecars, SOON);
-    for s in sidecars {
-        assert!(wait_until(SOON, || s.get_json("/status").1["state"] != "campaigning"));
-    }
+    // Nobody campaigning when the contender starts: one leads, the others follow.
+    wait_for_successors(sidecars);
     let stop = Arc::new(AtomicBool::new(false));
     let contender = {
         let stop = stop.clone();

@@ -1,9 +1,6 @@
 //! Certificates and secured etcd servers for the TLS and auth tests.
 //!
-//! Certificates are made per test, in process, with `rcgen`, and written to a
-//! temporary directory: a CA, a server certificate for `127.0.0.1` and
-//! `localhost` signed by it, a client certificate for mutual TLS, and on
-//! request an unrelated CA or an expired server certificate. What each side
+//! Certificates are made per test, in process, with `rcgen`. What each side
 //! insists on:
 //!
 //! - rustls (the sidecar's TLS, through tonic) accepts only X.509 v3
@@ -13,10 +10,6 @@
 //! - etcd (Go) checks that a client certificate allows `clientAuth`.
 //! - EC P-256 keys (rcgen's default) are generated in microseconds, and both
 //!   sides read them as rcgen writes them: PKCS#8 (`BEGIN PRIVATE KEY`).
-//!
-//! [`auth_etcd`] starts a plain-HTTP etcd with authentication on: a root user,
-//! and a user whose role may only read and write one key prefix, with a short
-//! auth-token TTL so tests can outlive many tokens.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -29,7 +22,7 @@ use rcgen::{
 use crate::etcd::{etcdctl, Etcd, Security};
 use crate::{random_suffix, test_tempdir};
 
-/// A test CA and the certificates it signed. The files live as long as this.
+/// A test CA and the certificates it signed, in files that live as long as this.
 pub struct Pki {
     _dir: tempfile::TempDir,
     /// The CA certificate (PEM): `--etcd-cacert`, and etcd's `--trusted-ca-file`.
@@ -47,7 +40,8 @@ pub struct Pki {
 }
 
 impl Pki {
-    /// A fresh CA with a server and a client certificate (and the mistakes above).
+    /// A fresh CA, a server certificate for `127.0.0.1` and `localhost`, a client
+    /// certificate, and the two mistakes above.
     #[expect(
         clippy::new_without_default,
         reason = "making certificates is no default value"
@@ -68,7 +62,7 @@ impl Pki {
             KeyUsagePurpose::KeyEncipherment,
         ];
         server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let server_key = key_pair();
+        let server_key = KeyPair::generate().expect("generating a P-256 key");
         let server_cert = sign("server", &server, &server_key);
         server.not_before = date_time_ymd(2020, 1, 1);
         server.not_after = date_time_ymd(2020, 1, 2);
@@ -77,7 +71,7 @@ impl Pki {
         let mut client = cert_params("etcd-elector", &[]);
         client.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let client_key = key_pair();
+        let client_key = KeyPair::generate().expect("generating a P-256 key");
         let client_cert = sign("client", &client, &client_key);
         Pki {
             ca,
@@ -125,11 +119,6 @@ fn write(dir: &Path, name: &str, pem: &str) -> PathBuf {
     path
 }
 
-/// A new P-256 key pair.
-fn key_pair() -> KeyPair {
-    KeyPair::generate().expect("generating a P-256 key")
-}
-
 /// Parameters for `/CN=cn` and the subjectAltNames `names` (IPs or DNS names).
 fn cert_params(cn: &str, names: &[&str]) -> CertificateParams {
     let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
@@ -143,7 +132,7 @@ fn make_ca(dir: &Path, name: &str, cn: &str) -> (PathBuf, Issuer<'static, KeyPai
     let mut params = cert_params(cn, &[]);
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let key = key_pair();
+    let key = KeyPair::generate().expect("generating a P-256 key");
     let cert = params.self_signed(&key).expect("self-signing a CA");
     let path = write(dir, &format!("{name}.pem"), &cert.pem());
     (path, Issuer::new(params, key))
@@ -217,18 +206,15 @@ pub fn auth_etcd(token_ttl_secs: u64) -> AuthEtcd {
     // Distinctive, so a grep for it in logs cannot match anything by chance.
     let password = format!("Pw-{}-{}", random_suffix(), random_suffix());
     let prefix = format!("/elector-secure-{}/", random_suffix());
-    etcd.ctl(&["user", "add", &format!("root:{root_password}")]);
-    etcd.ctl(&["role", "add", "elector"]);
-    etcd.ctl(&[
-        "role",
-        "grant-permission",
-        "elector",
-        "--prefix",
-        "readwrite",
-        &prefix,
-    ]);
-    etcd.ctl(&["user", "add", &format!("{user}:{password}")]);
-    etcd.ctl(&["user", "grant-role", &user, "elector"]);
+    for command in [
+        format!("user add root:{root_password}"),
+        "role add elector".into(),
+        format!("role grant-permission elector --prefix readwrite {prefix}"),
+        format!("user add {user}:{password}"),
+        format!("user grant-role {user} elector"),
+    ] {
+        etcd.ctl(&command.split(' ').collect::<Vec<_>>());
+    }
     // etcd 3.4 prints a warning about the root role here but enables auth.
     let _ = etcd.etcdctl(&["auth", "enable"]);
     etcd.set_ctl_args(&["--user", &format!("root:{root_password}")]);
