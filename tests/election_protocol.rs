@@ -414,14 +414,7 @@ fn informing_every_follower_of_a_handoff_costs_the_same_requests_at_3_and_10() {
 
 /// The watch events etcd sent so far, from its own `/metrics`.
 fn watch_events(etcd: &Etcd) -> u64 {
-    let name = "etcd_debugging_mvcc_events_total ";
-    let metrics = http::get(etcd.client_addr(), "/metrics").expect("etcd /metrics");
-    metrics
-        .body
-        .lines()
-        .find_map(|l| l.strip_prefix(name))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .unwrap_or_else(|| panic!("no {name} in etcd's metrics")) as u64
+    etcd.metric("etcd_debugging_mvcc_events_total") as u64
 }
 
 #[test]
