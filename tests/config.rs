@@ -5,48 +5,11 @@
 
 use std::fs;
 use std::path::Path;
-use std::time::Duration;
 
 use elector_testkit::*;
 
-/// A bad configuration must be refused at once; this only catches a binary
-/// that started serving instead.
-const EXIT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// An endpoint nobody listens on: the tests below never need etcd.
-fn dead_endpoint() -> String {
-    format!("http://127.0.0.1:{}", free_port())
-}
-
 fn loopback_listen() -> String {
     format!("127.0.0.1:{}", free_port())
-}
-
-/// Runs the binary and checks the config-error contract; returns the line.
-fn refused(args: &[&str], envs: &[(&str, &str)], must_name: &[&str]) -> String {
-    let out = run_to_exit(args, envs, EXIT_TIMEOUT);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let context = format!("args {args:?} env {envs:?}\nstderr:\n{stderr}\nstdout:\n{stdout}");
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "exit code 2 for a config error; {context}"
-    );
-    assert!(
-        !stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"),
-        "a config error is not a panic; {context}"
-    );
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "exactly one line on stderr; {context}");
-    let line = lines[0].to_string();
-    for needle in must_name {
-        assert!(
-            line.to_lowercase().contains(&needle.to_lowercase()),
-            "the message names {needle:?}; {context}"
-        );
-    }
-    line
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> String {

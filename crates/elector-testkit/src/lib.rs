@@ -44,8 +44,8 @@ pub use locker::{resigns_under_contention, Contention, Locker};
 pub use process::Child;
 pub use proxy::TcpProxy;
 pub use sidecar::{
-    fresh_replicas, replicas, resign, run_to_exit, wait_for_one_leader, wait_for_successors,
-    wait_registered, ElectorArgs, Sidecar, SidecarBuilder,
+    fresh_replicas, refused, replicas, resign, run_to_exit, wait_for_one_leader,
+    wait_for_successors, wait_registered, ElectorArgs, Sidecar, SidecarBuilder,
 };
 
 pub use fastrand;

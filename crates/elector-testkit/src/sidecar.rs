@@ -379,6 +379,38 @@ pub fn run_to_exit(args: &[&str], envs: &[(&str, &str)], timeout: Duration) -> O
     }
 }
 
+/// A bad configuration must be refused at once; this only catches a binary that started
+/// serving instead.
+const REFUSED_WITHIN: Duration = Duration::from_secs(5);
+
+/// Runs the binary with bad input and checks the contract for it: exit code 2 and one line on
+/// stderr that names each of `must_name`, never a panic. Returns the line.
+pub fn refused(args: &[&str], envs: &[(&str, &str)], must_name: &[&str]) -> String {
+    let out = run_to_exit(args, envs, REFUSED_WITHIN);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let context = format!("args {args:?} env {envs:?}\nstderr:\n{stderr}\nstdout:\n{stdout}");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "exit code 2 for a config error; {context}"
+    );
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"),
+        "a config error is not a panic; {context}"
+    );
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "exactly one line on stderr; {context}");
+    let line = lines[0].to_string();
+    for needle in must_name {
+        assert!(
+            line.to_lowercase().contains(&needle.to_lowercase()),
+            "the message names {needle:?}; {context}"
+        );
+    }
+    line
+}
+
 /// Waits until each of `followers` follows (it has campaigned and registered as a
 /// candidate), then until a leader's watch of the registrations has delivered them: a watch
 /// that starts behind etcd's revision is caught up by etcd's sync loop, every 100 ms. A
