@@ -108,8 +108,7 @@ fn queue(test: &str, n: usize, protocol: &str) -> (Etcd, Vec<Sidecar>) {
         .map(|i| {
             let args = ["--protocol", protocol, "--ttl", LONG_TTL];
             let s = Sidecar::start(&etcd.endpoint(), &key, &format!("{protocol}-{i}"), &args);
-            let campaigned = || matches!(s.status()["state"].as_str(), Some("leader" | "follower"));
-            assert!(wait_until(SOON, campaigned), "{} campaigned", s.id());
+            s.wait_campaigned();
             s
         })
         .collect();

@@ -30,12 +30,7 @@ fn election(test: &str) -> (Etcd, String, String) {
 fn candidate(etcd: &Etcd, name: &str, id: &str, ttl: &str) -> Sidecar {
     let args = ["--protocol", "election", "--ttl", ttl];
     let s = Sidecar::start(&etcd.endpoint(), name, id, &args);
-    let mut state = serde_json::Value::Null;
-    let campaigned = wait_until(SOON, || {
-        state = s.status()["state"].take();
-        state == "leader" || state == "follower"
-    });
-    assert!(campaigned, "{id} campaigned; state {state}");
+    s.wait_campaigned();
     s
 }
 

@@ -306,6 +306,14 @@ impl Sidecar {
         self.wait_soon(&why, |s| s.status()["state"] == state);
     }
 
+    /// Waits until it has campaigned: `/status` says leader or follower.
+    pub fn wait_campaigned(&self) {
+        let why = format!("{} campaigned", self.id);
+        let campaigned =
+            |s: &Sidecar| matches!(s.status()["state"].as_str(), Some("leader" | "follower"));
+        self.wait_soon(&why, campaigned);
+    }
+
     fn wait_soon(&self, why: &str, cond: impl Fn(&Sidecar) -> bool) {
         let show = |path| {
             self.try_get(path)
