@@ -165,10 +165,14 @@ fn series(
     reps: usize,
 ) -> Option<Samples> {
     let key = format!("/bench/{way:?}-{n}-{}", elector_testkit::random_suffix());
-    let extra = match way {
-        Way::Election => vec!["--protocol".into(), "election".into()],
-        Way::Revoke => vec!["--no-succession".into()],
-        Way::Succession | Way::Crash => Vec::new(),
+    // With the election protocol the candidates' keys are under `<key>/`.
+    let (extra, watched) = match way {
+        Way::Election => (
+            vec!["--protocol".into(), "election".into()],
+            format!("{key}/"),
+        ),
+        Way::Revoke => (vec!["--no-succession".into()], key.clone()),
+        Way::Succession | Way::Crash => (Vec::new(), key.clone()),
     };
     let spec = SidecarSpec {
         extra,
@@ -176,10 +180,7 @@ fn series(
     };
     let failure = format!("{label}: replicas did not settle at start");
     let mut group = Group::start(ctx, spec, n, &failure)?;
-    let watch = match way {
-        Way::Election => ctx.ctl.watch(&format!("{key}/"), true),
-        Way::Succession | Way::Revoke | Way::Crash => ctx.ctl.watch(&key, false),
-    };
+    let watch = ctx.ctl.watch(&watched, way == Way::Election);
     let mut s = Samples::default();
     let mut rng = elector_testkit::fastrand::Rng::new();
     for rep in 0..reps {
@@ -286,22 +287,17 @@ fn hand_over(
         .and_then(|r| serde_json::from_str::<serde_json::Value>(&r.body).ok())
         .and_then(|v| v["lease_seconds_left"].as_f64())
         .map(|left| Instant::now() + Duration::from_secs_f64(left));
+    // The first key event: the transfer's put (succession), else the delete, for which a
+    // lease may have to expire first.
+    let (signal, first) = match way {
+        Way::Crash => (Signal::SIGKILL, Kind::Delete),
+        Way::Succession => (Signal::SIGTERM, Kind::Put),
+        Way::Revoke | Way::Election => (Signal::SIGTERM, Kind::Delete),
+    };
     watch.drain();
     let m0 = EtcdCounts::scrape(&ctx.etcd);
     let t0 = Instant::now();
-    let signal = if way == Way::Crash {
-        Signal::SIGKILL
-    } else {
-        Signal::SIGTERM
-    };
     group.slots[old].proc.signal(signal);
-    // The first key event: the transfer's put (succession), else the delete, for which a
-    // lease may have to expire first.
-    let first = if way == Way::Succession {
-        Kind::Put
-    } else {
-        Kind::Delete
-    };
     let bound = SOON + Duration::from_secs(group.spec.ttl_secs);
     let del = watch
         .next(first, bound)
