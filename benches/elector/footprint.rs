@@ -86,30 +86,20 @@ fn idle(ctx: &mut Ctx, window: Duration) {
         let cpu_s = w.cpu[i].as_secs_f64() * per_min;
         worst_rss = worst_rss.max(rss);
         worst_cpu = worst_cpu.max(cpu_s);
-        let cpu_note = format!(
+        let cpu_note = &format!(
             "/proc/PID/task/*/schedstat (ns), checked against utime+stime; {:.4} % of a core",
             cpu_s / 60.0 * 100.0
         );
-        ctx.report.rows(
-            "footprint",
-            &p,
-            &[
-                (
-                    &format!("idle RSS, {role}"),
-                    "MiB",
-                    &[rss],
-                    "VmRSS at the end of the window",
-                ),
-                (
-                    &format!("peak RSS, {role}"),
-                    "MiB",
-                    &[hwm],
-                    "VmHWM since start",
-                ),
-                (&format!("threads, {role}"), "", &[threads], ""),
-                (&format!("idle CPU, {role}"), "s/min", &[cpu_s], &cpu_note),
-            ],
-        );
+        for (metric, unit, value, note) in [
+            ("idle RSS", "MiB", rss, "VmRSS at the end of the window"),
+            ("peak RSS", "MiB", hwm, "VmHWM since start"),
+            ("threads", "", threads, ""),
+            ("idle CPU", "s/min", cpu_s, cpu_note),
+        ] {
+            let metric = format!("{metric}, {role}");
+            ctx.report
+                .rows("footprint", &p, &[(&metric, unit, &[value], note)]);
+        }
     }
     // Both replicas send the same thing when idle (one keep-alive per ttl/3 on their own
     // lease); etcd counts for the pair, so a replica is half of it.

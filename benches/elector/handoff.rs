@@ -3,26 +3,23 @@
 //! (SIGKILL), which must wait for the lease to expire.
 //!
 //! How a handoff is timed. `t0` is taken just before `kill(2)`. The bench's own etcd watch on
-//! the key stamps the revoke's delete and the new holder's put as they arrive; those two
-//! stamps give the key-level figure (revoke committed -> new key created), both seen through
-//! the same watch so its delivery delay cancels out. The put names the new holder, and the
-//! bench then asks that replica `GET /leader` on fresh connections until it answers 200: that
-//! stamp ends the end-to-end figure. Polling only the replica etcd named keeps the bench from
-//! loading the two cores it shares with etcd and the replicas; it can only make our figure
-//! later, never earlier. With `--protocol election` nothing is written on a handoff, so after
-//! the delete the bench reads the oldest key under the election to learn the successor (one
-//! more round trip, again only against us). For `etcdctl elect` the end is the moment the
-//! bench reads the line the next peer prints once elected (its stdout is a pipe read by a
-//! dedicated thread).
+//! the key stamps the key's events as they arrive (the revoke's delete, the transfer's or the
+//! new holder's put); two stamps from the same watch give a key-level figure, its delivery
+//! delay cancelling out. The bench then asks the replica etcd named (with `--protocol
+//! election` nothing is written on a handoff, so it reads the oldest key under the election)
+//! `GET /leader` on fresh connections until it answers 200, which ends the end-to-end figure.
+//! Asking only that replica keeps the bench off the two cores it shares with etcd and the
+//! replicas; the extra read can only make our figure later, never earlier. For `etcdctl elect`
+//! the end is the moment the bench reads the line the next peer prints once elected.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use elector_testkit::{wait_until, EtcdCounts};
+use elector_testkit::{wait_for, wait_until, EtcdCounts};
 use nix::sys::signal::Signal;
 
 use crate::procs::{Etcdctl, Sidecar, SidecarSpec};
-use crate::stats::{ms, Comparison, Summary};
+use crate::stats::{ms, Goal, Summary};
 use crate::watch::{Ctl, KeyWatch, Kind};
 use crate::Ctx;
 
@@ -80,7 +77,7 @@ impl Group {
             .ok_or_else(|| format!("unknown holder {id}"))
     }
 
-    /// Replace the replica in `slot` by a new process.
+    /// Replace the replica in `slot` by a new process (the old one is killed, if it runs).
     pub fn respawn(&mut self, slot: usize) {
         self.generation += 1;
         let id = format!("{}s{slot}g{}", self.tag, self.generation);
@@ -134,7 +131,7 @@ impl Samples {
     }
 }
 
-/// How etcd-elector hands leadership over in a scenario.
+/// How leadership moves in a scenario of etcd-elector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Way {
     /// The default: the leader moves the key to a chosen successor in one transaction; the
@@ -144,6 +141,8 @@ pub enum Way {
     Revoke,
     /// `--protocol election`: the next in line's predecessor key is deleted.
     Election,
+    /// SIGKILL to a default replica: the key goes when the lease expires, then followers race.
+    Crash,
 }
 
 /// Who holds `key`: its value, or with the election protocol (candidates' keys under
@@ -151,55 +150,68 @@ pub enum Way {
 fn holder(ctl: &Ctl, key: &str, way: Way) -> Option<String> {
     match way {
         Way::Election => ctl.first_created(&format!("{key}/")),
-        Way::Succession | Way::Revoke => ctl.get(key),
+        Way::Succession | Way::Revoke | Way::Crash => ctl.get(key),
     }
 }
 
-/// Graceful handoff of etcd-elector with `n` candidates, handing over the `way` given.
-/// Returns the end-to-end samples (ms).
-pub fn ours(ctx: &mut Ctx, n: usize, reps: usize, way: Way) -> Vec<f64> {
-    let key = format!("/bench/handoff-{n}-{}", elector_testkit::random_suffix());
-    let extra = match way {
-        Way::Election => vec!["--protocol".into(), "election".into()],
-        Way::Revoke => vec!["--no-succession".into()],
-        Way::Succession => Vec::new(),
+/// `reps` timed handoffs among `n` replicas of a new key with a TTL of `ttl` s, leadership
+/// moving the `way` given; `label` starts every anomaly. `None` if they did not settle at start.
+fn series(
+    ctx: &mut Ctx,
+    label: &str,
+    n: usize,
+    ttl: u64,
+    way: Way,
+    reps: usize,
+) -> Option<Samples> {
+    let key = format!("/bench/{way:?}-{n}-{}", elector_testkit::random_suffix());
+    // With the election protocol the candidates' keys are under `<key>/`.
+    let (extra, watched) = match way {
+        Way::Election => (
+            vec!["--protocol".into(), "election".into()],
+            format!("{key}/"),
+        ),
+        Way::Revoke => (vec!["--no-succession".into()], key.clone()),
+        Way::Succession | Way::Crash => (Vec::new(), key.clone()),
     };
     let spec = SidecarSpec {
         extra,
-        ..ctx.spec(key.clone(), 10)
+        ..ctx.spec(key.clone(), ttl)
     };
-    let failure = format!("handoff n={n} {way:?}: replicas did not settle at start");
-    let Some(mut group) = Group::start(ctx, spec, n, &failure) else {
-        return Vec::new();
-    };
-    let watch = match way {
-        Way::Election => ctx.ctl.watch(&format!("{key}/"), true),
-        Way::Succession | Way::Revoke => ctx.ctl.watch(&key, false),
-    };
+    let failure = format!("{label}: replicas did not settle at start");
+    let mut group = Group::start(ctx, spec, n, &failure)?;
+    let watch = ctx.ctl.watch(&watched, way == Way::Election);
     let mut s = Samples::default();
+    let mut rng = elector_testkit::fastrand::Rng::new();
     for rep in 0..reps {
-        std::thread::sleep(settle());
-        let at = format!("handoff n={n} {way:?} rep {rep}");
-        let handed = hand_over(ctx, &group, &watch, way, Signal::SIGTERM, rep, &mut s);
-        let (old, m0) = match handed {
+        // A crash lands at a random phase of the keep-alive cycle (ttl/3), not locked to it.
+        let phase = match way {
+            Way::Crash => Duration::from_secs(ttl).mul_f64(rng.f64() / 3.0),
+            _ => Duration::ZERO,
+        };
+        std::thread::sleep(settle() + phase);
+        let at = format!("{label} rep {rep}");
+        let (old, m0) = match hand_over(ctx, &group, &watch, way, rep, &mut s) {
             Ok(handed) => handed,
             Err(e) => {
                 ctx.report.anomaly(format!("{at}: {e}"));
                 break;
             }
         };
-        let id = group.slots[old].id.clone();
-        match group.slots[old].proc.wait_exit_within(SOON) {
-            Some(st) if st.success() => {}
-            other => ctx.report.anomaly(format!(
-                "{at}: old leader {id} exit {other:?} (expected 0; log {id}.log)"
-            )),
+        if way != Way::Crash {
+            let id = group.slots[old].id.clone();
+            match group.slots[old].proc.wait_exit_within(SOON) {
+                Some(st) if st.success() => {}
+                other => ctx.report.anomaly(format!(
+                    "{at}: old leader {id} exit {other:?} (expected 0; log {id}.log)"
+                )),
+            }
+            // Let the losers' transactions land before counting (they settle within ~80 ms
+            // at 100 candidates), then count everything but keep-alives.
+            std::thread::sleep(Duration::from_millis(150));
+            let delta = EtcdCounts::scrape(&ctx.etcd).since(&m0);
+            s.requests.push(delta.total() - delta.keepalive());
         }
-        // Let the losers' transactions land before counting (they settle within ~80 ms at
-        // 100 candidates), then count everything but keep-alives.
-        std::thread::sleep(Duration::from_millis(150));
-        let delta = EtcdCounts::scrape(&ctx.etcd).since(&m0);
-        s.requests.push(delta.total() - delta.keepalive());
         group.respawn(old);
         if !group.wait_settled(Duration::from_secs(30)) {
             ctx.report
@@ -207,6 +219,15 @@ pub fn ours(ctx: &mut Ctx, n: usize, reps: usize, way: Way) -> Vec<f64> {
             break;
         }
     }
+    Some(s)
+}
+
+/// Graceful handoff of etcd-elector with `n` candidates, handing over the `way` given.
+/// Returns the end-to-end samples (ms).
+pub fn ours(ctx: &mut Ctx, n: usize, reps: usize, way: Way) -> Vec<f64> {
+    let Some(s) = series(ctx, &format!("handoff n={n} {way:?}"), n, 10, way, reps) else {
+        return Vec::new();
+    };
     match way {
         Way::Succession => ctx.report.rows("handoff", &format!("candidates={n}"), &[
             ("SIGTERM -> new leader answers 200", "ms", &s.total,
@@ -227,7 +248,7 @@ pub fn ours(ctx: &mut Ctx, n: usize, reps: usize, way: Way) -> Vec<f64> {
             ("etcd requests per handoff", "req", &s.requests,
              "grpc_server_msg_received_total without LeaseKeepAlive; includes the revoke and the bench's one read of the election"),
         ]),
-        Way::Revoke => ctx.report.rows("handoff", &format!("candidates={n}, --no-succession"), &[
+        Way::Revoke | Way::Crash => ctx.report.rows("handoff", &format!("candidates={n}, --no-succession"), &[
             ("SIGTERM -> new leader answers 200", "ms", &s.total,
              "end to end: signal handling + revoke commit + watch to followers + campaign txn + publish + one probe"),
             ("SIGTERM -> key deleted (revoke committed)", "ms", &s.to_delete,
@@ -247,53 +268,49 @@ pub fn ours(ctx: &mut Ctx, n: usize, reps: usize, way: Way) -> Vec<f64> {
     s.total
 }
 
-/// One timed handoff of [`ours`] or [`crash`], recorded in `s`: the old leader's slot and
-/// etcd's counters just before the signal. After SIGKILL (a crash, handed over as a revoke is)
-/// the key goes when the lease expires, which is also measured against the leader's own
-/// estimate of that moment. An error is the anomaly that ends the scenario.
+/// One timed handoff, recorded in `s`: the old leader's slot and etcd's counters just before
+/// the signal. A crash is also measured against the leader's own estimate of its lease's
+/// expiry. An error is the anomaly that ends the scenario.
 fn hand_over(
     ctx: &Ctx,
     group: &Group,
     watch: &KeyWatch,
     way: Way,
-    signal: Signal,
     rep: usize,
     s: &mut Samples,
 ) -> Result<(usize, EtcdCounts), String> {
     let old = group.holder_slot(&ctx.ctl, way)?;
     // The leader's own view of when etcd may expire its lease at the earliest.
-    let expiry = (signal == Signal::SIGKILL)
+    let expiry = (way == Way::Crash)
         .then(|| elector_testkit::http::get(group.slots[old].addr, "/status").ok())
         .flatten()
         .and_then(|r| serde_json::from_str::<serde_json::Value>(&r.body).ok())
         .and_then(|v| v["lease_seconds_left"].as_f64())
         .map(|left| Instant::now() + Duration::from_secs_f64(left));
+    // The first key event: the transfer's put (succession), else the delete, for which a
+    // lease may have to expire first.
+    let (signal, first) = match way {
+        Way::Crash => (Signal::SIGKILL, Kind::Delete),
+        Way::Succession => (Signal::SIGTERM, Kind::Put),
+        Way::Revoke | Way::Election => (Signal::SIGTERM, Kind::Delete),
+    };
     watch.drain();
     let m0 = EtcdCounts::scrape(&ctx.etcd);
     let t0 = Instant::now();
     group.slots[old].proc.signal(signal);
-    // The first key event: the revoke's delete, or (succession) the transfer's put; a lease
-    // may have to expire first.
-    let first = match way {
-        Way::Succession => Kind::Put,
-        Way::Revoke | Way::Election => Kind::Delete,
-    };
     let bound = SOON + Duration::from_secs(group.spec.ttl_secs);
     let del = watch
         .next(first, bound)
         .ok_or_else(|| format!("no transfer or delete within {bound:?}"))?;
-    // Who should answer 200 next: the lock's new holder as the watch shows its put; in
-    // the election protocol nothing is written, so read the oldest key (one more round
-    // trip for the bench, which can only make our figure later).
-    // With succession the transfer's put already names the successor.
-    let put = match way {
-        Way::Election | Way::Succession => None,
-        Way::Revoke => watch.next(Kind::Put, SOON),
-    };
+    // Who should answer 200 next: the transfer's put names the successor, a race's winner
+    // puts its own key; in the election protocol nothing is written, so read the oldest key
+    // (one more round trip for the bench, which can only make our figure later).
+    let raced = matches!(way, Way::Revoke | Way::Crash);
+    let put = raced.then(|| watch.next(Kind::Put, SOON)).flatten();
     let next_id = match way {
         Way::Election => holder(&ctx.ctl, &group.spec.key, way),
         Way::Succession => Some(del.value.clone()),
-        Way::Revoke => put.as_ref().map(|p| p.value.clone()),
+        Way::Revoke | Way::Crash => put.as_ref().map(|p| p.value.clone()),
     };
     let new = next_id
         .as_deref()
@@ -344,14 +361,11 @@ pub fn peer(ctx: &mut Ctx, n: usize, reps: usize) -> Vec<f64> {
     // Every peer that led is replaced by a new process, so the one elected, other than the
     // leader being stopped, is the next.
     let elected = |peers: &[Etcdctl], not: Option<usize>, timeout: Duration| {
-        let mut found = None;
-        wait_until(timeout, || {
-            found = (0..n)
+        wait_for(timeout, || {
+            (0..n)
                 .filter(|&i| Some(i) != not)
-                .find_map(|i| Some((i, peers[i].elected_at()?)));
-            found.is_some()
-        });
-        found
+                .find_map(|i| Some((i, peers[i].elected_at()?)))
+        })
     };
     let prefix = format!("{election}/");
     let queued = |ctl: &Ctl| {
@@ -408,60 +422,12 @@ pub fn peer(ctx: &mut Ctx, n: usize, reps: usize) -> Vec<f64> {
     s.total
 }
 
-/// Ours against the peer, from the samples of this run.
-pub fn compare(n: usize, ours: &[f64], peer: &[f64]) -> Comparison {
-    let (o, p) = (Summary::bare(ours), Summary::bare(peer));
-    Comparison {
-        candidates: n,
-        ours_p50_ms: o.p50,
-        peer_p50_ms: p.p50,
-        ratio_p50: o.p50 / p.p50,
-        ours_p99_ms: o.p99,
-        peer_p99_ms: p.p99,
-        ratio_p99: o.p99 / p.p99,
-    }
-}
-
 /// Crash failover with 3 candidates and a TTL of `ttl_secs`: SIGKILL to the leader until a
-/// follower answers 200. Kills land at a random point of the keep-alive cycle.
-pub fn crash(ctx: &mut Ctx, ttl_secs: u64, reps: usize) -> Vec<f64> {
-    let key = format!("/bench/crash-{}", elector_testkit::random_suffix());
-    let ttl = Duration::from_secs(ttl_secs);
-    let spec = ctx.spec(key.clone(), ttl_secs);
-    let Some(mut group) = Group::start(ctx, spec, 3, "crash: replicas did not settle at start")
-    else {
-        return Vec::new();
+/// follower answers 200, with its goal.
+pub fn crash(ctx: &mut Ctx, ttl_secs: u64, reps: usize) {
+    let Some(s) = series(ctx, "crash", 3, ttl_secs, Way::Crash, reps) else {
+        return;
     };
-    let watch = ctx.ctl.watch(&key, false);
-    let mut s = Samples::default();
-    let mut rng = elector_testkit::fastrand::Rng::new();
-    for rep in 0..reps {
-        // A random phase in the keep-alive cycle (ttl/3), so the kill is not locked to it.
-        std::thread::sleep(settle() + (ttl / 3).mul_f64(rng.f64()));
-        let crashed = hand_over(
-            ctx,
-            &group,
-            &watch,
-            Way::Revoke,
-            Signal::SIGKILL,
-            rep,
-            &mut s,
-        );
-        let old = match crashed {
-            Ok((old, _)) => old,
-            Err(e) => {
-                ctx.report.anomaly(format!("crash rep {rep}: {e}"));
-                break;
-            }
-        };
-        group.slots[old].proc.kill();
-        group.respawn(old);
-        if !group.wait_settled(Duration::from_secs(30)) {
-            ctx.report
-                .anomaly(format!("crash rep {rep}: replacement did not settle"));
-            break;
-        }
-    }
     ctx.report.rows("crash", &format!("candidates=3 ttl={ttl_secs}s"), &[
         ("SIGKILL -> follower answers 200", "ms", &s.total,
          "bounded by the lease: TTL minus time since the last keep-alive, plus etcd's expiry scan (500 ms period in 3.4)"),
@@ -471,5 +437,14 @@ pub fn crash(ctx: &mut Ctx, ttl_secs: u64, reps: usize) -> Vec<f64> {
         ("leader's lease expiry estimate -> follower answers 200", "ms", &s.beyond_expiry,
          "what etcd-elector adds beyond the lease: etcd's expiry scan + watch + campaign"),
     ]);
-    s.total
+    if !s.total.is_empty() {
+        let p99 = Summary::bare(&s.total).p99;
+        let bound = ttl_secs as f64 * 1000.0 + 500.0;
+        ctx.report.goals.push(Goal {
+            goal: "crash failover".into(),
+            target: format!("p99 <= TTL + 500 ms = {bound:.0} ms"),
+            measured: format!("p99 {p99:.0} ms"),
+            met: p99 <= bound,
+        });
+    }
 }

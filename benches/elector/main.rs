@@ -1,35 +1,29 @@
-//! The etcd-elector benchmark (issue 5): how fast leadership moves, what an idle replica costs,
-//! how fast probes are answered, and how that grows with the fleet, with `etcdctl elect` as the
-//! peer in the same run.
+//! The etcd-elector benchmark (issue 5): how fast leadership moves (beside `etcdctl elect`),
+//! what an idle replica costs, how fast probes are answered, and how that grows with the fleet.
 //!
-//! `cargo bench --bench elector` runs everything (about 10 minutes on 2 cores); set
-//! `ELECTOR_BENCH_QUICK=1` for a smoke run of a few repetitions (about 1.5 minutes). It starts
-//! its own etcd on free loopback ports with its data on /dev/shm, and real `etcd-elector` and
-//! `etcdctl elect` processes. It prints a markdown table and writes every figure (min, p50,
-//! p90, p99, max) to `target/bench/elector.json` (or `$ELECTOR_BENCH_OUT`).
-//!
-//! Environment:
-//! * `ELECTOR_BENCH_QUICK=1`: few repetitions, short windows.
+//! `cargo bench --bench elector` runs everything (about 10 minutes on 2 cores) against its own
+//! etcd (data on /dev/shm) and real `etcd-elector` and `etcdctl elect` processes, prints
+//! markdown tables and writes every figure to `target/bench/elector.json`. Environment:
+//! * `ELECTOR_BENCH_QUICK=1`: a smoke run, few repetitions and short windows (1.5 minutes).
 //! * `ELECTOR_BENCH_ONLY=footprint,probe,handoff,crash,scale`: a subset (also accepted as
 //!   arguments after `--`). `handoff` includes the `etcdctl elect` peer.
 //! * `ELECTOR_BENCH_REPS=N`: handoffs per scenario (default 100 for 3 and 10 candidates, 50
 //!   for 100 candidates and for crash failover; 5 when quick).
 //! * `ELECTOR_BENCH_CANDIDATES=3,10,100`, `ELECTOR_BENCH_SCALE=10,100,1000`,
 //!   `ELECTOR_BENCH_CRASH_TTL=2` (seconds), `ELECTOR_BENCH_IDLE_SECS=60`.
-//! * `ELECTOR_BENCH_BIN=PATH`: measure another build of the sidecar (a proposed change)
-//!   instead of the one cargo built for this bench.
+//! * `ELECTOR_BENCH_BIN=PATH`: measure another build of the sidecar (a proposed change).
 //! * `ELECTOR_BENCH_NO_PEER=1`, `ELECTOR_BENCH_NO_LOCK=1`, `ELECTOR_BENCH_NO_ELECTION=1`,
 //!   `ELECTOR_BENCH_NO_REVOKE=1`: leave out the `etcdctl elect` runs, or etcd-elector's default
 //!   (`lock`), `--protocol election` or `--no-succession` runs, of the handoff scenario.
 //! * `ELECTOR_BENCH_SETTLE_MS=300`: pause between handoffs (see `handoff::settle`).
 //! * `ELECTOR_BENCH_NO_NICE=1`: run the bench's observers at the replicas' priority.
 //! * `ELECTOR_BENCH_OUT=PATH`: where the JSON goes (a `.md` copy of the tables beside it).
-//! * `ELECTOR_BENCH_KEEP=1`: keep the run directory (logs of every process) after the run; it
-//!   is also kept when something went wrong or a goal was missed.
-//!   `ELECTOR_BENCH_DEBUG=1` prints each handoff's wall-clock stamps, to lay beside those logs.
+//! * `ELECTOR_BENCH_KEEP=1`: keep the run directory (every process's log), as is done anyway
+//!   when something went wrong or a goal was missed; `ELECTOR_BENCH_DEBUG=1` prints each
+//!   handoff's wall-clock stamps, to lay beside those logs.
 //!
-//! The process exits 1 when a scenario could not be measured (an anomaly), never because a
-//! goal was missed: goals depend on the machine.
+//! It exits 1 when a scenario could not be measured (an anomaly), never because a goal was
+//! missed: goals depend on the machine.
 
 mod footprint;
 mod handoff;
@@ -47,7 +41,7 @@ use std::time::{Duration, Instant};
 use elector_testkit::etcd::{etcd_bin, etcdctl_bin};
 use elector_testkit::{process::set_thread_nice, test_tempdir, Etcd};
 use procs::SidecarSpec;
-use stats::{Goal, Report, Summary};
+use stats::{Comparison, Goal, Report, Summary};
 use tokio::runtime::Runtime;
 use watch::Ctl;
 
@@ -62,17 +56,15 @@ pub struct Ctx<'rt> {
 
 impl<'rt> Ctx<'rt> {
     /// Replace etcd by a fresh one, so a scenario never pays for the leases, watchers and
-    /// revisions another one left behind.
+    /// revisions another one left behind. (It starts before the old one is dropped.)
     pub fn fresh_etcd(&mut self) {
         let data = self.etcd.data_dir();
-        // The new one starts before the old one is dropped (killed) and its data removed.
         self.etcd = Etcd::start_in(&self.dir);
         self.ctl = Ctl::connect(self.rt, &self.etcd.endpoint());
         let _ = std::fs::remove_dir_all(data);
     }
 
-    /// How to start replicas of `key` on this run's etcd, logging to its directory: unpinned,
-    /// no extra flags (a scenario that wants them sets them over this).
+    /// Replicas of `key` on this run's etcd, logging to its directory, unpinned, no extra flags.
     pub fn spec(&self, key: String, ttl_secs: u64) -> SidecarSpec {
         SidecarSpec {
             endpoint: self.etcd.endpoint(),
@@ -122,7 +114,7 @@ struct Plan {
     idle: Duration,
     probe_secs: Duration,
     starts: usize,
-    /// Whole keep-alive intervals (ttl/3 = 10/3 s in the simulation): 3 or 6 of them.
+    /// 3 or 6 whole keep-alive intervals (ttl/3 = 10/3 s in the simulation).
     scale_window: Duration,
     scale_handoffs: usize,
 }
@@ -221,9 +213,9 @@ fn describe_run(report: &mut Report, dir: &Path, plan: &Plan, observer_nice: i32
     ];
 }
 
-/// Runs `scenario`, if the plan wants it, on a fresh etcd (unless it makes its own) and records
-/// how much CPU something other than this bench used meanwhile: the bench cannot keep other
-/// work off the machine, but it can say when there was some.
+/// Runs `scenario`, if the plan wants it, on a fresh etcd (unless it makes its own), and records
+/// how much CPU other processes used meanwhile: the bench cannot keep them off the machine, but
+/// it can say when there were some.
 fn scenario(ctx: &mut Ctx, plan: &Plan, name: &str, fresh: bool, run: impl FnOnce(&mut Ctx)) {
     if !plan.want(name) {
         return;
@@ -252,53 +244,63 @@ fn scenario(ctx: &mut Ctx, plan: &Plan, name: &str, fresh: bool, run: impl FnOnc
     }
 }
 
-/// Announces one run of the handoff scenario and gives it a fresh etcd.
-fn begin_handoffs(ctx: &mut Ctx, n: usize, reps: usize, who: &str) {
-    eprintln!("bench: graceful handoff, {n} candidates, {reps} reps: {who}");
-    ctx.fresh_etcd();
-}
-
-/// Graceful handoffs: ours (lock, and election protocol when this build has it) against
-/// `etcdctl elect`, per candidate count.
+/// Graceful handoffs per candidate count: ours, each way, against `etcdctl elect`.
 fn handoffs(ctx: &mut Ctx, plan: &Plan) {
-    // Measured too when this build has it: it is the remedy for the lock protocol's
-    // thundering herd at large candidate counts.
-    let with_election_protocol =
-        !env_flag("ELECTOR_BENCH_NO_ELECTION") && procs::has_flag("--protocol");
+    use handoff::Way;
     for &n in &plan.candidates {
         let reps = plan.reps_for(n);
-        let ours = if env_flag("ELECTOR_BENCH_NO_LOCK") {
-            Vec::new()
-        } else {
-            begin_handoffs(ctx, n, reps, "etcd-elector");
-            handoff::ours(ctx, n, reps, handoff::Way::Succession)
-        };
-        let peer = if env_flag("ELECTOR_BENCH_NO_PEER") {
-            Vec::new()
-        } else {
-            begin_handoffs(ctx, n, reps, "etcdctl elect");
-            handoff::peer(ctx, n, reps)
-        };
+        let (mut ours, mut peer) = (Vec::new(), Vec::new());
+        // `--protocol election` too: the remedy for the lock protocol's thundering herd at
+        // large candidate counts.
+        for (skip, who, way) in [
+            (
+                "ELECTOR_BENCH_NO_LOCK",
+                "etcd-elector",
+                Some(Way::Succession),
+            ),
+            ("ELECTOR_BENCH_NO_PEER", "etcdctl elect", None),
+            (
+                "ELECTOR_BENCH_NO_ELECTION",
+                "etcd-elector --protocol election",
+                Some(Way::Election),
+            ),
+            (
+                "ELECTOR_BENCH_NO_REVOKE",
+                "etcd-elector --no-succession",
+                Some(Way::Revoke),
+            ),
+        ] {
+            if env_flag(skip) {
+                continue;
+            }
+            eprintln!("bench: graceful handoff, {n} candidates, {reps} reps: {who}");
+            ctx.fresh_etcd();
+            match way {
+                Some(Way::Succession) => ours = handoff::ours(ctx, n, reps, Way::Succession),
+                Some(way) => _ = handoff::ours(ctx, n, reps, way),
+                None => peer = handoff::peer(ctx, n, reps),
+            }
+        }
         if !ours.is_empty() && !peer.is_empty() {
-            let c = handoff::compare(n, &ours, &peer);
+            let (o, p) = (Summary::bare(&ours), Summary::bare(&peer));
             ctx.report.goals.push(Goal {
                 goal: format!("handoff, {n} candidates, vs etcdctl elect"),
                 target: "p50 <= 0.7 x etcdctl elect's".into(),
                 measured: format!(
                     "p50 {:.2} vs {:.2} ms, p99 {:.2} vs {:.2} ms",
-                    c.ours_p50_ms, c.peer_p50_ms, c.ours_p99_ms, c.peer_p99_ms
+                    o.p50, p.p50, o.p99, p.p99
                 ),
-                met: c.ours_p50_ms <= 0.7 * c.peer_p50_ms,
+                met: o.p50 <= 0.7 * p.p50,
             });
-            ctx.report.comparisons.push(c);
-        }
-        if with_election_protocol {
-            begin_handoffs(ctx, n, reps, "etcd-elector --protocol election");
-            handoff::ours(ctx, n, reps, handoff::Way::Election);
-        }
-        if !env_flag("ELECTOR_BENCH_NO_REVOKE") {
-            begin_handoffs(ctx, n, reps, "etcd-elector --no-succession");
-            handoff::ours(ctx, n, reps, handoff::Way::Revoke);
+            ctx.report.comparisons.push(Comparison {
+                candidates: n,
+                ours_p50_ms: o.p50,
+                peer_p50_ms: p.p50,
+                ratio_p50: o.p50 / p.p50,
+                ours_p99_ms: o.p99,
+                peer_p99_ms: p.p99,
+                ratio_p99: o.p99 / p.p99,
+            });
         }
         if n == 100 && !ours.is_empty() {
             let s = Summary::bare(&ours);
@@ -309,21 +311,6 @@ fn handoffs(ctx: &mut Ctx, plan: &Plan) {
                 met: s.p99 <= 10.0,
             });
         }
-    }
-}
-
-/// Crash failover, with its goal.
-fn crash(ctx: &mut Ctx, ttl: u64, reps: usize) {
-    let samples = handoff::crash(ctx, ttl, reps);
-    if !samples.is_empty() {
-        let s = Summary::bare(&samples);
-        let bound = ttl as f64 * 1000.0 + 500.0;
-        ctx.report.goals.push(Goal {
-            goal: "crash failover".into(),
-            target: format!("p99 <= TTL + 500 ms = {bound:.0} ms"),
-            measured: format!("p99 {:.0} ms", s.p99),
-            met: s.p99 <= bound,
-        });
     }
 }
 
@@ -388,7 +375,7 @@ fn main() -> ExitCode {
     scenario(&mut ctx, &plan, "crash", true, |ctx| {
         let (ttl, reps) = (plan.crash_ttl, plan.crash_reps);
         eprintln!("bench: crash failover, ttl {ttl}s, {reps} reps");
-        crash(ctx, ttl, reps)
+        handoff::crash(ctx, ttl, reps)
     });
     scenario(&mut ctx, &plan, "scale", false, |ctx| {
         let counts = &plan.scale_counts;

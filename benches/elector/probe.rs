@@ -2,13 +2,12 @@
 //! core serves.
 //!
 //! The fixed rate is an open-loop client on its own thread (timer slack 1 ns): request i is due
-//! at `start + i ms`. Its latency is counted from the moment it could have been sent, the later
-//! of its due time and the previous answer, so a stall in the server shows up in every request
-//! it holds up (no coordinated omission), while a late wake-up of the bench's own thread (it
-//! shares two cores with everything else, and the VM's vCPUs can be descheduled) does not: that
-//! lateness is reported on its own. It runs twice: on one kept-alive connection, and with a new
-//! connection per request, as a kubelet probe does.
-//! The maximum rate is `wrk` (closed loop) pinned to CPU 1 against a replica pinned to CPU 0.
+//! at `start + i ms`, and its latency counts from when it could have been sent, the later of
+//! its due time and the previous answer, so a server stall shows in every request it holds up
+//! (no coordinated omission), while a late wake-up of the bench's own thread (sharing two cores,
+//! on vCPUs that can be descheduled) is reported on its own. It runs on one kept-alive
+//! connection, and with a new connection per request as a kubelet probe does. The maximum rate
+//! is `wrk` (closed loop) pinned to CPU 1 against a replica pinned to CPU 0.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -58,14 +57,11 @@ pub fn run(ctx: &mut Ctx, duration: Duration) {
     max_rate(ctx, duration);
 }
 
-/// Samples of [`fixed_rate`], in microseconds.
+/// Samples of [`fixed_rate`], in microseconds (see the rows' notes).
 #[derive(Default)]
 struct Timed {
-    /// From when the request could have been sent (due, or the previous answer if later).
     latency: Vec<f64>,
-    /// From the write to the last byte read.
     service: Vec<f64>,
-    /// How late the bench's thread sent, beyond that moment: the measurement's own error.
     sender_late: Vec<f64>,
 }
 
@@ -170,10 +166,10 @@ fn max_rate(ctx: &mut Ctx, duration: Duration) {
         let q = |label| wrk_field(&text, label).and_then(wrk_us).unwrap_or(f64::NAN);
         let mut s = Summary::of("probe", "latency at max rate (closed loop)", &p, "us", &[]);
         (s.p50, s.p90, s.p99) = (q("50%"), q("90%"), q("99%"));
+        s.note =
+            "wrk's own percentiles (50/90/99); queueing at saturation, not service time".into();
         if s.p50.is_finite() {
-            ctx.report.figures.push(s.note(
-                "wrk's own percentiles (50/90/99); queueing at saturation, not service time",
-            ));
+            ctx.report.figures.push(s);
         }
     }
 }

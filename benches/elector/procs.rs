@@ -1,10 +1,6 @@
-//! The processes the bench runs besides the kit's etcd: `etcd-elector` replicas and
-//! `etcdctl elect` peers, plus what `/proc` and etcd's `/metrics` say about them.
-//!
-//! Every child is the test kit's [`Child`]: killed (SIGKILL) when dropped, with SIGKILL as its
-//! parent-death signal, so an interrupted bench leaves nothing running. That signal follows
-//! the *thread* that forked the child, so children are only ever spawned from the bench's main
-//! thread. Only children the bench started are ever signalled, by pid.
+//! The processes the bench runs besides the kit's etcd (`etcd-elector` replicas, `etcdctl
+//! elect` peers), and what `/proc` and etcd's `/metrics` say about them. Every child is the
+//! kit's [`Child`], so it is spawned from the bench's main thread only (see its docs).
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -19,8 +15,7 @@ use elector_testkit::{free_port, http, Child, Etcd, EtcdCounts};
 use procfs::process::{Process, Status};
 use procfs::{CurrentSI, KernelStats};
 
-/// The sidecar binary: as built for this bench by cargo (release profile), or
-/// `$ELECTOR_BENCH_BIN`, to measure another build (a proposed change) with the same bench.
+/// The sidecar as cargo built it for this bench, or `$ELECTOR_BENCH_BIN` (a proposed change).
 pub fn elector_bin() -> String {
     std::env::var("ELECTOR_BENCH_BIN")
         .unwrap_or_else(|_| elector_testkit::elector_bin().display().to_string())
@@ -37,14 +32,16 @@ pub fn fs_type(path: &Path) -> String {
         .map_or_else(|| "unknown".into(), |m| m.fs_vfstype)
 }
 
-/// The nice value the bench's own threads run at when allowed (see `main`); children
-/// ([`Child::spawn`]) and the simulation's runtime are put back to 0.
+/// The nice value of the bench's own threads when allowed (see `main`); children and the
+/// simulation's runtime run at 0.
 pub const OBSERVER_NICE: i32 = -5;
 
-/// CPU time (user + system, all threads, including ended ones) from /proc/PID/stat.
-fn cpu_time(pid: i32) -> Option<Duration> {
-    let stat = Process::new(pid).ok()?.stat().ok()?;
-    Some(ticks(stat.utime + stat.stime))
+/// CPU time of `pid` (all threads, ended ones too) from /proc/PID/stat, plus that of the
+/// children it has reaped when `reaped`.
+fn cpu_time(pid: i32, reaped: bool) -> Option<Duration> {
+    let s = Process::new(pid).ok()?.stat().ok()?;
+    let children = if reaped { s.cutime + s.cstime } else { 0 };
+    Some(ticks(s.utime + s.stime + children.max(0) as u64))
 }
 
 /// A count of /proc's clock ticks (USER_HZ) as a duration.
@@ -52,9 +49,8 @@ fn ticks(n: u64) -> Duration {
     Duration::from_millis(n * 1000 / procfs::ticks_per_second())
 }
 
-/// CPU time of the live threads, in nanoseconds, from /proc/PID/task/*/schedstat: far finer
-/// than the 10 ms ticks of [`cpu_time`], which is what an idle process needs. Threads that end
-/// inside a window are missed, so callers compare it with [`cpu_time`].
+/// CPU time of the live threads from /proc/PID/task/*/schedstat (ns): far finer than the
+/// 10 ms ticks, which is what an idle process needs, but blind to threads that ended.
 fn cpu_time_fine(pid: i32) -> Option<Duration> {
     let tasks = Process::new(pid).ok()?.tasks().ok()?;
     let total = tasks
@@ -65,8 +61,7 @@ fn cpu_time_fine(pid: i32) -> Option<Duration> {
     Some(Duration::from_nanos(total))
 }
 
-/// CPU time of a process: the finer of the two sources unless threads ended meanwhile (then
-/// the ticks, which count them, are larger).
+/// CPU time of a process, from both sources.
 #[derive(Debug, Clone, Copy)]
 pub struct CpuMark {
     ticks: Duration,
@@ -76,7 +71,7 @@ pub struct CpuMark {
 impl CpuMark {
     pub fn of(pid: i32) -> CpuMark {
         CpuMark {
-            ticks: cpu_time(pid).unwrap_or_default(),
+            ticks: cpu_time(pid, false).unwrap_or_default(),
             fine: cpu_time_fine(pid).unwrap_or_default(),
         }
     }
@@ -86,7 +81,7 @@ impl CpuMark {
         let ticks = later.ticks.saturating_sub(self.ticks);
         let fine = later.fine.saturating_sub(self.fine);
         // Ticks are sampled: they may read up to a tick less than the truth. Prefer the fine
-        // figure unless the ticks exceed it by more than that rounding.
+        // figure unless the ticks exceed it by more than that rounding (threads ended).
         if ticks > fine + Duration::from_millis(20) {
             ticks
         } else {
@@ -113,9 +108,9 @@ impl LoadMark {
         let busy =
             KernelStats::current().map_or(0, |k| k.total.user + k.total.nice + k.total.system);
         let me = std::process::id() as i32;
-        let mut own = self_and_reaped(me).unwrap_or_default();
+        let mut own = cpu_time(me, true).unwrap_or_default();
         for child in elector_testkit::job::children_of(me) {
-            own += cpu_time(child).unwrap_or_default();
+            own += cpu_time(child, false).unwrap_or_default();
         }
         LoadMark {
             at: Instant::now(),
@@ -138,20 +133,12 @@ impl LoadMark {
     }
 }
 
-/// utime + stime + cutime + cstime of `pid` (itself and the children it has reaped).
-fn self_and_reaped(pid: i32) -> Option<Duration> {
-    let s = Process::new(pid).ok()?.stat().ok()?;
-    let reaped = (s.cutime + s.cstime).max(0) as u64;
-    Some(ticks(s.utime + s.stime + reaped))
-}
-
 /// /proc/PID/status (VmRSS, VmHWM in kB; Threads).
 pub fn status(pid: i32) -> Option<Status> {
     Process::new(pid).ok()?.status().ok()
 }
 
-/// What etcd and some processes did over an idle window, read the same way by every scenario
-/// that has one.
+/// What etcd and some processes did over an idle window.
 pub struct Window {
     pub secs: f64,
     /// CPU used by each of the processes, in the order given.
@@ -183,7 +170,8 @@ pub struct Sidecar {
     pub addr: SocketAddr,
 }
 
-/// How to start replicas of one election.
+/// How to start replicas of one election. Not the kit's `Sidecar`: that one logs at debug
+/// level, which would be measured too.
 #[derive(Clone)]
 pub struct SidecarSpec {
     pub endpoint: String,
@@ -192,7 +180,6 @@ pub struct SidecarSpec {
     pub log_dir: PathBuf,
     /// Run under `taskset -c CPUS`.
     pub cpus: Option<String>,
-    /// More flags.
     pub extra: Vec<String>,
 }
 
@@ -209,12 +196,10 @@ impl SidecarSpec {
         };
         let log_path = self.log_dir.join(format!("{id}.log"));
         let log = File::create(&log_path).expect("sidecar log");
-        cmd.env_clear();
-        if admin_flag() {
-            // The admin API defaults to a fixed port; many replicas share this host.
-            cmd.args(["--admin-listen", "off"]);
-        }
-        cmd.args(["--endpoints", &self.endpoint])
+        // The admin API defaults to a fixed port; many replicas share this host.
+        cmd.env_clear()
+            .args(["--admin-listen", "off"])
+            .args(["--endpoints", &self.endpoint])
             .args(["--key", &self.key])
             .args(["--id", id])
             .args(["--ttl", &self.ttl_secs.to_string()])
@@ -232,27 +217,7 @@ impl SidecarSpec {
     }
 }
 
-/// Whether this build has a flag (the sidecar grows while the bench is written).
-pub fn has_flag(flag: &str) -> bool {
-    Command::new(elector_bin())
-        .arg("--help")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(flag))
-}
-
-/// Whether this build has `--admin-listen` (a fixed default port, which replicas on one host
-/// would fight over).
-fn admin_flag() -> bool {
-    static HAS: OnceLock<bool> = OnceLock::new();
-    *HAS.get_or_init(|| has_flag("--admin-listen"))
-}
-
 impl Sidecar {
-    /// `GET /leader` on a fresh connection.
-    pub fn leader(&self) -> std::io::Result<http::Response> {
-        http::get(self.addr, "/leader")
-    }
-
     /// Asks `/leader` on fresh connections every 0.1 ms until it answers 200: when it first
     /// answered at all, when it answered 200, and after how many requests; `None` if not within
     /// `timeout`.
@@ -261,7 +226,7 @@ impl Sidecar {
         let (mut first, mut polls) = (None, 0);
         loop {
             polls += 1;
-            if let Ok(r) = self.leader() {
+            if let Ok(r) = http::get(self.addr, "/leader") {
                 let now = Instant::now();
                 let first = *first.get_or_insert(now);
                 if r.status == 200 {
@@ -277,7 +242,9 @@ impl Sidecar {
 
     /// True once this replica knows a leader (itself, or the holder it follows).
     pub fn settled(&self) -> bool {
-        let body = self.leader().map(|r| r.body).unwrap_or_default();
+        let body = http::get(self.addr, "/leader")
+            .map(|r| r.body)
+            .unwrap_or_default();
         serde_json::from_str::<serde_json::Value>(&body).is_ok_and(|v| v["leader"].is_string())
     }
 }

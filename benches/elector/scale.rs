@@ -1,11 +1,8 @@
-//! Scale by simulation: many elections of three candidates each, run through the library in
-//! this process against one etcd, to see what a fleet costs etcd and whether handoffs slow
-//! down as it grows.
-//!
-//! Every candidate is a full [`Election`] with its own etcd connection, lease, keep-alive
-//! stream and watch, exactly as a sidecar process has; only the processes are folded into one
-//! (a tokio runtime with two workers, like the sidecar's). Leadership is read from each
-//! candidate's snapshot channel with `is_leader_at(now)`, as `/leader` does, without HTTP.
+//! Scale by simulation: many elections of three candidates each against one etcd, to see what
+//! a fleet costs etcd and whether handoffs slow down as it grows. Every candidate is a full
+//! [`Election`] with its own etcd connection, lease, keep-alive stream and watch, as in a
+//! sidecar; only the processes are folded into this one (a two-worker runtime, like the
+//! sidecar's), and leadership is read from the snapshots as `/leader` does, without HTTP.
 
 use std::time::Duration;
 
@@ -276,50 +273,37 @@ fn idle_window(ctx: &mut Ctx, p: &str, count: usize, window: Duration, phase: In
     let w = Window::measure(&ctx.etcd, &[me, etcd_pid], window);
     let (secs, elections) = (w.secs, count as f64);
     let (requests, bytes) = (w.etcd.total() / secs, w.etcd.bytes / secs);
-    let core_share = |cpu: Duration| cpu.as_secs_f64() / secs * 100.0;
+    let keepalives = w.etcd.keepalive() / secs;
+    let [own, etcd] = [0, 1].map(|i| w.cpu[i].as_secs_f64() / secs * 100.0);
     let rss = status(etcd_pid).and_then(|s| s.vmrss).unwrap_or(0) as f64 / 1024.0;
-    let requests_note = format!(
+    let req_note = &format!(
         "{:.3} req/s per election; {}",
         requests / elections,
         w.etcd.by_method()
     );
-    let keepalive_note = format!(
+    let ka_note = &format!(
         "expected 3 candidates x 3/ttl = {:.2}/s per election",
         9.0 / TTL.as_secs_f64()
     );
-    let bytes_note = format!(
+    let b_note = &format!(
         "{:.0} B/s per election; HTTP/2 pings not included",
         bytes / elections
     );
-    let process_note = format!(
+    let cpu_note = &format!(
         "all {} candidates in one process (plus the bench, idle)",
         count * 3
     );
+    let pct_core = "% of a core";
     ctx.report.rows(
         "scale",
         p,
         &[
-            ("etcd requests, idle", "req/s", &[requests], &requests_note),
-            (
-                "keep-alives, idle",
-                "msg/s",
-                &[w.etcd.keepalive() / secs],
-                &keepalive_note,
-            ),
-            (
-                "gRPC bytes to+from etcd, idle",
-                "B/s",
-                &[bytes],
-                &bytes_note,
-            ),
-            ("etcd CPU, idle", "% of a core", &[core_share(w.cpu[1])], ""),
+            ("etcd requests, idle", "req/s", &[requests], req_note),
+            ("keep-alives, idle", "msg/s", &[keepalives], ka_note),
+            ("gRPC bytes to+from etcd, idle", "B/s", &[bytes], b_note),
+            ("etcd CPU, idle", pct_core, &[etcd], ""),
             ("etcd RSS", "MiB", &[rss], ""),
-            (
-                "simulating process CPU, idle",
-                "% of a core",
-                &[core_share(w.cpu[0])],
-                &process_note,
-            ),
+            ("simulating process CPU, idle", pct_core, &[own], cpu_note),
         ],
     );
 }

@@ -30,8 +30,8 @@ pub struct Summary {
 }
 
 impl Summary {
-    /// Summarise `samples` (any order). An empty sample set gives NaN everywhere and `n = 0`,
-    /// so a scenario that produced nothing still shows up as a row.
+    /// Summarise `samples`. None gives NaN everywhere and `n = 0`: a scenario that produced
+    /// nothing still shows up as a row.
     pub fn of(scenario: &str, metric: &str, params: &str, unit: &str, samples: &[f64]) -> Self {
         let mut sorted: Vec<f64> = samples.iter().copied().filter(|v| v.is_finite()).collect();
         sorted.sort_by(f64::total_cmp);
@@ -54,14 +54,9 @@ impl Summary {
         }
     }
 
-    /// The percentiles of `samples` alone, for a goal or a comparison rather than a row.
+    /// For a goal or a comparison rather than a row.
     pub fn bare(samples: &[f64]) -> Self {
         Summary::of("", "", "", "", samples)
-    }
-
-    pub fn note(mut self, note: impl Into<String>) -> Self {
-        self.note = note.into();
-        self
     }
 }
 
@@ -106,8 +101,8 @@ pub struct Report {
     pub figures: Vec<Summary>,
     pub comparisons: Vec<Comparison>,
     pub goals: Vec<Goal>,
-    /// Things that went wrong but did not stop the run (a replica that exited non-zero, a
-    /// handoff that timed out). A clean run has none.
+    /// What went wrong without stopping the run (a replica that exited non-zero, a handoff
+    /// that timed out). A clean run has none.
     pub anomalies: Vec<String>,
 }
 
@@ -116,8 +111,9 @@ impl Report {
     /// note is none, and `&[value]` is a figure that is one value (binary size, a rate).
     pub fn rows(&mut self, scenario: &str, params: &str, rows: &[(&str, &str, &[f64], &str)]) {
         for (metric, unit, samples, note) in rows {
+            let note = note.to_string();
             let s = Summary::of(scenario, metric, params, unit, samples);
-            self.figures.push(s.note(*note));
+            self.figures.push(Summary { note, ..s });
         }
     }
 

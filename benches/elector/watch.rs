@@ -9,7 +9,6 @@ use etcd_client::{Client, GetOptions, SortOrder, SortTarget, WatchOptions};
 use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
 
-/// What happened to a key: etcd-client's own `Put` or `Delete`.
 pub use etcd_client::EventType as Kind;
 
 /// One watch event and when the bench received it.
@@ -57,7 +56,6 @@ impl<'rt> Ctl<'rt> {
         self.first_value(prefix, Some(opts))
     }
 
-    /// The value of the first key a range read returns, the one read both lookups share.
     fn first_value(&self, key: &str, opts: Option<GetOptions>) -> Option<String> {
         let mut c = self.client.clone();
         let resp = self.rt.block_on(c.get(key, opts)).ok()?;
@@ -75,8 +73,8 @@ impl<'rt> Ctl<'rt> {
             .map_or(-1, |r| r.count())
     }
 
-    /// Watch `key` (or every key under it when `prefix`) from the next revision on. Returns
-    /// once etcd has confirmed the watch.
+    /// Watch `key` (or every key under it when `prefix`) from the next revision on, once etcd
+    /// has confirmed it.
     pub fn watch(&self, key: &str, prefix: bool) -> KeyWatch {
         // Its own connection, so that reads on the shared client never queue behind events.
         let create = async {
