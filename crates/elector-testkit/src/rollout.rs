@@ -82,14 +82,7 @@ pub const MANY_RUNS: usize = 20;
 
 /// Every way's: the TTL above, time to give the lease back, and no release
 /// delay (there are no endpoints to drain).
-const COMMON_ARGS: [&str; 6] = [
-    "--ttl",
-    "10",
-    "--shutdown-timeout",
-    "10",
-    "--release-delay",
-    "0",
-];
+const COMMON_ARGS: &str = "--ttl 10 --shutdown-timeout 10 --release-delay 0";
 
 /// How Kubernetes replaces the replicas; see the module docs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,7 +129,7 @@ impl Way {
             Pattern::AllAtOnce | Pattern::SlowStart => "3",
             Pattern::OneAtATime => "0",
         };
-        let mut args = COMMON_ARGS.to_vec();
+        let mut args: Vec<&str> = COMMON_ARGS.split(' ').collect();
         match self {
             Way::Lock => args.push("--no-succession"),
             Way::Election => args.extend(["--protocol", "election"]),
@@ -271,10 +264,8 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-/// Runs `runs` rollouts of `pattern` with `way` on one fresh etcd (a new key
-/// each run) from the calling thread, printing each run's figures, and
-/// returns them. Panics, with the sidecars' logs, when a step cannot complete
-/// (a replica not ready, an A not exiting, no single B leading at the end).
+/// Runs `runs` rollouts on one fresh etcd (a new key each run) from the calling
+/// thread, printing each run's figures; panics, with the logs, when a step fails.
 pub fn simulate(pattern: Pattern, way: Way, runs: usize) -> Vec<RolloutFigures> {
     let seed = seed();
     println!(
@@ -354,7 +345,6 @@ struct Replica {
 struct World {
     /// Every replica's settings but its id and revision.
     base: SidecarBuilder,
-    pattern: Pattern,
     observer: Observer,
     replicas: Vec<Replica>,
 }
@@ -438,7 +428,6 @@ fn run_once(
             .endpoints(&etcd.endpoint())
             .key(&unique_key(&format!("rollout-{pattern}-{way}")))
             .args(&way.args(pattern)),
-        pattern,
         observer: Observer::start(),
         replicas: Vec::new(),
     };
@@ -461,7 +450,8 @@ fn run_once(
     let start_wall = unix_micros(t_start);
     match pattern {
         Pattern::OneAtATime => one_at_a_time(&mut w, rng),
-        Pattern::AllAtOnce | Pattern::SlowStart => all_at_once(&mut w, rng),
+        Pattern::AllAtOnce => all_at_once(&mut w, rng, Duration::ZERO),
+        Pattern::SlowStart => all_at_once(&mut w, rng, SLOW_START),
     }
 
     // Every A is gone: exactly one B must lead.
@@ -561,14 +551,9 @@ fn one_at_a_time(w: &mut World, rng: &mut Rng) {
     }
 }
 
-/// maxUnavailable 100%: every A stopping within [`STOP_SPREAD`], each A's SIGTERM after
-/// its own drain, and every B spawned at once ([`SLOW_START`] after the first A began to
-/// stop, in that pattern).
-fn all_at_once(w: &mut World, rng: &mut Rng) {
-    let late = match w.pattern {
-        Pattern::SlowStart => SLOW_START,
-        _ => Duration::ZERO,
-    };
+/// maxUnavailable 100%: the As stop within [`STOP_SPREAD`], each SIGTERM after its own
+/// drain, while every B is spawned at once, `late`.
+fn all_at_once(w: &mut World, rng: &mut Rng, late: Duration) {
     let t0 = Instant::now();
     // `None` spawns the Bs; `Some(j)` stops A number j.
     let mut schedule = vec![(t0 + late, None)];
