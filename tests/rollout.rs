@@ -1,16 +1,12 @@
 //! Issue 15: a rolling restart of five replicas (revision A) into five new
 //! ones (revision B), in the patterns Kubernetes produces, for direct
-//! succession, the lock protocol without it and the election protocol. See
-//! `crates/elector-testkit/src/rollout.rs` for the simulation and what each
-//! figure means.
+//! succession, the lock protocol without it and the election protocol (the
+//! simulation and its figures: `crates/elector-testkit/src/rollout.rs`).
 //!
 //! Every run must be safe: never two leaders at once (proven by the probes),
 //! and exactly one leader at the end, a B. Direct succession must move
-//! leadership exactly once; for the others how often it moves is printed.
-//!
-//! Runs per case: 2, or `ELECTOR_ROLLOUT_RUNS` (20 when set but not a
-//! number). The cases run one at a time, so that the figures of one are not
-//! the load of another: `cargo test --test rollout -- --nocapture`.
+//! leadership exactly once; for the others how often it moves is printed:
+//! `cargo test --test rollout -- --nocapture` (`ELECTOR_ROLLOUT_RUNS` for more runs).
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -23,7 +19,8 @@ use elector_testkit::rollout::{
 /// Runs per case in CI.
 const DEFAULT_RUNS: usize = 2;
 
-/// One simulation at a time (each has eleven processes and a probe thread).
+/// One simulation at a time (each has eleven processes and a probe thread), so
+/// that the figures of one are not the load of another.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn run(pattern: Pattern, way: Way) -> Vec<RolloutFigures> {
