@@ -43,6 +43,15 @@ fn assert_one_leader_held(cluster: &EtcdCluster, key: &str, sidecars: &[Sidecar]
     leader
 }
 
+/// What became of the term of `before` (its token `token`) once `after` leads, for the report.
+fn fared(sidecars: &[Sidecar], before: usize, token: Option<i64>, after: usize) -> String {
+    if after == before && sidecars[after].fencing_token() == token {
+        return "same leader, same term".into();
+    }
+    let (from, to) = (sidecars[before].id(), sidecars[after].id());
+    format!("leader {from} -> {to}")
+}
+
 #[test]
 fn one_leader_remains_when_each_member_is_killed_in_turn() {
     let (mut cluster, key, sidecars, prober) = start("member_killed");
@@ -56,20 +65,8 @@ fn one_leader_remains_when_each_member_is_killed_in_turn() {
         // members would have stepped down by now.
         std::thread::sleep(Duration::from_secs(TTL));
         let after = assert_one_leader_held(&cluster, &key, &sidecars);
-        let kept = after == before && sidecars[after].fencing_token() == token;
-        report.push(format!(
-            "{} down: {}",
-            cluster.members[i].name(),
-            if kept {
-                "same leader, same term".to_string()
-            } else {
-                format!(
-                    "leader {} -> {}",
-                    sidecars[before].id(),
-                    sidecars[after].id()
-                )
-            }
-        ));
+        let fate = fared(&sidecars, before, token, after);
+        report.push(format!("{} down: {fate}", cluster.members[i].name()));
         cluster.members[i].launch();
     }
     assert_one_leader_held(&cluster, &key, &sidecars);
@@ -96,16 +93,10 @@ fn one_leader_remains_when_the_raft_leader_member_is_killed() {
     std::thread::sleep(Duration::from_millis(500));
     prober.stop_checked(origin);
     println!(
-        "raft leader {} killed: raft leader now {}; elector leader {} -> {} ({}); checked {} ms after the kill",
+        "raft leader {} killed: raft leader now {}; elector: {}; checked {} ms after the kill",
         cluster.members[raft].name(),
         cluster.members[successor].name(),
-        sidecars[before].id(),
-        sidecars[after].id(),
-        if after == before && sidecars[after].fencing_token() == token {
-            "same term"
-        } else {
-            "new term"
-        },
+        fared(&sidecars, before, token, after),
         elected.as_millis()
     );
 }

@@ -5,11 +5,34 @@
 use std::time::{Duration, Instant};
 
 use elector_testkit::*;
+use serde_json::Value;
 
-/// Waits for the exit and returns its code and how long it took from `since`.
-fn exit_after(sidecar: &mut Sidecar, since: Instant, bound: Duration) -> (Option<i32>, Duration) {
+/// SIGTERMs `sidecar` and waits up to `bound` for the exit: its code and how long it took.
+fn sigterm_exit(sidecar: &mut Sidecar, bound: Duration) -> (Option<i32>, Duration) {
+    let asked = Instant::now();
+    sidecar.signal(Signal::SIGTERM);
     let status = sidecar.wait_exit(bound);
-    (status.code(), since.elapsed())
+    (status.code(), asked.elapsed())
+}
+
+/// The second SIGTERM (the first one's shutdown still running), which must end the
+/// process at once; returns its exit code.
+fn second_sigterm(sidecar: &mut Sidecar) -> Option<i32> {
+    let (code, took) = sigterm_exit(sidecar, Duration::from_secs(5));
+    // The promise is 100 ms; the bound only catches a wait on the drain or the revoke.
+    assert!(
+        took < Duration::from_secs(1),
+        "exited at once, took {took:?}"
+    );
+    code
+}
+
+/// The exit lines (`"message": "stopped"`) of a JSON log.
+fn exit_lines(logs: &str) -> Vec<Value> {
+    let lines = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok());
+    lines.filter(|e| e["message"] == "stopped").collect()
 }
 
 /// A sidecar whose leader file cannot be written: the temporary file it writes
@@ -38,9 +61,7 @@ fn a_stuck_blocking_write_cannot_hold_the_exit_past_the_shutdown_timeout() {
     let (etcd, key) = etcd_and_key("stuck_exit");
     let (mut sidecar, _dir) = sidecar_with_a_stuck_leader_file(&etcd, &key, "2");
 
-    let asked = Instant::now();
-    sidecar.signal(Signal::SIGTERM);
-    let (code, took) = exit_after(&mut sidecar, asked, Duration::from_secs(8));
+    let (code, took) = sigterm_exit(&mut sidecar, Duration::from_secs(8));
     assert_eq!(code, Some(0), "a clean exit after the handoff");
     assert!(
         took < Duration::from_millis(2_500),
@@ -69,15 +90,8 @@ fn a_second_signal_exits_at_once_even_with_stuck_blocking_work() {
         wait_until(SOON, || sidecar.get("/leader").0 == 503),
         "the first signal ends the claim at once"
     );
-    let asked = Instant::now();
-    sidecar.signal(Signal::SIGTERM);
-    let (code, took) = exit_after(&mut sidecar, asked, Duration::from_secs(5));
+    let code = second_sigterm(&mut sidecar);
     assert_eq!(code, Some(130), "the second signal exits 130");
-    // The promise is 100 ms; the bound only catches a wait on the drain or the revoke.
-    assert!(
-        took < Duration::from_secs(1),
-        "exited at once, took {took:?}"
-    );
 }
 
 #[test]
@@ -86,16 +100,10 @@ fn a_second_signal_exits_at_once_while_a_blocking_write_hangs() {
     let (mut sidecar, _dir) = sidecar_with_a_stuck_leader_file(&etcd, &key, "20");
     sidecar.signal(Signal::SIGTERM);
     std::thread::sleep(Duration::from_millis(200));
-    let asked = Instant::now();
-    sidecar.signal(Signal::SIGTERM);
-    let (code, took) = exit_after(&mut sidecar, asked, Duration::from_secs(5));
+    let code = second_sigterm(&mut sidecar);
     assert!(
         matches!(code, Some(0 | 130)),
         "exits (0 if the handoff already finished, else 130): {code:?}"
-    );
-    assert!(
-        took < Duration::from_secs(1),
-        "exited at once, took {took:?}"
     );
 }
 
@@ -110,9 +118,7 @@ fn an_endpoint_name_that_does_not_resolve_cannot_hold_the_exit() {
     let mut sidecar = unresolvable("unresolvable", "2");
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(sidecar.get("/leader").0, 503, "no etcd, no leadership");
-    let asked = Instant::now();
-    sidecar.signal(Signal::SIGTERM);
-    let (code, took) = exit_after(&mut sidecar, asked, Duration::from_secs(8));
+    let (code, took) = sigterm_exit(&mut sidecar, Duration::from_secs(8));
     assert_eq!(code, Some(0));
     assert!(
         took < Duration::from_millis(2_500),
@@ -122,14 +128,8 @@ fn an_endpoint_name_that_does_not_resolve_cannot_hold_the_exit() {
     let mut sidecar = unresolvable("unresolvable_abort", "20");
     sidecar.signal(Signal::SIGTERM);
     std::thread::sleep(Duration::from_millis(100));
-    let asked = Instant::now();
-    sidecar.signal(Signal::SIGTERM);
-    let (code, took) = exit_after(&mut sidecar, asked, Duration::from_secs(5));
+    let code = second_sigterm(&mut sidecar);
     assert!(matches!(code, Some(0 | 130)), "{code:?}");
-    assert!(
-        took < Duration::from_secs(1),
-        "exited at once, took {took:?}"
-    );
 }
 
 #[test]
@@ -158,9 +158,7 @@ fn the_release_delay_holds_only_the_leaders_key() {
         candidates()
     );
 
-    let asked = Instant::now();
-    next.signal(Signal::SIGTERM);
-    let (code, took) = exit_after(&mut next, asked, SOON);
+    let (code, took) = sigterm_exit(&mut next, SOON);
     assert_eq!(code, Some(0));
     assert_eq!(candidates(), ["first"], "the follower's key is gone");
     assert!(
@@ -177,14 +175,9 @@ fn the_exit_log_says_when_the_revoke_failed() {
     sidecar.wait_leading("it leads");
     etcd.kill();
 
-    sidecar.signal(Signal::SIGTERM);
-    assert_eq!(sidecar.wait_exit(SOON).code(), Some(0));
+    assert_eq!(sigterm_exit(&mut sidecar, SOON).0, Some(0));
     let logs = sidecar.logs();
-    let stopped: Vec<serde_json::Value> = logs
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|e| e["message"] == "stopped")
-        .collect();
+    let stopped = exit_lines(&logs);
     assert_eq!(stopped.len(), 1, "one exit line:\n{}", tail(&logs, 20));
     assert_ne!(
         stopped[0]["lease"], "revoked",
@@ -206,13 +199,10 @@ fn the_exit_log_says_the_lease_was_revoked_after_a_clean_handoff() {
     let (etcd, key) = etcd_and_key("revoke_ok");
     let mut sidecar = Sidecar::start(&etcd.endpoint(), &key, "clean", &["--ttl", "30"]);
     sidecar.wait_leading("it leads");
-    sidecar.signal(Signal::SIGTERM);
-    assert_eq!(sidecar.wait_exit(SOON).code(), Some(0));
+    assert_eq!(sigterm_exit(&mut sidecar, SOON).0, Some(0));
     let logs = sidecar.logs();
     assert!(
-        logs.lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .any(|e| e["message"] == "stopped" && e["lease"] == "revoked"),
+        exit_lines(&logs).iter().any(|e| e["lease"] == "revoked"),
         "{}",
         tail(&logs, 20)
     );

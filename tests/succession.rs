@@ -13,20 +13,9 @@ use elector_testkit::*;
 /// never from a lease expiring.
 const LONG_TTL: &str = "30";
 
-fn replica(etcd: &Etcd, key: &str, id: &str, revision: &str, extra: &[&str]) -> Sidecar {
-    with_ttl(etcd, key, id, revision, LONG_TTL, extra)
-}
-
 /// A replica of release `revision`.
-fn with_ttl(
-    etcd: &Etcd,
-    key: &str,
-    id: &str,
-    revision: &str,
-    ttl: &str,
-    extra: &[&str],
-) -> Sidecar {
-    let args = [&["--ttl", ttl, "--revision", revision][..], extra].concat();
+fn replica(etcd: &Etcd, key: &str, id: &str, revision: &str, extra: &[&str]) -> Sidecar {
+    let args = [&["--ttl", LONG_TTL, "--revision", revision][..], extra].concat();
     Sidecar::start(&etcd.endpoint(), key, id, &args)
 }
 
@@ -97,12 +86,9 @@ fn sigterm_hands_the_key_to_a_follower_without_it_ever_being_absent() {
         vec![("PUT".to_string(), "third".to_string())],
         "one write: the transfer, under the successor's lease"
     );
-    let successor_lease = others[next].status()["lease_id"]
-        .as_str()
-        .and_then(|hex| i64::from_str_radix(hex, 16).ok());
     assert_eq!(
-        Some(kv.lease),
-        successor_lease,
+        others[next].status()["lease_id"],
+        format!("{:x}", kv.lease),
         "under the successor's lease"
     );
     // The follower that was not chosen never campaigned.
@@ -141,10 +127,14 @@ fn the_successor_is_of_another_release_when_one_is_registered() {
 #[test]
 fn a_frozen_successor_holds_the_key_until_its_lease_expires_like_a_frozen_leader() {
     let (etcd, key) = etcd_and_key("succession_frozen");
-    let mut old = with_ttl(&etcd, &key, "old", "a", "3", &[]);
+    let short = |id, revision| {
+        let args = ["--ttl", "3", "--revision", revision];
+        Sidecar::start(&etcd.endpoint(), &key, id, &args)
+    };
+    let mut old = short("old", "a");
     old.wait_leading("old leads");
-    let spare = with_ttl(&etcd, &key, "spare", "a", "3", &[]);
-    let frozen = with_ttl(&etcd, &key, "frozen", "b", "3", &[]);
+    let spare = short("spare", "a");
+    let frozen = short("frozen", "b");
     wait_registered([&spare, &frozen]);
     // Chosen (another release) but frozen.
     frozen.signal(Signal::SIGSTOP);
@@ -229,21 +219,23 @@ fn a_go_client_never_gets_the_lock_during_transfers() {
     c.assert_never_held("the Go client");
 }
 
-/// A replica with a short TTL: a crash frees the key when its lease expires.
-fn short_lived(etcd: &Etcd, key: &str, id: &str) -> Sidecar {
-    Sidecar::start(&etcd.endpoint(), key, id, &["--ttl", "3"])
+/// A leader `first` and `n` followers `w0`.. registered behind it, each having read the
+/// others, all with a short TTL: a crash frees the key when its lease expires.
+fn before_a_crash(test: &str, n: usize) -> (Etcd, Sidecar, Vec<Sidecar>) {
+    let (etcd, key) = etcd_and_key(test);
+    let short = |id: &str| Sidecar::start(&etcd.endpoint(), &key, id, &["--ttl", "3"]);
+    let first = short("first");
+    first.wait_leading("first leads");
+    let others: Vec<Sidecar> = (0..n).map(|i| short(&format!("w{i}"))).collect();
+    wait_registered(&others);
+    // Let every follower read the candidates (registered just now).
+    std::thread::sleep(Duration::from_millis(300));
+    (etcd, first, others)
 }
 
 #[test]
 fn after_a_crash_about_one_candidate_campaigns_however_many_wait() {
-    let (etcd, key) = etcd_and_key("succession_crash_order");
-    let short = |id: &str| short_lived(&etcd, &key, id);
-    let mut first = short("first");
-    first.wait_leading("first leads");
-    let others: Vec<Sidecar> = (0..5).map(|i| short(&format!("w{i}"))).collect();
-    wait_registered(&others);
-    // Let every follower read the candidates (registered just now).
-    std::thread::sleep(Duration::from_millis(300));
+    let (_etcd, mut first, others) = before_a_crash("succession_crash_order", 5);
     let before: u64 = others.iter().map(Sidecar::campaigns).sum();
 
     first.kill();
@@ -268,13 +260,7 @@ fn after_a_crash_about_one_candidate_campaigns_however_many_wait() {
 
 #[test]
 fn after_a_crash_a_frozen_best_candidate_does_not_stop_the_others() {
-    let (etcd, key) = etcd_and_key("succession_crash_frozen");
-    let short = |id: &str| short_lived(&etcd, &key, id);
-    let mut first = short("first");
-    first.wait_leading("first leads");
-    let others: Vec<Sidecar> = (0..3).map(|i| short(&format!("w{i}"))).collect();
-    wait_registered(&others);
-    std::thread::sleep(Duration::from_millis(300));
+    let (_etcd, mut first, others) = before_a_crash("succession_crash_frozen", 3);
     // The best-ranked (newest) candidate is frozen: registered, lease alive, but silent.
     others[2].signal(Signal::SIGSTOP);
 

@@ -4,58 +4,46 @@
 //! leadership moved, how long nobody led, how many requests etcd served, and
 //! whether two replicas ever led at once.
 //!
-//! # The two patterns
-//! * [`Pattern::OneAtATime`] (a Deployment with `maxSurge: 1,
-//!   maxUnavailable: 0`): start one B, wait until it is ready (`/healthz` 200)
-//!   and registered (`/status` state `follower` or `leader`), then stop one A,
-//!   and wait until that A is gone before the next step. The A stopped is the
-//!   one that currently leads, when an A leads (adversarial for a random
-//!   successor: leadership has to move at every step where an A leads);
-//!   otherwise a random A.
+//! # The patterns
+//! * [`Pattern::OneAtATime`] (`maxSurge: 1, maxUnavailable: 0`): start one B,
+//!   wait until it is ready and registered (`/status` state `follower` or
+//!   `leader`), then stop one A and wait until it is gone. The A stopped is
+//!   the leader when an A leads (adversarial for a random successor: leadership
+//!   has to move at every such step), otherwise a random A.
 //! * [`Pattern::AllAtOnce`] (leader-only readiness, `maxUnavailable: 100%`):
-//!   spawn every B without waiting, and stop every A within
-//!   [`STOP_SPREAD`] of that.
-//! * [`Pattern::SlowStart`]: the same, but the Bs start [`SLOW_START`] late (an
+//!   spawn every B without waiting, and stop every A within [`STOP_SPREAD`].
+//! * [`Pattern::SlowStart`]: the same, with the Bs [`SLOW_START`] late (an
 //!   image pull, a slow application): what `--handoff-wait` is for.
 //!
 //! "Stop" is what a native sidecar sees: the app container stops first, and
-//! the elector gets SIGTERM after the app's drain, a uniformly random
-//! 0..[`MAX_DRAIN`]. The signals are sent from the test thread at their
-//! scheduled times; every child is spawned from the test thread too (children
-//! die when the thread that spawned them ends, see the crate docs). The one
-//! helper thread, the [`Observer`], only does HTTP.
-//!
-//! The randomness comes from one `fastrand::Rng` per [`simulate`] call, seeded
-//! at random or from `ELECTOR_ROLLOUT_SEED`; the seed is printed.
+//! the elector gets SIGTERM after the app's drain, uniformly random
+//! 0..[`MAX_DRAIN`]. Signals and spawns come from the test thread (children
+//! die when the thread that spawned them ends, see the crate docs); the one
+//! helper thread, the [`Observer`], only does HTTP. The randomness is one
+//! `fastrand::Rng` per [`simulate`] call, seeded at random or from
+//! `ELECTOR_ROLLOUT_SEED`; the seed is printed.
 //!
 //! # What is measured
 //! The observer polls every replica's `GET /leader` in rounds, every
 //! [`PROBE_PERIOD`], on kept-alive connections: a first pass over all
 //! replicas, then a confirming pass over those that answered 200.
-//! * Leader changes: in the order of the first-pass 200s, how often the
-//!   identity answering changes to a different replica.
+//! * Leader changes: how often the identity answering 200 changes, in the
+//!   order of the first-pass 200s.
 //! * Time without a leader: from the first round that saw a leader to the end
-//!   of the settle time, the stretches of rounds where nobody answered 200,
-//!   each from its first round's start to the start of the next round with a
-//!   leader: correct to about one round (~[`PROBE_PERIOD`], longer when the
-//!   machine is busy; the figures give the rounds made), so a handoff that
-//!   fits between two rounds counts 0. The logs give a finer figure: the
-//!   time no replica's term (below) covers.
-//! * Overlap, proven: two replicas answered 200 in one round's first pass,
-//!   and the one asked first still answered 200 with the same fencing token
-//!   in the confirming pass. Its claim then certainly covered the other's
-//!   200 (see `observe.rs` on why one 200 each proves nothing: a
-//!   handoff takes milliseconds). Two first-pass 200s without that
-//!   confirmation are a handoff seen inside one round, counted apart.
-//! * Overlap from the logs: each replica's terms (`became_leader` ..
-//!   `stepped_down` in its JSON log, wall-clock timestamps); the largest
-//!   overlap between terms of different replicas. Log lines are written a
-//!   little after the state changes they report, so this is reported, not
-//!   asserted.
-//! * etcd requests: `grpc_server_msg_received_total` summed over every method
-//!   except `LeaseKeepAlive`, scraped from etcd's `/metrics` before the first
-//!   B starts and after the settle time ([`EtcdCounts::requests`], as the
-//!   bench counts them).
+//!   of the settle time, the stretches of rounds where nobody answered 200.
+//!   Correct to about one round (the figures give the rounds made), so a
+//!   handoff between two rounds counts 0; the logs give a finer figure, the
+//!   time no replica's term (`became_leader` .. `stepped_down`) covers.
+//! * Overlap, proven: two 200s in one round's first pass, and the one asked
+//!   first still answered 200 with the same fencing token in the confirming
+//!   pass, so its claim covered the other's 200 (see `observe.rs` on why one
+//!   200 each proves nothing: a handoff takes milliseconds). Without that
+//!   confirmation it is a handoff seen inside one round, counted apart.
+//! * Overlap from the logs: the largest between terms of different replicas.
+//!   Log lines are written a little after their change: reported, not asserted.
+//! * etcd requests: [`EtcdCounts::requests`] (every method but
+//!   `LeaseKeepAlive`) from before the first B starts to after the settle time,
+//!   as the bench counts them.
 
 use std::fmt;
 use std::net::{SocketAddr, TcpStream};
@@ -68,15 +56,14 @@ use fastrand::Rng;
 
 use super::observe::{self, leader_views, unix_micros, Probe};
 use super::{
-    tail, unique_key, wait_until, ElectorArgs, Etcd, EtcdCounts, Sidecar, SidecarBuilder, Signal,
-    SOON,
+    http, tail, unique_key, wait_until, with_port_retries, ElectorArgs, Etcd, EtcdCounts, Sidecar,
+    SidecarBuilder, Signal, SOON,
 };
 
 /// Replicas per revision.
 pub const REPLICAS: usize = 5;
-/// Lease TTL (the `--ttl` of every way's arguments): long enough that nothing
-/// in a rollout may wait for an expiry (such a wait would show as seconds
-/// without a leader).
+/// Lease TTL (`--ttl` in every way's arguments): long enough that a wait for an
+/// expiry would show as seconds without a leader.
 pub const TTL_SECS: u64 = 10;
 /// How often the observer starts a round of probes.
 pub const PROBE_PERIOD: Duration = Duration::from_millis(10);
@@ -90,21 +77,12 @@ pub const SLOW_START: Duration = Duration::from_millis(1500);
 pub const SETTLE: Duration = Duration::from_millis(500);
 /// The bound on an A's exit after SIGTERM: `--shutdown-timeout` plus slack.
 pub const EXIT_TIMEOUT: Duration = Duration::from_secs(15);
-/// Runs per (pattern, way) when `ELECTOR_ROLLOUT_RUNS` is set but empty or
-/// unparsable; see [`runs_from_env`].
+/// Runs per (pattern, way) when `ELECTOR_ROLLOUT_RUNS` is set but not a number.
 pub const MANY_RUNS: usize = 20;
 
-/// Settings every way shares: the TTL above, a shutdown that has time to give
-/// the lease back, and no release delay (a rollout here has no endpoints to
-/// drain).
-const COMMON_ARGS: [&str; 6] = [
-    "--ttl",
-    "10",
-    "--shutdown-timeout",
-    "10",
-    "--release-delay",
-    "0",
-];
+/// Every way's: the TTL above, time to give the lease back, and no release
+/// delay (there are no endpoints to drain).
+const COMMON_ARGS: &str = "--ttl 10 --shutdown-timeout 10 --release-delay 0";
 
 /// How Kubernetes replaces the replicas; see the module docs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,29 +110,26 @@ impl fmt::Display for Pattern {
 /// Which sidecar behaviour the replicas run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Way {
-    /// The lock protocol as before direct succession (`--no-succession`): on release the
-    /// leader revokes and a random waiting follower wins.
+    /// `--no-succession`: on release the leader revokes and a random follower wins.
     Lock,
     /// `--protocol election`: etcd's concurrency.Election queue.
     Election,
-    /// Direct succession (the default): the leader hands over to a chosen successor, with
-    /// the chart's `--handoff-wait` for the pattern (see [`Way::args`]).
+    /// Direct succession, with the chart's `--handoff-wait` for the pattern.
     Succession,
-    /// Direct succession with `--handoff-wait 0`: the leader never waits for a new release.
+    /// Direct succession with `--handoff-wait 0`.
     SuccessionNoWait,
 }
 
 impl Way {
     /// The sidecar's arguments for this way in this pattern (besides endpoints, key and id).
     pub fn args(self, pattern: Pattern) -> Vec<&'static str> {
-        // The handoff wait the chart sets for each pattern's readiness mode: 3 s for
-        // leader-only readiness (every old pod stops while the new ones start), none for
-        // healthy readiness (a new pod is Ready, and registered, before an old one stops).
+        // The chart's wait per readiness mode: 3 s for leader-only (every old pod stops
+        // while the new ones start), none for healthy (a new pod registers first).
         let chart_wait = match pattern {
             Pattern::AllAtOnce | Pattern::SlowStart => "3",
             Pattern::OneAtATime => "0",
         };
-        let mut args = COMMON_ARGS.to_vec();
+        let mut args: Vec<&str> = COMMON_ARGS.split(' ').collect();
         match self {
             Way::Lock => args.push("--no-succession"),
             Way::Election => args.extend(["--protocol", "election"]),
@@ -176,8 +151,7 @@ impl fmt::Display for Way {
     }
 }
 
-/// The number of runs per (pattern, way): `ELECTOR_ROLLOUT_RUNS` if it is a
-/// number, [`MANY_RUNS`] if it is set otherwise, else `default`.
+/// `ELECTOR_ROLLOUT_RUNS` if a number, [`MANY_RUNS`] if set otherwise, else `default`.
 pub fn runs_from_env(default: usize) -> usize {
     match std::env::var("ELECTOR_ROLLOUT_RUNS") {
         Ok(v) => v.trim().parse().unwrap_or(MANY_RUNS).max(1),
@@ -224,17 +198,15 @@ pub struct RolloutFigures {
     pub etcd_requests_by_method: Vec<(String, u64)>,
     /// Proven overlaps (see the module docs), described.
     pub overlaps: Vec<String>,
-    /// Rounds whose first pass saw two 200s that the confirming pass did not
-    /// prove to overlap: handoffs faster than a round.
+    /// Rounds with two first-pass 200s not proven to overlap: handoffs faster
+    /// than a round.
     pub handoffs_within_a_round: usize,
     /// Pairs of log terms of different replicas that overlap at all.
     pub log_overlaps: usize,
     /// The largest overlap of two replicas' log terms (negative: the
     /// smallest gap between a term's end and the next one's start).
     pub log_max_overlap: Option<f64>,
-    /// Time without a leader by the logs, first B's start .. end of settle:
-    /// the time no replica's log term covers. Finer than the probes' rounds,
-    /// though each line is written a little after its change.
+    /// The time no replica's log term covers, first B's start .. end of settle.
     pub log_leaderless: Duration,
     /// Replicas answering 200 at the end, with the leader's identity if one.
     pub final_leaders: usize,
@@ -292,10 +264,8 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-/// Runs `runs` rollouts of `pattern` with `way` on one fresh etcd (a new key
-/// each run) from the calling thread, printing each run's figures, and
-/// returns them. Panics, with the sidecars' logs, when a step cannot complete
-/// (a replica not ready, an A not exiting, no single B leading at the end).
+/// Runs `runs` rollouts on one fresh etcd (a new key each run) from the calling
+/// thread, printing each run's figures; panics, with the logs, when a step fails.
 pub fn simulate(pattern: Pattern, way: Way, runs: usize) -> Vec<RolloutFigures> {
     let seed = seed();
     println!(
@@ -334,18 +304,7 @@ pub fn print_table(figures: &[RolloutFigures]) {
         .map(|f| f.longest_leaderless)
         .max()
         .unwrap_or_default();
-    println!(
-        "| {:<13} | {:<10} | {:>4} | {:>19} | {:>20} | {:>20} | {:>12} | {:>7} | {:>18} |",
-        "pattern",
-        "way",
-        "runs",
-        "changes min/med/max",
-        "no leader p50/max ms",
-        "(by logs) p50/max ms",
-        "etcd req med",
-        "overlap",
-        "log overlap (max)"
-    );
+    println!("| pattern       | way        | runs | changes min/med/max | no leader p50/max ms | (by logs) p50/max ms | etcd req med | overlap |  log overlap (max) |");
     println!(
         "| {:<13} | {:<10} | {:>4} | {:>19} | {:>20} | {:>20} | {:>12} | {:>7} | {:>18} |",
         first.pattern.to_string(),
@@ -376,71 +335,78 @@ fn spread(figures: &[RolloutFigures], of: impl Fn(&RolloutFigures) -> f64) -> (f
     (v[0], (v[(n - 1) / 2] + v[n / 2]) / 2.0, v[n - 1])
 }
 
-/// One replica of the rollout.
+/// One replica of the rollout; replica `j` of a [`World`] is the observer's target `j`.
 struct Replica {
     sidecar: Sidecar,
     builder: SidecarBuilder,
-    revision: char,
-    /// Its index among the observer's targets.
-    target: usize,
-    /// SIGTERM sent.
-    stopped: bool,
 }
 
-impl Replica {
-    fn name(&self) -> &str {
-        self.sidecar.id()
-    }
-}
-
-/// Whether [`World::launch`] waits for the replica to answer, or only starts its process.
-enum Start {
-    Ready,
-    Spawned,
-}
-
-/// One run: its key, the replicas so far, and the observer probing them.
-struct World<'a> {
-    etcd: &'a Etcd,
-    key: String,
-    pattern: Pattern,
-    way: Way,
+/// One run: the replicas so far (the As, then the Bs), and the observer probing them.
+struct World {
+    /// Every replica's settings but its id and revision.
+    base: SidecarBuilder,
     observer: Observer,
     replicas: Vec<Replica>,
 }
 
-impl World<'_> {
-    /// Starts replica `i` of `revision` and adds it to the observer's targets.
-    fn launch(&mut self, revision: char, i: usize, start: Start) -> &Replica {
-        let builder = Sidecar::builder()
-            .endpoints(&self.etcd.endpoint())
-            .key(&self.key)
+impl World {
+    /// Spawns replica `i` of `revision`, without waiting, and adds it to the
+    /// observer's targets; returns its index.
+    fn launch(&mut self, revision: char, i: usize) -> usize {
+        let builder = self
+            .base
+            .clone()
             .id(&format!("{}-{i}", revision.to_ascii_lowercase()))
-            .args(&self.way.args(self.pattern))
             // Which release the replica runs (the chart passes the pod-template-hash).
             .env("ELECTOR_REVISION", &revision.to_string());
-        let sidecar = match start {
-            Start::Ready => builder.clone().start(),
-            Start::Spawned => builder.clone().spawn(),
-        };
-        let target = self.observer.add(sidecar.addr());
-        self.replicas.push(Replica {
-            sidecar,
-            builder,
-            revision,
-            target,
-            stopped: false,
+        let sidecar = builder.clone().spawn();
+        self.observer.add(sidecar.addr());
+        self.replicas.push(Replica { sidecar, builder });
+        self.replicas.len() - 1
+    }
+
+    /// Waits for replica `j`'s `/healthz`, respawning it on other ports if a
+    /// port it was given was taken meanwhile (as `SidecarBuilder::start` does).
+    fn ensure_up(&mut self, j: usize) {
+        let (r, observer) = (&mut self.replicas[j], &self.observer);
+        let mut respawn = false;
+        with_port_retries(|| {
+            if std::mem::replace(&mut respawn, true) {
+                r.sidecar = r.builder.clone().spawn();
+                observer.replace(j, r.sidecar.addr());
+            }
+            let addr = r.sidecar.addr();
+            let healthy = || http::get(addr, "/healthz").is_ok_and(|resp| resp.status == 200);
+            r.sidecar.wait_ready(SOON, healthy)
+        })
+    }
+
+    /// Waits until replica `j`'s `/status` says `follower` or `leader`: it
+    /// takes part in the election.
+    fn wait_registered(&self, j: usize) {
+        let s = &self.replicas[j].sidecar;
+        let mut last = String::new();
+        let registered = wait_until(SOON, || {
+            last = s
+                .try_get("/status")
+                .map_or_else(|e| e.to_string(), |r| r.body);
+            serde_json::from_str::<serde_json::Value>(&last)
+                .is_ok_and(|v| v["state"] == "follower" || v["state"] == "leader")
         });
-        self.replicas.last().expect("just pushed")
+        assert!(
+            registered,
+            "{} not registered within {SOON:?} (last /status: {last}); log:\n{}",
+            s.id(),
+            tail(&s.logs(), 40)
+        );
     }
 
     /// The Bs that answer 200.
     fn leading_bs(&self) -> Vec<String> {
-        let leading = self.replicas.iter().filter(|r| r.sidecar.is_leader());
-        leading
-            .filter(|r| r.revision == 'B')
-            .map(|r| r.name().to_string())
-            .collect()
+        let leading = self.replicas[REPLICAS..]
+            .iter()
+            .filter(|r| r.sidecar.is_leader());
+        leading.map(|r| r.sidecar.id().to_string()).collect()
     }
 
     /// Every replica's `/leader`, for failure messages.
@@ -458,19 +424,20 @@ fn run_once(
     run: usize,
 ) -> RolloutFigures {
     let mut w = World {
-        etcd,
-        key: unique_key(&format!("rollout-{pattern}-{way}")),
-        pattern,
-        way,
+        base: Sidecar::builder()
+            .endpoints(&etcd.endpoint())
+            .key(&unique_key(&format!("rollout-{pattern}-{way}")))
+            .args(&way.args(pattern)),
         observer: Observer::start(),
         replicas: Vec::new(),
     };
     // Revision A, settled: one leader, every replica registered.
     for i in 0..REPLICAS {
-        w.launch('A', i, Start::Ready);
+        let j = w.launch('A', i);
+        w.ensure_up(j);
     }
-    for r in &w.replicas {
-        wait_registered(r);
+    for j in 0..REPLICAS {
+        w.wait_registered(j);
     }
     assert!(
         wait_until(SOON, || w.observer.has_seen_leader()),
@@ -483,7 +450,8 @@ fn run_once(
     let start_wall = unix_micros(t_start);
     match pattern {
         Pattern::OneAtATime => one_at_a_time(&mut w, rng),
-        Pattern::AllAtOnce | Pattern::SlowStart => all_at_once(&mut w, rng),
+        Pattern::AllAtOnce => all_at_once(&mut w, rng, Duration::ZERO),
+        Pattern::SlowStart => all_at_once(&mut w, rng, SLOW_START),
     }
 
     // Every A is gone: exactly one B must lead.
@@ -503,23 +471,20 @@ fn run_once(
     let rounds = w.observer.stop();
     let final_view = w.leading_bs();
 
-    let names: Vec<String> = w.replicas.iter().map(|r| r.name().to_string()).collect();
+    let names: Vec<String> = w.replicas.iter().map(|r| r.sidecar.id().into()).collect();
     let probes = analyse(&rounds, &names, t_end);
     let end_wall = unix_micros(t_end);
     let mut terms = Vec::new();
     for r in w.replicas.iter_mut() {
         let log = r.sidecar.logs();
         // A term still open ends now, or at the last line of a process that exited.
-        let end = match r.sidecar.is_running() {
-            true => end_wall,
-            false => observe::json_lines(&log)
-                .last()
-                .map_or(end_wall, |(at, _)| at),
-        };
-        terms.extend(observe::terms(r.name(), &log).into_iter().map(|mut t| {
-            t.end.get_or_insert(end);
-            t
-        }));
+        let exited = !r.sidecar.is_running();
+        let last_line = observe::json_lines(&log).last().filter(|_| exited);
+        let end = last_line.map_or(end_wall, |(at, _)| at);
+        for mut term in observe::terms(r.sidecar.id(), &log) {
+            term.end.get_or_insert(end);
+            terms.push(term);
+        }
     }
     // Every pair, to report the closest two came when none overlapped.
     let pairs = observe::term_overlaps(&terms, i64::MIN);
@@ -566,119 +531,56 @@ fn run_once(
 
 /// Maxsurge 1, maxUnavailable 0: one B up and registered, then one A down.
 fn one_at_a_time(w: &mut World, rng: &mut Rng) {
+    let mut running: Vec<usize> = (0..REPLICAS).collect();
     for i in 0..REPLICAS {
-        wait_registered(w.launch('B', i, Start::Ready));
+        let b = w.launch('B', i);
+        w.ensure_up(b);
+        w.wait_registered(b);
 
         // The A to stop: the leader if an A leads, else a random A.
-        let running: Vec<usize> = (0..w.replicas.len())
-            .filter(|&j| w.replicas[j].revision == 'A' && !w.replicas[j].stopped)
-            .collect();
         let leading = running
             .iter()
-            .copied()
-            .find(|&j| w.replicas[j].sidecar.is_leader());
-        let victim = leading.unwrap_or_else(|| running[rng.usize(..running.len())]);
+            .position(|&j| w.replicas[j].sidecar.is_leader());
+        let victim = running.remove(leading.unwrap_or_else(|| rng.usize(..running.len())));
 
         // The app container stops first; the elector gets SIGTERM after its drain.
         thread::sleep(up_to(rng, MAX_DRAIN));
-        let a = &mut w.replicas[victim];
-        a.sidecar.signal(Signal::SIGTERM);
-        a.stopped = true;
-        a.sidecar.wait_exit(EXIT_TIMEOUT);
+        let a = &mut w.replicas[victim].sidecar;
+        a.signal(Signal::SIGTERM);
+        a.wait_exit(EXIT_TIMEOUT);
     }
 }
 
-/// maxUnavailable 100%: every A stopping within [`STOP_SPREAD`], each A's SIGTERM after
-/// its own drain, and every B spawned at once ([`SLOW_START`] after the first A began to
-/// stop, in that pattern).
-fn all_at_once(w: &mut World, rng: &mut Rng) {
-    let late = match w.pattern {
-        Pattern::SlowStart => SLOW_START,
-        _ => Duration::ZERO,
-    };
-    let first_b = w.replicas.len();
+/// maxUnavailable 100%: the As stop within [`STOP_SPREAD`], each SIGTERM after its own
+/// drain, while every B is spawned at once, `late`.
+fn all_at_once(w: &mut World, rng: &mut Rng, late: Duration) {
     let t0 = Instant::now();
     // `None` spawns the Bs; `Some(j)` stops A number j.
-    let mut schedule: Vec<(Instant, Option<usize>)> = (0..first_b)
-        .map(|j| {
-            (
-                t0 + up_to(rng, STOP_SPREAD) + up_to(rng, MAX_DRAIN),
-                Some(j),
-            )
-        })
-        .collect();
-    schedule.push((t0 + late, None));
+    let mut schedule = vec![(t0 + late, None)];
+    for j in 0..REPLICAS {
+        let stop = up_to(rng, STOP_SPREAD) + up_to(rng, MAX_DRAIN);
+        schedule.push((t0 + stop, Some(j)));
+    }
     schedule.sort();
     for (at, step) in schedule {
         if let Some(wait) = at.checked_duration_since(Instant::now()) {
             thread::sleep(wait);
         }
         match step {
-            Some(j) => {
-                w.replicas[j].sidecar.signal(Signal::SIGTERM);
-                w.replicas[j].stopped = true;
-            }
+            Some(j) => w.replicas[j].sidecar.signal(Signal::SIGTERM),
             None => {
                 for i in 0..REPLICAS {
-                    w.launch('B', i, Start::Spawned);
+                    w.launch('B', i);
                 }
             }
         }
     }
-    for b in w.replicas[first_b..].iter_mut() {
-        ensure_up(b, &w.observer);
+    for b in REPLICAS..w.replicas.len() {
+        w.ensure_up(b);
     }
-    for a in w.replicas[..first_b].iter_mut() {
+    for a in w.replicas[..REPLICAS].iter_mut() {
         a.sidecar.wait_exit(EXIT_TIMEOUT);
     }
-}
-
-/// Waits for a spawned (not started) replica's `/healthz`, respawning it on
-/// other ports if a port it was given was taken meanwhile (as
-/// `SidecarBuilder::start` does).
-fn ensure_up(r: &mut Replica, observer: &Observer) {
-    for _ in 0..3 {
-        let s = &mut r.sidecar;
-        let up = wait_until(SOON, || {
-            s.try_get("/healthz").is_ok_and(|resp| resp.status == 200) || !s.is_running()
-        });
-        if up && s.is_running() {
-            return;
-        }
-        if !s.logs().contains("Address already in use") {
-            break;
-        }
-        eprintln!("{}: a port was taken, respawning on others", r.name());
-        r.sidecar = r.builder.clone().spawn();
-        observer.replace(r.target, r.sidecar.addr());
-    }
-    panic!(
-        "{} not ready within {SOON:?}; log:\n{}",
-        r.name(),
-        tail(&r.sidecar.logs(), 40)
-    );
-}
-
-/// Waits until `/status` says `follower` or `leader`: the replica knows the
-/// election and takes part in it.
-fn wait_registered(r: &Replica) {
-    let mut last = String::new();
-    let ok = wait_until(SOON, || {
-        last = match r.sidecar.try_get("/status") {
-            Ok(resp) => serde_json::from_str::<serde_json::Value>(&resp.body)
-                .ok()
-                .and_then(|v| v["state"].as_str().map(String::from))
-                .unwrap_or_default(),
-            Err(e) => e.to_string(),
-        };
-        last == "follower" || last == "leader"
-    });
-    assert!(
-        ok,
-        "{} not registered within {SOON:?} (last /status state: {last}); log:\n{}",
-        r.name(),
-        tail(&r.sidecar.logs(), 40)
-    );
 }
 
 /// One round: every target once, in order (`first[i]` is target `i`), then
@@ -690,56 +592,56 @@ pub struct Round {
     pub confirm: Vec<(usize, Probe)>,
 }
 
-/// Polls every registered target's `/leader` in rounds from one thread that
-/// does nothing but HTTP; targets are added by the test thread as replicas
-/// start.
+/// What the observer's thread shares with the test thread.
+#[derive(Default)]
+struct Shared {
+    targets: Mutex<Vec<SocketAddr>>,
+    stop: AtomicBool,
+    seen_leader: AtomicBool,
+}
+
+/// Polls every target's `/leader` in rounds from one thread that does nothing
+/// but HTTP; the test thread adds targets as replicas start.
 pub struct Observer {
-    targets: Arc<Mutex<Vec<SocketAddr>>>,
-    stop: Arc<AtomicBool>,
-    seen_leader: Arc<AtomicBool>,
+    shared: Arc<Shared>,
     thread: Option<JoinHandle<Vec<Round>>>,
 }
 
 impl Observer {
     pub fn start() -> Observer {
-        let targets = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let seen_leader = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (targets, stop, seen) = (targets.clone(), stop.clone(), seen_leader.clone());
-            thread::Builder::new()
-                .name("rollout-observer".into())
-                .spawn(move || observe(&targets, &stop, &seen))
-                .expect("spawning the observer thread")
-        };
+        let shared = Arc::new(Shared::default());
+        let theirs = shared.clone();
+        let thread = thread::Builder::new()
+            .name("rollout-observer".into())
+            .spawn(move || observe(&theirs))
+            .expect("spawning the observer thread");
         Observer {
-            targets,
-            stop,
-            seen_leader,
+            shared,
             thread: Some(thread),
         }
     }
 
-    /// Adds a target; returns its index.
-    pub fn add(&self, addr: SocketAddr) -> usize {
-        let mut t = self.targets.lock().expect("observer targets");
-        t.push(addr);
-        t.len() - 1
+    pub fn add(&self, addr: SocketAddr) {
+        self.shared
+            .targets
+            .lock()
+            .expect("observer targets")
+            .push(addr);
     }
 
     /// Points target `i` at a new address (a respawned replica).
     pub fn replace(&self, i: usize, addr: SocketAddr) {
-        self.targets.lock().expect("observer targets")[i] = addr;
+        self.shared.targets.lock().expect("observer targets")[i] = addr;
     }
 
     /// Whether any round has seen a 200.
     pub fn has_seen_leader(&self) -> bool {
-        self.seen_leader.load(Ordering::SeqCst)
+        self.shared.seen_leader.load(Ordering::SeqCst)
     }
 
     /// Stops the thread and returns its rounds.
     pub fn stop(&mut self) -> Vec<Round> {
-        self.stop.store(true, Ordering::SeqCst);
+        self.shared.stop.store(true, Ordering::SeqCst);
         self.thread
             .take()
             .expect("stopped once")
@@ -750,16 +652,16 @@ impl Observer {
 
 impl Drop for Observer {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
+        self.shared.stop.store(true, Ordering::SeqCst);
     }
 }
 
-fn observe(targets: &Mutex<Vec<SocketAddr>>, stop: &AtomicBool, seen: &AtomicBool) -> Vec<Round> {
+fn observe(shared: &Shared) -> Vec<Round> {
     let mut conns: Vec<Option<(SocketAddr, TcpStream)>> = Vec::new();
     let mut rounds = Vec::new();
     let mut next = Instant::now();
-    while !stop.load(Ordering::SeqCst) {
-        let addrs = targets.lock().expect("observer targets").clone();
+    while !shared.stop.load(Ordering::SeqCst) {
+        let addrs = shared.targets.lock().expect("observer targets").clone();
         conns.resize_with(addrs.len(), || None);
         let start = Instant::now();
         let first: Vec<Probe> = (0..addrs.len())
@@ -770,7 +672,7 @@ fn observe(targets: &Mutex<Vec<SocketAddr>>, stop: &AtomicBool, seen: &AtomicBoo
             .map(|i| (i, probe(addrs[i], &mut conns[i])))
             .collect();
         if !confirm.is_empty() {
-            seen.store(true, Ordering::SeqCst);
+            shared.seen_leader.store(true, Ordering::SeqCst);
         }
         rounds.push(Round {
             start,
@@ -836,12 +738,7 @@ pub fn analyse(rounds: &[Round], names: &[String], end: Instant) -> ProbeFigures
         let first = round.first.iter().enumerate();
         let mut led: Vec<(usize, &Probe)> = first.filter(|(_, p)| p.is_leader()).collect();
         led.sort_by_key(|(_, p)| p.answered);
-        for (target, _) in &led {
-            let n = name(*target);
-            if leaders.last() != Some(&n) {
-                leaders.push(n);
-            }
-        }
+        leaders.extend(led.iter().map(|&(target, _)| name(target)));
         if led.len() >= 2 {
             let mut proven = false;
             for (k, &(pt, p)) in led.iter().enumerate() {
@@ -872,6 +769,7 @@ pub fn analyse(rounds: &[Round], names: &[String], end: Instant) -> ProbeFigures
             }
         }
     }
+    leaders.dedup();
     // A round with a leader covers the time until the next round starts.
     let starts: Vec<Instant> = rounds.iter().map(|r| r.start).chain([end]).collect();
     let led_rounds = (0..rounds.len()).filter(|&k| rounds[k].first.iter().any(Probe::is_leader));
