@@ -56,7 +56,7 @@ use fastrand::Rng;
 
 use super::observe::{self, leader_views, unix_micros, Probe};
 use super::{
-    http, tail, unique_key, wait_until, with_port_retries, ElectorArgs, Etcd, EtcdCounts, Sidecar,
+    http, unique_key, wait_until, with_port_retries, ElectorArgs, Etcd, EtcdCounts, Sidecar,
     SidecarBuilder, Signal, SOON,
 };
 
@@ -381,26 +381,6 @@ impl World {
         })
     }
 
-    /// Waits until replica `j`'s `/status` says `follower` or `leader`: it
-    /// takes part in the election.
-    fn wait_registered(&self, j: usize) {
-        let s = &self.replicas[j].sidecar;
-        let mut last = String::new();
-        let registered = wait_until(SOON, || {
-            last = s
-                .try_get("/status")
-                .map_or_else(|e| e.to_string(), |r| r.body);
-            serde_json::from_str::<serde_json::Value>(&last)
-                .is_ok_and(|v| v["state"] == "follower" || v["state"] == "leader")
-        });
-        assert!(
-            registered,
-            "{} not registered within {SOON:?} (last /status: {last}); log:\n{}",
-            s.id(),
-            tail(&s.logs(), 40)
-        );
-    }
-
     /// The Bs that answer 200.
     fn leading_bs(&self) -> Vec<String> {
         let leading = self.replicas[REPLICAS..]
@@ -437,7 +417,7 @@ fn run_once(
         w.ensure_up(j);
     }
     for j in 0..REPLICAS {
-        w.wait_registered(j);
+        w.replicas[j].sidecar.wait_campaigned();
     }
     assert!(
         wait_until(SOON, || w.observer.has_seen_leader()),
@@ -535,7 +515,7 @@ fn one_at_a_time(w: &mut World, rng: &mut Rng) {
     for i in 0..REPLICAS {
         let b = w.launch('B', i);
         w.ensure_up(b);
-        w.wait_registered(b);
+        w.replicas[b].sidecar.wait_campaigned();
 
         // The A to stop: the leader if an A leads, else a random A.
         let leading = running

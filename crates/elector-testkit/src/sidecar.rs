@@ -303,15 +303,21 @@ impl Sidecar {
     /// Waits until `/status` says `state`; panics if it does not soon.
     pub fn wait_state(&self, state: &str) {
         let why = format!("{} is {state}", self.id);
-        self.wait_soon(&why, |s| s.status()["state"] == state);
+        self.wait_soon(&why, |s| s.state().as_deref() == Some(state));
     }
 
     /// Waits until it has campaigned: `/status` says leader or follower.
     pub fn wait_campaigned(&self) {
         let why = format!("{} campaigned", self.id);
-        let campaigned =
-            |s: &Sidecar| matches!(s.status()["state"].as_str(), Some("leader" | "follower"));
-        self.wait_soon(&why, campaigned);
+        self.wait_soon(&why, |s| {
+            matches!(s.state().as_deref(), Some("leader" | "follower"))
+        });
+    }
+
+    /// `/status`'s state; `None` while it does not answer (it may be starting).
+    fn state(&self) -> Option<String> {
+        let status: Value = serde_json::from_str(&self.try_get("/status").ok()?.body).ok()?;
+        status["state"].as_str().map(str::to_string)
     }
 
     fn wait_soon(&self, why: &str, cond: impl Fn(&Sidecar) -> bool) {
