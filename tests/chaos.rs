@@ -69,29 +69,23 @@ enum Kind {
     RevokeLease,
 }
 
+/// Every kind, with its name in the summary.
+const KINDS: [(Kind, &str); 6] = [
+    (Kind::KillMember, "kill+restart etcd member"),
+    (Kind::FreezeReplica, "freeze+thaw replica"),
+    (Kind::KillReplica, "SIGKILL+restart replica"),
+    (Kind::PartitionReplica, "partition+heal replica"),
+    (Kind::DeleteKey, "delete key"),
+    (Kind::RevokeLease, "revoke lease"),
+];
+
 impl Kind {
-    const ALL: [Kind; 6] = [
-        Kind::KillMember,
-        Kind::FreezeReplica,
-        Kind::KillReplica,
-        Kind::PartitionReplica,
-        Kind::DeleteKey,
-        Kind::RevokeLease,
-    ];
-
     fn name(self) -> &'static str {
-        match self {
-            Kind::KillMember => "kill+restart etcd member",
-            Kind::FreezeReplica => "freeze+thaw replica",
-            Kind::KillReplica => "SIGKILL+restart replica",
-            Kind::PartitionReplica => "partition+heal replica",
-            Kind::DeleteKey => "delete key",
-            Kind::RevokeLease => "revoke lease",
-        }
-    }
-
-    fn is_operator(self) -> bool {
-        matches!(self, Kind::DeleteKey | Kind::RevokeLease)
+        KINDS
+            .iter()
+            .find(|(k, _)| *k == self)
+            .expect("every kind")
+            .1
     }
 }
 
@@ -133,13 +127,9 @@ struct Replica {
 
 impl Replica {
     fn spawn(id: &str, addr: SocketAddr, proxies: &[TcpProxy], key: &str) -> Sidecar {
-        let endpoints = proxies
-            .iter()
-            .map(TcpProxy::endpoint)
-            .collect::<Vec<_>>()
-            .join(",");
+        let endpoints: Vec<String> = proxies.iter().map(TcpProxy::endpoint).collect();
         Sidecar::builder()
-            .on(&endpoints, key, id)
+            .on(&endpoints.join(","), key, id)
             .ttl(TTL)
             .listen_elsewhere(addr)
             .env("ELECTOR_LISTEN", &addr.to_string())
@@ -329,11 +319,8 @@ impl World {
             .map(|i| {
                 let id = format!("r{i}");
                 let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-                let proxies: Vec<TcpProxy> = cluster
-                    .members
-                    .iter()
-                    .map(|m| TcpProxy::start(m.client_addr()))
-                    .collect();
+                let members = cluster.members.iter();
+                let proxies: Vec<_> = members.map(|m| TcpProxy::start(m.client_addr())).collect();
                 let sidecar = Replica::spawn(&id, addr, &proxies, &key);
                 Replica {
                     id,
@@ -385,7 +372,7 @@ impl World {
     ) -> Vec<Fault> {
         let mut faults = Vec::new();
         while Instant::now() < deadline && failures.is_empty() {
-            let kind = Kind::ALL[rng.usize(..Kind::ALL.len())];
+            let kind = KINDS[rng.usize(..KINDS.len())].0;
             faults.push(self.inject(kind, rng));
             // A leader again soon after the heal; the exact figure comes from
             // the probes afterwards, this only stops a hopeless run early.
@@ -521,7 +508,7 @@ impl Outcome {
     fn after_operator(&self, at: Instant) -> bool {
         self.faults
             .iter()
-            .filter(|f| f.kind.is_operator())
+            .filter(|f| matches!(f.kind, Kind::DeleteKey | Kind::RevokeLease))
             .any(|f| at >= f.injected && at <= f.injected + OPERATOR_WINDOW)
     }
 
