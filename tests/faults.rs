@@ -12,7 +12,7 @@
 
 use std::time::{Duration, Instant};
 
-use elector_testkit::observe::{terms, ProbeRecord, Prober};
+use elector_testkit::observe::{terms, Prober};
 use elector_testkit::*;
 
 /// Short, so faults that wait out a lease are cheap.
@@ -24,20 +24,6 @@ const PROBE_EVERY: Duration = Duration::from_millis(5);
 /// A takeover that has to wait for a lease to expire: the TTL, etcd's lease
 /// expiry check (every 500 ms), and generous slack for a loaded machine.
 const TAKEOVER: Duration = Duration::from_secs(TTL + 7);
-
-/// When `target`'s first probe sent at or after `after` that was answered
-/// with `status` got its answer.
-fn first_answer(
-    record: &ProbeRecord,
-    target: usize,
-    after: Instant,
-    status: u16,
-) -> Option<Instant> {
-    record.probes[target]
-        .iter()
-        .find(|p| p.sent >= after && p.status == Some(status))
-        .map(|p| p.answered)
-}
 
 /// Starts `id` on `endpoint` (etcd, or a proxy to it) and waits until it
 /// leads: the replica each fault is done to.
@@ -199,8 +185,9 @@ fn a_partitioned_leader_steps_down_a_margin_before_another_wins() {
     // new one began after the new leader's last non-200 was sent.
     let old = &record.probes[0];
     let last_200 = old.iter().rfind(|p| p.is_leader()).expect("cut-off led");
-    let old_first_503 =
-        first_answer(&record, 0, last_200.sent, 503).expect("cut-off answered 503 after leading");
+    let old_first_503 = record
+        .first_answer(0, last_200.sent, 503)
+        .expect("cut-off answered 503 after leading");
     let new = &record.probes[1 + next];
     let new_first_200 = new
         .iter()
@@ -466,7 +453,7 @@ fn a_slow_etcd_makes_the_leader_step_down_rather_than_overlap() {
         matches!(reason.as_deref(), Some("lease_not_renewed" | "watch_lost")),
         "it stepped down because etcd was too slow to confirm its lease or watch: {steps:?}"
     );
-    let successor = first_answer(&record, 1 + next, slowed, 200);
+    let successor = record.first_answer(1 + next, slowed, 200);
     println!(
         "slow etcd (TTL {SLOW_TTL} s): leader stepped down ({}) and {} led {} ms after the latency reached {} s each way",
         reason.unwrap_or_default(),
@@ -520,9 +507,10 @@ fn release_delay_orders_the_shutdown_503_then_revoke_then_exit() {
     std::thread::sleep(Duration::from_millis(200));
     let record = prober.stop_checked(signalled);
 
-    let first_503 =
-        first_answer(&record, 0, signalled, 503).expect("the leader answered 503 after SIGTERM");
-    let heir_leads = first_answer(&record, 1, signalled, 200).expect("heir led");
+    let first_503 = record
+        .first_answer(0, signalled, 503)
+        .expect("the leader answered 503 after SIGTERM");
+    let heir_leads = record.first_answer(1, signalled, 200).expect("heir led");
     assert!(
         first_503 - signalled < Duration::from_millis(500),
         "503 at once: {} ms after SIGTERM",

@@ -261,6 +261,16 @@ impl ProbeRecord {
         found
     }
 
+    /// When `target`'s first probe sent at or after `after` that was answered `status` got its
+    /// answer.
+    pub fn first_answer(&self, target: usize, after: Instant, status: u16) -> Option<Instant> {
+        let probes = &self.probes[target];
+        let first = probes
+            .iter()
+            .find(|p| p.sent >= after && p.status == Some(status));
+        first.map(|p| p.answered)
+    }
+
     /// Every probe answered 200, all targets.
     pub fn leader_probes(&self) -> impl Iterator<Item = &Probe> {
         self.probes.iter().flatten().filter(|p| p.is_leader())
