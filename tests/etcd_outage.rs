@@ -106,10 +106,9 @@ fn a_lease_abandoned_during_an_outage_is_revoked_once_etcd_is_back() {
     etcd.kill();
     // The claim ends at the last renewal + TTL - margin; the lease is then
     // abandoned and its revoke fails, etcd being down.
+    let abandoned = || sidecar.logs().contains("\"lease_lost\"");
     assert!(
-        wait_until(Duration::from_secs(15), || sidecar
-            .logs()
-            .contains("\"lease_lost\"")),
+        wait_until(Duration::from_secs(15), abandoned),
         "the lease is abandoned at its claim deadline:\n{}",
         tail(&sidecar.logs(), 20)
     );
