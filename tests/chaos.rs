@@ -69,29 +69,23 @@ enum Kind {
     RevokeLease,
 }
 
+/// Every kind, with its name in the summary.
+const KINDS: [(Kind, &str); 6] = [
+    (Kind::KillMember, "kill+restart etcd member"),
+    (Kind::FreezeReplica, "freeze+thaw replica"),
+    (Kind::KillReplica, "SIGKILL+restart replica"),
+    (Kind::PartitionReplica, "partition+heal replica"),
+    (Kind::DeleteKey, "delete key"),
+    (Kind::RevokeLease, "revoke lease"),
+];
+
 impl Kind {
-    const ALL: [Kind; 6] = [
-        Kind::KillMember,
-        Kind::FreezeReplica,
-        Kind::KillReplica,
-        Kind::PartitionReplica,
-        Kind::DeleteKey,
-        Kind::RevokeLease,
-    ];
-
     fn name(self) -> &'static str {
-        match self {
-            Kind::KillMember => "kill+restart etcd member",
-            Kind::FreezeReplica => "freeze+thaw replica",
-            Kind::KillReplica => "SIGKILL+restart replica",
-            Kind::PartitionReplica => "partition+heal replica",
-            Kind::DeleteKey => "delete key",
-            Kind::RevokeLease => "revoke lease",
-        }
-    }
-
-    fn is_operator(self) -> bool {
-        matches!(self, Kind::DeleteKey | Kind::RevokeLease)
+        KINDS
+            .iter()
+            .find(|(k, _)| *k == self)
+            .expect("every kind")
+            .1
     }
 }
 
@@ -133,13 +127,9 @@ struct Replica {
 
 impl Replica {
     fn spawn(id: &str, addr: SocketAddr, proxies: &[TcpProxy], key: &str) -> Sidecar {
-        let endpoints = proxies
-            .iter()
-            .map(TcpProxy::endpoint)
-            .collect::<Vec<_>>()
-            .join(",");
+        let endpoints: Vec<String> = proxies.iter().map(TcpProxy::endpoint).collect();
         Sidecar::builder()
-            .on(&endpoints, key, id)
+            .on(&endpoints.join(","), key, id)
             .ttl(TTL)
             .listen_elsewhere(addr)
             .env("ELECTOR_LISTEN", &addr.to_string())
@@ -167,10 +157,8 @@ impl Replica {
         self.sidecar = Replica::spawn(&self.id, self.addr, &self.proxies, key);
     }
 
-    fn all_incarnations(&self) -> Vec<Incarnation> {
-        let mut all = self.past.clone();
-        all.push(self.incarnation(None));
-        all
+    fn all_incarnations(&self) -> impl Iterator<Item = Incarnation> + '_ {
+        self.past.iter().cloned().chain([self.incarnation(None)])
     }
 }
 
@@ -181,28 +169,26 @@ fn current_leader(replicas: &[Replica]) -> Option<usize> {
 /// The log terms of every incarnation, closed and adjusted as the module docs
 /// say: a killed process's open term ends at the kill; a still-running one's
 /// at `end`; a leader frozen past its deadline stopped claiming at the freeze.
-fn all_terms(replicas: &[Replica], end: i64) -> Vec<Term> {
+fn all_terms(incarnations: &[Incarnation], end: i64) -> Vec<Term> {
     let mut out = Vec::new();
-    for r in replicas {
-        for inc in r.all_incarnations() {
-            for mut t in terms(&inc.name, &inc.log) {
-                if t.end.is_none() {
-                    t.end = Some(inc.killed_at.unwrap_or(end));
-                    let why = inc.killed_at.map_or("still leading", |_| "killed");
-                    t.end_reason = Some(why.into());
-                }
-                for &(f, thaw) in &inc.freezes {
-                    let logged = t.end.expect("closed above");
-                    if t.start < f
-                        && t.end_reason.as_deref() == Some("lease_not_renewed")
-                        && logged >= thaw
-                        && logged - thaw < 1_000_000
-                    {
-                        t.end = Some(f);
-                    }
-                }
-                out.push(t);
+    for inc in incarnations {
+        for mut t in terms(&inc.name, &inc.log) {
+            if t.end.is_none() {
+                t.end = Some(inc.killed_at.unwrap_or(end));
+                let why = inc.killed_at.map_or("still leading", |_| "killed");
+                t.end_reason = Some(why.into());
             }
+            for &(f, thaw) in &inc.freezes {
+                let logged = t.end.expect("closed above");
+                if t.start < f
+                    && t.end_reason.as_deref() == Some("lease_not_renewed")
+                    && logged >= thaw
+                    && logged - thaw < 1_000_000
+                {
+                    t.end = Some(f);
+                }
+            }
+            out.push(t);
         }
     }
     out.sort_by_key(|t| t.start);
@@ -296,12 +282,17 @@ fn never_two_leaders_and_soon_a_leader_again_under_random_faults() {
         operator_overlaps: Vec::new(),
     };
     o.failures.extend(world.exited());
-    let all = all_terms(&world.replicas, unix_micros(ended));
+    let lives: Vec<_> = world
+        .replicas
+        .iter()
+        .flat_map(Replica::all_incarnations)
+        .collect();
+    let all = all_terms(&lives, unix_micros(ended));
     o.check_probe_overlaps();
     o.check_log_overlaps(&all);
     let terms_count = o.check_tokens(&all);
     let (worst, worst_at) = o.check_leaderless();
-    o.check_panics(&world.replicas);
+    o.check_panics(&lives);
     println!("chaos: {secs} s, seed {seed:#x}, TTL {TTL} s, {REPLICAS} replicas, 3 etcd members");
     o.print_summary(terms_count, worst, worst_at);
     assert!(
@@ -328,11 +319,8 @@ impl World {
             .map(|i| {
                 let id = format!("r{i}");
                 let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-                let proxies: Vec<TcpProxy> = cluster
-                    .members
-                    .iter()
-                    .map(|m| TcpProxy::start(m.client_addr()))
-                    .collect();
+                let members = cluster.members.iter();
+                let proxies: Vec<_> = members.map(|m| TcpProxy::start(m.client_addr())).collect();
                 let sidecar = Replica::spawn(&id, addr, &proxies, &key);
                 Replica {
                     id,
@@ -364,17 +352,15 @@ impl World {
 
     /// Replicas that exited without being killed, with their logs' tails.
     fn exited(&mut self) -> Vec<String> {
-        let mut exited = Vec::new();
-        for r in self.replicas.iter_mut() {
-            if let Some(status) = r.sidecar.try_wait() {
-                let log = tail(&r.sidecar.logs(), 30);
-                exited.push(format!(
-                    "{} exited on its own ({status}); log:\n{log}",
-                    r.id
-                ));
-            }
-        }
-        exited
+        let exited = |r: &mut Replica| {
+            let status = r.sidecar.try_wait()?;
+            let log = tail(&r.sidecar.logs(), 30);
+            Some(format!(
+                "{} exited on its own ({status}); log:\n{log}",
+                r.id
+            ))
+        };
+        self.replicas.iter_mut().filter_map(exited).collect()
     }
 
     /// Random faults, one after another, until `deadline` or the first failure.
@@ -386,7 +372,7 @@ impl World {
     ) -> Vec<Fault> {
         let mut faults = Vec::new();
         while Instant::now() < deadline && failures.is_empty() {
-            let kind = Kind::ALL[rng.usize(..Kind::ALL.len())];
+            let kind = KINDS[rng.usize(..KINDS.len())].0;
             faults.push(self.inject(kind, rng));
             // A leader again soon after the heal; the exact figure comes from
             // the probes afterwards, this only stops a hopeless run early.
@@ -419,11 +405,7 @@ impl World {
         let cluster = &mut self.cluster;
         let target = match kind {
             Kind::KillMember => {
-                let raft = if rng.f64() < 0.5 {
-                    cluster.raft_leader()
-                } else {
-                    None
-                };
+                let raft = (rng.f64() < 0.5).then(|| cluster.raft_leader()).flatten();
                 let m = raft.unwrap_or_else(|| rng.usize(..cluster.members.len()));
                 cluster.members[m].kill();
                 std::thread::sleep(millis(rng, 500, 4000));
@@ -526,7 +508,7 @@ impl Outcome {
     fn after_operator(&self, at: Instant) -> bool {
         self.faults
             .iter()
-            .filter(|f| f.kind.is_operator())
+            .filter(|f| matches!(f.kind, Kind::DeleteKey | Kind::RevokeLease))
             .any(|f| at >= f.injected && at <= f.injected + OPERATOR_WINDOW)
     }
 
@@ -617,14 +599,10 @@ impl Outcome {
     }
 
     /// 5. Panics anywhere.
-    fn check_panics(&mut self, replicas: &[Replica]) {
-        for r in replicas {
-            for inc in r.all_incarnations() {
-                if inc.log.contains("panicked") {
-                    self.failures
-                        .push(format!("{} panicked:\n{}", inc.name, tail(&inc.log, 20)));
-                }
-            }
+    fn check_panics(&mut self, lives: &[Incarnation]) {
+        for inc in lives.iter().filter(|inc| inc.log.contains("panicked")) {
+            let log = tail(&inc.log, 20);
+            self.failures.push(format!("{} panicked:\n{log}", inc.name));
         }
     }
 
@@ -646,13 +624,12 @@ impl Outcome {
 
     fn print_summary(&self, terms_count: usize, worst: Duration, worst_at: Instant) {
         // Per kind: how many, and from each heal to the first 200 to a probe sent after it.
-        let mut per_kind: BTreeMap<Kind, (usize, Vec<_>)> = BTreeMap::new();
+        let mut per_kind: BTreeMap<Kind, Vec<_>> = BTreeMap::new();
         for f in &self.faults {
-            let (count, recovery) = per_kind.entry(f.kind).or_default();
-            *count += 1;
             let after = self.record.leader_probes().filter(|p| p.sent >= f.healed);
             let first = after.map(|p| p.answered).min();
-            recovery.extend(first.map(|at| (at.saturating_duration_since(f.healed), f)));
+            let recovery = first.map(|at| (at.saturating_duration_since(f.healed), f));
+            per_kind.entry(f.kind).or_default().extend(recovery);
         }
         let count = |kind: Kind| self.faults.iter().filter(|f| f.kind == kind).count();
         println!("  faults injected: {}", self.faults.len());
@@ -660,17 +637,15 @@ impl Outcome {
             "    {:<26} {:>5}  {:>22}",
             "kind", "count", "leader after heal, ms"
         );
-        for (kind, (n, times)) in &mut per_kind {
+        for (kind, times) in &mut per_kind {
             times.sort_by_key(|(d, _)| *d);
             let median = times.get(times.len() / 2).map_or(0, |(d, _)| d.as_millis());
             let slowest = times.last().map_or(String::new(), |(d, f)| {
                 let at = self.ms(f.injected);
                 format!("max {:>5} ({} at {at} ms)", d.as_millis(), f.target)
             });
-            println!(
-                "    {:<26} {n:>5}  median {median:>5}, {slowest}",
-                kind.name()
-            );
+            let (name, n) = (kind.name(), count(*kind));
+            println!("    {name:<26} {n:>5}  median {median:>5}, {slowest}");
         }
         println!(
             "  restarts: {} replica, {} etcd member; terms (distinct tokens): {terms_count}; probes: {}",

@@ -3,19 +3,16 @@
 //! replicas claiming leadership at once cannot slip between two polls (see
 //! `elector_testkit::observe` for how probes prove an overlap).
 //!
-//! Covered elsewhere and not repeated here: key deleted, key overwritten and
-//! lease revoked by an operator (`operator.rs`); etcd killed, restarted with
-//! its data, or absent at start (`etcd_outage.rs`); the first answer of a
-//! thawed leader and the basic partition case (`etcd_outage.rs`); SIGTERM
-//! handoff and tokens across handoffs (`handoff.rs`). This file adds what
-//! those do not show: continuous probing through a freeze, the measured
+//! Covered elsewhere: operator deletes, overwrites and revokes
+//! (`operator.rs`); etcd killed, restarted with its data, or absent at start
+//! (`etcd_outage.rs`); SIGTERM handoff (`handoff.rs`). Here: a freeze, the
 //! margin by which a partitioned leader steps down before another wins, a
 //! partitioned follower, etcd losing its data, crashes, a slow etcd, and the
 //! order of a shutdown with `--release-delay`.
 
 use std::time::{Duration, Instant};
 
-use elector_testkit::observe::{terms, ProbeRecord, Prober};
+use elector_testkit::observe::{terms, Prober};
 use elector_testkit::*;
 
 /// Short, so faults that wait out a lease are cheap.
@@ -27,20 +24,6 @@ const PROBE_EVERY: Duration = Duration::from_millis(5);
 /// A takeover that has to wait for a lease to expire: the TTL, etcd's lease
 /// expiry check (every 500 ms), and generous slack for a loaded machine.
 const TAKEOVER: Duration = Duration::from_secs(TTL + 7);
-
-/// When `target`'s first probe sent at or after `after` that was answered
-/// with `status` got its answer.
-fn first_answer(
-    record: &ProbeRecord,
-    target: usize,
-    after: Instant,
-    status: u16,
-) -> Option<Instant> {
-    record.probes[target]
-        .iter()
-        .find(|p| p.sent >= after && p.status == Some(status))
-        .map(|p| p.answered)
-}
 
 /// Starts `id` on `endpoint` (etcd, or a proxy to it) and waits until it
 /// leads: the replica each fault is done to.
@@ -81,11 +64,12 @@ fn since(origin: Instant, t: Instant) -> u128 {
     t.saturating_duration_since(origin).as_millis()
 }
 
-/// A frozen leader (SIGSTOP past its TTL) is replaced; when it thaws, its
-/// first answer is 503 and at no moment did it and its successor both answer
-/// 200.
+/// A frozen leader (SIGSTOP past its TTL) is replaced. It cannot even run a
+/// timer, so its deadline must be checked when a request is answered: after
+/// the thaw it answers 503 first, on its kept connection and on every new one
+/// queued meanwhile, and at no moment did it and its successor both answer 200.
 #[test]
-fn a_frozen_leader_never_overlaps_its_successor() {
+fn a_frozen_leader_answers_503_after_thawing_and_never_overlaps_its_successor() {
     let (etcd, key) = etcd_and_key("frozen_no_overlap");
     let args = ["--ttl", &TTL.to_string()];
     let frozen = leading(&etcd.endpoint(), &key, "frozen", &args);
@@ -100,12 +84,35 @@ fn a_frozen_leader_never_overlaps_its_successor() {
         prober.first_leader_since(stopped).map(|(_, at)| at)
     })
     .expect("a probe saw the successor");
+    // New connections while it is frozen: the kernel accepts and buffers
+    // them, and the process answers them first thing after SIGCONT, racing
+    // its own election task.
+    let addr = frozen.addr();
+    let queued: Vec<_> = (0..20)
+        .map(|_| std::thread::spawn(move || http::simple(addr, "GET", "/leader", b"")))
+        .collect();
     // Stay frozen a while longer, with requests queueing in its backlog.
     std::thread::sleep(Duration::from_millis(700));
     let thawed = Instant::now();
     frozen.signal(Signal::SIGCONT);
+    for answer in queued {
+        let answer = answer.join().expect("probe thread");
+        let answer = answer.expect("the thawed replica answers");
+        assert_eq!(
+            answer.status,
+            503,
+            "a request queued during the freeze, while {} leads: {}",
+            others[next].id(),
+            answer.body
+        );
+    }
 
     assert_follows(&frozen, others[next].id(), SOON, "after the thaw");
+    assert_eq!(
+        wait_for_one_leader(&others, SOON),
+        next,
+        "the same successor"
+    );
     std::thread::sleep(Duration::from_millis(500));
     let record = prober.stop_checked(stopped);
 
@@ -141,8 +148,8 @@ fn a_frozen_leader_never_overlaps_its_successor() {
     );
 }
 
-/// A silent partition between the leader and etcd: the leader stops claiming
-/// before another replica can win. The gap between the two claims is measured
+/// A silent partition between the leader and etcd (connections open, nothing
+/// flows): the leader stops claiming before another replica can win. The gap between the two claims is measured
 /// from the probes and from the logs and printed; after the heal the cut-off
 /// replica follows.
 #[test]
@@ -158,17 +165,29 @@ fn a_partitioned_leader_steps_down_a_margin_before_another_wins() {
     let partitioned = Instant::now();
     proxy.partition();
     let next = wait_for_one_leader(&others, TAKEOVER);
+    let held = etcd.get(&key).map(|kv| kv.value);
+    assert_eq!(
+        held.as_deref(),
+        Some(others[next].id()),
+        "the key is the successor's"
+    );
     std::thread::sleep(Duration::from_millis(300));
     proxy.heal();
     assert_follows(&cut_off, others[next].id(), TAKEOVER, "after the heal");
+    assert_eq!(
+        wait_for_one_leader(&others, SOON),
+        next,
+        "the same successor"
+    );
     let record = prober.stop_checked(partitioned);
 
     // From the probes: the old claim ended before its first 503 arrived; the
     // new one began after the new leader's last non-200 was sent.
     let old = &record.probes[0];
     let last_200 = old.iter().rfind(|p| p.is_leader()).expect("cut-off led");
-    let old_first_503 =
-        first_answer(&record, 0, last_200.sent, 503).expect("cut-off answered 503 after leading");
+    let old_first_503 = record
+        .first_answer(0, last_200.sent, 503)
+        .expect("cut-off answered 503 after leading");
     let new = &record.probes[1 + next];
     let new_first_200 = new
         .iter()
@@ -434,7 +453,7 @@ fn a_slow_etcd_makes_the_leader_step_down_rather_than_overlap() {
         matches!(reason.as_deref(), Some("lease_not_renewed" | "watch_lost")),
         "it stepped down because etcd was too slow to confirm its lease or watch: {steps:?}"
     );
-    let successor = first_answer(&record, 1 + next, slowed, 200);
+    let successor = record.first_answer(1 + next, slowed, 200);
     println!(
         "slow etcd (TTL {SLOW_TTL} s): leader stepped down ({}) and {} led {} ms after the latency reached {} s each way",
         reason.unwrap_or_default(),
@@ -488,9 +507,10 @@ fn release_delay_orders_the_shutdown_503_then_revoke_then_exit() {
     std::thread::sleep(Duration::from_millis(200));
     let record = prober.stop_checked(signalled);
 
-    let first_503 =
-        first_answer(&record, 0, signalled, 503).expect("the leader answered 503 after SIGTERM");
-    let heir_leads = first_answer(&record, 1, signalled, 200).expect("heir led");
+    let first_503 = record
+        .first_answer(0, signalled, 503)
+        .expect("the leader answered 503 after SIGTERM");
+    let heir_leads = record.first_answer(1, signalled, 200).expect("heir led");
     assert!(
         first_503 - signalled < Duration::from_millis(500),
         "503 at once: {} ms after SIGTERM",

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use elector_testkit::observe::Prober;
+use elector_testkit::observe::{terms, Probe, Prober};
 use elector_testkit::*;
 
 /// Long enough that a takeover within [`HANDOFF`] can only come from the
@@ -190,10 +190,8 @@ fn a_probe_flood_and_idle_connections_stall_neither_the_election_nor_the_probes(
         rate >= 1000.0,
         "the flood must be a flood to mean anything: {rate:.0} requests/s"
     );
-    let during: Vec<_> = record.probes[0]
-        .iter()
-        .filter(|p| p.sent >= started && p.answered <= signalled)
-        .collect();
+    let in_flood = |p: &&Probe| p.sent >= started && p.answered <= signalled;
+    let during: Vec<_> = record.probes[0].iter().filter(in_flood).collect();
     assert!(during.len() > 50, "the leader was probed during the flood");
     assert!(
         during
@@ -201,11 +199,8 @@ fn a_probe_flood_and_idle_connections_stall_neither_the_election_nor_the_probes(
             .all(|p| p.is_leader() && p.token == Some(token)),
         "the leader answered 200 (token {token}) to every probe during the flood"
     );
-    let slowest_probe = record
-        .probes
-        .iter()
-        .flatten()
-        .filter(|p| p.sent >= started && p.answered <= signalled)
+    let in_flood = record.probes.iter().flatten().filter(in_flood);
+    let slowest_probe = in_flood
         .max_by_key(|p| p.answered - p.sent)
         .expect("probes");
     let slowest = slowest_probe.answered - slowest_probe.sent;
@@ -240,10 +235,8 @@ fn a_probe_flood_and_idle_connections_stall_neither_the_election_nor_the_probes(
         late.is_empty(),
         "new-connection probes answered late or not at all: {late:?}"
     );
-    let reasons: Vec<Option<String>> = elector_testkit::observe::terms("flooded", &leader.logs())
-        .into_iter()
-        .map(|t| t.end_reason)
-        .collect();
+    let terms = terms("flooded", &leader.logs());
+    let reasons: Vec<Option<String>> = terms.into_iter().map(|t| t.end_reason).collect();
     assert_eq!(
         reasons,
         vec![Some("shutdown".to_string())],
@@ -270,7 +263,7 @@ fn a_probe_flood_and_idle_connections_stall_neither_the_election_nor_the_probes(
 fn a_connection_burst_does_not_delay_a_new_probe() {
     let (etcd, key) = etcd_and_key("connection_burst");
     let s = Sidecar::start(&etcd.endpoint(), &key, "burst", &["--ttl", "10"]);
-    assert!(wait_until(SOON, || s.is_leader()), "it leads");
+    s.wait_leading("it leads");
     let addr = s.addr();
     let mut slowest = Duration::ZERO;
     for _ in 0..5 {

@@ -3,6 +3,7 @@
 //! under a live lease, with a larger fencing token; a leader whose key was
 //! taken away must step down.
 
+use elector_testkit::observe::leader_views;
 use elector_testkit::*;
 
 /// Long enough that recovery inside [`SOON`] can only come from watches and
@@ -27,22 +28,26 @@ fn wait_for_new_term(etcd: &Etcd, key: &str, sidecars: &[Sidecar], after_revisio
         panic!(
             "a new term after revision {after_revision}: key now {:?}, views {:?}",
             etcd.get(key),
-            sidecars
-                .iter()
-                .map(|s| s.try_get("/leader").map(|r| r.body).unwrap_or_default())
-                .collect::<Vec<_>>()
+            leader_views(sidecars)
         )
     })
 }
 
-#[test]
-fn deleting_the_key_elects_a_leader_again_with_a_larger_token() {
-    let (etcd, key, sidecars) = fresh_replicas("delete_key", 3, &["--ttl", LONG_TTL]);
+/// `n` replicas with `ttl`; once one leads, the operator deletes the key or
+/// (`revoke`) revokes the leader's lease. A new term follows, with a larger
+/// token under a live lease (a new one after a revoke), and the old leader
+/// does not lead unless it won that term.
+fn new_term_after_operator(test: &str, n: usize, ttl: &str, revoke: bool) {
+    let (etcd, key, sidecars) = fresh_replicas(test, n, &["--ttl", ttl]);
     let first = wait_for_one_leader(&sidecars, SOON);
     let before = etcd.get(&key).expect("the leader's key exists");
     let token = sidecars[first].fencing_token().expect("a token");
 
-    etcd.ctl(&["del", &key]);
+    if revoke {
+        etcd.ctl(&["lease", "revoke", &format!("{:x}", before.lease)]);
+    } else {
+        etcd.ctl(&["del", &key]);
+    }
 
     let next = wait_for_new_term(&etcd, &key, &sidecars, before.create_revision);
     let after = sidecars[next].fencing_token().expect("a token");
@@ -52,6 +57,34 @@ fn deleting_the_key_elects_a_leader_again_with_a_larger_token() {
         matches!(etcd.lease_ttl(kv.lease), Some(t) if t > 0),
         "under a live lease: {kv:?}"
     );
+    if revoke {
+        assert_ne!(kv.lease, before.lease, "under a new lease");
+    }
+    if next != first {
+        assert!(
+            wait_until(SOON, || !sidecars[first].is_leader()),
+            "the replica whose key or lease was taken does not lead"
+        );
+    }
+}
+
+#[test]
+fn deleting_the_key_elects_a_leader_again_with_a_larger_token() {
+    new_term_after_operator("delete_key", 3, LONG_TTL, false);
+}
+
+#[test]
+fn revoking_the_leader_lease_elects_a_leader_under_a_new_lease() {
+    new_term_after_operator("revoke_lease", 3, LONG_TTL, true);
+}
+
+/// Its keep-alive is answered with TTL 0 (or its watch sees the delete): it
+/// must take a new lease, not keep using the dead one. A TTL of 6 s:
+/// keep-alives every 2 s, so learning of the revoke only from the next
+/// keep-alive still recovers well inside [`SOON`].
+#[test]
+fn revoking_the_only_replica_lease_makes_it_lead_again_under_a_new_lease() {
+    new_term_after_operator("revoke_only_lease", 1, "6", true);
 }
 
 #[test]
@@ -85,50 +118,6 @@ fn overwriting_the_key_makes_the_leader_step_down() {
     // Once the operator deletes it, the election resumes.
     etcd.ctl(&["del", &key]);
     wait_for_new_term(&etcd, &key, &sidecars, before.create_revision);
-}
-
-#[test]
-fn revoking_the_leader_lease_elects_a_leader_under_a_new_lease() {
-    let (etcd, key, sidecars) = fresh_replicas("revoke_lease", 3, &["--ttl", LONG_TTL]);
-    let first = wait_for_one_leader(&sidecars, SOON);
-    let before = etcd.get(&key).expect("the leader's key exists");
-    let token = sidecars[first].fencing_token().expect("a token");
-
-    etcd.ctl(&["lease", "revoke", &format!("{:x}", before.lease)]);
-
-    let next = wait_for_new_term(&etcd, &key, &sidecars, before.create_revision);
-    let kv = etcd.get(&key).expect("held again");
-    assert_ne!(kv.lease, before.lease, "under a new lease");
-    assert!(
-        matches!(etcd.lease_ttl(kv.lease), Some(t) if t > 0),
-        "the new lease is alive: {kv:?}"
-    );
-    assert!(sidecars[next].fencing_token().expect("a token") > token);
-    if next != first {
-        assert!(
-            wait_until(SOON, || !sidecars[first].is_leader()),
-            "the replica whose lease was revoked does not lead"
-        );
-    }
-}
-
-#[test]
-fn revoking_the_only_replica_lease_makes_it_lead_again_under_a_new_lease() {
-    let (etcd, key) = etcd_and_key("revoke_only_lease");
-    // A TTL of 6 s: keep-alives every 2 s, so a replica that learns of the
-    // revoke only from its next keep-alive still recovers well inside SOON.
-    let sidecars = replicas(&etcd.endpoint(), &key, 1, &["--ttl", "6"]);
-    wait_for_one_leader(&sidecars, SOON);
-    let before = etcd.get(&key).expect("the leader's key exists");
-
-    etcd.ctl(&["lease", "revoke", &format!("{:x}", before.lease)]);
-
-    // Its keep-alive is answered with TTL 0 (or its watch sees the delete):
-    // it must take a new lease, not keep using the dead one.
-    wait_for_new_term(&etcd, &key, &sidecars, before.create_revision);
-    let kv = etcd.get(&key).expect("held again");
-    assert_ne!(kv.lease, before.lease);
-    assert!(matches!(etcd.lease_ttl(kv.lease), Some(t) if t > 0));
 }
 
 #[test]

@@ -17,10 +17,9 @@
 //! replica's 200 inside that span, or two such spans that intersect.
 //!
 //! # Timestamps
-//! The sidecar's log timestamps are wall-clock RFC 3339 (microseconds); the
-//! test's own instants are converted with one (`Instant`, `SystemTime`) pair
-//! taken at first use ([`unix_micros`]). All processes share this machine's
-//! clock, so the only error is the clock's resolution.
+//! Log timestamps are wall-clock RFC 3339 (microseconds); the test's instants
+//! are converted with one pair taken at first use ([`unix_micros`]). All
+//! processes share this machine's clock: the only error is its resolution.
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
@@ -57,8 +56,7 @@ pub struct Prober {
 }
 
 impl Prober {
-    /// Starts probing every one of `sidecars` every `period`, in that order,
-    /// named by their ids.
+    /// Probes `sidecars` (targets in that order, named by their ids) every `period`.
     pub fn start<'a>(sidecars: impl IntoIterator<Item = &'a Sidecar>, period: Duration) -> Prober {
         let stop = Arc::new(AtomicBool::new(false));
         let (mut names, mut records, mut threads) = (Vec::new(), Vec::new(), Vec::new());
@@ -159,10 +157,8 @@ fn probe_loop(addr: SocketAddr, period: Duration, stop: &AtomicBool, record: &Mu
     }
 }
 
-/// One `GET /leader` on the kept-alive connection `conn` to `addr` (opened within
-/// `connect_timeout`, reads and writes bounded by `io_timeout`, when there is none): the
-/// status and the fencing token, or `None` when the connection failed. A `Connection: close`
-/// answer drops the connection.
+/// One `GET /leader` on the kept-alive `conn` to `addr` (opened if there is none): the status
+/// and the fencing token, or `None` when the connection failed.
 pub fn probe_once(
     addr: SocketAddr,
     conn: &mut Option<TcpStream>,
@@ -203,8 +199,7 @@ pub struct Run {
 }
 
 impl Run {
-    /// The span the claim certainly covered, if the run has one: from the
-    /// first answer's arrival to the last request's departure.
+    /// The span the claim certainly covered: first answer's arrival to last request's departure.
     pub fn certain(&self) -> Option<(Instant, Instant)> {
         (self.first.answered < self.last.sent).then_some((self.first.answered, self.last.sent))
     }
@@ -215,7 +210,6 @@ impl Run {
 pub struct ProbeOverlap {
     pub a: Run,
     pub b: Run,
-    /// When it was certainly happening.
     pub at: Instant,
 }
 
@@ -265,6 +259,16 @@ impl ProbeRecord {
             }
         }
         found
+    }
+
+    /// When `target`'s first probe sent at or after `after` that was answered `status` got its
+    /// answer.
+    pub fn first_answer(&self, target: usize, after: Instant, status: u16) -> Option<Instant> {
+        let probes = &self.probes[target];
+        let first = probes
+            .iter()
+            .find(|p| p.sent >= after && p.status == Some(status));
+        first.map(|p| p.answered)
     }
 
     /// Every probe answered 200, all targets.
@@ -334,14 +338,12 @@ pub fn unix_micros(t: Instant) -> i64 {
         - base.saturating_duration_since(t).as_micros() as i64
 }
 
-/// `2026-01-02T03:04:05.123456Z` (any number of fraction digits, `Z` or an
-/// offset) as microseconds since the Unix epoch.
+/// An RFC 3339 timestamp (`Z` or an offset) as microseconds since the Unix epoch.
 pub fn parse_rfc3339_micros(s: &str) -> Option<i64> {
     Some(s.parse::<jiff::Timestamp>().ok()?.as_microsecond())
 }
 
-/// The JSON lines of a sidecar's log with their timestamps (microseconds
-/// since the Unix epoch), in order; other lines are skipped.
+/// The JSON lines of a sidecar's log with their timestamps (Unix µs); other lines are skipped.
 pub fn json_lines(log: &str) -> impl Iterator<Item = (i64, serde_json::Value)> + '_ {
     log.lines()
         .filter(|l| l.starts_with('{'))

@@ -1,21 +1,16 @@
-//! A fault-injecting TCP proxy between a sidecar and etcd.
+//! A fault-injecting TCP proxy between a sidecar and etcd. Killing etcd is a
+//! loud failure (connections reset); the faults that break leader electors
+//! are the quiet ones, which this proxy makes:
 //!
-//! Killing etcd is a loud failure: connections are reset and the client knows
-//! at once. The faults that break leader electors are the quiet ones, which
-//! this proxy makes:
-//!
-//! - [`TcpProxy::partition`]: a silent partition. Established connections stay
-//!   open but nothing is forwarded in either direction (bytes already read are
-//!   held, the rest are simply not read), and new connections are accepted but
-//!   never connected upstream. The client sees no error, only silence, as
-//!   with a dropped network path.
+//! - [`TcpProxy::partition`]: connections stay open but nothing is forwarded
+//!   either way, and new ones are accepted but not joined upstream: silence,
+//!   as with a dropped network path, not an error.
 //! - [`TcpProxy::set_latency`]: every chunk is delayed by that much in each
-//!   direction (a round trip costs twice the latency).
+//!   direction.
 //!
-//! Threads, loopback only; everything stops and every connection is closed when
-//! the proxy is dropped.
+//! Threads, loopback only; dropping the proxy closes everything.
 
-use std::io::{self, Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -52,11 +47,11 @@ pub struct TcpProxy {
 }
 
 impl TcpProxy {
-    /// Listens on 127.0.0.1:0 and forwards every connection to `target`.
+    /// Forwards every connection to `target`.
     pub fn start(target: SocketAddr) -> TcpProxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("binding the proxy");
         let addr = listener.local_addr().expect("proxy address");
-        // Non-blocking accept, so the loop can notice `stopped`.
+        // Non-blocking, so the accept loop can notice `stopped`.
         listener
             .set_nonblocking(true)
             .expect("non-blocking proxy listener");
@@ -76,10 +71,6 @@ impl TcpProxy {
             shared,
             acceptor: Some(acceptor),
         }
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
     }
 
     /// The proxy as an etcd endpoint URL.
@@ -157,7 +148,7 @@ fn connect(client: TcpStream, shared: Arc<Shared>) {
 
 /// Copies `from` to `to` until EOF, an error or stop, obeying partition and latency.
 fn pump(mut from: TcpStream, mut to: TcpStream, shared: Arc<Shared>) {
-    // A short read timeout so the loop can look at the flags.
+    // Short, so the loop looks at the flags.
     let _ = from.set_read_timeout(Some(Duration::from_millis(50)));
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -172,22 +163,13 @@ fn pump(mut from: TcpStream, mut to: TcpStream, shared: Arc<Shared>) {
             }
             Ok(n) => {
                 let latency = shared.latency_ms.load(Ordering::SeqCst);
-                if latency > 0 {
-                    thread::sleep(Duration::from_millis(latency));
-                }
+                thread::sleep(Duration::from_millis(latency));
                 // Partitioned while this chunk was in hand: hold it.
-                if !shared.wait_while_partitioned() {
-                    break;
-                }
-                if to.write_all(&buf[..n]).is_err() {
+                if !shared.wait_while_partitioned() || to.write_all(&buf[..n]).is_err() {
                     break;
                 }
             }
-            Err(e)
-                if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut =>
-            {
-                continue
-            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => continue,
             Err(_) => break,
         }
     }
