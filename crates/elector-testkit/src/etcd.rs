@@ -279,10 +279,10 @@ impl Etcd {
         metrics.unwrap_or_else(|e| panic!("scraping etcd's /metrics: {e}"))
     }
 
-    /// The value of the unlabelled series `name` in its `/metrics`; panics if there is none.
-    pub fn metric(&self, name: &str) -> f64 {
-        let value = crate::metric(&self.metrics(), name);
-        value.unwrap_or_else(|| panic!("no {name} in etcd's metrics"))
+    /// The value of `series` (see [`crate::metric`]) in its `/metrics`; panics if there is none.
+    pub fn metric(&self, series: &str) -> f64 {
+        let value = crate::metric(&self.metrics(), series);
+        value.unwrap_or_else(|| panic!("no {series} in etcd's metrics"))
     }
 
     /// The current log of this member (the last launch).

@@ -198,9 +198,17 @@ pub fn metric_samples(text: &str) -> impl Iterator<Item = (&str, &str, f64)> {
     })
 }
 
-/// The value of the unlabelled series `name` in a Prometheus text exposition.
-pub fn metric(text: &str, name: &str) -> Option<f64> {
-    metric_samples(text).find_map(|(n, labels, v)| (n == name && labels.is_empty()).then_some(v))
+/// The value of `series` (a name, and its labels as printed if it has any) in a Prometheus
+/// text exposition.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    let value = |l: &str| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    };
+    text.lines().find_map(value)
 }
 
 /// The last `lines` lines of `text`.
