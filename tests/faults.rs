@@ -33,24 +33,10 @@ fn leading(endpoint: &str, key: &str, id: &str, args: &[&str]) -> Sidecar {
     s
 }
 
-/// Waits up to `within` until `s` answers 503 naming `leader`; `when` says
-/// at which point of the test, for the message.
-fn assert_follows(s: &Sidecar, leader: &str, within: Duration, when: &str) {
-    assert!(
-        wait_until(within, || {
-            let (status, view) = s.get_json("/leader");
-            status == 503 && view["leader"] == leader
-        }),
-        "{when}: {} follows {leader}; /leader {}",
-        s.id(),
-        s.leader_view()
-    );
-}
-
 /// Starts `id` on `endpoint` and waits until it follows `leader`.
 fn following(endpoint: &str, key: &str, id: &str, args: &[&str], leader: &str) -> Sidecar {
     let s = Sidecar::start(endpoint, key, id, args);
-    assert_follows(&s, leader, SOON, "from the start");
+    s.wait_following(leader);
     s
 }
 
@@ -107,7 +93,7 @@ fn a_frozen_leader_answers_503_after_thawing_and_never_overlaps_its_successor() 
         );
     }
 
-    assert_follows(&frozen, others[next].id(), SOON, "after the thaw");
+    frozen.wait_following(others[next].id());
     assert_eq!(
         wait_for_one_leader(&others, SOON),
         next,
@@ -173,7 +159,7 @@ fn a_partitioned_leader_steps_down_a_margin_before_another_wins() {
     );
     std::thread::sleep(Duration::from_millis(300));
     proxy.heal();
-    assert_follows(&cut_off, others[next].id(), TAKEOVER, "after the heal");
+    cut_off.wait_following_within(others[next].id(), TAKEOVER);
     assert_eq!(
         wait_for_one_leader(&others, SOON),
         next,
@@ -266,7 +252,7 @@ fn a_partitioned_follower_leaves_the_leader_alone_and_catches_up() {
     std::thread::sleep(Duration::from_secs(1));
     let healed = Instant::now();
     proxy.heal();
-    assert_follows(&away, "heir", TAKEOVER, "after the heal");
+    away.wait_following_within("heir", TAKEOVER);
     std::thread::sleep(Duration::from_millis(500));
     let record = prober.stop_checked(partitioned);
 
@@ -445,7 +431,7 @@ fn a_slow_etcd_makes_the_leader_step_down_rather_than_overlap() {
     std::thread::sleep(Duration::from_secs(1));
     proxy.set_latency(Duration::ZERO);
     let fast_again = Duration::from_secs(3 * SLOW_TTL);
-    assert_follows(&slow, others[next].id(), fast_again, "etcd fast again");
+    slow.wait_following_within(others[next].id(), fast_again);
     let record = prober.stop_checked(origin);
     let steps = terms("slow", &slow.logs());
     let reason = steps.first().and_then(|t| t.end_reason.clone());

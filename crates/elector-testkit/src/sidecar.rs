@@ -294,10 +294,18 @@ impl Sidecar {
         self.wait_soon(why, Sidecar::is_leader);
     }
 
-    /// Waits until `/leader` names `leader`; panics if it does not soon.
+    /// Waits until `/leader` answers 503 naming `leader`; panics if it does not soon.
     pub fn wait_following(&self, leader: &str) {
-        let why = format!("{} names the leader {leader}", self.id);
-        self.wait_soon(&why, |s| s.leader_view()["leader"] == leader);
+        self.wait_following_within(leader, SOON);
+    }
+
+    /// [`Sidecar::wait_following`] with its own bound.
+    pub fn wait_following_within(&self, leader: &str, within: Duration) {
+        let why = format!("{} follows {leader}", self.id);
+        self.wait_within(within, &why, |s| {
+            let (status, view) = s.get_json("/leader");
+            status == 503 && view["leader"] == leader
+        });
     }
 
     /// Waits until `/status` says `state`; panics if it does not soon.
@@ -321,13 +329,17 @@ impl Sidecar {
     }
 
     fn wait_soon(&self, why: &str, cond: impl Fn(&Sidecar) -> bool) {
+        self.wait_within(SOON, why, cond);
+    }
+
+    fn wait_within(&self, within: Duration, why: &str, cond: impl Fn(&Sidecar) -> bool) {
         let show = |path| {
             self.try_get(path)
                 .map_or_else(|e| e.to_string(), |r| r.body)
         };
         assert!(
-            wait_until(SOON, || cond(self)),
-            "{why} (within {SOON:?}); /leader {}; /status {}; log:\n{}",
+            wait_until(within, || cond(self)),
+            "{why} (within {within:?}); /leader {}; /status {}; log:\n{}",
             show("/leader"),
             show("/status"),
             tail(&self.logs(), 20)
@@ -339,11 +351,11 @@ impl Sidecar {
         self.leader_view()["fencing_token"].as_i64()
     }
 
-    /// The value of the unlabelled metric `name` in `/metrics` (which must answer 200).
-    pub fn metric(&self, name: &str) -> Option<f64> {
+    /// The value of `series` (see [`crate::metric`]) in `/metrics` (which must answer 200).
+    pub fn metric(&self, series: &str) -> Option<f64> {
         let (status, text) = self.get("/metrics");
         assert_eq!(status, 200, "{}'s /metrics", self.id());
-        crate::metric(&text, name)
+        crate::metric(&text, series)
     }
 
     /// `elector_campaigns_total`: campaign transactions sent since start.
