@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use crate::handoff::{Group, Way};
-use crate::procs::{elector_bin, status, Window};
+use crate::procs::{elector_bin, status, Probes, Window};
 use crate::stats::{ms, Goal};
 use crate::Ctx;
 
@@ -44,8 +44,8 @@ fn startup(ctx: &mut Ctx, starts: usize) {
                 "startup {i}: no answer or no leadership within 10 s"
             )),
         }
-        sc.proc.signal(Signal::SIGTERM);
-        if sc.proc.wait_exit_within(Duration::from_secs(10)).is_none() {
+        sc.signal(Signal::SIGTERM);
+        if sc.wait_exit_within(Duration::from_secs(10)).is_none() {
             ctx.report
                 .anomaly(format!("startup {i}: did not exit on SIGTERM"));
         }
@@ -69,7 +69,7 @@ fn idle(ctx: &mut Ctx, window: Duration) {
         Ok(slot) => slot,
         Err(e) => return ctx.report.anomaly(format!("idle: {e}")),
     };
-    let pids = [leader, 1 - leader].map(|slot| group.slots[slot].proc.pid().as_raw());
+    let pids = [leader, 1 - leader].map(|slot| group.slots[slot].pid().as_raw());
     // Let start-up allocations and the first keep-alives pass.
     std::thread::sleep(Duration::from_secs(2));
     let w = Window::measure(&ctx.etcd, &pids, window);

@@ -15,10 +15,10 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use elector_testkit::{wait_for, wait_until, EtcdCounts};
+use elector_testkit::{wait_for, wait_until, EtcdCounts, Sidecar};
 use nix::sys::signal::Signal;
 
-use crate::procs::{Etcdctl, Sidecar, SidecarSpec};
+use crate::procs::{Etcdctl, Probes, SidecarSpec};
 use crate::stats::{ms, Goal, Summary};
 use crate::watch::{Ctl, KeyWatch, Kind};
 use crate::Ctx;
@@ -67,7 +67,7 @@ impl Group {
     }
 
     pub fn slot_of(&self, id: &str) -> Option<usize> {
-        self.slots.iter().position(|s| s.id == id)
+        self.slots.iter().position(|s| s.id() == id)
     }
 
     /// The slot of the replica that holds the key, handing over the `way` given.
@@ -90,7 +90,7 @@ impl Group {
         let mut pending: Vec<usize> = (0..self.slots.len()).collect();
         wait_until(timeout, || {
             pending.retain(|&slot| {
-                if self.slots[slot].proc.try_wait().is_some() {
+                if self.slots[slot].try_wait().is_some() {
                     self.respawn(slot);
                     return true;
                 }
@@ -199,8 +199,8 @@ fn series(
             }
         };
         if way != Way::Crash {
-            let id = group.slots[old].id.clone();
-            match group.slots[old].proc.wait_exit_within(SOON) {
+            let id = group.slots[old].id().to_string();
+            match group.slots[old].wait_exit_within(SOON) {
                 Some(st) if st.success() => {}
                 other => ctx.report.anomaly(format!(
                     "{at}: old leader {id} exit {other:?} (expected 0; log {id}.log)"
@@ -282,7 +282,7 @@ fn hand_over(
     let old = group.holder_slot(&ctx.ctl, way)?;
     // The leader's own view of when etcd may expire its lease at the earliest.
     let expiry = (way == Way::Crash)
-        .then(|| elector_testkit::http::get(group.slots[old].addr, "/status").ok())
+        .then(|| elector_testkit::http::get(group.slots[old].addr(), "/status").ok())
         .flatten()
         .and_then(|r| serde_json::from_str::<serde_json::Value>(&r.body).ok())
         .and_then(|v| v["lease_seconds_left"].as_f64())
@@ -297,7 +297,7 @@ fn hand_over(
     watch.drain();
     let m0 = EtcdCounts::scrape(&ctx.etcd);
     let t0 = Instant::now();
-    group.slots[old].proc.signal(signal);
+    group.slots[old].signal(signal);
     let bound = SOON + Duration::from_secs(group.spec.ttl_secs);
     let del = watch
         .next(first, bound)
@@ -326,8 +326,8 @@ fn hand_over(
         let w = elector_testkit::observe::unix_micros;
         eprintln!(
             "debug rep={rep} old={} new={} t0={} del={} put={} t200={}",
-            group.slots[old].id,
-            group.slots[new].id,
+            group.slots[old].id(),
+            group.slots[new].id(),
             w(t0),
             w(del.at),
             put.as_ref().map(|p| w(p.at)).unwrap_or(0),

@@ -24,7 +24,7 @@ pub fn run(ctx: &mut Ctx, duration: Duration) {
     let Some(group) = Group::start(ctx, spec, 1, "probe: replica did not become leader") else {
         return;
     };
-    let addr = group.slots[0].addr;
+    let addr = group.slots[0].addr();
     let n = duration.as_millis() as usize;
     let mut p99_worst = 0.0f64;
     for (mode, keepalive) in [
@@ -123,8 +123,8 @@ fn max_rate(ctx: &mut Ctx, duration: Duration) {
     let Some(group) = Group::start(ctx, spec, 1, failure) else {
         return;
     };
-    let url = format!("http://{}/leader", group.slots[0].addr);
-    let pid = group.slots[0].proc.pid().as_raw();
+    let url = format!("http://{}/leader", group.slots[0].addr());
+    let pid = group.slots[0].pid().as_raw();
     for (mode, extra) in [
         ("kept-alive connections", None),
         ("Connection: close", Some("Connection: close")),

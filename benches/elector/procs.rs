@@ -4,14 +4,13 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use elector_testkit::etcd::etcdctl_bin;
-use elector_testkit::{free_port, http, Child, Etcd, EtcdCounts};
+use elector_testkit::{Child, ElectorArgs, Etcd, EtcdCounts, Sidecar};
 use procfs::process::{Process, Status};
 use procfs::{CurrentSI, KernelStats};
 
@@ -163,15 +162,9 @@ impl Window {
     }
 }
 
-/// One `etcd-elector` replica.
-pub struct Sidecar {
-    pub proc: Child,
-    pub id: String,
-    pub addr: SocketAddr,
-}
-
-/// How to start replicas of one election. Not the kit's `Sidecar`: that one logs at debug
-/// level, which would be measured too.
+/// How to start replicas of one election: the kit's [`Sidecar`] at the binary's own log level
+/// (its debug logs would be measured too), without an admin server, logging to the run's
+/// directory.
 #[derive(Clone)]
 pub struct SidecarSpec {
     pub endpoint: String,
@@ -185,48 +178,38 @@ pub struct SidecarSpec {
 
 impl SidecarSpec {
     pub fn spawn(&self, id: &str) -> Sidecar {
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let mut cmd = match &self.cpus {
-            Some(cpus) => {
-                let mut c = Command::new("taskset");
-                c.args(["-c", cpus]).arg(elector_bin());
-                c
-            }
-            None => Command::new(elector_bin()),
-        };
-        let log_path = self.log_dir.join(format!("{id}.log"));
-        let log = File::create(&log_path).expect("sidecar log");
-        // The admin API defaults to a fixed port; many replicas share this host.
-        cmd.env_clear()
-            .args(["--admin-listen", "off"])
-            .args(["--endpoints", &self.endpoint])
-            .args(["--key", &self.key])
-            .args(["--id", id])
-            .args(["--ttl", &self.ttl_secs.to_string()])
-            .args(["--listen", &addr.to_string()])
-            .args(["--log-format", "json"])
-            .args(&self.extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
-        Sidecar {
-            proc: Child::spawn(&mut cmd, id, &[log_path]),
-            id: id.to_string(),
-            addr,
-        }
+        let taskset = self.cpus.iter().flat_map(|cpus| ["taskset", "-c", cpus]);
+        let program: Vec<String> = taskset.map(str::to_string).chain([elector_bin()]).collect();
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        Sidecar::builder()
+            .on(&self.endpoint, &self.key, id)
+            .ttl(self.ttl_secs)
+            .program(&program)
+            .env("RUST_LOG", "info")
+            .no_admin()
+            .log_in(&self.log_dir)
+            .args(&extra)
+            .spawn()
     }
 }
 
-impl Sidecar {
+/// What the bench asks a replica.
+pub trait Probes {
     /// Asks `/leader` on fresh connections every 0.1 ms until it answers 200: when it first
-    /// answered at all, when it answered 200, and after how many requests; `None` if not within
-    /// `timeout`.
-    pub fn until_200(&self, timeout: Duration) -> Option<(Instant, Instant, usize)> {
+    /// answered at all, when it answered 200, and after how many requests; `None` if not
+    /// within `timeout`.
+    fn until_200(&self, timeout: Duration) -> Option<(Instant, Instant, usize)>;
+    /// True once this replica knows a leader (itself, or the holder it follows).
+    fn settled(&self) -> bool;
+}
+
+impl Probes for Sidecar {
+    fn until_200(&self, timeout: Duration) -> Option<(Instant, Instant, usize)> {
         let deadline = Instant::now() + timeout;
         let (mut first, mut polls) = (None, 0);
         loop {
             polls += 1;
-            if let Ok(r) = http::get(self.addr, "/leader") {
+            if let Ok(r) = self.try_get("/leader") {
                 let now = Instant::now();
                 let first = *first.get_or_insert(now);
                 if r.status == 200 {
@@ -240,11 +223,8 @@ impl Sidecar {
         }
     }
 
-    /// True once this replica knows a leader (itself, or the holder it follows).
-    pub fn settled(&self) -> bool {
-        let body = http::get(self.addr, "/leader")
-            .map(|r| r.body)
-            .unwrap_or_default();
+    fn settled(&self) -> bool {
+        let body = self.try_get("/leader").map(|r| r.body).unwrap_or_default();
         serde_json::from_str::<serde_json::Value>(&body).is_ok_and(|v| v["leader"].is_string())
     }
 }

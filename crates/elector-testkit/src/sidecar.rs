@@ -9,7 +9,7 @@
 
 use std::fs::File;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
@@ -25,10 +25,17 @@ use crate::{
 /// milliseconds; the bound only turns a hang into a failure.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A command for the binary with the variables it reads removed from the
-/// inherited environment.
-fn clean_command() -> Command {
-    let mut cmd = Command::new(elector_bin());
+/// A command for `program` (the built binary when empty) with the variables the binary
+/// reads removed from the inherited environment.
+fn clean_command(program: &[String]) -> Command {
+    let mut cmd = match program.split_first() {
+        Some((first, rest)) => {
+            let mut cmd = Command::new(first);
+            cmd.args(rest);
+            cmd
+        }
+        None => Command::new(elector_bin()),
+    };
     for (name, _) in std::env::vars_os() {
         let n = name.to_string_lossy();
         if n.starts_with("ELECTOR_") || n == "POD_NAME" || n == "RUST_LOG" {
@@ -47,13 +54,15 @@ pub struct CommonArgs {
     id: Option<String>,
     args: Vec<String>,
     envs: Vec<(String, String)>,
+    /// What runs instead of the built binary, with its arguments (see [`ElectorArgs::program`]).
+    program: Vec<String>,
 }
 
 impl CommonArgs {
     /// A clean command with these flags, JSON logs and debug log levels, run
     /// in `dir` with stdout and stderr appended to the files given.
     pub fn command(&self, mode: &[&str], dir: &Path, stdout: &Path, stderr: &Path) -> Command {
-        let mut cmd = clean_command();
+        let mut cmd = clean_command(&self.program);
         cmd.args(mode).args(["--log-format", "json"]);
         for (flag, value) in [
             ("--endpoints", &self.endpoints),
@@ -71,10 +80,10 @@ impl CommonArgs {
                 .open(p)
                 .expect("opening a log file")
         };
-        cmd.args(&self.args)
+        // Debug logs make a failure readable; the logs are only shown on failure.
+        cmd.env("RUST_LOG", "info,etcd_elector=debug")
+            .args(&self.args)
             .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            // Debug logs make a failure readable; the logs are only shown on failure.
-            .env("RUST_LOG", "info,etcd_elector=debug")
             .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(append(stdout))
@@ -129,6 +138,12 @@ pub trait ElectorArgs: Sized {
             .push((name.to_string(), value.to_string()));
         self
     }
+    /// Runs `argv` followed by the elector's arguments instead of the built binary: the
+    /// bench's `ELECTOR_BENCH_BIN` build, or the binary under `taskset`.
+    fn program(mut self, argv: &[String]) -> Self {
+        self.common().program = argv.to_vec();
+        self
+    }
 }
 
 /// Builds a [`Sidecar`]: `Sidecar::builder().endpoints(..).key(..).id(..).start()`.
@@ -137,6 +152,10 @@ pub struct SidecarBuilder {
     common: CommonArgs,
     /// Where it listens when `--listen` comes from elsewhere (env or file).
     listen_elsewhere: Option<SocketAddr>,
+    /// No admin server (`--admin-listen off`): the bench's many replicas need none.
+    no_admin: bool,
+    /// Where its log goes (`ID.log`) instead of a temporary directory of its own.
+    log_dir: Option<PathBuf>,
 }
 
 impl ElectorArgs for SidecarBuilder {
@@ -152,30 +171,49 @@ impl SidecarBuilder {
         self
     }
 
+    /// Without an admin server.
+    pub fn no_admin(mut self) -> Self {
+        self.no_admin = true;
+        self
+    }
+
+    /// Logs to `dir/sidecar-ID.log`, which outlives the sidecar (the bench keeps a failed run's).
+    pub fn log_in(mut self, dir: &Path) -> Self {
+        self.log_dir = Some(dir.to_path_buf());
+        self
+    }
+
     /// Spawns the process without waiting for it.
     pub fn spawn(self) -> Sidecar {
-        let dir = test_tempdir("sidecar");
-        let log = dir.path().join("sidecar.log");
+        let id = self.common.id();
+        let (dir, temp) = match &self.log_dir {
+            Some(dir) => (dir.clone(), None),
+            None => {
+                let temp = test_tempdir("sidecar");
+                (temp.path().to_path_buf(), Some(temp))
+            }
+        };
+        let log = dir.join(format!("sidecar-{id}.log"));
         let addr = self
             .listen_elsewhere
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], free_port())));
         // The pod-local admin server (POST /resign) defaults to a fixed port,
         // which parallel sidecars would fight over: give each its own.
-        let admin_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let (admin, listen) = (admin_addr.to_string(), addr.to_string());
+        let admin_addr = (!self.no_admin).then(|| SocketAddr::from(([127, 0, 0, 1], free_port())));
+        let admin = admin_addr.map_or_else(|| "off".to_string(), |a| a.to_string());
+        let listen = addr.to_string();
         let mut mode = vec!["--admin-listen", &admin];
         if self.listen_elsewhere.is_none() {
             mode.extend(["--listen", &listen]);
         }
-        let mut cmd = self.common.command(&mode, dir.path(), &log, &log);
-        let id = self.common.id();
+        let mut cmd = self.common.command(&mode, &dir, &log, &log);
         Sidecar {
             child: Child::spawn(&mut cmd, &format!("sidecar {id} ({addr})"), &[log]),
             addr,
             admin_addr,
             id,
             key: self.common.key(),
-            _dir: dir,
+            _dir: temp,
         }
     }
 
@@ -194,10 +232,10 @@ impl SidecarBuilder {
 pub struct Sidecar {
     child: Child,
     addr: SocketAddr,
-    admin_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
     id: String,
     key: String,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Sidecar {
@@ -220,7 +258,7 @@ impl Sidecar {
     }
     /// The pod-local admin server (`--admin-listen`).
     pub fn admin_addr(&self) -> SocketAddr {
-        self.admin_addr
+        self.admin_addr.expect("a sidecar with an admin server")
     }
     pub fn id(&self) -> &str {
         &self.id
@@ -386,7 +424,7 @@ impl std::ops::DerefMut for Sidecar {
 pub fn run_to_exit(args: &[&str], envs: &[(&str, &str)], timeout: Duration) -> Output {
     let dir = test_tempdir("run");
     let logs = [dir.path().join("stdout"), dir.path().join("stderr")];
-    let mut cmd = clean_command();
+    let mut cmd = clean_command(&[]);
     cmd.args(args)
         .envs(envs.iter().copied())
         .stdin(Stdio::null())
