@@ -499,9 +499,9 @@ pub fn wait_for_successors(sidecars: &[Sidecar]) -> usize {
     leader
 }
 
-/// Polls until exactly one of `sidecars` answers 200 on `/leader` in one
-/// round, and returns its index. Panics with every log if that does not
-/// happen within `timeout`.
+/// Polls until exactly one of `sidecars` answers 200 on `/leader` in one round, and returns
+/// its index. Panics with every replica's `/leader` answer if that does not happen within
+/// `timeout`.
 pub fn wait_for_one_leader(sidecars: &[Sidecar], timeout: Duration) -> usize {
     let found = crate::wait_for(timeout, || {
         let leaders: Vec<usize> = (0..sidecars.len())
@@ -509,21 +509,13 @@ pub fn wait_for_one_leader(sidecars: &[Sidecar], timeout: Duration) -> usize {
             .collect();
         (leaders.len() == 1).then(|| leaders[0])
     });
-    if found.is_none() {
-        let views: Vec<String> = sidecars
-            .iter()
-            .map(|s| match s.try_get("/leader") {
-                Ok(r) => format!("{}: {} {}", s.id(), r.status, r.body),
-                Err(e) => format!("{}: no answer ({e})", s.id()),
-            })
-            .collect();
+    found.unwrap_or_else(|| {
         panic!(
             "no single leader among {} sidecars within {timeout:?}:\n{}",
             sidecars.len(),
-            views.join("\n")
-        );
-    }
-    found.expect("set when ok")
+            crate::observe::leader_views(sidecars).join("\n")
+        )
+    })
 }
 
 /// `POST /resign` on the leader `old`'s admin port, which it accepts and stops claiming at
