@@ -159,7 +159,8 @@ impl Contention {
 }
 
 /// `rounds` handoffs among `sidecars` (`POST /resign` to the leader, then another leads)
-/// while `attempt` tries the lock in a loop on another thread, returning whether it got it.
+/// while `attempt` tries the lock in a loop on another thread (each [`Locker`] it starts is
+/// released once its verdict is counted).
 /// Asserts after each handoff that the key kept its create revision: a key deleted and
 /// created again would get a new one, so the key was never absent in between.
 pub fn resigns_under_contention(
@@ -167,7 +168,7 @@ pub fn resigns_under_contention(
     key: &str,
     sidecars: &[Sidecar],
     rounds: usize,
-    attempt: impl Fn() -> bool + Send + 'static,
+    attempt: impl Fn() -> Locker + Send + 'static,
 ) -> Contention {
     // Nobody campaigning when the contender starts: one leads, the others follow.
     wait_for_successors(sidecars);
@@ -178,7 +179,9 @@ pub fn resigns_under_contention(
             let (mut attempts, mut held) = (0, 0);
             while !stop.load(Ordering::Relaxed) {
                 attempts += 1;
-                held += usize::from(attempt());
+                let locker = attempt();
+                held += usize::from(locker.held());
+                let _ = locker.release();
             }
             (attempts, held)
         })
