@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use elector_testkit::job::{keys_under, wait_queued, write_file, Etcdctl, Workdir};
+use elector_testkit::job::{keys_under, wait_queued, Etcdctl};
 use elector_testkit::locker::assert_none_leads;
 use elector_testkit::*;
 
@@ -246,21 +246,14 @@ fn etcdctl_lock_waits_while_a_sidecar_leads() {
     assert!(leader.is_leader());
     let token = leader.fencing_token().expect("the leader's token");
 
-    let rev_script = write_file("rev", "echo \"$ETCD_LOCK_REV\"");
-    let mut ctl = Etcdctl::lock_sh(&etcd.endpoint(), &name, &rev_script);
+    let mut ctl = Etcdctl::lock_rev(&etcd.endpoint(), &name);
     wait_queued(&etcd, &prefix, 2);
-    std::thread::sleep(Duration::from_millis(1500));
-    assert!(
-        !ctl.has("rev"),
-        "etcdctl lock waits while the sidecar leads"
-    );
+    ctl.assert_waits("the sidecar leads");
     assert!(leader.is_leader());
 
     stop_cleanly(&mut leader, Signal::SIGTERM);
     // etcdctl lock runs its command once the sidecar has gone.
-    let rev: i64 = ctl.wait_for_number("rev", SOON);
-    assert!(rev > token, "etcdctl's turn comes later: {rev} > {token}");
-    assert!(ctl.wait_exit(SOON).success());
+    ctl.assert_turn_after(token);
 }
 
 #[test]

@@ -702,25 +702,14 @@ fn with_the_election_protocol_run_queues_with_etcdctl_lock() {
         "<name>/<lease hex>"
     );
 
-    let rev_script = write_file("rev", "echo \"$ETCD_LOCK_REV\"");
-    let mut ctl = Etcdctl::lock_sh(&etcd.endpoint(), &name, &rev_script);
+    let mut ctl = Etcdctl::lock_rev(&etcd.endpoint(), &name);
     let tried = try_run(&etcd.endpoint(), &name, "job-try").args(&["--protocol", "election"]);
     held_off(tried, 0, "job-elected");
 
-    std::thread::sleep(Duration::from_millis(1500));
-    assert!(
-        !ctl.has("rev"),
-        "etcdctl lock waits while run holds the election"
-    );
+    ctl.assert_waits("run holds the election");
     release(&mut job);
     // etcdctl lock runs its command once run is done.
-    let rev: i64 = ctl.wait_for_number("rev", SOON);
-    assert!(
-        rev > kv.create_revision,
-        "etcdctl's turn is later: {rev} > {}",
-        kv.create_revision
-    );
-    assert!(ctl.wait_exit(SOON).success());
+    ctl.assert_turn_after(kv.create_revision);
     assert_eq!(
         keys_under(&etcd, &prefix),
         vec![],

@@ -319,6 +319,31 @@ impl Etcdctl {
         Etcdctl::spawn(endpoints, &["lock", name, "--", "sh", "-c", script])
     }
 
+    /// `etcdctl lock NAME` whose command writes `$ETCD_LOCK_REV` to `rev`: a lock client
+    /// queued behind a holder, for [`Etcdctl::assert_waits`] and [`Etcdctl::assert_turn_after`].
+    pub fn lock_rev(endpoints: &str, name: &str) -> Etcdctl {
+        Etcdctl::lock_sh(
+            endpoints,
+            name,
+            &write_file("rev", "echo \"$ETCD_LOCK_REV\""),
+        )
+    }
+
+    /// Checks that a [`Etcdctl::lock_rev`] still has not run its command 1.5 s on, `while` the
+    /// lock is held by someone else.
+    pub fn assert_waits(&self, while_: &str) {
+        std::thread::sleep(Duration::from_millis(1500));
+        assert!(!self.has("rev"), "etcdctl lock waits while {while_}");
+    }
+
+    /// Checks that a [`Etcdctl::lock_rev`] gets its turn, with a revision later than `token`
+    /// (the holder's before it), and exits 0.
+    pub fn assert_turn_after(&mut self, token: i64) {
+        let rev: i64 = self.wait_for_number("rev", SOON);
+        assert!(rev > token, "etcdctl's turn comes later: {rev} > {token}");
+        assert!(self.wait_exit(SOON).success());
+    }
+
     fn spawn(endpoints: &str, args: &[&str]) -> Etcdctl {
         let dir = test_tempdir("etcdctl");
         let logs = [dir.path().join("stdout"), dir.path().join("stderr")];
