@@ -81,7 +81,7 @@ fn all_dead(pids: &[i32]) -> bool {
     !pids.iter().any(|&p| process_alive(p))
 }
 
-/// When none of `pids` was first seen alive, as an `Instant` and in [`unix_nanos`].
+/// When all of `pids` were first seen dead, as an `Instant` and in [`unix_nanos`].
 fn seen_dead(pids: &[i32], timeout: Duration) -> Option<(Instant, i128)> {
     wait_for(timeout, || {
         all_dead(pids).then(|| (Instant::now(), unix_nanos()))
@@ -564,9 +564,11 @@ fn a_second_signal_kills_the_group_and_exits_at_once_even_while_etcd_does_not_an
         // Generous against scheduling, far below the 20 s grace and 30 s shutdown timeout.
         let what = format!("{case}: the command died by SIGKILL");
         job.assert_exit(128 + 9, Duration::from_secs(3), &what);
-        println!(
-            "{case}: run exited {:?} after the second signal",
-            signalled.elapsed()
+        let took = signalled.elapsed();
+        println!("{case}: run exited {took:?} after the second signal");
+        assert!(
+            took < Duration::from_secs(3),
+            "{case}: run exits at once, took {took:?}"
         );
         if !partitioned {
             assert_eq!(etcd.get(&key), None, "the lease was still given back");
