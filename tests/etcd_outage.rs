@@ -29,49 +29,66 @@ fn assert_alive_and_not_leading(sidecars: &mut [Sidecar]) {
     }
 }
 
-/// Killed, then restarted with its data.
+/// Killed, then restarted with its data: as soon as nobody leads (the replicas still in their
+/// first reconnect backoff), or after a long outage past the leader's fencing deadline.
 #[test]
 fn replicas_stop_claiming_while_etcd_is_killed_and_elect_a_leader_again_when_it_restarts() {
-    let ttl = TTL.to_string();
-    let (mut etcd, key, mut sidecars) = fresh_replicas("etcd_killed", 3, &["--ttl", &ttl]);
-    wait_for_one_leader(&sidecars, SOON);
+    for long_outage in [false, true] {
+        let case = if long_outage {
+            "long outage"
+        } else {
+            "quick restart"
+        };
+        let ttl = TTL.to_string();
+        let (mut etcd, key, mut sidecars) = fresh_replicas("etcd_killed", 3, &["--ttl", &ttl]);
+        wait_for_one_leader(&sidecars, SOON);
 
-    etcd.kill();
-    let killed = Instant::now();
+        etcd.kill();
+        let killed = Instant::now();
+        if long_outage {
+            // Past the leader's fencing deadline nobody answers 200 ...
+            std::thread::sleep(
+                (killed + Duration::from_secs(TTL) + SLACK)
+                    .saturating_duration_since(Instant::now()),
+            );
+            assert_alive_and_not_leading(&mut sidecars);
+            // ... and that stays so for several more TTLs of retrying.
+            throughout(
+                Duration::from_secs(3 * TTL),
+                Duration::from_millis(100),
+                || assert_alive_and_not_leading(&mut sidecars),
+            );
+            for s in &sidecars {
+                let status = s.status();
+                assert_ne!(status["state"], "leader", "{}: /status {status}", s.id());
+            }
+        } else {
+            assert!(
+                wait_until(SOON, || sidecars.iter().all(|s| !s.is_leader())),
+                "{case}: nobody leads while etcd is down"
+            );
+            assert_alive_and_not_leading(&mut sidecars);
+        }
 
-    // Past the leader's fencing deadline nobody answers 200 ...
-    std::thread::sleep(
-        (killed + Duration::from_secs(TTL) + SLACK).saturating_duration_since(Instant::now()),
-    );
-    assert_alive_and_not_leading(&mut sidecars);
-    // ... and that stays so for several more TTLs of retrying.
-    throughout(
-        Duration::from_secs(3 * TTL),
-        Duration::from_millis(100),
-        || assert_alive_and_not_leading(&mut sidecars),
-    );
-    for s in &sidecars {
-        let status = s.status();
-        assert_ne!(status["state"], "leader", "{}: /status {status}", s.id());
+        etcd.restart();
+
+        let leader = wait_for_one_leader(&sidecars, RECOVERY);
+        let kv = etcd.get(&key).expect("the key is held again");
+        assert_eq!(kv.value, sidecars[leader].id(), "{case}");
+        assert!(
+            matches!(etcd.lease_ttl(kv.lease), Some(t) if t > 0),
+            "{case}: under a live lease: {kv:?}"
+        );
+        let token = sidecars[leader].fencing_token();
+        assert_eq!(token, Some(kv.create_revision), "{case}");
+        // Still exactly one a moment later (no replica adopting a stale view).
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(
+            wait_for_one_leader(&sidecars, SOON),
+            leader,
+            "{case}: the same single leader"
+        );
     }
-
-    etcd.restart();
-
-    let leader = wait_for_one_leader(&sidecars, RECOVERY);
-    let kv = etcd.get(&key).expect("the key is held again");
-    assert_eq!(kv.value, sidecars[leader].id());
-    assert!(
-        matches!(etcd.lease_ttl(kv.lease), Some(t) if t > 0),
-        "under a live lease: {kv:?}"
-    );
-    assert_eq!(sidecars[leader].fencing_token(), Some(kv.create_revision));
-    // Still exactly one a moment later (no replica adopting a stale view).
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(
-        wait_for_one_leader(&sidecars, SOON),
-        leader,
-        "the same single leader"
-    );
 }
 
 #[test]
