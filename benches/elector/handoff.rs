@@ -203,7 +203,7 @@ fn series(
             match group.slots[old].wait_exit_within(SOON) {
                 Some(st) if st.success() => {}
                 other => ctx.report.anomaly(format!(
-                    "{at}: old leader {id} exit {other:?} (expected 0; log {id}.log)"
+                    "{at}: old leader {id} exit {other:?} (expected 0; log sidecar-{id}.log)"
                 )),
             }
             // Let the losers' transactions land before counting (they settle within ~80 ms

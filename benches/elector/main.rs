@@ -11,7 +11,8 @@
 //!   for 100 candidates and for crash failover; 5 when quick).
 //! * `ELECTOR_BENCH_CANDIDATES=3,10,100`, `ELECTOR_BENCH_SCALE=10,100,1000`,
 //!   `ELECTOR_BENCH_CRASH_TTL=2` (seconds), `ELECTOR_BENCH_IDLE_SECS=60`.
-//! * `ELECTOR_BENCH_BIN=PATH`: measure another build of the sidecar (a proposed change).
+//! * `ELECTOR_BENCH_BIN=PATH`: measure another build of the sidecar (a proposed change); it
+//!   must know `--admin-listen off`, `--protocol election` and `--no-succession`.
 //! * `ELECTOR_BENCH_NO_PEER=1`, `ELECTOR_BENCH_NO_LOCK=1`, `ELECTOR_BENCH_NO_ELECTION=1`,
 //!   `ELECTOR_BENCH_NO_REVOKE=1`: leave out the `etcdctl elect` runs, or etcd-elector's default
 //!   (`lock`), `--protocol election` or `--no-succession` runs, of the handoff scenario.

@@ -185,6 +185,7 @@ impl SidecarSpec {
             .on(&self.endpoint, &self.key, id)
             .ttl(self.ttl_secs)
             .program(&program)
+            .empty_env()
             .env("RUST_LOG", "info")
             .no_admin()
             .log_in(&self.log_dir)

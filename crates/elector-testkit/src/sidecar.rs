@@ -26,8 +26,8 @@ use crate::{
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A command for `program` (the built binary when empty) with the variables the binary
-/// reads removed from the inherited environment.
-fn clean_command(program: &[String]) -> Command {
+/// reads removed from the inherited environment, or with none of it (`empty_env`).
+fn clean_command(program: &[String], empty_env: bool) -> Command {
     let mut cmd = match program.split_first() {
         Some((first, rest)) => {
             let mut cmd = Command::new(first);
@@ -36,6 +36,10 @@ fn clean_command(program: &[String]) -> Command {
         }
         None => Command::new(elector_bin()),
     };
+    if empty_env {
+        cmd.env_clear();
+        return cmd;
+    }
     for (name, _) in std::env::vars_os() {
         let n = name.to_string_lossy();
         if n.starts_with("ELECTOR_") || n == "POD_NAME" || n == "RUST_LOG" {
@@ -56,13 +60,15 @@ pub struct CommonArgs {
     envs: Vec<(String, String)>,
     /// What runs instead of the built binary, with its arguments (see [`ElectorArgs::program`]).
     program: Vec<String>,
+    /// Nothing inherited from the environment (see [`ElectorArgs::empty_env`]).
+    empty_env: bool,
 }
 
 impl CommonArgs {
     /// A clean command with these flags, JSON logs and debug log levels, run
     /// in `dir` with stdout and stderr appended to the files given.
     pub fn command(&self, mode: &[&str], dir: &Path, stdout: &Path, stderr: &Path) -> Command {
-        let mut cmd = clean_command(&self.program);
+        let mut cmd = clean_command(&self.program, self.empty_env);
         cmd.args(mode).args(["--log-format", "json"]);
         for (flag, value) in [
             ("--endpoints", &self.endpoints),
@@ -144,6 +150,12 @@ pub trait ElectorArgs: Sized {
         self.common().program = argv.to_vec();
         self
     }
+    /// Starts from an empty environment: the bench's, so that nothing in its shell
+    /// (`MALLOC_*`, `LD_PRELOAD`) changes what it measures.
+    fn empty_env(mut self) -> Self {
+        self.common().empty_env = true;
+        self
+    }
 }
 
 /// Builds a [`Sidecar`]: `Sidecar::builder().endpoints(..).key(..).id(..).start()`.
@@ -154,7 +166,7 @@ pub struct SidecarBuilder {
     listen_elsewhere: Option<SocketAddr>,
     /// No admin server (`--admin-listen off`): the bench's many replicas need none.
     no_admin: bool,
-    /// Where its log goes (`ID.log`) instead of a temporary directory of its own.
+    /// Where its log goes (`sidecar-ID.log`) instead of a temporary directory of its own.
     log_dir: Option<PathBuf>,
 }
 
@@ -424,7 +436,7 @@ impl std::ops::DerefMut for Sidecar {
 pub fn run_to_exit(args: &[&str], envs: &[(&str, &str)], timeout: Duration) -> Output {
     let dir = test_tempdir("run");
     let logs = [dir.path().join("stdout"), dir.path().join("stderr")];
-    let mut cmd = clean_command(&[]);
+    let mut cmd = clean_command(&[], false);
     cmd.args(args)
         .envs(envs.iter().copied())
         .stdin(Stdio::null())
