@@ -49,7 +49,7 @@ fn fared(sidecars: &[Sidecar], before: usize, token: Option<i64>, after: usize) 
         return "same leader, same term".into();
     }
     let (from, to) = (sidecars[before].id(), sidecars[after].id());
-    format!("leader {from} -> {to}")
+    format!("leader {from} -> {to}, new term")
 }
 
 #[test]

@@ -134,10 +134,10 @@ fn a_frozen_leader_answers_503_after_thawing_and_never_overlaps_its_successor() 
     );
 }
 
-/// A silent partition between the leader and etcd (connections open, nothing
-/// flows): the leader stops claiming before another replica can win. The gap between the two claims is measured
-/// from the probes and from the logs and printed; after the heal the cut-off
-/// replica follows.
+/// A silent partition between the leader and etcd (connections open, nothing flows): the
+/// leader stops claiming before another replica can win. The gap between the two claims is
+/// measured from the probes and from the logs and printed; after the heal the cut-off replica
+/// follows.
 #[test]
 fn a_partitioned_leader_steps_down_a_margin_before_another_wins() {
     let (etcd, key) = etcd_and_key("partition_margin");

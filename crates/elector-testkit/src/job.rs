@@ -178,8 +178,8 @@ pub trait Workdir: DerefMut<Target = Child> {
             .collect()
     }
 
-    /// Waits until the command writes `name` and returns its trimmed contents;
-    /// panics with the logs if the process exits first or `timeout` passes.
+    /// Waits until the command writes `name` and returns its trimmed contents; panics with
+    /// the logs if the process exits first or `timeout` passes (then it is killed first).
     fn wait_for_file(&mut self, name: &str, timeout: Duration) -> String {
         let path = self.path(name);
         let waited = self.wait_ready(timeout, || path.exists());
