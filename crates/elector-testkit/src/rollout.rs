@@ -56,7 +56,7 @@ use fastrand::Rng;
 
 use super::observe::{self, leader_views, unix_micros, Probe};
 use super::{
-    http, unique_key, wait_until, with_port_retries, ElectorArgs, Etcd, EtcdCounts, Sidecar,
+    unique_key, wait_until, with_port_retries, ElectorArgs, Etcd, EtcdCounts, Sidecar,
     SidecarBuilder, Signal, SOON,
 };
 
@@ -375,9 +375,7 @@ impl World {
                 r.sidecar = r.builder.clone().spawn();
                 observer.replace(j, r.sidecar.addr());
             }
-            let addr = r.sidecar.addr();
-            let healthy = || http::get(addr, "/healthz").is_ok_and(|resp| resp.status == 200);
-            r.sidecar.wait_ready(SOON, healthy)
+            r.sidecar.wait_healthy()
         })
     }
 

@@ -234,9 +234,7 @@ impl SidecarBuilder {
     pub fn start(self) -> Sidecar {
         with_port_retries(|| {
             let mut s = self.clone().spawn();
-            let addr = s.addr;
-            let healthy = || http::get(addr, "/healthz").is_ok_and(|r| r.status == 200);
-            s.child.wait_ready(READY_TIMEOUT, healthy).map(|()| s)
+            s.wait_healthy().map(|()| s)
         })
     }
 }
@@ -277,6 +275,14 @@ impl Sidecar {
     }
     pub fn key(&self) -> &str {
         &self.key
+    }
+
+    /// Waits until `/healthz` answers 200; if it exits first or does not soon (then it is
+    /// killed), says why, with the log tail (a taken port shows there: see `start`).
+    pub fn wait_healthy(&mut self) -> Result<(), String> {
+        let addr = self.addr;
+        let healthy = || http::get(addr, "/healthz").is_ok_and(|r| r.status == 200);
+        self.child.wait_ready(READY_TIMEOUT, healthy)
     }
 
     /// The full log so far (stdout and stderr interleaved).
