@@ -62,7 +62,7 @@ impl Pki {
             KeyUsagePurpose::KeyEncipherment,
         ];
         server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let server_key = KeyPair::generate().expect("generating a P-256 key");
+        let server_key = key_pair();
         let server_cert = sign("server", &server, &server_key);
         server.not_before = date_time_ymd(2020, 1, 1);
         server.not_after = date_time_ymd(2020, 1, 2);
@@ -71,7 +71,7 @@ impl Pki {
         let mut client = cert_params("etcd-elector", &[]);
         client.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let client_key = KeyPair::generate().expect("generating a P-256 key");
+        let client_key = key_pair();
         let client_cert = sign("client", &client, &client_key);
         Pki {
             ca,
@@ -127,12 +127,17 @@ fn cert_params(cn: &str, names: &[&str]) -> CertificateParams {
     params
 }
 
+/// A fresh P-256 key.
+fn key_pair() -> KeyPair {
+    KeyPair::generate().expect("generating a P-256 key")
+}
+
 /// A self-signed CA `name.pem` for `/CN=cn` in `dir`: its path and its signer.
 fn make_ca(dir: &Path, name: &str, cn: &str) -> (PathBuf, Issuer<'static, KeyPair>) {
     let mut params = cert_params(cn, &[]);
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let key = KeyPair::generate().expect("generating a P-256 key");
+    let key = key_pair();
     let cert = params.self_signed(&key).expect("self-signing a CA");
     let path = write(dir, &format!("{name}.pem"), &cert.pem());
     (path, Issuer::new(params, key))
