@@ -803,8 +803,9 @@ fn a_run_frozen_past_its_termination_time_still_kills_the_group_by_the_claim_dea
     let claim = (0..5)
         .filter_map(|_| {
             let left = job.try_get("/status").ok()?.json()["claim_seconds_left"].as_f64()?;
+            let claim = Instant::now() + Duration::from_secs_f64(left.max(0.0));
             std::thread::sleep(Duration::from_millis(20));
-            Some(Instant::now() + Duration::from_secs_f64(left.max(0.0)))
+            Some(claim)
         })
         .max()
         .unwrap_or_else(|| panic!("run reports its claim in /status\n{}", job.describe()));
