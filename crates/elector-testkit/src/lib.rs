@@ -199,20 +199,29 @@ pub fn metric_samples(text: &str) -> impl Iterator<Item = (&str, &str, f64)> {
 }
 
 /// The value of `series` (a name, and its labels as printed if it has any) in a Prometheus
-/// text exposition.
+/// text exposition, read by [`metric_samples`].
 pub fn metric(text: &str, series: &str) -> Option<f64> {
-    let value = |l: &str| {
-        l.strip_prefix(series)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    };
-    text.lines().find_map(value)
+    let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+    metric_samples(text).find_map(|(n, l, value)| (n == name && l == labels).then_some(value))
 }
 
 /// The last `lines` lines of `text`.
 pub fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_reads_a_whole_series_with_or_without_labels() {
+        let text = "# HELP up x\nup 1\nup_total 7\nerrors_total{op=\"grant\"} 2\n\
+                    errors_total{op=\"put\"} 3\n";
+        assert_eq!(metric(text, "up"), Some(1.0));
+        assert_eq!(metric(text, "errors_total{op=\"put\"}"), Some(3.0));
+        assert_eq!(metric(text, "errors_total"), None, "only a whole series");
+        assert_eq!(metric(text, "up_"), None);
+    }
 }
