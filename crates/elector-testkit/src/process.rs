@@ -129,7 +129,7 @@ impl Child {
             if let Some(status) = self.try_wait() {
                 let name = &self.name;
                 return Err(format!(
-                    "{name} exited while starting ({status})\n{}",
+                    "{name} exited before it was ready ({status})\n{}",
                     self.describe()
                 ));
             }
