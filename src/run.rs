@@ -15,12 +15,15 @@
 
 use std::time::Duration;
 
+use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{prepare, AppError, FrontEnds, Listeners};
 use crate::config::{Config, Protocol, RunConfig, SECRET_ENV};
+use crate::election::etcd::ConnectError;
 use crate::election::machine::Role;
+use crate::election::Release;
 use crate::http::Resign;
 use crate::leadership::{Receiver, Snapshot};
 use crate::metrics::Metrics;
@@ -53,34 +56,7 @@ pub async fn run_job(
         tracing::debug!(error = %e, "cannot become a child subreaper");
     }
     let reaper = Reaper::install().map_err(AppError::system("installing the SIGCHLD handler"))?;
-    let metrics = Metrics::new();
-    let election = prepare(&cfg, &metrics);
-    let mut leadership = election.subscribe();
-    let front_ends = FrontEnds::start(
-        &election,
-        &cfg,
-        metrics,
-        listeners,
-        Resign::Refused(RESIGN_REFUSED),
-    );
-    let election_stop = CancellationToken::new();
-    let election_task = tokio::spawn(election.run(election_stop.clone()));
-    // Stops the election (revoking the lease) and the front ends; an etcd client that could
-    // not be configured comes back as a configuration error.
-    let stop_election = || async {
-        election_stop.cancel();
-        let result = match election_task.await {
-            Ok(Err(e)) => Err(AppError::Connect(e)),
-            Ok(Ok(_)) => Ok(()),
-            Err(e) => {
-                tracing::warn!(error = %e, "election task failed");
-                Ok(())
-            }
-        };
-        front_ends.stop().await;
-        result
-    };
-
+    let mut lock = Lock::campaign(&cfg, listeners);
     let key = cfg.election.key.as_str();
     tracing::info!(
         key,
@@ -90,24 +66,32 @@ pub async fn run_job(
     );
     let try_bound = run.try_bound(cfg.election.timing.ttl);
     let give_up_at = run.try_once.then(|| Instant::now() + try_bound);
-    let snapshot = match wait_for_lock(
-        &mut leadership,
+    let wait = wait_for_lock(
+        &mut lock.leadership,
         run.try_once,
         run.grace_period,
         give_up_at,
         &shutdown,
     )
-    .await
-    {
-        Wait::Leader(snapshot) => snapshot,
+    .await;
+    let code = match wait {
+        Wait::Leader(snapshot) => {
+            let holding = Holding {
+                cfg: &cfg,
+                run: &run,
+                snapshot: &snapshot,
+                shutdown: &shutdown,
+                abort: &abort,
+            };
+            holding.run(reaper, &mut lock.leadership).await
+        }
         Wait::Held(holder) => {
             tracing::info!(
                 key,
                 holder = holder.as_str(),
                 "lock is held elsewhere; not running the command"
             );
-            release(stop_election(), &abort).await?;
-            return Ok(run.held_exit_code);
+            Ok(run.held_exit_code)
         }
         Wait::TimedOut(last_error) => {
             tracing::error!(
@@ -116,123 +100,194 @@ pub async fn run_job(
                 last_error = last_error.as_deref().unwrap_or(""),
                 "no verdict from etcd within --try-timeout; not running the command"
             );
-            release(stop_election(), &abort).await?;
-            return Ok(TRY_TIMED_OUT);
+            Ok(TRY_TIMED_OUT)
         }
-        Wait::Signalled => {
-            release(stop_election(), &abort).await?;
-            return Ok(SIGNALLED_BEFORE_START);
-        }
+        Wait::Signalled => Ok(SIGNALLED_BEFORE_START),
     };
+    // The lock goes back only now, whatever happened: the command's group is dead by here.
+    lock.release(&abort).await?;
+    code
+}
 
-    let term = Term::of(&snapshot);
-    let token = snapshot.view.fencing_token.unwrap_or_default().to_string();
-    // What `etcdctl lock` exports as ETCD_LOCK_KEY: the key we hold. In the election protocol
-    // that is our own candidate key, `<name>/<lease hex>`, not the name.
-    let lock_key = match (cfg.election.protocol, snapshot.view.lease_id) {
-        (Protocol::Election, Some(lease)) => format!("{}/{lease:x}", cfg.election.key),
-        _ => cfg.election.key.clone(),
-    };
-    let env = [
-        ("ELECTOR_FENCING_TOKEN", token.clone()),
-        ("ELECTOR_KEY", cfg.election.key.clone()),
-        ("ELECTOR_ID", cfg.election.id.clone()),
-        ("ETCD_LOCK_KEY", lock_key),
-        // The fencing token: the create revision, or the transfer's revision for a key handed
-        // over. `etcdctl lock` exports the revision of the response that showed it the lock:
-        // the same number for a free lock, a later one after waiting. Both grow from holder to
-        // holder; README says so.
-        ("ETCD_LOCK_REV", token.clone()),
-    ];
-    let mut job = match reaper.spawn(&run.command, &env, SECRET_ENV).await {
-        Ok(job) => job,
-        Err(SpawnError::Command(e)) => {
-            tracing::error!(command = run.command[0].as_str(), error = %e, "cannot start the command");
-            release(stop_election(), &abort).await?;
-            // 127: the shell's code for "command not found"; 126 for other start failures.
-            return Ok(if e.kind() == std::io::ErrorKind::NotFound {
-                127
-            } else {
-                126
-            });
-        }
-        Err(e @ SpawnError::Shim(_)) => {
-            release(stop_election(), &abort).await?;
-            return Err(AppError::Spawn(e));
-        }
-    };
-    tracing::info!(
-        key,
-        fencing_token = token.as_str(),
-        pid = job.pid(),
-        "lock held; command started"
-    );
+/// The election `run` campaigns in, with the front ends that show it.
+struct Lock {
+    leadership: Receiver,
+    stop: CancellationToken,
+    election: JoinHandle<Result<Release, ConnectError>>,
+    front_ends: FrontEnds,
+}
 
-    let mut claim_until = snapshot.view.claim_until;
-    let outcome = supervise(
-        &mut job,
-        term,
-        &mut leadership,
-        run.grace_period,
-        &mut claim_until,
-        &shutdown,
-        &abort,
-    )
-    .await;
-    let kill_at = kill_deadline(run.grace_period, claim_until);
-    let code = match outcome {
-        Outcome::Exited(code) => {
-            tracing::info!(key, code, "command exited; releasing the lock");
-            // Whatever it left in its group must be gone before the lock is released.
-            job.terminate_group(kill_at, &abort).await;
-            code
+impl Lock {
+    /// Start campaigning for `cfg`'s key, and the front ends `cfg` asks for.
+    fn campaign(cfg: &Config, listeners: Listeners) -> Lock {
+        let metrics = Metrics::new();
+        let election = prepare(cfg, &metrics);
+        let leadership = election.subscribe();
+        let resign = Resign::Refused(RESIGN_REFUSED);
+        let front_ends = FrontEnds::start(&election, cfg, metrics, listeners, resign);
+        let stop = CancellationToken::new();
+        Lock {
+            leadership,
+            election: tokio::spawn(election.run(stop.clone())),
+            stop,
+            front_ends,
         }
-        Outcome::Lost(reason) => {
-            tracing::warn!(
-                key,
-                reason,
-                "lock lost while the command ran; terminating it"
-            );
-            job.terminate_group(kill_at, &abort).await;
-            i32::from(run.lost_exit_code)
+    }
+
+    /// Stop the election (revoking the lease or handing the key over) and the front ends; an
+    /// etcd client that could not be configured comes back as a configuration error. After a
+    /// second signal the release gets only [`ABORT_RELEASE_BOUND`].
+    async fn release(self, abort: &CancellationToken) -> Result<(), AppError> {
+        let Lock {
+            stop,
+            election,
+            front_ends,
+            ..
+        } = self;
+        let stopping = async {
+            stop.cancel();
+            let result = match election.await {
+                Ok(Err(e)) => Err(AppError::Connect(e)),
+                Ok(Ok(_)) => Ok(()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "election task failed");
+                    Ok(())
+                }
+            };
+            front_ends.stop().await;
+            result
+        };
+        tokio::pin!(stopping);
+        tokio::select! {
+            result = &mut stopping => result,
+            _ = abort.cancelled() => match tokio::time::timeout(ABORT_RELEASE_BOUND, stopping).await {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::warn!("second signal: exiting without giving the lease back; it expires by its TTL");
+                    Ok(())
+                }
+            },
         }
-        Outcome::Signalled => {
-            tracing::info!(key, "forwarding SIGTERM to the command");
-            job.terminate_group(kill_at, &abort).await;
-            job_exit_code(&mut job).await
-        }
-        Outcome::Aborted => {
-            job.kill_group().await;
-            job_exit_code(&mut job).await
-        }
-    };
-    release(stop_election(), &abort).await?;
-    Ok(u8::try_from(code.clamp(0, 255)).unwrap_or(1))
+    }
+}
+
+/// One term of holding the lock: the command runs in it, and is dead when it ends.
+struct Holding<'a> {
+    cfg: &'a Config,
+    run: &'a RunConfig,
+    /// The snapshot that said we lead.
+    snapshot: &'a Snapshot,
+    shutdown: &'a CancellationToken,
+    abort: &'a CancellationToken,
+}
+
+impl Holding<'_> {
+    /// Start the command, supervise it while we lead, and end its group; returns its exit code
+    /// (or `--lost-exit-code`, or the shell's codes when it cannot start).
+    async fn run(&self, reaper: Reaper, leadership: &mut Receiver) -> Result<u8, AppError> {
+        let key = self.cfg.election.key.as_str();
+        let token = self.fencing_token();
+        let mut job = match reaper
+            .spawn(&self.run.command, &self.env(), SECRET_ENV)
+            .await
+        {
+            Ok(job) => job,
+            Err(SpawnError::Command(e)) => {
+                tracing::error!(command = self.run.command[0].as_str(), error = %e, "cannot start the command");
+                // 127: the shell's code for "command not found"; 126 for other start failures.
+                return Ok(if e.kind() == std::io::ErrorKind::NotFound {
+                    127
+                } else {
+                    126
+                });
+            }
+            Err(e @ SpawnError::Shim(_)) => return Err(AppError::Spawn(e)),
+        };
+        tracing::info!(
+            key,
+            fencing_token = token.as_str(),
+            pid = job.pid(),
+            "lock held; command started"
+        );
+        let grace = self.run.grace_period;
+        let mut claim_until = self.snapshot.view.claim_until;
+        let term = Term::of(self.snapshot);
+        let outcome = supervise(
+            &mut job,
+            term,
+            leadership,
+            grace,
+            &mut claim_until,
+            self.shutdown,
+            self.abort,
+        )
+        .await;
+        let kill_at = kill_deadline(grace, claim_until);
+        let code = match outcome {
+            Outcome::Exited(code) => {
+                tracing::info!(key, code, "command exited; releasing the lock");
+                // Whatever it left in its group must be gone before the lock is released.
+                job.terminate_group(kill_at, self.abort).await;
+                code
+            }
+            Outcome::Lost(reason) => {
+                tracing::warn!(
+                    key,
+                    reason,
+                    "lock lost while the command ran; terminating it"
+                );
+                job.terminate_group(kill_at, self.abort).await;
+                i32::from(self.run.lost_exit_code)
+            }
+            Outcome::Signalled => {
+                tracing::info!(key, "forwarding SIGTERM to the command");
+                job.terminate_group(kill_at, self.abort).await;
+                job_exit_code(&mut job).await
+            }
+            Outcome::Aborted => {
+                job.kill_group().await;
+                job_exit_code(&mut job).await
+            }
+        };
+        Ok(u8::try_from(code.clamp(0, 255)).unwrap_or(1))
+    }
+
+    fn fencing_token(&self) -> String {
+        self.snapshot
+            .view
+            .fencing_token
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// What the command finds in its environment about the lock.
+    fn env(&self) -> [(&'static str, String); 5] {
+        let election = &self.cfg.election;
+        let token = self.fencing_token();
+        // What `etcdctl lock` exports as ETCD_LOCK_KEY: the key we hold. In the election
+        // protocol that is our own candidate key, `<name>/<lease hex>`, not the name.
+        let lock_key = match (election.protocol, self.snapshot.view.lease_id) {
+            (Protocol::Election, Some(lease)) => format!("{}/{lease:x}", election.key),
+            _ => election.key.clone(),
+        };
+        [
+            ("ELECTOR_FENCING_TOKEN", token.clone()),
+            ("ELECTOR_KEY", election.key.clone()),
+            ("ELECTOR_ID", election.id.clone()),
+            ("ETCD_LOCK_KEY", lock_key),
+            // The fencing token: the create revision, or the transfer's revision for a key
+            // handed over. `etcdctl lock` exports the revision of the response that showed it
+            // the lock: the same number for a free lock, a later one after waiting. Both grow
+            // from holder to holder; README says so.
+            ("ETCD_LOCK_REV", token),
+        ]
+    }
 }
 
 /// How long the lease's release may take after a second signal. The promise of that signal
 /// is an exit at once; a release that etcd does not answer in time only means the lease
 /// expires by its TTL, after the group is already dead.
 const ABORT_RELEASE_BOUND: Duration = Duration::from_millis(500);
-
-/// Stop the election (`stopping`: revoke, then the front ends), but after a second signal
-/// give it only [`ABORT_RELEASE_BOUND`].
-async fn release(
-    stopping: impl std::future::Future<Output = Result<(), AppError>>,
-    abort: &CancellationToken,
-) -> Result<(), AppError> {
-    tokio::pin!(stopping);
-    tokio::select! {
-        result = &mut stopping => result,
-        _ = abort.cancelled() => match tokio::time::timeout(ABORT_RELEASE_BOUND, stopping).await {
-            Ok(result) => result,
-            Err(_) => {
-                tracing::warn!("second signal: exiting without giving the lease back; it expires by its TTL");
-                Ok(())
-            }
-        },
-    }
-}
 
 /// When the group must be dead: at the end of its grace period, but never after the claim
 /// ends, since from then on etcd may expire the lease and another holder may start.
