@@ -407,61 +407,50 @@ impl Election {
             Connection::Later(_) => return,
         };
         match action {
-            Action::GrantLease => {
-                tokio::spawn(async move {
-                    let event = match etcd::grant(&mut client, &timing).await {
-                        Ok((lease, ttl, sent_at)) => Event::LeaseGranted {
-                            lease,
-                            ttl,
-                            sent_at,
-                        },
-                        Err(e) => {
-                            let _ = reports.send(Report::Error(e)).await;
-                            Event::LeaseGrantFailed
-                        }
-                    };
-                    let _ = reports.send(Report::Event(event)).await;
-                });
-            }
+            Action::GrantLease => request(
+                reports,
+                async move { etcd::grant(&mut client, &timing).await },
+                |granted| match granted {
+                    Ok((lease, ttl, sent_at)) => Event::LeaseGranted {
+                        lease,
+                        ttl,
+                        sent_at,
+                    },
+                    Err(_) => Event::LeaseGrantFailed,
+                },
+            ),
             Action::KeepAlive { lease } => {
                 tracing::info!(
                     key = self.cfg.key.as_str(),
                     lease = format!("{lease:x}"),
                     "lease granted"
                 );
-                if let Some(old) = self.keepalive.replace(tokio::spawn(etcd::keep_alive(
-                    client, timing, lease, reports,
-                ))) {
-                    old.abort();
-                }
+                let task = etcd::keep_alive(client, timing, lease, reports);
+                replace_task(&mut self.keepalive, task);
             }
             Action::StopKeepAlive => {
-                if let Some(old) = self.keepalive.take() {
-                    old.abort();
-                }
+                stop_task(&mut self.keepalive);
             }
             Action::Campaign { lease } => {
                 self.metrics.campaigns.inc();
                 let key = self.cfg.key.clone();
                 let id = self.cfg.id.clone();
                 let protocol = self.cfg.protocol;
-                tokio::spawn(async move {
-                    let campaign = etcd::campaign(&mut client, &timing, protocol, &key, &id, lease);
-                    let report = match campaign.await {
-                        Ok(campaign) => Report::Event(Event::CampaignDone {
-                            lease,
-                            holder: campaign.holder,
-                            revision: campaign.revision,
-                            key: campaign.key,
-                            queue: campaign.queue,
-                        }),
-                        Err(e) => {
-                            let lease_gone = e.is_lease_gone();
-                            let _ = reports.send(Report::Error(e)).await;
-                            Report::Event(Event::CampaignFailed { lease, lease_gone })
-                        }
-                    };
-                    let _ = reports.send(report).await;
+                let campaign = async move {
+                    etcd::campaign(&mut client, &timing, protocol, &key, &id, lease).await
+                };
+                request(reports, campaign, move |done| match done {
+                    Ok(campaign) => Event::CampaignDone {
+                        lease,
+                        holder: campaign.holder,
+                        revision: campaign.revision,
+                        key: campaign.key,
+                        queue: campaign.queue,
+                    },
+                    Err(e) => Event::CampaignFailed {
+                        lease,
+                        lease_gone: e.is_lease_gone(),
+                    },
                 });
             }
             Action::Watch {
@@ -472,14 +461,10 @@ impl Election {
                 tracing::debug!(key = target.key.as_str(), from_revision, "watching");
                 let generation = self.watch_generation;
                 let task = etcd::watch(client, timing, target, from_revision, generation, reports);
-                if let Some(old) = self.watch.replace(tokio::spawn(task)) {
-                    old.abort();
-                }
+                replace_task(&mut self.watch, task);
             }
             Action::StopWatch => {
-                if let Some(old) = self.watch.take() {
-                    old.abort();
-                }
+                stop_task(&mut self.watch);
             }
             Action::Revoke { lease, then_exit } => {
                 // Publish-before-act: whatever asked for this revoke has already ended the
@@ -549,19 +534,13 @@ impl Election {
             }
             Action::ReadCandidates => {
                 let key = self.cfg.key.clone();
-                tokio::spawn(async move {
-                    let read = etcd::read_candidates(&mut client, &timing, &key).await;
-                    let event = match read {
-                        Ok((candidates, revision)) => Event::Candidates {
-                            candidates,
-                            revision,
-                        },
-                        Err(e) => {
-                            let _ = reports.send(Report::Error(e)).await;
-                            Event::CandidatesFailed
-                        }
-                    };
-                    let _ = reports.send(Report::Event(event)).await;
+                let read = async move { etcd::read_candidates(&mut client, &timing, &key).await };
+                request(reports, read, |read| match read {
+                    Ok((candidates, revision)) => Event::Candidates {
+                        candidates,
+                        revision,
+                    },
+                    Err(_) => Event::CandidatesFailed,
                 });
             }
             Action::WatchCandidates { from_revision } => {
@@ -572,14 +551,10 @@ impl Election {
                     from_revision,
                     reports,
                 );
-                if let Some(old) = self.candidates_watch.replace(tokio::spawn(task)) {
-                    old.abort();
-                }
+                replace_task(&mut self.candidates_watch, task);
             }
             Action::StopWatchCandidates => {
-                if let Some(old) = self.candidates_watch.take() {
-                    old.abort();
-                }
+                stop_task(&mut self.candidates_watch);
             }
             Action::Transfer { to, held } => {
                 // Publish-before-act: the handoff began by ending the claim.
@@ -594,18 +569,10 @@ impl Election {
                     successor_revision = to.revision.as_str(),
                     "handing the key over"
                 );
-                tokio::spawn(async move {
-                    let succeeded =
-                        match etcd::transfer(&mut client, &timing, &key, &to, held).await {
-                            Ok(succeeded) => succeeded,
-                            Err(e) => {
-                                let _ = reports.send(Report::Error(e)).await;
-                                false
-                            }
-                        };
-                    let _ = reports
-                        .send(Report::Event(Event::TransferDone { succeeded }))
-                        .await;
+                let transfer =
+                    async move { etcd::transfer(&mut client, &timing, &key, &to, held).await };
+                request(reports, transfer, |done| Event::TransferDone {
+                    succeeded: done.unwrap_or(false),
                 });
             }
             Action::Exit => self.exit = true,
@@ -624,6 +591,42 @@ impl Election {
         {
             task.abort();
         }
+    }
+}
+
+/// Runs one etcd request in a task of its own, so the loop never waits on etcd: its error, if
+/// any, is reported first, then the event that `event` makes of how it ended.
+fn request<T: Send + 'static>(
+    reports: mpsc::Sender<Report>,
+    call: impl std::future::Future<Output = Result<T, EtcdError>> + Send + 'static,
+    event: impl FnOnce(Result<T, &EtcdError>) -> Event + Send + 'static,
+) {
+    tokio::spawn(async move {
+        let (event, error) = match call.await {
+            Ok(value) => (event(Ok(value)), None),
+            Err(e) => (event(Err(&e)), Some(e)),
+        };
+        if let Some(e) = error {
+            let _ = reports.send(Report::Error(e)).await;
+        }
+        let _ = reports.send(Report::Event(event)).await;
+    });
+}
+
+/// Starts `task` in `slot`, ending the one it replaces: one task of each kind at a time.
+fn replace_task(
+    slot: &mut Option<JoinHandle<()>>,
+    task: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    if let Some(old) = slot.replace(tokio::spawn(task)) {
+        old.abort();
+    }
+}
+
+/// Ends the task in `slot`, if any.
+fn stop_task(slot: &mut Option<JoinHandle<()>>) {
+    if let Some(old) = slot.take() {
+        old.abort();
     }
 }
 
