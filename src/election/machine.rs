@@ -731,24 +731,7 @@ impl Machine {
                 ttl,
                 sent_at,
             } => self.on_lease_granted(lease, ttl, sent_at, now, &mut out),
-            Event::LeaseGrantFailed => {
-                if let State::NeedLease { retry_at: None } = self.state {
-                    let at = now + self.backoff.next_delay();
-                    self.state = State::NeedLease { retry_at: Some(at) };
-                } else if let State::Stopping {
-                    revoke_at,
-                    hand_over,
-                    ..
-                } = self.state
-                {
-                    self.state = State::Stopping {
-                        revoke_at,
-                        grant_pending: false,
-                        hand_over,
-                    };
-                    self.finish_stopping_if_idle(&mut out);
-                }
-            }
+            Event::LeaseGrantFailed => self.on_lease_grant_failed(now, &mut out),
             Event::KeepAliveAcked {
                 lease,
                 ttl,
@@ -765,17 +748,7 @@ impl Machine {
                 self.on_campaign_done(lease, holder, revision, target, now, &mut out);
             }
             Event::CampaignFailed { lease, lease_gone } => {
-                if self.lease.map(|l| l.id) != Some(lease)
-                    || self.state != (State::Campaigning { retry_at: None })
-                {
-                    return out;
-                }
-                if lease_gone {
-                    self.drop_lease(None, &mut out);
-                } else {
-                    let at = now + self.backoff.next_delay();
-                    self.state = State::Campaigning { retry_at: Some(at) };
-                }
+                self.on_campaign_failed(lease, lease_gone, now, &mut out)
             }
             Event::KeyDeleted => match self.state {
                 State::Leading { .. } => {
@@ -803,32 +776,7 @@ impl Machine {
                 // A handoff without its watch still ends: the transfer's guard makes it safe.
                 _ => {}
             },
-            Event::Resign => {
-                if let (Some(key), Some(_), Some(_)) =
-                    (self.held_key(), self.lease, &self.succession)
-                {
-                    self.record_step_down(StepDownReason::Resigned, &mut out);
-                    self.start_handoff(After::Rejoin, key, now, &mut out);
-                } else if matches!(self.state, State::Leading { .. }) {
-                    if let Some(lease) = self.lease.take() {
-                        // Revoking deletes our key, so a waiting candidate wins within a round
-                        // trip; we only ask for a new lease after `resign_holdoff`, so we do
-                        // not race the candidates we are handing over to.
-                        self.record_step_down(StepDownReason::Resigned, &mut out);
-                        out.actions.extend([
-                            Action::StopWatch,
-                            Action::StopKeepAlive,
-                            Action::Revoke {
-                                lease: lease.id,
-                                then_exit: false,
-                            },
-                        ]);
-                        self.state = State::NeedLease {
-                            retry_at: Some(now + self.timing.resign_holdoff),
-                        };
-                    }
-                }
-            }
+            Event::Resign => self.on_resign(now, &mut out),
             Event::Tick => self.on_tick(now, &mut out),
             Event::Shutdown => self.on_shutdown(now, &mut out),
             Event::Revoked => {
@@ -846,36 +794,9 @@ impl Machine {
             }
             Event::CandidatesFailed => self.on_handoff_event(HandoffEvent::Failed, now, &mut out),
             Event::CandidateRegistered { candidate } => {
-                if let Some(known) = self.known.as_mut() {
-                    known.retain(|c| c.key != candidate.key);
-                    known.push(candidate.clone());
-                }
-                self.follow_announced(&candidate, &mut out);
-                if candidate.healthy && self.waiting_for_healthy_successor() {
-                    // A leader whose application is unhealthy hands over as soon as a replica
-                    // with a healthy one registers, not at its next look.
-                    if let Some(app) = self.app.as_mut() {
-                        app.looking = true;
-                    }
-                    let known = self.known.clone();
-                    self.on_healthy_candidates(known, now, &mut out);
-                }
-                self.on_handoff_event(HandoffEvent::Registered(candidate), now, &mut out)
+                self.on_candidate_registered(candidate, now, &mut out)
             }
-            Event::CandidateGone { key } => {
-                if let Some(known) = self.known.as_mut() {
-                    known.retain(|c| c.key != key);
-                }
-                if let State::Handing(Handoff {
-                    phase: Phase::Waiting { best },
-                    ..
-                }) = &mut self.state
-                {
-                    if best.as_ref().is_some_and(|b| b.key == key) {
-                        *best = None;
-                    }
-                }
-            }
+            Event::CandidateGone { key } => self.on_candidate_gone(&key),
             Event::CandidatesWatchEnded if self.keeps_candidates() => {
                 // Read again and watch from there; a failed read leaves the list unknown, and
                 // the next campaign reads it.
@@ -888,17 +809,123 @@ impl Machine {
             }
             Event::HandedOver { term } => self.on_handed_over(term, now, &mut out),
             Event::AppHealth { healthy } => self.on_app_health(healthy, now, &mut out),
-            Event::RevokeFailed { lease } => {
-                // A lease we hold again is not ours to revoke; a full list drops its oldest.
-                if self.lease.map(|l| l.id) != Some(lease) && !self.unrevoked.contains(&lease) {
-                    if self.unrevoked.len() == MAX_UNREVOKED {
-                        self.unrevoked.remove(0);
-                    }
-                    self.unrevoked.push(lease);
-                }
-            }
+            Event::RevokeFailed { lease } => self.on_revoke_failed(lease),
         }
         out
+    }
+
+    /// A grant failed: retry after a backoff, or, stopping, stop waiting for it.
+    fn on_lease_grant_failed(&mut self, now: Instant, out: &mut Step) {
+        if let State::NeedLease { retry_at: None } = self.state {
+            let at = now + self.backoff.next_delay();
+            self.state = State::NeedLease { retry_at: Some(at) };
+        } else if let State::Stopping {
+            revoke_at,
+            hand_over,
+            ..
+        } = self.state
+        {
+            self.state = State::Stopping {
+                revoke_at,
+                grant_pending: false,
+                hand_over,
+            };
+            self.finish_stopping_if_idle(out);
+        }
+    }
+
+    /// A campaign failed: a lease etcd no longer has is dropped, anything else is retried
+    /// after a backoff.
+    fn on_campaign_failed(
+        &mut self,
+        lease: LeaseId,
+        lease_gone: bool,
+        now: Instant,
+        out: &mut Step,
+    ) {
+        if self.lease.map(|l| l.id) != Some(lease)
+            || self.state != (State::Campaigning { retry_at: None })
+        {
+            return;
+        }
+        if lease_gone {
+            self.drop_lease(None, out);
+        } else {
+            let at = now + self.backoff.next_delay();
+            self.state = State::Campaigning { retry_at: Some(at) };
+        }
+    }
+
+    /// `POST /resign`: hand the key to a successor, or revoke and stay out for a while.
+    fn on_resign(&mut self, now: Instant, out: &mut Step) {
+        if let (Some(key), Some(_), Some(_)) = (self.held_key(), self.lease, &self.succession) {
+            self.record_step_down(StepDownReason::Resigned, out);
+            self.start_handoff(After::Rejoin, key, now, out);
+        } else if matches!(self.state, State::Leading { .. }) {
+            if let Some(lease) = self.lease.take() {
+                // Revoking deletes our key, so a waiting candidate wins within a round
+                // trip; we only ask for a new lease after `resign_holdoff`, so we do
+                // not race the candidates we are handing over to.
+                self.record_step_down(StepDownReason::Resigned, out);
+                out.actions.extend([
+                    Action::StopWatch,
+                    Action::StopKeepAlive,
+                    Action::Revoke {
+                        lease: lease.id,
+                        then_exit: false,
+                    },
+                ]);
+                self.state = State::NeedLease {
+                    retry_at: Some(now + self.timing.resign_holdoff),
+                };
+            }
+        }
+    }
+
+    /// A replica registered or re-registered (its health or leadership changed).
+    fn on_candidate_registered(&mut self, candidate: Candidate, now: Instant, out: &mut Step) {
+        if let Some(known) = self.known.as_mut() {
+            known.retain(|c| c.key != candidate.key);
+            known.push(candidate.clone());
+        }
+        self.follow_announced(&candidate, out);
+        if candidate.healthy && self.waiting_for_healthy_successor() {
+            // A leader whose application is unhealthy hands over as soon as a replica
+            // with a healthy one registers, not at its next look.
+            if let Some(app) = self.app.as_mut() {
+                app.looking = true;
+            }
+            let known = self.known.clone();
+            self.on_healthy_candidates(known, now, out);
+        }
+        self.on_handoff_event(HandoffEvent::Registered(candidate), now, out)
+    }
+
+    /// A registration went with its lease: forget it, also as a waiting handoff's best choice.
+    fn on_candidate_gone(&mut self, key: &str) {
+        if let Some(known) = self.known.as_mut() {
+            known.retain(|c| c.key != key);
+        }
+        if let State::Handing(Handoff {
+            phase: Phase::Waiting { best },
+            ..
+        }) = &mut self.state
+        {
+            if best.as_ref().is_some_and(|b| b.key == key) {
+                *best = None;
+            }
+        }
+    }
+
+    /// A revoke failed: keep the lease to revoke it again later.
+    fn on_revoke_failed(&mut self, lease: LeaseId) {
+        // A lease we hold again is not ours to revoke; a full list drops its oldest.
+        if self.lease.map(|l| l.id) != Some(lease) && !self.unrevoked.contains(&lease) {
+            if self.unrevoked.len() == MAX_UNREVOKED {
+                self.unrevoked.remove(0);
+            }
+            self.unrevoked.push(lease);
+        }
     }
 
     /// Revoke again every lease whose earlier revoke failed; a failure comes back as
