@@ -466,72 +466,12 @@ impl Election {
             Action::StopWatch => {
                 stop_task(&mut self.watch);
             }
-            Action::Revoke { lease, then_exit } => {
-                // Publish-before-act: whatever asked for this revoke has already ended the
-                // claim in the published snapshot.
-                debug_assert!(
-                    !self.publisher.current().is_leader_at(Instant::now()),
-                    "a revoke is sent only after the snapshot stopped claiming leadership"
-                );
-                let within = if then_exit {
-                    self.cfg.shutdown_timeout
-                } else {
-                    timing.request_timeout
-                };
-                let key = self.cfg.key.clone();
-                tokio::spawn(async move {
-                    let revoked = match etcd::revoke(&mut client, lease, within).await {
-                        Ok(()) => {
-                            tracing::info!(key, lease = format!("{lease:x}"), "lease revoked");
-                            true
-                        }
-                        Err(e) => {
-                            tracing::warn!(key, lease = format!("{lease:x}"), error = %e, "lease revoke failed");
-                            let _ = reports.send(Report::Error(e)).await;
-                            false
-                        }
-                    };
-                    let report = match (then_exit, revoked) {
-                        (true, _) => Report::RevokeDone { revoked },
-                        (false, false) => Report::Event(Event::RevokeFailed { lease }),
-                        (false, true) => return,
-                    };
-                    let _ = reports.send(report).await;
-                });
-            }
+            Action::Revoke { lease, then_exit } => self.revoke(client, lease, then_exit),
             Action::Register {
                 lease,
                 healthy,
                 leading,
-            } => {
-                let key = self.cfg.key.clone();
-                // A re-registration (health changed) keeps its first time.
-                let registered_at = match self.registered_at {
-                    Some((at_lease, at)) if at_lease == lease => at,
-                    _ => std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_secs()),
-                };
-                self.registered_at = Some((lease, registered_at));
-                let registration = Registration {
-                    id: self.cfg.id.clone(),
-                    revision: self
-                        .cfg
-                        .succession
-                        .as_ref()
-                        .map(|s| s.revision.clone())
-                        .unwrap_or_default(),
-                    healthy,
-                    registered_at,
-                    leading,
-                };
-                let registrar = self.registrar.get_or_insert_with(|| {
-                    let (newest, receiver) = watch::channel(None);
-                    let task = etcd::write_registrations(client, timing, key, receiver, reports);
-                    (newest, tokio::spawn(task))
-                });
-                registrar.0.send_replace(Some((lease, registration)));
-            }
+            } => self.register(client, lease, healthy, leading),
             Action::ReadCandidates => {
                 let key = self.cfg.key.clone();
                 let read = async move { etcd::read_candidates(&mut client, &timing, &key).await };
@@ -577,6 +517,83 @@ impl Election {
             }
             Action::Exit => self.exit = true,
         }
+    }
+
+    /// Revoke `lease`. On the way out (`then_exit`) the outcome comes back, within the shutdown
+    /// timeout; otherwise only a failure does, so that the machine retries it later.
+    fn revoke(&self, mut client: Client, lease: machine::LeaseId, then_exit: bool) {
+        let timing = self.cfg.timing;
+        let reports = self.reports_tx.clone();
+        // Publish-before-act: whatever asked for this revoke has already ended the claim in the
+        // published snapshot.
+        debug_assert!(
+            !self.publisher.current().is_leader_at(Instant::now()),
+            "a revoke is sent only after the snapshot stopped claiming leadership"
+        );
+        let within = if then_exit {
+            self.cfg.shutdown_timeout
+        } else {
+            timing.request_timeout
+        };
+        let key = self.cfg.key.clone();
+        tokio::spawn(async move {
+            let revoked = match etcd::revoke(&mut client, lease, within).await {
+                Ok(()) => {
+                    tracing::info!(key, lease = format!("{lease:x}"), "lease revoked");
+                    true
+                }
+                Err(e) => {
+                    tracing::warn!(key, lease = format!("{lease:x}"), error = %e, "lease revoke failed");
+                    let _ = reports.send(Report::Error(e)).await;
+                    false
+                }
+            };
+            let report = match (then_exit, revoked) {
+                (true, _) => Report::RevokeDone { revoked },
+                (false, false) => Report::Event(Event::RevokeFailed { lease }),
+                (false, true) => return,
+            };
+            let _ = reports.send(report).await;
+        });
+    }
+
+    /// Write our registration (lock protocol): one writer task per election puts the newest.
+    fn register(
+        &mut self,
+        client: Client,
+        lease: machine::LeaseId,
+        healthy: bool,
+        leading: Option<succession::Term>,
+    ) {
+        let timing = self.cfg.timing;
+        let reports = self.reports_tx.clone();
+        let key = self.cfg.key.clone();
+        // A re-registration (health changed) keeps its first time.
+        let registered_at = match self.registered_at {
+            Some((at_lease, at)) if at_lease == lease => at,
+            _ => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        };
+        self.registered_at = Some((lease, registered_at));
+        let registration = Registration {
+            id: self.cfg.id.clone(),
+            revision: self
+                .cfg
+                .succession
+                .as_ref()
+                .map(|s| s.revision.clone())
+                .unwrap_or_default(),
+            healthy,
+            registered_at,
+            leading,
+        };
+        let registrar = self.registrar.get_or_insert_with(|| {
+            let (newest, receiver) = watch::channel(None);
+            let task = etcd::write_registrations(client, timing, key, receiver, reports);
+            (newest, tokio::spawn(task))
+        });
+        registrar.0.send_replace(Some((lease, registration)));
     }
 
     fn stop_tasks(&mut self) {
