@@ -201,9 +201,10 @@ fn one(ctx: &mut Ctx, count: usize, window: Duration, handoffs: usize) {
     );
 
     // Every leader stops at once: a node drain or a rolling restart of the whole fleet. The
-    // bench's own watch on every key splits each handoff at the revoke's commit; etcd's CPU
-    // over the whole burst says what a fleet-wide handoff costs it.
-    let watch = ctx.ctl.watch(&format!("/bench/scale-{suffix}/"), true);
+    // bench's own watch on every key sees each handoff's transfer commit; etcd's CPU over the
+    // whole burst says what a fleet-wide handoff costs it.
+    let prefix = format!("/bench/scale-{suffix}/");
+    let watch = ctx.ctl.watch(&prefix, true);
     let etcd_pid = ctx.etcd.child().expect("etcd runs").pid().as_raw();
     let etcd_cpu0 = CpuMark::of(etcd_pid);
     let t0 = Instant::now();
@@ -222,36 +223,32 @@ fn one(ctx: &mut Ctx, count: usize, window: Duration, handoffs: usize) {
             count - mass.len()
         ));
     }
-    // Per key: the first delete and the first put after t0, as the bench's watch saw them.
-    let mut deleted = std::collections::HashMap::new();
-    let mut created = std::collections::HashMap::new();
+    // Per lock key, the first write after t0 as the bench's watch saw it: the transfer to the
+    // successor (the key is never deleted). The registrations and handoff notes beside the
+    // keys (`<key>.candidates/`, `<key>.handoff/`) are under the same prefix: left out.
+    let mut handed = std::collections::HashMap::new();
     let t0_std = t0.into_std();
     while let Ok(ev) = watch.rx.recv_timeout(Duration::from_millis(200)) {
-        if ev.at < t0_std {
-            continue;
+        let lock_key = ev
+            .key
+            .strip_prefix(&prefix)
+            .is_some_and(|e| !e.contains(['/', '.']));
+        if ev.at >= t0_std && lock_key && matches!(ev.kind, Kind::Put) {
+            handed.entry(ev.key).or_insert(ev.at);
         }
-        let map = match ev.kind {
-            Kind::Delete => &mut deleted,
-            Kind::Put => &mut created,
-        };
-        map.entry(ev.key).or_insert(ev.at);
     }
     drop(watch);
-    let to_delete: Vec<f64> = deleted.values().map(|&at| ms(at - t0_std)).collect();
-    let key_level: Vec<f64> = deleted
-        .iter()
-        .filter_map(|(k, &d)| created.get(k).map(|&c| ms(c.saturating_duration_since(d))))
-        .collect();
+    let to_transfer: Vec<f64> = handed.values().map(|&at| ms(at - t0_std)).collect();
     let cpu_note = format!(
-        "{:.0} ms of etcd CPU for the burst: 1 revoke + 2 campaign txns + watch fan-out each",
+        "{:.0} ms of etcd CPU for the burst: a transfer, the successor's watch and \
+         announcement and the old lease's revoke each, with their watch fan-out",
         ms(etcd_cpu)
     );
     ctx.report.rows("scale", &p, &[
         ("graceful handoff, all leaders at once", "ms", &mass,
          "every election's leader cancelled in the same instant; time to each election's new leader"),
-        ("all at once: cancel -> key deleted", "ms", &to_delete, "the revokes queue in etcd"),
-        ("all at once: key deleted -> new key created", "ms", &key_level,
-         "followers' campaign transactions (two per election) queue behind them"),
+        ("all at once: cancel -> key handed over (transfer committed)", "ms", &to_transfer,
+         "the transfers queue in etcd"),
         ("all at once: etcd CPU per handoff", "ms", &[ms(etcd_cpu) / count as f64], &cpu_note),
     ]);
     shutdown(&rt, elections);
