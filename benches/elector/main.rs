@@ -1,7 +1,7 @@
 //! The etcd-elector benchmark (issue 5): how fast leadership moves (beside `etcdctl elect`),
 //! what an idle replica costs, how fast probes are answered, and how that grows with the fleet.
 //!
-//! `cargo bench --bench elector` runs everything (about 10 minutes on 2 cores) against its own
+//! `cargo bench --bench elector` runs everything (about 13 minutes on 2 cores) against its own
 //! etcd (data on /dev/shm) and real `etcd-elector` and `etcdctl elect` processes, prints
 //! markdown tables and writes every figure to `target/bench/elector.json`. Environment:
 //! * `ELECTOR_BENCH_QUICK=1`: a smoke run, few repetitions and short windows (1.5 minutes).
