@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use elector_testkit::*;
+use etcd_elector::election::succession::registration_key;
 
 /// Long enough that anything inside a test's bounds comes from a handoff,
 /// never from a lease expiring.
@@ -52,6 +53,16 @@ fn sigterm_hands_the_key_to_a_follower_without_it_ever_being_absent() {
     let (etcd, key) = etcd_and_key("succession_handoff");
     let first = replica(&etcd, &key, "first", "a", &[]);
     first.wait_leading("first leads");
+    // Its campaign waited for its registration, so the watch it started from the campaign's
+    // next revision was in step with etcd: one behind is caught up only every 100 ms.
+    let held = etcd.get(&key).expect("the key");
+    let registered = etcd.get(&registration_key(&key, held.lease));
+    let registered = registered.expect("first's registration").create_revision;
+    assert!(
+        registered < held.create_revision,
+        "registered at revision {registered}, before campaigning at {}",
+        held.create_revision
+    );
     let others = vec![
         replica(&etcd, &key, "second", "a", &[]),
         replica(&etcd, &key, "third", "a", &[]),
@@ -281,7 +292,7 @@ fn after_a_crash_a_frozen_best_candidate_does_not_stop_the_others() {
 fn the_registration_etcd_keeps_is_the_newest_written() {
     use etcd_elector::election::etcd::write_registrations;
     use etcd_elector::election::machine::Timing;
-    use etcd_elector::election::succession::{registration_key, Registration};
+    use etcd_elector::election::succession::Registration;
 
     const WRITES: u64 = 200;
     let (etcd, key) = etcd_and_key("registrar");
@@ -297,12 +308,14 @@ fn the_registration_etcd_keeps_is_the_newest_written() {
         let lease = client.lease_grant(30, None).await.expect("a lease").id();
         let (reports, mut errors) = tokio::sync::mpsc::channel(16);
         let (newest, receiver) = tokio::sync::watch::channel(None);
+        let (written, settled) = tokio::sync::watch::channel(None);
         let timing = Timing::for_ttl(Duration::from_secs(30));
         tokio::spawn(write_registrations(
             client,
             timing,
             key.clone(),
             receiver,
+            written,
             reports,
         ));
         for n in 1..=WRITES {
@@ -319,6 +332,11 @@ fn the_registration_etcd_keeps_is_the_newest_written() {
         // Every put has landed once etcd's copy has held still for a while.
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert!(errors.try_recv().is_err(), "no put failed");
+        assert_eq!(
+            *settled.borrow(),
+            Some(lease),
+            "the registrar says it wrote"
+        );
         lease
     });
     let kept = etcd

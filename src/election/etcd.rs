@@ -491,11 +491,13 @@ pub type Pending = Option<(LeaseId, Registration)>;
 /// "unhealthy", written before the first health check answered) would stay the last word: a
 /// leader would then never pick this replica. A failed put is retried with backoff unless a
 /// newer registration replaces it; one whose lease is gone is dropped (its key went too).
+/// `settled` names the lease of the last registration written or dropped.
 pub async fn write_registrations(
     mut client: Client,
     timing: Timing,
     key: String,
     mut newest: tokio::sync::watch::Receiver<Pending>,
+    settled: tokio::sync::watch::Sender<Option<LeaseId>>,
     reports: Reports,
 ) {
     let mut retry = Backoff::unseeded(timing.backoff_base, timing.keepalive_interval);
@@ -517,6 +519,7 @@ pub async fn write_registrations(
                 }
                 _ => {
                     retry.reset();
+                    settled.send_replace(Some(lease));
                     break;
                 }
             }

@@ -90,6 +90,15 @@ enum Connection {
     Later(EtcdConfig),
 }
 
+/// The task that writes our registration (lock protocol with succession).
+struct Registrar {
+    /// The registration to write next.
+    newest: watch::Sender<etcd::Pending>,
+    /// The lease whose registration was last settled: written, or gone with its lease.
+    settled: watch::Receiver<Option<machine::LeaseId>>,
+    task: JoinHandle<()>,
+}
+
 /// One election for one key.
 pub struct Election {
     cfg: ElectionConfig,
@@ -110,7 +119,7 @@ pub struct Election {
     /// During a handoff that waits for a candidate: the watch on the registrations.
     candidates_watch: Option<JoinHandle<()>>,
     /// Our registration's writer: the newest registration goes in, one put at a time.
-    registrar: Option<(watch::Sender<etcd::Pending>, JoinHandle<()>)>,
+    registrar: Option<Registrar>,
     /// When the current lease's registration was first written (Unix seconds).
     registered_at: Option<(machine::LeaseId, u64)>,
     watch_generation: u64,
@@ -436,7 +445,11 @@ impl Election {
                 let key = self.cfg.key.clone();
                 let id = self.cfg.id.clone();
                 let protocol = self.cfg.protocol;
+                let registered = self.registrar.as_ref().map(|r| r.settled.clone());
                 let campaign = async move {
+                    if let Some(registered) = registered {
+                        registration_settled(registered, lease, timing.request_timeout).await;
+                    }
                     etcd::campaign(&mut client, &timing, protocol, &key, &id, lease).await
                 };
                 request(reports, campaign, move |done| match done {
@@ -589,11 +602,16 @@ impl Election {
             leading,
         };
         let registrar = self.registrar.get_or_insert_with(|| {
-            let (newest, receiver) = watch::channel(None);
-            let task = etcd::write_registrations(client, timing, key, receiver, reports);
-            (newest, tokio::spawn(task))
+            let (newest, pending) = watch::channel(None);
+            let (written, settled) = watch::channel(None);
+            let task = etcd::write_registrations(client, timing, key, pending, written, reports);
+            Registrar {
+                newest,
+                settled,
+                task: tokio::spawn(task),
+            }
         });
-        registrar.0.send_replace(Some((lease, registration)));
+        registrar.newest.send_replace(Some((lease, registration)));
     }
 
     fn stop_tasks(&mut self) {
@@ -601,7 +619,7 @@ impl Election {
             self.keepalive.take(),
             self.watch.take(),
             self.candidates_watch.take(),
-            self.registrar.take().map(|(_, task)| task),
+            self.registrar.take().map(|r| r.task),
         ]
         .into_iter()
         .flatten()
@@ -628,6 +646,19 @@ fn request<T: Send + 'static>(
         }
         let _ = reports.send(Report::Event(event)).await;
     });
+}
+
+/// Waits (at most `bound`) until `lease`'s registration is settled. A campaign sent after it
+/// reads a revision that includes the registration, so the watch the machine starts from the
+/// next revision is in step with etcd. Sent before, the registration often lands in between,
+/// and etcd then starts the watch behind and catches it up only in a loop that runs every
+/// 100 ms: a handoff to us in that window would wait for it (docs/PERFORMANCE.md).
+async fn registration_settled(
+    mut settled: watch::Receiver<Option<machine::LeaseId>>,
+    lease: machine::LeaseId,
+    bound: Duration,
+) {
+    let _ = tokio::time::timeout(bound, settled.wait_for(|l| *l == Some(lease))).await;
 }
 
 /// Starts `task` in `slot`, ending the one it replaces: one task of each kind at a time.
