@@ -186,9 +186,14 @@ impl Holding<'_> {
     /// (or `--lost-exit-code`, or the shell's codes when it cannot start).
     async fn run(&self, reaper: Reaper, leadership: &mut Receiver) -> Result<u8, AppError> {
         let key = self.cfg.election.key.as_str();
-        let token = self.fencing_token();
+        let token = self
+            .snapshot
+            .view
+            .fencing_token
+            .unwrap_or_default()
+            .to_string();
         let mut job = match reaper
-            .spawn(&self.run.command, &self.env(), SECRET_ENV)
+            .spawn(&self.run.command, &self.env(&token), SECRET_ENV)
             .await
         {
             Ok(job) => job,
@@ -252,18 +257,9 @@ impl Holding<'_> {
         Ok(u8::try_from(code.clamp(0, 255)).unwrap_or(1))
     }
 
-    fn fencing_token(&self) -> String {
-        self.snapshot
-            .view
-            .fencing_token
-            .unwrap_or_default()
-            .to_string()
-    }
-
-    /// What the command finds in its environment about the lock.
-    fn env(&self) -> [(&'static str, String); 5] {
+    /// What the command finds in its environment about the lock; `token` is the fencing token.
+    fn env(&self, token: &str) -> [(&'static str, String); 5] {
         let election = &self.cfg.election;
-        let token = self.fencing_token();
         // What `etcdctl lock` exports as ETCD_LOCK_KEY: the key we hold. In the election
         // protocol that is our own candidate key, `<name>/<lease hex>`, not the name.
         let lock_key = match (election.protocol, self.snapshot.view.lease_id) {
@@ -271,7 +267,7 @@ impl Holding<'_> {
             _ => election.key.clone(),
         };
         [
-            ("ELECTOR_FENCING_TOKEN", token.clone()),
+            ("ELECTOR_FENCING_TOKEN", token.to_string()),
             ("ELECTOR_KEY", election.key.clone()),
             ("ELECTOR_ID", election.id.clone()),
             ("ETCD_LOCK_KEY", lock_key),
@@ -279,7 +275,7 @@ impl Holding<'_> {
             // handed over. `etcdctl lock` exports the revision of the response that showed it
             // the lock: the same number for a free lock, a later one after waiting. Both grow
             // from holder to holder; README says so.
-            ("ETCD_LOCK_REV", token),
+            ("ETCD_LOCK_REV", token.to_string()),
         ]
     }
 }
