@@ -22,11 +22,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+pub use super::succession::LeaseId;
 use super::succession::{choose, handoff_key, Candidate, Succession, Term};
 use crate::backoff::Backoff;
-
-/// An etcd lease id.
-pub type LeaseId = i64;
 
 /// After a crash (the key deleted by lease expiry), candidates campaign in the order of their
 /// rank, the newest registration first: the best-ranked at once, the one ranked `r` after `r`

@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::machine::LeaseId;
+/// An etcd lease id. Defined here, under the machine that uses these rules, so that the
+/// imports run one way; the machine passes it on.
+pub type LeaseId = i64;
 
 /// This replica's part in succession.
 #[derive(Debug, Clone, PartialEq, Eq)]
