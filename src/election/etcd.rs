@@ -322,7 +322,8 @@ pub struct Campaign {
     pub queue: Option<Queue>,
 }
 
-/// Campaign with the configured protocol.
+/// Campaign with the configured protocol. `own_created`: in the election protocol, our key's
+/// create revision under this lease, when an earlier campaign learnt it.
 pub async fn campaign(
     client: &mut Client,
     timing: &Timing,
@@ -330,10 +331,11 @@ pub async fn campaign(
     key: &str,
     id: &str,
     lease: LeaseId,
+    own_created: Option<i64>,
 ) -> Result<Campaign, EtcdError> {
     match protocol {
         Protocol::Lock => campaign_lock(client, timing, key, id, lease).await,
-        Protocol::Election => campaign_election(client, timing, key, id, lease).await,
+        Protocol::Election => campaign_election(client, timing, key, id, lease, own_created).await,
     }
 }
 
@@ -357,66 +359,91 @@ async fn campaign_lock(
 /// etcd's `concurrency.Election` protocol: each candidate owns `<name>/<lease hex>`; the
 /// lowest create revision under `<name>/` leads, and each waiting candidate watches only the
 /// key created just before its own, so a handoff wakes one candidate.
+///
+/// Our key is created once per lease. A later campaign under the same lease (our predecessor
+/// went) knows its create revision and only reads: the create transaction carries a `Put`, so
+/// etcd would commit it through raft even when the key exists. The read checks that the key
+/// still stands as created; if not (an operator deleted it), the campaign creates it again.
 async fn campaign_election(
     client: &mut Client,
     timing: &Timing,
     name: &str,
     id: &str,
     lease: LeaseId,
+    mut own_created: Option<i64>,
 ) -> Result<Campaign, EtcdError> {
     let prefix = format!("{name}/");
     let own = format!("{prefix}{lease:x}");
-    let (mine, _) = create_if_absent(client, timing, &own, id, lease).await?;
-    if mine.lease != lease {
-        return Err(protocol(
-            Op::Campaign,
-            "our election key is attached to another lease",
-        ));
-    }
-    let first = GetOptions::new()
-        .with_prefix()
-        .with_sort(SortTarget::Create, SortOrder::Ascend)
-        .with_limit(1);
-    // Everyone before us, not just our predecessor: see `Ahead`. The answer grows with our
-    // place in the queue (a key and an id each), but only a campaign reads it.
-    let before_us = GetOptions::new()
-        .with_prefix()
-        .with_sort(SortTarget::Create, SortOrder::Ascend)
-        .with_max_create_revision(mine.create_revision - 1);
-    let read = Txn::new().and_then([
-        TxnOp::get(prefix.as_str(), Some(first)),
-        TxnOp::get(prefix.as_str(), Some(before_us)),
-    ]);
-    let resp = bounded(Op::Campaign, timing.request_timeout, client.txn(read)).await?;
-    let revision = resp
-        .header()
-        .map(|h| h.revision())
-        .ok_or_else(|| protocol(Op::Campaign, "transaction response without header"))?;
-    let mut gets = resp.op_responses().into_iter().filter_map(|op| match op {
-        TxnOpResponse::Get(get) => Some(get.kvs().to_vec()),
-        _ => None,
-    });
-    let leader = gets
-        .next()
-        .and_then(|kvs| kvs.into_iter().next())
-        .ok_or_else(|| {
-            protocol(
+    loop {
+        let created = match own_created {
+            Some(created) => created,
+            None => {
+                let (mine, _) = create_if_absent(client, timing, &own, id, lease).await?;
+                if mine.lease != lease {
+                    return Err(protocol(
+                        Op::Campaign,
+                        "our election key is attached to another lease",
+                    ));
+                }
+                mine.create_revision
+            }
+        };
+        let first = GetOptions::new()
+            .with_prefix()
+            .with_sort(SortTarget::Create, SortOrder::Ascend)
+            .with_limit(1);
+        // Everyone before us, not just our predecessor: see `Ahead`. The answer grows with
+        // our place in the queue (a key and an id each), but only a campaign reads it.
+        let before_us = GetOptions::new()
+            .with_prefix()
+            .with_sort(SortTarget::Create, SortOrder::Ascend)
+            .with_max_create_revision(created - 1);
+        let read = Txn::new().and_then([
+            TxnOp::get(prefix.as_str(), Some(first)),
+            TxnOp::get(prefix.as_str(), Some(before_us)),
+            TxnOp::get(own.as_str(), None),
+        ]);
+        let resp = bounded(Op::Campaign, timing.request_timeout, client.txn(read)).await?;
+        let revision = resp
+            .header()
+            .map(|h| h.revision())
+            .ok_or_else(|| protocol(Op::Campaign, "transaction response without header"))?;
+        let mut gets = resp.op_responses().into_iter().map(|op| match op {
+            TxnOpResponse::Get(get) => get.kvs().to_vec(),
+            _ => Vec::new(),
+        });
+        let (leader, ahead, mine) = (gets.next(), gets.next(), gets.next());
+        let stands = mine
+            .and_then(|kvs| kvs.into_iter().next())
+            .is_some_and(|kv| kv.lease() == lease && kv.create_revision() == created);
+        if !stands {
+            if own_created.take().is_some() {
+                continue;
+            }
+            return Err(protocol(
                 Op::Campaign,
                 "our election key vanished during the campaign",
-            )
-        })?;
-    let ahead: Vec<(Vec<u8>, Holder)> = gets
-        .next()
-        .unwrap_or_default()
-        .iter()
-        .map(|kv| (kv.key().to_vec(), holder_of(kv)))
-        .collect();
-    Ok(Campaign {
-        holder: holder_of(&leader),
-        revision,
-        key: own,
-        queue: Some(Queue { prefix, ahead }),
-    })
+            ));
+        }
+        let leader = leader
+            .and_then(|kvs| kvs.into_iter().next())
+            .ok_or_else(|| protocol(Op::Campaign, "the election read returned no leader"))?;
+        let ahead = ahead
+            .unwrap_or_default()
+            .iter()
+            .map(|kv| (kv.key().to_vec(), holder_of(kv)))
+            .collect();
+        return Ok(Campaign {
+            holder: holder_of(&leader),
+            revision,
+            key: own,
+            queue: Some(Queue {
+                prefix,
+                ahead,
+                own: created,
+            }),
+        });
+    }
 }
 
 /// `If CreateRevision(key) == 0 Then Put(key, id, lease) Else Get(key)`: the holder after the

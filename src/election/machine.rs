@@ -100,12 +100,15 @@ pub struct Holder {
     pub mod_revision: i64,
 }
 
-/// What an election-protocol campaign read besides the leader: the election's prefix and the
-/// candidates queued before ours, oldest (the leader) first.
+/// What an election-protocol campaign read besides the leader: the election's prefix, the
+/// candidates queued before ours, oldest (the leader) first, and our own key's create revision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Queue {
     pub prefix: String,
     pub ahead: Vec<(Vec<u8>, Holder)>,
+    /// Fixed for our lease's life while the key stands, so the next campaign under the same
+    /// lease need not write the key again (the edge keeps it; the rules here do not use it).
+    pub own: i64,
 }
 
 /// What to watch: decided by the machine from what the campaign read.
@@ -1016,7 +1019,7 @@ impl Machine {
     /// campaign (see [`Ahead`]).
     fn watch_target(key: String, queue: Option<Queue>) -> WatchTarget {
         match queue {
-            Some(Queue { prefix, ahead }) if !ahead.is_empty() => WatchTarget {
+            Some(Queue { prefix, ahead, .. }) if !ahead.is_empty() => WatchTarget {
                 key: prefix,
                 ahead: Some(Ahead { keys: ahead }),
                 puts: true,
@@ -2476,6 +2479,7 @@ mod tests {
                 queue: Some(Queue {
                     prefix: "/e/".into(),
                     ahead: ahead.clone(),
+                    own: 4,
                 }),
             },
             t0,
@@ -2504,6 +2508,7 @@ mod tests {
                 queue: Some(Queue {
                     prefix: "/e/".into(),
                     ahead: Vec::new(),
+                    own: 4,
                 }),
             },
             t0,

@@ -122,6 +122,9 @@ pub struct Election {
     registrar: Option<Registrar>,
     /// When the current lease's registration was first written (Unix seconds).
     registered_at: Option<(machine::LeaseId, u64)>,
+    /// Election protocol: our key's create revision under a lease, from its last campaign, so
+    /// that the next campaign under that lease only reads (see `etcd::campaign`).
+    election_key: Option<(machine::LeaseId, i64)>,
     watch_generation: u64,
     transitions: u64,
     last_error: Option<String>,
@@ -167,6 +170,7 @@ impl Election {
             candidates_watch: None,
             registrar: None,
             registered_at: None,
+            election_key: None,
             watch_generation: 0,
             transitions: 0,
             last_error: None,
@@ -246,6 +250,14 @@ impl Election {
     fn on_report(&mut self, report: Report) {
         match report {
             Report::Event(event) => {
+                if let Event::CampaignDone {
+                    lease,
+                    queue: Some(queue),
+                    ..
+                } = &event
+                {
+                    self.election_key = Some((*lease, queue.own));
+                }
                 self.apply(event);
             }
             Report::WatchEvent { generation, event } => {
@@ -446,11 +458,17 @@ impl Election {
                 let id = self.cfg.id.clone();
                 let protocol = self.cfg.protocol;
                 let registered = self.registrar.as_ref().map(|r| r.settled.clone());
+                let own_created = self
+                    .election_key
+                    .filter(|(of, _)| *of == lease)
+                    .map(|(_, created)| created);
                 let campaign = async move {
                     if let Some(registered) = registered {
                         registration_settled(registered, lease, timing.request_timeout).await;
                     }
-                    etcd::campaign(&mut client, &timing, protocol, &key, &id, lease).await
+                    let (key, id) = (key.as_str(), id.as_str());
+                    etcd::campaign(&mut client, &timing, protocol, key, id, lease, own_created)
+                        .await
                 };
                 request(reports, campaign, move |done| match done {
                     Ok(campaign) => Event::CampaignDone {
