@@ -241,10 +241,10 @@ pub fn ours(ctx: &mut Ctx, n: usize, reps: usize, way: Way) -> Vec<f64> {
         ]),
         Way::Election => ctx.report.rows("handoff", &format!("candidates={n}, --protocol election"), &[
             ("SIGTERM -> new leader answers 200", "ms", &s.total,
-             "etcdctl elect's protocol in etcd-elector: only the next in line wakes"),
+             "etcdctl elect's protocol in etcd-elector: every waiting candidate gets the event, only the next in line campaigns"),
             ("SIGTERM -> key deleted (revoke committed)", "ms", &s.to_delete, ""),
             ("key deleted -> new leader answers 200", "ms", &s.to_answer,
-             "watch to the successor + its read of the election + publish; bench reads the election then asks"),
+             "watch to the successor + its read of the election (its key exists: no write) + publish; bench reads the election then asks"),
             ("etcd requests per handoff", "req", &s.requests,
              "grpc_server_msg_received_total without LeaseKeepAlive; includes the revoke and the bench's one read of the election"),
         ]),
