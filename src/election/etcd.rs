@@ -357,8 +357,9 @@ async fn campaign_lock(
 }
 
 /// etcd's `concurrency.Election` protocol: each candidate owns `<name>/<lease hex>`; the
-/// lowest create revision under `<name>/` leads, and each waiting candidate watches only the
-/// key created just before its own, so a handoff wakes one candidate.
+/// lowest create revision under `<name>/` leads, and a waiting candidate campaigns again only
+/// when the key created just before its own goes (see `Ahead`), so a handoff makes one
+/// candidate campaign.
 ///
 /// Our key is created once per lease. A later campaign under the same lease (our predecessor
 /// went) knows its create revision and only reads: the create transaction carries a `Put`, so
